@@ -1,0 +1,220 @@
+"""``mcast send`` and ``mcast listen``: datagrams to and from a group (or broadcast)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..addr import parse_group
+from ..transport import open_receiver, open_sender
+from .output import emit_json, note, preview, say
+
+SILENCE_HINT_AFTER = 5.0
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the commands of this module."""
+    send = commands.add_parser(
+        "send",
+        help="send datagrams to a group",
+        description="Send TEXT (or stdin lines with '-' or no TEXT) to GROUP:PORT.",
+    )
+    send.add_argument("group", metavar="GROUP:PORT", help="e.g. 239.255.0.1:5000 or [ff15::1]:5000")
+    send.add_argument("text", nargs="?", help="payload; '-' or absent: one datagram per stdin line")
+    send.add_argument("--iface", help="interface name, index or address (default: kernel's route)")
+    send.add_argument("--ttl", type=int, default=1, help="TTL / hop limit (default 1: this subnet)")
+    send.add_argument("--count", type=int, default=1, help="send TEXT this many times")
+    send.add_argument("--interval", type=float, default=0.0, help="seconds between datagrams")
+    send.add_argument("--source", help="bind this local ADDRESS[:PORT] (for SSM receivers)")
+    send.add_argument("--no-loop", action="store_true", help="do not loop back to this host")
+    send.add_argument("--broadcast", action="store_true", help="allow an IPv4 broadcast address")
+    send.add_argument("--json", action="store_true", help="print a JSON summary")
+    send.set_defaults(handler=cmd_send)
+
+    listen = commands.add_parser(
+        "listen",
+        help="receive and show datagrams sent to a group",
+        description=(
+            "Join GROUP:PORT and show each datagram. Exit 0 when something (or --count) "
+            "arrived, 1 when nothing did before --timeout, 3 when fewer than --count did."
+        ),
+    )
+    listen.add_argument("group", metavar="GROUP:PORT")
+    listen.add_argument(
+        "--iface", help="interface name, index or address (default: kernel's route)"
+    )
+    listen.add_argument(
+        "--source", action="append", default=[], help="SSM: accept only this sender (repeatable)"
+    )
+    listen.add_argument(
+        "--exclude", action="append", default=[], help="block this sender (repeatable)"
+    )
+    listen.add_argument("--count", type=int, help="stop after this many datagrams")
+    listen.add_argument("--timeout", type=float, help="stop after this many seconds")
+    listen.add_argument("--broadcast", action="store_true", help="receive IPv4 broadcast instead")
+    listen.add_argument("--quiet", action="store_true", help="only the summary")
+    listen.add_argument("--json", action="store_true", help="NDJSON: one object per datagram")
+    listen.set_defaults(handler=cmd_listen)
+
+
+def _payloads(args: argparse.Namespace) -> Iterator[bytes]:
+    if args.text is not None and args.text != "-":
+        for _ in range(args.count):
+            yield args.text.encode()
+        return
+    for line in sys.stdin.buffer:
+        yield line.rstrip(b"\r\n")
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Send datagrams."""
+    if args.count < 1:
+        raise SystemExit("mcast send: --count must be at least 1")
+    spec = parse_group(args.group, allow_broadcast=args.broadcast)
+    sender = open_sender(
+        spec, iface=args.iface, ttl=args.ttl, loopback=not args.no_loop, source=args.source
+    )
+    sent = sent_bytes = 0
+    with sender:
+        if not args.json:
+            note(f"sending to {spec} via {sender.interface.name} (ttl {args.ttl})")
+        for number, payload in enumerate(_payloads(args)):
+            if number and args.interval > 0:
+                time.sleep(args.interval)
+            sent_bytes += sender.send(payload)
+            sent += 1
+    if args.json:
+        emit_json(
+            {
+                "group": str(spec),
+                "interface": sender.interface.name,
+                "ttl": args.ttl,
+                "datagrams": sent,
+                "bytes": sent_bytes,
+            }
+        )
+    else:
+        note(f"sent {sent} datagram(s), {sent_bytes} bytes")
+    return 0
+
+
+@dataclass
+class _SourceCount:
+    datagrams: int = 0
+    bytes: int = 0
+    first: float = 0.0
+    last: float = 0.0
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    """Receive datagrams until --count, --timeout or Ctrl-C."""
+    spec = parse_group(args.group, allow_broadcast=args.broadcast)
+    receiver = open_receiver(spec, iface=args.iface, sources=args.source, exclude=args.exclude)
+    per_source: dict[str, _SourceCount] = defaultdict(_SourceCount)
+    total = 0
+    start = time.monotonic()
+    last_activity = start
+    hinted = False
+    mode = "SSM from " + ", ".join(args.source) if args.source else "any source"
+    note(f"listening on {spec} via {receiver.interface.name} ({mode}); Ctrl-C to stop")
+    for warning in receiver.warnings:
+        note(f"warning: {warning}")
+    try:
+        with receiver:
+            while args.count is None or total < args.count:
+                now = time.monotonic()
+                if args.timeout is not None and now - start >= args.timeout:
+                    break
+                wait = 0.5 if args.timeout is None else min(0.5, args.timeout - (now - start))
+                packet = receiver.recv(timeout=wait)
+                if packet is None:
+                    if not hinted and time.monotonic() - last_activity > SILENCE_HINT_AFTER:
+                        hinted = True
+                        note(
+                            f"nothing received for {SILENCE_HINT_AFTER:.0f}s. Check the sender's "
+                            "TTL and interface, firewalls, and `mcast doctor`."
+                        )
+                    continue
+                wall = time.time()
+                last_activity = time.monotonic()
+                total += 1
+                key = f"{packet.source}:{packet.source_port}"
+                counter = per_source[key]
+                counter.datagrams += 1
+                counter.bytes += len(packet.data)
+                counter.first = counter.first or wall
+                counter.last = wall
+                if args.quiet:
+                    continue
+                if args.json:
+                    emit_json(_packet_record(packet, wall))
+                else:
+                    stamp = time.strftime("%H:%M:%S", time.localtime(wall))
+                    ttl = f" ttl={packet.ttl}" if packet.ttl is not None else ""
+                    say(
+                        f"{stamp}.{int(wall * 1000) % 1000:03d}  {key:<22} "
+                        f"{len(packet.data):>5} B{ttl}  {preview(packet.data)}"
+                    )
+    except KeyboardInterrupt:
+        pass
+    _summary(args, spec_text=str(spec), per_source=per_source, elapsed=time.monotonic() - start)
+    if total == 0:
+        return 1
+    if args.count is not None and total < args.count:
+        return 3
+    return 0
+
+
+def _packet_record(packet: Any, wall: float) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "time": round(wall, 6),
+        "source": packet.source,
+        "source_port": packet.source_port,
+        "destination": packet.destination,
+        "ifindex": packet.ifindex,
+        "ttl": packet.ttl,
+        "size": len(packet.data),
+    }
+    try:
+        record["text"] = packet.data.decode("utf-8")
+    except UnicodeDecodeError:
+        record["hex"] = packet.data.hex()
+    return record
+
+
+def _summary(
+    args: argparse.Namespace,
+    *,
+    spec_text: str,
+    per_source: dict[str, _SourceCount],
+    elapsed: float,
+) -> None:
+    total = sum(c.datagrams for c in per_source.values())
+    if args.json:
+        emit_json(
+            {
+                "summary": {
+                    "group": spec_text,
+                    "datagrams": total,
+                    "elapsed": round(elapsed, 3),
+                    "sources": {
+                        key: {"datagrams": c.datagrams, "bytes": c.bytes}
+                        for key, c in per_source.items()
+                    },
+                }
+            }
+        )
+        return
+    note(f"{total} datagram(s) from {len(per_source)} source(s) in {elapsed:.1f}s")
+    for key, c in sorted(per_source.items(), key=lambda kv: -kv[1].datagrams):
+        note(f"  {key:<22} {c.datagrams:>7} datagrams {c.bytes:>10} bytes")
+    if total == 0:
+        note(
+            "nothing arrived. Is a sender running with enough TTL on this interface? "
+            "Try `mcast doctor` and `mcast ifaces`."
+        )

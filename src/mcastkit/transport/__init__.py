@@ -1,0 +1,23 @@
+"""Interfaces and sockets: the only code that talks to the operating system's network stack."""
+
+from .interfaces import (
+    Interface,
+    check_multicast_capable,
+    default_interface,
+    list_interfaces,
+    resolve_interface,
+)
+from .sockets import GroupSocket, Packet, configure_sending, open_receiver, open_sender
+
+__all__ = [
+    "GroupSocket",
+    "Interface",
+    "Packet",
+    "check_multicast_capable",
+    "configure_sending",
+    "default_interface",
+    "list_interfaces",
+    "open_receiver",
+    "open_sender",
+    "resolve_interface",
+]

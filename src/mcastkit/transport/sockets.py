@@ -1,0 +1,554 @@
+"""Group sockets: the one module that calls setsockopt, with every OS quirk in one place.
+
+Linux is tested. The macOS/BSD and Windows branches follow their documentation (netinet/in.h,
+ip(4), Winsock "Multicast Programming") and are marked where they differ; they are not tested.
+
+Choices, and why:
+- Joins use the protocol-independent RFC 3678 API (MCAST_JOIN_GROUP, MCAST_JOIN_SOURCE_GROUP,
+  MCAST_BLOCK_SOURCE) with an interface *index*, so IPv4 and IPv6, any-source and
+  source-specific joins take one code path, and an interface without an IPv4 address works.
+- Receivers bind the group address on Linux/macOS (the kernel then filters by destination) and
+  set IP_MULTICAST_ALL=0 on Linux, so a socket sees only the groups it joined itself, not
+  every group any socket on the host joined on that port. Windows cannot bind a group address:
+  it binds the wildcard.
+- SO_REUSEADDR (plus SO_REUSEPORT on macOS/BSD) lets many receivers share a port on one host;
+  every one of them gets a copy of each multicast datagram.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import select
+import socket
+import struct
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+
+from ..addr import GroupSpec, IPAddress, parse_address, parse_group, parse_port
+from ..errors import AddressError, InterfaceError, SocketSetupError
+from .interfaces import Interface, check_multicast_capable, resolve_interface
+
+__all__ = [
+    "GroupSocket",
+    "Packet",
+    "open_receiver",
+    "open_sender",
+]
+
+LINUX = sys.platform.startswith("linux")
+WINDOWS = sys.platform == "win32"
+BSD_LIKE = sys.platform == "darwin" or "bsd" in sys.platform
+
+# RFC 3678 option numbers differ per OS: linux/in.h, macOS netinet/in.h, Windows ws2ipdef.h.
+if LINUX:
+    MCAST_JOIN_GROUP, MCAST_BLOCK_SOURCE, MCAST_LEAVE_GROUP = 42, 43, 45
+    MCAST_JOIN_SOURCE_GROUP, MCAST_LEAVE_SOURCE_GROUP = 46, 47
+elif WINDOWS:
+    MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP, MCAST_BLOCK_SOURCE = 41, 42, 43
+    MCAST_JOIN_SOURCE_GROUP, MCAST_LEAVE_SOURCE_GROUP = 45, 46
+else:  # macOS / BSD
+    MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP = 80, 81
+    MCAST_JOIN_SOURCE_GROUP, MCAST_LEAVE_SOURCE_GROUP, MCAST_BLOCK_SOURCE = 82, 83, 84
+
+# Linux-only options Python does not name.
+IP_MULTICAST_ALL = 49
+IPV6_MULTICAST_ALL = 29
+IP_PKTINFO = 8
+IP_RECVTTL = 12
+SO_RCVBUFFORCE = 33
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+IPV6_RECVHOPLIMIT = getattr(socket, "IPV6_RECVHOPLIMIT", 51)
+IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
+
+# struct group_req / group_source_req: a uint32 interface index, then sockaddr_storage(s).
+# Linux and Windows align sockaddr_storage to a long (padding after the index on 64-bit);
+# macOS packs the struct to 4 bytes (no padding).
+_GSR_PAD = 0 if BSD_LIKE else struct.calcsize("P") - 4
+_SOCKADDR_STORAGE = 128
+_CMSG_BUFSIZE = 256
+
+
+def _sockaddr(address: IPAddress) -> bytes:
+    """A sockaddr_in / sockaddr_in6 (port 0) padded to sockaddr_storage."""
+    if address.version == 4:
+        family, body = socket.AF_INET, struct.pack("!H", 0) + address.packed
+    else:
+        family, body = socket.AF_INET6, struct.pack("!HI", 0, 0) + address.packed + b"\0" * 4
+    if BSD_LIKE:
+        length = 16 if address.version == 4 else 28
+        head = struct.pack("BB", length, family)
+    else:
+        head = struct.pack("=H", family)
+    raw = head + body
+    return bytes(raw + b"\0" * (_SOCKADDR_STORAGE - len(raw)))
+
+
+def _group_req(ifindex: int, group: IPAddress) -> bytes:
+    return struct.pack("=I", ifindex) + b"\0" * _GSR_PAD + _sockaddr(group)
+
+
+def _group_source_req(ifindex: int, group: IPAddress, source: IPAddress) -> bytes:
+    return _group_req(ifindex, group) + _sockaddr(source)
+
+
+@dataclass(frozen=True)
+class Packet:
+    """One received datagram with what the kernel told us about it."""
+
+    data: bytes
+    source: str
+    source_port: int
+    destination: str | None = None
+    ifindex: int | None = None
+    ttl: int | None = None
+
+
+def _level(family: int) -> int:
+    return socket.IPPROTO_IP if family == 4 else socket.IPPROTO_IPV6
+
+
+def _setup_error(action: str, exc: OSError, *, hint: str = "") -> SocketSetupError:
+    detail = exc.strerror or str(exc)
+    text = f"{action} failed: {detail}"
+    if hint:
+        text += f"; {hint}"
+    error = SocketSetupError(text)
+    error.errno = exc.errno
+    return error
+
+
+def _join_hint(exc: OSError, family: int, interface: Interface) -> str:
+    if exc.errno == errno.ENOBUFS:
+        knob = "net.ipv4.igmp_max_memberships" if family == 4 else "net.ipv6.mld_max_memberships"
+        return f"this host hit its group limit; raise it: sysctl -w {knob}=1024"
+    if exc.errno == errno.ENODEV:
+        return f"interface {interface.name} is gone or cannot do multicast (see `mcast ifaces`)"
+    if exc.errno == errno.EADDRINUSE:
+        return "this socket already joined that group on that interface"
+    if exc.errno == errno.EINVAL:
+        return "the kernel rejected the group/source pair (is the source a unicast address?)"
+    return ""
+
+
+def _source_list(
+    sources: Iterable[str | IPAddress], family: int, what: str
+) -> tuple[IPAddress, ...]:
+    parsed: list[IPAddress] = []
+    for source in sources:
+        address = parse_address(source) if isinstance(source, str) else source
+        if address.version != family:
+            raise AddressError(
+                f"{what} {address} is IPv{address.version}; the group is IPv{family}"
+            )
+        if address.is_multicast or address.is_unspecified:
+            raise AddressError(f"{what} {address} must be a unicast address of a sending host")
+        parsed.append(address)
+    return tuple(parsed)
+
+
+@dataclass
+class GroupSocket:
+    """A UDP socket bound for one group (or broadcast) on one interface.
+
+    ``send`` goes to the group; ``recv`` waits at most ``timeout`` seconds and returns None
+    when nothing came, so callers never block forever without noticing.
+    """
+
+    sock: socket.socket
+    spec: GroupSpec
+    interface: Interface
+    sources: tuple[IPAddress, ...] = ()
+    excluded: tuple[IPAddress, ...] = ()
+    joined: bool = False
+    rcvbuf: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def group(self) -> IPAddress:
+        """The group (or broadcast) address."""
+        return self.spec.group
+
+    @property
+    def port(self) -> int:
+        """The UDP port."""
+        return self.spec.port
+
+    @property
+    def destination(self) -> tuple[str, int] | tuple[str, int, int, int]:
+        """The address tuple ``sendto`` wants for the group."""
+        if self.spec.group.version == 4:
+            return (str(self.spec.group), self.spec.port)
+        scope = self.interface.index if _needs_scope(self.spec.group) else 0
+        return (str(self.spec.group), self.spec.port, 0, scope)
+
+    def fileno(self) -> int:
+        """The socket's descriptor (for select/asyncio)."""
+        return self.sock.fileno()
+
+    def send(self, data: bytes, destination: tuple[str, int] | None = None) -> int:
+        """Send one datagram to the group (or to ``destination``)."""
+        return self.sock.sendto(data, destination or self.destination)
+
+    def recv(self, timeout: float | None = None, bufsize: int = 65535) -> Packet | None:
+        """Receive one datagram; None when ``timeout`` seconds pass first."""
+        if timeout is not None:
+            ready, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
+            if not ready:
+                return None
+        try:
+            return self._recv(bufsize)
+        except BlockingIOError:
+            return None
+
+    def _recv(self, bufsize: int) -> Packet:
+        if not LINUX:
+            data, address = self.sock.recvfrom(bufsize)
+            return Packet(data, str(address[0]), int(address[1]))
+        data, ancillary, _flags, address = self.sock.recvmsg(bufsize, _CMSG_BUFSIZE)
+        return parse_ancillary(data, address, ancillary)
+
+    def recv_nowait(self, bufsize: int = 65535) -> Packet | None:
+        """Receive one datagram if one is queued (socket must be non-blocking)."""
+        try:
+            return self._recv(bufsize)
+        except (BlockingIOError, InterruptedError):
+            return None
+
+    def leave(self) -> None:
+        """Leave the group (also done by close, and by the kernel when the socket closes)."""
+        if not self.joined:
+            return
+        family = self.spec.family
+        try:
+            if self.sources:
+                for source in self.sources:
+                    req = _group_source_req(self.interface.index, self.spec.group, source)
+                    self.sock.setsockopt(_level(family), MCAST_LEAVE_SOURCE_GROUP, req)
+            else:
+                req = _group_req(self.interface.index, self.spec.group)
+                self.sock.setsockopt(_level(family), MCAST_LEAVE_GROUP, req)
+        except OSError as exc:
+            raise _setup_error(f"leaving {self.spec.group} on {self.interface.name}", exc) from exc
+        finally:
+            self.joined = False
+
+    def close(self) -> None:
+        """Leave and close."""
+        if self.sock.fileno() < 0:
+            return
+        with contextlib.suppress(OSError):
+            self.leave()
+        self.sock.close()
+
+    def __enter__(self) -> GroupSocket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def parse_ancillary(
+    data: bytes, address: tuple[object, ...], ancillary: list[tuple[int, int, bytes]]
+) -> Packet:
+    """Build a Packet from recvmsg's results (Linux layouts of in_pktinfo/in6_pktinfo)."""
+    destination: str | None = None
+    ifindex: int | None = None
+    ttl: int | None = None
+    for level, kind, payload in ancillary:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(payload) >= 12:
+            ifindex = struct.unpack_from("=i", payload, 0)[0]
+            destination = str(IPv4Address(payload[8:12]))
+        elif level == socket.IPPROTO_IP and kind == socket.IP_TTL and len(payload) >= 4:
+            ttl = struct.unpack_from("=i", payload, 0)[0]
+        elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(payload) >= 20:
+            destination = str(IPv6Address(payload[:16]))
+            ifindex = struct.unpack_from("=i", payload, 16)[0]
+        elif level == socket.IPPROTO_IPV6 and kind == IPV6_HOPLIMIT and len(payload) >= 4:
+            ttl = struct.unpack_from("=i", payload, 0)[0]
+    return Packet(data, str(address[0]), int(str(address[1])), destination, ifindex, ttl)
+
+
+def _needs_scope(group: IPAddress) -> bool:
+    return group.version == 6 and (group.packed[1] & 0x0F) in (0x1, 0x2)
+
+
+def _as_spec(group: GroupSpec | str, allow_broadcast: bool) -> GroupSpec:
+    if isinstance(group, GroupSpec):
+        return group
+    return parse_group(group, allow_broadcast=allow_broadcast)
+
+
+def _new_socket(family: int) -> socket.socket:
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    sock = socket.socket(af, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    if family == 6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return sock
+
+
+def _set_rcvbuf(sock: socket.socket, size: int) -> int:
+    """Ask for ``size`` bytes of receive buffer; return what the kernel granted."""
+    if LINUX:
+        with contextlib.suppress(OSError):  # root may exceed net.core.rmem_max
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+            granted: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            return granted
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+
+def configure_sending(
+    sock: socket.socket, family: int, interface: Interface, *, ttl: int, loopback: bool
+) -> None:
+    """Outgoing interface, TTL / hop limit and loopback for multicast sent on ``sock``."""
+    if not 0 <= ttl <= 255:
+        raise AddressError(f"TTL {ttl} is out of range; expected 0-255")
+    try:
+        if family == 4:
+            if LINUX:
+                # struct ip_mreqn: the index picks the interface; the address fixes the source
+                # (on lo the kernel would otherwise pick 0.0.0.0, 127/8 being host-scoped).
+                local = interface.ipv4_address
+                local_bytes = local.packed if local else b"\0" * 4
+                value = struct.pack("=4s4si", b"\0" * 4, local_bytes, interface.index)
+            else:
+                address = interface.ipv4_address
+                if address is None:
+                    raise InterfaceError(
+                        f"interface {interface.name} has no IPv4 address to send from"
+                    )
+                value = address.packed
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, value)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, int(loopback))
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, interface.index)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ttl)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, int(loopback))
+    except OSError as exc:
+        raise _setup_error(f"setting the sending interface {interface.name}", exc) from exc
+
+
+def _bind_receiver(sock: socket.socket, spec: GroupSpec, interface: Interface) -> list[str]:
+    warnings: list[str] = []
+    if spec.group.version == 4:
+        host = "" if WINDOWS or spec.broadcast else str(spec.group)
+        address: tuple[str, int] | tuple[str, int, int, int] = (host, spec.port)
+    else:
+        host = "::" if WINDOWS else str(spec.group)
+        scope = interface.index if _needs_scope(spec.group) else 0
+        address = (host, spec.port, 0, scope)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL and host not in ("", "::"):
+            # Some stacks refuse a group address in bind: fall back to the wildcard.
+            wildcard = ("", spec.port) if spec.group.version == 4 else ("::", spec.port, 0, 0)
+            try:
+                sock.bind(wildcard)
+            except OSError as exc2:
+                raise _bind_error(spec, exc2) from exc2
+            warnings.append("bound the wildcard address: other groups on this port may arrive")
+        else:
+            raise _bind_error(spec, exc) from exc
+    return warnings
+
+
+def _bind_error(spec: GroupSpec, exc: OSError) -> SocketSetupError:
+    hint = ""
+    if exc.errno == errno.EADDRINUSE:
+        hint = (
+            f"another program holds UDP port {spec.port} without SO_REUSEADDR; "
+            f"find it with: ss -ulpn 'sport = :{spec.port}'"
+        )
+    elif exc.errno == errno.EACCES:
+        hint = f"ports below 1024 need root; pick a port such as {spec.port + 5000}"
+    return _setup_error(f"binding UDP port {spec.port}", exc, hint=hint)
+
+
+def _enable_packet_info(sock: socket.socket, family: int) -> None:
+    if not LINUX:
+        return
+    with contextlib.suppress(OSError):
+        if family == 4:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
+
+
+def open_receiver(
+    group: GroupSpec | str,
+    *,
+    iface: str | int | None = None,
+    sources: Iterable[str | IPAddress] = (),
+    exclude: Iterable[str | IPAddress] = (),
+    reuse: bool = True,
+    rcvbuf: int | None = None,
+    ttl: int = 1,
+    loopback: bool = True,
+    blocking: bool = True,
+) -> GroupSocket:
+    """Open a socket that receives ``group`` (``"239.1.2.3:5000%eth0"`` or a GroupSpec).
+
+    ``sources`` makes a source-specific join (SSM, IGMPv3/MLDv2): only those senders arrive.
+    ``exclude`` joins any-source but blocks the listed senders. The socket can also send to the
+    group with the given ``ttl`` and ``loopback``. An IPv4 broadcast spec opens a broadcast
+    receiver instead (no join).
+    """
+    spec = _as_spec(group, allow_broadcast=True)
+    family = spec.family
+    interface = resolve_interface(
+        iface if iface is not None else spec.iface,
+        family,
+        group=None if spec.broadcast else spec.group,
+        require_multicast=not spec.broadcast,
+    )
+    source_list = _source_list(sources, family, "source")
+    excluded = _source_list(exclude, family, "excluded source")
+    if source_list and excluded:
+        raise AddressError("give either sources (include mode) or exclude, not both")
+    sock = _new_socket(family)
+    try:
+        result = GroupSocket(sock, spec, interface, source_list, excluded)
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if BSD_LIKE and hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if rcvbuf:
+            result.rcvbuf = _set_rcvbuf(sock, rcvbuf)
+            if result.rcvbuf < rcvbuf:
+                result.warnings.append(
+                    f"receive buffer is {result.rcvbuf} bytes, not {rcvbuf}: "
+                    "raise net.core.rmem_max"
+                )
+        _enable_packet_info(sock, family)
+        if spec.broadcast:
+            _bind_broadcast(sock, spec, interface)
+        else:
+            if LINUX:
+                option = IP_MULTICAST_ALL if family == 4 else IPV6_MULTICAST_ALL
+                with contextlib.suppress(OSError):  # IPV6_MULTICAST_ALL needs Linux 4.20+
+                    sock.setsockopt(_level(family), option, 0)
+            result.warnings.extend(_bind_receiver(sock, spec, interface))
+            configure_sending(sock, family, interface, ttl=ttl, loopback=loopback)
+            _join(result)
+        sock.setblocking(blocking)
+    except BaseException:
+        sock.close()
+        raise
+    return result
+
+
+def _join(target: GroupSocket) -> None:
+    family = target.spec.family
+    level = _level(family)
+    index = target.interface.index
+    where = f"{target.spec.group} on {target.interface.name}"
+    try:
+        if target.sources:
+            for source in target.sources:
+                req = _group_source_req(index, target.spec.group, source)
+                target.sock.setsockopt(level, MCAST_JOIN_SOURCE_GROUP, req)
+        else:
+            target.sock.setsockopt(level, MCAST_JOIN_GROUP, _group_req(index, target.spec.group))
+        target.joined = True
+        for blocked in target.excluded:
+            req = _group_source_req(index, target.spec.group, blocked)
+            target.sock.setsockopt(level, MCAST_BLOCK_SOURCE, req)
+    except OSError as exc:
+        hint = _join_hint(exc, family, target.interface)
+        raise _setup_error(f"joining {where}", exc, hint=hint) from exc
+
+
+def _bind_broadcast(sock: socket.socket, spec: GroupSpec, interface: Interface) -> None:
+    if spec.family != 4:
+        raise AddressError("IPv6 has no broadcast; use a multicast group such as ff02::1")
+    _bind_to_device(sock, interface)
+    try:
+        sock.bind(("", spec.port))
+    except OSError as exc:
+        raise _bind_error(spec, exc) from exc
+
+
+def _bind_to_device(sock: socket.socket, interface: Interface) -> bool:
+    """Tie the socket to one interface (Linux, needs CAP_NET_RAW); False when not possible."""
+    if not LINUX:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.name.encode())
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def open_sender(
+    group: GroupSpec | str,
+    *,
+    iface: str | int | None = None,
+    ttl: int = 1,
+    loopback: bool = True,
+    source: str | None = None,
+    sndbuf: int | None = None,
+) -> GroupSocket:
+    """Open a socket that sends to ``group`` out of one interface.
+
+    ``source`` binds a local address (and optional ``:port``) so receivers doing a
+    source-specific join can pick this sender. An IPv4 broadcast spec turns on SO_BROADCAST.
+    """
+    spec = _as_spec(group, allow_broadcast=True)
+    family = spec.family
+    interface = resolve_interface(
+        iface if iface is not None else spec.iface,
+        family,
+        group=None if spec.broadcast else spec.group,
+        require_multicast=False,
+    )
+    if not spec.broadcast:
+        check_multicast_capable(interface)
+    sock = _new_socket(family)
+    try:
+        if sndbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        if spec.broadcast:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            if not _bind_to_device(sock, interface) and interface.ipv4_address:
+                source = source or str(interface.ipv4_address)
+        else:
+            configure_sending(sock, family, interface, ttl=ttl, loopback=loopback)
+        if source:
+            _bind_source(sock, source, family)
+    except BaseException:
+        sock.close()
+        raise
+    return GroupSocket(sock, spec, interface)
+
+
+def _split_host_port(text: str) -> tuple[str, str]:
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else ""
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, port
+    return text, ""
+
+
+def _bind_source(sock: socket.socket, source: str, family: int) -> None:
+    host, port_text = _split_host_port(source.strip())
+    address = parse_address(host.split("%", 1)[0])
+    if address.version != family:
+        raise AddressError(f"source {address} is IPv{address.version}; the group is IPv{family}")
+    port = parse_port(port_text) if port_text else 0
+    try:
+        sock.bind((str(address), port) if family == 4 else (str(address), port, 0, 0))
+    except OSError as exc:
+        hint = "it must be an address of this host (see `mcast ifaces`)"
+        if exc.errno == errno.EADDRINUSE:
+            hint = "that source port is in use"
+        raise _setup_error(f"binding source {source}", exc, hint=hint) from exc
