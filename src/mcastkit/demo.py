@@ -71,7 +71,13 @@ class DemoPeer:
             return DemoEvent(self.node_id, self.name, "greeted", sender, sender_name, source), reply
         if message.get("to") == self.node_id:
             self.answered_by[sender] = sender_name
-            return DemoEvent(self.node_id, self.name, "answered", sender, sender_name, source), None
+            event = DemoEvent(self.node_id, self.name, "answered", sender, sender_name, source)
+            if sender in self.greeted_by:
+                return event, None
+            # The sender started before us and its hello never reached us: its reply is its
+            # greeting, and our answer completes the handshake (once: now it is known).
+            self.greeted_by[sender] = sender_name
+            return event, self._encode({"type": "reply", "to": sender})
         return DemoEvent(self.node_id, self.name, "overheard", sender, sender_name, source), None
 
     def _encode(self, fields: dict[str, str]) -> bytes:

@@ -67,9 +67,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         elif event.kind == "invalid":
             say(f"{me}: ignored a datagram that is not a demo message from {event.source}")
 
-    if not args.json:
-        where = f"via {iface}" if iface else "on the default interface"
-        note(f"demo on {spec} {where}: {nodes} node(s); own messages are recognised by id")
+    where = f"via {iface}" if iface else "on the default interface"
+    note(f"demo on {spec} {where}: {nodes} node(s); own messages are recognised by id")
     result = run_demo(
         spec,
         nodes=nodes,

@@ -393,15 +393,16 @@ def open_receiver(
     ttl: int = 1,
     loopback: bool = True,
     blocking: bool = True,
+    broadcast: bool = False,
 ) -> GroupSocket:
     """Open a socket that receives ``group`` (``"239.1.2.3:5000%eth0"`` or a GroupSpec).
 
     ``sources`` makes a source-specific join (SSM, IGMPv3/MLDv2): only those senders arrive.
     ``exclude`` joins any-source but blocks the listed senders. The socket can also send to the
-    group with the given ``ttl`` and ``loopback``. An IPv4 broadcast spec opens a broadcast
-    receiver instead (no join).
+    group with the given ``ttl`` and ``loopback``. With ``broadcast`` (or a GroupSpec parsed
+    with ``allow_broadcast``) an IPv4 broadcast address opens a broadcast receiver (no join).
     """
-    spec = _as_spec(group, allow_broadcast=True)
+    spec = _as_spec(group, allow_broadcast=broadcast)
     family = spec.family
     interface = resolve_interface(
         iface if iface is not None else spec.iface,
@@ -495,13 +496,15 @@ def open_sender(
     loopback: bool = True,
     source: str | None = None,
     sndbuf: int | None = None,
+    broadcast: bool = False,
 ) -> GroupSocket:
     """Open a socket that sends to ``group`` out of one interface.
 
     ``source`` binds a local address (and optional ``:port``) so receivers doing a
-    source-specific join can pick this sender. An IPv4 broadcast spec turns on SO_BROADCAST.
+    source-specific join can pick this sender. With ``broadcast`` an IPv4 broadcast address
+    is accepted and SO_BROADCAST turned on.
     """
-    spec = _as_spec(group, allow_broadcast=True)
+    spec = _as_spec(group, allow_broadcast=broadcast)
     family = spec.family
     interface = resolve_interface(
         iface if iface is not None else spec.iface,

@@ -1,0 +1,162 @@
+"""The ``mcast`` command as a user runs it: real processes, real sockets on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mcastkit.cli.main import main
+
+
+def mcast(
+    *args: str, stdin: str | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mcastkit", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_demo_three_nodes_on_loopback_all_greet_and_answer() -> None:
+    result = mcast("demo", "--nodes", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    summary = lines[-1]["summary"]
+    assert summary["complete"] and summary["interface"] == "lo"
+    ids = {n["id"] for n in summary["nodes"]}
+    assert len(ids) == 3
+    for node in summary["nodes"]:
+        assert set(node["greeted_by"]) == ids - {node["id"]}
+        assert set(node["answered_by"]) == ids - {node["id"]}
+        assert node["own_messages_ignored"] >= 1
+    kinds = [line["event"]["kind"] for line in lines[:-1]]
+    assert kinds.count("greeted") >= 6 and kinds.count("answered") >= 6
+
+
+def test_demo_human_output_shows_who_greeted_whom() -> None:
+    result = mcast("demo", "--nodes", "2", "--name", "ignored-with-nodes")
+    assert result.returncode == 0, result.stderr
+    assert "hello from node-2" in result.stdout and "answered our hello" in result.stdout
+
+
+def test_demo_fails_loudly_when_peers_never_answer() -> None:
+    # One node expecting a peer that never comes: exit 1 after the deadline, not a hang.
+    result = mcast("demo", "--iface", "lo", "--expect", "1", "--duration", "0.5")
+    assert result.returncode == 1
+    assert "not every node" in result.stderr
+
+
+def test_send_stdin_lines_to_listen_with_json() -> None:
+    listener = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mcastkit",
+            "listen",
+            "239.255.60.1:5600",
+            "--iface",
+            "lo",
+            "--count",
+            "3",
+            "--timeout",
+            "10",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert listener.stderr is not None
+    assert "listening on" in listener.stderr.readline()
+    sent = mcast("send", "239.255.60.1:5600", "-", "--iface", "lo", "--json", stdin="a\nbb\nccc\n")
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["datagrams"] == 3
+    out, _ = listener.communicate(timeout=20)
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["text"] for r in records[:3]] == ["a", "bb", "ccc"]
+    assert records[3]["summary"]["datagrams"] == 3
+    assert listener.returncode == 0
+
+
+def test_listen_times_out_with_exit_1_and_a_hint() -> None:
+    result = mcast("listen", "239.255.60.2:5601", "--iface", "lo", "--timeout", "0.3")
+    assert result.returncode == 1
+    assert "nothing arrived" in result.stderr
+
+
+def test_listen_partial_count_exits_3() -> None:
+    listener = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mcastkit",
+            "listen",
+            "239.255.60.3:5602",
+            "--iface",
+            "lo",
+            "--count",
+            "5",
+            "--timeout",
+            "2",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert listener.stderr is not None and "listening" in listener.stderr.readline()
+    assert mcast("send", "239.255.60.3:5602", "x", "--iface", "lo", "--count", "2").returncode == 0
+    listener.communicate(timeout=20)
+    assert listener.returncode == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["send", "10.0.0.1:5000", "x"], "unicast address"),
+        (["send", "239.1.1.1", "x"], "no port given"),
+        (["listen", "239.1.1.1:5000", "--iface", "nope9"], "no interface 'nope9'"),
+        (["send", "255.255.255.255:5000", "x"], "--broadcast"),
+        (["send", "239.1.1.1:5000", "x", "--ttl", "999", "--iface", "lo"], "TTL 999"),
+        (["listen", "239.1.1.1:5000", "--source", "::1", "--iface", "lo"], "IPv6"),
+        (["addr", "192.168.1.1"], "unicast"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(args: list[str], message: str) -> None:
+    result = mcast(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_addr_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["addr", "239.1.2.3", "[ff02::fb]:5353", "--json"]) == 0
+    first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert first["mac"] == "01:00:5e:01:02:03" and len(first["mac_shared_groups"]) == 31
+    assert second["well_known"] == "mDNS" and second["scope"] == "link-local"
+
+
+def test_addr_human(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["addr", "224.0.0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "OSPF" in out and "no, stays on the link" in out and "01:00:5e:00:00:05" in out
+
+
+def test_ifaces_json_lists_loopback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ifaces", "--json"]) == 0
+    interfaces = json.loads(capsys.readouterr().out)
+    lo = next(i for i in interfaces if i["name"] == "lo")
+    assert lo["loopback"] and "127.0.0.1/8" in lo["ipv4"]
+
+
+def test_version_and_help() -> None:
+    assert mcast("--version").stdout.startswith("mcastkit ")
+    help_text = mcast("--help").stdout
+    for command in ("demo", "addr", "ifaces", "send", "listen"):
+        assert command in help_text

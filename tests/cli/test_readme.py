@@ -1,0 +1,27 @@
+"""The README's library example must run as written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_python_example_runs() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert blocks, "README has no python example"
+    result = subprocess.run(
+        [sys.executable, "-c", blocks[0]], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert "hello group" in result.stdout
+    assert "from the chosen source" in result.stdout
+
+
+def test_readme_names_the_two_setup_commands() -> None:
+    text = README.read_text()
+    assert "python3 -m pip install . && mcast demo --nodes 3" in text
+    assert "bash scripts/test.sh" in text

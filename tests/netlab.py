@@ -1,0 +1,153 @@
+"""Test hosts on one machine: network namespaces joined by veth pairs to a bridge.
+
+Every name carries this process's id and a counter, so parallel runs and reruns never clash, and
+everything made is removed again. Runs only inside the suite's private network namespace (see
+conftest.py): nothing here can reach a real interface.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+_counter = itertools.count(1)
+PYTHON = sys.executable
+
+
+def sh(*args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run a command, capturing its text output."""
+    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Host:
+    """A network namespace with one interface, ``eth0``, on the lab's bridge."""
+
+    name: str
+    ipv4: str
+    ipv6: str
+
+    def exec_args(self, *args: str) -> list[str]:
+        """Argument list that runs ``args`` inside this host."""
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def run(
+        self, *args: str, timeout: float = 30, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside this host and wait for it."""
+        return subprocess.run(
+            self.exec_args(*args), capture_output=True, text=True, timeout=timeout, check=check
+        )
+
+    def mcast(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run ``mcast ARGS`` on this host and wait for it."""
+        return self.run(PYTHON, "-m", "mcastkit", *args, timeout=timeout)
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """Start a command on this host in the background (stdout and stderr piped)."""
+        return subprocess.Popen(
+            self.exec_args(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def start_mcast(self, *args: str) -> subprocess.Popen[str]:
+        """Start ``mcast ARGS`` on this host in the background."""
+        return self.start(PYTHON, "-m", "mcastkit", *args)
+
+    def python(self, code: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run a Python snippet on this host."""
+        return self.run(PYTHON, "-c", code, timeout=timeout)
+
+
+def wait_for_line(stream: object, needle: str, timeout: float = 10.0) -> str:
+    """Read lines from a pipe until one contains ``needle``; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    fd = stream.fileno()  # type: ignore[attr-defined]
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        line = stream.readline()  # type: ignore[attr-defined]
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return line
+    raise AssertionError(f"{needle!r} not seen within {timeout}s; got: {''.join(seen)!r}")
+
+
+@dataclass
+class Lab:
+    """A bridge (one LAN segment) and the hosts on it."""
+
+    tag: str = field(default_factory=lambda: f"mk{os.getpid() % 100000}x{next(_counter)}")
+    hosts: list[Host] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+
+    @property
+    def bridge(self) -> str:
+        """The bridge device's name (at most 15 characters)."""
+        return f"{self.tag}br"[-15:]
+
+    def lan(self, count: int) -> list[Host]:
+        """Make ``count`` hosts 10.88.0.N / fd88::N on one bridge, default route out of eth0."""
+        # No DAD, so IPv6 addresses (link-local included) are usable at once.
+        for key in ("all", "default"):
+            sh("sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0")
+        sh("ip", "link", "add", self.bridge, "type", "bridge", "mcast_snooping", "0")
+        self.links.append(self.bridge)
+        sh("ip", "link", "set", self.bridge, "up")
+        for number in range(1, count + 1):
+            name = f"{self.tag}h{number}"
+            sh("ip", "netns", "add", name)
+            self.namespaces.append(name)
+            for key in ("all", "default"):
+                sh(
+                    "ip",
+                    "netns",
+                    "exec",
+                    name,
+                    "sysctl",
+                    "-qw",
+                    f"net.ipv6.conf.{key}.accept_dad=0",
+                )
+            port = f"{self.tag}p{number}"[-15:]
+            sh("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", name)
+            self.links.append(port)
+            sh("ip", "link", "set", port, "master", self.bridge)
+            sh("ip", "link", "set", port, "up")
+            host = Host(name, f"10.88.0.{number}", f"fd88::{number}")
+            sh("ip", "-n", name, "link", "set", "lo", "up")
+            sh("ip", "-n", name, "addr", "add", f"{host.ipv4}/24", "dev", "eth0")
+            sh("ip", "-n", name, "addr", "add", f"{host.ipv6}/64", "dev", "eth0", "nodad")
+            sh("ip", "-n", name, "link", "set", "eth0", "up")
+            # A LAN host's default route points at its only interface: multicast follows it.
+            sh("ip", "-n", name, "route", "add", "default", "dev", "eth0")
+            self.hosts.append(host)
+        return self.hosts
+
+    def close(self) -> None:
+        """Remove every namespace and link this lab made."""
+        for name in self.namespaces:
+            for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+                sh("kill", "-9", pid, check=False)
+            sh("ip", "netns", "del", name, check=False)
+        for link in self.links:
+            sh("ip", "link", "del", link, check=False)
+
+
+def require_tool(name: str) -> str:
+    """Path of a third-party tool, or skip saying how to get it."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (scripts/test.sh installs it as root)")
+    return path

@@ -1,0 +1,45 @@
+"""Parsing recvmsg ancillary data and building the RFC 3678 request structs."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from ipaddress import IPv4Address, IPv6Address
+
+from mcastkit.transport import sockets
+
+
+def test_ipv4_pktinfo_and_ttl() -> None:
+    pktinfo = struct.pack("=i4s4s", 7, bytes(4), IPv4Address("239.1.2.3").packed)
+    ttl = struct.pack("=i", 5)
+    packet = sockets.parse_ancillary(
+        b"data",
+        ("10.0.0.1", 4000),
+        [(socket.IPPROTO_IP, sockets.IP_PKTINFO, pktinfo), (socket.IPPROTO_IP, socket.IP_TTL, ttl)],
+    )
+    assert (packet.destination, packet.ifindex, packet.ttl) == ("239.1.2.3", 7, 5)
+    assert (packet.source, packet.source_port) == ("10.0.0.1", 4000)
+
+
+def test_ipv6_pktinfo_and_hoplimit_and_short_payloads_ignored() -> None:
+    info = IPv6Address("ff12::1").packed + struct.pack("=i", 3)
+    packet = sockets.parse_ancillary(
+        b"",
+        ("fe80::1%eth0", 1, 0, 3),
+        [
+            (socket.IPPROTO_IPV6, sockets.IPV6_PKTINFO, info),
+            (socket.IPPROTO_IPV6, sockets.IPV6_HOPLIMIT, struct.pack("=i", 1)),
+            (socket.IPPROTO_IP, sockets.IP_PKTINFO, b"\x00"),  # truncated: ignored
+        ],
+    )
+    assert (packet.destination, packet.ifindex, packet.ttl) == ("ff12::1", 3, 1)
+
+
+def test_group_source_req_layout_on_linux() -> None:
+    req = sockets._group_source_req(9, IPv4Address("232.1.1.1"), IPv4Address("10.0.0.1"))
+    assert len(req) == 4 + sockets._GSR_PAD + 2 * 128
+    assert struct.unpack_from("=I", req)[0] == 9
+    group_at = 4 + sockets._GSR_PAD
+    assert struct.unpack_from("=H", req, group_at)[0] == socket.AF_INET
+    assert req[group_at + 4 : group_at + 8] == IPv4Address("232.1.1.1").packed
+    assert req[group_at + 128 + 4 : group_at + 128 + 8] == IPv4Address("10.0.0.1").packed
