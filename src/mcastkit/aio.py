@@ -1,0 +1,454 @@
+"""asyncio runtime for a group Node: feeds the Session, sends what is due, re-arms its timer.
+
+No protocol logic lives here. Two sockets: the group socket receives the group's datagrams; a
+second, unicast socket sends everything (so peers learn a unicast address for replies) and
+receives unicast replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .addr import GroupSpec, parse_group
+from .security import GroupKey, KeyRing, key_from_passphrase
+from .session import (
+    Event,
+    Failed,
+    Gathered,
+    IdRenewed,
+    Joined,
+    Left,
+    Message,
+    PeerInfo,
+    RequestReceived,
+    Session,
+    Updated,
+    Want,
+    topic_matches,
+)
+from .transport import GroupSocket, open_receiver, open_sender
+
+__all__ = ["DEFAULT_GROUP", "GatherResult", "Node", "Request", "Subscription"]
+
+log = logging.getLogger("mcastkit")
+DEFAULT_GROUP = "239.255.77.78:5078"
+READ_BATCH = 64
+QUEUE_LIMIT = 10000
+MembershipEvent = Joined | Left | Failed | Updated | IdRenewed
+Handler = Callable[["Request"], "bytes | str | Awaitable[bytes | str]"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request this node was asked to answer."""
+
+    topic: str
+    payload: bytes
+    sender: int
+    sender_name: str
+
+    def text(self) -> str:
+        """The payload as text."""
+        return self.payload.decode("utf-8", errors="replace")
+
+
+@dataclass
+class GatherResult:
+    """Replies gathered by ``Node.request``."""
+
+    topic: str
+    replies: dict[int, bytes]
+    names: dict[int, str]
+    missing: list[int]
+    complete: bool
+    rtts: dict[int, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {
+            "topic": self.topic,
+            "complete": self.complete,
+            "replies": [
+                {
+                    "id": f"{peer:016x}",
+                    "name": self.names.get(peer, "?"),
+                    "payload": data.decode("utf-8", errors="replace"),
+                    "rtt_ms": round(self.rtts.get(peer, 0.0) * 1000, 3),
+                }
+                for peer, data in self.replies.items()
+            ],
+            "missing": [
+                {"id": f"{peer:016x}", "name": self.names.get(peer, "?")} for peer in self.missing
+            ],
+        }
+
+
+class Subscription:
+    """Messages whose topic matches ``pattern`` (exact, or a prefix ending in ``*``)."""
+
+    def __init__(self, node: Node, pattern: str) -> None:
+        self.pattern = pattern
+        self.dropped = 0
+        self._node = node
+        self._queue: asyncio.Queue[Message | None] = asyncio.Queue(QUEUE_LIMIT)
+
+    def matches(self, topic: str) -> bool:
+        """True when ``topic`` belongs to this subscription."""
+        return topic_matches(self.pattern, topic)
+
+    def _offer(self, message: Message | None) -> None:
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.dropped += 1  # a slow consumer never stalls the node
+
+    async def get(self, timeout: float | None = None) -> Message | None:
+        """The next message; None at the timeout or when the node stopped."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    def close(self) -> None:
+        """Stop receiving."""
+        self._node._subscriptions.discard(self)
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        while True:
+            message = await self._queue.get()
+            if message is None:
+                return
+            yield message
+
+
+def _as_bytes(payload: bytes | str) -> bytes:
+    return payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+
+
+class Node:
+    """A member of a multicast group: membership, publish/subscribe, request/gather.
+
+    Use ``async with Node("239.255.77.78:5078", name="a") as node: ...``.
+    """
+
+    def __init__(
+        self,
+        group: str | GroupSpec = DEFAULT_GROUP,
+        *,
+        iface: str | int | None = None,
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
+        key: GroupKey | None = None,
+        passphrase: str | None = None,
+        heartbeat: float = 1.0,
+        failure_timeout: float | None = None,
+        ttl: int = 1,
+        loopback: bool = True,
+        deliver_own: bool = False,
+        max_datagram: int = 1472,
+    ) -> None:
+        self.spec = group if isinstance(group, GroupSpec) else parse_group(group)
+        self._iface = iface
+        self._ttl = ttl
+        self._loopback = loopback
+        if passphrase is not None:
+            key = key_from_passphrase(passphrase)
+        self.key = key
+        self._session_args: dict[str, Any] = {
+            "name": name or f"{socket.gethostname()}-{os.getpid()}",
+            "meta": {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "version": _version(),
+                "tags": tags or {},
+            },
+            "heartbeat": heartbeat,
+            "failure_timeout": failure_timeout,
+            "deliver_own": deliver_own,
+            "max_datagram": max_datagram,
+        }
+        self.session: Session | None = None
+        self._group_socket: GroupSocket | None = None
+        self._unicast_socket: GroupSocket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._subscriptions: set[Subscription] = set()
+        self._membership: set[asyncio.Queue[MembershipEvent | None]] = set()
+        self._handlers: dict[str, Handler] = {}
+        self._gathers: dict[int, asyncio.Future[Gathered]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.send_errors = 0
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> Node:
+        """Open the sockets, announce ourselves, start heartbeats."""
+        loop = self._loop = asyncio.get_running_loop()
+        group_socket = open_receiver(
+            self.spec, iface=self._iface, ttl=self._ttl, loopback=self._loopback, blocking=False
+        )
+        try:
+            unicast = open_sender(
+                self.spec,
+                iface=group_socket.interface.index,
+                ttl=self._ttl,
+                loopback=self._loopback,
+            )
+        except BaseException:
+            group_socket.close()
+            raise
+        unicast.sock.setblocking(False)
+        self._group_socket, self._unicast_socket = group_socket, unicast
+        keyring = None
+        if self.key is not None:
+            keyring = KeyRing([self.key], os.urandom)
+        else:
+            log.warning(
+                "group %s is open: no key, anyone on the path can read and inject", self.spec
+            )
+        random_id = int.from_bytes(os.urandom(8), "big")
+        self.session = Session(
+            node_id=random_id,
+            incarnation=int.from_bytes(os.urandom(4), "big"),
+            now=loop.time(),
+            random_bytes=os.urandom,
+            keyring=keyring,
+            wall_clock_us=lambda: time.time_ns() // 1000,
+            **self._session_args,
+        )
+        for topic in self._handlers:
+            self.session.serve(topic, loop.time())
+        loop.add_reader(group_socket.fileno(), self._on_readable, group_socket)
+        loop.add_reader(unicast.fileno(), self._on_readable, unicast)
+        self.session.start(loop.time())
+        self._pump()
+        return self
+
+    async def stop(self) -> None:
+        """Say goodbye and close."""
+        if self.session is None or self._loop is None:
+            return
+        self.session.close(self._loop.time())
+        self._pump()
+        if self._timer is not None:
+            self._timer.cancel()
+        for sock in (self._group_socket, self._unicast_socket):
+            if sock is not None:
+                self._loop.remove_reader(sock.fileno())
+                sock.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for subscription in list(self._subscriptions):
+            subscription._offer(None)
+        for queue in list(self._membership):
+            queue.put_nowait(None)
+        for future in self._gathers.values():
+            if not future.done():
+                future.cancel()
+        self.session = None
+
+    async def __aenter__(self) -> Node:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # --- API -----------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> int:
+        """This node's random id."""
+        return self._live().node_id
+
+    @property
+    def name(self) -> str:
+        """This node's name."""
+        return str(self._session_args["name"])
+
+    @property
+    def interface(self) -> str:
+        """The interface the node joined on."""
+        return self._group_socket.interface.name if self._group_socket else ""
+
+    @property
+    def peers(self) -> dict[int, PeerInfo]:
+        """The members this node knows now (itself excluded)."""
+        return dict(self._live().peers)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Datagrams, frames, drops by reason, sends by type."""
+        return dict(self._live().counters)
+
+    async def publish(self, topic: str, payload: bytes | str) -> None:
+        """Send a message on ``topic`` to the group."""
+        session = self._live()
+        session.publish(topic, _as_bytes(payload), self._now())
+        self._pump()
+
+    async def publish_json(self, topic: str, value: Any) -> None:
+        """Send ``value`` as JSON."""
+        await self.publish(topic, json.dumps(value, separators=(",", ":")).encode())
+
+    def subscribe(self, pattern: str = "*") -> Subscription:
+        """Messages on ``pattern`` (exact topic, or prefix ending in ``*``; ``*`` is all)."""
+        subscription = Subscription(self, pattern)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def membership(self) -> AsyncIterator[MembershipEvent]:
+        """Joined / Left / Failed / Updated / IdRenewed events as they happen."""
+        queue: asyncio.Queue[MembershipEvent | None] = asyncio.Queue()
+        self._membership.add(queue)
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return
+                yield event
+        finally:
+            self._membership.discard(queue)
+
+    def serve(self, topic: str, handler: Handler) -> None:
+        """Answer requests on ``topic`` (or ``prefix*``) with ``handler``'s return value."""
+        self._handlers[topic] = handler
+        if self.session is not None:
+            self.session.serve(topic, self._now())
+            self._pump()
+
+    async def request(
+        self, topic: str, payload: bytes | str = b"", *, timeout: float = 1.0, want: Want = "all"
+    ) -> GatherResult:
+        """Ask the group and gather replies until ``want`` is met or ``timeout`` passes."""
+        session = self._live()
+        loop = self._loop
+        assert loop is not None
+        request_id = session.request(
+            topic, _as_bytes(payload), loop.time(), timeout=timeout, want=want
+        )
+        future: asyncio.Future[Gathered] = loop.create_future()
+        self._gathers[request_id] = future
+        self._pump()
+        try:
+            gathered = await future
+        finally:
+            self._gathers.pop(request_id, None)
+        names = {peer_id: peer.name for peer_id, peer in session.peers.items()}
+        return GatherResult(
+            gathered.topic,
+            gathered.replies,
+            names,
+            gathered.missing,
+            gathered.complete,
+            gathered.rtts,
+        )
+
+    # --- runtime -------------------------------------------------------------------------
+
+    def _live(self) -> Session:
+        if self.session is None:
+            raise RuntimeError("the node is not running: use `async with Node(...)` or start()")
+        return self.session
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _on_readable(self, sock: GroupSocket) -> None:
+        session = self.session
+        if session is None:
+            return
+        now = self._now()
+        for _ in range(READ_BATCH):
+            try:
+                data, address = sock.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                session.counters["receive-errors"] += 1
+                break
+            session.receive_datagram(data, (str(address[0]), int(address[1])), now)
+        self._pump()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.session is not None:
+            self.session.handle_timer(self._now())
+            self._pump()
+
+    def _pump(self) -> None:
+        session = self.session
+        if session is None or self._unicast_socket is None:
+            return
+        sender = self._unicast_socket
+        for data, destination in session.datagrams_to_send():
+            try:
+                sender.sock.sendto(data, destination or sender.destination)
+            except OSError:
+                self.send_errors += 1  # full buffer or unreachable peer: counted, not fatal
+        while (event := session.next_event()) is not None:
+            self._dispatch(event)
+        deadline = session.next_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None and self._loop is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, Message):
+            for subscription in list(self._subscriptions):
+                if subscription.matches(event.topic):
+                    subscription._offer(event)
+        elif isinstance(event, RequestReceived):
+            self._answer(event)
+        elif isinstance(event, Gathered):
+            future = self._gathers.get(event.request_id)
+            if future is not None and not future.done():
+                future.set_result(event)
+        else:
+            for queue in list(self._membership):
+                queue.put_nowait(event)
+
+    def _answer(self, event: RequestReceived) -> None:
+        handler = next(
+            (h for pattern, h in self._handlers.items() if topic_matches(pattern, event.topic)),
+            None,
+        )
+        if handler is None:
+            return
+        session = self._live()
+        peer = session.peers.get(event.sender)
+        request = Request(event.topic, event.payload, event.sender, peer.name if peer else "?")
+
+        async def run() -> None:
+            try:
+                result = handler(request)
+                if isinstance(result, Awaitable):
+                    result = await result
+                if self.session is not None:
+                    self.session.reply(event, _as_bytes(result), self._now())
+                    self._pump()
+            except Exception:  # a failing handler must not take the node down
+                log.exception("request handler for %r failed", event.topic)
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

@@ -1,0 +1,573 @@
+"""The group session: membership, messaging, request/gather and security, with no I/O.
+
+Inputs: ``receive_datagram(data, source, now)``, ``handle_timer(now)`` and the API calls.
+Outputs: ``datagrams_to_send()`` (bytes and a destination: None for the group, else a unicast
+address), ``next_event()`` and ``next_timer()``. Time and randomness are passed in, so tests
+run it with a fake clock and a fake lossy link.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import MulticastError
+from .security import KeyRing, ReplayWindow
+from .wire import (
+    Flag,
+    Frame,
+    FrameType,
+    decode_frame_untrusted,
+    encode_frame,
+    is_sealed,
+    max_payload,
+)
+
+__all__ = [
+    "Failed",
+    "Gathered",
+    "IdRenewed",
+    "Joined",
+    "Left",
+    "Message",
+    "MessageTooLarge",
+    "PeerInfo",
+    "RequestReceived",
+    "Session",
+    "Updated",
+]
+
+Address = tuple[str, int]
+Want = Literal["all", "first"] | int
+_REQUEST_ID = struct.Struct("!Q")
+# JGroups FD_ALL3 and similar detectors use a few missed heartbeats; 3 intervals is our default.
+DEFAULT_HEARTBEAT = 1.0
+MISSED_HEARTBEATS = 3
+MAX_META_BYTES = 1024
+
+
+class MessageTooLarge(MulticastError, ValueError):
+    """A payload does not fit one datagram of the configured size."""
+
+
+@dataclass
+class PeerInfo:
+    """What this node knows about one other member."""
+
+    node_id: int
+    incarnation: int
+    address: Address | None
+    first_seen: float
+    last_seen: float
+    meta: dict[str, Any] = field(default_factory=dict)
+    received: int = 0
+    lost: int = 0
+    highest_seq: int = -1
+    rtt: float | None = None
+    reported: bool = False  # a Joined event went out for this peer
+
+    @property
+    def name(self) -> str:
+        """The peer's chosen name ('?' until its hello arrived)."""
+        return str(self.meta.get("name", "?"))
+
+    @property
+    def loss(self) -> float:
+        """Fraction of this peer's group frames that never arrived (from sequence gaps)."""
+        total = self.received + self.lost
+        return self.lost / total if total else 0.0
+
+    def serves(self, topic: str) -> bool:
+        """True when the peer announced a handler for ``topic``."""
+        return any(topic_matches(p, topic) for p in self.meta.get("serves", []))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {
+            "id": f"{self.node_id:016x}",
+            "name": self.name,
+            "address": f"{self.address[0]}:{self.address[1]}" if self.address else None,
+            "meta": self.meta,
+            "last_seen": self.last_seen,
+            "received": self.received,
+            "loss": round(self.loss, 4),
+            "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
+        }
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """Exact match, or prefix match for a pattern ending in ``*``."""
+    if pattern.endswith("*"):
+        return topic.startswith(pattern[:-1])
+    return pattern == topic
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A member appeared."""
+
+    peer: PeerInfo
+
+
+@dataclass(frozen=True)
+class Updated:
+    """A member's metadata changed."""
+
+    peer: PeerInfo
+
+
+@dataclass(frozen=True)
+class Left:
+    """A member said goodbye."""
+
+    peer: PeerInfo
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A member stopped sending heartbeats for longer than the failure timeout."""
+
+    peer: PeerInfo
+
+
+@dataclass(frozen=True)
+class IdRenewed:
+    """Another node drew our id: we took a new one."""
+
+    old_id: int
+    new_id: int
+
+
+@dataclass(frozen=True)
+class Message:
+    """A published message."""
+
+    sender: int
+    sender_name: str
+    topic: str
+    payload: bytes
+    source: Address
+    timestamp_us: int
+    seq: int
+
+    def text(self) -> str:
+        """The payload as UTF-8 text."""
+        return self.payload.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The payload parsed as JSON."""
+        return json.loads(self.payload)
+
+
+@dataclass(frozen=True)
+class RequestReceived:
+    """A request for a topic this node serves; answer with ``Session.reply``."""
+
+    request_id: int
+    sender: int
+    topic: str
+    payload: bytes
+    reply_to: Address
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """The outcome of a request: who answered with what, and who did not."""
+
+    request_id: int
+    topic: str
+    replies: dict[int, bytes]
+    missing: list[int]
+    complete: bool
+    rtts: dict[int, float]
+
+
+Event = Joined | Updated | Left | Failed | IdRenewed | Message | RequestReceived | Gathered
+
+
+@dataclass
+class _Pending:
+    topic: str
+    sent_at: float
+    deadline: float
+    want: Want
+    expected: set[int]
+    replies: dict[int, bytes] = field(default_factory=dict)
+    rtts: dict[int, float] = field(default_factory=dict)
+
+    def satisfied(self) -> bool:
+        if self.want == "first":
+            return bool(self.replies)
+        if self.want == "all":
+            return bool(self.expected) and self.expected <= set(self.replies)
+        return len(self.replies) >= int(self.want)
+
+
+class Session:
+    """One member of a group, as a pure state machine."""
+
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        incarnation: int,
+        name: str,
+        now: float,
+        random_bytes: Callable[[int], bytes],
+        meta: dict[str, Any] | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        failure_timeout: float | None = None,
+        keyring: KeyRing | None = None,
+        deliver_own: bool = False,
+        max_datagram: int = 1472,
+        wall_clock_us: Callable[[], int] | None = None,
+    ) -> None:
+        if heartbeat <= 0:
+            raise ValueError("heartbeat must be positive")
+        self.node_id = node_id
+        self.incarnation = incarnation
+        self.meta: dict[str, Any] = {"name": name, **(meta or {})}
+        self.heartbeat = heartbeat
+        self.failure_timeout = failure_timeout or heartbeat * MISSED_HEARTBEATS
+        self.keyring = keyring
+        self.deliver_own = deliver_own
+        self.max_datagram = max_datagram
+        self.peers: dict[int, PeerInfo] = {}
+        self.counters: Counter[str] = Counter()
+        self._random = random_bytes
+        self._wall_us = wall_clock_us or (lambda: 0)
+        self._outgoing: deque[tuple[bytes, Address | None]] = deque()
+        self._events: deque[Event] = deque()
+        self._group_seq = 0
+        self._unicast_seq = 0
+        self._windows: dict[tuple[int, int, bool], ReplayWindow] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._next_heartbeat = now
+        self._started = False
+        self._closed = False
+
+    # --- API calls -----------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Announce ourselves (HELLO) and start heartbeats."""
+        self._started = True
+        self._send_hello(now, flags=0, to=None)
+
+    def close(self, now: float) -> None:
+        """Say goodbye; the session sends nothing after this."""
+        if self._started and not self._closed:
+            self._send(FrameType.GOODBYE, "", b"", now)
+        self._closed = True
+
+    def serve(self, topic: str, now: float) -> None:
+        """Announce that this node answers requests on ``topic`` (``prefix*`` allowed)."""
+        serves = list(self.meta.get("serves", []))
+        if topic not in serves:
+            self.meta["serves"] = [*serves, topic]
+            if self._started:
+                self._send_hello(now, flags=Flag.HELLO_ANSWER, to=None)
+
+    def update_meta(self, now: float, **values: Any) -> None:
+        """Change our metadata and tell the group."""
+        self.meta.update(values)
+        if self._started:
+            self._send_hello(now, flags=Flag.HELLO_ANSWER, to=None)
+
+    def publish(self, topic: str, payload: bytes, now: float) -> None:
+        """Send a message on ``topic`` to the group."""
+        self._check_size(topic, payload)
+        self._send(FrameType.DATA, topic, payload, now)
+
+    def request(
+        self, topic: str, payload: bytes, now: float, *, timeout: float, want: Want = "all"
+    ) -> int:
+        """Ask the group; a Gathered event follows when ``want`` is met or at the timeout."""
+        if not (want in ("all", "first") or (isinstance(want, int) and want >= 1)):
+            raise ValueError("want must be 'all', 'first' or a count >= 1")
+        self._check_size(topic, payload, extra=_REQUEST_ID.size)
+        request_id = int.from_bytes(self._random(8), "big")
+        expected = {p.node_id for p in self.peers.values() if p.serves(topic)}
+        self._pending[request_id] = _Pending(topic, now, now + timeout, want, expected)
+        self._send(FrameType.REQUEST, topic, _REQUEST_ID.pack(request_id) + payload, now)
+        return request_id
+
+    def reply(self, request: RequestReceived, payload: bytes, now: float) -> None:
+        """Answer a request (unicast to the requester's address as seen)."""
+        self._check_size(request.topic, payload, extra=_REQUEST_ID.size)
+        body = _REQUEST_ID.pack(request.request_id) + payload
+        self._send(FrameType.REPLY, request.topic, body, now, to=request.reply_to)
+
+    # --- outputs -------------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address | None]]:
+        """Datagrams due now; None as destination means the group."""
+        out = list(self._outgoing)
+        self._outgoing.clear()
+        return out
+
+    def next_event(self) -> Event | None:
+        """The next event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def next_timer(self) -> float | None:
+        """When ``handle_timer`` must run next."""
+        if self._closed:
+            return None
+        times = [self._next_heartbeat]
+        times.extend(p.last_seen + self.failure_timeout for p in self.peers.values())
+        times.extend(p.deadline for p in self._pending.values())
+        return min(times)
+
+    # --- inputs --------------------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> None:
+        """Heartbeats, failure detection and request deadlines."""
+        if self._closed:
+            return
+        if self._started and now >= self._next_heartbeat:
+            self._send(FrameType.HEARTBEAT, "", b"", now)
+            self._next_heartbeat = now + self.heartbeat
+        for peer in [p for p in self.peers.values() if now - p.last_seen > self.failure_timeout]:
+            self._forget(peer)
+            self._events.append(Failed(peer))
+        for request_id in [r for r, p in self._pending.items() if now >= p.deadline]:
+            self._finish(request_id)
+
+    def receive_datagram(self, data: bytes, source: Address, now: float) -> None:
+        """Take one datagram from the network: hostile input is counted and dropped."""
+        if self._closed:
+            return
+        self.counters["datagrams"] += 1
+        if self.keyring is not None:
+            if not is_sealed(data):
+                self._drop("unsealed")
+                return
+            opened = self.keyring.open_untrusted(data)
+            if isinstance(opened, str):
+                self._drop(opened)
+                return
+            data = opened
+        frame = decode_frame_untrusted(data)
+        if isinstance(frame, str):
+            self._drop("sealed-without-key" if frame == "sealed" else frame)
+            return
+        if frame.sender == self.node_id:
+            self._from_own_id(frame, source, now)
+            return
+        unicast = bool(frame.flags & Flag.UNICAST)
+        window_key = (frame.sender, frame.incarnation, unicast)
+        window = self._windows.get(window_key)
+        if window is None:
+            window = self._windows[window_key] = ReplayWindow()
+        verdict = window.check_and_mark(frame.seq)
+        if verdict is not None:
+            self._drop(verdict)
+            return
+        self.counters["frames"] += 1
+        peer = self._touch(frame, source, now, unicast)
+        if peer is None:
+            return
+        handler = _HANDLERS[frame.type]
+        handler(self, frame, peer, source, now)
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _drop(self, reason: str) -> None:
+        self.counters["dropped"] += 1
+        self.counters[f"dropped:{reason}"] += 1
+
+    def _check_size(self, topic: str, payload: bytes, extra: int = 0) -> None:
+        limit = max_payload(self.max_datagram, topic, sealed=self.keyring is not None) - extra
+        if len(payload) > limit:
+            raise MessageTooLarge(
+                f"payload of {len(payload)} bytes exceeds the {limit}-byte limit of one "
+                f"{self.max_datagram}-byte datagram for topic {topic!r}; raise max_datagram "
+                "only where the path MTU allows it"
+            )
+
+    def _send(
+        self,
+        kind: FrameType,
+        topic: str,
+        payload: bytes,
+        now: float,
+        *,
+        flags: int = 0,
+        to: Address | None = None,
+    ) -> None:
+        if self._closed:
+            return
+        if to is None:
+            self._group_seq = (self._group_seq + 1) & 0xFFFFFFFF
+            seq = self._group_seq
+        else:
+            flags |= Flag.UNICAST
+            self._unicast_seq = (self._unicast_seq + 1) & 0xFFFFFFFF
+            seq = self._unicast_seq
+        frame = Frame(
+            kind, flags, self.node_id, self.incarnation, seq, self._wall_us(), topic, payload
+        )
+        data = encode_frame(frame)
+        if self.keyring is not None:
+            data = self.keyring.seal(data)
+        self._outgoing.append((data, to))
+        self.counters[f"sent:{kind.name.lower()}"] += 1
+
+    def _send_hello(self, now: float, *, flags: int, to: Address | None) -> None:
+        meta = json.dumps(self.meta, separators=(",", ":")).encode()
+        if len(meta) > MAX_META_BYTES:
+            raise MessageTooLarge(f"metadata is {len(meta)} bytes; the limit is {MAX_META_BYTES}")
+        self._send(FrameType.HELLO, "", meta, now, flags=flags, to=to)
+
+    def _from_own_id(self, frame: Frame, source: Address, now: float) -> None:
+        if frame.incarnation == self.incarnation:
+            self.counters["own"] += 1
+            if self.deliver_own and frame.type == FrameType.DATA:
+                name = str(self.meta.get("name", "?"))
+                self._events.append(
+                    Message(
+                        self.node_id,
+                        name,
+                        frame.topic,
+                        frame.payload,
+                        source,
+                        frame.timestamp_us,
+                        frame.seq,
+                    )
+                )
+            return
+        # Another node drew our id. The lower incarnation gives way, so only one renews.
+        self.counters["id-conflicts"] += 1
+        if self.incarnation < frame.incarnation:
+            old = self.node_id
+            self.node_id = int.from_bytes(self._random(8), "big")
+            self._events.append(IdRenewed(old, self.node_id))
+            self._send_hello(now, flags=0, to=None)
+
+    def _touch(self, frame: Frame, source: Address, now: float, unicast: bool) -> PeerInfo | None:
+        peer = self.peers.get(frame.sender)
+        if peer is not None and peer.incarnation != frame.incarnation:
+            # Same id, new incarnation: a restart. Treat the old one as gone.
+            self._forget(peer)
+            self._events.append(Left(peer))
+            peer = None
+        if peer is None:
+            if frame.type == FrameType.GOODBYE:
+                return None
+            peer = PeerInfo(frame.sender, frame.incarnation, source, now, now)
+            self.peers[frame.sender] = peer
+            if frame.type != FrameType.HELLO:
+                # We missed its hello (we joined later, or it was lost): ask for one.
+                peer.reported = True
+                self._events.append(Joined(peer))
+                self._send_hello(now, flags=Flag.HELLO_WANTED, to=source)
+        peer.last_seen = now
+        peer.address = source
+        if not unicast:
+            if peer.highest_seq >= 0 and frame.seq > peer.highest_seq + 1:
+                peer.lost += frame.seq - peer.highest_seq - 1
+            peer.highest_seq = max(peer.highest_seq, frame.seq)
+            peer.received += 1
+        return peer
+
+    def _forget(self, peer: PeerInfo) -> None:
+        self.peers.pop(peer.node_id, None)
+        for key in [k for k in self._windows if k[0] == peer.node_id]:
+            del self._windows[key]
+
+    def _on_hello(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
+        try:
+            meta = json.loads(frame.payload)
+        except (ValueError, UnicodeDecodeError):
+            self._drop("bad-hello")
+            return
+        if not isinstance(meta, dict):
+            self._drop("bad-hello")
+            return
+        changed = meta != peer.meta
+        peer.meta = meta
+        if not peer.reported:
+            peer.reported = True
+            self._events.append(Joined(peer))
+        elif changed:
+            self._events.append(Updated(peer))
+        if not frame.flags & Flag.HELLO_ANSWER:
+            # A newcomer (or one that asked): tell it who we are, directly.
+            self._send_hello(now, flags=Flag.HELLO_ANSWER, to=source)
+
+    def _on_heartbeat(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
+        return None
+
+    def _on_goodbye(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
+        self._forget(peer)
+        self._events.append(Left(peer))
+
+    def _on_data(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
+        self._events.append(
+            Message(
+                frame.sender,
+                peer.name,
+                frame.topic,
+                frame.payload,
+                source,
+                frame.timestamp_us,
+                frame.seq,
+            )
+        )
+
+    def _on_request(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
+        if len(frame.payload) < _REQUEST_ID.size:
+            self._drop("bad-request")
+            return
+        if not any(topic_matches(p, frame.topic) for p in self.meta.get("serves", [])):
+            self.counters["requests-not-served"] += 1
+            return
+        (request_id,) = _REQUEST_ID.unpack_from(frame.payload)
+        self._events.append(
+            RequestReceived(
+                request_id, frame.sender, frame.topic, frame.payload[_REQUEST_ID.size :], source
+            )
+        )
+
+    def _on_reply(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
+        if len(frame.payload) < _REQUEST_ID.size:
+            self._drop("bad-reply")
+            return
+        (request_id,) = _REQUEST_ID.unpack_from(frame.payload)
+        pending = self._pending.get(request_id)
+        if pending is None:
+            self.counters["late-replies"] += 1
+            return
+        pending.replies[frame.sender] = frame.payload[_REQUEST_ID.size :]
+        pending.rtts[frame.sender] = now - pending.sent_at
+        peer.rtt = now - pending.sent_at
+        if pending.satisfied():
+            self._finish(request_id)
+
+    def _finish(self, request_id: int) -> None:
+        pending = self._pending.pop(request_id)
+        missing = sorted(pending.expected - set(pending.replies))
+        self._events.append(
+            Gathered(
+                request_id,
+                pending.topic,
+                dict(pending.replies),
+                missing,
+                pending.satisfied(),
+                dict(pending.rtts),
+            )
+        )
+
+
+_HANDLERS: dict[FrameType, Callable[[Session, Frame, PeerInfo, Address, float], None]] = {
+    FrameType.HELLO: Session._on_hello,
+    FrameType.HEARTBEAT: Session._on_heartbeat,
+    FrameType.GOODBYE: Session._on_goodbye,
+    FrameType.DATA: Session._on_data,
+    FrameType.REQUEST: Session._on_request,
+    FrameType.REPLY: Session._on_reply,
+}

@@ -1,0 +1,106 @@
+"""Blocking facade over the asyncio Node, for scripts: ``with mcastkit.connect() as node``.
+
+The Node runs on an event loop in a background thread; each call hops onto it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from .aio import DEFAULT_GROUP, GatherResult, Node, Request, Subscription
+from .session import Message, PeerInfo, Want
+
+__all__ = ["SyncNode", "connect"]
+
+T = TypeVar("T")
+
+
+class SyncNode:
+    """A running group node with blocking methods."""
+
+    def __init__(self, node: Node, subscribe: str | None = "*") -> None:
+        self._node = node
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="mcastkit", daemon=True)
+        self._thread.start()
+        try:
+            self._call(node.start())
+        except BaseException:
+            self._shutdown_loop()
+            raise
+        self._inbox: Subscription | None = None
+        if subscribe is not None:
+            self._inbox = self._call(self._subscribe(subscribe))
+
+    async def _subscribe(self, pattern: str) -> Subscription:
+        return self._node.subscribe(pattern)
+
+    def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    @property
+    def node(self) -> Node:
+        """The asyncio Node underneath."""
+        return self._node
+
+    @property
+    def node_id(self) -> int:
+        """This node's id."""
+        return self._node.node_id
+
+    def peers(self) -> dict[int, PeerInfo]:
+        """The members known now."""
+        return self._call(self._peers())
+
+    async def _peers(self) -> dict[int, PeerInfo]:
+        return self._node.peers
+
+    def publish(self, topic: str, payload: bytes | str) -> None:
+        """Send a message on ``topic``."""
+        self._call(self._node.publish(topic, payload))
+
+    def recv(self, timeout: float | None = None) -> Message | None:
+        """The next message matching the subscription given to ``connect``; None at timeout."""
+        if self._inbox is None:
+            raise RuntimeError("connect(subscribe=None) receives no messages")
+        return self._call(self._inbox.get(timeout))
+
+    def request(
+        self, topic: str, payload: bytes | str = b"", *, timeout: float = 1.0, want: Want = "all"
+    ) -> GatherResult:
+        """Ask the group; block until replies are gathered."""
+        return self._call(self._node.request(topic, payload, timeout=timeout, want=want))
+
+    def serve(self, topic: str, handler: Callable[[Request], bytes | str]) -> None:
+        """Answer requests on ``topic``; ``handler`` runs on the node's thread."""
+        self._call(self._serve(topic, handler))
+
+    async def _serve(self, topic: str, handler: Callable[[Request], bytes | str]) -> None:
+        self._node.serve(topic, handler)
+
+    def close(self) -> None:
+        """Say goodbye, close sockets, stop the thread."""
+        if not self._loop.is_closed():
+            try:
+                self._call(self._node.stop(), timeout=5)
+            finally:
+                self._shutdown_loop()
+
+    def _shutdown_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def __enter__(self) -> SyncNode:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def connect(group: str = DEFAULT_GROUP, *, subscribe: str | None = "*", **options: Any) -> SyncNode:
+    """Start a Node in a background thread; options are those of ``Node``."""
+    return SyncNode(Node(group, **options), subscribe=subscribe)

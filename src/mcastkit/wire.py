@@ -1,0 +1,133 @@
+"""Wire format v1: frames to bytes and back (see docs/protocol.md).
+
+Decoding takes untrusted bytes and never raises: it returns a Frame or a drop reason string,
+so the receive path can count and drop.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+__all__ = [
+    "ENVELOPE",
+    "HEADER",
+    "MAGIC",
+    "VERSION",
+    "Flag",
+    "Frame",
+    "FrameType",
+    "decode_frame_untrusted",
+    "encode_frame",
+    "max_payload",
+]
+
+MAGIC = b"MK"
+VERSION = 1
+SEALED_TYPE = 0xE1  # an AEAD envelope around a whole frame (security.py)
+
+# magic, version, type, flags, topic length, reserved, sender, incarnation, seq, timestamp (µs)
+HEADER = struct.Struct("!2sBBBBHQIIQ")
+# magic, version, SEALED_TYPE, key id, then a 12-byte nonce; ciphertext and 16-byte tag follow
+ENVELOPE = struct.Struct("!2sBBI12s")
+TAG_SIZE = 16
+MAX_TOPIC = 255
+MAX_DATAGRAM = 65507  # largest UDP payload over IPv4
+
+
+class FrameType(IntEnum):
+    """What a frame carries."""
+
+    HELLO = 1
+    HEARTBEAT = 2
+    GOODBYE = 3
+    DATA = 4
+    REQUEST = 5
+    REPLY = 6
+
+
+class Flag:
+    """Bits of the flags byte."""
+
+    UNICAST = 0x01  # sent to one peer: its seq is from the sender's unicast counter
+    HELLO_ANSWER = 0x02  # a HELLO answering another's HELLO: do not answer it again
+    HELLO_WANTED = 0x04  # the receiver does not know us: please send a HELLO
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame."""
+
+    type: FrameType
+    flags: int
+    sender: int
+    incarnation: int
+    seq: int
+    timestamp_us: int
+    topic: str
+    payload: bytes
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Frame to bytes. Raises ValueError for fields out of range (a local misuse)."""
+    topic = frame.topic.encode("utf-8")
+    if len(topic) > MAX_TOPIC:
+        raise ValueError(f"topic is {len(topic)} bytes; the limit is {MAX_TOPIC}")
+    header = HEADER.pack(
+        MAGIC,
+        VERSION,
+        int(frame.type),
+        frame.flags,
+        len(topic),
+        0,
+        frame.sender,
+        frame.incarnation,
+        frame.seq,
+        frame.timestamp_us,
+    )
+    return header + topic + frame.payload
+
+
+_TYPES = {int(t): t for t in FrameType}
+
+
+def decode_frame_untrusted(data: bytes) -> Frame | str:
+    """Bytes from the network to a Frame, or the reason to drop them (never raises)."""
+    if len(data) < HEADER.size:
+        return "short"
+    if len(data) > MAX_DATAGRAM:
+        return "oversized"
+    magic, version, kind, flags, topic_len, _reserved, sender, incarnation, seq, stamp = (
+        HEADER.unpack_from(data)
+    )
+    if magic != MAGIC:
+        return "not-mcastkit"
+    if version != VERSION:
+        return "unknown-version"
+    if kind == SEALED_TYPE:
+        return "sealed"
+    frame_type = _TYPES.get(kind)
+    if frame_type is None:
+        return "unknown-type"
+    end = HEADER.size + topic_len
+    if end > len(data):
+        return "truncated-topic"
+    try:
+        topic = data[HEADER.size : end].decode("utf-8")
+    except UnicodeDecodeError:
+        return "bad-topic"
+    return Frame(frame_type, flags, sender, incarnation, seq, stamp, topic, bytes(data[end:]))
+
+
+def is_sealed(data: bytes) -> bool:
+    """True when ``data`` looks like an AEAD envelope (checked again by opening it)."""
+    return len(data) >= 4 and data[:2] == MAGIC and data[2] == VERSION and data[3] == SEALED_TYPE
+
+
+def max_payload(max_datagram: int, topic: str, *, sealed: bool) -> int:
+    """Largest payload that keeps a frame with ``topic`` within ``max_datagram`` bytes."""
+    overhead = HEADER.size + len(topic.encode("utf-8"))
+    if sealed:
+        overhead += ENVELOPE.size + TAG_SIZE
+    return max_datagram - overhead
