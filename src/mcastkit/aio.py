@@ -217,7 +217,7 @@ class Node:
             log.warning(
                 "group %s is open: no key, anyone on the path can read and inject", self.spec
             )
-        random_id = int.from_bytes(os.urandom(8), "big")
+        random_id = int.from_bytes(os.urandom(8), "big") or 1  # 0 is reserved
         self.session = Session(
             node_id=random_id,
             incarnation=int.from_bytes(os.urandom(4), "big"),

@@ -444,7 +444,7 @@ class Session:
         self.counters["id-conflicts"] += 1
         if self.incarnation < frame.incarnation:
             old = self.node_id
-            self.node_id = int.from_bytes(self._random(8), "big")
+            self.node_id = int.from_bytes(self._random(8), "big") or 1  # 0 is reserved
             self._events.append(IdRenewed(old, self.node_id))
             self._send_hello(now, flags=0, to=None)
 

@@ -110,6 +110,8 @@ def decode_frame_untrusted(data: bytes) -> Frame | str:
     frame_type = _TYPES.get(kind)
     if frame_type is None:
         return "unknown-type"
+    if sender == 0:
+        return "bad-sender"  # id 0 is reserved: an all-zero header is never a member
     end = HEADER.size + topic_len
     if end > len(data):
         return "truncated-topic"

@@ -1,0 +1,333 @@
+"""Group commands over Node: chat, peers, publish, subscribe, request, serve, keygen."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ..aio import DEFAULT_GROUP, Node, Request
+from ..security import GroupKey, load_key_file, write_key_file
+from ..session import Failed, IdRenewed, Joined, Left, Message, Updated
+from .output import emit_json, note, preview, say
+
+
+def _node_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--group",
+        default=DEFAULT_GROUP,
+        metavar="GROUP:PORT",
+        help=f"group to join (default {DEFAULT_GROUP})",
+    )
+    parser.add_argument("--iface", help="interface name, index or address (default: route)")
+    parser.add_argument("--name", help="this node's name (default host-pid)")
+    parser.add_argument("--ttl", type=int, default=1, help="TTL / hop limit (default 1)")
+    parser.add_argument("--key-file", help="group key file made by `mcast keygen`")
+    parser.add_argument("--passphrase", help="derive the group key from this passphrase")
+    parser.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+    parser.add_argument(
+        "--failure-timeout",
+        type=float,
+        help="seconds of silence before a peer is failed (default 3 heartbeats)",
+    )
+
+
+def _make_node(args: argparse.Namespace) -> Node:
+    key: GroupKey | None = load_key_file(args.key_file) if args.key_file else None
+    return Node(
+        args.group,
+        iface=args.iface,
+        name=args.name,
+        ttl=args.ttl,
+        key=key,
+        passphrase=args.passphrase,
+        heartbeat=args.heartbeat,
+        failure_timeout=args.failure_timeout,
+    )
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the commands of this module."""
+    chat = commands.add_parser("chat", help="chat with the group: lines typed go to everyone")
+    _node_options(chat)
+    chat.add_argument("--topic", default="chat", help="topic for chat lines (default chat)")
+    chat.set_defaults(handler=cmd_chat)
+
+    peers = commands.add_parser("peers", help="who is in the group (live, or --once)")
+    _node_options(peers)
+    peers.add_argument("--once", action="store_true", help="listen --wait seconds, print, exit")
+    peers.add_argument("--wait", type=float, default=2.0, help="seconds to discover (--once)")
+    peers.add_argument("--json", action="store_true", help="JSON output")
+    peers.set_defaults(handler=cmd_peers)
+
+    publish = commands.add_parser("publish", help="publish a message on a topic")
+    _node_options(publish)
+    publish.add_argument("topic")
+    publish.add_argument("message", nargs="?", help="payload; absent or '-': stdin lines")
+    publish.add_argument("--count", type=int, default=1, help="publish MESSAGE this many times")
+    publish.add_argument("--interval", type=float, default=0.0, help="seconds between messages")
+    publish.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to wait for peers before publishing"
+    )
+    publish.set_defaults(handler=cmd_publish)
+
+    subscribe = commands.add_parser("subscribe", help="print messages on a topic (prefix*)")
+    _node_options(subscribe)
+    subscribe.add_argument("topic", nargs="?", default="*", help="topic or prefix* (default all)")
+    subscribe.add_argument("--count", type=int, help="exit after this many messages")
+    subscribe.add_argument("--timeout", type=float, help="exit after this many seconds")
+    subscribe.add_argument("--json", action="store_true", help="NDJSON output")
+    subscribe.set_defaults(handler=cmd_subscribe)
+
+    request = commands.add_parser("request", help="ask the group and gather replies")
+    _node_options(request)
+    request.add_argument("topic")
+    request.add_argument("message", nargs="?", default="")
+    request.add_argument("--timeout", type=float, default=1.0, help="seconds to gather")
+    request.add_argument("--want", default="all", help="all, first, or a number of replies")
+    request.add_argument(
+        "--wait", type=float, default=1.5, help="seconds to discover serving peers first"
+    )
+    request.add_argument("--json", action="store_true", help="JSON output")
+    request.set_defaults(handler=cmd_request)
+
+    serve = commands.add_parser("serve", help="answer requests on a topic")
+    _node_options(serve)
+    serve.add_argument("topic")
+    how = serve.add_mutually_exclusive_group(required=True)
+    how.add_argument("--reply", help="answer with this fixed text")
+    how.add_argument(
+        "--command",
+        help="answer with this shell command's output (the request payload on its stdin)",
+    )
+    serve.add_argument("--timeout", type=float, help="exit after this many seconds")
+    serve.set_defaults(handler=cmd_serve)
+
+    keygen = commands.add_parser("keygen", help="write a new random group key file")
+    keygen.add_argument("path", help="file to create (mode 0600; never overwritten)")
+    keygen.set_defaults(handler=cmd_keygen)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Write a key file."""
+    key = write_key_file(args.path)
+    note(f"wrote {args.path} (key id {key.key_id:08x}); copy it to every member")
+    return 0
+
+
+def _describe(event: object) -> tuple[str, dict[str, Any]]:
+    if isinstance(event, IdRenewed):
+        return (
+            f"our id clashed with another node: now {event.new_id:016x}",
+            {"event": "id-renewed", "old": f"{event.old_id:016x}", "new": f"{event.new_id:016x}"},
+        )
+    assert isinstance(event, Joined | Left | Failed | Updated)
+    kind = type(event).__name__.lower()
+    peer = event.peer
+    where = f"{peer.address[0]}:{peer.address[1]}" if peer.address else "?"
+    return f"{peer.name} [{peer.node_id:016x}] {kind} ({where})", {"event": kind, **peer.to_dict()}
+
+
+async def _run_chat(args: argparse.Namespace) -> int:
+    async with _make_node(args) as node:
+        inbox = node.subscribe(args.topic)
+        note(f"chat on {node.spec} via {node.interface} as {node.name}; /peers, /quit")
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def read_stdin() -> None:
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\n"))
+            loop.call_soon_threadsafe(lines.put_nowait, None)
+
+        loop.run_in_executor(None, read_stdin)
+
+        async def show_messages() -> None:
+            async for message in inbox:
+                say(f"<{message.sender_name}> {message.text()}")
+
+        async def show_membership() -> None:
+            async for event in node.membership():
+                note(f"* {_describe(event)[0]}")
+
+        tasks = [asyncio.ensure_future(show_messages()), asyncio.ensure_future(show_membership())]
+        try:
+            while (line := await lines.get()) is not None:
+                if line == "/quit":
+                    break
+                if line == "/peers":
+                    for peer in node.peers.values():
+                        say(f"  {peer.name} [{peer.node_id:016x}] loss {peer.loss:.1%}")
+                    continue
+                if line:
+                    await node.publish(args.topic, line)
+            await asyncio.sleep(0.2)  # let replies to the last line arrive when piped
+        finally:
+            for task in tasks:
+                task.cancel()
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Interactive (or piped) chat."""
+    return asyncio.run(_run_chat(args))
+
+
+async def _run_peers(args: argparse.Namespace) -> int:
+    async with _make_node(args) as node:
+        if args.once:
+            await asyncio.sleep(args.wait)
+            peers = sorted(node.peers.values(), key=lambda p: p.name)
+            if args.json:
+                emit_json(
+                    {
+                        "self": {"id": f"{node.node_id:016x}", "name": node.name},
+                        "peers": [p.to_dict() for p in peers],
+                    }
+                )
+            else:
+                for peer in peers:
+                    where = f"{peer.address[0]}:{peer.address[1]}" if peer.address else "?"
+                    say(
+                        f"{peer.name:<20} {peer.node_id:016x}  {where:<22} "
+                        f"loss {peer.loss:5.1%}  host {peer.meta.get('host', '?')}"
+                    )
+                note(f"{len(peers)} peer(s) besides this node")
+            return 0
+        note(f"watching {node.spec} via {node.interface}; Ctrl-C to stop")
+        async for event in node.membership():
+            text, data = _describe(event)
+            if args.json:
+                emit_json(data)
+            else:
+                say(f"{time.strftime('%H:%M:%S')} {text}  ({len(node.peers)} peer(s))")
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    """List or watch members."""
+    return asyncio.run(_run_peers(args))
+
+
+async def _run_publish(args: argparse.Namespace) -> int:
+    async with _make_node(args) as node:
+        if args.wait:
+            await asyncio.sleep(args.wait)
+        sent = 0
+        if args.message is not None and args.message != "-":
+            payloads = [args.message] * args.count
+        else:
+            payloads = [line.rstrip("\n") for line in sys.stdin]
+        for number, payload in enumerate(payloads):
+            if number and args.interval:
+                await asyncio.sleep(args.interval)
+            await node.publish(args.topic, payload)
+            sent += 1
+        note(f"published {sent} message(s) on {args.topic!r} to {node.spec}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Publish messages."""
+    return asyncio.run(_run_publish(args))
+
+
+async def _run_subscribe(args: argparse.Namespace) -> int:
+    received = 0
+    async with _make_node(args) as node:
+        inbox = node.subscribe(args.topic)
+        note(f"subscribed to {args.topic!r} on {node.spec} via {node.interface}")
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        while args.count is None or received < args.count:
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                break
+            message = await inbox.get(wait)
+            if message is None:
+                break
+            received += 1
+            _print_message(message, args.json)
+    return 0 if received else 1
+
+
+def _print_message(message: Message, as_json: bool) -> None:
+    if as_json:
+        emit_json(
+            {
+                "topic": message.topic,
+                "sender": f"{message.sender:016x}",
+                "name": message.sender_name,
+                "text": message.text(),
+                "source": f"{message.source[0]}:{message.source[1]}",
+                "seq": message.seq,
+            }
+        )
+    else:
+        say(f"[{message.topic}] <{message.sender_name}> {preview(message.payload, 200)}")
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    """Print messages."""
+    return asyncio.run(_run_subscribe(args))
+
+
+def _parse_want(text: str) -> str | int:
+    if text in ("all", "first"):
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise SystemExit("mcast request: --want takes all, first or a number >= 1")
+
+
+async def _run_request(args: argparse.Namespace) -> int:
+    want = _parse_want(args.want)
+    async with _make_node(args) as node:
+        # Peers announce what they serve in their hello; give them time to be heard.
+        deadline = time.monotonic() + args.wait
+        while time.monotonic() < deadline and not any(
+            p.serves(args.topic) for p in node.peers.values()
+        ):
+            await asyncio.sleep(0.05)
+        result = await node.request(args.topic, args.message, timeout=args.timeout, want=want)  # type: ignore[arg-type]
+    if args.json:
+        emit_json(result.to_dict())
+    else:
+        for reply in result.to_dict()["replies"]:
+            say(f"{reply['name']:<20} {reply['rtt_ms']:>8.3f} ms  {reply['payload']}")
+        for missing in result.to_dict()["missing"]:
+            say(f"{missing['name']:<20} no reply")
+    if not result.replies:
+        note("no replies: is any node serving this topic (`mcast serve`)?")
+        return 1
+    return 0 if result.complete or want != "all" else 3
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    """Request and gather."""
+    return asyncio.run(_run_request(args))
+
+
+async def _run_serve(args: argparse.Namespace) -> int:
+    def answer(request: Request) -> bytes:
+        if args.reply is not None:
+            return str(args.reply).encode()
+        done = subprocess.run(
+            args.command, shell=True, input=request.payload, capture_output=True, timeout=30
+        )
+        return done.stdout
+
+    async with _make_node(args) as node:
+        node.serve(args.topic, answer)
+        note(f"serving {args.topic!r} on {node.spec} via {node.interface} as {node.name}")
+        if args.timeout is None:
+            await asyncio.Event().wait()
+        await asyncio.sleep(args.timeout)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Answer requests."""
+    return asyncio.run(_run_serve(args))

@@ -1,0 +1,253 @@
+"""Group nodes on real sockets: loopback in the suite's namespace, and namespace hosts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from netlab import Lab, wait_for_line
+
+import mcastkit
+from mcastkit import Failed, GroupKey, Joined, Left, Node
+
+LO = "lo"
+
+
+def _mcast(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mcastkit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_fifty_nodes_in_one_process_converge_to_the_same_member_list() -> None:
+    async def scenario() -> None:
+        nodes = [
+            Node("239.255.90.1:5901", iface=LO, name=f"n{i:02d}", heartbeat=0.5) for i in range(50)
+        ]
+        for node in nodes:
+            await node.start()
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                if all(len(n.peers) == 49 for n in nodes):
+                    break
+                await asyncio.sleep(0.1)
+            everyone = {n.node_id for n in nodes}
+            for node in nodes:
+                assert set(node.peers) == everyone - {node.node_id}
+                assert {p.name for p in node.peers.values()} == (
+                    {f"n{i:02d}" for i in range(50)} - {node.name}
+                )
+        finally:
+            for node in nodes:
+                await node.stop()
+
+    asyncio.run(scenario())
+
+
+async def _wait_for(node: Node, kind: type, name: str, timeout: float) -> tuple[object, float]:
+    async def watch() -> tuple[object, float]:
+        async for event in node.membership():
+            if isinstance(event, kind) and event.peer.name == name:  # type: ignore[attr-defined]
+                return event, time.monotonic()
+        raise AssertionError("membership ended")
+
+    return await asyncio.wait_for(watch(), timeout)
+
+
+def test_killed_node_is_reported_failed_within_the_timeout() -> None:
+    async def scenario() -> None:
+        async with Node(
+            "239.255.90.2:5902", iface=LO, name="observer", heartbeat=0.2, failure_timeout=1.0
+        ) as observer:
+            joined = asyncio.ensure_future(_wait_for(observer, Joined, "victim", 10))
+            victim = _mcast(
+                "serve",
+                "t",
+                "--reply",
+                "x",
+                "--group",
+                "239.255.90.2:5902",
+                "--iface",
+                LO,
+                "--name",
+                "victim",
+                "--heartbeat",
+                "0.2",
+            )
+            try:
+                await joined
+                failed = asyncio.ensure_future(_wait_for(observer, Failed, "victim", 10))
+                await asyncio.sleep(0.3)
+                os.kill(victim.pid, signal.SIGKILL)
+                killed_at = time.monotonic()
+                _, seen_at = await failed
+            finally:
+                victim.kill()
+                victim.wait()
+            # Failure timeout 1.0 s after the last heartbeat (at most 0.2 s before the kill).
+            assert 0.7 <= seen_at - killed_at <= 1.5, seen_at - killed_at
+
+    asyncio.run(scenario())
+
+
+def test_clean_leave_is_seen_at_once() -> None:
+    async def scenario() -> None:
+        async with Node(
+            "239.255.90.3:5903", iface=LO, name="observer", heartbeat=0.2, failure_timeout=5.0
+        ) as observer:
+            joined = asyncio.ensure_future(_wait_for(observer, Joined, "leaver", 10))
+            leaver = _mcast(
+                "serve",
+                "t",
+                "--reply",
+                "x",
+                "--group",
+                "239.255.90.3:5903",
+                "--iface",
+                LO,
+                "--name",
+                "leaver",
+                "--timeout",
+                "1.5",
+            )
+            await joined
+            left = asyncio.ensure_future(_wait_for(observer, Left, "leaver", 10))
+            await asyncio.get_running_loop().run_in_executor(None, leaver.wait)
+            exited_at = time.monotonic()
+            _, seen_at = await left
+            assert seen_at - exited_at < 0.5  # long before the 5 s failure timeout
+
+    asyncio.run(scenario())
+
+
+def test_wrong_key_and_no_key_nodes_see_nothing_and_inject_nothing() -> None:
+    async def scenario() -> None:
+        group = "239.255.90.4:5904"
+        key = GroupKey(os.urandom(32))
+        async with (
+            Node(group, iface=LO, name="a", key=key, heartbeat=0.2) as a,
+            Node(group, iface=LO, name="b", key=key, heartbeat=0.2) as b,
+            Node(
+                group, iface=LO, name="wrong", key=GroupKey(os.urandom(32)), heartbeat=0.2
+            ) as wrong,
+            Node(group, iface=LO, name="open", heartbeat=0.2) as open_node,
+        ):
+            inboxes = {n.name: n.subscribe("*") for n in (a, b, wrong, open_node)}
+            await asyncio.sleep(0.8)
+            await a.publish("secret", "for members")
+            await wrong.publish("inject", "from wrong key")
+            await open_node.publish("inject", "from open node")
+            await asyncio.sleep(0.3)
+            assert [p.name for p in a.peers.values()] == ["b"]
+            assert wrong.peers == {} and open_node.peers == {}
+            got = await inboxes["b"].get(1)
+            assert got is not None and got.text() == "for members"
+            assert await inboxes["b"].get(0.2) is None
+            assert await inboxes["a"].get(0.2) is None
+            assert await inboxes["wrong"].get(0.2) is None
+            assert await inboxes["open"].get(0.2) is None
+            assert b.counters["dropped:unknown-key"] > 0
+            assert b.counters["dropped:unsealed"] > 0
+
+    asyncio.run(scenario())
+
+
+def test_blocking_api_publish_recv_request() -> None:
+    group = "239.255.90.5:5905"
+    with (
+        mcastkit.connect(group, iface=LO, name="srv", heartbeat=0.2) as server,
+        mcastkit.connect(group, iface=LO, name="cli", heartbeat=0.2) as client,
+    ):
+        server.serve("double", lambda request: str(2 * int(request.text())))
+        time.sleep(0.6)
+        client.publish("hello", "from cli")
+        message = server.recv(timeout=2)
+        assert message is not None and message.text() == "from cli"
+        assert message.sender_name == "cli"
+        result = client.request("double", "21", timeout=1)
+        assert result.complete
+        assert list(result.replies.values()) == [b"42"]
+        assert [p.name for p in client.peers().values()] == ["srv"]
+
+
+def test_chat_piped_lines_reach_a_subscriber_with_the_name() -> None:
+    subscriber = _mcast(
+        "subscribe",
+        "chat",
+        "--group",
+        "239.255.90.6:5906",
+        "--iface",
+        LO,
+        "--count",
+        "2",
+        "--timeout",
+        "10",
+        "--json",
+    )
+    wait_for_line(subscriber.stderr, "subscribed")
+    chat = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcastkit",
+            "chat",
+            "--group",
+            "239.255.90.6:5906",
+            "--iface",
+            LO,
+            "--name",
+            "alice",
+        ],
+        input="hello there\n/peers\nsecond line\n/quit\n",
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert chat.returncode == 0, chat.stderr
+    out, _ = subscriber.communicate(timeout=20)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(m["name"], m["text"]) for m in lines] == [
+        ("alice", "hello there"),
+        ("alice", "second line"),
+    ]
+
+
+def test_request_gathers_replies_from_serving_hosts_across_the_lan(lab: Lab) -> None:
+    h1, h2, h3 = lab.lan(3)
+    options = ["--passphrase", "lan secret", "--heartbeat", "0.3"]
+    servers = []
+    for host in (h2, h3):
+        proc = host.start_mcast(
+            "serve", "whoami", "--command", "hostname; cat", "--name", host.name, *options
+        )
+        wait_for_line(proc.stderr, "serving")
+        servers.append(proc)
+    try:
+        result = h1.mcast(
+            "request", "whoami", "ping", "--json", "--wait", "3", "--timeout", "2", *options
+        )
+        assert result.returncode == 0, result.stderr
+        gathered = json.loads(result.stdout)
+        assert gathered["complete"] and gathered["missing"] == []
+        assert sorted(r["name"] for r in gathered["replies"]) == sorted([h2.name, h3.name])
+        assert all(r["payload"].endswith("ping") for r in gathered["replies"])
+        peers = h1.mcast("peers", "--once", "--json", "--wait", "1.5", *options)
+        listed = json.loads(peers.stdout)["peers"]
+        assert sorted(p["address"].split(":")[0] for p in listed) == [h2.ipv4, h3.ipv4]
+        # Without the passphrase the same request finds nobody.
+        outsider = h1.mcast("request", "whoami", "--json", "--wait", "1", "--timeout", "0.5")
+        assert outsider.returncode == 1
+        assert json.loads(outsider.stdout)["replies"] == []
+    finally:
+        for proc in servers:
+            proc.kill()
+            proc.wait()
