@@ -112,6 +112,8 @@ class Subscription:
 
     async def get(self, timeout: float | None = None) -> Message | None:
         """The next message; None at the timeout or when the node stopped."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()  # no wait_for task when one is already queued
         try:
             return await asyncio.wait_for(self._queue.get(), timeout)
         except asyncio.TimeoutError:
@@ -400,6 +402,8 @@ class Node:
         while (event := session.next_event()) is not None:
             self._dispatch(event)
         deadline = session.next_timer()
+        if self._timer is not None and self._timer.when() == deadline:
+            return  # already armed for that moment: re-arming per datagram is costly
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -22,7 +22,7 @@ from .wire import (
     Frame,
     FrameType,
     decode_frame_untrusted,
-    encode_frame,
+    encode_header,
     is_sealed,
     max_payload,
 )
@@ -48,6 +48,7 @@ _REQUEST_ID = struct.Struct("!Q")
 DEFAULT_HEARTBEAT = 1.0
 MISSED_HEARTBEATS = 3
 MAX_META_BYTES = 1024
+_SENT_KEY = {kind: f"sent:{kind.name.lower()}" for kind in FrameType}
 
 
 class MessageTooLarge(MulticastError, ValueError):
@@ -408,14 +409,14 @@ class Session:
             flags |= Flag.UNICAST
             self._unicast_seq = (self._unicast_seq + 1) & 0xFFFFFFFF
             seq = self._unicast_seq
-        frame = Frame(
-            kind, flags, self.node_id, self.incarnation, seq, self._wall_us(), topic, payload
+        header = encode_header(
+            kind, flags, self.node_id, self.incarnation, seq, self._wall_us(), topic
         )
-        data = encode_frame(frame)
+        data = header + payload
         if self.keyring is not None:
             data = self.keyring.seal(data)
         self._outgoing.append((data, to))
-        self.counters[f"sent:{kind.name.lower()}"] += 1
+        self.counters[_SENT_KEY[kind]] += 1
 
     def _send_hello(self, now: float, *, flags: int, to: Address | None) -> None:
         meta = json.dumps(self.meta, separators=(",", ":")).encode()

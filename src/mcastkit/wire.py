@@ -20,6 +20,7 @@ __all__ = [
     "FrameType",
     "decode_frame_untrusted",
     "encode_frame",
+    "encode_header",
     "max_payload",
 ]
 
@@ -69,24 +70,31 @@ class Frame:
     payload: bytes
 
 
+def encode_header(
+    kind: int, flags: int, sender: int, incarnation: int, seq: int, timestamp_us: int, topic: str
+) -> bytes:
+    """Header and topic of a frame (the payload follows). ValueError for a too-long topic."""
+    raw_topic = topic.encode("utf-8")
+    if len(raw_topic) > MAX_TOPIC:
+        raise ValueError(f"topic is {len(raw_topic)} bytes; the limit is {MAX_TOPIC}")
+    header = HEADER.pack(
+        MAGIC, VERSION, kind, flags, len(raw_topic), 0, sender, incarnation, seq, timestamp_us
+    )
+    return header + raw_topic
+
+
 def encode_frame(frame: Frame) -> bytes:
     """Frame to bytes. Raises ValueError for fields out of range (a local misuse)."""
-    topic = frame.topic.encode("utf-8")
-    if len(topic) > MAX_TOPIC:
-        raise ValueError(f"topic is {len(topic)} bytes; the limit is {MAX_TOPIC}")
-    header = HEADER.pack(
-        MAGIC,
-        VERSION,
+    header = encode_header(
         int(frame.type),
         frame.flags,
-        len(topic),
-        0,
         frame.sender,
         frame.incarnation,
         frame.seq,
         frame.timestamp_us,
+        frame.topic,
     )
-    return header + topic + frame.payload
+    return header + frame.payload
 
 
 _TYPES = {int(t): t for t in FrameType}

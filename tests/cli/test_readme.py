@@ -21,6 +21,18 @@ def test_readme_python_example_runs() -> None:
     assert "from the chosen source" in result.stdout
 
 
+def test_readme_node_example_runs() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    node_example = next(b for b in blocks if "mcastkit.Node(" in b)
+    result = subprocess.run(
+        [sys.executable, "-c", node_example], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "hello group" in result.stdout
+    assert "b's answer to what time?" in result.stdout
+    assert "['b']" in result.stdout
+
+
 def test_readme_names_the_two_setup_commands() -> None:
     text = README.read_text()
     assert "python3 -m pip install . && mcast demo --nodes 3" in text
