@@ -29,7 +29,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from ..addr import GroupSpec, IPAddress, parse_address, parse_group, parse_port
 from ..errors import AddressError, InterfaceError, SocketSetupError
-from .interfaces import Interface, check_multicast_capable, resolve_interface
+from .interfaces import Interface, resolve_interface
 
 __all__ = [
     "GroupSocket",
@@ -282,6 +282,23 @@ def _as_spec(group: GroupSpec | str, allow_broadcast: bool) -> GroupSpec:
     return parse_group(group, allow_broadcast=allow_broadcast)
 
 
+def _spec_and_interface(
+    group: GroupSpec | str, iface: str | int | None, broadcast: bool
+) -> tuple[GroupSpec, Interface]:
+    """Parse the group and pick the interface (``iface`` wins over ``%iface`` in the spec).
+
+    Multicast needs an interface that is up with the MULTICAST flag; broadcast does not.
+    """
+    spec = _as_spec(group, allow_broadcast=broadcast)
+    interface = resolve_interface(
+        iface if iface is not None else spec.iface,
+        spec.family,
+        group=None if spec.broadcast else spec.group,
+        require_multicast=not spec.broadcast,
+    )
+    return spec, interface
+
+
 def _new_socket(family: int) -> socket.socket:
     af = socket.AF_INET if family == 4 else socket.AF_INET6
     sock = socket.socket(af, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
@@ -402,14 +419,8 @@ def open_receiver(
     group with the given ``ttl`` and ``loopback``. With ``broadcast`` (or a GroupSpec parsed
     with ``allow_broadcast``) an IPv4 broadcast address opens a broadcast receiver (no join).
     """
-    spec = _as_spec(group, allow_broadcast=broadcast)
+    spec, interface = _spec_and_interface(group, iface, broadcast)
     family = spec.family
-    interface = resolve_interface(
-        iface if iface is not None else spec.iface,
-        family,
-        group=None if spec.broadcast else spec.group,
-        require_multicast=not spec.broadcast,
-    )
     source_list = _source_list(sources, family, "source")
     excluded = _source_list(exclude, family, "excluded source")
     if source_list and excluded:
@@ -504,16 +515,8 @@ def open_sender(
     source-specific join can pick this sender. With ``broadcast`` an IPv4 broadcast address
     is accepted and SO_BROADCAST turned on.
     """
-    spec = _as_spec(group, allow_broadcast=broadcast)
+    spec, interface = _spec_and_interface(group, iface, broadcast)
     family = spec.family
-    interface = resolve_interface(
-        iface if iface is not None else spec.iface,
-        family,
-        group=None if spec.broadcast else spec.group,
-        require_multicast=False,
-    )
-    if not spec.broadcast:
-        check_multicast_capable(interface)
     sock = _new_socket(family)
     try:
         if sndbuf:
