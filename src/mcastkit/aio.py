@@ -42,6 +42,7 @@ log = logging.getLogger("mcastkit")
 DEFAULT_GROUP = "239.255.77.78:5078"
 READ_BATCH = 64
 QUEUE_LIMIT = 10000
+DEFAULT_RCVBUF = 4 << 20  # absorbs bursts; the kernel caps it at net.core.rmem_max (not root)
 MembershipEvent = Joined | Left | Failed | Updated | IdRenewed
 Handler = Callable[["Request"], "bytes | str | Awaitable[bytes | str]"]
 
@@ -135,6 +136,8 @@ class Subscription:
 
 
 def _as_bytes(payload: bytes | str) -> bytes:
+    if type(payload) is bytes:  # the common case, checked first: this is the send hot path
+        return payload
     return payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
 
 
@@ -158,9 +161,14 @@ class Node:
         ttl: int = 1,
         loopback: bool = True,
         deliver_own: bool = False,
-        max_datagram: int = 1472,
+        max_datagram: int | None = None,
+        rcvbuf: int = DEFAULT_RCVBUF,
     ) -> None:
         self.spec = group if isinstance(group, GroupSpec) else parse_group(group)
+        if max_datagram is None:
+            # One datagram in a 1500-byte Ethernet frame: minus IPv4 (20) or IPv6 (40), UDP (8).
+            max_datagram = 1472 if self.spec.family == 4 else 1452
+        self._rcvbuf = rcvbuf
         self._iface = iface
         self._ttl = ttl
         self._loopback = loopback
@@ -198,8 +206,15 @@ class Node:
         """Open the sockets, announce ourselves, start heartbeats."""
         loop = self._loop = asyncio.get_running_loop()
         group_socket = open_receiver(
-            self.spec, iface=self._iface, ttl=self._ttl, loopback=self._loopback, blocking=False
+            self.spec,
+            iface=self._iface,
+            ttl=self._ttl,
+            loopback=self._loopback,
+            blocking=False,
+            rcvbuf=self._rcvbuf,
         )
+        for warning in group_socket.warnings:
+            log.info("%s", warning)  # a capped default buffer is normal without root
         try:
             unicast = open_sender(
                 self.spec,
@@ -393,10 +408,10 @@ class Node:
         session = self.session
         if session is None or self._unicast_socket is None:
             return
-        sender = self._unicast_socket
+        sendto, group = self._unicast_socket.sock.sendto, self._unicast_socket.destination
         for data, destination in session.datagrams_to_send():
             try:
-                sender.sock.sendto(data, destination or sender.destination)
+                sendto(data, destination or group)
             except OSError:
                 self.send_errors += 1  # full buffer or unreachable peer: counted, not fatal
         while (event := session.next_event()) is not None:

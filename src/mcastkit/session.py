@@ -18,11 +18,14 @@ from typing import Any, Literal
 from .errors import MulticastError
 from .security import KeyRing, ReplayWindow
 from .wire import (
+    HEADER,
+    MAGIC,
+    MAX_TOPIC,
+    VERSION,
     Flag,
     Frame,
     FrameType,
     decode_frame_untrusted,
-    encode_header,
     is_sealed,
     max_payload,
 )
@@ -48,6 +51,7 @@ _REQUEST_ID = struct.Struct("!Q")
 DEFAULT_HEARTBEAT = 1.0
 MISSED_HEARTBEATS = 3
 MAX_META_BYTES = 1024
+TOPIC_CACHE = 1024
 _SENT_KEY = {kind: f"sent:{kind.name.lower()}" for kind in FrameType}
 
 
@@ -143,7 +147,7 @@ class IdRenewed:
     new_id: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Message:
     """A published message."""
 
@@ -229,8 +233,8 @@ class Session:
     ) -> None:
         if heartbeat <= 0:
             raise ValueError("heartbeat must be positive")
-        self.node_id = node_id
         self.incarnation = incarnation
+        self.node_id = node_id  # after incarnation: the setter derives the own-frame key
         self.meta: dict[str, Any] = {"name": name, **(meta or {})}
         self.heartbeat = heartbeat
         self.failure_timeout = failure_timeout or heartbeat * MISSED_HEARTBEATS
@@ -247,9 +251,24 @@ class Session:
         self._unicast_seq = 0
         self._windows: dict[tuple[int, int, bool], ReplayWindow] = {}
         self._pending: dict[int, _Pending] = {}
+        self._topics: dict[str, tuple[bytes, int]] = {}
         self._next_heartbeat = now
+        # Peers are checked for silence on a short tick, not one timer per peer: detection is
+        # late by at most one tick, and next_timer() stays O(1) on the send path.
+        self._check_every = min(0.1, self.failure_timeout / 10)
+        self._next_check = now + self._check_every
         self._started = False
         self._closed = False
+
+    @property
+    def node_id(self) -> int:
+        """Our random 64-bit id (renewed when another node drew the same one)."""
+        return self._node_id
+
+    @node_id.setter
+    def node_id(self, value: int) -> None:
+        self._node_id = value
+        self._own_key = struct.pack("!QI", value, self.incarnation)
 
     # --- API calls -----------------------------------------------------------------------
 
@@ -318,10 +337,12 @@ class Session:
         """When ``handle_timer`` must run next."""
         if self._closed:
             return None
-        times = [self._next_heartbeat]
-        times.extend(p.last_seen + self.failure_timeout for p in self.peers.values())
-        times.extend(p.deadline for p in self._pending.values())
-        return min(times)
+        soonest = self._next_heartbeat
+        if self.peers and self._next_check < soonest:
+            soonest = self._next_check
+        if self._pending:
+            soonest = min(soonest, min(p.deadline for p in self._pending.values()))
+        return soonest
 
     # --- inputs --------------------------------------------------------------------------
 
@@ -332,9 +353,12 @@ class Session:
         if self._started and now >= self._next_heartbeat:
             self._send(FrameType.HEARTBEAT, "", b"", now)
             self._next_heartbeat = now + self.heartbeat
-        for peer in [p for p in self.peers.values() if now - p.last_seen > self.failure_timeout]:
-            self._forget(peer)
-            self._events.append(Failed(peer))
+        if now >= self._next_check:
+            self._next_check = now + self._check_every
+            silent = [p for p in self.peers.values() if now - p.last_seen > self.failure_timeout]
+            for peer in silent:
+                self._forget(peer)
+                self._events.append(Failed(peer))
         for request_id in [r for r, p in self._pending.items() if now >= p.deadline]:
             self._finish(request_id)
 
@@ -352,6 +376,9 @@ class Session:
                 self._drop(opened)
                 return
             data = opened
+        if data[8:20] == self._own_key and not self.deliver_own:
+            self.counters["own"] += 1  # our own datagram looped back: skip the full decode
+            return
         frame = decode_frame_untrusted(data)
         if isinstance(frame, str):
             self._drop("sealed-without-key" if frame == "sealed" else frame)
@@ -381,8 +408,21 @@ class Session:
         self.counters["dropped"] += 1
         self.counters[f"dropped:{reason}"] += 1
 
+    def _topic_info(self, topic: str) -> tuple[bytes, int]:
+        """The encoded topic and the payload limit for it, cached: both cost on every send."""
+        info = self._topics.get(topic)
+        if info is None:
+            raw = topic.encode("utf-8")
+            if len(raw) > MAX_TOPIC:
+                raise ValueError(f"topic is {len(raw)} bytes; the limit is {MAX_TOPIC}")
+            if len(self._topics) >= TOPIC_CACHE:
+                self._topics.clear()
+            limit = max_payload(self.max_datagram, topic, sealed=self.keyring is not None)
+            info = self._topics[topic] = (raw, limit)
+        return info
+
     def _check_size(self, topic: str, payload: bytes, extra: int = 0) -> None:
-        limit = max_payload(self.max_datagram, topic, sealed=self.keyring is not None) - extra
+        limit = self._topic_info(topic)[1] - extra
         if len(payload) > limit:
             raise MessageTooLarge(
                 f"payload of {len(payload)} bytes exceeds the {limit}-byte limit of one "
@@ -409,10 +449,20 @@ class Session:
             flags |= Flag.UNICAST
             self._unicast_seq = (self._unicast_seq + 1) & 0xFFFFFFFF
             seq = self._unicast_seq
-        header = encode_header(
-            kind, flags, self.node_id, self.incarnation, seq, self._wall_us(), topic
+        raw_topic = self._topic_info(topic)[0]
+        header = HEADER.pack(
+            MAGIC,
+            VERSION,
+            kind,
+            flags,
+            len(raw_topic),
+            0,
+            self._node_id,
+            self.incarnation,
+            seq,
+            self._wall_us(),
         )
-        data = header + payload
+        data = header + raw_topic + payload
         if self.keyring is not None:
             data = self.keyring.seal(data)
         self._outgoing.append((data, to))

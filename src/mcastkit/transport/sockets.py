@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import select
 import socket
 import struct
@@ -177,9 +178,9 @@ class GroupSocket:
         """The UDP port."""
         return self.spec.port
 
-    @property
+    @functools.cached_property
     def destination(self) -> tuple[str, int] | tuple[str, int, int, int]:
-        """The address tuple ``sendto`` wants for the group."""
+        """The address tuple ``sendto`` wants for the group (computed once: hot path)."""
         if self.spec.group.version == 4:
             return (str(self.spec.group), self.spec.port)
         scope = self.interface.index if _needs_scope(self.spec.group) else 0
