@@ -6,6 +6,7 @@ import argparse
 
 from ..addr import parse_group
 from ..demo import DemoEvent, run_demo
+from ..security import key_from_passphrase, load_key_file
 from .output import emit_json, note, say
 
 DEFAULT_GROUP = "239.255.77.77:5077"
@@ -36,6 +37,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     demo.add_argument(
         "--expect", type=int, help="stop once this many other nodes greeted and answered"
     )
+    demo.add_argument("--key-file", help="group key file made by `mcast keygen`")
+    demo.add_argument("--passphrase", help="derive the group key from this passphrase")
     demo.add_argument("--json", action="store_true", help="NDJSON events, then a JSON summary")
     demo.set_defaults(handler=cmd_demo)
 
@@ -69,6 +72,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     where = f"via {iface}" if iface else "on the default interface"
     note(f"demo on {spec} {where}: {nodes} node(s); own messages are recognised by id")
+    key = None
+    if args.key_file:
+        key = load_key_file(args.key_file)
+    elif args.passphrase:
+        key = key_from_passphrase(args.passphrase)
     result = run_demo(
         spec,
         nodes=nodes,
@@ -78,15 +86,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         names=names,
         on_event=show,
         expect_peers=args.expect,
+        key=key,
     )
     if args.json:
         emit_json({"summary": result.to_dict()})
     else:
         say("")
-        for peer in result.peers:
+        for peer, own in zip(result.peers, result.own_ignored, strict=True):
             say(
                 f"{peer.name} [{peer.node_id}] greeted by {len(peer.greeted_by)}, "
-                f"answered by {len(peer.answered_by)}, ignored {peer.own_seen} own message(s)"
+                f"answered by {len(peer.answered_by)}, ignored {own} own message(s)"
             )
     wanted = args.expect if args.expect is not None else (nodes - 1 if nodes > 1 else 0)
     if wanted and not result.heard_at_least(wanted):
