@@ -9,6 +9,7 @@ nodes in this process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,23 +65,24 @@ class DemoPeer:
         """Handle another node's message; return what happened and the reply to send, if any."""
         if text == HELLO:
             self.greeted_by[sender] = sender_name
-            event = DemoEvent(self.node_id, self.name, "greeted", sender, sender_name, source)
+            event = self._event("greeted", sender, sender_name, source)
             return event, REPLY_PREFIX + sender
         if not text.startswith(REPLY_PREFIX):
             self.invalid += 1
-            return DemoEvent(self.node_id, self.name, "invalid", sender, sender_name, source), None
+            return self._event("invalid", sender, sender_name, source), None
         if text[len(REPLY_PREFIX) :] != self.node_id:
-            return DemoEvent(
-                self.node_id, self.name, "overheard", sender, sender_name, source
-            ), None
+            return self._event("overheard", sender, sender_name, source), None
         self.answered_by[sender] = sender_name
-        event = DemoEvent(self.node_id, self.name, "answered", sender, sender_name, source)
+        event = self._event("answered", sender, sender_name, source)
         if sender in self.greeted_by:
             return event, None
         # The sender started before us and its hello never reached us: its reply is its
         # greeting, and our answer completes the handshake (once: now it is known).
         self.greeted_by[sender] = sender_name
         return event, REPLY_PREFIX + sender
+
+    def _event(self, kind: str, sender: str, sender_name: str, source: str) -> DemoEvent:
+        return DemoEvent(self.node_id, self.name, kind, sender, sender_name, source)
 
     def heard_at_least(self, count: int) -> bool:
         """Greeted and answered by at least ``count`` others."""
@@ -189,10 +191,8 @@ async def run_demo_async(
         # Every node joined before anyone speaks, so local nodes cannot miss a hello.
         for member in members:
             await member.publish(TOPIC, DemoPeer.announcement())
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(done.wait(), duration)
-        except asyncio.TimeoutError:
-            pass
         for task in tasks:
             task.cancel()
         own = [m.counters.get("own", 0) for m in members]
