@@ -37,3 +37,14 @@ def test_readme_names_the_two_setup_commands() -> None:
     text = README.read_text()
     assert "python3 -m pip install . && mcast demo --nodes 3" in text
     assert "bash scripts/test.sh" in text
+
+
+def test_readme_blocking_example_runs() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    example = next(b for b in blocks if "mcastkit.connect(" in b)
+    result = subprocess.run(
+        [sys.executable, "-c", example], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "script started" in result.stdout
+    assert "'complete': True" in result.stdout and "'name': 'server'" in result.stdout

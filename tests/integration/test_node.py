@@ -251,3 +251,62 @@ def test_request_gathers_replies_from_serving_hosts_across_the_lan(lab: Lab) -> 
         for proc in servers:
             proc.kill()
             proc.wait()
+
+
+def test_peers_live_table_in_a_terminal() -> None:
+    import pty
+    import select as select_module
+
+    group = "239.255.90.7:5907"
+    server = _mcast(
+        "serve",
+        "t",
+        "--reply",
+        "x",
+        "--group",
+        group,
+        "--iface",
+        LO,
+        "--name",
+        "alpha",
+        "--heartbeat",
+        "0.3",
+    )
+    wait_for_line(server.stderr, "serving")
+    controller, terminal = pty.openpty()
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mcastkit",
+            "peers",
+            "--group",
+            group,
+            "--iface",
+            LO,
+            "--heartbeat",
+            "0.3",
+        ],
+        stdout=terminal,
+        stderr=terminal,
+        stdin=terminal,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    os.close(terminal)
+    screen = b""
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and b"1 peer(s)" not in screen:
+            ready, _, _ = select_module.select([controller], [], [], 0.5)
+            if ready:
+                screen += os.read(controller, 65536)
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        watcher.wait(10)
+        server.kill()
+        server.wait()
+        os.close(controller)
+    text = screen.decode(errors="replace")
+    assert "1 peer(s)" in text
+    assert "alpha" in text and "joined" in text
+    assert "last seen" in text and "loss" in text

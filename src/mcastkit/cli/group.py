@@ -198,6 +198,9 @@ async def _run_peers(args: argparse.Namespace) -> int:
                 note(f"{len(peers)} peer(s) besides this node")
             return 0
         note(f"watching {node.spec} via {node.interface}; Ctrl-C to stop")
+        if not args.json and sys.stdout.isatty():
+            await _live_table(node)
+            return 0
         async for event in node.membership():
             text, data = _describe(event)
             if args.json:
@@ -205,6 +208,52 @@ async def _run_peers(args: argparse.Namespace) -> int:
             else:
                 say(f"{time.strftime('%H:%M:%S')} {text}  ({len(node.peers)} peer(s))")
     return 0
+
+
+def _peer_table(node: Node) -> Any:
+    from rich.table import Table
+
+    table = Table(
+        title=f"{node.spec} via {node.interface}: {len(node.peers)} peer(s)", title_justify="left"
+    )
+    for column in ("name", "id", "address", "host", "last seen", "received", "loss", "rtt"):
+        table.add_column(column, justify="right" if column in ("received", "loss") else "left")
+    loop_now = asyncio.get_running_loop().time()
+    for peer in sorted(node.peers.values(), key=lambda p: p.name):
+        where = f"{peer.address[0]}:{peer.address[1]}" if peer.address else "?"
+        rtt = "" if peer.rtt is None else f"{peer.rtt * 1000:.2f} ms"
+        table.add_row(
+            peer.name,
+            f"{peer.node_id:016x}",
+            where,
+            str(peer.meta.get("host", "?")),
+            f"{loop_now - peer.last_seen:.1f}s ago",
+            str(peer.received),
+            f"{peer.loss:.1%}",
+            rtt,
+        )
+    return table
+
+
+async def _live_table(node: Node) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console(log_path=False)
+    with Live(_peer_table(node), console=console, refresh_per_second=4) as live:
+        events = node.membership()
+
+        async def log_events() -> None:
+            async for event in events:
+                console.log(_describe(event)[0], markup=False, log_locals=False)
+
+        logger = asyncio.ensure_future(log_events())
+        try:
+            while True:
+                await asyncio.sleep(0.5)
+                live.update(_peer_table(node))
+        finally:
+            logger.cancel()
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
