@@ -310,3 +310,43 @@ def test_peers_live_table_in_a_terminal() -> None:
     assert "1 peer(s)" in text
     assert "alpha" in text and "joined" in text
     assert "last seen" in text and "loss" in text
+
+
+def test_ipv6_nodes_request_across_hosts_site_and_link_scope(lab: Lab) -> None:
+    h1, h2 = lab.lan(2)
+    for group in ("[ff15::7777]:5908", "[ff12::7777]:5909%eth0"):
+        server = h2.start_mcast(
+            "serve",
+            "v6",
+            "--reply",
+            f"over {group}",
+            "--group",
+            group,
+            "--iface",
+            "eth0",
+            "--name",
+            "six",
+            "--heartbeat",
+            "0.3",
+        )
+        wait_for_line(server.stderr, "serving")
+        try:
+            result = h1.mcast(
+                "request",
+                "v6",
+                "--group",
+                group,
+                "--iface",
+                "eth0",
+                "--json",
+                "--wait",
+                "3",
+                "--timeout",
+                "1",
+            )
+            assert result.returncode == 0, result.stderr
+            replies = json.loads(result.stdout)["replies"]
+            assert [(r["name"], r["payload"]) for r in replies] == [("six", f"over {group}")]
+        finally:
+            server.kill()
+            server.wait()
