@@ -7,7 +7,15 @@ from .interfaces import (
     list_interfaces,
     resolve_interface,
 )
-from .sockets import GroupSocket, Packet, configure_sending, open_receiver, open_sender
+from .sockets import (
+    GroupSocket,
+    Packet,
+    configure_sending,
+    enable_packet_info,
+    open_receiver,
+    open_sender,
+    set_unicast_ttl,
+)
 
 __all__ = [
     "GroupSocket",
@@ -16,8 +24,10 @@ __all__ = [
     "check_multicast_capable",
     "configure_sending",
     "default_interface",
+    "enable_packet_info",
     "list_interfaces",
     "open_receiver",
     "open_sender",
     "resolve_interface",
+    "set_unicast_ttl",
 ]

@@ -35,8 +35,10 @@ from .interfaces import Interface, resolve_interface
 __all__ = [
     "GroupSocket",
     "Packet",
+    "enable_packet_info",
     "open_receiver",
     "open_sender",
+    "set_unicast_ttl",
 ]
 
 LINUX = sys.platform.startswith("linux")
@@ -283,6 +285,17 @@ def _as_spec(group: GroupSpec | str, allow_broadcast: bool) -> GroupSpec:
     return parse_group(group, allow_broadcast=allow_broadcast)
 
 
+def set_unicast_ttl(sock: socket.socket, family: int, ttl: int) -> None:
+    """TTL / hop limit of unicast datagrams sent on ``sock``."""
+    try:
+        if family == 4:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+    except OSError as exc:
+        raise _setup_error(f"setting unicast TTL {ttl}", exc) from exc
+
+
 def _spec_and_interface(
     group: GroupSpec | str, iface: str | int | None, broadcast: bool
 ) -> tuple[GroupSpec, Interface]:
@@ -388,7 +401,8 @@ def _bind_error(spec: GroupSpec, exc: OSError) -> SocketSetupError:
     return _setup_error(f"binding UDP port {spec.port}", exc, hint=hint)
 
 
-def _enable_packet_info(sock: socket.socket, family: int) -> None:
+def enable_packet_info(sock: socket.socket, family: int) -> None:
+    """Ask for destination, interface and TTL of each datagram (Linux; a no-op elsewhere)."""
     if not LINUX:
         return
     with contextlib.suppress(OSError):
@@ -440,7 +454,7 @@ def open_receiver(
                     f"receive buffer is {result.rcvbuf} bytes, not {rcvbuf}: "
                     "raise net.core.rmem_max"
                 )
-        _enable_packet_info(sock, family)
+        enable_packet_info(sock, family)
         if spec.broadcast:
             _bind_broadcast(sock, spec, interface)
         else:
@@ -551,7 +565,7 @@ def _bind_source(sock: socket.socket, source: str, family: int) -> None:
     address = parse_address(host.split("%", 1)[0])
     if address.version != family:
         raise AddressError(f"source {address} is IPv{address.version}; the group is IPv{family}")
-    port = parse_port(port_text) if port_text else 0
+    port = 0 if port_text in ("", "0") else parse_port(port_text)  # 0: any free port
     try:
         sock.bind((str(address), port) if family == 4 else (str(address), port, 0, 0))
     except OSError as exc:

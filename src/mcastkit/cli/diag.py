@@ -1,0 +1,192 @@
+"""Diagnostics commands: ``mcast ping`` (and friends, registered from their own modules)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+from ..addr import parse_group
+from ..diag.ping import PingSession, verdict
+from ..diag.runner import run_ping
+from .output import emit_json, note
+
+DEFAULT_PING_GROUP = "239.255.77.80:5080"
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the commands of this module."""
+    ping = commands.add_parser(
+        "ping",
+        help="multicast and unicast ping between every host running it (like omping)",
+        description=(
+            "Run on several hosts: they find each other on the group (no host list) and "
+            "probe each other over multicast and unicast. Exit 1 when multicast fails while "
+            "unicast works, when a path loses more than --max-loss, or when no peer answers."
+        ),
+    )
+    ping.add_argument("group", nargs="?", default=DEFAULT_PING_GROUP, metavar="GROUP:PORT")
+    ping.add_argument("--iface", help="interface name, index or address (default: route)")
+    ping.add_argument("--interval", type=float, default=1.0, help="seconds between probes")
+    ping.add_argument("--count", type=int, help="stop after this many probe rounds")
+    ping.add_argument("--duration", type=float, help="stop after this many seconds")
+    ping.add_argument("--ttl", type=int, default=64, help="TTL / hop limit of probes (64)")
+    ping.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="ADDR[:PORT]",
+        help="also probe this host by unicast (found even if multicast fails)",
+    )
+    ping.add_argument(
+        "--unicast-port",
+        type=int,
+        help="local unicast port (default: the group port; 0 for several pings on one host)",
+    )
+    ping.add_argument(
+        "--max-loss",
+        type=float,
+        metavar="PERCENT",
+        help="exit 1 when a path loses more than this (counted from its first packet)",
+    )
+    ping.add_argument("--json", action="store_true", help="a JSON summary at the end")
+    ping.set_defaults(handler=cmd_ping)
+
+
+def _pin(text: str, default_port: int) -> tuple[str, int]:
+    from ..addr import parse_address, parse_port
+
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = parse_port(rest[1:]) if rest.startswith(":") else default_port
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = parse_port(port_text)
+    else:
+        host, port = text, default_port
+    return str(parse_address(host)), port
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}{unit}"
+    return f"{value}{unit}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def ping_table(summary: dict[str, Any]) -> Any:
+    """A rich table of every peer and path."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"mcast ping {summary.get('group', '')} — {len(summary['peers'])} peer(s)",
+        title_justify="left",
+    )
+    for column in (
+        "peer",
+        "path",
+        "sent",
+        "answered",
+        "recv",
+        "loss",
+        "loss 1st",
+        "dup",
+        "reord",
+        "gap ms",
+        "rtt min/avg/max ms",
+        "p50/p99 ms",
+        "jitter ms",
+        "ttl/hops",
+    ):
+        table.add_column(column, justify="left" if column in ("peer", "path") else "right")
+    for peer in summary["peers"]:
+        for path in ("multicast", "unicast"):
+            stats = peer[path]
+            rtt = stats["rtt_ms"]
+            table.add_row(
+                f"{peer['address']} [{peer['id'][:8]}]" if path == "multicast" else "",
+                path,
+                str(stats["sent"]),
+                str(stats["answered"]),
+                str(stats["received"]),
+                _pct(stats["loss"]),
+                _pct(stats["loss_since_first"]),
+                str(stats["duplicates"]),
+                str(stats["reordered"]),
+                _fmt(stats["longest_gap_ms"]),
+                f"{_fmt(rtt['min'])}/{_fmt(rtt['avg'])}/{_fmt(rtt['max'])}",
+                f"{_fmt(rtt['p50'])}/{_fmt(rtt['p99'])}",
+                _fmt(stats["jitter_ms"]),
+                f"{_fmt(stats['ttl_seen'])}/{_fmt(stats['hops'])}",
+            )
+    return table
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    """Ping until --count, --duration or Ctrl-C; then summarise."""
+    spec = parse_group(args.group)
+    if args.interval <= 0:
+        raise SystemExit("mcast ping: --interval must be positive")
+    pinned = [_pin(text, spec.port) for text in args.peer]
+    stopping = False
+
+    def on_interrupt(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    live = None
+    on_update = None
+    if not args.json and sys.stdout.isatty():
+        from rich.live import Live
+
+        live = Live(refresh_per_second=2)
+        live.start()
+
+        def update(session: PingSession, now_ns: int) -> None:
+            summary = session.summary(now_ns)
+            summary["group"] = str(spec)
+            live.update(ping_table(summary))
+
+        on_update = update
+    note(f"ping {spec}: probing every {args.interval}s over multicast and unicast; Ctrl-C ends")
+    try:
+        summary = run_ping(
+            spec,
+            iface=args.iface,
+            interval=args.interval,
+            duration=args.duration,
+            count=args.count,
+            ttl=args.ttl,
+            peers=pinned,
+            unicast_port=args.unicast_port,
+            on_update=on_update,
+            stop=lambda: stopping,
+        )
+    finally:
+        if live is not None:
+            live.stop()
+        signal.signal(signal.SIGINT, previous)
+    max_loss = None if args.max_loss is None else args.max_loss / 100
+    code, reasons = verdict(summary, max_loss)
+    summary["ok"] = code == 0
+    summary["problems"] = reasons
+    if args.json:
+        emit_json(summary)
+    else:
+        from rich.console import Console
+
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=170)  # logs and pipes: one row per path, never wrapped
+        console.print(ping_table(summary))
+    for reason in reasons:
+        note(f"problem: {reason}")
+    return code

@@ -1,0 +1,1 @@
+"""Diagnostics: multicast ping, throughput bench, doctor and dump (sans-I/O cores)."""

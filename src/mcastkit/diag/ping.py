@@ -1,0 +1,325 @@
+"""Multicast ping (in the spirit of omping), with no I/O: probes in, answers and statistics out.
+
+Every node multicasts a probe each interval and unicasts one to each peer it knows. Peers are
+found from the probes themselves (no host list), or pinned by address. Each probe is answered
+on the path it came by (a multicast probe by a multicast answer carrying the prober's id, a
+unicast probe by a unicast answer), so RTTs are per path.
+
+Per peer and path, from the peer's probes: received, loss (from the peer's first probe and
+from the first one that reached us, since multicast trees take time to build), duplicates,
+reordering, the longest silence, RFC 3550 interarrival jitter, TTL seen and hop count. From
+the answers to our probes: sent, answered, RTT min/avg/max/stddev/p50/p99.
+Times are integers in nanoseconds, passed in.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PathStats", "PeerPaths", "PingSession", "decode_untrusted"]
+
+Address = tuple[str, int]
+MAGIC = b"MKP1"
+PROBE, ANSWER = 1, 2
+MULTICAST, UNICAST = 1, 2
+PATH_NAMES = {MULTICAST: "multicast", UNICAST: "unicast"}
+# magic, kind, path, ttl sent, sender id, seq, sender's send time (ns)
+HEAD = struct.Struct("!4sBBBxQIQ")
+# answers add: prober id, echoed seq, echoed send time, TTL the answerer saw on the probe
+ANSWER_TAIL = struct.Struct("!QIQB3x")
+RTT_SAMPLES = 100_000  # bounded memory for percentiles
+WINDOW = 1024  # seqs remembered for duplicate detection
+
+
+@dataclass
+class Packet:
+    """A decoded probe or answer."""
+
+    kind: int
+    path: int
+    ttl_sent: int
+    sender: int
+    seq: int
+    sent_ns: int
+    to: int = 0
+    echo_seq: int = 0
+    echo_sent_ns: int = 0
+    echo_ttl_seen: int = 0
+
+
+def decode_untrusted(data: bytes) -> Packet | None:
+    """A probe or answer, or None for anything else (never raises)."""
+    if len(data) < HEAD.size or data[:4] != MAGIC:
+        return None
+    _magic, kind, path, ttl_sent, sender, seq, sent_ns = HEAD.unpack_from(data)
+    if kind not in (PROBE, ANSWER) or path not in PATH_NAMES or sender == 0:
+        return None
+    packet = Packet(kind, path, ttl_sent, sender, seq, sent_ns)
+    if kind == ANSWER:
+        if len(data) < HEAD.size + ANSWER_TAIL.size:
+            return None
+        (packet.to, packet.echo_seq, packet.echo_sent_ns, packet.echo_ttl_seen) = (
+            ANSWER_TAIL.unpack_from(data, HEAD.size)
+        )
+    return packet
+
+
+def _percentile(ordered: list[float], fraction: float) -> float:
+    if not ordered:
+        return math.nan
+    rank = fraction * (len(ordered) - 1)
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass
+class PathStats:
+    """One path (multicast or unicast) to one peer."""
+
+    sent: int = 0
+    answered: int = 0
+    rtts_ms: deque[float] = field(default_factory=lambda: deque(maxlen=RTT_SAMPLES))
+    received: int = 0
+    duplicates: int = 0
+    reordered: int = 0
+    first_seq: int = 0
+    highest_seq: int = 0
+    last_arrival_ns: int = 0
+    longest_gap_ns: int = 0
+    jitter_ns: float = 0.0
+    last_transit_ns: int | None = None
+    ttl_seen: int | None = None
+    ttl_sent: int | None = None
+    _seen: set[int] = field(default_factory=set)
+    _seen_order: deque[int] = field(default_factory=deque)
+    _pending: dict[int, int] = field(default_factory=dict)  # our seq -> send time
+
+    def on_probe(
+        self, seq: int, sent_ns: int, now_ns: int, ttl_seen: int | None, ttl_sent: int
+    ) -> None:
+        """Account for one probe from the peer."""
+        if seq in self._seen:
+            self.duplicates += 1
+            return
+        self._seen.add(seq)
+        self._seen_order.append(seq)
+        if len(self._seen_order) > WINDOW:
+            self._seen.discard(self._seen_order.popleft())
+        if self.received == 0:
+            self.first_seq = seq
+        elif seq < self.highest_seq:
+            self.reordered += 1
+        if self.last_arrival_ns:
+            self.longest_gap_ns = max(self.longest_gap_ns, now_ns - self.last_arrival_ns)
+        self.last_arrival_ns = now_ns
+        self.highest_seq = max(self.highest_seq, seq)
+        self.received += 1
+        transit = now_ns - sent_ns  # the clocks differ by a constant: differences cancel it
+        if self.last_transit_ns is not None:
+            self.jitter_ns += (abs(transit - self.last_transit_ns) - self.jitter_ns) / 16
+        self.last_transit_ns = transit
+        self.ttl_seen = ttl_seen
+        self.ttl_sent = ttl_sent
+
+    def on_sent(self, seq: int, now_ns: int) -> None:
+        """We sent a probe to this peer on this path."""
+        self.sent += 1
+        self._pending[seq] = now_ns
+        if len(self._pending) > WINDOW:
+            self._pending.pop(next(iter(self._pending)))
+
+    def on_answer(self, seq: int, now_ns: int) -> None:
+        """An answer to one of our probes arrived."""
+        sent_at = self._pending.pop(seq, None)
+        if sent_at is None:
+            return  # duplicate or too late
+        self.answered += 1
+        self.rtts_ms.append((now_ns - sent_at) / 1e6)
+
+    def summary(self, now_ns: int, timeout_ns: int) -> dict[str, Any]:
+        """Plain data for tables and JSON."""
+        in_flight = sum(1 for sent_at in self._pending.values() if now_ns - sent_at < timeout_ns)
+        settled = self.sent - in_flight
+        rtts = sorted(self.rtts_ms)
+        mean = sum(rtts) / len(rtts) if rtts else math.nan
+        stddev = math.sqrt(sum((r - mean) ** 2 for r in rtts) / len(rtts)) if rtts else math.nan
+        expected_total = self.highest_seq
+        expected_since_first = self.highest_seq - self.first_seq + 1 if self.received else 0
+        return {
+            "sent": self.sent,
+            "answered": self.answered,
+            "answer_loss": _ratio(settled - self.answered, settled),
+            "received": self.received,
+            "loss": _ratio(expected_total - self.received, expected_total),
+            "loss_since_first": _ratio(expected_since_first - self.received, expected_since_first),
+            "duplicates": self.duplicates,
+            "reordered": self.reordered,
+            "longest_gap_ms": round(self.longest_gap_ns / 1e6, 3),
+            "jitter_ms": round(self.jitter_ns / 1e6, 4),
+            "rtt_ms": {
+                "min": _round(rtts[0] if rtts else math.nan),
+                "avg": _round(mean),
+                "max": _round(rtts[-1] if rtts else math.nan),
+                "stddev": _round(stddev),
+                "p50": _round(_percentile(rtts, 0.5)),
+                "p99": _round(_percentile(rtts, 0.99)),
+            },
+            "ttl_seen": self.ttl_seen,
+            "hops": None
+            if self.ttl_seen is None or self.ttl_sent is None
+            else self.ttl_sent - self.ttl_seen,
+        }
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return None if whole <= 0 else round(max(0, part) / whole, 6)
+
+
+def _round(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 4)
+
+
+@dataclass
+class PeerPaths:
+    """Everything known about one peer."""
+
+    node_id: int
+    address: Address
+    first_seen_ns: int
+    multicast: PathStats = field(default_factory=PathStats)
+    unicast: PathStats = field(default_factory=PathStats)
+
+    def path(self, kind: int) -> PathStats:
+        """The stats of one path."""
+        return self.multicast if kind == MULTICAST else self.unicast
+
+
+class PingSession:
+    """One ping node's state."""
+
+    def __init__(
+        self,
+        node_id: int,
+        *,
+        now_ns: int,
+        interval_ns: int,
+        ttl: int,
+        answer_timeout_ns: int = 1_000_000_000,
+        pinned: list[Address] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.interval_ns = interval_ns
+        self.ttl = ttl
+        self.answer_timeout_ns = answer_timeout_ns
+        self.pinned = list(pinned or [])
+        self.peers: dict[int, PeerPaths] = {}
+        self.counters: Counter[str] = Counter()
+        self.started_ns = now_ns
+        self._next_ns = now_ns
+        # Probes and answers count separately: a peer's probe seqs must be gap-free.
+        self._seq = {(kind, path): 0 for kind in (PROBE, ANSWER) for path in PATH_NAMES}
+
+    def next_due_ns(self) -> int:
+        """When ``tick`` must run next."""
+        return self._next_ns
+
+    def _head(self, kind: int, path: int, now_ns: int) -> bytes:
+        self._seq[kind, path] += 1
+        return HEAD.pack(MAGIC, kind, path, self.ttl, self.node_id, self._seq[kind, path], now_ns)
+
+    def tick(self, now_ns: int) -> list[tuple[bytes, Address | None]]:
+        """Probes due now: one to the group, one to each known or pinned peer."""
+        if now_ns < self._next_ns:
+            return []
+        self._next_ns += self.interval_ns
+        if self._next_ns <= now_ns:  # fell behind (suspended): do not burst to catch up
+            self._next_ns = now_ns + self.interval_ns
+        out: list[tuple[bytes, Address | None]] = []
+        probe = self._head(PROBE, MULTICAST, now_ns)
+        out.append((probe, None))
+        seq = self._seq[PROBE, MULTICAST]
+        for peer in self.peers.values():
+            peer.multicast.on_sent(seq, now_ns)
+        # Unicast probes share one seq per round, so each peer sees a gap-free sequence.
+        probe = self._head(PROBE, UNICAST, now_ns)
+        seq = self._seq[PROBE, UNICAST]
+        known = set()
+        for peer in self.peers.values():
+            peer.unicast.on_sent(seq, now_ns)
+            out.append((probe, peer.address))
+            known.add(peer.address)
+        out.extend((probe, address) for address in self.pinned if address not in known)
+        self.counters["probes-sent"] += len(out)
+        return out
+
+    def receive(
+        self, data: bytes, source: Address, ttl_seen: int | None, now_ns: int
+    ) -> list[tuple[bytes, Address | None]]:
+        """Handle one datagram; return the answer to send, if any (never raises)."""
+        packet = decode_untrusted(data)
+        if packet is None:
+            self.counters["invalid"] += 1
+            return []
+        if packet.sender == self.node_id:
+            self.counters["own"] += 1
+            return []
+        peer = self.peers.get(packet.sender)
+        if peer is None:
+            peer = self.peers[packet.sender] = PeerPaths(packet.sender, source, now_ns)
+            self.counters["peers-found"] += 1
+        if packet.path == UNICAST or peer.address[0] != source[0]:
+            peer.address = source  # unicast sources are the peer's reply address
+        if packet.kind == PROBE:
+            stats = peer.path(packet.path)
+            stats.on_probe(packet.seq, packet.sent_ns, now_ns, ttl_seen, packet.ttl_sent)
+            answer = self._head(ANSWER, packet.path, now_ns) + ANSWER_TAIL.pack(
+                packet.sender, packet.seq, packet.sent_ns, ttl_seen or 0
+            )
+            return [(answer, None if packet.path == MULTICAST else source)]
+        if packet.to == self.node_id:
+            peer.path(packet.path).on_answer(packet.echo_seq, now_ns)
+        return []
+
+    def summary(self, now_ns: int) -> dict[str, Any]:
+        """Every peer with both paths, for tables and JSON."""
+        return {
+            "elapsed_s": round((now_ns - self.started_ns) / 1e9, 3),
+            "peers": [
+                {
+                    "id": f"{peer.node_id:016x}",
+                    "address": f"{peer.address[0]}:{peer.address[1]}",
+                    "multicast": peer.multicast.summary(now_ns, self.answer_timeout_ns),
+                    "unicast": peer.unicast.summary(now_ns, self.answer_timeout_ns),
+                }
+                for peer in self.peers.values()
+            ],
+        }
+
+
+def verdict(summary: dict[str, Any], max_loss: float | None) -> tuple[int, list[str]]:
+    """Exit code and reasons: 1 when multicast fails while unicast works, or loss is too high."""
+    reasons: list[str] = []
+    if not summary["peers"]:
+        return 1, ["no peers answered: start `mcast ping` on other hosts, or pin one with --peer"]
+    for peer in summary["peers"]:
+        mc, uc = peer["multicast"], peer["unicast"]
+        name = f"{peer['address']} [{peer['id'][:8]}]"
+        if mc["received"] == 0 and (uc["received"] > 0 or uc["answered"] > 0):
+            reasons.append(
+                f"{name}: unicast works but no multicast arrives (TTL, IGMP snooping without a "
+                "querier, firewall, or routing; try `mcast doctor` on both hosts)"
+            )
+            continue
+        if max_loss is not None:
+            for path_name, stats in (("multicast", mc), ("unicast", uc)):
+                loss = stats["loss_since_first"]
+                if loss is not None and loss > max_loss:
+                    reasons.append(
+                        f"{name}: {path_name} loss {loss:.1%} exceeds --max-loss {max_loss:.1%}"
+                    )
+    return (1 if reasons else 0), reasons
