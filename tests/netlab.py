@@ -151,3 +151,15 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} is not installed (scripts/test.sh installs it as root)")
     return path
+
+
+def nft_drop(host: Host, rule: str) -> None:
+    """Add an input-hook drop rule on ``host`` (e.g. 'ip daddr 239.0.0.0/8 drop')."""
+    require_tool("nft")
+    for command in (
+        "add table inet mktest",
+        "add chain inet mktest in { type filter hook input priority 0; }",
+        f"add rule inet mktest in {rule}",
+    ):
+        done = host.run("nft", command)
+        assert done.returncode == 0, done.stderr

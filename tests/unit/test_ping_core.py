@@ -1,0 +1,125 @@
+"""The ping core with a fake clock and a fake link that drops, duplicates and reorders."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mcastkit.diag.ping import PingSession, decode_untrusted, verdict
+
+MS = 1_000_000
+
+
+def _pair(**options: object) -> tuple[PingSession, PingSession]:
+    a = PingSession(1, now_ns=0, interval_ns=100 * MS, ttl=64, **options)  # type: ignore[arg-type]
+    b = PingSession(2, now_ns=0, interval_ns=100 * MS, ttl=64, **options)  # type: ignore[arg-type]
+    return a, b
+
+
+ADDR = {1: ("10.0.0.1", 5080), 2: ("10.0.0.2", 5080)}
+
+
+def _run(
+    a: PingSession,
+    b: PingSession,
+    rounds: int,
+    *,
+    drop=lambda n, s: False,
+    dup=lambda n, s: False,
+    delay_ns: int = 2 * MS,
+    ttl_seen: int = 62,
+) -> None:
+    """Deliver everything a and b send, with a fixed one-way delay, for ``rounds`` intervals."""
+    sessions = {1: a, 2: b}
+    in_flight: list[tuple[int, int, bytes, tuple[str, int]]] = []  # (arrival, to, data, src)
+    sent = 0
+    for step in range(rounds * 100):
+        now = step * MS
+        for me, session in sessions.items():
+            for data, _dest in session.tick(now):
+                sent += 1
+                other = 3 - me
+                if drop(sent, data):
+                    continue
+                copies = 2 if dup(sent, data) else 1
+                in_flight.extend((now + delay_ns, other, data, ADDR[me]) for _ in range(copies))
+        due = [item for item in in_flight if item[0] <= now]
+        in_flight = [item for item in in_flight if item[0] > now]
+        for _arrival, to, data, source in due:
+            for answer, _dest in sessions[to].receive(data, source, ttl_seen, now):
+                in_flight.append((now + delay_ns, 3 - to, answer, ADDR[to]))
+
+
+def test_clean_link_rtt_ttl_and_no_loss() -> None:
+    a, b = _pair()
+    # b learns of a from its first multicast probe; a of b likewise.
+    _run(a, b, 20)
+    peer = a.summary(20 * 100 * MS)["peers"][0]
+    for path in ("multicast", "unicast"):
+        stats = peer[path]
+        assert stats["loss_since_first"] == 0.0
+        assert stats["duplicates"] == 0 and stats["reordered"] == 0
+        assert stats["rtt_ms"]["min"] == stats["rtt_ms"]["max"] == 4.0  # 2 ms each way
+        assert stats["ttl_seen"] == 62 and stats["hops"] == 2
+        assert math.isclose(stats["jitter_ms"], 0.0, abs_tol=1e-9)
+    assert peer["address"] == "10.0.0.2:5080"
+    assert verdict(a.summary(0), None) == (0, [])
+
+
+def test_loss_duplicates_are_counted() -> None:
+    a, b = _pair()
+    lost = set(range(20, 200, 7))
+    _run(a, b, 40, drop=lambda n, s: n in lost, dup=lambda n, s: n % 11 == 0)
+    stats = b.summary(40 * 100 * MS)["peers"][0]
+    total_dups = stats["multicast"]["duplicates"] + stats["unicast"]["duplicates"]
+    assert total_dups > 0
+    received = stats["multicast"]["received"] + stats["unicast"]["received"]
+    assert 0 < received < 80
+
+
+def test_reordering_and_jitter() -> None:
+    a, b = _pair()
+    # Deliver a's multicast probes 3 and 4 swapped, and vary delay to make jitter.
+    probes = []
+    for n in range(1, 7):
+        probes += [d for d, dest in a.tick(n * 100 * MS) if dest is None]
+    order = [0, 1, 3, 2, 4, 5]
+    for rank, index in enumerate(order):
+        b.receive(probes[index], ADDR[1], 64, (rank + 1) * 100 * MS + (5 * MS if rank % 2 else 0))
+    stats = b.summary(10**10)["peers"][0]["multicast"]
+    assert stats["received"] == 6 and stats["reordered"] == 1
+    assert stats["jitter_ms"] > 0
+    assert stats["longest_gap_ms"] >= 100
+
+
+def test_multicast_dead_unicast_alive_fails_the_verdict() -> None:
+    a, b = _pair(pinned=[ADDR[2]])
+    # Drop every multicast datagram: only pinned unicast gets through, yet peers are found.
+    _run(
+        a,
+        b,
+        20,
+        drop=lambda n, s: decode_untrusted(s) is not None and decode_untrusted(s).path == 1,
+    )  # type: ignore[union-attr]
+    summary = a.summary(20 * 100 * MS)
+    assert summary["peers"] and summary["peers"][0]["unicast"]["answered"] > 0
+    code, reasons = verdict(summary, None)
+    assert code == 1 and "no multicast arrives" in reasons[0]
+
+
+def test_max_loss_verdict_and_no_peers() -> None:
+    a, b = _pair()
+    _run(a, b, 40, drop=lambda n, s: n % 5 == 0)
+    code, reasons = verdict(a.summary(40 * 100 * MS), 0.05)
+    assert code == 1 and "exceeds --max-loss" in reasons[0]
+    assert verdict({"peers": []}, None)[0] == 1
+
+
+@given(st.binary(max_size=200))
+def test_hostile_datagrams_never_raise(data: bytes) -> None:
+    a, _ = _pair()
+    for payload in (data, b"MKP1" + data):
+        assert isinstance(a.receive(payload, ("10.9.9.9", 1), 3, 0), list)
+    assert a.peers == {} or all(p.node_id != 0 for p in a.peers.values())
