@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import socket
+import sys
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
@@ -17,9 +20,12 @@ from ..transport import (
     open_sender,
     set_unicast_ttl,
 )
+from .bench import HEAD as BENCH_HEAD
+from .bench import MAGIC as BENCH_MAGIC
+from .bench import MIN_SIZE, BenchStats, Rate, make_payload
 from .ping import Address, PingSession
 
-__all__ = ["run_ping"]
+__all__ = ["run_bench_recv", "run_bench_send", "run_ping"]
 
 
 def _unicast_socket(spec: GroupSpec, group_socket: GroupSocket, ttl: int, port: int) -> GroupSocket:
@@ -120,4 +126,142 @@ def run_ping(
     summary.update(
         {"group": str(spec), "interface": group_socket.interface.name, "ttl": ttl, "rounds": rounds}
     )
+    return summary
+
+
+SO_RXQ_OVFL = 40  # Linux: a cmsg with the socket's cumulative drop counter
+
+
+def run_bench_send(
+    spec: GroupSpec,
+    *,
+    rate: Rate | None,
+    size: int,
+    duration: float,
+    iface: str | int | None = None,
+    ttl: int = 1,
+    on_second: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Send bench datagrams at ``rate`` (None: as fast as possible) for ``duration`` s."""
+    if size < MIN_SIZE or size > 65507:
+        raise ValueError(f"--size must be {MIN_SIZE}-65507 bytes")
+    sender = open_sender(spec, iface=iface, ttl=ttl, sndbuf=4 << 20)
+    pps = None if rate is None else rate.packets_per_second(size)
+    buffer = bytearray(make_payload(0, 0, size))
+    pack_into = BENCH_HEAD.pack_into
+    sendto, destination = sender.sock.sendto, sender.destination
+    sent = errors = 0
+    start = time.monotonic_ns()
+    end = start + int(duration * 1e9)
+    second_start, second_sent = start, 0
+    try:
+        while True:
+            now = time.monotonic_ns()
+            if now >= end:
+                break
+            if pps is None:
+                owed = 64
+            else:
+                owed = min(int((now - start) * pps / 1e9) + 1 - sent, 256)
+                if owed <= 0:
+                    ahead = (sent / pps) * 1e9 + start - now
+                    if ahead > 200_000:
+                        time.sleep(ahead / 2e9)  # sleep overshoots; aim for half
+                    continue
+            for _ in range(owed):
+                pack_into(buffer, 0, BENCH_MAGIC, sent, now)
+                try:
+                    sendto(buffer, destination)
+                except OSError:
+                    errors += 1  # ENOBUFS and friends: the queue is full, keep pacing
+                    break
+                sent += 1
+            if now - second_start >= 1_000_000_000:
+                if on_second is not None:
+                    seconds = (now - second_start) / 1e9
+                    on_second(
+                        {
+                            "t": round((now - start) / 1e9, 3),
+                            "pps": round((sent - second_sent) / seconds, 1),
+                            "mbps": round((sent - second_sent) * size * 8 / seconds / 1e6, 3),
+                        }
+                    )
+                second_start, second_sent = now, sent
+    finally:
+        sender.close()
+    elapsed = (time.monotonic_ns() - start) / 1e9
+    return {
+        "group": str(spec),
+        "interface": sender.interface.name,
+        "size": size,
+        "packets": sent,
+        "send_errors": errors,
+        "seconds": round(elapsed, 4),
+        "pps": round(sent / elapsed, 1),
+        "mbps": round(sent * size * 8 / elapsed / 1e6, 3),
+        "offered_pps": None if pps is None else round(pps, 1),
+    }
+
+
+def run_bench_recv(
+    spec: GroupSpec,
+    *,
+    iface: str | int | None = None,
+    sources: list[str] | None = None,
+    duration: float | None = None,
+    idle: float = 2.0,
+    wait: float | None = None,
+    rcvbuf: int = 8 << 20,
+    on_second: Callable[[dict[str, Any]], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Count bench (or iperf2) datagrams until ``duration``, ``idle`` s of silence, or stop()."""
+    receiver = open_receiver(
+        spec, iface=iface, sources=sources or (), rcvbuf=rcvbuf, blocking=False
+    )
+    with contextlib.suppress(OSError):
+        receiver.sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+    stats = BenchStats()
+    recvmsg = receiver.sock.recvmsg
+    start = time.monotonic_ns()
+    hard_end = None if duration is None else start + int(duration * 1e9)
+    first_wait_end = None if wait is None else start + int(wait * 1e9)
+    try:
+        while True:
+            now = time.monotonic_ns()
+            if hard_end is not None and now >= hard_end:
+                break
+            if stop is not None and stop():
+                break
+            if stats.packets == 0 and first_wait_end is not None and now >= first_wait_end:
+                break
+            if stats.packets and now - stats.last_ns > idle * 1e9:
+                break
+            ready, _, _ = select.select([receiver.sock], [], [], 0.1)
+            if ready:
+                for _ in range(1024):
+                    try:
+                        data, ancillary, _flags, _address = recvmsg(65535, 64)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    drops = None
+                    for level, kind, payload in ancillary:
+                        if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(payload) >= 4:
+                            drops = int.from_bytes(payload[:4], sys.byteorder)
+                    stats.on_datagram(data, time.monotonic_ns(), time.time_ns(), drops)
+            for interval in stats.tick(time.monotonic_ns()):
+                if on_second is not None:
+                    on_second(interval)
+    finally:
+        receiver.close()
+    summary = stats.summary()
+    summary.update(
+        {"group": str(spec), "interface": receiver.interface.name, "rcvbuf": receiver.rcvbuf}
+    )
+    if summary["kernel_drops"]:
+        summary["warning"] = (
+            f"the kernel dropped {summary['kernel_drops']} datagrams: the receive buffer "
+            f"({receiver.rcvbuf} bytes) overflowed; raise it (--rcvbuf, net.core.rmem_max) "
+            "or lower the rate"
+        )
     return summary

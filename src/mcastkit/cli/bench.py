@@ -1,0 +1,164 @@
+"""``mcast bench send|recv``: multicast throughput, interoperable with iperf2 as the sender."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from types import FrameType
+from typing import Any
+
+from ..addr import parse_group
+from ..diag.bench import MIN_SIZE, parse_rate
+from ..diag.runner import run_bench_recv, run_bench_send
+from .output import emit_json, note, say
+
+DEFAULT_BENCH_GROUP = "239.255.77.81:5081"
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``mcast bench``."""
+    bench = commands.add_parser("bench", help="throughput test: bench send / bench recv")
+    sides = bench.add_subparsers(dest="side", metavar="send|recv")
+    sides.required = True
+
+    send = sides.add_parser("send", help="send at a rate for a duration")
+    send.add_argument("group", nargs="?", default=DEFAULT_BENCH_GROUP, metavar="GROUP:PORT")
+    send.add_argument(
+        "--rate", default="10M", help="bits/s (100M, 1G), packets/s (50kpps), or max (default 10M)"
+    )
+    send.add_argument(
+        "--size", type=int, default=1400, help=f"UDP payload bytes ({MIN_SIZE}-65507, default 1400)"
+    )
+    send.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
+    send.add_argument("--iface", help="interface name, index or address (default: route)")
+    send.add_argument("--ttl", type=int, default=1, help="TTL / hop limit (default 1)")
+    send.add_argument("--json", action="store_true", help="NDJSON per second, then a summary")
+    send.set_defaults(handler=cmd_send)
+
+    recv = sides.add_parser(
+        "recv",
+        help="receive and measure (mcast bench send or iperf -c GROUP -u as the sender)",
+        description="Measure received pps/bps, loss, duplicates, reordering and jitter per "
+        "second and in total. Exit 1 when nothing arrived.",
+    )
+    recv.add_argument("group", nargs="?", default=DEFAULT_BENCH_GROUP, metavar="GROUP:PORT")
+    recv.add_argument("--iface", help="interface name, index or address (default: route)")
+    recv.add_argument("--source", action="append", default=[], help="SSM source (repeatable)")
+    recv.add_argument("--duration", type=float, help="stop after this many seconds")
+    recv.add_argument(
+        "--idle",
+        type=float,
+        default=2.0,
+        help="stop after this long without traffic once it started (default 2)",
+    )
+    recv.add_argument("--wait", type=float, help="give up if nothing arrives in this time")
+    recv.add_argument(
+        "--rcvbuf", type=int, default=8 << 20, help="receive buffer bytes (default 8 MiB)"
+    )
+    recv.add_argument("--json", action="store_true", help="NDJSON per second, then a summary")
+    recv.set_defaults(handler=cmd_recv)
+
+
+def _second_printer(as_json: bool, side: str) -> Any:
+    def show(interval: dict[str, Any]) -> None:
+        if as_json:
+            emit_json({"interval": interval})
+        elif side == "send":
+            note(
+                f"{interval['t']:7.1f}s  sent {interval['pps']:>11,.0f} pps "
+                f"{interval['mbps']:>10,.1f} Mbit/s"
+            )
+        else:
+            note(
+                f"{interval['t']:7.1f}s  recv {interval['pps']:>11,.0f} pps "
+                f"{interval['mbps']:>10,.1f} Mbit/s  loss {interval['loss']:6.2%}  "
+                f"dup {interval['duplicates']}  reord {interval['reordered']}  "
+                f"jitter {interval['jitter_ms']:.3f} ms"
+            )
+
+    return show
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Send."""
+    spec = parse_group(args.group)
+    try:
+        rate = parse_rate(args.rate)
+    except ValueError as exc:
+        raise SystemExit(f"mcast bench send: {exc}") from None
+    if args.duration <= 0:
+        raise SystemExit("mcast bench send: --duration must be positive")
+    note(f"bench send to {spec}: {args.rate}, {args.size} B datagrams for {args.duration}s")
+    try:
+        summary = run_bench_send(
+            spec,
+            rate=rate,
+            size=args.size,
+            duration=args.duration,
+            iface=args.iface,
+            ttl=args.ttl,
+            on_second=_second_printer(args.json, "send"),
+        )
+    except ValueError as exc:
+        raise SystemExit(f"mcast bench send: {exc}") from None
+    if args.json:
+        emit_json({"summary": summary})
+    else:
+        say(
+            f"sent {summary['packets']:,} datagrams in {summary['seconds']:.2f}s: "
+            f"{summary['pps']:,.0f} pps, {summary['mbps']:,.1f} Mbit/s"
+            + (
+                f" ({summary['send_errors']} send errors: queue full)"
+                if summary["send_errors"]
+                else ""
+            )
+        )
+    return 0
+
+
+def cmd_recv(args: argparse.Namespace) -> int:
+    """Receive and measure."""
+    spec = parse_group(args.group)
+    stopping = False
+
+    def on_interrupt(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    note(f"bench recv on {spec}: waiting for traffic (mcast bench send, or iperf -c GROUP -u)")
+    try:
+        summary = run_bench_recv(
+            spec,
+            iface=args.iface,
+            sources=args.source,
+            duration=args.duration,
+            idle=args.idle,
+            wait=args.wait,
+            rcvbuf=args.rcvbuf,
+            on_second=_second_printer(args.json, "recv"),
+            stop=lambda: stopping,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.json:
+        emit_json({"summary": summary})
+    else:
+        loss = "-" if summary["loss"] is None else f"{summary['loss']:.3%}"
+        rate = (
+            ""
+            if summary["pps"] is None
+            else f": {summary['pps']:,.0f} pps, {summary['mbps']:,.1f} Mbit/s"
+        )
+        say(
+            f"received {summary['packets']:,} datagrams from a {summary['sender']} sender in "
+            f"{summary['seconds']:.2f}s{rate}; lost {summary['lost']} ({loss}), "
+            f"dup {summary['duplicates']}, reordered {summary['reordered']}, "
+            f"jitter {summary['jitter_ms']:.3f} ms"
+        )
+    if "warning" in summary:
+        note(f"warning: {summary['warning']}")
+    if summary["packets"] == 0:
+        note("nothing arrived: check the sender's TTL and interface, or run `mcast doctor`")
+        return 1
+    return 0

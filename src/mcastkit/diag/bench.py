@@ -1,0 +1,200 @@
+"""Throughput test, no I/O: rates, the bench payload, and receiver statistics.
+
+The receiver understands two payloads:
+- mcastkit's: ``"MKB1" | seq (u64) | sender monotonic ns (u64) | padding``;
+- iperf2's UDP header: ``id (i32) | tv_sec (u32) | tv_usec (u32) | ...``. A negative id marks
+  iperf's final datagrams, which are not counted as data.
+Anything else is counted (packets, bytes) without loss or jitter figures.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["BenchStats", "Rate", "make_payload", "parse_rate"]
+
+MAGIC = b"MKB1"
+HEAD = struct.Struct("!4sQQ")
+IPERF_HEAD = struct.Struct("!iII")
+MIN_SIZE = HEAD.size
+DUP_WINDOW = 4096
+_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmg]?)(pps|bps|b|bit|bits)?\s*$", re.IGNORECASE)
+_SCALE = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A target rate, in packets or bits per second."""
+
+    value: float
+    per_packet: bool
+
+    def packets_per_second(self, size: int) -> float:
+        """The rate in packets/s for payloads of ``size`` bytes (UDP payload bits)."""
+        return self.value if self.per_packet else self.value / (size * 8)
+
+
+def parse_rate(text: str) -> Rate | None:
+    """``100M`` / ``100Mbps`` (bits/s), ``50kpps`` (packets/s), ``1.5G``; ``max``: None."""
+    if text.strip().lower() == "max":
+        return None
+    match = _RATE.match(text)
+    if not match:
+        raise ValueError(f"rate {text!r} not understood; examples: 100M, 1.5G, 50kpps")
+    number, scale, unit = match.groups()
+    value = float(number) * _SCALE[scale.lower()]
+    if value <= 0:
+        raise ValueError(f"rate {text!r} must be positive")
+    return Rate(value, per_packet=(unit or "").lower() == "pps")
+
+
+def make_payload(seq: int, sent_ns: int, size: int) -> bytes:
+    """A bench datagram of ``size`` bytes."""
+    return HEAD.pack(MAGIC, seq, sent_ns) + b"\0" * (size - HEAD.size)
+
+
+@dataclass
+class _Interval:
+    packets: int = 0
+    bytes: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    reordered: int = 0
+
+
+@dataclass
+class BenchStats:
+    """Receiver counters, totals and per interval."""
+
+    interval_ns: int = 1_000_000_000
+    packets: int = 0
+    total_bytes: int = 0
+    duplicates: int = 0
+    reordered: int = 0
+    lost: int = 0
+    untracked: int = 0  # datagrams with no sequence number we understand
+    iperf: bool = False
+    first_ns: int = 0
+    last_ns: int = 0
+    highest: int = -1
+    first_seq: int = -1
+    jitter_ns: float = 0.0
+    kernel_drops: int = 0
+    _drop_base: int | None = None
+    _last_transit: int | None = None
+    _seen: set[int] = field(default_factory=set)
+    _order: deque[int] = field(default_factory=deque)
+    _current: _Interval = field(default_factory=_Interval)
+    _interval_start: int = 0
+    intervals: list[dict[str, Any]] = field(default_factory=list)
+
+    def on_datagram(self, data: bytes, now_ns: int, wall_ns: int, drops: int | None = None) -> None:
+        """Account one datagram (never raises). ``drops`` is SO_RXQ_OVFL's counter."""
+        if drops is not None:
+            if self._drop_base is None:
+                self._drop_base = drops
+            self.kernel_drops = drops - self._drop_base
+        seq: int | None = None
+        transit = 0
+        if len(data) >= HEAD.size and data[:4] == MAGIC:
+            _magic, seq, sent_ns = HEAD.unpack_from(data)
+            transit = now_ns - sent_ns
+        elif len(data) >= IPERF_HEAD.size:
+            ident, seconds, micros = IPERF_HEAD.unpack_from(data)
+            if ident < 0:
+                return  # iperf2's closing datagrams
+            self.iperf = True
+            seq = ident
+            transit = wall_ns - (seconds * 1_000_000_000 + micros * 1000)
+        if not self.first_ns:
+            self.first_ns = self._interval_start = now_ns
+        self._roll(now_ns)
+        self.last_ns = now_ns
+        self.packets += 1
+        self.total_bytes += len(data)
+        self._current.packets += 1
+        self._current.bytes += len(data)
+        if seq is None:
+            self.untracked += 1
+            return
+        if seq in self._seen:
+            self.duplicates += 1
+            self._current.duplicates += 1
+            return
+        self._seen.add(seq)
+        self._order.append(seq)
+        if len(self._order) > DUP_WINDOW:
+            self._seen.discard(self._order.popleft())
+        if self.first_seq < 0:
+            self.first_seq = seq
+        if seq > self.highest:
+            if self.highest >= 0 and seq > self.highest + 1:
+                gap = seq - self.highest - 1
+                self.lost += gap
+                self._current.lost += gap
+            self.highest = seq
+        else:
+            # A late one: it was counted lost when the gap opened.
+            self.reordered += 1
+            self._current.reordered += 1
+            self.lost -= 1
+            self._current.lost -= 1
+        if self._last_transit is not None:
+            self.jitter_ns += (abs(transit - self._last_transit) - self.jitter_ns) / 16
+        self._last_transit = transit
+
+    def _roll(self, now_ns: int) -> None:
+        while now_ns - self._interval_start >= self.interval_ns:
+            self._close_interval()
+            self._interval_start += self.interval_ns
+
+    def _close_interval(self) -> None:
+        seconds = self.interval_ns / 1e9
+        c = self._current
+        expected = c.packets - c.duplicates + c.lost
+        self.intervals.append(
+            {
+                "t": round((self._interval_start - self.first_ns) / 1e9 + seconds, 3),
+                "pps": round(c.packets / seconds, 1),
+                "mbps": round(c.bytes * 8 / seconds / 1e6, 3),
+                "lost": c.lost,
+                "loss": round(c.lost / expected, 6) if expected > 0 else 0.0,
+                "duplicates": c.duplicates,
+                "reordered": c.reordered,
+                "jitter_ms": round(self.jitter_ns / 1e6, 4),
+                "kernel_drops": self.kernel_drops,
+            }
+        )
+        self._current = _Interval()
+
+    def tick(self, now_ns: int) -> list[dict[str, Any]]:
+        """Close the intervals that ended by ``now_ns``; return them."""
+        if not self.first_ns:
+            return []
+        before = len(self.intervals)
+        self._roll(now_ns)
+        return self.intervals[before:]
+
+    def summary(self) -> dict[str, Any]:
+        """Totals."""
+        seconds = (self.last_ns - self.first_ns) / 1e9 if self.packets > 1 else 0.0
+        tracked = self.packets - self.untracked - self.duplicates
+        expected = tracked + max(0, self.lost)
+        return {
+            "packets": self.packets,
+            "bytes": self.total_bytes,
+            "seconds": round(seconds, 4),
+            "pps": round(self.packets / seconds, 1) if seconds else None,
+            "mbps": round(self.total_bytes * 8 / seconds / 1e6, 3) if seconds else None,
+            "lost": max(0, self.lost),
+            "loss": round(max(0, self.lost) / expected, 6) if expected else None,
+            "duplicates": self.duplicates,
+            "reordered": self.reordered,
+            "jitter_ms": round(self.jitter_ns / 1e6, 4),
+            "kernel_drops": self.kernel_drops,
+            "sender": "iperf2" if self.iperf else ("mcastkit" if tracked else "unknown"),
+        }

@@ -1,0 +1,138 @@
+"""mcast bench between namespace hosts: clean, lossy (nftables), iperf2 as sender, overruns."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from netlab import Host, Lab, nft_drop, require_tool, wait_for_line
+
+GROUP = "239.255.77.81:5081"
+
+
+def _receiver(host: Host, *args: str) -> subprocess.Popen[str]:
+    proc = host.start_mcast("bench", "recv", GROUP, "--json", "--idle", "1", "--wait", "10", *args)
+    wait_for_line(proc.stderr, "waiting for traffic")
+    return proc
+
+
+def _summary(proc: subprocess.Popen[str]) -> dict:
+    out, err = proc.communicate(timeout=60)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines and "summary" in lines[-1], err
+    return lines[-1]["summary"]
+
+
+def test_bench_send_to_recv_between_hosts(lab: Lab) -> None:
+    h1, h2 = lab.lan(2)
+    receiver = _receiver(h2)
+    sent = h1.mcast(
+        "bench", "send", GROUP, "--rate", "20kpps", "--size", "200", "--duration", "1", "--json"
+    )
+    assert sent.returncode == 0, sent.stderr
+    send_summary = json.loads(sent.stdout.splitlines()[-1])["summary"]
+    summary = _summary(receiver)
+    assert summary["sender"] == "mcastkit"
+    assert summary["packets"] == send_summary["packets"]
+    assert 18000 <= send_summary["packets"] <= 21000
+    assert summary["lost"] == 0 and summary["duplicates"] == 0
+    assert summary["pps"] > 15000
+
+
+def test_bench_measures_real_random_loss(lab: Lab) -> None:
+    h1, h2 = lab.lan(2)
+    nft_drop(h2, "ip daddr 239.0.0.0/8 numgen random mod 100 < 5 drop")
+    receiver = _receiver(h2)
+    assert (
+        h1.mcast(
+            "bench", "send", GROUP, "--rate", "20kpps", "--size", "200", "--duration", "1"
+        ).returncode
+        == 0
+    )
+    summary = _summary(receiver)
+    assert 0.03 < summary["loss"] < 0.07, summary  # 5 % dropped by nftables on h2
+    assert summary["lost"] + summary["packets"] > 18000
+
+
+def test_bench_recv_counts_an_iperf2_sender(lab: Lab) -> None:
+    require_tool("iperf")
+    h1, h2 = lab.lan(2)
+    receiver = _receiver(h2)
+    group, port = GROUP.split(":")
+    iperf = h1.run(
+        "iperf",
+        "-c",
+        group,
+        "-p",
+        port,
+        "-u",
+        "-T",
+        "1",
+        "-b",
+        "8M",
+        "-l",
+        "1000",
+        "-t",
+        "1",
+        "-B",
+        h1.ipv4,
+        timeout=30,
+    )
+    assert iperf.returncode == 0, iperf.stderr
+    summary = _summary(receiver)
+    assert summary["sender"] == "iperf2"
+    assert 900 <= summary["packets"] <= 1100  # 8 Mbit/s of 1000-byte datagrams for 1 s
+    assert summary["lost"] == 0
+
+
+def test_overrun_warning_with_a_tiny_buffer() -> None:
+    # On loopback in the suite's namespace: a sender at full speed into a 4 KiB buffer.
+    receiver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mcastkit",
+            "bench",
+            "recv",
+            "239.255.77.82:5083",
+            "--iface",
+            "lo",
+            "--rcvbuf",
+            "4096",
+            "--json",
+            "--idle",
+            "1",
+            "--wait",
+            "10",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert receiver.stderr is not None
+    wait_for_line(receiver.stderr, "waiting for traffic")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcastkit",
+            "bench",
+            "send",
+            "239.255.77.82:5083",
+            "--iface",
+            "lo",
+            "--rate",
+            "max",
+            "--size",
+            "1000",
+            "--duration",
+            "0.5",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    summary = _summary(receiver)
+    assert summary["kernel_drops"] > 0
+    assert "raise it" in summary["warning"]
