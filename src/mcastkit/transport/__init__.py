@@ -6,6 +6,7 @@ from .interfaces import (
     default_interface,
     list_interfaces,
     resolve_interface,
+    route_interface,
 )
 from .sockets import (
     GroupSocket,
@@ -29,5 +30,6 @@ __all__ = [
     "open_receiver",
     "open_sender",
     "resolve_interface",
+    "route_interface",
     "set_unicast_ttl",
 ]

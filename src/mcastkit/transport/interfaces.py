@@ -27,6 +27,7 @@ __all__ = [
     "default_interface",
     "list_interfaces",
     "resolve_interface",
+    "route_interface",
 ]
 
 _SIOCGIFFLAGS = 0x8913
@@ -159,15 +160,15 @@ def _loopback(interfaces: list[Interface]) -> Interface:
     raise InterfaceError("this host has no loopback interface; bring it up: ip link set lo up")
 
 
-def default_interface(family: int = 4, group: IPv4Address | IPv6Address | None = None) -> Interface:
-    """The interface the kernel would send ``group`` out of; loopback when there is no route.
+def route_interface(
+    group: IPv4Address | IPv6Address, interfaces: list[Interface] | None = None
+) -> Interface | None:
+    """The interface the kernel's routing table picks for ``group``; None when there is no route.
 
     Found by connecting a UDP socket (which sends nothing) and reading the source address the
     routing table chose for it.
     """
-    interfaces = list_interfaces()
-    if group is None:
-        group = IPv4Address("239.255.255.250") if family == 4 else IPv6Address("ff05::1:3")
+    interfaces = list_interfaces() if interfaces is None else interfaces
     af = socket.AF_INET if group.version == 4 else socket.AF_INET6
     try:
         with socket.socket(af, socket.SOCK_DGRAM) as probe:
@@ -175,9 +176,17 @@ def default_interface(family: int = 4, group: IPv4Address | IPv6Address | None =
             source = ipaddress.ip_address(probe.getsockname()[0].split("%", 1)[0])
     except OSError as exc:
         if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL, errno.EADDRNOTAVAIL):
-            return _loopback(interfaces)
+            return None
         raise InterfaceError(f"cannot ask the kernel for a route to {group}: {exc}") from exc
-    return _owner_of(interfaces, source) or _loopback(interfaces)
+    return _owner_of(interfaces, source)
+
+
+def default_interface(family: int = 4, group: IPv4Address | IPv6Address | None = None) -> Interface:
+    """The interface the kernel would send ``group`` out of; loopback when there is no route."""
+    interfaces = list_interfaces()
+    if group is None:
+        group = IPv4Address("239.255.255.250") if family == 4 else IPv6Address("ff05::1:3")
+    return route_interface(group, interfaces) or _loopback(interfaces)
 
 
 def resolve_interface(

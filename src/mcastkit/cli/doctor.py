@@ -1,0 +1,60 @@
+"""``mcast doctor``: findings with severity, why they matter, and the fixing command."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..addr import parse_group
+from ..diag.doctor import collect, diagnose, exit_code, report, self_test
+from .output import emit_json, say
+
+DEFAULT_DOCTOR_GROUP = "239.255.77.82:5082"
+_MARK = {
+    "ok": "[green]ok   [/]",
+    "info": "[blue]info [/]",
+    "warning": "[yellow]WARN [/]",
+    "error": "[red]ERROR[/]",
+}
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``mcast doctor``."""
+    doctor = commands.add_parser(
+        "doctor",
+        help="find why multicast does not work on this host, and how to fix it",
+        description="Checks interfaces, routes, rp_filter, firewall rules, IGMP/MLD versions, "
+        "limits, memberships, TTL and the environment, then sends and receives on the chosen "
+        "interface (TTL 0: nothing leaves the host). Exit 0 ok, 1 warnings, 2 errors.",
+    )
+    doctor.add_argument("group", nargs="?", default=DEFAULT_DOCTOR_GROUP, metavar="GROUP:PORT")
+    doctor.add_argument("--iface", help="interface to check (default: the route's)")
+    doctor.add_argument("--ttl", type=int, default=1, help="TTL your application uses")
+    doctor.add_argument("--source", action="append", default=[], help="SSM source you join")
+    doctor.add_argument("--no-self-test", action="store_true", help="skip the live send/receive")
+    doctor.add_argument("--json", action="store_true", help="JSON report")
+    doctor.set_defaults(handler=cmd_doctor)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Diagnose."""
+    spec = parse_group(args.group)
+    view = collect(spec, iface=args.iface, ttl=args.ttl, sources=args.source)
+    findings = diagnose(view, [] if args.no_self_test else [self_test(view)])
+    if args.json:
+        emit_json(report(findings))
+        return exit_code(findings)
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, soft_wrap=True)  # pipes and logs: one line each
+    where = view.chosen.name if view.chosen else "no interface"
+    say(f"mcast doctor: {spec} on {where}")
+    for finding in findings:
+        console.print(f"{_MARK[finding.severity]} {finding.check:<13} {escape(finding.what)}")
+        if finding.why:
+            console.print(f"      {'why':<13} {escape(finding.why)}")
+        if finding.fix:
+            console.print(f"      {'fix':<13} [bold]{escape(finding.fix)}[/]")
+    return exit_code(findings)
