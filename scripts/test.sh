@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real peers and tools the tests use (Debian packages).
-tools=(ip:iproute2 socat:socat iperf:iperf nft:nftables tcpdump:tcpdump)
+tools=(ip:iproute2 socat:socat iperf:iperf nft:nftables tcpdump:tcpdump tshark:tshark)
 missing=()
 for pair in "${tools[@]}"; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
@@ -15,6 +15,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "installing Debian packages: ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
+        # tshark asks whether non-root users may capture: answer no, without a prompt.
+        echo "wireshark-common wireshark-common/install-setuid boolean false" \
+            | debconf-set-selections 2>/dev/null || true
         if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }; then
             echo "apt-get could not install ${missing[*]}" >&2
             [ "${CI:-}" = "true" ] && exit 1

@@ -6,8 +6,7 @@ import argparse
 
 from ..addr import parse_group
 from ..demo import DemoEvent, run_demo
-from ..security import key_from_passphrase, load_key_file
-from .output import emit_json, note, say
+from .output import add_key_options, emit_json, group_key, note, say
 
 DEFAULT_GROUP = "239.255.77.77:5077"
 
@@ -37,8 +36,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     demo.add_argument(
         "--expect", type=int, help="stop once this many other nodes greeted and answered"
     )
-    demo.add_argument("--key-file", help="group key file made by `mcast keygen`")
-    demo.add_argument("--passphrase", help="derive the group key from this passphrase")
+    add_key_options(demo)
     demo.add_argument("--json", action="store_true", help="NDJSON events, then a JSON summary")
     demo.set_defaults(handler=cmd_demo)
 
@@ -72,11 +70,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     where = f"via {iface}" if iface else "on the default interface"
     note(f"demo on {spec} {where}: {nodes} node(s); own messages are recognised by id")
-    key = None
-    if args.key_file:
-        key = load_key_file(args.key_file)
-    elif args.passphrase:
-        key = key_from_passphrase(args.passphrase)
+    key = group_key(args)
     result = run_demo(
         spec,
         nodes=nodes,

@@ -10,9 +10,9 @@ import time
 from typing import Any
 
 from ..aio import DEFAULT_GROUP, Node, Request
-from ..security import GroupKey, load_key_file, write_key_file
+from ..security import write_key_file
 from ..session import Failed, IdRenewed, Joined, Left, Message, Updated
-from .output import emit_json, note, preview, say
+from .output import add_key_options, emit_json, group_key, note, preview, say
 
 
 def _node_options(parser: argparse.ArgumentParser) -> None:
@@ -25,8 +25,7 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iface", help="interface name, index or address (default: route)")
     parser.add_argument("--name", help="this node's name (default host-pid)")
     parser.add_argument("--ttl", type=int, default=1, help="TTL / hop limit (default 1)")
-    parser.add_argument("--key-file", help="group key file made by `mcast keygen`")
-    parser.add_argument("--passphrase", help="derive the group key from this passphrase")
+    add_key_options(parser)
     parser.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
     parser.add_argument(
         "--failure-timeout",
@@ -36,14 +35,12 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _make_node(args: argparse.Namespace) -> Node:
-    key: GroupKey | None = load_key_file(args.key_file) if args.key_file else None
     return Node(
         args.group,
         iface=args.iface,
         name=args.name,
         ttl=args.ttl,
-        key=key,
-        passphrase=args.passphrase,
+        key=group_key(args),
         heartbeat=args.heartbeat,
         failure_timeout=args.failure_timeout,
     )

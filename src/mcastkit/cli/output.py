@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Any
+
+from ..security import GroupKey, key_from_passphrase, load_key_file
 
 
 def emit_json(data: Any) -> None:
@@ -33,3 +36,19 @@ def preview(data: bytes, width: int = 60) -> str:
     except UnicodeDecodeError:
         shown = data[: width // 2].hex(" ")
     return shown if len(shown) <= width else shown[: width - 1] + "…"
+
+
+def add_key_options(parser: argparse.ArgumentParser) -> None:
+    """``--key-file`` / ``--passphrase``, shared by every command that speaks to a group."""
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument("--key-file", help="group key file made by `mcast keygen`")
+    keys.add_argument("--passphrase", help="derive the group key from this passphrase")
+
+
+def group_key(args: argparse.Namespace) -> GroupKey | None:
+    """The group key the options name, or None for an open group."""
+    if getattr(args, "key_file", None):
+        return load_key_file(args.key_file)
+    if getattr(args, "passphrase", None):
+        return key_from_passphrase(args.passphrase)
+    return None
