@@ -220,40 +220,60 @@ class PingSession:
         self.peers: dict[int, PeerPaths] = {}
         self.counters: Counter[str] = Counter()
         self.started_ns = now_ns
-        self._next_ns = now_ns
+        self._next_multicast_ns = now_ns
+        self._next_unicast_ns = now_ns + interval_ns // 2
         # Probes and answers count separately: a peer's probe seqs must be gap-free.
         self._seq = {(kind, path): 0 for kind in (PROBE, ANSWER) for path in PATH_NAMES}
 
     def next_due_ns(self) -> int:
         """When ``tick`` must run next."""
-        return self._next_ns
+        return min(self._next_multicast_ns, self._next_unicast_ns)
 
     def _head(self, kind: int, path: int, now_ns: int) -> bytes:
         self._seq[kind, path] += 1
         return HEAD.pack(MAGIC, kind, path, self.ttl, self.node_id, self._seq[kind, path], now_ns)
 
+    @property
+    def rounds(self) -> int:
+        """Multicast probes sent so far."""
+        return self._seq[PROBE, MULTICAST]
+
+    @property
+    def unicast_rounds(self) -> int:
+        """Unicast probe rounds sent so far (half an interval behind the multicast ones)."""
+        return self._seq[PROBE, UNICAST]
+
+    @staticmethod
+    def _advance(due: int, now_ns: int, interval: int) -> int:
+        due += interval
+        return due if due > now_ns else now_ns + interval  # fell behind: do not burst
+
     def tick(self, now_ns: int) -> list[tuple[bytes, Address | None]]:
-        """Probes due now: one to the group, one to each known or pinned peer."""
-        if now_ns < self._next_ns:
-            return []
-        self._next_ns += self.interval_ns
-        if self._next_ns <= now_ns:  # fell behind (suspended): do not burst to catch up
-            self._next_ns = now_ns + self.interval_ns
+        """Probes due now: the group's, then half an interval later one to each peer.
+
+        Staggering keeps each path's probes and answers out of the other's way, so neither
+        path's RTT includes the other's processing.
+        """
         out: list[tuple[bytes, Address | None]] = []
-        probe = self._head(PROBE, MULTICAST, now_ns)
-        out.append((probe, None))
-        seq = self._seq[PROBE, MULTICAST]
-        for peer in self.peers.values():
-            peer.multicast.on_sent(seq, now_ns)
-        # Unicast probes share one seq per round, so each peer sees a gap-free sequence.
-        probe = self._head(PROBE, UNICAST, now_ns)
-        seq = self._seq[PROBE, UNICAST]
-        known = set()
-        for peer in self.peers.values():
-            peer.unicast.on_sent(seq, now_ns)
-            out.append((probe, peer.address))
-            known.add(peer.address)
-        out.extend((probe, address) for address in self.pinned if address not in known)
+        if now_ns >= self._next_multicast_ns:
+            self._next_multicast_ns = self._advance(
+                self._next_multicast_ns, now_ns, self.interval_ns
+            )
+            out.append((self._head(PROBE, MULTICAST, now_ns), None))
+            seq = self._seq[PROBE, MULTICAST]
+            for peer in self.peers.values():
+                peer.multicast.on_sent(seq, now_ns)
+        if now_ns >= self._next_unicast_ns:
+            self._next_unicast_ns = self._advance(self._next_unicast_ns, now_ns, self.interval_ns)
+            # One seq per round for every peer, so each peer sees a gap-free sequence.
+            probe = self._head(PROBE, UNICAST, now_ns)
+            seq = self._seq[PROBE, UNICAST]
+            known = set()
+            for peer in self.peers.values():
+                peer.unicast.on_sent(seq, now_ns)
+                out.append((probe, peer.address))
+                known.add(peer.address)
+            out.extend((probe, address) for address in self.pinned if address not in known)
         self.counters["probes-sent"] += len(out)
         return out
 

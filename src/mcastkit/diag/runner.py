@@ -77,7 +77,7 @@ def run_ping(
         pinned=peers,
     )
     end = None if duration is None else now + int(duration * 1e9)
-    rounds = 0
+    last_round_ns: int | None = None
     last_update = now
     sockets = {group_socket.fileno(): group_socket, unicast.fileno(): unicast}
 
@@ -95,14 +95,14 @@ def run_ping(
                 break
             if stop is not None and stop():
                 break
-            if now >= session.next_due_ns():
-                if count is not None and rounds >= count:
-                    # Last round sent: wait one more interval for the answers, then stop.
-                    if now >= session.next_due_ns() + session.interval_ns:
-                        break
-                else:
-                    send(session.tick(now))
-                    rounds += 1
+            finished = count is not None and min(session.rounds, session.unicast_rounds) >= count
+            if finished:
+                # Every probe is out: wait one more interval for the answers, then stop.
+                last_round_ns = last_round_ns or now
+                if now >= last_round_ns + session.interval_ns:
+                    break
+            elif now >= session.next_due_ns():
+                send(session.tick(now))
             wait_ns = session.next_due_ns() - now
             if end is not None:
                 wait_ns = min(wait_ns, end - now)
@@ -124,7 +124,12 @@ def run_ping(
         unicast.close()
     summary = session.summary(time.monotonic_ns())
     summary.update(
-        {"group": str(spec), "interface": group_socket.interface.name, "ttl": ttl, "rounds": rounds}
+        {
+            "group": str(spec),
+            "interface": group_socket.interface.name,
+            "ttl": ttl,
+            "rounds": session.rounds,
+        }
     )
     return summary
 
