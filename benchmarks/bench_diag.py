@@ -12,7 +12,10 @@ Two hosts (network namespaces joined by a veth pair through a bridge) are built 
 private network namespace (the script re-executes itself under ``unshare --net`` as root), so
 nothing leaves the machine.
 
-    python benchmarks/bench_diag.py [--seconds 3] [--pings 500] [--json]
+    python benchmarks/bench_diag.py [--seconds 3] [--pings 500] [--repeat 3] [--json]
+
+Throughput runs are interleaved (iperf2, mcast, interop; again ...) and the median run of each
+is reported: single runs on a 2-core machine move by 10 % either way.
 """
 
 from __future__ import annotations
@@ -181,6 +184,17 @@ RAW_PING = textwrap.dedent("""
 """)
 
 
+def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    ranked = sorted(runs, key=lambda run: run["pps"])
+    middle = dict(ranked[len(ranked) // 2])
+    middle["all_pps"] = [round(run["pps"]) for run in runs]  # type: ignore[assignment]
+    return middle
+
+
+def _rounded(runs: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [(round(a, 3), round(b, 3)) for a, b in runs]
+
+
 def _percentiles(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
@@ -216,8 +230,10 @@ def rtt_mcast(h1, h2, count: int, interval: float) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput run")
-    parser.add_argument("--pings", type=int, default=500, help="RTT samples per tool")
+    parser.add_argument("--pings", type=int, default=400, help="RTT samples per run")
     parser.add_argument("--interval", type=float, default=0.01, help="seconds between pings")
+    parser.add_argument("--repeat", type=int, default=3, help="throughput runs; median shown")
+    parser.add_argument("--rtt-repeat", type=int, default=5, help="RTT runs; medians shown")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     _isolate()
@@ -232,9 +248,14 @@ def main() -> int:
         h1, h2 = lab.lan(2)
         throughput = []
         for size in (64, 1400):
-            reference = iperf_pair(h1, h2, size, args.seconds)
-            ours = mcast_pair(h1, h2, size, args.seconds, "mcast")
-            interop = mcast_pair(h1, h2, size, args.seconds, "iperf")
+            runs: dict[str, list[dict[str, float]]] = {"iperf2": [], "mcast": [], "interop": []}
+            for _ in range(args.repeat):
+                runs["iperf2"].append(iperf_pair(h1, h2, size, args.seconds))
+                runs["mcast"].append(mcast_pair(h1, h2, size, args.seconds, "mcast"))
+                runs["interop"].append(mcast_pair(h1, h2, size, args.seconds, "iperf"))
+            reference, ours, interop = (
+                _median_run(runs[k]) for k in ("iperf2", "mcast", "interop")
+            )
             row = {
                 "size": size,
                 "iperf2": reference,
@@ -248,11 +269,20 @@ def main() -> int:
                     f"{size:>5} B  iperf2 {reference['pps']:>9,.0f} pps loss "
                     f"{reference['loss']:6.2%} | mcast bench {ours['pps']:>9,.0f} pps loss "
                     f"{ours['loss']:6.2%} | ratio {row['pps_ratio']:.2f} | iperf2 -> mcast "
-                    f"recv loss {interop['loss']:6.2%}",
+                    f"recv loss {interop['loss']:6.2%} (runs: iperf2 {reference['all_pps']}, "
+                    f"mcast {ours['all_pps']})",
                     flush=True,
                 )
-        raw = rtt_raw(h1, h2, args.pings, args.interval)
-        ours_rtt = rtt_mcast(h1, h2, args.pings, args.interval)
+        # Interleaved runs: each tool's median p50 and p99 over the runs.
+        raw_runs, our_runs = [], []
+        for _ in range(args.rtt_repeat):
+            raw_runs.append(rtt_raw(h1, h2, args.pings, args.interval))
+            our_runs.append(rtt_mcast(h1, h2, args.pings, args.interval))
+        raw = (statistics.median(r[0] for r in raw_runs), statistics.median(r[1] for r in raw_runs))
+        ours_rtt = (
+            statistics.median(r[0] for r in our_runs),
+            statistics.median(r[1] for r in our_runs),
+        )
         rtt = {
             "raw_p50_ms": raw[0],
             "raw_p99_ms": raw[1],
@@ -260,13 +290,16 @@ def main() -> int:
             "mcast_p99_ms": ours_rtt[1],
             "p50_ratio": ours_rtt[0] / raw[0],
             "p99_ratio": ours_rtt[1] / raw[1],
+            "raw_runs": raw_runs,
+            "mcast_runs": our_runs,
         }
         results = {"throughput": throughput, "rtt": rtt}
         if not args.json:
             print(
                 f"RTT multicast path: raw ping/pong p50 {raw[0]:.3f} ms p99 {raw[1]:.3f} ms | "
                 f"mcast ping p50 {ours_rtt[0]:.3f} ms p99 {ours_rtt[1]:.3f} ms | ratio p50 "
-                f"{rtt['p50_ratio']:.2f} p99 {rtt['p99_ratio']:.2f}"
+                f"{rtt['p50_ratio']:.2f} p99 {rtt['p99_ratio']:.2f}\n"
+                f"  per run (p50, p99): raw {_rounded(raw_runs)} mcast {_rounded(our_runs)}"
             )
     finally:
         lab.close()

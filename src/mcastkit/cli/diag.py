@@ -46,6 +46,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="local unicast port (default: the group port; 0 for several pings on one host)",
     )
     ping.add_argument(
+        "--loop",
+        action="store_true",
+        help="let this host hear its own probes (several pings on one host, real interface); "
+        "off by default: the looped-back copies inflate RTTs",
+    )
+    ping.add_argument(
         "--max-loss",
         type=float,
         metavar="PERCENT",
@@ -169,6 +175,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
             unicast_port=args.unicast_port,
             on_update=on_update,
             stop=lambda: stopping,
+            loopback=args.loop,
         )
     finally:
         if live is not None:
