@@ -160,3 +160,31 @@ def test_version_and_help() -> None:
     help_text = mcast("--help").stdout
     for command in ("demo", "addr", "ifaces", "send", "listen"):
         assert command in help_text
+
+
+def test_ping_ndjson_streams_snapshots_then_a_summary() -> None:
+    args = [
+        "ping",
+        "239.255.60.9:5609",
+        "--iface",
+        "lo",
+        "--interval",
+        "0.05",
+        "--unicast-port",
+        "0",
+        "--ndjson",
+    ]
+    other = subprocess.Popen(
+        [sys.executable, "-m", "mcastkit", *args, "--count", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    result = mcast(*args, "--count", "30")
+    other.communicate(timeout=30)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.returncode == 0, result.stderr
+    assert [next(iter(line)) for line in lines[:-1]] == ["snapshot"] * (len(lines) - 1)
+    assert len(lines) >= 3
+    summary = lines[-1]
+    assert summary["ok"] and summary["peers"][0]["multicast"]["received"] > 10

@@ -58,6 +58,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="exit 1 when a path loses more than this (counted from its first packet)",
     )
     ping.add_argument("--json", action="store_true", help="a JSON summary at the end")
+    ping.add_argument(
+        "--ndjson",
+        action="store_true",
+        help="a JSON snapshot line every 0.5 s while running, then the summary",
+    )
     ping.set_defaults(handler=cmd_ping)
 
 
@@ -89,6 +94,7 @@ def _pct(value: float | None) -> str:
 
 def ping_table(summary: dict[str, Any]) -> Any:
     """A rich table of every peer and path."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(
@@ -117,7 +123,7 @@ def ping_table(summary: dict[str, Any]) -> Any:
             stats = peer[path]
             rtt = stats["rtt_ms"]
             table.add_row(
-                f"{peer['address']} [{peer['id'][:8]}]" if path == "multicast" else "",
+                escape(f"{peer['address']} [{peer['id'][:8]}]") if path == "multicast" else "",
                 path,
                 str(stats["sent"]),
                 str(stats["answered"]),
@@ -150,7 +156,14 @@ def cmd_ping(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, on_interrupt)
     live = None
     on_update = None
-    if not args.json and sys.stdout.isatty():
+    if args.ndjson:
+        args.json = True
+
+        def snapshot(session: PingSession, now_ns: int) -> None:
+            emit_json({"snapshot": session.summary(now_ns)})
+
+        on_update = snapshot
+    elif not args.json and sys.stdout.isatty():
         from rich.live import Live
 
         live = Live(refresh_per_second=2)
