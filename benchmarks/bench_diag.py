@@ -49,10 +49,9 @@ def _mcast(*args: str) -> list[str]:
     return [sys.executable, "-m", "mcastkit", *args]
 
 
-def iperf_pair(h1, h2, size: int, seconds: float) -> dict[str, float]:
-    server = h2.start("iperf", "-s", "-u", "-B", GROUP, "-p", str(PORT), "-e")
-    time.sleep(0.5)
-    client = h1.run(
+def _iperf_client(h1, size: int, seconds: float) -> int:
+    """Run iperf2's unpaced multicast client from h1; return the datagrams it sent."""
+    done = h1.run(
         "iperf",
         "-c",
         GROUP,
@@ -71,10 +70,16 @@ def iperf_pair(h1, h2, size: int, seconds: float) -> dict[str, float]:
         h1.ipv4,
         timeout=seconds + 30,
     )
+    return int(re.search(r"Sent (\d+) datagrams", done.stdout).group(1))
+
+
+def iperf_pair(h1, h2, size: int, seconds: float) -> dict[str, float]:
+    server = h2.start("iperf", "-s", "-u", "-B", GROUP, "-p", str(PORT), "-e")
+    time.sleep(0.5)
+    sent = _iperf_client(h1, size, seconds)
     time.sleep(1.0)
     server.send_signal(signal.SIGINT)
     out, _ = server.communicate(timeout=10)
-    sent = int(re.search(r"Sent (\d+) datagrams", client.stdout).group(1))
     lost, total = map(int, re.findall(r"(-?\d+)/\s*(\d+)\s+\(", out)[-1])
     return {
         "sent": sent,
@@ -105,26 +110,7 @@ def mcast_pair(h1, h2, size: int, seconds: float, sender: str) -> dict[str, floa
         )
         sent = json.loads(done.stdout.splitlines()[-1])["summary"]["packets"]
     else:
-        done = h1.run(
-            "iperf",
-            "-c",
-            GROUP,
-            "-p",
-            str(PORT),
-            "-u",
-            "-b",
-            "10G",
-            "-l",
-            str(size),
-            "-t",
-            str(seconds),
-            "-T",
-            "1",
-            "-B",
-            h1.ipv4,
-            timeout=seconds + 30,
-        )
-        sent = int(re.search(r"Sent (\d+) datagrams", done.stdout).group(1))
+        sent = _iperf_client(h1, size, seconds)
     out, _ = receiver.communicate(timeout=seconds + 30)
     summary = json.loads(out.splitlines()[-1])["summary"]
     received = summary["packets"]

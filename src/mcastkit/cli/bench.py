@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
-from types import FrameType
 from typing import Any
 
 from ..addr import parse_group
 from ..diag.bench import MIN_SIZE, parse_rate
 from ..diag.runner import run_bench_recv, run_bench_send
-from .output import emit_json, note, say
+from .output import CtrlC, emit_json, note, say
 
 DEFAULT_BENCH_GROUP = "239.255.77.81:5081"
 
@@ -119,13 +117,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_recv(args: argparse.Namespace) -> int:
     """Receive and measure."""
     spec = parse_group(args.group)
-    stopping = False
-
-    def on_interrupt(_signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    interrupted = CtrlC().install()
     note(f"bench recv on {spec}: waiting for traffic (mcast bench send, or iperf -c GROUP -u)")
     try:
         summary = run_bench_recv(
@@ -137,10 +129,10 @@ def cmd_recv(args: argparse.Namespace) -> int:
             wait=args.wait,
             rcvbuf=args.rcvbuf,
             on_second=_second_printer(args.json, "recv"),
-            stop=lambda: stopping,
+            stop=interrupted,
         )
     finally:
-        signal.signal(signal.SIGINT, previous)
+        interrupted.restore()
     if args.json:
         emit_json({"summary": summary})
     else:

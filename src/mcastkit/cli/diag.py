@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-from types import FrameType
 from typing import Any
 
 from ..addr import parse_group
 from ..diag.ping import PingSession, verdict
 from ..diag.runner import run_ping
-from .output import emit_json, note
+from .output import CtrlC, emit_json, note
 
 DEFAULT_PING_GROUP = "239.255.77.80:5080"
 
@@ -147,13 +145,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise SystemExit("mcast ping: --interval must be positive")
     pinned = [_pin(text, spec.port) for text in args.peer]
-    stopping = False
-
-    def on_interrupt(_signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    interrupted = CtrlC().install()
     live = None
     on_update = None
     if args.ndjson:
@@ -187,13 +179,13 @@ def cmd_ping(args: argparse.Namespace) -> int:
             peers=pinned,
             unicast_port=args.unicast_port,
             on_update=on_update,
-            stop=lambda: stopping,
+            stop=interrupted,
             loopback=args.loop,
         )
     finally:
         if live is not None:
             live.stop()
-        signal.signal(signal.SIGINT, previous)
+        interrupted.restore()
     max_loss = None if args.max_loss is None else args.max_loss / 100
     code, reasons = verdict(summary, max_loss)
     summary["ok"] = code == 0

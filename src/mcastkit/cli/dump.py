@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import time
 from collections import Counter, defaultdict
-from types import FrameType
 from typing import Any, BinaryIO
 
 from ..addr import parse_group
 from ..diag.dump import PcapWriter, describe_untrusted
 from ..security import KeyRing
 from ..transport import open_receiver
-from .output import add_key_options, emit_json, group_key, note, preview, say
+from .output import CtrlC, add_key_options, emit_json, group_key, note, preview, say
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -78,13 +76,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
         except OSError as exc:
             receiver.close()
             raise SystemExit(f"mcast dump: cannot write {args.pcap}: {exc.strerror}") from None
-    stopping = False
-
-    def on_interrupt(_signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    interrupted = CtrlC().install()
     per_source: dict[str, Counter[str]] = defaultdict(Counter)
     total = 0
     pcap_error = None
@@ -96,7 +88,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     )
     try:
         with receiver:
-            while not stopping and (args.count is None or total < args.count):
+            while not interrupted() and (args.count is None or total < args.count):
                 elapsed = time.monotonic() - start
                 if args.timeout is not None and elapsed >= args.timeout:
                     break
@@ -143,7 +135,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
                             f"datagram(s): {exc.strerror}"
                         )
     finally:
-        signal.signal(signal.SIGINT, previous)
+        interrupted.restore()
         if pcap_file is not None:
             try:
                 pcap_file.close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+from types import FrameType
 from typing import Any
 
 from ..security import GroupKey, key_from_passphrase, load_key_file
@@ -52,3 +54,29 @@ def group_key(args: argparse.Namespace) -> GroupKey | None:
     if getattr(args, "passphrase", None):
         return key_from_passphrase(args.passphrase)
     return None
+
+
+class CtrlC:
+    """While installed, Ctrl-C sets a flag instead of raising: long commands end with a summary.
+
+    Call the object to ask whether Ctrl-C was pressed (it fits ``stop=`` callbacks).
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._previous: Any = None
+
+    def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        self.pressed = True
+
+    def install(self) -> CtrlC:
+        """Take over SIGINT."""
+        self._previous = signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def restore(self) -> None:
+        """Give SIGINT back."""
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __call__(self) -> bool:
+        return self.pressed
