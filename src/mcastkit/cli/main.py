@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import AddressError, InterfaceError, MulticastError, SocketSetupError
-from . import bench, demo, diag, doctor, dump, group, info, traffic
+from . import bench, demo, diag, doctor, dump, group, info, traffic, transfer
 
 EXIT_USAGE = 2
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mcastkit {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    for module in (demo, group, info, traffic, diag, bench, doctor, dump):
+    for module in (demo, group, info, traffic, diag, bench, doctor, dump, transfer):
         module.add_parsers(commands)
     return parser
 

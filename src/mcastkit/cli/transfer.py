@@ -1,0 +1,178 @@
+"""``mcast send-file`` and ``mcast recv-file``: verified file distribution."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..addr import parse_group
+from ..diag.bench import parse_rate
+from ..transfer import receive_files, send_files
+from ..transfer.engine import ReceiveSession, SendSession
+from .output import CtrlC, emit_json, note, say
+
+DEFAULT_FILE_GROUP = "239.255.77.83:5083"
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the commands of this module."""
+    send = commands.add_parser(
+        "send-file",
+        help="send files to every receiver on the group, verified by sha256",
+        description="Announce the files, wait for receivers to register, send every block, "
+        "repair what each receiver reports missing. Exit 1 when a receiver failed or an "
+        "expected one never completed.",
+    )
+    send.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    send.add_argument("--group", default=DEFAULT_FILE_GROUP, metavar="GROUP:PORT")
+    send.add_argument("--iface", help="interface name, index or address (default: route)")
+    send.add_argument("--ttl", type=int, default=1, help="TTL / hop limit (default 1)")
+    send.add_argument(
+        "--rate", default="max", help="bits/s (500M), packets/s (50kpps) or max (default)"
+    )
+    send.add_argument(
+        "--receivers",
+        type=int,
+        help="expected receiver count: start when all registered; fail unless all complete",
+    )
+    send.add_argument("--names", help="comma-separated receiver names to accept and expect")
+    send.add_argument(
+        "--wait",
+        type=float,
+        default=3.0,
+        help="seconds to wait for receivers to register (default 3)",
+    )
+    send.add_argument(
+        "--receiver-timeout",
+        type=float,
+        default=3.0,
+        help="seconds of silence before a receiver is failed (default 3)",
+    )
+    send.add_argument("--deadline", type=float, help="give up after this many seconds")
+    send.add_argument("--json", action="store_true", help="a JSON summary")
+    send.set_defaults(handler=cmd_send_file)
+
+    recv = commands.add_parser(
+        "recv-file",
+        help="receive files sent with send-file into a directory",
+        description="Wait for a transfer, write each file under a temporary name, check its "
+        "sha256, and only then give it its final name. Exit 1 when the transfer failed.",
+    )
+    recv.add_argument("--group", default=DEFAULT_FILE_GROUP, metavar="GROUP:PORT")
+    recv.add_argument("--dir", type=Path, default=Path("."), help="target directory")
+    recv.add_argument("--iface", help="interface name, index or address (default: route)")
+    recv.add_argument("--name", help="this receiver's name (default host-pid)")
+    recv.add_argument("--wait", type=float, help="give up if no transfer starts in this time")
+    recv.add_argument("--json", action="store_true", help="a JSON summary")
+    recv.set_defaults(handler=cmd_recv_file)
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    filled = width if total == 0 else int(width * done / total)
+    return "#" * filled + "-" * (width - filled)
+
+
+def cmd_send_file(args: argparse.Namespace) -> int:
+    """Send files."""
+    spec = parse_group(args.group)
+    try:
+        rate = parse_rate(args.rate)
+    except ValueError as exc:
+        raise SystemExit(f"mcast send-file: {exc}") from None
+    names = {n.strip() for n in args.names.split(",") if n.strip()} if args.names else None
+    expected = args.receivers if args.receivers is not None else (len(names) if names else None)
+
+    def progress(session: SendSession) -> None:
+        if args.json:
+            return
+        done = min(session.blocks_sent, session.total_blocks)
+        complete = sum(r.complete for r in session.receivers.values())
+        bar = _bar(done, session.total_blocks)
+        note(
+            f"\r{session.phase:<8} pass {session.pass_number} [{bar}] "
+            f"{len(session.receivers)} receiver(s), {complete} complete"
+        )
+
+    note(f"send-file to {spec}: announcing {len(args.paths)} file(s)")
+    try:
+        summary = send_files(
+            spec,
+            args.paths,
+            iface=args.iface,
+            ttl=args.ttl,
+            rate=rate,
+            expected=expected,
+            names=names,
+            register_wait=args.wait,
+            receiver_timeout=args.receiver_timeout,
+            deadline=args.deadline,
+            on_progress=progress,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"mcast send-file: {exc}") from None
+    receivers = summary["receivers"]
+    complete = [r for r in receivers if r["complete"]]
+    failed = [r for r in receivers if not r["complete"]]
+    missing_names = sorted((names or set()) - {r["name"] for r in receivers})
+    short = expected is not None and len(complete) < expected
+    ok = bool(receivers) and not failed and not short
+    summary.update({"ok": ok, "never_registered": missing_names})
+    megabytes = summary["bytes"] / 1e6
+    rate_text = megabytes / summary["seconds"] if summary["seconds"] else 0.0
+    summary["mb_per_s"] = round(rate_text, 2)
+    if args.json:
+        emit_json(summary)
+    else:
+        say(
+            f"\nsent {megabytes:.1f} MB in {summary['seconds']:.2f}s ({rate_text:.1f} MB/s), "
+            f"{summary['passes']} pass(es), {summary['blocks_sent']} blocks for "
+            f"{summary['blocks']}"
+        )
+        for r in receivers:
+            state = "complete" if r["complete"] else f"FAILED: {r['failed'] or 'incomplete'}"
+            say(f"  {r['name']:<24} {r['address']:<22} {state}")
+        for name in missing_names:
+            say(f"  {name:<24} {'-':<22} FAILED: never registered")
+        if not receivers:
+            note("no receiver registered: start `mcast recv-file` first, or raise --wait")
+    return 0 if ok else 1
+
+
+def cmd_recv_file(args: argparse.Namespace) -> int:
+    """Receive files."""
+    spec = parse_group(args.group)
+
+    def progress(session: ReceiveSession) -> None:
+        if args.json or session.state != "receiving":
+            return
+        note(
+            f"\rreceiving [{_bar(session.received, session.total_blocks)}] "
+            f"{session.received}/{session.total_blocks} blocks"
+        )
+
+    interrupted = CtrlC().install()
+    note(f"recv-file on {spec} into {args.dir}: waiting for a transfer")
+    try:
+        summary: dict[str, Any] = receive_files(
+            spec,
+            args.dir,
+            iface=args.iface,
+            name=args.name,
+            wait=args.wait,
+            on_progress=progress,
+            stop=interrupted,
+        )
+    finally:
+        interrupted.restore()
+    ok = summary["state"] == "complete"
+    if args.json:
+        emit_json(summary)
+    elif ok:
+        say(
+            f"\nreceived and verified {', '.join(summary['files'])} "
+            f"({summary['bytes'] / 1e6:.1f} MB) in {summary['seconds']:.2f}s"
+        )
+    else:
+        say(f"\ntransfer {summary['state']}: {summary['reason'] or 'interrupted'}")
+    return 0 if ok else 1

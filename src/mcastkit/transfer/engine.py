@@ -1,0 +1,507 @@
+"""Sender and receiver state machines for file distribution (see protocol.py).
+
+Both take datagrams and the time, and return datagrams to send; file access goes through a
+small source (sender) or sink (receiver) object, so the logic runs the same against real files
+and in tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .protocol import (
+    ABORT,
+    ANNOUNCE,
+    COMPLETE,
+    DATA,
+    DATA_HEAD,
+    DONE_ACK,
+    PASS,
+    RECEIVER,
+    REG_ACK,
+    REGISTER,
+    STATUS,
+    STATUS_REQ,
+    FileInfo,
+    decode_announce,
+    decode_ranges,
+    decode_untrusted,
+    encode_announce,
+    encode_ranges,
+    head,
+    missing_ranges,
+)
+
+Address = tuple[str, int]
+Out = list[tuple[bytes, Address | None]]
+
+
+class BlockSource(Protocol):
+    """Where the sender reads blocks."""
+
+    def read(self, file_index: int, offset: int, size: int) -> bytes: ...
+
+
+@dataclass
+class ReceiverState:
+    """What the sender knows about one receiver."""
+
+    receiver_id: int
+    name: str
+    address: Address
+    last_heard: float
+    status_pass: int = -1
+    missing: list[tuple[int, int, int]] = field(default_factory=list)
+    complete: bool = False
+    failed: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {
+            "id": f"{self.receiver_id:016x}",
+            "name": self.name,
+            "address": f"{self.address[0]}:{self.address[1]}",
+            "complete": self.complete,
+            "failed": self.failed,
+        }
+
+
+class SendSession:
+    """The sender: registration, passes, status rounds, repair."""
+
+    def __init__(
+        self,
+        session: int,
+        files: list[FileInfo],
+        source: BlockSource,
+        *,
+        now: float,
+        block_size: int,
+        expected: int | None = None,
+        names: set[str] | None = None,
+        register_wait: float = 2.0,
+        receiver_timeout: float = 3.0,
+        deadline: float | None = None,
+        status_interval: float = 0.2,
+    ) -> None:
+        self.session = session
+        self.files = files
+        self.source = source
+        self.block_size = block_size
+        self.expected = expected
+        self.names = names
+        self.receivers: dict[int, ReceiverState] = {}
+        self.phase = "register"
+        self.pass_number = 0
+        self.blocks_sent = 0
+        self.started = now
+        self.register_until = now + register_wait
+        self.receiver_timeout = receiver_timeout
+        self.deadline = None if deadline is None else now + deadline
+        self.status_interval = status_interval
+        self.announce = encode_announce(session, files, block_size)
+        self._next_announce = now
+        self._next_status = 0.0
+        self._status_since = 0.0
+        self._queue: deque[list[int]] = deque()  # [file, next block, blocks left]
+        self.total_blocks = sum(f.blocks(block_size) for f in files)
+
+    # --- inputs --------------------------------------------------------------------------
+
+    def receive(self, data: bytes, source: Address, now: float) -> Out:
+        """A receiver's datagram (never raises on malformed input)."""
+        message = decode_untrusted(data)
+        if message is None or message.session != self.session:
+            return []
+        body = message.body
+        if message.kind == REGISTER and len(body) >= RECEIVER.size:
+            (receiver,) = RECEIVER.unpack_from(body)
+            name = body[RECEIVER.size :].decode("utf-8", "replace")[:64] or f"{receiver:x}"
+            if self.phase == "done":
+                return []
+            if self.names is not None and name not in self.names:
+                return []
+            state = self.receivers.get(receiver)
+            if state is None:
+                self.receivers[receiver] = ReceiverState(receiver, name, source, now)
+            else:
+                state.last_heard = now
+            return [(head(REG_ACK, self.session) + RECEIVER.pack(receiver), source)]
+        if message.kind == STATUS:
+            decoded = decode_ranges(body)
+            if decoded is None:
+                return []
+            receiver, pass_number, ranges = decoded
+            state = self.receivers.get(receiver)
+            if state is not None and not state.complete and state.failed is None:
+                state.last_heard = now
+                if pass_number >= state.status_pass:
+                    state.status_pass = pass_number
+                    state.missing = ranges
+            return []
+        if message.kind == COMPLETE and len(body) >= RECEIVER.size + 1:
+            (receiver,) = RECEIVER.unpack_from(body)
+            state = self.receivers.get(receiver)
+            if state is None:
+                return []
+            state.last_heard = now
+            ok = body[RECEIVER.size] == 0
+            if ok:
+                state.complete = True
+            else:
+                state.failed = body[RECEIVER.size + 1 :].decode("utf-8", "replace")[:200] or "?"
+            return [(head(DONE_ACK, self.session) + RECEIVER.pack(receiver), source)]
+        return []
+
+    def tick(self, now: float) -> Out:
+        """Announces, phase changes, status rounds, timeouts."""
+        out: Out = []
+        if self.phase == "done":
+            return out
+        if self.deadline is not None and now >= self.deadline:
+            for state in self._active():
+                state.failed = "deadline passed"
+            self.phase = "done"
+            return [(head(ABORT, self.session), None)]
+        if now >= self._next_announce:
+            # Keep announcing during the transfer too: late joiners need the file list.
+            out.append((self.announce, None))
+            self._next_announce = now + (0.2 if self.phase == "register" else 1.0)
+        if self.phase == "register":
+            enough = self.expected is not None and len(self.receivers) >= self.expected
+            if enough or now >= self.register_until:
+                self._start_pass(
+                    [(i, 0, f.blocks(self.block_size)) for i, f in enumerate(self.files) if f.size]
+                )
+        elif self.phase == "status":
+            out.extend(self._status_round(now))
+        return out
+
+    def next_blocks(self, budget: int) -> Out:
+        """Up to ``budget`` data blocks of the current pass."""
+        out: Out = []
+        while budget > 0 and self._queue:
+            item = self._queue[0]
+            file_index, block, left = item
+            data = self.source.read(file_index, block * self.block_size, self.block_size)
+            out.append((head(DATA, self.session) + DATA_HEAD.pack(file_index, block) + data, None))
+            budget -= 1
+            self.blocks_sent += 1
+            if left == 1:
+                self._queue.popleft()
+            else:
+                item[1], item[2] = block + 1, left - 1
+        if not self._queue and self.phase == "data":
+            self.phase = "status"
+            self._status_since = 0.0
+            self._next_status = 0.0
+        return out
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _active(self) -> list[ReceiverState]:
+        return [r for r in self.receivers.values() if not r.complete and r.failed is None]
+
+    def _start_pass(self, ranges: list[tuple[int, int, int]]) -> None:
+        self._queue = deque([list(r) for r in ranges])
+        self.phase = "data"
+
+    def _status_round(self, now: float) -> Out:
+        active = self._active()
+        if not self._status_since:
+            self._status_since = now
+        for state in active:
+            if now - state.last_heard > self.receiver_timeout:
+                state.failed = "stopped answering"
+        active = self._active()
+        waiting_for = [r for r in active if r.status_pass < self.pass_number]
+        no_one_yet = not self.receivers and self.expected
+        if not active and not no_one_yet:
+            self.phase = "done"
+            return []
+        if not waiting_for and active:
+            needed = self._union([r.missing for r in active])
+            self.pass_number += 1
+            if needed:
+                self._start_pass(needed)
+                return []
+            # Everyone answered with nothing missing: they are verifying; ask again soon.
+        if now >= self._next_status:
+            self._next_status = now + self.status_interval
+            return [(head(STATUS_REQ, self.session) + PASS.pack(self.pass_number), None)]
+        return []
+
+    def _union(self, lists: list[list[tuple[int, int, int]]]) -> list[tuple[int, int, int]]:
+        sizes = [f.blocks(self.block_size) for f in self.files]
+        wanted = {
+            index: bytearray(b"\x01" * sizes[index])
+            for index in {r[0] for ranges in lists for r in ranges if r[0] < len(sizes)}
+        }
+        for ranges in lists:
+            for file_index, first, count in ranges:
+                if file_index in wanted and first < sizes[file_index]:
+                    end = min(first + count, sizes[file_index])
+                    wanted[file_index][first:end] = bytes(end - first)
+        merged: list[tuple[int, int, int]] = []
+        for file_index in sorted(wanted):
+            merged.extend(missing_ranges(wanted[file_index], file_index))
+        return merged
+
+    def summary(self, now: float) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {
+            "session": f"{self.session:016x}",
+            "passes": self.pass_number,
+            "blocks": self.total_blocks,
+            "blocks_sent": self.blocks_sent,
+            "seconds": round(now - self.started, 3),
+            "receivers": [r.to_dict() for r in self.receivers.values()],
+        }
+
+
+class FileSink:
+    """Receiver storage: temporary files, written in place, renamed once verified."""
+
+    def __init__(self, directory: Path, files: list[FileInfo], session: int) -> None:
+        self.directory = directory
+        self.files = files
+        self.paths: list[Path] = []
+        self.temps: list[Path] = []
+        self.handles: list[int] = []
+        for info in files:
+            name = safe_name(info.name)
+            final = directory / name
+            temp = directory / f".{name}.mcastkit-{session:016x}.part"
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            self.handles.append(fd)
+            self.paths.append(final)
+            self.temps.append(temp)
+            os.ftruncate(fd, info.size)
+
+    def write(self, file_index: int, offset: int, data: bytes) -> None:
+        """Write one block (OSError on a full disk)."""
+        os.pwrite(self.handles[file_index], data, offset)
+
+    def finish(self) -> str | None:
+        """Verify every file and rename it into place; the reason when one fails."""
+        for index, info in enumerate(self.files):
+            fd = self.handles[index]
+            os.fsync(fd)
+            digest = hashlib.sha256()
+            offset = 0
+            while offset < info.size:
+                chunk = os.pread(fd, 1 << 20, offset)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                offset += len(chunk)
+            if digest.hexdigest() != info.sha256:
+                self.discard()
+                return f"sha256 mismatch for {info.name}"
+        for index in range(len(self.files)):
+            os.close(self.handles[index])
+            os.replace(self.temps[index], self.paths[index])
+        self.handles = []
+        return None
+
+    def discard(self) -> None:
+        """Remove the temporary files (nothing wrong is left behind)."""
+        for fd in self.handles:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.handles = []
+        for temp in self.temps:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+
+def safe_name(name: str) -> str:
+    """A file name from the network, reduced to a plain name in the target directory."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].replace("\x00", "")
+    if base in ("", ".", ".."):
+        raise ValueError(f"unsafe file name {name!r}")
+    return base
+
+
+class ReceiveSession:
+    """The receiver: find an announce, register, write blocks, report, verify."""
+
+    def __init__(
+        self,
+        receiver_id: int,
+        name: str,
+        directory: Path,
+        *,
+        now: float,
+        session: int | None = None,
+    ) -> None:
+        self.receiver_id = receiver_id
+        self.name = name
+        self.directory = directory
+        self.session = session
+        self.sender: Address | None = None
+        self.files: list[FileInfo] = []
+        self.block_size = 0
+        self.sink: FileSink | None = None
+        self.bitmaps: list[bytearray] = []
+        self.received = 0
+        self.duplicates = 0
+        self.total_blocks = 0
+        self.state = "waiting"  # waiting, receiving, complete, failed, done
+        self.reason: str | None = None
+        self.registered = False
+        self._next_register = now
+        self._complete_message: bytes | None = None
+
+    def receive(self, data: bytes, source: Address, now: float) -> Out:
+        """One datagram from the group or the sender (never raises on malformed input)."""
+        message = decode_untrusted(data)
+        if message is None:
+            return []
+        if self.session is not None and message.session != self.session:
+            return []
+        kind, body = message.kind, message.body
+        if kind == ANNOUNCE and self.state == "waiting":
+            return self._on_announce(message.session, body, source, now)
+        if self.session is None or self.state == "waiting":
+            return []
+        if kind == DATA and self.state == "receiving" and len(body) >= DATA_HEAD.size:
+            self._on_data(body)
+            return []
+        if kind == REG_ACK and body[: RECEIVER.size] == RECEIVER.pack(self.receiver_id):
+            self.registered = True
+            return []
+        if kind == STATUS_REQ and len(body) >= PASS.size:
+            (pass_number,) = PASS.unpack_from(body)
+            return self._status(pass_number)
+        if kind == DONE_ACK and body[: RECEIVER.size] == RECEIVER.pack(self.receiver_id):
+            if self.state in ("complete", "failed"):
+                self.state = "done" if self.state == "complete" else "failed-done"
+            return []
+        if kind == ABORT and self.state == "receiving":
+            self._fail("the sender gave up (deadline)")
+        return []
+
+    def tick(self, now: float) -> Out:
+        """Keep registering until acknowledged."""
+        if self.state == "receiving" and not self.registered and now >= self._next_register:
+            self._next_register = now + 0.2
+            return [(self._register(), self.sender)]
+        return []
+
+    @property
+    def finished(self) -> bool:
+        """Done (complete or failed) and the sender has acknowledged, or nothing to wait for."""
+        return self.state in ("done", "failed-done")
+
+    def _register(self) -> bytes:
+        assert self.session is not None
+        return (
+            head(REGISTER, self.session) + RECEIVER.pack(self.receiver_id) + self.name.encode()[:64]
+        )
+
+    def _on_announce(self, session: int, body: bytes, source: Address, now: float) -> Out:
+        decoded = decode_announce(body)
+        if decoded is None:
+            return []
+        files, block_size = decoded
+        try:
+            for info in files:
+                safe_name(info.name)
+            self.sink = FileSink(self.directory, files, session)
+        except (ValueError, OSError) as exc:
+            self.session, self.sender = session, source
+            self._fail(f"cannot prepare files: {exc}")
+            return []
+        self.session, self.sender, self.files, self.block_size = session, source, files, block_size
+        self.bitmaps = [bytearray(f.blocks(block_size)) for f in files]
+        self.total_blocks = sum(len(b) for b in self.bitmaps)
+        self.state = "receiving"
+        self._next_register = now + 0.2
+        if self.total_blocks == 0:
+            self._verify()
+        return [(self._register(), source)]
+
+    def _on_data(self, body: bytes) -> None:
+        file_index, block = DATA_HEAD.unpack_from(body)
+        if file_index >= len(self.bitmaps) or block >= len(self.bitmaps[file_index]):
+            return
+        bitmap = self.bitmaps[file_index]
+        if bitmap[block]:
+            self.duplicates += 1
+            return
+        payload = body[DATA_HEAD.size :]
+        info = self.files[file_index]
+        expected = min(self.block_size, info.size - block * self.block_size)
+        if len(payload) != expected:
+            return
+        assert self.sink is not None
+        try:
+            self.sink.write(file_index, block * self.block_size, payload)
+        except OSError as exc:
+            self._fail(f"write failed: {exc.strerror}")
+            return
+        bitmap[block] = 1
+        self.received += 1
+        if self.received == self.total_blocks:
+            self._verify()
+
+    def _verify(self) -> None:
+        assert self.sink is not None and self.session is not None
+        try:
+            problem = self.sink.finish()
+        except OSError as exc:
+            self.sink.discard()
+            problem = f"could not finish: {exc.strerror}"
+        if problem:
+            self._fail(problem)
+            return
+        self.state = "complete"
+        self._complete_message = (
+            head(COMPLETE, self.session) + RECEIVER.pack(self.receiver_id) + b"\x00"
+        )
+
+    def _fail(self, reason: str) -> None:
+        if self.sink is not None:
+            self.sink.discard()
+        self.state = "failed"
+        self.reason = reason
+        if self.session is not None:
+            self._complete_message = (
+                head(COMPLETE, self.session)
+                + RECEIVER.pack(self.receiver_id)
+                + b"\x01"
+                + reason.encode()[:200]
+            )
+
+    def _status(self, pass_number: int) -> Out:
+        if self.state in ("complete", "failed", "done", "failed-done"):
+            if self._complete_message is None or self.state in ("done", "failed-done"):
+                return []
+            return [(self._complete_message, self.sender)]
+        assert self.session is not None
+        ranges: list[tuple[int, int, int]] = []
+        for index, bitmap in enumerate(self.bitmaps):
+            ranges.extend(missing_ranges(bitmap, index))
+            if len(ranges) >= 100:
+                break
+        return [(encode_ranges(self.session, self.receiver_id, pass_number, ranges), self.sender)]
+
+    def summary(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {
+            "session": None if self.session is None else f"{self.session:016x}",
+            "state": self.state.replace("-done", "").replace("done", "complete"),
+            "reason": self.reason,
+            "files": [f.name for f in self.files],
+            "bytes": sum(f.size for f in self.files),
+            "blocks": self.total_blocks,
+            "received": self.received,
+            "duplicates": self.duplicates,
+        }

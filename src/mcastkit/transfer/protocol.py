@@ -1,0 +1,148 @@
+"""File distribution protocol (sans-I/O): announce, register, data passes, NAK repair, verify.
+
+One sender multicasts blocks of one or more files; receivers answer the sender by unicast.
+1. The sender multicasts ANNOUNCE (files: name, size, sha256; block size) until the expected
+   receivers REGISTER (each acknowledged with REG_ACK), or its registration wait ends.
+2. Pass 0 multicasts every block; then STATUS_REQ asks each receiver for its missing blocks.
+   Receivers answer STATUS with ranges of missing blocks (or COMPLETE once every block is
+   written and each file's sha256 checked). Each later pass resends the union of what is
+   missing. A receiver that answers no status request for ``receiver_timeout`` is failed.
+3. A receiver writes to a temporary name, and renames it to the final one only after the
+   sha256 matches: a crash, a full disk or a bad hash never leaves a wrong file in place.
+
+Wire: ``"MKT1" | type (u8) | 3 pad | session (u64)`` then a body per type (see encode_*).
+Everything received is untrusted: decoders return None for anything malformed.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+__all__ = [
+    "ANNOUNCE",
+    "BLOCK_SIZE",
+    "COMPLETE",
+    "DATA",
+    "DONE_ACK",
+    "REGISTER",
+    "REG_ACK",
+    "STATUS",
+    "STATUS_REQ",
+    "FileInfo",
+    "decode_untrusted",
+]
+
+MAGIC = b"MKT1"
+HEAD = struct.Struct("!4sB3xQ")
+ANNOUNCE, REGISTER, REG_ACK, DATA, STATUS_REQ, STATUS, COMPLETE, DONE_ACK, ABORT = range(1, 10)
+DATA_HEAD = struct.Struct("!HI")  # file index, block index
+RECEIVER = struct.Struct("!Q")  # receiver id
+PASS = struct.Struct("!I")
+RANGE = struct.Struct("!HII")  # file index, first missing block, count
+# One datagram in a 1500-byte Ethernet frame: 1472 - 16 (header) - 6 (data head) = 1450.
+BLOCK_SIZE = 1450
+MAX_RANGES = 100  # ranges per STATUS datagram (1200 bytes); the rest come next round
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One file of a transfer."""
+
+    name: str
+    size: int
+    sha256: str
+
+    def blocks(self, block_size: int) -> int:
+        """Number of blocks (an empty file has none)."""
+        return (self.size + block_size - 1) // block_size
+
+
+@dataclass
+class Message:
+    """A decoded datagram."""
+
+    kind: int
+    session: int
+    body: bytes
+
+
+def head(kind: int, session: int) -> bytes:
+    """The common header."""
+    return HEAD.pack(MAGIC, kind, session)
+
+
+def decode_untrusted(data: bytes) -> Message | None:
+    """Header and body, or None (never raises)."""
+    if len(data) < HEAD.size or data[:4] != MAGIC:
+        return None
+    _magic, kind, session = HEAD.unpack_from(data)
+    if not ANNOUNCE <= kind <= ABORT:
+        return None
+    return Message(kind, session, data[HEAD.size :])
+
+
+def encode_announce(session: int, files: list[FileInfo], block_size: int) -> bytes:
+    """ANNOUNCE: the file list as JSON (ValueError if it does not fit one datagram)."""
+    body = json.dumps(
+        {
+            "block_size": block_size,
+            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in files],
+        },
+        separators=(",", ":"),
+    ).encode()
+    if len(body) > 1400:
+        raise ValueError(
+            f"the file list is {len(body)} bytes; one announce holds 1400: "
+            "send fewer files at a time, or pack them (tar)"
+        )
+    return head(ANNOUNCE, session) + body
+
+
+def decode_announce(body: bytes) -> tuple[list[FileInfo], int] | None:
+    """Files and block size from an untrusted ANNOUNCE body, or None."""
+    try:
+        data = json.loads(body)
+        block_size = int(data["block_size"])
+        files = [FileInfo(str(f["name"]), int(f["size"]), str(f["sha256"])) for f in data["files"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not 16 <= block_size <= 65000 or not files or len(files) > 65535:
+        return None
+    if any(f.size < 0 or len(f.sha256) != 64 for f in files):
+        return None
+    return files, block_size
+
+
+def encode_ranges(
+    session: int, receiver: int, pass_number: int, ranges: list[tuple[int, int, int]]
+) -> bytes:
+    """STATUS: which blocks are missing (at most MAX_RANGES)."""
+    body = RECEIVER.pack(receiver) + PASS.pack(pass_number)
+    body += b"".join(RANGE.pack(*r) for r in ranges[:MAX_RANGES])
+    return head(STATUS, session) + body
+
+
+def decode_ranges(body: bytes) -> tuple[int, int, list[tuple[int, int, int]]] | None:
+    """Receiver id, pass and missing ranges from an untrusted STATUS body, or None."""
+    fixed = RECEIVER.size + PASS.size
+    if len(body) < fixed or (len(body) - fixed) % RANGE.size:
+        return None
+    (receiver,) = RECEIVER.unpack_from(body)
+    (pass_number,) = PASS.unpack_from(body, RECEIVER.size)
+    ranges = [RANGE.unpack_from(body, offset) for offset in range(fixed, len(body), RANGE.size)]
+    return receiver, pass_number, ranges
+
+
+def missing_ranges(bitmap: bytearray, file_index: int) -> list[tuple[int, int, int]]:
+    """Runs of zero bytes in a per-block bitmap, as (file, first, count)."""
+    ranges = []
+    start = bitmap.find(0)
+    while start != -1:
+        end = bitmap.find(1, start)
+        if end == -1:
+            end = len(bitmap)
+        ranges.append((file_index, start, end - start))
+        start = bitmap.find(0, end)
+    return ranges

@@ -1,0 +1,225 @@
+"""Socket runtimes for file distribution: select loops around SendSession / ReceiveSession."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import select
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..addr import GroupSpec
+from ..diag.bench import Rate
+from ..transport import GroupSocket, open_receiver, open_sender
+from .engine import Address, ReceiveSession, SendSession
+from .protocol import BLOCK_SIZE, HEAD, FileInfo
+
+__all__ = ["describe_files", "receive_files", "send_files"]
+
+DATA_OVERHEAD = HEAD.size + 6
+ACK_WAIT = 5.0  # after completing, how long a receiver waits for the sender's acknowledgement
+
+
+def describe_files(
+    paths: list[Path], on_file: Callable[[str], None] | None = None
+) -> list[FileInfo]:
+    """Name, size and sha256 of each file (read once, in 1 MiB chunks)."""
+    infos = []
+    names = set()
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is not a readable file")
+        if path.name in names:
+            raise ValueError(f"two files are named {path.name!r}; receivers keep only names")
+        names.add(path.name)
+        if on_file is not None:
+            on_file(path.name)
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        infos.append(FileInfo(path.name, path.stat().st_size, digest.hexdigest()))
+    return infos
+
+
+class _FileSource:
+    def __init__(self, paths: list[Path]) -> None:
+        self.fds = [os.open(p, os.O_RDONLY) for p in paths]
+
+    def read(self, file_index: int, offset: int, size: int) -> bytes:
+        return os.pread(self.fds[file_index], size, offset)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
+def _drain(sock: GroupSocket, handle: Callable[[bytes, Address], None]) -> None:
+    for _ in range(256):
+        packet = sock.recv_nowait()
+        if packet is None:
+            return
+        handle(packet.data, (packet.source, packet.source_port))
+
+
+def send_files(
+    spec: GroupSpec,
+    paths: list[Path],
+    *,
+    iface: str | int | None = None,
+    ttl: int = 1,
+    rate: Rate | None = None,
+    expected: int | None = None,
+    names: set[str] | None = None,
+    register_wait: float = 2.0,
+    receiver_timeout: float = 3.0,
+    deadline: float | None = None,
+    on_progress: Callable[[SendSession], None] | None = None,
+) -> dict[str, Any]:
+    """Distribute ``paths`` to the receivers on the group; return the outcome."""
+    files = describe_files(paths)
+    source = _FileSource(paths)
+    sender = open_sender(spec, iface=iface, ttl=ttl, sndbuf=4 << 20)
+    sender.sock.setblocking(False)
+    now = time.monotonic()
+    session = SendSession(
+        int.from_bytes(os.urandom(8), "big") or 1,
+        files,
+        source,
+        now=now,
+        block_size=BLOCK_SIZE,
+        expected=expected,
+        names=names,
+        register_wait=register_wait,
+        receiver_timeout=receiver_timeout,
+        deadline=deadline,
+    )
+    pps = None if rate is None else rate.packets_per_second(BLOCK_SIZE + DATA_OVERHEAD)
+    sent_in_pass_start = now
+    budget_base = 0
+    last_progress = 0.0
+    send = sender.sock.sendto
+    group = sender.destination
+
+    def transmit(out: list[tuple[bytes, Address | None]]) -> None:
+        for data, destination in out:
+            try:
+                send(data, destination or group)
+            except BlockingIOError:
+                time.sleep(0.0005)  # the socket buffer is full: let it drain, then retry once
+                with contextlib.suppress(OSError):
+                    send(data, destination or group)
+            except OSError:
+                pass
+
+    def handle(data: bytes, address: Address) -> None:
+        transmit(session.receive(data, address, time.monotonic()))
+
+    try:
+        while session.phase != "done":
+            now = time.monotonic()
+            transmit(session.tick(now))
+            _drain(sender, handle)
+            if session.phase == "data":
+                if pps is None:
+                    budget = 64
+                else:
+                    owed = int((now - sent_in_pass_start) * pps) - (
+                        session.blocks_sent - budget_base
+                    )
+                    budget = max(0, min(owed, 256))
+                if budget:
+                    transmit(session.next_blocks(budget))
+                else:
+                    time.sleep(0.0002)
+            else:
+                sent_in_pass_start, budget_base = now, session.blocks_sent
+                select.select([sender.sock], [], [], 0.02)
+            if on_progress is not None and now - last_progress >= 0.25:
+                last_progress = now
+                on_progress(session)
+    finally:
+        source.close()
+        sender.close()
+    summary = session.summary(time.monotonic())
+    summary["files"] = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in files]
+    summary["bytes"] = sum(f.size for f in files)
+    summary["group"] = str(spec)
+    if expected is not None:
+        summary["expected"] = expected
+    return summary
+
+
+def receive_files(
+    spec: GroupSpec,
+    directory: Path,
+    *,
+    iface: str | int | None = None,
+    name: str | None = None,
+    wait: float | None = None,
+    rcvbuf: int = 16 << 20,
+    on_progress: Callable[[ReceiveSession], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Receive one transfer into ``directory``; ``wait`` bounds the wait for an announce."""
+    directory.mkdir(parents=True, exist_ok=True)
+    group_socket = open_receiver(spec, iface=iface, rcvbuf=rcvbuf, blocking=False)
+    try:
+        unicast = open_sender(spec, iface=group_socket.interface.index)
+    except BaseException:
+        group_socket.close()
+        raise
+    unicast.sock.setblocking(False)
+    now = time.monotonic()
+    session = ReceiveSession(
+        int.from_bytes(os.urandom(8), "big") or 1,
+        name or f"{os.uname().nodename}-{os.getpid()}",
+        directory,
+        now=now,
+    )
+    started = now
+    finished_at: float | None = None
+    last_progress = 0.0
+
+    def transmit(out: list[tuple[bytes, Address | None]]) -> None:
+        for data, destination in out:
+            if destination is not None:
+                with contextlib.suppress(OSError):
+                    unicast.sock.sendto(data, destination)
+
+    def handle(data: bytes, address: Address) -> None:
+        transmit(session.receive(data, address, time.monotonic()))
+
+    try:
+        sockets = [group_socket.sock, unicast.sock]
+        while not session.finished:
+            now = time.monotonic()
+            if stop is not None and stop():
+                break
+            if session.state == "waiting" and wait is not None and now - started > wait:
+                session.reason = f"no transfer announced on {spec} within {wait}s"
+                break
+            if session.state in ("complete", "failed"):
+                finished_at = finished_at or now
+                if now - finished_at > ACK_WAIT:
+                    break  # the result stands; the sender just did not acknowledge it
+            transmit(session.tick(now))
+            ready, _, _ = select.select(sockets, [], [], 0.05)
+            for sock in ready:
+                target = group_socket if sock is group_socket.sock else unicast
+                _drain(target, handle)
+            if on_progress is not None and now - last_progress >= 0.25:
+                last_progress = now
+                on_progress(session)
+    finally:
+        if session.sink is not None and session.state == "receiving":
+            session.sink.discard()  # interrupted: never leave a partial file behind
+        group_socket.close()
+        unicast.close()
+    summary = session.summary()
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    summary["directory"] = str(directory)
+    return summary
