@@ -102,6 +102,8 @@ class SendSession:
         self.blocks_sent = 0
         self.started = now
         self.register_until = now + register_wait
+        self.register_wait = register_wait
+        self._late_until = 0.0
         self.receiver_timeout = receiver_timeout
         self.deadline = None if deadline is None else now + deadline
         self.status_interval = status_interval
@@ -172,7 +174,7 @@ class SendSession:
         if now >= self._next_announce:
             # Keep announcing during the transfer too: late joiners need the file list.
             out.append((self.announce, None))
-            self._next_announce = now + (0.2 if self.phase == "register" else 1.0)
+            self._next_announce = now + (0.2 if self.phase == "register" else 0.5)
         if self.phase == "register":
             enough = self.expected is not None and len(self.receivers) >= self.expected
             if enough or now >= self.register_until:
@@ -221,9 +223,14 @@ class SendSession:
                 state.failed = "stopped answering"
         active = self._active()
         waiting_for = [r for r in active if r.status_pass < self.pass_number]
-        no_one_yet = not self.receivers and self.expected
-        if not active and not no_one_yet:
-            self.phase = "done"
+        if not active:
+            # Everyone registered is finished. An expected receiver may still be on its way:
+            # keep announcing for one more registration wait before giving up on it.
+            short = self.expected is not None and len(self.receivers) < self.expected
+            if not short or (self._late_until and now >= self._late_until):
+                self.phase = "done"
+                return []
+            self._late_until = self._late_until or now + self.register_wait
             return []
         if not waiting_for and active:
             needed = self._union([r.missing for r in active])

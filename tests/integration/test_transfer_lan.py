@@ -1,0 +1,128 @@
+"""File distribution between namespace hosts with real packet loss (nftables on receivers)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from netlab import PYTHON, Host, Lab, nft_drop, wait_for_line
+
+
+def _source(tmp_path: Path, size: int) -> tuple[Path, str]:
+    path = tmp_path / "payload.bin"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return path, hashlib.sha256(data).hexdigest()
+
+
+def _receiver(host: Host, directory: Path, *args: str):
+    proc = host.start_mcast(
+        "recv-file", "--dir", str(directory), "--name", host.name, "--json", "--wait", "30", *args
+    )
+    wait_for_line(proc.stderr, "waiting for a transfer")
+    return proc
+
+
+def _send(host: Host, path: Path, *args: str) -> tuple[int, dict]:
+    done = host.mcast("send-file", str(path), "--json", *args, timeout=120)
+    assert done.stdout, done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(("loss", "receivers"), [(1, 1), (5, 3), (20, 3)])
+def test_files_arrive_identical_under_real_loss(
+    lab: Lab, tmp_path: Path, loss: int, receivers: int
+) -> None:
+    sender, *hosts = lab.lan(receivers + 1)
+    path, digest = _source(tmp_path, 6_000_000)
+    for host in hosts:
+        nft_drop(host, f"ip daddr 239.0.0.0/8 numgen random mod 100 < {loss} drop")
+    procs = [_receiver(h, tmp_path / h.name) for h in hosts]
+    code, summary = _send(sender, path, "--receivers", str(receivers))
+    results = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    assert code == 0, summary
+    assert all(r["complete"] for r in summary["receivers"]) and summary["ok"]
+    assert summary["blocks_sent"] > summary["blocks"]  # repairs happened
+    for host, result in zip(hosts, results, strict=True):
+        assert result["state"] == "complete"
+        received = (tmp_path / host.name / "payload.bin").read_bytes()
+        assert hashlib.sha256(received).hexdigest() == digest
+        assert [p.name for p in (tmp_path / host.name).iterdir()] == ["payload.bin"]
+
+
+def test_receiver_killed_mid_transfer_is_reported_others_complete(lab: Lab, tmp_path: Path) -> None:
+    sender, h1, h2, h3 = lab.lan(4)
+    path, digest = _source(tmp_path, 20_000_000)
+    procs = {h.name: _receiver(h, tmp_path / h.name) for h in (h1, h2, h3)}
+    victim = procs[h2.name]
+    started = sender.start_mcast(
+        "send-file", str(path), "--json", "--receivers", "3", "--rate", "200M"
+    )
+    time.sleep(1.0)
+    os.kill(victim.pid, signal.SIGKILL)
+    out, err = started.communicate(timeout=120)
+    summary = json.loads(out)
+    assert started.returncode == 1, err
+    states = {r["name"]: r for r in summary["receivers"]}
+    assert states[h2.name]["failed"] == "stopped answering"
+    for host in (h1, h3):
+        assert states[host.name]["complete"]
+        json.loads(procs[host.name].communicate(timeout=60)[0])
+        data = (tmp_path / host.name / "payload.bin").read_bytes()
+        assert hashlib.sha256(data).hexdigest() == digest
+    assert not (tmp_path / h2.name / "payload.bin").exists()
+
+
+def test_late_joiner_receives_everything(lab: Lab, tmp_path: Path) -> None:
+    sender, early, late = lab.lan(3)
+    path, digest = _source(tmp_path, 20_000_000)
+    first = _receiver(early, tmp_path / "early")
+    started = sender.start_mcast(
+        "send-file", str(path), "--json", "--receivers", "2", "--wait", "0.5", "--rate", "100M"
+    )
+    time.sleep(1.2)  # the first pass is well under way
+    second = _receiver(late, tmp_path / "late")
+    out, err = started.communicate(timeout=120)
+    summary = json.loads(out)
+    assert started.returncode == 0, err
+    assert sorted(r["name"] for r in summary["receivers"]) == sorted([early.name, late.name])
+    for proc, name in ((first, "early"), (second, "late")):
+        assert json.loads(proc.communicate(timeout=60)[0])["state"] == "complete"
+        data = (tmp_path / name / "payload.bin").read_bytes()
+        assert hashlib.sha256(data).hexdigest() == digest
+
+
+def test_full_disk_fails_cleanly_and_leaves_no_file(lab: Lab, tmp_path: Path) -> None:
+    sender, receiver = lab.lan(2)
+    path, _ = _source(tmp_path, 3_000_000)
+    target = tmp_path / "small"
+    target.mkdir()
+    # A 1 MiB tmpfs, mounted in the receiver process's own mount namespace only.
+    proc = receiver.start(
+        "sh",
+        "-c",
+        f"mount -t tmpfs -o size=1m tmpfs {target} && exec "
+        f"{PYTHON} -m mcastkit recv-file --dir {target} --json --wait 30 "
+        f"--name small",
+    )
+    wait_for_line(proc.stderr, "waiting for a transfer")
+    code, summary = _send(sender, path, "--receivers", "1")
+    result = json.loads(proc.communicate(timeout=60)[0])
+    assert code == 1
+    (state,) = summary["receivers"]
+    assert "No space left on device" in state["failed"]
+    assert result["state"] == "failed"
+    assert not (target / "payload.bin").exists()
+
+
+def test_no_receiver_exits_1_with_a_hint(lab: Lab, tmp_path: Path) -> None:
+    (sender,) = lab.lan(1)
+    path, _ = _source(tmp_path, 10_000)
+    done = sender.mcast("send-file", str(path), "--wait", "0.5", timeout=60)
+    assert done.returncode == 1
+    assert "no receiver registered" in done.stderr

@@ -1,0 +1,157 @@
+"""File distribution engines on a fake lossy link, with real files in a temp directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from mcastkit.transfer.engine import ReceiveSession, SendSession, safe_name
+from mcastkit.transfer.protocol import FileInfo, decode_untrusted
+
+
+class MemorySource:
+    def __init__(self, blobs: list[bytes]) -> None:
+        self.blobs = blobs
+
+    def read(self, file_index: int, offset: int, size: int) -> bytes:
+        return self.blobs[file_index][offset : offset + size]
+
+
+def _run(
+    blobs: list[bytes],
+    receivers: list[ReceiveSession],
+    *,
+    loss: float,
+    seed: int = 1,
+    block_size: int = 100,
+    kill_at: dict[int, int] | None = None,
+    join_at: dict[int, int] | None = None,
+    expected: int | None = None,
+) -> SendSession:
+    rng = random.Random(seed)
+    files = [
+        FileInfo(f"f{i}.bin", len(b), hashlib.sha256(b).hexdigest()) for i, b in enumerate(blobs)
+    ]
+    now = 0.0
+    sender = SendSession(
+        7,
+        files,
+        MemorySource(blobs),
+        now=now,
+        block_size=block_size,
+        expected=expected,
+        register_wait=0.5,
+        receiver_timeout=1.0,
+    )
+    address = {id(r): (f"10.0.0.{n + 2}", 5000) for n, r in enumerate(receivers)}
+    dead: set[int] = set()
+    step = 0
+    while sender.phase != "done" and step < 200_000:
+        step += 1
+        now += 0.001
+        for index in range(len(receivers)):
+            if kill_at and kill_at.get(index) == step:
+                dead.add(index)
+        out = sender.tick(now) + sender.next_blocks(20)
+        for data, destination in out:
+            for index, receiver in enumerate(receivers):
+                if index in dead or (join_at and step < join_at.get(index, 0)):
+                    continue
+                if destination is not None and destination != address[id(receiver)]:
+                    continue
+                if rng.random() < loss:
+                    continue
+                for reply, _ in receiver.receive(data, ("10.0.0.1", 4000), now):
+                    if rng.random() >= loss:
+                        sender.receive(reply, address[id(receiver)], now)
+        for index, receiver in enumerate(receivers):
+            if index not in dead:
+                for reply, _ in receiver.tick(now):
+                    sender.receive(reply, address[id(receiver)], now)
+    return sender
+
+
+def _receivers(tmp_path: Path, count: int) -> list[ReceiveSession]:
+    result = []
+    for n in range(count):
+        directory = tmp_path / f"r{n}"
+        directory.mkdir()
+        result.append(ReceiveSession(100 + n, f"r{n}", directory, now=0.0))
+    return result
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.05, 0.2])
+def test_every_receiver_gets_identical_files_under_loss(tmp_path: Path, loss: float) -> None:
+    blobs = [os.urandom(25_000), os.urandom(777), b""]
+    receivers = _receivers(tmp_path, 3)
+    sender = _run(blobs, receivers, loss=loss, expected=3)
+    assert all(r["complete"] for r in sender.summary(0)["receivers"])
+    for receiver in receivers:
+        for index, blob in enumerate(blobs):
+            assert (receiver.directory / f"f{index}.bin").read_bytes() == blob
+        assert not list(receiver.directory.glob(".*part"))
+    if loss:
+        assert sender.pass_number >= 2 and sender.blocks_sent > sender.total_blocks
+
+
+def test_killed_receiver_is_reported_and_others_complete(tmp_path: Path) -> None:
+    receivers = _receivers(tmp_path, 3)
+    sender = _run([os.urandom(50_000)], receivers, loss=0.02, kill_at={1: 10}, expected=3)
+    states = {r["name"]: (r["complete"], r["failed"]) for r in sender.summary(0)["receivers"]}
+    assert states["r0"] == (True, None) and states["r2"] == (True, None)
+    assert states["r1"] == (False, "stopped answering")
+    assert not (receivers[1].directory / "f0.bin").exists()
+
+
+def test_late_joiner_gets_everything_through_repair(tmp_path: Path) -> None:
+    receivers = _receivers(tmp_path, 2)
+    blob = os.urandom(200_000)  # 2000 blocks at 20 per step: the pass runs steps 1-100
+    # Two expected; the second appears in the middle of the first pass.
+    sender = _run([blob], receivers, loss=0.0, join_at={1: 50}, expected=2)
+    assert [r["complete"] for r in sender.summary(0)["receivers"]] == [True, True]
+    assert (receivers[1].directory / "f0.bin").read_bytes() == blob
+
+
+def test_corrupted_announce_hash_never_leaves_a_final_file(tmp_path: Path) -> None:
+    (receiver,) = _receivers(tmp_path, 1)
+    blob = os.urandom(5000)
+    files = [FileInfo("f0.bin", len(blob), "0" * 64)]  # the wrong hash
+    sender = SendSession(
+        7, files, MemorySource([blob]), now=0.0, block_size=100, expected=1, register_wait=0.1
+    )
+    now = 0.0
+    for _ in range(5000):
+        now += 0.001
+        for data, _ in sender.tick(now) + sender.next_blocks(50):
+            for reply, _ in receiver.receive(data, ("10.0.0.1", 1), now):
+                sender.receive(reply, ("10.0.0.2", 5000), now)
+        if sender.phase == "done":
+            break
+    (state,) = sender.summary(now)["receivers"]
+    assert state["failed"] == "sha256 mismatch for f0.bin"
+    assert list(receiver.directory.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "/abs/path.txt", "a\\b\\c.txt"])
+def test_network_names_stay_inside_the_directory(name: str) -> None:
+    assert "/" not in safe_name(name) and safe_name(name) not in ("..", ".")
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "dir/.."])
+def test_unsafe_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError):
+        safe_name(name)
+
+
+def test_hostile_datagrams_never_raise(tmp_path: Path) -> None:
+    (receiver,) = _receivers(tmp_path, 1)
+    rng = random.Random(4)
+    for _ in range(2000):
+        junk = b"MKT1" + bytes([rng.randrange(1, 10)]) + rng.randbytes(rng.randrange(0, 60))
+        receiver.receive(junk, ("10.0.0.9", 1), 0.0)
+        assert decode_untrusted(rng.randbytes(rng.randrange(0, 40))) is None or True
+    assert receiver.state in ("waiting", "receiving", "failed")
