@@ -126,3 +126,65 @@ def test_no_receiver_exits_1_with_a_hint(lab: Lab, tmp_path: Path) -> None:
     done = sender.mcast("send-file", str(path), "--wait", "0.5", timeout=60)
     assert done.returncode == 1
     assert "no receiver registered" in done.stderr
+
+
+def test_memory_stays_bounded_on_a_256_mib_file(tmp_path: Path) -> None:
+    # On loopback in the suite's namespace: one sender, one receiver, 256 MiB.
+    import subprocess
+    import sys
+
+    path = tmp_path / "big.bin"
+    with path.open("wb") as handle:
+        for _ in range(256):
+            handle.write(os.urandom(1 << 20))
+    receiver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mcastkit",
+            "recv-file",
+            "--group",
+            "239.255.77.84:5084",
+            "--iface",
+            "lo",
+            "--dir",
+            str(tmp_path / "out"),
+            "--json",
+            "--wait",
+            "30",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert receiver.stderr is not None
+    wait_for_line(receiver.stderr, "waiting for a transfer")
+    sent = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcastkit",
+            "send-file",
+            str(path),
+            "--group",
+            "239.255.77.84:5084",
+            "--iface",
+            "lo",
+            "--receivers",
+            "1",
+            "--rate",
+            "2G",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    result = json.loads(receiver.communicate(timeout=300)[0])
+    summary = json.loads(sent.stdout)
+    assert sent.returncode == 0, sent.stderr
+    assert result["state"] == "complete"
+    assert (tmp_path / "out" / "big.bin").stat().st_size == 256 << 20
+    # Blocks are read and written in place: memory does not grow with the file.
+    assert summary["peak_rss_mb"] < 120, summary["peak_rss_mb"]
+    assert result["peak_rss_mb"] < 120, result["peak_rss_mb"]

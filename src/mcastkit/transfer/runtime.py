@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import resource
 import select
 import time
 from collections.abc import Callable
@@ -21,6 +22,11 @@ __all__ = ["describe_files", "receive_files", "send_files"]
 
 DATA_OVERHEAD = HEAD.size + 6
 ACK_WAIT = 5.0  # after completing, how long a receiver waits for the sender's acknowledgement
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, in MiB (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def describe_files(
@@ -148,6 +154,7 @@ def send_files(
     summary["files"] = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in files]
     summary["bytes"] = sum(f.size for f in files)
     summary["group"] = str(spec)
+    summary["peak_rss_mb"] = peak_rss_mb()
     if expected is not None:
         summary["expected"] = expected
     return summary
@@ -222,4 +229,5 @@ def receive_files(
     summary = session.summary()
     summary["seconds"] = round(time.monotonic() - started, 3)
     summary["directory"] = str(directory)
+    summary["peak_rss_mb"] = peak_rss_mb()
     return summary
