@@ -156,6 +156,7 @@ def run_udpcast(sender, receivers, source: Path, work: Path) -> float:
                 "--interface",
                 "eth0",
                 "--nokbd",
+                *UDPCAST_RDV,
             )
         )
     _wait_ready(procs)
@@ -170,6 +171,7 @@ def run_udpcast(sender, receivers, source: Path, work: Path) -> float:
         "--min-receivers",
         str(len(receivers)),
         "--nokbd",
+        *UDPCAST_RDV,
     )
     elapsed = time.monotonic() - start
     for proc in procs:
