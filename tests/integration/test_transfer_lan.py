@@ -61,7 +61,15 @@ def test_receiver_killed_mid_transfer_is_reported_others_complete(lab: Lab, tmp_
     procs = {h.name: _receiver(h, tmp_path / h.name) for h in (h1, h2, h3)}
     victim = procs[h2.name]
     started = sender.start_mcast(
-        "send-file", str(path), "--json", "--receivers", "3", "--rate", "200M"
+        "send-file",
+        str(path),
+        "--json",
+        "--receivers",
+        "3",
+        "--rate",
+        "200M",
+        "--receiver-timeout",
+        "3",
     )
     time.sleep(1.0)
     os.kill(victim.pid, signal.SIGKILL)

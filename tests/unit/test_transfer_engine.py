@@ -129,6 +129,8 @@ def test_corrupted_announce_hash_never_leaves_a_final_file(tmp_path: Path) -> No
         for data, _ in sender.tick(now) + sender.next_blocks(50):
             for reply, _ in receiver.receive(data, ("10.0.0.1", 1), now):
                 sender.receive(reply, ("10.0.0.2", 5000), now)
+        for reply, _ in receiver.tick(now):  # verification runs here
+            sender.receive(reply, ("10.0.0.2", 5000), now)
         if sender.phase == "done":
             break
     (state,) = sender.summary(now)["receivers"]
@@ -155,3 +157,40 @@ def test_hostile_datagrams_never_raise(tmp_path: Path) -> None:
         receiver.receive(junk, ("10.0.0.9", 1), 0.0)
         assert decode_untrusted(rng.randbytes(rng.randrange(0, 40))) is None or True
     assert receiver.state in ("waiting", "receiving", "failed")
+
+
+def test_receiver_gives_up_on_a_silent_sender_and_leaves_nothing(tmp_path: Path) -> None:
+    (receiver,) = _receivers(tmp_path, 1)
+    blob = os.urandom(1000)
+    files = [FileInfo("f0.bin", len(blob), hashlib.sha256(blob).hexdigest())]
+    sender = SendSession(7, files, MemorySource([blob]), now=0.0, block_size=100)
+    announce = sender.tick(0.0)[0][0]
+    receiver.receive(announce, ("10.0.0.1", 1), 0.0)
+    assert receiver.state == "receiving"
+    assert receiver.tick(10.0) == [] or receiver.state == "receiving"
+    out = receiver.tick(16.0)
+    assert receiver.state == "failed" and "went silent" in (receiver.reason or "")
+    assert out and decode_untrusted(out[0][0]) is not None
+    assert list(receiver.directory.iterdir()) == []
+
+
+def test_one_status_round_reports_thousands_of_gaps(tmp_path: Path) -> None:
+    (receiver,) = _receivers(tmp_path, 1)
+    blob = os.urandom(200_000)  # 2000 blocks
+    files = [FileInfo("f0.bin", len(blob), hashlib.sha256(blob).hexdigest())]
+    sender = SendSession(7, files, MemorySource([blob]), now=0.0, block_size=100, expected=1)
+    now, delivered = 0.0, 0
+    while sender.phase != "done" and now < 60:
+        now += 0.001
+        for data, _ in sender.tick(now) + sender.next_blocks(100):
+            message = decode_untrusted(data)
+            if message is not None and message.kind == 4 and sender.pass_number == 0:
+                delivered += 1
+                if delivered % 2:  # pass 0 loses every other block: 1000 separate gaps
+                    continue
+            for reply, _ in receiver.receive(data, ("10.0.0.1", 1), now):
+                sender.receive(reply, ("10.0.0.2", 5000), now)
+        for reply, _ in receiver.tick(now):
+            sender.receive(reply, ("10.0.0.2", 5000), now)
+    assert sender.summary(now)["receivers"][0]["complete"]
+    assert sender.blocks_sent == 3000  # one full pass, then exactly the 1000 missing blocks

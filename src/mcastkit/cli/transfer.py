@@ -46,8 +46,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     send.add_argument(
         "--receiver-timeout",
         type=float,
-        default=3.0,
-        help="seconds of silence before a receiver is failed (default 3)",
+        default=10.0,
+        help="seconds of silence before a receiver is failed (default 10)",
     )
     send.add_argument("--deadline", type=float, help="give up after this many seconds")
     send.add_argument("--json", action="store_true", help="a JSON summary")

@@ -22,6 +22,7 @@ from .protocol import (
     DATA,
     DATA_HEAD,
     DONE_ACK,
+    MAX_RANGES,
     PASS,
     RECEIVER,
     REG_ACK,
@@ -40,6 +41,8 @@ from .protocol import (
 
 Address = tuple[str, int]
 Out = list[tuple[bytes, Address | None]]
+SENDER_SILENCE = 15.0  # a receiver gives up after this long without a word from its sender
+STATUS_CHUNKS = 32  # STATUS datagrams per request: up to 3,200 missing ranges per round
 
 
 class BlockSource(Protocol):
@@ -86,7 +89,7 @@ class SendSession:
         expected: int | None = None,
         names: set[str] | None = None,
         register_wait: float = 2.0,
-        receiver_timeout: float = 3.0,
+        receiver_timeout: float = 10.0,
         deadline: float | None = None,
         status_interval: float = 0.2,
     ) -> None:
@@ -143,9 +146,12 @@ class SendSession:
             state = self.receivers.get(receiver)
             if state is not None and not state.complete and state.failed is None:
                 state.last_heard = now
-                if pass_number >= state.status_pass:
+                # A long list comes in several datagrams for one pass: gather them.
+                if pass_number > state.status_pass:
                     state.status_pass = pass_number
-                    state.missing = ranges
+                    state.missing = list(ranges)
+                elif pass_number == state.status_pass:
+                    state.missing.extend(ranges)
             return []
         if message.kind == COMPLETE and len(body) >= RECEIVER.size + 1:
             (receiver,) = RECEIVER.unpack_from(body)
@@ -363,6 +369,9 @@ class ReceiveSession:
         self.state = "waiting"  # waiting, receiving, complete, failed, done
         self.reason: str | None = None
         self.registered = False
+        self.last_heard = now
+        self._last_pass = 0
+        self._verify_due = False
         self._next_register = now
         self._complete_message: bytes | None = None
 
@@ -378,14 +387,16 @@ class ReceiveSession:
             return self._on_announce(message.session, body, source, now)
         if self.session is None or self.state == "waiting":
             return []
+        if message.session == self.session:
+            self.last_heard = now
         if kind == DATA and self.state == "receiving" and len(body) >= DATA_HEAD.size:
-            self._on_data(body)
-            return []
+            return self._on_data(body)
         if kind == REG_ACK and body[: RECEIVER.size] == RECEIVER.pack(self.receiver_id):
             self.registered = True
             return []
         if kind == STATUS_REQ and len(body) >= PASS.size:
             (pass_number,) = PASS.unpack_from(body)
+            self._last_pass = pass_number
             return self._status(pass_number)
         if kind == DONE_ACK and body[: RECEIVER.size] == RECEIVER.pack(self.receiver_id):
             if self.state in ("complete", "failed"):
@@ -396,7 +407,15 @@ class ReceiveSession:
         return []
 
     def tick(self, now: float) -> Out:
-        """Keep registering until acknowledged."""
+        """Verify once every block is in; keep registering; give up on a silent sender."""
+        if self._verify_due:
+            # Verification (fsync, sha256) can take seconds: the sender was told first.
+            self._verify_due = False
+            self._verify()
+            return [(self._complete_message, self.sender)] if self._complete_message else []
+        if self.state == "receiving" and now - self.last_heard > SENDER_SILENCE:
+            self._fail(f"the sender went silent for {SENDER_SILENCE:.0f}s")
+            return [(self._complete_message, self.sender)] if self._complete_message else []
         if self.state == "receiving" and not self.registered and now >= self._next_register:
             self._next_register = now + 0.2
             return [(self._register(), self.sender)]
@@ -432,32 +451,34 @@ class ReceiveSession:
         self.state = "receiving"
         self._next_register = now + 0.2
         if self.total_blocks == 0:
-            self._verify()
+            self._verify_due = True
         return [(self._register(), source)]
 
-    def _on_data(self, body: bytes) -> None:
+    def _on_data(self, body: bytes) -> Out:
         file_index, block = DATA_HEAD.unpack_from(body)
         if file_index >= len(self.bitmaps) or block >= len(self.bitmaps[file_index]):
-            return
+            return []
         bitmap = self.bitmaps[file_index]
         if bitmap[block]:
             self.duplicates += 1
-            return
+            return []
         payload = body[DATA_HEAD.size :]
         info = self.files[file_index]
         expected = min(self.block_size, info.size - block * self.block_size)
         if len(payload) != expected:
-            return
+            return []
         assert self.sink is not None
         try:
             self.sink.write(file_index, block * self.block_size, payload)
         except OSError as exc:
             self._fail(f"write failed: {exc.strerror}")
-            return
+            return [(self._complete_message, self.sender)] if self._complete_message else []
         bitmap[block] = 1
         self.received += 1
         if self.received == self.total_blocks:
-            self._verify()
+            self._verify_due = True
+            return self._status(self._last_pass)  # "nothing missing": keeps the sender patient
+        return []
 
     def _verify(self) -> None:
         assert self.sink is not None and self.session is not None
@@ -496,9 +517,13 @@ class ReceiveSession:
         ranges: list[tuple[int, int, int]] = []
         for index, bitmap in enumerate(self.bitmaps):
             ranges.extend(missing_ranges(bitmap, index))
-            if len(ranges) >= 100:
+            if len(ranges) >= MAX_RANGES * STATUS_CHUNKS:
                 break
-        return [(encode_ranges(self.session, self.receiver_id, pass_number, ranges), self.sender)]
+        chunks = [ranges[i : i + MAX_RANGES] for i in range(0, len(ranges), MAX_RANGES)] or [[]]
+        return [
+            (encode_ranges(self.session, self.receiver_id, pass_number, chunk), self.sender)
+            for chunk in chunks[:STATUS_CHUNKS]
+        ]
 
     def summary(self) -> dict[str, Any]:
         """Plain data for JSON output."""

@@ -81,7 +81,7 @@ def send_files(
     expected: int | None = None,
     names: set[str] | None = None,
     register_wait: float = 2.0,
-    receiver_timeout: float = 3.0,
+    receiver_timeout: float = 10.0,
     deadline: float | None = None,
     on_progress: Callable[[SendSession], None] | None = None,
 ) -> dict[str, Any]:
