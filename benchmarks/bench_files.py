@@ -42,6 +42,9 @@ def _sha(path: Path) -> str | None:
     return digest.hexdigest()
 
 
+TOOL_TIMEOUT = 180  # seconds; udpcast has been seen to stall for good under loss
+
+
 def _spawn(host, *args: str) -> subprocess.Popen[bytes]:
     """Start a reference tool on a host; its (binary, chatty) output is not needed."""
     return subprocess.Popen(
@@ -50,13 +53,17 @@ def _spawn(host, *args: str) -> subprocess.Popen[bytes]:
 
 
 def _run_quiet(host, *args: str) -> None:
-    subprocess.run(
-        host.exec_args(*args),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=900,
-        check=False,
-    )
+    """Run a reference tool to the end, or stop it after TOOL_TIMEOUT (a stall is a result)."""
+    try:
+        subprocess.run(
+            host.exec_args(*args),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=TOOL_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pass  # subprocess.run killed it; the receivers' files say what arrived
 
 
 def _wait_ready(procs: list, seconds: float = 1.0) -> None:
