@@ -11,6 +11,7 @@ tool gets a fresh topology per cell.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -54,7 +55,8 @@ def _spawn(host, *args: str) -> subprocess.Popen[bytes]:
 
 def _run_quiet(host, *args: str) -> None:
     """Run a reference tool to the end, or stop it after TOOL_TIMEOUT (a stall is a result)."""
-    try:
+    # On a timeout subprocess.run kills the tool; the receivers' files say what arrived.
+    with contextlib.suppress(subprocess.TimeoutExpired):
         subprocess.run(
             host.exec_args(*args),
             stdout=subprocess.DEVNULL,
@@ -62,8 +64,6 @@ def _run_quiet(host, *args: str) -> None:
             timeout=TOOL_TIMEOUT,
             check=False,
         )
-    except subprocess.TimeoutExpired:
-        pass  # subprocess.run killed it; the receivers' files say what arrived
 
 
 def _wait_ready(procs: list, seconds: float = 1.0) -> None:
