@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import signal
@@ -32,17 +31,11 @@ import textwrap
 import time
 from pathlib import Path
 
+from _isolation import isolate
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 GROUP, PORT = "239.255.92.1", 5920
-
-
-def _isolate() -> None:
-    if os.environ.get("MCASTKIT_BENCH_NETNS") or os.geteuid() != 0:
-        return
-    os.environ["MCASTKIT_BENCH_NETNS"] = "1"
-    command = f"ip link set lo up && exec {sys.executable} {' '.join(map(repr, sys.argv))}"
-    os.execvp("unshare", ["unshare", "--net", "--", "sh", "-c", command])
 
 
 def _mcast(*args: str) -> list[str]:
@@ -222,7 +215,7 @@ def main() -> int:
     parser.add_argument("--rtt-repeat", type=int, default=5, help="RTT runs; medians shown")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    _isolate()
+    isolate()
     if shutil.which("iperf") is None:
         print("iperf (iperf2) is needed: apt-get install iperf", file=sys.stderr)
         return 2

@@ -22,15 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from _isolation import isolate
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-
-def _isolate() -> None:
-    if os.environ.get("MCASTKIT_BENCH_NETNS") or os.geteuid() != 0:
-        return
-    os.environ["MCASTKIT_BENCH_NETNS"] = "1"
-    command = f"ip link set lo up && exec {sys.executable} {' '.join(map(repr, sys.argv))}"
-    os.execvp("unshare", ["unshare", "--net", "--", "sh", "-c", command])
 
 
 def _sha(path: Path) -> str | None:
@@ -201,7 +195,7 @@ def main() -> int:
     parser.add_argument("--tools", default="mcast,uftp,udpcast")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    _isolate()
+    isolate()
     from netlab import Lab, nft_drop
 
     tools = [

@@ -17,23 +17,16 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
+
+from _isolation import isolate
 
 GROUP, PORT = "239.255.91.1", 5910
 SPEC = f"{GROUP}:{PORT}"
 KEY = bytes(range(32))
 IDLE_END = 1.0  # the receiver stops after this long without traffic
-
-
-def _isolate() -> None:
-    if os.environ.get("MCASTKIT_BENCH_NETNS") or os.geteuid() != 0 or not shutil.which("unshare"):
-        return
-    os.environ["MCASTKIT_BENCH_NETNS"] = "1"
-    command = f"ip link set lo up && exec {sys.executable} {' '.join(map(repr, sys.argv))}"
-    os.execvp("unshare", ["unshare", "--net", "--", "sh", "-c", command])
 
 
 async def _recv_node(mode: str, ready_file: str) -> dict[str, float]:
@@ -152,7 +145,7 @@ def main() -> int:
             result = asyncio.run(_recv_node(args.mode, args.ready))
         print(json.dumps(result))
         return 0
-    _isolate()
+    isolate()
     rows = []
     for size in (64, 1024):
         runs: dict[str, list[dict[str, float]]] = {"raw": [], "framed": [], "encrypted": []}
