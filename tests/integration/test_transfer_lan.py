@@ -196,3 +196,78 @@ def test_memory_stays_bounded_on_a_256_mib_file(tmp_path: Path) -> None:
     # Blocks are read and written in place: memory does not grow with the file.
     assert summary["peak_rss_mb"] < 120, summary["peak_rss_mb"]
     assert result["peak_rss_mb"] < 120, result["peak_rss_mb"]
+
+
+def test_auto_rate_backs_off_for_a_slow_receiver(tmp_path: Path) -> None:
+    # On loopback: a receiver with a 64 KiB buffer overflows at 1 Gbit/s; auto must slow down.
+    import subprocess
+    import sys
+
+    path, digest = _source(tmp_path, 30_000_000)
+    receiver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mcastkit",
+            "recv-file",
+            "--group",
+            "239.255.77.86:5086",
+            "--iface",
+            "lo",
+            "--dir",
+            str(tmp_path / "out"),
+            "--json",
+            "--wait",
+            "30",
+            "--rcvbuf",
+            "65536",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert receiver.stderr is not None
+    wait_for_line(receiver.stderr, "waiting for a transfer")
+    sent = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcastkit",
+            "send-file",
+            str(path),
+            "--group",
+            "239.255.77.86:5086",
+            "--iface",
+            "lo",
+            "--receivers",
+            "1",
+            "--rate",
+            "auto",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert json.loads(receiver.communicate(timeout=300)[0])["state"] == "complete"
+    summary = json.loads(sent.stdout)
+    assert sent.returncode == 0, sent.stderr
+    history = summary["rate_pps_history"]
+    assert min(history) < history[0], history  # it backed off at least once
+    data = (tmp_path / "out" / "payload.bin").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == digest
+
+
+def test_auto_rate_does_not_collapse_under_random_loss(lab: Lab, tmp_path: Path) -> None:
+    sender, receiver = lab.lan(2)
+    nft_drop(receiver, "ip daddr 239.0.0.0/8 numgen random mod 100 < 20 drop")
+    path, digest = _source(tmp_path, 20_000_000)
+    proc = _receiver(receiver, tmp_path / "r")
+    code, summary = _send(sender, path, "--receivers", "1", "--rate", "auto")
+    assert json.loads(proc.communicate(timeout=60)[0])["state"] == "complete"
+    assert code == 0
+    history = summary["rate_pps_history"]
+    # 20 % of datagrams vanish on the path, but no receiver buffer overflows: never slower.
+    assert history == sorted(history), history
+    data = (tmp_path / "r" / "payload.bin").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == digest

@@ -29,7 +29,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     send.add_argument("--iface", help="interface name, index or address (default: route)")
     send.add_argument("--ttl", type=int, default=1, help="TTL / hop limit (default 1)")
     send.add_argument(
-        "--rate", default="max", help="bits/s (500M), packets/s (50kpps) or max (default)"
+        "--rate",
+        default="max",
+        help="bits/s (500M), packets/s (50kpps), max (default), or auto: start at 1 Gbit/s and "
+        "back off when a receiver's kernel drops datagrams (not on random loss)",
     )
     send.add_argument(
         "--receivers",
@@ -64,6 +67,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     recv.add_argument("--iface", help="interface name, index or address (default: route)")
     recv.add_argument("--name", help="this receiver's name (default host-pid)")
     recv.add_argument("--wait", type=float, help="give up if no transfer starts in this time")
+    recv.add_argument(
+        "--rcvbuf", type=int, default=16 << 20, help="receive buffer bytes (default 16 MiB)"
+    )
     recv.add_argument("--json", action="store_true", help="a JSON summary")
     recv.set_defaults(handler=cmd_recv_file)
 
@@ -76,8 +82,9 @@ def _bar(done: int, total: int, width: int = 30) -> str:
 def cmd_send_file(args: argparse.Namespace) -> int:
     """Send files."""
     spec = parse_group(args.group)
+    adaptive = args.rate.strip().lower() == "auto"
     try:
-        rate = parse_rate(args.rate)
+        rate = None if adaptive else parse_rate(args.rate)
     except ValueError as exc:
         raise SystemExit(f"mcast send-file: {exc}") from None
     names = {n.strip() for n in args.names.split(",") if n.strip()} if args.names else None
@@ -108,6 +115,7 @@ def cmd_send_file(args: argparse.Namespace) -> int:
             receiver_timeout=args.receiver_timeout,
             deadline=args.deadline,
             on_progress=progress,
+            adaptive=adaptive,
         )
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"mcast send-file: {exc}") from None
@@ -162,6 +170,7 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
             wait=args.wait,
             on_progress=progress,
             stop=interrupted,
+            rcvbuf=args.rcvbuf,
         )
     finally:
         interrupted.restore()

@@ -20,6 +20,7 @@ from ..transport import (
     open_sender,
     set_unicast_ttl,
 )
+from ..transport.sockets import SO_RXQ_OVFL
 from .bench import HEAD as BENCH_HEAD
 from .bench import MAGIC as BENCH_MAGIC
 from .bench import MIN_SIZE, BenchStats, Rate, make_payload
@@ -140,9 +141,6 @@ def run_ping(
         }
     )
     return summary
-
-
-SO_RXQ_OVFL = 40  # Linux: a cmsg with the socket's cumulative drop counter
 
 
 def run_bench_send(

@@ -24,6 +24,9 @@ from .protocol import (
     DONE_ACK,
     MAX_RANGES,
     PASS,
+    PROGRESS,
+    PROGRESS_BODY,
+    PROGRESS_REQ,
     RECEIVER,
     REG_ACK,
     REGISTER,
@@ -63,6 +66,7 @@ class ReceiverState:
     missing: list[tuple[int, int, int]] = field(default_factory=list)
     complete: bool = False
     failed: str | None = None
+    drops: int = 0  # the receiver's kernel drop counter, from its last PROGRESS
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
@@ -153,6 +157,13 @@ class SendSession:
                 elif pass_number == state.status_pass:
                     state.missing.extend(ranges)
             return []
+        if message.kind == PROGRESS and len(body) >= PROGRESS_BODY.size:
+            receiver, _received, drops = PROGRESS_BODY.unpack_from(body)
+            state = self.receivers.get(receiver)
+            if state is not None:
+                state.last_heard = now
+                state.drops = drops
+            return []
         if message.kind == COMPLETE and len(body) >= RECEIVER.size + 1:
             (receiver,) = RECEIVER.unpack_from(body)
             state = self.receivers.get(receiver)
@@ -190,6 +201,14 @@ class SendSession:
         elif self.phase == "status":
             out.extend(self._status_round(now))
         return out
+
+    def progress_request(self) -> Out:
+        """Ask the receivers how they keep up (for the adaptive rate)."""
+        return [(head(PROGRESS_REQ, self.session), None)]
+
+    def receiver_drops(self) -> dict[int, int]:
+        """Each active receiver's kernel drop counter as last reported."""
+        return {r.receiver_id: r.drops for r in self._active()}
 
     def next_blocks(self, budget: int) -> Out:
         """Up to ``budget`` data blocks of the current pass."""
@@ -369,6 +388,7 @@ class ReceiveSession:
         self.state = "waiting"  # waiting, receiving, complete, failed, done
         self.reason: str | None = None
         self.registered = False
+        self.kernel_drops = 0  # set by the runtime from SO_RXQ_OVFL
         self.last_heard = now
         self._last_pass = 0
         self._verify_due = False
@@ -398,6 +418,11 @@ class ReceiveSession:
             (pass_number,) = PASS.unpack_from(body)
             self._last_pass = pass_number
             return self._status(pass_number)
+        if kind == PROGRESS_REQ and self.state == "receiving":
+            report = PROGRESS_BODY.pack(
+                self.receiver_id, self.received, self.kernel_drops & 0xFFFFFFFF
+            )
+            return [(head(PROGRESS, self.session) + report, self.sender)]
         if kind == DONE_ACK and body[: RECEIVER.size] == RECEIVER.pack(self.receiver_id):
             if self.state in ("complete", "failed"):
                 self.state = "done" if self.state == "complete" else "failed-done"

@@ -37,6 +37,8 @@ __all__ = [
 MAGIC = b"MKT1"
 HEAD = struct.Struct("!4sB3xQ")
 ANNOUNCE, REGISTER, REG_ACK, DATA, STATUS_REQ, STATUS, COMPLETE, DONE_ACK, ABORT = range(1, 10)
+PROGRESS_REQ, PROGRESS = 10, 11  # rate feedback during a pass
+PROGRESS_BODY = struct.Struct("!QII")  # receiver id, blocks received, kernel drops so far
 DATA_HEAD = struct.Struct("!HI")  # file index, block index
 RECEIVER = struct.Struct("!Q")  # receiver id
 PASS = struct.Struct("!I")
@@ -78,7 +80,7 @@ def decode_untrusted(data: bytes) -> Message | None:
     if len(data) < HEAD.size or data[:4] != MAGIC:
         return None
     _magic, kind, session = HEAD.unpack_from(data)
-    if not ANNOUNCE <= kind <= ABORT:
+    if not ANNOUNCE <= kind <= PROGRESS:
         return None
     return Message(kind, session, data[HEAD.size :])
 

@@ -14,13 +14,16 @@ from typing import Any
 
 from ..addr import GroupSpec
 from ..diag.bench import Rate
-from ..transport import GroupSocket, open_receiver, open_sender
+from ..transport import GroupSocket, Packet, open_receiver, open_sender
 from .engine import Address, ReceiveSession, SendSession
 from .protocol import BLOCK_SIZE, HEAD, FileInfo
+from .rate import AdaptiveRate
 
 __all__ = ["describe_files", "receive_files", "send_files"]
 
 DATA_OVERHEAD = HEAD.size + 6
+AUTO_START_BPS = 1e9
+SAMPLE_EVERY = 0.25  # seconds between rate samples in adaptive mode
 ACK_WAIT = 5.0  # after completing, how long a receiver waits for the sender's acknowledgement
 
 
@@ -63,12 +66,12 @@ class _FileSource:
             os.close(fd)
 
 
-def _drain(sock: GroupSocket, handle: Callable[[bytes, Address], None]) -> None:
+def _drain(sock: GroupSocket, handle: Callable[[Packet], None]) -> None:
     for _ in range(256):
         packet = sock.recv_nowait()
         if packet is None:
             return
-        handle(packet.data, (packet.source, packet.source_port))
+        handle(packet)
 
 
 def send_files(
@@ -84,8 +87,13 @@ def send_files(
     receiver_timeout: float = 10.0,
     deadline: float | None = None,
     on_progress: Callable[[SendSession], None] | None = None,
+    adaptive: bool = False,
 ) -> dict[str, Any]:
-    """Distribute ``paths`` to the receivers on the group; return the outcome."""
+    """Distribute ``paths`` to the receivers on the group; return the outcome.
+
+    ``adaptive`` starts at 1 Gbit/s and follows the receivers' kernel drop counters
+    (see rate.py); otherwise ``rate`` is fixed (None: as fast as possible).
+    """
     files = describe_files(paths)
     source = _FileSource(paths)
     sender = open_sender(spec, iface=iface, ttl=ttl, sndbuf=4 << 20)
@@ -103,9 +111,14 @@ def send_files(
         receiver_timeout=receiver_timeout,
         deadline=deadline,
     )
-    pps = None if rate is None else rate.packets_per_second(BLOCK_SIZE + DATA_OVERHEAD)
-    sent_in_pass_start = now
-    budget_base = 0
+    block_bits = (BLOCK_SIZE + DATA_OVERHEAD) * 8
+    controller = AdaptiveRate(AUTO_START_BPS / block_bits) if adaptive else None
+    if controller is not None:
+        pps: float | None = controller.pps
+    else:
+        pps = None if rate is None else rate.packets_per_second(BLOCK_SIZE + DATA_OVERHEAD)
+    tokens, last_fill = 0.0, now
+    next_sample, sent_at_sample = now + SAMPLE_EVERY, 0
     last_progress = 0.0
     send = sender.sock.sendto
     group = sender.destination
@@ -121,8 +134,9 @@ def send_files(
             except OSError:
                 pass
 
-    def handle(data: bytes, address: Address) -> None:
-        transmit(session.receive(data, address, time.monotonic()))
+    def handle(packet: Packet) -> None:
+        source = (packet.source, packet.source_port)
+        transmit(session.receive(packet.data, source, time.monotonic()))
 
     try:
         while session.phase != "done":
@@ -130,19 +144,26 @@ def send_files(
             transmit(session.tick(now))
             _drain(sender, handle)
             if session.phase == "data":
+                if controller is not None and now >= next_sample:
+                    pps = controller.on_sample(
+                        session.receiver_drops(), session.blocks_sent - sent_at_sample
+                    )
+                    sent_at_sample, next_sample = session.blocks_sent, now + SAMPLE_EVERY
+                    transmit(session.progress_request())
                 if pps is None:
                     budget = 64
                 else:
-                    owed = int((now - sent_in_pass_start) * pps) - (
-                        session.blocks_sent - budget_base
-                    )
-                    budget = max(0, min(owed, 256))
+                    # A token bucket: the rate may change between two calls.
+                    tokens = min(tokens + (now - last_fill) * pps, 256.0)
+                    last_fill = now
+                    budget = int(tokens)
+                    tokens -= budget
                 if budget:
                     transmit(session.next_blocks(budget))
                 else:
                     time.sleep(0.0002)
             else:
-                sent_in_pass_start, budget_base = now, session.blocks_sent
+                last_fill = now
                 select.select([sender.sock], [], [], 0.02)
             if on_progress is not None and now - last_progress >= 0.25:
                 last_progress = now
@@ -155,6 +176,9 @@ def send_files(
     summary["bytes"] = sum(f.size for f in files)
     summary["group"] = str(spec)
     summary["peak_rss_mb"] = peak_rss_mb()
+    if controller is not None:
+        summary["rate_pps_history"] = controller.history
+        summary["final_mbps"] = round(controller.pps * block_bits / 1e6, 1)
     if expected is not None:
         summary["expected"] = expected
     return summary
@@ -197,8 +221,11 @@ def receive_files(
                 with contextlib.suppress(OSError):
                     unicast.sock.sendto(data, destination)
 
-    def handle(data: bytes, address: Address) -> None:
-        transmit(session.receive(data, address, time.monotonic()))
+    def handle(packet: Packet) -> None:
+        if packet.drops is not None:
+            session.kernel_drops = packet.drops  # the adaptive sender's signal
+        source = (packet.source, packet.source_port)
+        transmit(session.receive(packet.data, source, time.monotonic()))
 
     try:
         sockets = [group_socket.sock, unicast.sock]

@@ -62,6 +62,7 @@ IPV6_MULTICAST_ALL = 29
 IP_PKTINFO = 8
 IP_RECVTTL = 12
 SO_RCVBUFFORCE = 33
+SO_RXQ_OVFL = 40
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 IPV6_RECVHOPLIMIT = getattr(socket, "IPV6_RECVHOPLIMIT", 51)
@@ -108,6 +109,7 @@ class Packet:
     destination: str | None = None
     ifindex: int | None = None
     ttl: int | None = None
+    drops: int | None = None  # SO_RXQ_OVFL: datagrams the kernel dropped on this socket so far
 
 
 def _level(family: int) -> int:
@@ -261,6 +263,7 @@ def parse_ancillary(
     destination: str | None = None
     ifindex: int | None = None
     ttl: int | None = None
+    drops: int | None = None
     for level, kind, payload in ancillary:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(payload) >= 12:
             ifindex = struct.unpack_from("=i", payload, 0)[0]
@@ -272,7 +275,9 @@ def parse_ancillary(
             ifindex = struct.unpack_from("=i", payload, 16)[0]
         elif level == socket.IPPROTO_IPV6 and kind == IPV6_HOPLIMIT and len(payload) >= 4:
             ttl = struct.unpack_from("=i", payload, 0)[0]
-    return Packet(data, str(address[0]), int(str(address[1])), destination, ifindex, ttl)
+        elif level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(payload) >= 4:
+            drops = struct.unpack_from("=I", payload, 0)[0]
+    return Packet(data, str(address[0]), int(str(address[1])), destination, ifindex, ttl, drops)
 
 
 def _needs_scope(group: IPAddress) -> bool:
@@ -402,9 +407,14 @@ def _bind_error(spec: GroupSpec, exc: OSError) -> SocketSetupError:
 
 
 def enable_packet_info(sock: socket.socket, family: int) -> None:
-    """Ask for destination, interface and TTL of each datagram (Linux; a no-op elsewhere)."""
+    """Ask for destination, interface, TTL and the kernel's drop count with each datagram.
+
+    Linux only (a no-op elsewhere).
+    """
     if not LINUX:
         return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
     with contextlib.suppress(OSError):
         if family == 4:
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
