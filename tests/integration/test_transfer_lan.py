@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -137,30 +138,26 @@ def test_no_receiver_exits_1_with_a_hint(lab: Lab, tmp_path: Path) -> None:
     assert "no receiver registered" in done.stderr
 
 
-def test_memory_stays_bounded_on_a_256_mib_file(tmp_path: Path) -> None:
-    # On loopback in the suite's namespace: one sender, one receiver, 256 MiB.
-    import subprocess
-    import sys
-
-    path = tmp_path / "big.bin"
-    with path.open("wb") as handle:
-        for _ in range(256):
-            handle.write(os.urandom(1 << 20))
+def _loopback_transfer(
+    path: Path, out: Path, group: str, recv_args: list[str], send_args: list[str]
+) -> tuple[dict, dict]:
+    """One sender and one receiver on lo (the suite's namespace); both JSON summaries."""
     receiver = subprocess.Popen(
         [
-            sys.executable,
+            PYTHON,
             "-m",
             "mcastkit",
             "recv-file",
             "--group",
-            "239.255.77.84:5084",
+            group,
             "--iface",
             "lo",
             "--dir",
-            str(tmp_path / "out"),
+            str(out),
             "--json",
             "--wait",
             "30",
+            *recv_args,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -170,29 +167,38 @@ def test_memory_stays_bounded_on_a_256_mib_file(tmp_path: Path) -> None:
     wait_for_line(receiver.stderr, "waiting for a transfer")
     sent = subprocess.run(
         [
-            sys.executable,
+            PYTHON,
             "-m",
             "mcastkit",
             "send-file",
             str(path),
             "--group",
-            "239.255.77.84:5084",
+            group,
             "--iface",
             "lo",
             "--receivers",
             "1",
-            "--rate",
-            "2G",
             "--json",
+            *send_args,
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     result = json.loads(receiver.communicate(timeout=300)[0])
-    summary = json.loads(sent.stdout)
     assert sent.returncode == 0, sent.stderr
     assert result["state"] == "complete"
+    return json.loads(sent.stdout), result
+
+
+def test_memory_stays_bounded_on_a_256_mib_file(tmp_path: Path) -> None:
+    path = tmp_path / "big.bin"
+    with path.open("wb") as handle:
+        for _ in range(256):
+            handle.write(os.urandom(1 << 20))
+    summary, result = _loopback_transfer(
+        path, tmp_path / "out", "239.255.77.84:5084", [], ["--rate", "2G"]
+    )
     assert (tmp_path / "out" / "big.bin").stat().st_size == 256 << 20
     # Blocks are read and written in place: memory does not grow with the file.
     assert summary["peak_rss_mb"] < 120, summary["peak_rss_mb"]
@@ -200,60 +206,12 @@ def test_memory_stays_bounded_on_a_256_mib_file(tmp_path: Path) -> None:
 
 
 def test_auto_rate_backs_off_for_a_slow_receiver(tmp_path: Path) -> None:
-    # On loopback: a receiver with a 64 KiB buffer overflows at 1 Gbit/s; auto must slow down.
-    import subprocess
-    import sys
-
-    # Long enough for several 0.25 s rate samples (the first one is only a baseline).
+    # A receiver with a 64 KiB buffer overflows at 1 Gbit/s: auto must slow down. The file is
+    # long enough for several 0.25 s rate samples (the first one is only a baseline).
     path, digest = _source(tmp_path, 120_000_000)
-    receiver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mcastkit",
-            "recv-file",
-            "--group",
-            "239.255.77.86:5086",
-            "--iface",
-            "lo",
-            "--dir",
-            str(tmp_path / "out"),
-            "--json",
-            "--wait",
-            "30",
-            "--rcvbuf",
-            "65536",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    summary, _ = _loopback_transfer(
+        path, tmp_path / "out", "239.255.77.86:5086", ["--rcvbuf", "65536"], ["--rate", "auto"]
     )
-    assert receiver.stderr is not None
-    wait_for_line(receiver.stderr, "waiting for a transfer")
-    sent = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mcastkit",
-            "send-file",
-            str(path),
-            "--group",
-            "239.255.77.86:5086",
-            "--iface",
-            "lo",
-            "--receivers",
-            "1",
-            "--rate",
-            "auto",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert json.loads(receiver.communicate(timeout=300)[0])["state"] == "complete"
-    summary = json.loads(sent.stdout)
-    assert sent.returncode == 0, sent.stderr
     history = summary["rate_pps_history"]
     assert any(b < a for a, b in itertools.pairwise(history)), history  # it backed off
     data = (tmp_path / "out" / "payload.bin").read_bytes()
