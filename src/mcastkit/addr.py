@@ -27,6 +27,7 @@ __all__ = [
     "parse_address",
     "parse_group",
     "parse_port",
+    "split_host_port",
 ]
 
 _EXPECTED = (
@@ -66,6 +67,18 @@ def parse_port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise AddressError(f"port {port} is out of range; expected 1-65535")
     return port
+
+
+def split_host_port(text: str) -> tuple[str, str]:
+    """``HOST``, ``HOST:PORT``, ``[V6]`` or ``[V6]:PORT`` to (host, port text; "" if none)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else ""
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, port
+    return text, ""
 
 
 def parse_address(text: str) -> IPAddress:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..addr import parse_group
+from ..addr import parse_address, parse_group, parse_port, split_host_port
 from ..diag.ping import PingSession, verdict
 from ..diag.runner import run_ping
 from .output import CtrlC, emit_json, note
@@ -65,16 +65,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _pin(text: str, default_port: int) -> tuple[str, int]:
-    from ..addr import parse_address, parse_port
-
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = parse_port(rest[1:]) if rest.startswith(":") else default_port
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        port = parse_port(port_text)
-    else:
-        host, port = text, default_port
+    host, port_text = split_host_port(text)
+    port = parse_port(port_text) if port_text else default_port
     return str(parse_address(host)), port
 
 

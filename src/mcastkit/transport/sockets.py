@@ -28,7 +28,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
-from ..addr import GroupSpec, IPAddress, parse_address, parse_group, parse_port
+from ..addr import (
+    GroupSpec,
+    IPAddress,
+    parse_address,
+    parse_group,
+    parse_port,
+    split_host_port,
+)
 from ..errors import AddressError, InterfaceError, SocketSetupError
 from .interfaces import Interface, resolve_interface
 
@@ -560,18 +567,8 @@ def open_sender(
     return GroupSocket(sock, spec, interface)
 
 
-def _split_host_port(text: str) -> tuple[str, str]:
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, rest[1:] if rest.startswith(":") else ""
-    if text.count(":") == 1:
-        host, _, port = text.partition(":")
-        return host, port
-    return text, ""
-
-
 def _bind_source(sock: socket.socket, source: str, family: int) -> None:
-    host, port_text = _split_host_port(source.strip())
+    host, port_text = split_host_port(source)
     address = parse_address(host.split("%", 1)[0])
     if address.version != family:
         raise AddressError(f"source {address} is IPv{address.version}; the group is IPv{family}")
