@@ -80,7 +80,7 @@ IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
 # macOS packs the struct to 4 bytes (no padding).
 _GSR_PAD = 0 if BSD_LIKE else struct.calcsize("P") - 4
 _SOCKADDR_STORAGE = 128
-_CMSG_BUFSIZE = 256
+CMSG_BUFSIZE = 256  # room for pktinfo, TTL and the drop counter
 
 
 def _sockaddr(address: IPAddress) -> bytes:
@@ -220,7 +220,7 @@ class GroupSocket:
         if not LINUX:
             data, address = self.sock.recvfrom(bufsize)
             return Packet(data, str(address[0]), int(address[1]))
-        data, ancillary, _flags, address = self.sock.recvmsg(bufsize, _CMSG_BUFSIZE)
+        data, ancillary, _flags, address = self.sock.recvmsg(bufsize, CMSG_BUFSIZE)
         return parse_ancillary(data, address, ancillary)
 
     def recv_nowait(self, bufsize: int = 65535) -> Packet | None:
