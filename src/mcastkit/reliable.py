@@ -1,0 +1,729 @@
+"""Reliable streams: NACK-based repair, in-order delivery and fragmentation, with no I/O.
+
+Each sender numbers its reliable fragments (stream seq, from 1, 64 bits: no wrap). Receivers
+detect gaps, wait a random back-off, then multicast a NACK; a NACK heard from another
+receiver for the same seqs suppresses one's own (SRM / NORM style), so a gap seen by many
+receivers costs about one NACK. The sender repairs from a bounded retransmit window, by
+multicast, so one repair serves everyone. A gap that can no longer be repaired (the window
+moved past it, or no repair came in ``repair_timeout``) becomes an ``Unrecoverable`` event
+and delivery resumes at the next whole message: loss is never silent.
+
+The session (session.py) owns the frames; this module owns the stream state: payload codecs,
+``StreamSender`` and ``StreamReceiver``. Time and randomness come in as arguments.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "ACK",
+    "NACK_HEAD",
+    "NACK_RANGE",
+    "RDATA_HEAD",
+    "RSTATE",
+    "ReliableConfig",
+    "SlowReceiver",
+    "StreamReceiver",
+    "StreamSender",
+    "Unrecoverable",
+    "decode_nack",
+    "encode_nack",
+    "ranges_of",
+]
+
+RDATA_HEAD = struct.Struct("!QII")  # stream seq, message length, fragment offset
+NACK_HEAD = struct.Struct("!QIH")  # target sender, target incarnation, range count
+NACK_RANGE = struct.Struct("!QI")  # first seq, count
+RSTATE = struct.Struct("!QQ")  # oldest seq still in the window, next seq to be sent
+ACK = struct.Struct("!QIQ")  # target sender, target incarnation, delivered through seq
+MAX_NACK_RANGES = 64
+MAX_GAP = 1 << 17  # seqs; a larger jump is beyond any window: restart instead of tracking it
+MAX_MESSAGE_WIRE = 0xFFFFFFFF
+SEND_BATCH = 256  # datagrams per pull: receive processing interleaves with long sends
+PROBE_FIRST = 0.005  # tail probes (RSTATE) after the queue drains: 5 ms, doubling to 1 s
+PROBE_LAST = 1.0
+BLOCKED_PROBE = 0.02  # under "wait", how often a held sender asks for acknowledgements
+
+SlowPolicy = Literal["drop", "wait"]
+
+
+@dataclass(frozen=True)
+class ReliableConfig:
+    """Knobs of reliable streams; the defaults suit one LAN segment.
+
+    Receiver side: ``nack_backoff`` is the largest random delay before a NACK (larger for
+    bigger groups, so suppression has time to work); ``nack_repeat`` is how long to wait for
+    a repair before asking again; ``repair_timeout`` is when a gap is given up;
+    ``max_message`` and ``receiver_memory`` bound one sender's reassembly and out-of-order
+    buffer; ``message_timeout`` bounds how long a half-received message is kept.
+
+    Sender side: ``window_bytes`` is the retransmit window. ``slow_receiver`` is the policy
+    when a receiver falls behind: ``"drop"`` (default) never waits, so a receiver that falls
+    out of the window gets ``Unrecoverable``; ``"wait"`` holds new data until every receiver
+    that acknowledges has the oldest data in the window, and drops a receiver whose
+    acknowledgements stall for ``slow_timeout`` (a ``SlowReceiver`` event). ``rate_pps`` /
+    ``rate_bps`` cap the sending rate (None: as fast as the socket takes it).
+    """
+
+    nack_backoff: float = 0.01
+    nack_repeat: float = 0.05
+    repair_timeout: float = 5.0
+    max_message: int = 64 << 20
+    receiver_memory: int = 160 << 20
+    message_timeout: float = 30.0
+    window_bytes: int = 32 << 20
+    slow_receiver: SlowPolicy = "drop"
+    slow_timeout: float = 5.0
+    rate_pps: float | None = None
+    rate_bps: float | None = None
+    ack_every: int = 256
+    ack_delay: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.slow_receiver not in ("drop", "wait"):
+            raise ValueError("slow_receiver must be 'drop' or 'wait'")
+        positive = {
+            "nack_backoff": self.nack_backoff,
+            "nack_repeat": self.nack_repeat,
+            "repair_timeout": self.repair_timeout,
+            "max_message": self.max_message,
+            "receiver_memory": self.receiver_memory,
+            "message_timeout": self.message_timeout,
+            "window_bytes": self.window_bytes,
+            "slow_timeout": self.slow_timeout,
+            "ack_every": self.ack_every,
+            "ack_delay": self.ack_delay,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.max_message > MAX_MESSAGE_WIRE:
+            raise ValueError(f"max_message is at most {MAX_MESSAGE_WIRE} bytes")
+        for name, rate in (("rate_pps", self.rate_pps), ("rate_bps", self.rate_bps)):
+            if rate is not None and rate <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.rate_pps is not None and self.rate_bps is not None:
+            raise ValueError("give rate_pps or rate_bps, not both")
+
+
+@dataclass(frozen=True)
+class Unrecoverable:
+    """Reliable data from ``sender`` that can no longer be repaired: seqs first..last.
+
+    ``reason``: ``window-passed`` (the sender no longer has it), ``repair-timeout`` (no
+    repair came), ``too-large`` (a message above ``max_message``), ``message-timeout``,
+    ``sender-gone`` (the sender left or failed with data missing). ``partial`` is True when
+    a message was already partly received and is dropped with the gap.
+    """
+
+    sender: int
+    first_seq: int
+    last_seq: int
+    reason: str
+    partial: bool = False
+
+
+@dataclass(frozen=True)
+class SlowReceiver:
+    """Under ``slow_receiver="wait"``, a receiver whose acknowledgements stalled: no longer
+    waited for. ``acked`` is the last seq it acknowledged."""
+
+    peer: int
+    acked: int
+
+
+def ranges_of(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted seqs to (first, count) runs."""
+    runs: list[tuple[int, int]] = []
+    for seq in sorted(seqs):
+        if runs and runs[-1][0] + runs[-1][1] == seq:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((seq, 1))
+    return runs
+
+
+def encode_nack(sender: int, incarnation: int, runs: list[tuple[int, int]]) -> bytes:
+    """A NACK payload (at most MAX_NACK_RANGES runs: the caller splits longer lists)."""
+    parts = [NACK_HEAD.pack(sender, incarnation, len(runs))]
+    parts += [NACK_RANGE.pack(first, count) for first, count in runs]
+    return b"".join(parts)
+
+
+def decode_nack(payload: bytes) -> tuple[int, int, list[tuple[int, int]]] | None:
+    """(sender, incarnation, runs), or None for a malformed NACK (never raises)."""
+    if len(payload) < NACK_HEAD.size:
+        return None
+    sender, incarnation, count = NACK_HEAD.unpack_from(payload)
+    if count > MAX_NACK_RANGES or len(payload) != NACK_HEAD.size + count * NACK_RANGE.size:
+        return None
+    runs = []
+    for index in range(count):
+        first, length = NACK_RANGE.unpack_from(payload, NACK_HEAD.size + index * NACK_RANGE.size)
+        if first == 0 or length == 0:
+            return None
+        runs.append((first, length))
+    return sender, incarnation, runs
+
+
+# --- sender ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Outgoing:
+    topic: str
+    payload: memoryview
+    offset: int
+    chunk: int
+
+
+@dataclass
+class _Tracked:
+    acked: int
+    progressed_at: float
+
+
+class StreamSender:
+    """One node's outgoing reliable stream: queue, rate, retransmit window, repairs."""
+
+    def __init__(self, config: ReliableConfig, now: float) -> None:
+        self.config = config
+        self.next_seq = 1
+        # Sent fragments still repairable: (topic, RDATA payload); index = seq - oldest.
+        self.window: deque[tuple[str, bytes]] = deque()
+        self.window_bytes = 0
+        self.queued_bytes = 0
+        self.counters: dict[str, int] = {}
+        self._queue: deque[_Outgoing] = deque()
+        self._repairs: deque[int] = deque()
+        self._repair_set: set[int] = set()
+        self._repaired_at: dict[int, float] = {}
+        self._tracked: dict[int, _Tracked] = {}
+        self.slow_events: list[SlowReceiver] = []
+        rate = config.rate_pps
+        self._per_byte = False
+        if config.rate_bps is not None:
+            rate, self._per_byte = config.rate_bps / 8, True
+        self._rate = rate
+        # Bucket depth: 5 ms of sending (at least 8 datagrams), so a timer wake-up sends a burst.
+        self._depth = (
+            0.0 if rate is None else max(rate * 0.005, 8 * (1500 if self._per_byte else 1))
+        )
+        self._tokens = self._depth
+        self._refilled = now
+        self._probe_at: float | None = None
+        self._probe_gap = PROBE_FIRST
+        self._blocked_since: float | None = None
+        self.state_wanted = False  # a NACK asked for seqs we no longer have: tell the window
+
+    @property
+    def oldest(self) -> int:
+        """The oldest seq still in the retransmit window (next_seq when it is empty)."""
+        return self.next_seq - len(self.window)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing to repair."""
+        return not self._queue and not self._repairs
+
+    @property
+    def wants_acks(self) -> bool:
+        return self.config.slow_receiver == "wait"
+
+    def enqueue(self, topic: str, payload: bytes, chunk: int) -> int:
+        """Queue one message, cut into fragments of ``chunk`` bytes; returns its first seq."""
+        if len(payload) > self.config.max_message:
+            raise ValueError(
+                f"message of {len(payload)} bytes exceeds max_message ({self.config.max_message})"
+            )
+        if chunk <= 0:
+            raise ValueError("the topic leaves no room for data in one datagram")
+        first = self.next_seq + sum(_fragments(o) for o in self._queue)
+        self._queue.append(_Outgoing(topic, memoryview(payload), 0, chunk))
+        self.queued_bytes += len(payload)
+        return first
+
+    def on_nack(self, runs: list[tuple[int, int]], now: float) -> None:
+        """Queue repairs for the runs we still hold; note when some are gone."""
+        oldest, holdoff = self.oldest, self.config.nack_backoff
+        self._bump("nacks-received")
+        for first, count in runs:
+            last = min(first + count, self.next_seq)
+            if first < oldest:
+                self.state_wanted = True
+                first = oldest
+            for seq in range(first, last):
+                if seq in self._repair_set:
+                    continue
+                if now - self._repaired_at.get(seq, -1e9) < holdoff:
+                    self._bump("repairs-held-off")  # a repair just went out: NACKs crossed it
+                    continue
+                self._repair_set.add(seq)
+                self._repairs.append(seq)
+
+    def on_ack(self, peer: int, seq: int, now: float) -> None:
+        """A receiver has everything through ``seq`` (only used under ``wait``)."""
+        if seq >= self.next_seq:
+            return  # acknowledges what we never sent: hostile or stale, ignore
+        tracked = self._tracked.get(peer)
+        if tracked is None:
+            self._tracked[peer] = _Tracked(seq, now)
+        elif seq > tracked.acked:
+            tracked.acked, tracked.progressed_at = seq, now
+
+    def forget_peer(self, peer: int) -> None:
+        """A receiver left or failed: stop waiting for it."""
+        self._tracked.pop(peer, None)
+        self._blocked_since = None  # the next pull decides afresh whether to hold
+
+    def pull(self, now: float) -> list[tuple[str, bytes, bool]]:
+        """Fragments to send now, repairs first: (topic, RDATA payload, is_repair)."""
+        self._refill(now)
+        out: list[tuple[str, bytes, bool]] = []
+        while self._repairs and len(out) < SEND_BATCH:
+            seq = self._repairs[0]
+            oldest = self.oldest
+            if seq < oldest or seq >= self.next_seq:
+                self._repairs.popleft()
+                self._repair_set.discard(seq)
+                continue
+            topic, payload = self.window[seq - oldest]
+            if not self._spend(len(payload)):
+                return out
+            self._repairs.popleft()
+            self._repair_set.discard(seq)
+            self._repaired_at[seq] = now
+            out.append((topic, payload, True))
+            self._bump("repairs-sent")
+        while self._queue and len(out) < SEND_BATCH:
+            if not self._make_room(now):
+                break
+            head = self._queue[0]
+            size = min(head.chunk, len(head.payload) - head.offset)
+            if not self._spend(size + RDATA_HEAD.size):
+                break
+            payload = (
+                RDATA_HEAD.pack(self.next_seq, len(head.payload), head.offset)
+                + head.payload[head.offset : head.offset + size]
+            )
+            head.offset += size
+            self.queued_bytes -= size
+            if head.offset >= len(head.payload):
+                self._queue.popleft()
+            self.window.append((head.topic, payload))
+            self.window_bytes += len(payload)
+            self.next_seq += 1
+            out.append((head.topic, payload, False))
+        if out:
+            self._probe_gap = PROBE_FIRST
+            self._probe_at = now + PROBE_FIRST
+        if len(self._repaired_at) > 4 * len(self.window) + 1024:
+            oldest = self.oldest
+            self._repaired_at = {s: t for s, t in self._repaired_at.items() if s >= oldest}
+        return out
+
+    def probe_due(self, now: float) -> bool:
+        """True when a tail probe (RSTATE) should go out now, so receivers see tail loss."""
+        if self.state_wanted:
+            self.state_wanted = False
+            return True
+        if self._blocked_since is not None and (self._probe_at is None or now >= self._probe_at):
+            self._probe_at = now + BLOCKED_PROBE  # ask the receivers we wait for to acknowledge
+            return True
+        if self._probe_at is None or now < self._probe_at or not self.idle:
+            return False
+        self._probe_gap *= 2
+        self._probe_at = now + self._probe_gap if self._probe_gap <= PROBE_LAST else None
+        return True
+
+    def next_timer(self, now: float) -> float | None:
+        """When ``pull`` or ``probe_due`` has work again."""
+        soonest: float | None = None
+        if self._repairs or (self._queue and self._blocked_since is None):
+            soonest = now if self._rate is None else self._refilled + self._deficit() / self._rate
+        if self._probe_at is not None and (soonest is None or self._probe_at < soonest):
+            soonest = self._probe_at
+        if self._blocked_since is not None and self._tracked:
+            since = self._blocked_since
+            stall = min(max(t.progressed_at, since) for t in self._tracked.values())
+            stall += self.config.slow_timeout
+            soonest = stall if soonest is None else min(soonest, stall)
+        return soonest
+
+    def take_slow_events(self) -> list[SlowReceiver]:
+        events, self.slow_events = self.slow_events, []
+        return events
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _bump(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _refill(self, now: float) -> None:
+        if self._rate is None:
+            return
+        self._tokens = min(self._depth, self._tokens + (now - self._refilled) * self._rate)
+        self._refilled = now
+
+    def _deficit(self) -> float:
+        need = 1500.0 if self._per_byte else 1.0
+        return max(0.0, need - self._tokens)
+
+    def _spend(self, size: int) -> bool:
+        if self._rate is None:
+            return True
+        cost = float(size) if self._per_byte else 1.0
+        if self._tokens < min(cost, self._depth):
+            return False
+        self._tokens -= cost
+        return True
+
+    def _make_room(self, now: float) -> bool:
+        """Slide the window until the next fragment fits; False when ``wait`` must hold."""
+        while self.window and self.window_bytes >= self.config.window_bytes:
+            oldest = self.oldest
+            if self.config.slow_receiver == "wait":
+                behind = [p for p, t in self._tracked.items() if t.acked < oldest]
+                if behind and self._blocked_since is None:
+                    self._blocked_since = now
+                since = self._blocked_since or now
+                stalled = [
+                    p
+                    for p in behind
+                    if now - max(self._tracked[p].progressed_at, since) >= self.config.slow_timeout
+                ]
+                for peer in stalled:
+                    self.slow_events.append(SlowReceiver(peer, self._tracked.pop(peer).acked))
+                if len(stalled) < len(behind):
+                    self._bump("held-for-slow-receiver")
+                    return False
+            self._blocked_since = None
+            _, payload = self.window.popleft()
+            self.window_bytes -= len(payload)
+        return True
+
+
+def _fragments(item: _Outgoing) -> int:
+    remaining = len(item.payload) - item.offset
+    return max(1, -(-remaining // item.chunk))
+
+
+# --- receiver ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Partial:
+    topic: str
+    first_seq: int
+    length: int
+    started: float
+    data: bytearray = field(default_factory=bytearray)
+
+
+class StreamReceiver:
+    """One sender's reliable stream as a receiver sees it: gaps, NACKs, order, reassembly."""
+
+    def __init__(
+        self,
+        sender: int,
+        incarnation: int,
+        config: ReliableConfig,
+        random: Callable[[], float],
+    ) -> None:
+        self.sender = sender
+        self.incarnation = incarnation
+        self.config = config
+        self._random = random
+        self.next_deliver = 0  # 0: not synchronised yet (a late joiner starts at a message)
+        self.highest = 0
+        self.resync = True  # discard fragments until a message starts
+        self.buffer: dict[int, tuple[str, int, int, bytes]] = {}
+        self.buffered_bytes = 0
+        self.missing: dict[int, float] = {}  # seq -> when the gap was seen
+        self._suppressed: dict[int, float] = {}
+        self._batches: list[tuple[float, int, list[int]]] = []
+        self._batch_ids = 0
+        self._lost: dict[int, str] = {}
+        self._partial: _Partial | None = None
+        self.delivered: list[tuple[str, bytes, int]] = []  # (topic, message, first seq)
+        self.events: list[Unrecoverable] = []
+        self.counters: dict[str, int] = {}
+        self.acks_wanted = False
+        self._acked = 0
+        self._ack_at: float | None = None
+        self._loss_start: tuple[int, str, bool] | None = None
+
+    # --- inputs --------------------------------------------------------------------------
+
+    def on_data(self, payload: bytes, topic: str, now: float) -> bool:
+        """One RDATA payload; False when malformed (the caller counts the drop)."""
+        if len(payload) < RDATA_HEAD.size:
+            return False
+        seq, length, offset = RDATA_HEAD.unpack_from(payload)
+        chunk = payload[RDATA_HEAD.size :]
+        if seq == 0 or offset + len(chunk) > length or (not chunk and length):
+            return False
+        if self.next_deliver == 0 or seq - self.highest > MAX_GAP:
+            self._restart(seq)  # first contact (a late joiner) or a jump no window could span
+        if seq < self.next_deliver or seq in self.buffer:
+            self._bump("duplicates")
+            return True
+        self._note_highest(seq, now)
+        self.missing.pop(seq, None)
+        self._suppressed.pop(seq, None)
+        self._lost.pop(seq, None)
+        if seq == self.next_deliver:
+            self._take(seq, topic, length, offset, chunk, now)
+            self.next_deliver += 1
+            self._deliver_ready(now)
+        else:
+            held = self.buffered_bytes + len(chunk)
+            if self._partial is not None:
+                held += len(self._partial.data)
+            if held > self.config.receiver_memory:
+                self._bump("dropped-memory-limit")  # stays missing: asked for again later
+                self.missing[seq] = now
+                self._schedule([seq], now)
+                return True
+            self.buffer[seq] = (topic, length, offset, chunk)
+            self.buffered_bytes += len(chunk)
+        return True
+
+    def on_state(self, oldest: int, next_seq: int, now: float) -> None:
+        """The sender's window: seqs below ``oldest`` are gone; ``next_seq`` reveals tail loss."""
+        if next_seq == 0 or oldest > next_seq:
+            return
+        if self.next_deliver == 0 or next_seq - self.highest > MAX_GAP:
+            self._restart(next_seq)
+            return
+        if next_seq - 1 > self.highest:
+            self._note_highest(next_seq - 1, now, inclusive=True)
+        gone = [seq for seq in self.missing if seq < oldest]
+        for seq in gone:
+            self._give_up(seq, "window-passed")
+        if gone:
+            self._deliver_ready(now)
+
+    def on_foreign_nack(self, runs: list[tuple[int, int]], now: float) -> None:
+        """Another receiver asked for these seqs: hold our own NACK for them back."""
+        until = now + self.config.nack_repeat
+        total = sum(count for _, count in runs)
+        if total > len(self.missing):
+            for seq in self.missing:
+                if any(first <= seq < first + count for first, count in runs):
+                    self._suppressed[seq] = until
+        else:
+            for first, count in runs:
+                for seq in range(first, first + count):
+                    if seq in self.missing:
+                        self._suppressed[seq] = until
+        self._bump("nacks-heard")
+
+    def handle_timer(self, now: float) -> list[list[tuple[int, int]]]:
+        """Due NACK batches, give-ups and message timeouts; returns NACKs to multicast."""
+        nacks: list[list[tuple[int, int]]] = []
+        ask: list[int] = []
+        while self._batches and self._batches[0][0] <= now:
+            _, _, seqs = heapq.heappop(self._batches)
+            alive = [s for s in seqs if s in self.missing]
+            if not alive:
+                continue
+            expired = [s for s in alive if now - self.missing[s] >= self.config.repair_timeout]
+            for seq in expired:
+                self._give_up(seq, "repair-timeout")
+            if expired:
+                alive = [s for s in alive if s in self.missing]
+            quiet = [s for s in alive if self._suppressed.get(s, 0.0) <= now]
+            if len(quiet) < len(alive):
+                self._bump("nacks-suppressed")
+            ask += quiet
+            if alive:
+                self._push(now + self.config.nack_repeat * (1 + self._random()), alive)
+        if ask:
+            runs = ranges_of(ask)
+            for start in range(0, len(runs), MAX_NACK_RANGES):
+                nacks.append(runs[start : start + MAX_NACK_RANGES])
+            self._bump("nacks-sent")
+        partial = self._partial
+        if partial is not None and now - partial.started > self.config.message_timeout:
+            self._partial = None
+            self.resync = True
+            self.events.append(
+                Unrecoverable(
+                    self.sender, partial.first_seq, self.next_deliver - 1, "message-timeout", True
+                )
+            )
+        self._deliver_ready(now)
+        return nacks
+
+    def ack_due(self, now: float) -> int | None:
+        """The seq to acknowledge now (under the sender's ``wait`` policy), or None."""
+        if not self.acks_wanted or self.next_deliver == 0:
+            return None
+        through = self.next_deliver - 1
+        if through <= self._acked:
+            self._ack_at = None
+            return None
+        if through - self._acked >= self.config.ack_every or (
+            self._ack_at is not None and now >= self._ack_at
+        ):
+            self._acked, self._ack_at = through, None
+            return through
+        if self._ack_at is None:
+            self._ack_at = now + self.config.ack_delay
+        return None
+
+    def ack_now(self) -> int | None:
+        """Acknowledge at once (the sender probed while holding data for us)."""
+        if self.next_deliver == 0:
+            return None
+        self._acked, self._ack_at = self.next_deliver - 1, None
+        return self._acked
+
+    def close(self, reason: str) -> None:
+        """The sender is gone: whatever is missing or half-received is lost."""
+        pending = [*self.missing, *self.buffer]
+        if pending or self._partial is not None:
+            first = self._partial.first_seq if self._partial else min(pending)
+            last = max([*pending, self.next_deliver - 1])
+            self.events.append(
+                Unrecoverable(self.sender, first, last, reason, self._partial is not None)
+            )
+        self.missing.clear()
+        self.buffer.clear()
+        self._batches.clear()
+        self.buffered_bytes = 0
+        self._partial = None
+
+    def next_timer(self) -> float | None:
+        soonest = self._batches[0][0] if self._batches else None
+        for when in (
+            self._ack_at,
+            None if self._partial is None else self._partial.started + self.config.message_timeout,
+        ):
+            if when is not None and (soonest is None or when < soonest):
+                soonest = when
+        return soonest
+
+    @property
+    def memory(self) -> int:
+        """Bytes held for this sender: out-of-order fragments and a half-received message."""
+        return self.buffered_bytes + (len(self._partial.data) if self._partial else 0)
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _bump(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _push(self, due: float, seqs: list[int]) -> None:
+        self._batch_ids += 1
+        heapq.heappush(self._batches, (due, self._batch_ids, seqs))
+
+    def _schedule(self, seqs: list[int], now: float) -> None:
+        self._push(now + self.config.nack_backoff * self._random(), seqs)
+
+    def _note_highest(self, seq: int, now: float, *, inclusive: bool = False) -> None:
+        """Seqs between the highest seen and ``seq`` are gaps (``seq`` too, when inclusive)."""
+        if seq <= self.highest:
+            return
+        end = seq + 1 if inclusive else seq
+        gap = list(range(self.highest + 1, end))
+        self.highest = seq
+        if not gap:
+            return
+        for missing in gap:
+            self.missing[missing] = now
+        self._schedule(gap, now)
+
+    def _give_up(self, seq: int, reason: str) -> None:
+        self.missing.pop(seq, None)
+        self._suppressed.pop(seq, None)
+        self._lost[seq] = reason
+
+    def _restart(self, seq: int) -> None:
+        """Start (again) at ``seq``, at the next whole message; what lay between is lost."""
+        if self.next_deliver:
+            partial = self._partial
+            first = partial.first_seq if partial else self.next_deliver
+            self.events.append(
+                Unrecoverable(self.sender, first, seq - 1, "window-passed", partial is not None)
+            )
+            self.missing.clear()
+            self.buffer.clear()
+            self._batches.clear()
+            self.buffered_bytes = 0
+            self._partial = None
+        self.next_deliver, self.highest, self.resync = seq, seq - 1, True
+        self._lost.clear()
+        self._suppressed.clear()
+        self._loss_start = None
+
+    def _deliver_ready(self, now: float) -> None:
+        while True:
+            seq = self.next_deliver
+            item = self.buffer.pop(seq, None)
+            if item is not None:
+                self.buffered_bytes -= len(item[3])
+                self._close_loss()
+                self._take(seq, *item, now)
+            elif seq in self._lost:
+                reason = self._lost.pop(seq)
+                if self._loss_start is None:
+                    self._loss_start = (seq, reason, self._partial is not None)
+                if self._partial is not None:
+                    self._partial = None
+                self.resync = True
+            else:
+                break
+            self.next_deliver += 1
+        self._close_loss()
+
+    def _close_loss(self) -> None:
+        if self._loss_start is not None:
+            first, reason, partial = self._loss_start
+            self.events.append(
+                Unrecoverable(self.sender, first, self.next_deliver - 1, reason, partial)
+            )
+            self._loss_start = None
+
+    def _take(
+        self, seq: int, topic: str, length: int, offset: int, chunk: bytes, now: float
+    ) -> None:
+        """The in-order fragment ``seq``: start, extend or finish a message."""
+        self._close_loss()
+        if offset == 0:
+            if self._partial is not None:  # a message restarted mid-way: the sender reset
+                started = self._partial.first_seq
+                self.events.append(
+                    Unrecoverable(self.sender, started, seq - 1, "inconsistent", True)
+                )
+                self._partial = None
+            self.resync = False
+            if length > self.config.max_message:
+                self.events.append(Unrecoverable(self.sender, seq, seq, "too-large", False))
+                self.resync = True
+                return
+            if len(chunk) == length:
+                self.delivered.append((topic, chunk, seq))
+                return
+            self._partial = _Partial(topic, seq, length, now, bytearray(chunk))
+            return
+        if self.resync:
+            self._bump("skipped-to-message-start")
+            return
+        partial = self._partial
+        if partial is None or offset != len(partial.data) or length != partial.length:
+            self.events.append(Unrecoverable(self.sender, seq, seq, "inconsistent", True))
+            self._partial = None
+            self.resync = True
+            return
+        partial.data += chunk
+        if len(partial.data) == partial.length:
+            self.delivered.append((partial.topic, bytes(partial.data), partial.first_seq))
+            self._partial = None
