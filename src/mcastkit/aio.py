@@ -13,11 +13,13 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .addr import GroupSpec, parse_group
+from .reliable import ReliableConfig, SlowReceiver, Unrecoverable
 from .security import GroupKey, KeyRing, key_from_passphrase
 from .session import (
     Event,
@@ -43,7 +45,8 @@ DEFAULT_GROUP = "239.255.77.78:5078"
 READ_BATCH = 64
 QUEUE_LIMIT = 10000
 DEFAULT_RCVBUF = 4 << 20  # absorbs bursts; the kernel caps it at net.core.rmem_max (not root)
-MembershipEvent = Joined | Left | Failed | Updated | IdRenewed
+BACKLOG_LIMIT = 8 << 20  # reliable bytes queued before publish() waits for the sender to drain
+MembershipEvent = Joined | Left | Failed | Updated | IdRenewed | Unrecoverable | SlowReceiver
 Handler = Callable[["Request"], "bytes | str | Awaitable[bytes | str]"]
 
 
@@ -163,6 +166,7 @@ class Node:
         deliver_own: bool = False,
         max_datagram: int | None = None,
         rcvbuf: int = DEFAULT_RCVBUF,
+        reliable: ReliableConfig | None = None,
     ) -> None:
         self.spec = group if isinstance(group, GroupSpec) else parse_group(group)
         if max_datagram is None:
@@ -187,6 +191,7 @@ class Node:
             "failure_timeout": failure_timeout,
             "deliver_own": deliver_own,
             "max_datagram": max_datagram,
+            "reliable": reliable,
         }
         self.session: Session | None = None
         self._group_socket: GroupSocket | None = None
@@ -198,6 +203,8 @@ class Node:
         self._handlers: dict[str, Handler] = {}
         self._gathers: dict[int, asyncio.Future[Gathered]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unsent: deque[tuple[bytes, tuple[str, int] | None]] = deque()
+        self._drained: asyncio.Event | None = None
         self.send_errors = 0
 
     # --- life cycle ----------------------------------------------------------------------
@@ -263,7 +270,10 @@ class Node:
         for sock in (self._group_socket, self._unicast_socket):
             if sock is not None:
                 self._loop.remove_reader(sock.fileno())
+                self._loop.remove_writer(sock.fileno())
                 sock.close()
+        if self._drained is not None:
+            self._drained.set()
         for task in list(self._tasks):
             task.cancel()
         for subscription in list(self._subscriptions):
@@ -308,11 +318,43 @@ class Node:
         """Datagrams, frames, drops by reason, sends by type."""
         return dict(self._live().counters)
 
-    async def publish(self, topic: str, payload: bytes | str) -> None:
-        """Send a message on ``topic`` to the group."""
+    async def publish(self, topic: str, payload: bytes | str, *, reliable: bool = False) -> None:
+        """Send a message on ``topic`` to the group.
+
+        ``reliable=True``: any size up to ``ReliableConfig.max_message``; receivers get it
+        whole, in order per sender, repaired on loss, or an ``Unrecoverable`` event. Waits
+        while more than 8 MiB of reliable data is queued (back-pressure, not loss).
+        """
         session = self._live()
-        session.publish(topic, _as_bytes(payload), self._now())
+        if reliable:
+            while session.reliable_backlog > BACKLOG_LIMIT and self.session is session:
+                await self._wait_drained()
+        session.publish(topic, _as_bytes(payload), self._now(), reliable=reliable)
         self._pump()
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every reliable message went out once and no repair is pending.
+
+        Returns False at the timeout. Repairs asked for later are still served while the
+        node runs: stop the node only after receivers had time to ask.
+        """
+        session = self._live()
+        loop = self._loop
+        assert loop is not None
+        deadline = None if timeout is None else loop.time() + timeout
+        while self.session is session and not (session.reliable_settled() and not self._unsent):
+            if deadline is not None and loop.time() >= deadline:
+                return False
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                await asyncio.wait_for(self._wait_drained(), left)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+    def reliable_stats(self) -> dict[str, Any]:
+        """The reliable stream's counters: ours as a sender, and each sender's we receive."""
+        return self._live().reliable_stats()
 
     async def publish_json(self, topic: str, value: Any) -> None:
         """Send ``value`` as JSON."""
@@ -404,16 +446,42 @@ class Node:
             self.session.handle_timer(self._now())
             self._pump()
 
+    async def _wait_drained(self) -> None:
+        if self._drained is None:
+            self._drained = asyncio.Event()
+        self._drained.clear()
+        await self._drained.wait()
+
+    def _on_writable(self) -> None:
+        assert self._loop is not None and self._unicast_socket is not None
+        self._loop.remove_writer(self._unicast_socket.fileno())
+        self._pump()
+
     def _pump(self) -> None:
         session = self.session
         if session is None or self._unicast_socket is None:
             return
         sendto, group = self._unicast_socket.sock.sendto, self._unicast_socket.destination
-        for data, destination in session.datagrams_to_send():
+        unsent = self._unsent
+        if not unsent:
+            unsent.extend(session.datagrams_to_send())
+        while unsent:
+            data, destination = unsent[0]
             try:
                 sendto(data, destination or group)
+            except BlockingIOError:
+                # Socket buffer full: wait until it drains rather than drop what is queued.
+                assert self._loop is not None
+                self._loop.add_writer(self._unicast_socket.fileno(), self._on_writable)
+                break
             except OSError:
-                self.send_errors += 1  # full buffer or unreachable peer: counted, not fatal
+                self.send_errors += 1  # unreachable peer and the like: counted, not fatal
+            unsent.popleft()
+        # One pull per pump: a long send goes out in batches, between them the loop reads
+        # (NACKs, acknowledgements) because the session's timer asks for the next batch.
+        drained = session.reliable_backlog <= BACKLOG_LIMIT or session.reliable_settled()
+        if self._drained is not None and not unsent and drained:
+            self._drained.set()
         while (event := session.next_event()) is not None:
             self._dispatch(event)
         deadline = session.next_timer()

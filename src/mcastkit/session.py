@@ -16,6 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import MulticastError
+from .reliable import (
+    ACK,
+    RDATA_HEAD,
+    RSTATE,
+    ReliableConfig,
+    SlowReceiver,
+    StreamReceiver,
+    StreamSender,
+    Unrecoverable,
+    decode_nack,
+    encode_nack,
+)
 from .security import KeyRing, ReplayWindow
 from .wire import (
     HEADER,
@@ -41,6 +53,8 @@ __all__ = [
     "PeerInfo",
     "RequestReceived",
     "Session",
+    "SlowReceiver",
+    "Unrecoverable",
     "Updated",
 ]
 
@@ -157,7 +171,8 @@ class Message:
     payload: bytes
     source: Address
     timestamp_us: int
-    seq: int
+    seq: int  # frame seq; for a reliable message, the stream seq of its first fragment
+    reliable: bool = False
 
     def text(self) -> str:
         """The payload as UTF-8 text."""
@@ -191,7 +206,18 @@ class Gathered:
     rtts: dict[int, float]
 
 
-Event = Joined | Updated | Left | Failed | IdRenewed | Message | RequestReceived | Gathered
+Event = (
+    Joined
+    | Updated
+    | Left
+    | Failed
+    | IdRenewed
+    | Message
+    | RequestReceived
+    | Gathered
+    | Unrecoverable
+    | SlowReceiver
+)
 
 
 @dataclass
@@ -230,6 +256,7 @@ class Session:
         deliver_own: bool = False,
         max_datagram: int = 1472,
         wall_clock_us: Callable[[], int] | None = None,
+        reliable: ReliableConfig | None = None,
     ) -> None:
         if heartbeat <= 0:
             raise ValueError("heartbeat must be positive")
@@ -259,6 +286,10 @@ class Session:
         self._next_check = now + self._check_every
         self._started = False
         self._closed = False
+        self.reliable = reliable or ReliableConfig()
+        self._stream: StreamSender | None = None
+        self._streams: dict[int, StreamReceiver] = {}
+        self._now = now
 
     @property
     def node_id(self) -> int:
@@ -297,10 +328,55 @@ class Session:
         if self._started:
             self._send_hello(now, flags=Flag.HELLO_ANSWER, to=None)
 
-    def publish(self, topic: str, payload: bytes, now: float) -> None:
-        """Send a message on ``topic`` to the group."""
-        self._check_size(topic, payload)
-        self._send(FrameType.DATA, topic, payload, now)
+    def publish(self, topic: str, payload: bytes, now: float, *, reliable: bool = False) -> None:
+        """Send a message on ``topic`` to the group.
+
+        Reliable messages go on this node's stream: any size up to ``max_message``, repaired
+        on NACK, delivered in order; they leave at the configured rate through
+        ``datagrams_to_send``.
+        """
+        if not reliable:
+            self._check_size(topic, payload)
+            self._send(FrameType.DATA, topic, payload, now)
+            return
+        if self._closed:
+            return
+        if self._stream is None:
+            self._stream = StreamSender(self.reliable, now)
+        chunk = self._topic_info(topic)[1] - RDATA_HEAD.size
+        self._stream.enqueue(topic, payload, chunk)
+
+    @property
+    def reliable_backlog(self) -> int:
+        """Bytes of reliable messages queued and not yet sent once."""
+        return 0 if self._stream is None else self._stream.queued_bytes
+
+    def reliable_settled(self) -> bool:
+        """True when every reliable message went out and no repair is pending."""
+        return self._stream is None or self._stream.idle
+
+    def reliable_stats(self) -> dict[str, Any]:
+        """Counters of the reliable stream we send and of those we receive."""
+        stats: dict[str, Any] = {}
+        if self._stream is not None:
+            stream = self._stream
+            stats["sender"] = {
+                "next_seq": stream.next_seq,
+                "window_oldest": stream.oldest,
+                "window_bytes": stream.window_bytes,
+                "queued_bytes": stream.queued_bytes,
+                **stream.counters,
+            }
+        stats["receivers"] = {
+            f"{sender:016x}": {
+                "next_seq": r.next_deliver,
+                "missing": len(r.missing),
+                "memory": r.memory,
+                **r.counters,
+            }
+            for sender, r in self._streams.items()
+        }
+        return stats
 
     def request(
         self, topic: str, payload: bytes, now: float, *, timeout: float, want: Want = "all"
@@ -325,6 +401,8 @@ class Session:
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address | None]]:
         """Datagrams due now; None as destination means the group."""
+        if self._stream is not None and not self._closed:
+            self._pull_stream(self._now)
         out = list(self._outgoing)
         self._outgoing.clear()
         return out
@@ -342,6 +420,14 @@ class Session:
             soonest = self._next_check
         if self._pending:
             soonest = min(soonest, min(p.deadline for p in self._pending.values()))
+        if self._stream is not None:
+            when = self._stream.next_timer(self._now)
+            if when is not None and when < soonest:
+                soonest = when
+        for stream in self._streams.values():
+            when = stream.next_timer()
+            if when is not None and when < soonest:
+                soonest = when
         return soonest
 
     # --- inputs --------------------------------------------------------------------------
@@ -350,9 +436,21 @@ class Session:
         """Heartbeats, failure detection and request deadlines."""
         if self._closed:
             return
+        self._now = now
         if self._started and now >= self._next_heartbeat:
             self._send(FrameType.HEARTBEAT, "", b"", now)
+            if self._stream is not None:
+                self._send_state(now)
             self._next_heartbeat = now + self.heartbeat
+        if self._stream is not None:
+            if self._stream.probe_due(now):
+                self._send_state(now)
+            self._pull_stream(now)
+        for stream in list(self._streams.values()):
+            for runs in stream.handle_timer(now):
+                payload = encode_nack(stream.sender, stream.incarnation, runs)
+                self._send(FrameType.NACK, "", payload, now)
+            self._collect(stream, now)
         if now >= self._next_check:
             self._next_check = now + self._check_every
             silent = [p for p in self.peers.values() if now - p.last_seen > self.failure_timeout]
@@ -366,6 +464,7 @@ class Session:
         """Take one datagram from the network: hostile input is counted and dropped."""
         if self._closed:
             return
+        self._now = now
         self.counters["datagrams"] += 1
         if self.keyring is not None:
             if not is_sealed(data):
@@ -529,6 +628,118 @@ class Session:
         self.peers.pop(peer.node_id, None)
         for key in [k for k in self._windows if k[0] == peer.node_id]:
             del self._windows[key]
+        stream = self._streams.pop(peer.node_id, None)
+        if stream is not None:
+            stream.close("sender-gone")
+            self._collect(stream, self._now)
+        if self._stream is not None:
+            self._stream.forget_peer(peer.node_id)
+
+    # --- reliable streams ----------------------------------------------------------------
+
+    def _pull_stream(self, now: float) -> None:
+        stream = self._stream
+        assert stream is not None
+        flags = Flag.ACK_WANTED if stream.wants_acks else 0
+        for topic, payload, repair in stream.pull(now):
+            self._send(
+                FrameType.RDATA, topic, payload, now, flags=flags | (Flag.REPAIR if repair else 0)
+            )
+        for slow in stream.take_slow_events():
+            self._events.append(slow)
+
+    def _send_state(self, now: float) -> None:
+        stream = self._stream
+        assert stream is not None
+        flags = Flag.ACK_WANTED if stream.wants_acks else 0
+        self._send(
+            FrameType.RSTATE, "", RSTATE.pack(stream.oldest, stream.next_seq), now, flags=flags
+        )
+
+    def _receiver(self, frame: Frame, peer: PeerInfo) -> StreamReceiver:
+        stream = self._streams.get(frame.sender)
+        if stream is None or stream.incarnation != frame.incarnation:
+            random = self._random
+            stream = StreamReceiver(
+                frame.sender,
+                frame.incarnation,
+                self.reliable,
+                lambda: int.from_bytes(random(4), "big") / 2**32,
+            )
+            self._streams[frame.sender] = stream
+        if frame.flags & Flag.ACK_WANTED:
+            stream.acks_wanted = True
+        return stream
+
+    def _collect(self, stream: StreamReceiver, now: float) -> None:
+        """Move a receiver stream's messages and losses to our events; acknowledge if due."""
+        if stream.delivered:
+            peer = self.peers.get(stream.sender)
+            name = peer.name if peer else "?"
+            source = peer.address if peer and peer.address else ("", 0)
+            for topic, payload, first_seq in stream.delivered:
+                self._events.append(
+                    Message(stream.sender, name, topic, payload, source, 0, first_seq, True)
+                )
+            stream.delivered.clear()
+        if stream.events:
+            self._events.extend(stream.events)
+            self.counters["reliable-unrecoverable"] += len(stream.events)
+            stream.events.clear()
+        through = stream.ack_due(now)
+        if through is not None:
+            self._send_ack(stream, through, now)
+
+    def _send_ack(self, stream: StreamReceiver, through: int, now: float) -> None:
+        peer = self.peers.get(stream.sender)
+        if peer is not None and peer.address is not None:
+            payload = ACK.pack(stream.sender, stream.incarnation, through)
+            self._send(FrameType.ACK, "", payload, now, to=peer.address)
+
+    def _on_rdata(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
+        stream = self._receiver(frame, peer)
+        if not stream.on_data(frame.payload, frame.topic, now):
+            self._drop("bad-rdata")
+            return
+        self._collect(stream, now)
+
+    def _on_rstate(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
+        if len(frame.payload) != RSTATE.size:
+            self._drop("bad-rstate")
+            return
+        stream = self._receiver(frame, peer)
+        oldest, next_seq = RSTATE.unpack(frame.payload)
+        stream.on_state(oldest, next_seq, now)
+        if frame.flags & Flag.ACK_WANTED:
+            through = stream.ack_now()
+            if through is not None:
+                self._send_ack(stream, through, now)
+        self._collect(stream, now)
+
+    def _on_nack(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
+        decoded = decode_nack(frame.payload)
+        if decoded is None:
+            self._drop("bad-nack")
+            return
+        target, incarnation, runs = decoded
+        if target == self.node_id and incarnation == self.incarnation:
+            if self._stream is not None:
+                self._stream.on_nack(runs, now)
+                if self._stream.state_wanted:
+                    self._send_state(now)
+                    self._stream.state_wanted = False
+            return
+        stream = self._streams.get(target)
+        if stream is not None and stream.incarnation == incarnation:
+            stream.on_foreign_nack(runs, now)
+
+    def _on_ack(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
+        if len(frame.payload) != ACK.size:
+            self._drop("bad-ack")
+            return
+        target, incarnation, through = ACK.unpack(frame.payload)
+        if target == self.node_id and incarnation == self.incarnation and self._stream:
+            self._stream.on_ack(frame.sender, through, now)
 
     def _on_hello(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
         try:
@@ -621,4 +832,8 @@ _HANDLERS: dict[FrameType, Callable[[Session, Frame, PeerInfo, Address, float], 
     FrameType.DATA: Session._on_data,
     FrameType.REQUEST: Session._on_request,
     FrameType.REPLY: Session._on_reply,
+    FrameType.RDATA: Session._on_rdata,
+    FrameType.NACK: Session._on_nack,
+    FrameType.RSTATE: Session._on_rstate,
+    FrameType.ACK: Session._on_ack,
 }

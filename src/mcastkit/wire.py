@@ -46,6 +46,10 @@ class FrameType(IntEnum):
     DATA = 4
     REQUEST = 5
     REPLY = 6
+    RDATA = 7  # a fragment of a reliable stream (reliable.py)
+    NACK = 8  # a receiver asks a sender to repair seqs (multicast: others hear it)
+    RSTATE = 9  # a sender's window: oldest repairable seq and next seq
+    ACK = 10  # a receiver has a sender's stream through a seq (only under "wait")
 
 
 class Flag:
@@ -54,6 +58,8 @@ class Flag:
     UNICAST = 0x01  # sent to one peer: its seq is from the sender's unicast counter
     HELLO_ANSWER = 0x02  # a HELLO answering another's HELLO: do not answer it again
     HELLO_WANTED = 0x04  # the receiver does not know us: please send a HELLO
+    REPAIR = 0x08  # RDATA: a retransmission answering a NACK
+    ACK_WANTED = 0x10  # RDATA / RSTATE: the sender waits for slow receivers: acknowledge
 
 
 class Frame(NamedTuple):

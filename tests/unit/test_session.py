@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
+from fakenet import FakeNet
 
-from mcastkit.security import GroupKey, KeyRing
+from mcastkit.security import GroupKey
 from mcastkit.session import (
     Failed,
     Gathered,
@@ -18,77 +17,6 @@ from mcastkit.session import (
     RequestReceived,
     Session,
 )
-
-
-class FakeNet:
-    """Delivers group datagrams to every session (sender included), unicast to one address."""
-
-    def __init__(self, loss: float = 0.0, seed: int = 1) -> None:
-        self.sessions: dict[tuple[str, int], Session] = {}
-        self.rng = random.Random(seed)
-        self.loss = loss
-        self.now = 0.0
-        self.events: dict[tuple[str, int], list[object]] = {}
-        self.muted: set[tuple[str, int]] = set()
-
-    def add(self, name: str, *, key: GroupKey | None = None, **options: object) -> Session:
-        address = (f"10.0.0.{len(self.sessions) + 1}", 5000)
-        rng = self.rng
-        session = Session(
-            node_id=rng.getrandbits(64),
-            incarnation=rng.getrandbits(32),
-            name=name,
-            now=self.now,
-            random_bytes=lambda n: rng.randbytes(n),
-            heartbeat=1.0,
-            keyring=KeyRing([key], lambda n: rng.randbytes(n)) if key else None,
-            **options,  # type: ignore[arg-type]
-        )
-        self.sessions[address] = session
-        self.events[address] = []
-        return session
-
-    def address_of(self, session: Session) -> tuple[str, int]:
-        return next(a for a, s in self.sessions.items() if s is session)
-
-    def flush(self) -> int:
-        """Move datagrams until none are left; return how many were delivered."""
-        moved = 0
-        progress = True
-        while progress:
-            progress = False
-            for source, session in list(self.sessions.items()):
-                for data, destination in session.datagrams_to_send():
-                    progress = True
-                    if source in self.muted:
-                        continue
-                    targets = (
-                        list(self.sessions.items())
-                        if destination is None
-                        else [(destination, self.sessions[destination])]
-                    )
-                    for address, target in targets:
-                        if address != source and self.rng.random() < self.loss:
-                            continue
-                        target.receive_datagram(data, source, self.now)
-                        moved += 1
-            for address, session in self.sessions.items():
-                while (event := session.next_event()) is not None:
-                    self.events[address].append(event)
-        return moved
-
-    def run(self, seconds: float, step: float = 0.1) -> None:
-        end = self.now + seconds
-        while self.now < end:
-            self.now = round(self.now + step, 6)
-            for session in self.sessions.values():
-                timer = session.next_timer()
-                if timer is not None and timer <= self.now:
-                    session.handle_timer(self.now)
-            self.flush()
-
-    def of(self, session: Session, kind: type) -> list:
-        return [e for e in self.events[self.address_of(session)] if isinstance(e, kind)]
 
 
 def _start(net: FakeNet, count: int, **options: object) -> list[Session]:

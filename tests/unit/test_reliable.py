@@ -1,0 +1,379 @@
+"""Reliable streams on the Session, over a fake lossy link with a fake clock (deterministic)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fakenet import FakeNet
+from mcastkit.reliable import (
+    RDATA_HEAD,
+    ReliableConfig,
+    SlowReceiver,
+    StreamReceiver,
+    StreamSender,
+    Unrecoverable,
+    decode_nack,
+    encode_nack,
+    ranges_of,
+)
+from mcastkit.session import Message, Session
+from mcastkit.wire import HEADER, FrameType
+
+STEP = 0.001
+
+
+def _group(net: FakeNet, receivers: int, **options: object) -> tuple[Session, list[Session]]:
+    sender = net.add("sender", **options)
+    others = [net.add(f"r{i}", **options) for i in range(receivers)]
+    for session in [sender, *others]:
+        session.start(net.now)
+    net.flush()
+    return sender, others
+
+
+def _messages(net: FakeNet, session: Session) -> list[Message]:
+    return [m for m in net.of(session, Message) if m.reliable]
+
+
+def _payloads(count: int, seed: int, largest: int = 60_000) -> list[bytes]:
+    rng = random.Random(seed)
+    sizes = [rng.choice([0, 1, 100, 1400, 3000, rng.randrange(1, largest)]) for _ in range(count)]
+    return [rng.randbytes(size) for size in sizes]
+
+
+def _kind(data: bytes) -> int:
+    return data[3]
+
+
+def _stream_seq(data: bytes) -> int:
+    topic_length = data[5]
+    return int(RDATA_HEAD.unpack_from(data, HEADER.size + topic_length)[0])
+
+
+def _sent(session: Session, kind: FrameType) -> int:
+    return session.counters[f"sent:{kind.name.lower()}"]
+
+
+@pytest.mark.parametrize(("loss", "seed"), [(0.0, 1), (0.05, 2), (0.2, 3)])
+def test_every_receiver_gets_every_message_in_order(loss: float, seed: int) -> None:
+    net = FakeNet(seed=seed)
+    sender, receivers = _group(net, 3)
+    net.loss = loss
+    payloads = _payloads(120, seed)
+    for index, payload in enumerate(payloads):
+        sender.publish(f"t{index % 3}", payload, net.now, reliable=True)
+        net.run(0.01, step=STEP)
+    net.run(2.0, step=STEP)
+    for receiver in receivers:
+        got = _messages(net, receiver)
+        assert [m.payload for m in got] == payloads
+        assert [m.topic for m in got] == [f"t{i % 3}" for i in range(len(payloads))]
+        assert {m.sender for m in got} == {sender.node_id}
+        assert not net.of(receiver, Unrecoverable)
+    if loss:
+        assert sender.reliable_stats()["sender"]["repairs-sent"] > 0
+
+
+def _slow_repair_of_seq_five(net: FakeNet, hide_nacks_from: set[tuple[str, int]]):  # type: ignore[no-untyped-def]
+    """Every receiver misses seq 5, and no copy of it gets through in the first 30 ms (a slow
+    path), so NACK timers run out while the gap is still open."""
+    first_copy: set[tuple[str, int]] = set()
+
+    def drop(data: bytes, address: tuple[str, int]) -> bool:
+        if _kind(data) == FrameType.NACK and address in hide_nacks_from:
+            return True
+        if _kind(data) == FrameType.RDATA and _stream_seq(data) == 5:
+            if address not in first_copy or net.now < 0.03:
+                first_copy.add(address)
+                return True
+        return False
+
+    return drop
+
+
+def test_a_gap_seen_by_twenty_receivers_costs_about_one_nack() -> None:
+    net = FakeNet(seed=5)
+    sender, receivers = _group(net, 20)
+    net.drop_if = _slow_repair_of_seq_five(net, set())
+    payloads = _payloads(10, 9, largest=1000)
+    for payload in payloads:
+        sender.publish("t", payload, net.now, reliable=True)
+    net.run(0.5, step=0.0002)
+    nacks = sum(_sent(r, FrameType.NACK) for r in receivers)
+    suppressed = sum(
+        r.reliable_stats()["receivers"][f"{sender.node_id:016x}"].get("nacks-suppressed", 0)
+        for r in receivers
+    )
+    assert 1 <= nacks <= 4, nacks  # random back-off + suppression: not 20 per round
+    assert suppressed >= 15
+    assert sender.reliable_stats()["sender"]["repairs-sent"] <= nacks
+    for receiver in receivers:
+        assert [m.payload for m in _messages(net, receiver)] == payloads
+
+
+def test_without_suppression_every_receiver_asks() -> None:
+    """The control: the same gap, but receivers cannot hear each other's NACKs."""
+    net = FakeNet(seed=5)
+    sender, receivers = _group(net, 20)
+    net.drop_if = _slow_repair_of_seq_five(net, {net.address_of(r) for r in receivers})
+    payloads = _payloads(10, 9, largest=1000)
+    for payload in payloads:
+        sender.publish("t", payload, net.now, reliable=True)
+    net.run(0.5, step=0.0002)
+    assert sum(_sent(r, FrameType.NACK) for r in receivers) >= 20
+    for receiver in receivers:
+        assert [m.payload for m in _messages(net, receiver)] == payloads
+
+
+def test_tail_loss_is_found_by_the_senders_probe() -> None:
+    net = FakeNet(seed=2)
+    sender, (receiver,) = _group(net, 1)
+    first = [True]
+
+    def drop_last(data: bytes, address: tuple[str, int]) -> bool:
+        if _kind(data) == FrameType.RDATA and _stream_seq(data) == 3 and first[0]:
+            first[0] = False
+            return True
+        return False
+
+    net.drop_if = drop_last
+    for text in (b"a", b"b", b"c"):
+        sender.publish("t", text, net.now, reliable=True)
+    net.flush()
+    assert [m.payload for m in _messages(net, receiver)] == [b"a", b"b"]
+    net.run(0.2, step=STEP)
+    assert [m.payload for m in _messages(net, receiver)] == [b"a", b"b", b"c"]
+
+
+def test_data_beyond_the_window_is_reported_unrecoverable_and_delivery_goes_on() -> None:
+    net = FakeNet(seed=4)
+    config = ReliableConfig(window_bytes=20_000)
+    sender, (steady, lagging) = _group(net, 2, reliable=config)
+    lagging_address = net.address_of(lagging)
+    payloads = [bytes([i]) * 1000 for i in range(100)]
+    for payload in payloads[:10]:
+        sender.publish("t", payload, net.now, reliable=True)
+    net.run(0.1, step=STEP)
+    net.deaf.add(lagging_address)  # misses 60 messages: three times the window
+    for payload in payloads[10:70]:
+        sender.publish("t", payload, net.now, reliable=True)
+    net.run(0.1, step=STEP)
+    net.deaf.discard(lagging_address)
+    for payload in payloads[70:]:
+        sender.publish("t", payload, net.now, reliable=True)
+    net.run(1.0, step=STEP)
+    assert [m.payload for m in _messages(net, steady)] == payloads
+    got = [m.payload for m in _messages(net, lagging)]
+    lost = net.of(lagging, Unrecoverable)
+    assert lost and lost[0].reason == "window-passed"
+    assert lost[0].first_seq == 11 and lost[-1].last_seq >= 50
+    # Nothing lost silently: what arrived plus what was reported covers every message.
+    reported = {seq for event in lost for seq in range(event.first_seq, event.last_seq + 1)}
+    delivered = {m.seq for m in _messages(net, lagging)}
+    assert delivered | reported == set(range(1, 101))
+    assert got[:10] == payloads[:10] and got[-30:] == payloads[70:]
+
+
+def test_late_joiner_starts_at_the_next_whole_message() -> None:
+    net = FakeNet(seed=6)
+    sender, (early,) = _group(net, 1)
+    big = bytes(range(256)) * 40  # 10 KiB: several fragments
+    sender.publish("t", b"before", net.now, reliable=True)
+    net.flush()
+    late = net.add("late")
+    late.start(net.now)
+    net.flush()
+    late_address = net.address_of(late)
+    net.deaf.add(late_address)
+    sender.publish("t", big, net.now, reliable=True)
+    # The late joiner hears the big message from its third fragment on.
+    pulled = sender.datagrams_to_send()
+    source = net.address_of(sender)
+    for data, _ in pulled:
+        net.sessions[net.address_of(early)].receive_datagram(data, source, net.now)
+    for data, _ in pulled[2:]:
+        late.receive_datagram(data, source, net.now)
+    net.deaf.discard(late_address)
+    sender.publish("t", b"after", net.now, reliable=True)
+    net.run(0.5, step=STEP)
+    assert [m.payload for m in _messages(net, early)] == [b"before", big, b"after"]
+    assert [m.payload for m in _messages(net, late)] == [b"after"]
+    assert not net.of(late, Unrecoverable)
+    assert _sent(late, FrameType.NACK) == 0  # no history is asked for
+
+
+def test_wait_policy_holds_the_sender_for_a_slow_receiver_and_loses_nothing() -> None:
+    net = FakeNet(seed=8)
+    config = ReliableConfig(window_bytes=10_000, slow_receiver="wait", slow_timeout=5.0)
+    sender, (fast, slow) = _group(net, 2, reliable=config)
+    payloads = [bytes([i]) * 1000 for i in range(60)]
+    sender.publish("t", payloads[0], net.now, reliable=True)
+    net.run(0.1, step=STEP)  # both acknowledge once: both are waited for
+    slow_address = net.address_of(slow)
+    net.deaf.add(slow_address)
+    for payload in payloads[1:]:
+        sender.publish("t", payload, net.now, reliable=True)
+    net.run(1.0, step=STEP)
+    assert sender.reliable_stats()["sender"]["held-for-slow-receiver"] > 0
+    assert len(_messages(net, fast)) < 20  # the window (10 kB) holds the sender back
+    net.deaf.discard(slow_address)
+    net.run(2.0, step=STEP)
+    for receiver in (fast, slow):
+        assert [m.payload for m in _messages(net, receiver)] == payloads
+        assert not net.of(receiver, Unrecoverable)
+    assert not net.of(sender, SlowReceiver)
+
+
+def test_wait_policy_drops_a_receiver_that_stays_stalled() -> None:
+    net = FakeNet(seed=9)
+    config = ReliableConfig(window_bytes=10_000, slow_receiver="wait", slow_timeout=0.5)
+    sender, (fast, stuck) = _group(net, 2, reliable=config, failure_timeout=100.0)
+    payloads = [bytes([i]) * 1000 for i in range(40)]
+    sender.publish("t", payloads[0], net.now, reliable=True)
+    net.run(0.1, step=STEP)
+    net.deaf.add(net.address_of(stuck))
+    for payload in payloads[1:]:
+        sender.publish("t", payload, net.now, reliable=True)
+    net.run(2.0, step=STEP)
+    slow = net.of(sender, SlowReceiver)
+    assert [e.peer for e in slow] == [stuck.node_id]
+    assert [m.payload for m in _messages(net, fast)] == payloads
+
+
+def test_a_message_of_several_mebibytes_survives_loss() -> None:
+    net = FakeNet(seed=10)
+    sender, receivers = _group(net, 2)
+    net.loss = 0.05
+    big = random.Random(1).randbytes(3 << 20)
+    sender.publish("big", big, net.now, reliable=True)
+    net.run(3.0, step=STEP)
+    for receiver in receivers:
+        got = _messages(net, receiver)
+        assert len(got) == 1 and got[0].payload == big and got[0].topic == "big"
+        state = receiver.reliable_stats()["receivers"][f"{sender.node_id:016x}"]
+        assert state["memory"] == 0 and state["missing"] == 0
+
+
+def test_a_message_above_max_message_is_refused_by_the_sender_and_reported_by_receivers() -> None:
+    net = FakeNet(seed=11)
+    small = ReliableConfig(max_message=10_000)
+    sender, (receiver,) = _group(net, 1)
+    receiver.reliable = small
+    with pytest.raises(ValueError, match="max_message"):
+        Session(
+            node_id=1, incarnation=1, name="x", now=0.0, random_bytes=bytes, reliable=small
+        ).publish("t", b"x" * 10_001, 0.0, reliable=True)
+    sender.publish("t", b"y" * 20_000, net.now, reliable=True)
+    sender.publish("t", b"ok", net.now, reliable=True)
+    net.run(0.2, step=STEP)
+    assert [m.payload for m in _messages(net, receiver)] == [b"ok"]
+    assert [e.reason for e in net.of(receiver, Unrecoverable)] == ["too-large"]
+
+
+def test_receiver_memory_limit_holds_but_loses_nothing() -> None:
+    net = FakeNet(seed=12)
+    sender, (receiver,) = _group(net, 1)
+    receiver.reliable = ReliableConfig(receiver_memory=50_000)
+    net.loss = 0.1
+    payloads = [bytes([i % 256]) * 1400 for i in range(300)]
+    for payload in payloads:
+        sender.publish("t", payload, net.now, reliable=True)
+    net.run(3.0, step=STEP)
+    assert [m.payload for m in _messages(net, receiver)] == payloads
+    stats = receiver.reliable_stats()["receivers"][f"{sender.node_id:016x}"]
+    assert stats.get("dropped-memory-limit", 0) > 0
+
+
+def test_a_sender_that_fails_mid_message_is_reported() -> None:
+    net = FakeNet(seed=13)
+    sender, (receiver,) = _group(net, 1)
+    sender.publish("t", b"z" * 20_000, net.now, reliable=True)
+    pulled = sender.datagrams_to_send()
+    for data, _ in pulled[:5]:
+        receiver.receive_datagram(data, net.address_of(sender), net.now)
+    net.muted.add(net.address_of(sender))
+    net.run(5.0, step=0.01)
+    (lost,) = net.of(receiver, Unrecoverable)
+    assert lost.reason == "sender-gone" and lost.partial and lost.first_seq == 1
+    assert not _messages(net, receiver)
+
+
+def test_no_repair_within_repair_timeout_gives_up() -> None:
+    net = FakeNet(seed=14)
+    config = ReliableConfig(repair_timeout=0.3)
+    sender, (receiver,) = _group(net, 1, reliable=config)
+
+    def drop_seq_two(data: bytes, address: tuple[str, int]) -> bool:
+        return _kind(data) == FrameType.RDATA and _stream_seq(data) == 2
+
+    net.drop_if = drop_seq_two
+    for text in (b"1", b"2", b"3"):
+        sender.publish("t", text, net.now, reliable=True)
+    net.run(1.0, step=STEP)
+    assert [m.payload for m in _messages(net, receiver)] == [b"1", b"3"]
+    (lost,) = net.of(receiver, Unrecoverable)
+    assert (lost.first_seq, lost.last_seq, lost.reason) == (2, 2, "repair-timeout")
+
+
+def test_rate_limit_spaces_the_fragments() -> None:
+    net = FakeNet(seed=15)
+    config = ReliableConfig(rate_pps=1000)
+    sender, (receiver,) = _group(net, 1, reliable=config)
+    for _ in range(200):
+        sender.publish("t", b"x" * 100, net.now, reliable=True)
+    net.run(0.1, step=STEP)
+    early = len(_messages(net, receiver))
+    assert 90 <= early <= 115  # 1000/s for 0.1 s, plus the 8-datagram bucket
+    net.run(0.2, step=STEP)
+    assert len(_messages(net, receiver)) == 200
+
+
+def test_sealed_groups_carry_reliable_streams() -> None:
+    from mcastkit.security import GroupKey
+
+    key = GroupKey(bytes(range(32)))
+    net = FakeNet(seed=16)
+    sender = net.add("s", key=key)
+    receiver = net.add("r", key=key)
+    for session in (sender, receiver):
+        session.start(net.now)
+    net.flush()
+    net.loss = 0.1
+    payloads = _payloads(30, 16)
+    for payload in payloads:
+        sender.publish("t", payload, net.now, reliable=True)
+    net.run(1.0, step=STEP)
+    assert [m.payload for m in _messages(net, receiver)] == payloads
+
+
+def test_nack_codec_round_trip_and_ranges() -> None:
+    assert ranges_of([5, 1, 2, 3, 9, 10]) == [(1, 3), (5, 1), (9, 2)]
+    payload = encode_nack(7, 9, [(1, 3), (9, 2)])
+    assert decode_nack(payload) == (7, 9, [(1, 3), (9, 2)])
+    assert decode_nack(payload[:-1]) is None
+    assert decode_nack(encode_nack(7, 9, [(0, 3)])) is None
+
+
+def test_config_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="slow_receiver"):
+        ReliableConfig(slow_receiver="block")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="window_bytes"):
+        ReliableConfig(window_bytes=0)
+    with pytest.raises(ValueError, match="not both"):
+        ReliableConfig(rate_pps=1, rate_bps=1)
+
+
+def test_hostile_stream_inputs_are_refused_without_raising() -> None:
+    receiver = StreamReceiver(1, 1, ReliableConfig(), random=lambda: 0.5)
+    assert not receiver.on_data(b"", "t", 0.0)
+    assert not receiver.on_data(RDATA_HEAD.pack(0, 1, 0) + b"x", "t", 0.0)  # seq 0
+    assert not receiver.on_data(RDATA_HEAD.pack(1, 1, 5) + b"x", "t", 0.0)  # past the end
+    assert receiver.on_data(RDATA_HEAD.pack(10, 1, 0) + b"x", "t", 0.0)
+    # A wild jump: restart instead of tracking four billion gaps.
+    assert receiver.on_data(RDATA_HEAD.pack(2**40, 1, 0) + b"y", "t", 0.0)
+    assert len(receiver.missing) == 0
+    sender = StreamSender(ReliableConfig(), 0.0)
+    sender.on_nack([(1, 2**32 - 1)], 0.0)  # nothing sent yet: nothing to repair
+    assert sender.pull(0.0) == []
