@@ -67,20 +67,29 @@ class Host:
 
 
 def wait_for_line(stream: object, needle: str, timeout: float = 10.0) -> str:
-    """Read lines from a pipe until one contains ``needle``; fail after ``timeout`` seconds."""
+    """Read lines from a pipe until one contains ``needle``; fail after ``timeout`` seconds.
+
+    Reads the file descriptor a byte at a time: a buffered readline could swallow the lines
+    after the needle, where a later select() would not see them.
+    """
     deadline = time.monotonic() + timeout
     seen: list[str] = []
     fd = stream.fileno()  # type: ignore[attr-defined]
+    line = b""
     while time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:
             break
-        line = stream.readline()  # type: ignore[attr-defined]
-        if not line:
+        byte = os.read(fd, 1)
+        if not byte:
             break
-        seen.append(line)
-        if needle in line:
-            return line
+        line += byte
+        if byte != b"\n":
+            continue
+        text, line = line.decode(errors="replace"), b""
+        seen.append(text)
+        if needle in text:
+            return text
     raise AssertionError(f"{needle!r} not seen within {timeout}s; got: {''.join(seen)!r}")
 
 

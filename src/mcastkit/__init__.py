@@ -9,6 +9,7 @@ from .errors import (
     MulticastError,
     SocketSetupError,
 )
+from .reliable import ReliableConfig, SlowReceiver, Unrecoverable
 from .security import GroupKey, SecurityError, key_from_passphrase, load_key_file, write_key_file
 from .session import (
     Failed,
@@ -59,13 +60,16 @@ __all__ = [
     "Node",
     "Packet",
     "PeerInfo",
+    "ReliableConfig",
     "Request",
     "RequestReceived",
     "SecurityError",
     "Session",
+    "SlowReceiver",
     "SocketSetupError",
     "Subscription",
     "SyncNode",
+    "Unrecoverable",
     "Updated",
     "__version__",
     "classify",

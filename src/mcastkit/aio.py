@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -352,6 +352,12 @@ class Node:
                 return False
         return True
 
+    def run_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` beside the node; it is cancelled when the node stops."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def reliable_stats(self) -> dict[str, Any]:
         """The reliable stream's counters: ours as a sender, and each sender's we receive."""
         return self._live().reliable_stats()
@@ -530,9 +536,7 @@ class Node:
             except Exception:  # a failing handler must not take the node down
                 log.exception("request handler for %r failed", event.topic)
 
-        task = asyncio.ensure_future(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.run_task(run())
 
 
 def _version() -> str:

@@ -495,6 +495,11 @@ class StreamReceiver:
             self.buffered_bytes += len(chunk)
         return True
 
+    def start_at(self, seq: int) -> None:
+        """Expect the stream from ``seq`` (the sender's hello said so); only before data."""
+        if self.next_deliver == 0 and seq > 0:
+            self.next_deliver, self.highest = seq, seq - 1
+
     def on_state(self, oldest: int, next_seq: int, now: float) -> None:
         """The sender's window: seqs below ``oldest`` are gone; ``next_seq`` reveals tail loss."""
         if next_seq == 0 or oldest > next_seq:

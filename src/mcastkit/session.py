@@ -65,6 +65,7 @@ _REQUEST_ID = struct.Struct("!Q")
 DEFAULT_HEARTBEAT = 1.0
 MISSED_HEARTBEATS = 3
 MAX_META_BYTES = 1024
+STREAM_KEY = "_rs"  # in a hello: the sender's next reliable seq (not part of the metadata)
 TOPIC_CACHE = 1024
 _SENT_KEY = {kind: f"sent:{kind.name.lower()}" for kind in FrameType}
 
@@ -88,6 +89,7 @@ class PeerInfo:
     highest_seq: int = -1
     rtt: float | None = None
     reported: bool = False  # a Joined event went out for this peer
+    stream_start: int = 0  # its reliable stream's next seq, as its last hello said
 
     @property
     def name(self) -> str:
@@ -568,7 +570,10 @@ class Session:
         self.counters[_SENT_KEY[kind]] += 1
 
     def _send_hello(self, now: float, *, flags: int, to: Address | None) -> None:
-        meta = json.dumps(self.meta, separators=(",", ":")).encode()
+        # Where our reliable stream stands: a member that hears this before our next data
+        # starts there (and repairs a lost first fragment); a late joiner starts cleanly.
+        stream_next = 1 if self._stream is None else self._stream.next_seq
+        meta = json.dumps({**self.meta, STREAM_KEY: stream_next}, separators=(",", ":")).encode()
         if len(meta) > MAX_META_BYTES:
             raise MessageTooLarge(f"metadata is {len(meta)} bytes; the limit is {MAX_META_BYTES}")
         self._send(FrameType.HELLO, "", meta, now, flags=flags, to=to)
@@ -667,6 +672,8 @@ class Session:
                 lambda: int.from_bytes(random(4), "big") / 2**32,
             )
             self._streams[frame.sender] = stream
+            if peer.stream_start:
+                stream.start_at(peer.stream_start)
         if frame.flags & Flag.ACK_WANTED:
             stream.acks_wanted = True
         return stream
@@ -750,6 +757,9 @@ class Session:
         if not isinstance(meta, dict):
             self._drop("bad-hello")
             return
+        stream_next = meta.pop(STREAM_KEY, None)
+        if type(stream_next) is int and stream_next > 0:
+            peer.stream_start = stream_next
         changed = meta != peer.meta
         peer.meta = meta
         if not peer.reported:

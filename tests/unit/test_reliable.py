@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from fakenet import FakeNet
+
 from mcastkit.reliable import (
     RDATA_HEAD,
     ReliableConfig,
@@ -84,10 +84,10 @@ def _slow_repair_of_seq_five(net: FakeNet, hide_nacks_from: set[tuple[str, int]]
     def drop(data: bytes, address: tuple[str, int]) -> bool:
         if _kind(data) == FrameType.NACK and address in hide_nacks_from:
             return True
-        if _kind(data) == FrameType.RDATA and _stream_seq(data) == 5:
-            if address not in first_copy or net.now < 0.03:
-                first_copy.add(address)
-                return True
+        seq_five = _kind(data) == FrameType.RDATA and _stream_seq(data) == 5
+        if seq_five and (address not in first_copy or net.now < 0.03):
+            first_copy.add(address)
+            return True
         return False
 
     return drop
@@ -176,20 +176,30 @@ def test_data_beyond_the_window_is_reported_unrecoverable_and_delivery_goes_on()
     assert got[:10] == payloads[:10] and got[-30:] == payloads[70:]
 
 
+def test_a_member_that_misses_the_first_fragment_still_gets_the_first_message() -> None:
+    net = FakeNet(seed=6)
+    sender, (receiver,) = _group(net, 1)  # the hello told it: the stream starts at seq 1
+    net.drop_if = lambda data, _: _kind(data) == FrameType.RDATA and _stream_seq(data) == 1
+    sender.publish("t", b"x" * 5000, net.now, reliable=True)
+    net.flush()
+    net.drop_if = None
+    net.run(0.2, step=STEP)
+    assert [m.payload for m in _messages(net, receiver)] == [b"x" * 5000]
+
+
 def test_late_joiner_starts_at_the_next_whole_message() -> None:
     net = FakeNet(seed=6)
     sender, (early,) = _group(net, 1)
     big = bytes(range(256)) * 40  # 10 KiB: several fragments
     sender.publish("t", b"before", net.now, reliable=True)
     net.flush()
-    late = net.add("late")
-    late.start(net.now)
-    net.flush()
-    late_address = net.address_of(late)
-    net.deaf.add(late_address)
     sender.publish("t", big, net.now, reliable=True)
+    late = net.add("late")
+    late_address = net.address_of(late)
+    net.deaf.add(late_address)  # joins while the big message is under way: hears no hello
+    late.start(net.now)
     # The late joiner hears the big message from its third fragment on.
-    pulled = sender.datagrams_to_send()
+    pulled = [d for d in sender.datagrams_to_send() if _kind(d[0]) == FrameType.RDATA]
     source = net.address_of(sender)
     for data, _ in pulled:
         net.sessions[net.address_of(early)].receive_datagram(data, source, net.now)

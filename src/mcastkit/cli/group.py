@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import subprocess
 import sys
 import time
 from typing import Any
 
 from ..aio import DEFAULT_GROUP, Node, Request
+from ..diag.bench import parse_rate
+from ..reliable import ReliableConfig, SlowReceiver, Unrecoverable
 from ..security import write_key_file
 from ..session import Failed, IdRenewed, Joined, Left, Message, Updated
-from .output import add_key_options, emit_json, group_key, note, preview, say
+from .output import add_key_options, emit_json, group_key, note, parse_size, preview, say
+
+TEXT_LIMIT = 64 << 10  # larger payloads are shown by size and sha256, not as text
 
 
 def _node_options(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +39,52 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _reliable_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reliable streams")
+    group.add_argument(
+        "--max-message",
+        default="64M",
+        metavar="SIZE",
+        help="largest reliable message accepted or sent (default 64M)",
+    )
+    group.add_argument(
+        "--window",
+        default="32M",
+        metavar="SIZE",
+        help="retransmit window the sender keeps for repairs (default 32M)",
+    )
+    group.add_argument(
+        "--rate", default="max", help="reliable sending rate: 200M (bits/s), 50kpps, max (default)"
+    )
+    group.add_argument(
+        "--slow-receiver",
+        choices=("drop", "wait"),
+        default="drop",
+        help="drop: never wait, laggards get an unrecoverable event (default); wait: hold "
+        "new data until receivers acknowledge, dropping one stalled for --slow-timeout",
+    )
+    group.add_argument(
+        "--slow-timeout", type=float, default=5.0, help="seconds a stalled receiver is waited for"
+    )
+
+
+def _reliable_config(args: argparse.Namespace) -> ReliableConfig | None:
+    if not hasattr(args, "max_message"):
+        return None
+    try:
+        rate = parse_rate(args.rate)
+        return ReliableConfig(
+            max_message=parse_size(args.max_message),
+            window_bytes=parse_size(args.window),
+            rate_pps=rate.value if rate and rate.per_packet else None,
+            rate_bps=rate.value if rate and not rate.per_packet else None,
+            slow_receiver=args.slow_receiver,
+            slow_timeout=args.slow_timeout,
+        )
+    except ValueError as error:
+        raise SystemExit(f"mcast: {error}") from None
+
+
 def _make_node(args: argparse.Namespace) -> Node:
     return Node(
         args.group,
@@ -43,6 +94,7 @@ def _make_node(args: argparse.Namespace) -> Node:
         key=group_key(args),
         heartbeat=args.heartbeat,
         failure_timeout=args.failure_timeout,
+        reliable=_reliable_config(args),
     )
 
 
@@ -69,6 +121,26 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     publish.add_argument(
         "--wait", type=float, default=0.0, help="seconds to wait for peers before publishing"
     )
+    publish.add_argument(
+        "--peers",
+        type=int,
+        default=0,
+        help="with --wait: start as soon as this many peers are seen",
+    )
+    publish.add_argument(
+        "--reliable",
+        action="store_true",
+        help="in order, repaired on loss, any size up to --max-message",
+    )
+    publish.add_argument("--file", help="publish this file's content as one message (--reliable)")
+    publish.add_argument(
+        "--linger",
+        type=float,
+        default=1.0,
+        help="seconds to stay and serve repairs after a reliable publish (default 1)",
+    )
+    publish.add_argument("--json", action="store_true", help="JSON summary")
+    _reliable_options(publish)
     publish.set_defaults(handler=cmd_publish)
 
     subscribe = commands.add_parser("subscribe", help="print messages on a topic (prefix*)")
@@ -77,6 +149,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     subscribe.add_argument("--count", type=int, help="exit after this many messages")
     subscribe.add_argument("--timeout", type=float, help="exit after this many seconds")
     subscribe.add_argument("--json", action="store_true", help="NDJSON output")
+    _reliable_options(subscribe)
     subscribe.set_defaults(handler=cmd_subscribe)
 
     request = commands.add_parser("request", help="ask the group and gather replies")
@@ -259,21 +332,79 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
 
 async def _run_publish(args: argparse.Namespace) -> int:
+    if args.file is not None and not args.reliable:
+        raise SystemExit("mcast publish: --file needs --reliable (a file is one large message)")
     async with _make_node(args) as node:
-        if args.wait:
-            await asyncio.sleep(args.wait)
-        sent = 0
-        if args.message is not None and args.message != "-":
+        deadline = time.monotonic() + args.wait
+        while time.monotonic() < deadline and not (args.peers and len(node.peers) >= args.peers):
+            await asyncio.sleep(0.02)
+        if args.file is not None:
+            try:
+                with open(args.file, "rb") as handle:
+                    payloads: list[bytes | str] = [handle.read()]
+            except OSError as error:
+                raise SystemExit(f"mcast publish: cannot read {args.file}: {error}") from None
+        elif args.message is not None and args.message != "-":
             payloads = [args.message] * args.count
         else:
             payloads = [line.rstrip("\n") for line in sys.stdin]
+        slow = _collect_slow(node)
+        started = time.monotonic()
+        size = 0
         for number, payload in enumerate(payloads):
             if number and args.interval:
                 await asyncio.sleep(args.interval)
-            await node.publish(args.topic, payload)
-            sent += 1
-        note(f"published {sent} message(s) on {args.topic!r} to {node.spec}")
+            try:
+                await node.publish(args.topic, payload, reliable=args.reliable)
+            except ValueError as error:
+                raise SystemExit(f"mcast publish: {error}") from None
+            size += len(payload)
+        if args.reliable:
+            await node.flush()
+        elapsed = time.monotonic() - started
+        if args.reliable and args.linger > 0:
+            await asyncio.sleep(args.linger)  # receivers may still ask for repairs
+        stats = node.reliable_stats().get("sender", {})
+        summary = {
+            "topic": args.topic,
+            "group": str(node.spec),
+            "messages": len(payloads),
+            "bytes": size,
+            "seconds": round(elapsed, 3),
+            "mb_per_s": round(size / elapsed / 1e6, 2) if elapsed > 0 else None,
+            "reliable": args.reliable,
+            "peers": len(node.peers),
+            "repairs_sent": stats.get("repairs-sent", 0),
+            "nacks_received": stats.get("nacks-received", 0),
+            "slow_receivers": [f"{e.peer:016x}" for e in slow],
+        }
+        if args.json:
+            emit_json(summary)
+        else:
+            rate = f" in {elapsed:.2f} s ({summary['mb_per_s']} MB/s)" if args.reliable else ""
+            repairs = f", {summary['repairs_sent']} repair(s)" if args.reliable else ""
+            note(
+                f"published {len(payloads)} message(s), {size} bytes, on {args.topic!r} "
+                f"to {node.spec}{rate}{repairs}"
+            )
+            for event in slow:
+                note(
+                    f"slow receiver {event.peer:016x} dropped (acknowledged through {event.acked})"
+                )
     return 0
+
+
+def _collect_slow(node: Node) -> list[SlowReceiver]:
+    """SlowReceiver events, gathered in the background while the node runs."""
+    found: list[SlowReceiver] = []
+
+    async def watch() -> None:
+        async for event in node.membership():
+            if isinstance(event, SlowReceiver):
+                found.append(event)
+
+    node.run_task(watch())
+    return found
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -283,9 +414,18 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 async def _run_subscribe(args: argparse.Namespace) -> int:
     received = 0
+    losses: list[Unrecoverable] = []
     async with _make_node(args) as node:
         inbox = node.subscribe(args.topic)
         note(f"subscribed to {args.topic!r} on {node.spec} via {node.interface}")
+
+        async def report_losses() -> None:
+            async for event in node.membership():
+                if isinstance(event, Unrecoverable):
+                    losses.append(event)
+                    _print_loss(node, event, args.json)
+
+        node.run_task(report_losses())
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         while args.count is None or received < args.count:
             wait = None if deadline is None else deadline - time.monotonic()
@@ -296,21 +436,53 @@ async def _run_subscribe(args: argparse.Namespace) -> int:
                 break
             received += 1
             _print_message(message, args.json)
+    if losses:
+        return 3
     return 0 if received else 1
 
 
-def _print_message(message: Message, as_json: bool) -> None:
+def _print_loss(node: Node, event: Unrecoverable, as_json: bool) -> None:
+    peer = node.peers.get(event.sender)
+    name = peer.name if peer else "?"
     if as_json:
         emit_json(
             {
-                "topic": message.topic,
-                "sender": f"{message.sender:016x}",
-                "name": message.sender_name,
-                "text": message.text(),
-                "source": f"{message.source[0]}:{message.source[1]}",
-                "seq": message.seq,
+                "event": "unrecoverable",
+                "sender": f"{event.sender:016x}",
+                "name": name,
+                "first_seq": event.first_seq,
+                "last_seq": event.last_seq,
+                "reason": event.reason,
+                "partial_message": event.partial,
             }
         )
+    else:
+        note(
+            f"LOST from {name} [{event.sender:016x}]: stream seq {event.first_seq}-"
+            f"{event.last_seq} cannot be repaired ({event.reason})"
+        )
+
+
+def _print_message(message: Message, as_json: bool) -> None:
+    size = len(message.payload)
+    if as_json:
+        record: dict[str, Any] = {
+            "topic": message.topic,
+            "sender": f"{message.sender:016x}",
+            "name": message.sender_name,
+            "source": f"{message.source[0]}:{message.source[1]}",
+            "seq": message.seq,
+            "reliable": message.reliable,
+            "size": size,
+        }
+        if size <= TEXT_LIMIT:
+            record["text"] = message.text()
+        else:
+            record["sha256"] = hashlib.sha256(message.payload).hexdigest()
+        emit_json(record)
+    elif size > TEXT_LIMIT:
+        digest = hashlib.sha256(message.payload).hexdigest()
+        say(f"[{message.topic}] <{message.sender_name}> {size} bytes, sha256 {digest}")
     else:
         say(f"[{message.topic}] <{message.sender_name}> {preview(message.payload, 200)}")
 

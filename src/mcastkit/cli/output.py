@@ -80,3 +80,20 @@ class CtrlC:
 
     def __call__(self) -> bool:
         return self.pressed
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """``65536``, ``64k``, ``64M``, ``64MiB``, ``1G``: bytes (binary units). ValueError else."""
+    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = cleaned[-1:] if cleaned[-1:] in _SIZE_UNITS else ""
+    number = cleaned[: len(cleaned) - len(unit)]
+    try:
+        value = int(float(number) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise ValueError(f"size {text!r} not understood; examples: 65536, 64k, 64M, 1G") from None
+    if value <= 0:
+        raise ValueError(f"size {text!r} must be positive")
+    return value
