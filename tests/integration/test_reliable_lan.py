@@ -217,7 +217,7 @@ def test_sixty_four_mebibytes_from_the_command_line_under_loss(lab: Lab, tmp_pat
     assert summary["bytes"] == 64 << 20 and summary["repairs_sent"] > 0
     for proc in subs:
         out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
+        assert proc.returncode == 0, (out[-3000:], err, summary)
         (line,) = out.splitlines()
         record = json.loads(line)
         assert record["size"] == 64 << 20 and record["sha256"] == digest and record["reliable"]
