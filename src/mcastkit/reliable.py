@@ -50,6 +50,8 @@ PROBE_FIRST = 0.005  # tail probes (RSTATE) after the queue drains: 5 ms, doubli
 PROBE_LAST = 1.0
 BLOCKED_PROBE = 0.02  # under "wait", how often a held sender asks for acknowledgements
 
+ADAPTIVE_START_BPS = 1e9
+
 SlowPolicy = Literal["drop", "wait"]
 
 
@@ -68,7 +70,9 @@ class ReliableConfig:
     out of the window gets ``Unrecoverable``; ``"wait"`` holds new data until every receiver
     that acknowledges has the oldest data in the window, and drops a receiver whose
     acknowledgements stall for ``slow_timeout`` (a ``SlowReceiver`` event). ``rate_pps`` /
-    ``rate_bps`` cap the sending rate (None: as fast as the socket takes it).
+    ``rate_bps`` set the sending rate; with ``adaptive_rate`` (default) it is the starting
+    rate (1 Gbit/s when unset) and NACK pressure moves it (``NackRateControl``); without,
+    it is fixed, and None means as fast as the socket takes it.
     """
 
     nack_backoff: float = 0.01
@@ -82,6 +86,7 @@ class ReliableConfig:
     slow_timeout: float = 5.0
     rate_pps: float | None = None
     rate_bps: float | None = None
+    adaptive_rate: bool = True
     ack_every: int = 256
     ack_delay: float = 0.02
 
@@ -210,7 +215,14 @@ class StreamSender:
         self._per_byte = False
         if config.rate_bps is not None:
             rate, self._per_byte = config.rate_bps / 8, True
+        self.control: NackRateControl | None = None
+        if config.adaptive_rate:
+            if rate is None:
+                rate, self._per_byte = ADAPTIVE_START_BPS / 8, True
+            self.control = NackRateControl(rate, now)
         self._rate = rate
+        self._sent_new = 0
+        self._nacked_new = 0
         # Bucket depth: 5 ms of sending (at least 8 datagrams), so a timer wake-up sends a burst.
         self._depth = (
             0.0 if rate is None else max(rate * 0.005, 8 * (1500 if self._per_byte else 1))
@@ -261,6 +273,8 @@ class StreamSender:
             for seq in range(first, last):
                 if seq in self._repair_set:
                     continue
+                if seq not in self._repaired_at:
+                    self._nacked_new += 1  # first request for this seq: a loss, not a repeat
                 if now - self._repaired_at.get(seq, -1e9) < holdoff:
                     self._bump("repairs-held-off")  # a repair just went out: NACKs crossed it
                     continue
@@ -284,6 +298,9 @@ class StreamSender:
 
     def pull(self, now: float) -> list[tuple[str, bytes, bool]]:
         """Fragments to send now, repairs first: (topic, RDATA payload, is_repair)."""
+        if self.control is not None and now >= self.control.next_sample:
+            self._set_rate(self.control.on_sample(self._sent_new, self._nacked_new, now))
+            self._sent_new = self._nacked_new = 0
         self._refill(now)
         out: list[tuple[str, bytes, bool]] = []
         while self._repairs and len(out) < SEND_BATCH:
@@ -319,6 +336,7 @@ class StreamSender:
             self.window.append((head.topic, payload))
             self.window_bytes += len(payload)
             self.next_seq += 1
+            self._sent_new += 1
             out.append((head.topic, payload, False))
         if out:
             self._probe_gap = PROBE_FIRST
@@ -365,6 +383,17 @@ class StreamSender:
     def _bump(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
+    @property
+    def rate(self) -> float | None:
+        """The current sending rate in bits/s (or packets/s with ``rate_pps``); None: no cap."""
+        if self._rate is None:
+            return None
+        return self._rate * 8 if self._per_byte else self._rate
+
+    def _set_rate(self, rate: float) -> None:
+        self._rate = rate
+        self._depth = max(rate * 0.005, 8 * (1500 if self._per_byte else 1))
+
     def _refill(self, now: float) -> None:
         if self._rate is None:
             return
@@ -407,6 +436,82 @@ class StreamSender:
             _, payload = self.window.popleft()
             self.window_bytes -= len(payload)
         return True
+
+
+class NackRateControl:
+    """Adaptive rate from NACK pressure that tells congestion from random loss.
+
+    Every ``SAMPLE`` seconds the pressure is the share of new fragments NACKed for the first
+    time. Pressure well above the learned random-loss level means "maybe too fast": the rate
+    drops by ``BACK_OFF`` and the next sample checks the diagnosis by what got through
+    (sent x (1 - pressure)). If the slower rate delivers about as much, the receivers were
+    overrun (congestion): the lower rate stays. If delivery fell with the rate, the loss is
+    random (a lossy path): the rate is restored and that pressure becomes the baseline. So
+    20 % random loss never drives the rate down, while a receiver that cannot keep up does.
+    Otherwise the rate grows by ``SPEED_UP`` per sample.
+    """
+
+    SAMPLE = 0.1
+    MIN_PACKETS = 32
+    BACK_OFF = 0.7
+    SPEED_UP = 1.05
+    TOLERANCE = 0.08  # delivery this much below what the baseline explains: maybe too fast
+    CONGESTED = 0.85  # delivery kept above this share after a back-off: it was congestion
+    FLOOR_SHARE = 0.001  # never below 0.1 % of the starting rate
+    RECHECK = 20  # samples between re-tests of a baseline above RECHECK_ABOVE
+    RECHECK_ABOVE = 0.05
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.ceiling = rate * 10
+        self.floor = rate * self.FLOOR_SHARE
+        self.baseline = 0.0  # pressure that random loss explains
+        self.next_sample = now + self.SAMPLE
+        # A back-off under test: delivery before it, and samples still to skip (NACKs lag).
+        self._probe: tuple[float, int] | None = None
+        self._warm = False  # the first busy sample after idle is skipped: its NACKs trail
+        self._since_check = 0
+        self.history: list[tuple[float, float]] = []  # (rate, pressure) per sample
+
+    def on_sample(self, sent: int, nacked: int, now: float) -> float:
+        """Fragments sent and first-time NACKed since the last sample; returns the new rate."""
+        elapsed = max(1e-3, now - self.next_sample + self.SAMPLE)
+        self.next_sample = now + self.SAMPLE
+        if sent < self.MIN_PACKETS:
+            self._warm = False
+            return self.rate  # idle or nearly: no evidence either way
+        if not self._warm:
+            self._warm = True
+            return self.rate
+        pressure = min(1.0, nacked / sent)
+        delivered = sent * (1 - pressure) / elapsed
+        self.history.append((self.rate, round(pressure, 4)))
+        if len(self.history) > 600:
+            del self.history[:300]
+        if self._probe is not None:
+            before, skip = self._probe
+            if skip:
+                self._probe = (before, skip - 1)  # NACKs for the faster sample still arrive
+                return self.rate
+            self._probe = None
+            if delivered < before * self.CONGESTED:
+                # Slower delivered less: the loss is random, not ours. Undo; expect this level.
+                self.baseline = pressure
+                self.rate = min(self.ceiling, self.rate / self.BACK_OFF)
+                return self.rate
+            # Congestion: the lower rate stays, and a baseline that blamed it on the path
+            # (a wrong diagnosis from trailing NACKs) comes down.
+            self.baseline = min(self.baseline, pressure)
+        self._since_check += 1
+        recheck = self.baseline > self.RECHECK_ABOVE and self._since_check >= self.RECHECK
+        if recheck or 1 - pressure < (1 - self.baseline) * (1 - self.TOLERANCE):
+            self._since_check = 0
+            self._probe = (delivered, 1)
+            self.rate = max(self.floor, self.rate * self.BACK_OFF)
+        else:
+            self.baseline += (pressure - self.baseline) * 0.1
+            self.rate = min(self.ceiling, self.rate * self.SPEED_UP)
+        return self.rate
 
 
 def _fragments(item: _Outgoing) -> int:

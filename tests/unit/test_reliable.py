@@ -329,7 +329,7 @@ def test_no_repair_within_repair_timeout_gives_up() -> None:
 
 def test_rate_limit_spaces_the_fragments() -> None:
     net = FakeNet(seed=15)
-    config = ReliableConfig(rate_pps=1000)
+    config = ReliableConfig(rate_pps=1000, adaptive_rate=False)
     sender, (receiver,) = _group(net, 1, reliable=config)
     for _ in range(200):
         sender.publish("t", b"x" * 100, net.now, reliable=True)

@@ -54,7 +54,10 @@ def _reliable_options(parser: argparse.ArgumentParser) -> None:
         help="retransmit window the sender keeps for repairs (default 32M)",
     )
     group.add_argument(
-        "--rate", default="max", help="reliable sending rate: 200M (bits/s), 50kpps, max (default)"
+        "--rate",
+        default="auto",
+        help="reliable sending rate: auto (default: from 1 Gbit/s, backing off when receivers "
+        "are overrun, not for random loss), a fixed 200M (bits/s) or 50kpps, or max (no cap)",
     )
     group.add_argument(
         "--slow-receiver",
@@ -72,8 +75,10 @@ def _reliable_config(args: argparse.Namespace) -> ReliableConfig | None:
     if not hasattr(args, "max_message"):
         return None
     try:
-        rate = parse_rate(args.rate)
+        adaptive = args.rate.strip().lower() == "auto"
+        rate = None if adaptive else parse_rate(args.rate)
         return ReliableConfig(
+            adaptive_rate=adaptive,
             max_message=parse_size(args.max_message),
             window_bytes=parse_size(args.window),
             rate_pps=rate.value if rate and rate.per_packet else None,

@@ -1,0 +1,54 @@
+"""The adaptive rate against a model link: a receiver capacity and random path loss.
+
+Pressure (the share of new fragments NACKed) is the union over receivers: congestion loss
+(one overrun receiver; the model applies it to all) plus independent
+random loss per receiver. NACKs trail their sample by half a sample, as on a real link.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mcastkit.reliable import NackRateControl
+
+START = 89_000.0  # packets/s, about 1 Gbit/s of 1400-byte fragments
+
+
+def _run(
+    capacity: float, random_loss: float, receivers: int = 3, samples: int = 400
+) -> tuple[float, NackRateControl]:
+    control = NackRateControl(START, 0.0)
+    now, trailing = 0.0, 0
+    for _ in range(samples):
+        sent = int(control.rate * NackRateControl.SAMPLE)
+        congestion = max(0.0, 1 - capacity / control.rate)
+        pressure = 1 - (1 - congestion) * (1 - random_loss) ** receivers
+        nacked = int(sent * pressure)
+        nacked, trailing = (nacked + trailing) // 2, nacked
+        now += NackRateControl.SAMPLE
+        control.on_sample(sent, nacked, now)
+    recent = [rate for rate, _ in control.history[-200:]]
+    return sum(recent) / len(recent), control
+
+
+@pytest.mark.parametrize("random_loss", [0.0, 0.01, 0.05, 0.2])
+def test_random_loss_alone_never_slows_the_sender(random_loss: float) -> None:
+    rate, control = _run(capacity=1e12, random_loss=random_loss)
+    assert rate >= 0.95 * control.ceiling  # it climbs to the ceiling and stays there
+
+
+@pytest.mark.parametrize("capacity_share", [0.5, 0.3, 0.05])
+@pytest.mark.parametrize("random_loss", [0.0, 0.05, 0.2])
+def test_an_overrun_receiver_brings_the_rate_to_its_capacity(
+    capacity_share: float, random_loss: float
+) -> None:
+    capacity = START * capacity_share
+    rate, _ = _run(capacity=capacity, random_loss=random_loss)
+    assert 0.75 * capacity <= rate <= 1.25 * capacity
+
+
+def test_idle_samples_change_nothing() -> None:
+    control = NackRateControl(1000.0, 0.0)
+    for step in range(1, 10):
+        control.on_sample(3, 3, step * 0.1)
+    assert control.rate == 1000.0
