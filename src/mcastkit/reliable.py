@@ -221,7 +221,7 @@ class StreamSender:
                 rate, self._per_byte = ADAPTIVE_START_BPS / 8, True
             self.control = NackRateControl(rate, now)
         self._rate = rate
-        self._sent_new = 0
+        self._sent_new = self._sent_bytes = 0
         self._nacked_new = 0
         # Bucket depth: 5 ms of sending (at least 8 datagrams), so a timer wake-up sends a burst.
         self._depth = (
@@ -299,8 +299,9 @@ class StreamSender:
     def pull(self, now: float) -> list[tuple[str, bytes, bool]]:
         """Fragments to send now, repairs first: (topic, RDATA payload, is_repair)."""
         if self.control is not None and now >= self.control.next_sample:
-            self._set_rate(self.control.on_sample(self._sent_new, self._nacked_new, now))
-            self._sent_new = self._nacked_new = 0
+            volume = self._sent_bytes if self._per_byte else None
+            self._set_rate(self.control.on_sample(self._sent_new, self._nacked_new, now, volume))
+            self._sent_new = self._nacked_new = self._sent_bytes = 0
         self._refill(now)
         out: list[tuple[str, bytes, bool]] = []
         while self._repairs and len(out) < SEND_BATCH:
@@ -337,6 +338,7 @@ class StreamSender:
             self.window_bytes += len(payload)
             self.next_seq += 1
             self._sent_new += 1
+            self._sent_bytes += len(payload)
             out.append((head.topic, payload, False))
         if out:
             self._probe_gap = PROBE_FIRST
@@ -473,8 +475,13 @@ class NackRateControl:
         self._since_check = 0
         self.history: list[tuple[float, float]] = []  # (rate, pressure) per sample
 
-    def on_sample(self, sent: int, nacked: int, now: float) -> float:
-        """Fragments sent and first-time NACKed since the last sample; returns the new rate."""
+    def on_sample(self, sent: int, nacked: int, now: float, volume: float | None = None) -> float:
+        """Fragments sent and first-time NACKed since the last sample; returns the new rate.
+
+        ``volume`` is what was sent in the rate's unit (bytes for a bit rate; fragments when
+        None). A back-off starts from what was really sent: a sender held back by its CPU or
+        socket sends below its nominal rate, and cutting the nominal rate would change nothing.
+        """
         elapsed = max(1e-3, now - self.next_sample + self.SAMPLE)
         self.next_sample = now + self.SAMPLE
         if sent < self.MIN_PACKETS:
@@ -485,6 +492,7 @@ class NackRateControl:
             return self.rate
         pressure = min(1.0, nacked / sent)
         delivered = sent * (1 - pressure) / elapsed
+        actual = (sent if volume is None else volume) / elapsed
         self.history.append((self.rate, round(pressure, 4)))
         if len(self.history) > 600:
             del self.history[:300]
@@ -507,7 +515,7 @@ class NackRateControl:
         if recheck or 1 - pressure < (1 - self.baseline) * (1 - self.TOLERANCE):
             self._since_check = 0
             self._probe = (delivered, 1)
-            self.rate = max(self.floor, self.rate * self.BACK_OFF)
+            self.rate = max(self.floor, min(self.rate, actual) * self.BACK_OFF)
         else:
             self.baseline += (pressure - self.baseline) * 0.1
             self.rate = min(self.ceiling, self.rate * self.SPEED_UP)
@@ -556,7 +564,8 @@ class StreamReceiver:
         self._batch_ids = 0
         self._lost: dict[int, str] = {}
         self._partial: _Partial | None = None
-        self.delivered: list[tuple[str, bytes, int]] = []  # (topic, message, first seq)
+        # (topic, message, first seq)
+        self.delivered: list[tuple[str, bytes, int]] = []
         self.events: list[Unrecoverable] = []
         self.counters: dict[str, int] = {}
         self.acks_wanted = False
@@ -835,5 +844,6 @@ class StreamReceiver:
             return
         partial.data += chunk
         if len(partial.data) == partial.length:
+            # One copy to immutable bytes: the peak is about twice the message for a moment.
             self.delivered.append((partial.topic, bytes(partial.data), partial.first_seq))
             self._partial = None

@@ -449,9 +449,15 @@ class Session:
                 self._send_state(now)
             self._pull_stream(now)
         for stream in list(self._streams.values()):
-            for runs in stream.handle_timer(now):
+            nacks = stream.handle_timer(now)
+            peer = self.peers.get(stream.sender) if nacks else None
+            for runs in nacks:
                 payload = encode_nack(stream.sender, stream.incarnation, runs)
+                # To the group, so other receivers hold theirs back; and straight to the
+                # sender, whose group socket may be flooded by the loopback of its own data.
                 self._send(FrameType.NACK, "", payload, now)
+                if peer is not None and peer.address is not None:
+                    self._send(FrameType.NACK, "", payload, now, to=peer.address)
             self._collect(stream, now)
         if now >= self._next_check:
             self._next_check = now + self._check_every
