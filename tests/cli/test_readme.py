@@ -48,3 +48,14 @@ def test_readme_blocking_example_runs() -> None:
     assert result.returncode == 0, result.stderr
     assert "script started" in result.stdout
     assert "'complete': True" in result.stdout and "'name': 'server'" in result.stdout
+
+
+def test_readme_reliable_example_runs() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    example = next(b for b in blocks if "reliable=True" in b)
+    result = subprocess.run(
+        [sys.executable, "-c", example], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "True 8388608 True" in result.stdout
+    assert "that was all" in result.stdout

@@ -387,3 +387,25 @@ def test_hostile_stream_inputs_are_refused_without_raising() -> None:
     sender = StreamSender(ReliableConfig(), 0.0)
     sender.on_nack([(1, 2**32 - 1)], 0.0)  # nothing sent yet: nothing to repair
     assert sender.pull(0.0) == []
+
+
+def test_a_half_received_message_is_dropped_after_message_timeout() -> None:
+    net = FakeNet(seed=17)
+    config = ReliableConfig(message_timeout=0.5)
+    sender, (receiver,) = _group(net, 1, reliable=config, failure_timeout=100.0)
+    sender.publish("t", b"m" * 20_000, net.now, reliable=True)
+    pulled = sender.datagrams_to_send()
+    for data, _ in pulled[:5]:
+        receiver.receive_datagram(data, net.address_of(sender), net.now)
+    net.muted.add(net.address_of(sender))  # the sender stalls (alive, not failed)
+    net.run(0.4, step=0.01)
+    assert not net.of(receiver, Unrecoverable)
+    assert receiver.reliable_stats()["receivers"][f"{sender.node_id:016x}"]["memory"] > 0
+    net.run(0.3, step=0.01)
+    (lost,) = net.of(receiver, Unrecoverable)
+    assert lost.reason == "message-timeout" and lost.partial and lost.first_seq == 1
+    assert receiver.reliable_stats()["receivers"][f"{sender.node_id:016x}"]["memory"] == 0
+    net.muted.clear()
+    sender.publish("t", b"next", net.now, reliable=True)
+    net.run(0.5, step=STEP)
+    assert [m.payload for m in _messages(net, receiver)] == [b"next"]

@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 from types import FrameType
 from typing import Any
 
@@ -97,3 +98,57 @@ def parse_size(text: str) -> int:
     if value <= 0:
         raise ValueError(f"size {text!r} must be positive")
     return value
+
+
+class ProgressBar:
+    """Progress on stderr: a rich bar on a terminal, else a plain line every few seconds."""
+
+    PLAIN_EVERY = 2.0
+
+    def __init__(self, label: str, total_bytes: int, *, enabled: bool = True) -> None:
+        self.total = max(1, total_bytes)
+        self.enabled = enabled
+        self._label = label
+        self._last_plain = 0.0
+        self._bar: Any = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=Console(stderr=True),
+            )
+            self._task = self._bar.add_task(label, total=self.total, info="")
+            self._bar.start()
+
+    def update(self, fraction: float, info: str = "") -> None:
+        """Show ``fraction`` (0..1) of the bytes done, with a short status."""
+        if not self.enabled:
+            return
+        done = int(self.total * min(1.0, max(0.0, fraction)))
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, info=info)
+            return
+        now = time.monotonic()
+        if now - self._last_plain >= self.PLAIN_EVERY:
+            self._last_plain = now
+            note(f"{self._label}: {done / 1e6:.1f}/{self.total / 1e6:.1f} MB {info}")
+
+    def close(self) -> None:
+        """Stop drawing (the bar stays on screen)."""
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -10,7 +10,7 @@ from ..addr import parse_group
 from ..diag.bench import parse_rate
 from ..transfer import receive_files, send_files
 from ..transfer.engine import ReceiveSession, SendSession
-from .output import CtrlC, emit_json, note, say
+from .output import CtrlC, ProgressBar, emit_json, note, say
 
 DEFAULT_FILE_GROUP = "239.255.77.83:5083"
 
@@ -74,11 +74,6 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     recv.set_defaults(handler=cmd_recv_file)
 
 
-def _bar(done: int, total: int, width: int = 30) -> str:
-    filled = width if total == 0 else int(width * done / total)
-    return "#" * filled + "-" * (width - filled)
-
-
 def cmd_send_file(args: argparse.Namespace) -> int:
     """Send files."""
     spec = parse_group(args.group)
@@ -90,15 +85,20 @@ def cmd_send_file(args: argparse.Namespace) -> int:
     names = {n.strip() for n in args.names.split(",") if n.strip()} if args.names else None
     expected = args.receivers if args.receivers is not None else (len(names) if names else None)
 
+    bars: list[ProgressBar] = []
+
     def progress(session: SendSession) -> None:
         if args.json:
             return
+        if not bars:
+            total = sum(f.size for f in session.files)
+            bars.append(ProgressBar("sending", total))
         done = min(session.blocks_sent, session.total_blocks)
         complete = sum(r.complete for r in session.receivers.values())
-        bar = _bar(done, session.total_blocks)
-        note(
-            f"\r{session.phase:<8} pass {session.pass_number} [{bar}] "
-            f"{len(session.receivers)} receiver(s), {complete} complete"
+        bars[0].update(
+            done / session.total_blocks if session.total_blocks else 1.0,
+            f"{session.phase} pass {session.pass_number}: "
+            f"{complete}/{len(session.receivers)} receiver(s) complete",
         )
 
     note(f"send-file to {spec}: announcing {len(args.paths)} file(s)")
@@ -119,6 +119,9 @@ def cmd_send_file(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"mcast send-file: {exc}") from None
+    finally:
+        for bar in bars:
+            bar.close()
     receivers = summary["receivers"]
     complete = [r for r in receivers if r["complete"]]
     failed = [r for r in receivers if not r["complete"]]
@@ -151,12 +154,16 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
     """Receive files."""
     spec = parse_group(args.group)
 
+    bars: list[ProgressBar] = []
+
     def progress(session: ReceiveSession) -> None:
         if args.json or session.state != "receiving":
             return
-        note(
-            f"\rreceiving [{_bar(session.received, session.total_blocks)}] "
-            f"{session.received}/{session.total_blocks} blocks"
+        if not bars:
+            bars.append(ProgressBar("receiving", sum(f.size for f in session.files)))
+        bars[0].update(
+            session.received / session.total_blocks if session.total_blocks else 1.0,
+            f"{session.received}/{session.total_blocks} blocks",
         )
 
     interrupted = CtrlC().install()
@@ -174,6 +181,8 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
         )
     finally:
         interrupted.restore()
+        for bar in bars:
+            bar.close()
     ok = summary["state"] == "complete"
     if args.json:
         emit_json(summary)
