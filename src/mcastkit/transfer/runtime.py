@@ -28,7 +28,18 @@ ACK_WAIT = 5.0  # after completing, how long a receiver waits for the sender's a
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory, in MiB (Linux reports KiB)."""
+    """This process's peak resident memory, in MiB.
+
+    VmHWM first: ``ru_maxrss`` survives exec, so a child of a big parent would report the
+    parent's size (a forked test runner, say) instead of its own.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
