@@ -1,10 +1,11 @@
 """A NORM (RFC 5740) sender or receiver through Debian's libnorm, for bench_reliable.py.
 
-    python _norm_peer.py send GROUP PORT IFACE COUNT SIZE SEED
+    python _norm_peer.py send GROUP PORT IFACE COUNT SIZE SEED [RATE|cc]
     python _norm_peer.py recv GROUP PORT IFACE COUNT
 
 The sender enqueues COUNT data objects of SIZE bytes (deterministic random, as the mcast peer
-sends) with NORM's congestion control on, and waits until they are flushed. The receiver
+sends) at a fixed RATE in bits/s (default 400e6), or with NORM's congestion control ("cc"),
+and waits until they are flushed. The receiver
 prints one JSON line: sha256 per object in order of completion, and the completion time.
 libnorm runs its protocol in its own thread, in C; Python only moves the events.
 """
@@ -21,8 +22,8 @@ import time
 NORM_TX_QUEUE_VACANCY = 1
 NORM_TX_QUEUE_EMPTY = 2
 NORM_TX_FLUSH_COMPLETED = 3
-NORM_RX_OBJECT_COMPLETED = 19
-NORM_RX_OBJECT_ABORTED = 20
+NORM_RX_OBJECT_COMPLETED = 20
+NORM_RX_OBJECT_ABORTED = 21
 
 
 class NormEvent(ctypes.Structure):
@@ -94,11 +95,14 @@ def _session(norm: ctypes.CDLL, group: str, port: int, iface: str, node_id: int)
     return instance, session
 
 
-def send(group: str, port: int, iface: str, count: int, size: int, seed: int) -> None:
+def send(group: str, port: int, iface: str, count: int, size: int, seed: int, rate: str) -> None:
     norm = _library()
     instance, session = _session(norm, group, port, iface, 1)
-    norm.NormSetCongestionControl(session, True, True)  # adaptive, like mcast's default
-    norm.NormSetTxRateBounds(session, 1e6, 10e9)
+    if rate == "cc":
+        norm.NormSetCongestionControl(session, True, True)  # TFMCC-like, NORM's adaptive mode
+        norm.NormSetTxRateBounds(session, 1e6, 10e9)
+    else:
+        norm.NormSetTxRate(session, float(rate))
     norm.NormSetTxSocketBuffer(session, 4 << 20)
     norm.NormSetTxCacheBounds(session, 1 << 30, count, max(count, 16))
     norm.NormStartSender(session, 7, 256 << 20, 1400, 64, 0, 0)
@@ -138,6 +142,7 @@ def recv(group: str, port: int, iface: str, count: int) -> None:
 if __name__ == "__main__":
     role, group, port, iface, count = sys.argv[1:6]
     if role == "send":
-        send(group, int(port), iface, int(count), int(sys.argv[6]), int(sys.argv[7]))
+        rate = sys.argv[8] if len(sys.argv) > 8 else "400e6"
+        send(group, int(port), iface, int(count), int(sys.argv[6]), int(sys.argv[7]), rate)
     else:
         recv(group, int(port), iface, int(count))

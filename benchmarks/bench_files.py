@@ -5,7 +5,10 @@ re-executes itself under ``unshare --net`` as root), optional random loss on the
 input (nftables), one file of --size MiB. Every receiver's copy is checked with sha256. Each
 tool gets a fresh topology per cell.
 
-    python benchmarks/bench_files.py [--size 256] [--receivers 1,3] [--loss 0,5] [--json]
+    python benchmarks/bench_files.py [--size 256] [--receivers 1,3] [--loss 0,5,20] [--repeat 3]
+        [--json]
+
+With --repeat, the tools take turns in every round (interleaved) and the median is reported.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +41,7 @@ def _sha(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-TOOL_TIMEOUT = 180  # seconds; udpcast has been seen to stall for good under loss
+TOOL_TIMEOUT = 120  # seconds; udpcast has been seen to stall for good under loss
 
 
 def _spawn(host, *args: str) -> subprocess.Popen[bytes]:
@@ -187,16 +191,37 @@ def run_udpcast(sender, receivers, source: Path, work: Path) -> float:
 TOOLS = {"mcast": run_mcast, "uftp": run_uftp, "udpcast": run_udpcast}
 
 
+def _one_run(
+    tool: str, receivers: int, loss: int, source: Path, digest: str | None, temp: Path
+) -> tuple[float, int]:
+    """One transfer on a fresh topology: (seconds, receivers with a correct copy)."""
+    from netlab import Lab, nft_drop
+
+    lab = Lab()
+    work = temp / f"{tool}-{receivers}-{loss}"
+    try:
+        sender, *hosts = lab.lan(receivers + 1)
+        for host in hosts:
+            if loss:
+                nft_drop(host, f"ip daddr 224.0.0.0/4 numgen random mod 100 < {loss} drop")
+        elapsed = TOOLS[tool](sender, hosts, source, work)
+        correct = sum(_sha(work / h.name / source.name) == digest for h in hosts)
+    finally:
+        lab.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return elapsed, correct
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="file size in MiB")
     parser.add_argument("--receivers", default="1,3")
-    parser.add_argument("--loss", default="0,5", help="percent random loss on receivers")
+    parser.add_argument("--loss", default="0,5,20", help="percent random loss on receivers")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median reported)")
     parser.add_argument("--tools", default="mcast,uftp,udpcast")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     isolate()
-    from netlab import Lab, nft_drop
 
     tools = [
         t
@@ -212,35 +237,37 @@ def main() -> int:
         digest = _sha(source)
         for receivers in (int(n) for n in args.receivers.split(",")):
             for loss in (int(p) for p in args.loss.split(",")):
-                for tool in tools:
-                    lab = Lab()
-                    work = Path(temp) / f"{tool}-{receivers}-{loss}"
-                    try:
-                        sender, *hosts = lab.lan(receivers + 1)
-                        for host in hosts:
-                            if loss:
-                                nft_drop(
-                                    host,
-                                    f"ip daddr 224.0.0.0/4 numgen random mod 100 < {loss} drop",
-                                )
-                        elapsed = TOOLS[tool](sender, hosts, source, work)
-                        correct = sum(_sha(work / h.name / source.name) == digest for h in hosts)
-                    finally:
-                        lab.close()
-                        shutil.rmtree(work, ignore_errors=True)
+                runs: dict[str, list[tuple[float, int]]] = {tool: [] for tool in tools}
+                for _ in range(args.repeat):
+                    for tool in tools:  # interleaved: every tool sees the same machine state
+                        runs[tool].append(
+                            _one_run(tool, receivers, loss, source, digest, Path(temp))
+                        )
+                for tool, results in runs.items():
+                    speeds = sorted(args.size * 1.048576 / elapsed for elapsed, _ in results)
+                    correct = [c for _, c in results]
                     row = {
                         "tool": tool,
                         "receivers": receivers,
                         "loss": loss,
-                        "seconds": round(elapsed, 2),
-                        "mb_per_s": round(args.size * 1.048576 / elapsed, 1),
-                        "correct": correct,
+                        "runs": [
+                            {
+                                "seconds": round(e, 2),
+                                "mb_per_s": round(args.size * 1.048576 / e, 1),
+                                "correct": c,
+                            }
+                            for e, c in results
+                        ],
+                        "median_mb_per_s": round(statistics.median(speeds), 1),
+                        "correct_runs": sum(c == receivers for c in correct),
                     }
                     rows.append(row)
                     if not args.json:
                         print(
-                            f"{tool:<8} {receivers} rcv {loss:>2}% loss  {row['mb_per_s']:>7.1f} "
-                            f"MB/s  {elapsed:6.2f}s  correct {correct}/{receivers}",
+                            f"{tool:<8} {receivers} rcv {loss:>2}% loss  "
+                            f"{row['median_mb_per_s']:>7.1f} MB/s (median of {len(results)})  "
+                            f"correct {row['correct_runs']}/{len(results)} runs  "
+                            f"each {[r['mb_per_s'] for r in row['runs']]}",
                             flush=True,
                         )
     if args.json:

@@ -5,8 +5,9 @@ script re-executes itself under ``unshare --net`` as root), optional random loss
 receivers' input (nftables). Each workload is COUNT messages of SIZE bytes, the same bytes for
 both tools; every receiver's sha256 list is checked. Throughput is payload bytes over the time
 from the sender's first message to the last receiver's last message. Both tools run with their
-adaptive rate (mcast's default; NORM's congestion control). NORM (RFC 5740, NRL's libnorm,
-Debian package libnorm1) is C with its own thread; mcast is Python.
+adaptive rate (mcast's default). NORM runs twice: at a fixed 400 Mbit/s ("norm", its classic
+NACK-only mode) and with its TFMCC-style congestion control ("norm-cc"). NORM (RFC 5740, NRL's
+libnorm, Debian package libnorm1) is C with its own thread; mcast is Python.
 
     python benchmarks/bench_reliable.py [--workloads 1x64M,4000x16K] [--receivers 1,3]
         [--loss 0,5,20] [--repeat 3] [--json]
@@ -31,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 GROUP, PORT = "239.255.90.1", 6001
 PEERS = {"mcast": HERE / "_mcast_peer.py", "norm": HERE / "_norm_peer.py"}
+PEERS["norm-cc"] = PEERS["norm"]
+NORM_RATE = "400e6"  # bits/s for NORM's fixed-rate mode
 TIMEOUT = 120.0
 
 
@@ -44,7 +47,7 @@ def _digests(count: int, size: int, seed: int) -> list[str]:
     return [hashlib.sha256(rng.randbytes(size)).hexdigest() for _ in range(count)]
 
 
-def run_cell(tool: str, hosts: list, count: int, size: int, seed: int) -> dict:
+def run_cell(tool: str, hosts: list, count: int, size: int, seed: int, norm_rate: str) -> dict:
     from netlab import wait_for_line
 
     sender, *receivers = hosts
@@ -52,9 +55,9 @@ def run_cell(tool: str, hosts: list, count: int, size: int, seed: int) -> dict:
     procs = [h.start(*peer, "recv", GROUP, str(PORT), "eth0", str(count)) for h in receivers]
     for proc in procs:
         wait_for_line(proc.stderr, "ready", timeout=20)
-    sending = sender.start(
-        *peer, "send", GROUP, str(PORT), "eth0", str(count), str(size), str(seed)
-    )
+    extra = {"norm": [norm_rate], "norm-cc": ["cc"]}.get(tool, [])
+    args = [str(PORT), "eth0", str(count), str(size), str(seed), *extra]
+    sending = sender.start(*peer, "send", GROUP, *args)
     try:
         started = json.loads(wait_for_line(sending.stdout, "started", timeout=30))["started"]
         results = []
@@ -91,15 +94,17 @@ def main() -> int:
     parser.add_argument("--workloads", default="1x64M,4000x16K", help="COUNTxSIZE, comma list")
     parser.add_argument("--receivers", default="1,3")
     parser.add_argument("--loss", default="0,5,20", help="percent random loss on receivers")
-    parser.add_argument("--tools", default="mcast,norm")
+    parser.add_argument("--tools", default="mcast,norm,norm-cc")
+    parser.add_argument("--norm-rate", default=NORM_RATE, help="NORM's fixed rate, bits/s")
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median reported)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     isolate()
     from netlab import Lab, nft_drop
 
-    tools = [t for t in args.tools.split(",") if t != "norm" or ctypes.util.find_library("norm")]
-    if "norm" in args.tools and "norm" not in tools:
+    have_norm = ctypes.util.find_library("norm") is not None
+    tools = [t for t in args.tools.split(",") if not t.startswith("norm") or have_norm]
+    if "norm" in args.tools and not have_norm:
         print("libnorm is missing: apt-get install libnorm1 (NORM column skipped)", file=sys.stderr)
     rows = []
     for workload in args.workloads.split(","):
@@ -119,7 +124,9 @@ def main() -> int:
                                         f"ip daddr 224.0.0.0/4 numgen random mod 100 < {loss} drop"
                                     )
                                     nft_drop(host, rule)
-                            runs[tool].append(run_cell(tool, hosts, count, size, attempt + 1))
+                            runs[tool].append(
+                                run_cell(tool, hosts, count, size, attempt + 1, args.norm_rate)
+                            )
                         finally:
                             lab.close()
                 for tool, results in runs.items():
