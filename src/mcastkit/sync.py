@@ -58,9 +58,13 @@ class SyncNode:
     async def _peers(self) -> dict[int, PeerInfo]:
         return self._node.peers
 
-    def publish(self, topic: str, payload: bytes | str) -> None:
-        """Send a message on ``topic``."""
-        self._call(self._node.publish(topic, payload))
+    def publish(self, topic: str, payload: bytes | str, *, reliable: bool = False) -> None:
+        """Send a message on ``topic`` (``reliable``: see ``Node.publish``)."""
+        self._call(self._node.publish(topic, payload, reliable=reliable))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until every reliable message went out once (False at the timeout)."""
+        return self._call(self._node.flush(timeout))
 
     def recv(self, timeout: float | None = None) -> Message | None:
         """The next message matching the subscription given to ``connect``; None at timeout."""

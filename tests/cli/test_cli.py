@@ -188,3 +188,76 @@ def test_ping_ndjson_streams_snapshots_then_a_summary() -> None:
     assert len(lines) >= 3
     summary = lines[-1]
     assert summary["ok"] and summary["peers"][0]["multicast"]["received"] > 10
+
+
+def test_reliable_publish_of_a_file_reaches_a_subscriber_whole(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+    import os
+
+    data = os.urandom(2_000_000)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    group = ("--group", "239.255.90.8:5908")
+    subscriber = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mcastkit",
+            "subscribe",
+            "blob",
+            "--count",
+            "2",
+            "--json",
+            "--timeout",
+            "20",
+            *group,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        sent = mcast(
+            "publish",
+            "blob",
+            "--reliable",
+            "--file",
+            str(path),
+            "--wait",
+            "5",
+            "--peers",
+            "1",
+            "--linger",
+            "0.5",
+            "--json",
+            *group,
+        )
+        assert sent.returncode == 0, sent.stderr
+        summary = json.loads(sent.stdout)
+        assert summary["bytes"] == len(data) and summary["reliable"]
+        small = mcast("publish", "blob", "after", "--reliable", "--linger", "0.5", *group)
+        assert small.returncode == 0, small.stderr
+        out, err = subscriber.communicate(timeout=30)
+    finally:
+        subscriber.kill()
+    records = [json.loads(line) for line in out.splitlines()]
+    assert subscriber.returncode == 0, err
+    assert records[0]["size"] == len(data)
+    assert records[0]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert records[1]["text"] == "after" and records[1]["reliable"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--file", "/nonexistent"], "needs --reliable"),
+        (["--reliable", "--file", "/nonexistent/x"], "cannot read /nonexistent/x"),
+        (["x", "--reliable", "--rate", "fast"], "rate 'fast' not understood"),
+        (["x", "--reliable", "--max-message", "lots"], "size 'lots' not understood"),
+        (["this is longer", "--reliable", "--max-message", "10"], "exceeds max_message"),
+    ],
+)
+def test_reliable_publish_bad_input_is_a_clear_error(args: list[str], message: str) -> None:
+    result = mcast("publish", "t", *args, "--group", "239.255.90.9:5909", "--linger", "0")
+    assert result.returncode != 0
+    assert message in result.stderr

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from netlab import Lab, wait_for_line
 
 import mcastkit
@@ -350,3 +351,31 @@ def test_ipv6_nodes_request_across_hosts_site_and_link_scope(lab: Lab) -> None:
         finally:
             server.kill()
             server.wait()
+
+
+def test_blocking_api_reliable_messages_large_and_small_in_order() -> None:
+    group = "239.255.90.6:5906"
+    payloads = [os.urandom(size) for size in (10, 5000, 3 << 20, 0, 70_000)]
+    with (
+        mcastkit.connect(group, iface=LO, name="rx", subscribe="bulk") as receiver,
+        mcastkit.connect(group, iface=LO, name="tx", subscribe=None) as sender,
+    ):
+        time.sleep(0.4)  # hellos cross: the receiver expects the stream from its start
+        for payload in payloads:
+            sender.publish("bulk", payload, reliable=True)
+        assert sender.flush(timeout=10)
+        got = [receiver.recv(timeout=10) for _ in payloads]
+    assert [m.payload if m else None for m in got] == payloads
+    assert all(m is not None and m.reliable and m.sender_name == "tx" for m in got)
+
+
+def test_reliable_message_above_max_message_is_refused_at_publish() -> None:
+    async def scenario() -> None:
+        config = mcastkit.ReliableConfig(max_message=1000)
+        async with mcastkit.Node("239.255.90.7:5907", iface=LO, reliable=config) as node:
+            with pytest.raises(ValueError, match="max_message"):
+                await node.publish("t", b"x" * 1001, reliable=True)
+            with pytest.raises(mcastkit.MessageTooLarge):
+                await node.publish("t", b"x" * 5000)  # unreliable: one datagram at most
+
+    asyncio.run(scenario())
