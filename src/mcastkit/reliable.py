@@ -367,8 +367,10 @@ class StreamSender:
         soonest: float | None = None
         if self._repairs or (self._queue and self._blocked_since is None):
             soonest = now if self._rate is None else self._refilled + self._deficit() / self._rate
-        if self._probe_at is not None and (soonest is None or self._probe_at < soonest):
-            soonest = self._probe_at
+        # A tail probe only matters once idle (or held): a busy sender would spin on it.
+        probing = self.idle or self._blocked_since is not None
+        if probing and self._probe_at is not None:
+            soonest = self._probe_at if soonest is None else min(soonest, self._probe_at)
         if self._blocked_since is not None and self._tracked:
             since = self._blocked_since
             stall = min(max(t.progressed_at, since) for t in self._tracked.values())
