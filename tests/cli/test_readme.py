@@ -10,6 +10,17 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
+def _run_example(marker: str, timeout: float = 60) -> str:
+    """Run the README's first python block containing ``marker``; return its output."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    example = next(b for b in blocks if marker in b)
+    result = subprocess.run(
+        [sys.executable, "-c", example], capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_readme_python_example_runs() -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert blocks, "README has no python example"
@@ -22,15 +33,10 @@ def test_readme_python_example_runs() -> None:
 
 
 def test_readme_node_example_runs() -> None:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    node_example = next(b for b in blocks if "mcastkit.Node(" in b)
-    result = subprocess.run(
-        [sys.executable, "-c", node_example], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert "hello group" in result.stdout
-    assert "b's answer to what time?" in result.stdout
-    assert "['b']" in result.stdout
+    output = _run_example("mcastkit.Node(")
+    assert "hello group" in output
+    assert "b's answer to what time?" in output
+    assert "['b']" in output
 
 
 def test_readme_names_the_two_setup_commands() -> None:
@@ -40,22 +46,12 @@ def test_readme_names_the_two_setup_commands() -> None:
 
 
 def test_readme_blocking_example_runs() -> None:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    example = next(b for b in blocks if "mcastkit.connect(" in b)
-    result = subprocess.run(
-        [sys.executable, "-c", example], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert "script started" in result.stdout
-    assert "'complete': True" in result.stdout and "'name': 'server'" in result.stdout
+    output = _run_example("mcastkit.connect(")
+    assert "script started" in output
+    assert "'complete': True" in output and "'name': 'server'" in output
 
 
 def test_readme_reliable_example_runs() -> None:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    example = next(b for b in blocks if "reliable=True" in b)
-    result = subprocess.run(
-        [sys.executable, "-c", example], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert "True 8388608 True" in result.stdout
-    assert "that was all" in result.stdout
+    output = _run_example("reliable=True")
+    assert "True 8388608 True" in output
+    assert "that was all" in output
