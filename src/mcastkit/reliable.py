@@ -524,6 +524,20 @@ class NackRateControl:
         return self.rate
 
 
+def _message_start(seq: int, length: int, offset: int, size: int) -> int:
+    """The seq of the first fragment of the message this fragment belongs to.
+
+    Every fragment but the last carries the same size, so offset / size counts the fragments
+    before it. A last fragment (or an odd one) does not tell: then the next seq, where the
+    next message starts.
+    """
+    if offset == 0:
+        return seq
+    if size and offset + size < length and offset % size == 0 and offset // size < seq:
+        return seq - offset // size
+    return seq + 1
+
+
 def _fragments(item: _Outgoing) -> int:
     remaining = len(item.payload) - item.offset
     return max(1, -(-remaining // item.chunk))
@@ -585,8 +599,13 @@ class StreamReceiver:
         chunk = payload[RDATA_HEAD.size :]
         if seq == 0 or offset + len(chunk) > length or (not chunk and length):
             return False
-        if self.next_deliver == 0 or seq - self.highest > MAX_GAP:
-            self._restart(seq)  # first contact (a late joiner) or a jump no window could span
+        if self.next_deliver == 0:
+            # First contact with no hello telling where the stream stands: start at the
+            # first fragment of the message under way (its earlier fragments are recent, so
+            # still repairable), like NORM syncing to the object it sees.
+            self._restart(_message_start(seq, length, offset, len(chunk)))
+        elif seq - self.highest > MAX_GAP:
+            self._restart(seq)  # a jump no window could span: the next whole message
         if seq < self.next_deliver or seq in self.buffer:
             self._bump("duplicates")
             return True

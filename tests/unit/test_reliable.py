@@ -187,7 +187,9 @@ def test_a_member_that_misses_the_first_fragment_still_gets_the_first_message() 
     assert [m.payload for m in _messages(net, receiver)] == [b"x" * 5000]
 
 
-def test_late_joiner_starts_at_the_next_whole_message() -> None:
+def _late_join(from_fragment: int) -> tuple[FakeNet, Session, Session, bytes]:
+    """A late joiner that hears no hello and meets the stream at fragment ``from_fragment``
+    (0-based) of a 10 KiB message, after an earlier message it never hears."""
     net = FakeNet(seed=6)
     sender, (early,) = _group(net, 1)
     big = bytes(range(256)) * 40  # 10 KiB: several fragments
@@ -198,20 +200,31 @@ def test_late_joiner_starts_at_the_next_whole_message() -> None:
     late_address = net.address_of(late)
     net.deaf.add(late_address)  # joins while the big message is under way: hears no hello
     late.start(net.now)
-    # The late joiner hears the big message from its third fragment on.
     pulled = [d for d in sender.datagrams_to_send() if _kind(d[0]) == FrameType.RDATA]
     source = net.address_of(sender)
     for data, _ in pulled:
         net.sessions[net.address_of(early)].receive_datagram(data, source, net.now)
-    for data, _ in pulled[2:]:
+    for data, _ in pulled[from_fragment:]:
         late.receive_datagram(data, source, net.now)
     net.deaf.discard(late_address)
     sender.publish("t", b"after", net.now, reliable=True)
     net.run(0.5, step=STEP)
     assert [m.payload for m in _messages(net, early)] == [b"before", big, b"after"]
-    assert [m.payload for m in _messages(net, late)] == [b"after"]
     assert not net.of(late, Unrecoverable)
-    assert _sent(late, FrameType.NACK) == 0  # no history is asked for
+    return net, sender, late, big
+
+
+def test_late_joiner_starts_at_the_message_under_way_and_asks_for_no_history() -> None:
+    net, sender, late, big = _late_join(from_fragment=2)
+    assert [m.payload for m in _messages(net, late)] == [big, b"after"]
+    # It asked only for the two fragments of that message it missed, never for "before".
+    assert sender.reliable_stats()["sender"]["repairs-sent"] == 2
+
+
+def test_late_joiner_that_meets_a_last_fragment_starts_at_the_next_message() -> None:
+    net, _sender, late, _ = _late_join(from_fragment=-1)
+    assert [m.payload for m in _messages(net, late)] == [b"after"]
+    assert _sent(late, FrameType.NACK) == 0
 
 
 def test_wait_policy_holds_the_sender_for_a_slow_receiver_and_loses_nothing() -> None:
