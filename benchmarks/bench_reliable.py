@@ -55,7 +55,7 @@ def run_cell(tool: str, hosts: list, count: int, size: int, seed: int, norm_rate
     procs = [h.start(*peer, "recv", GROUP, str(PORT), "eth0", str(count)) for h in receivers]
     for proc in procs:
         wait_for_line(proc.stderr, "ready", timeout=20)
-    extra = {"norm": [norm_rate], "norm-cc": ["cc"]}.get(tool, [])
+    extra = {"norm": [norm_rate], "norm-cc": ["cc"]}.get(tool, [str(len(receivers))])
     args = [str(PORT), "eth0", str(count), str(size), str(seed), *extra]
     sending = sender.start(*peer, "send", GROUP, *args)
     try:
