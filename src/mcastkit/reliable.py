@@ -223,6 +223,7 @@ class StreamSender:
         self._rate = rate
         self._sent_new = self._sent_bytes = 0
         self._nacked_new = 0
+        self._app_limited = True
         # Bucket depth: 5 ms of sending (at least 8 datagrams), so a timer wake-up sends a burst.
         self._depth = (
             0.0 if rate is None else max(rate * 0.005, 8 * (1500 if self._per_byte else 1))
@@ -299,9 +300,7 @@ class StreamSender:
     def pull(self, now: float) -> list[tuple[str, bytes, bool]]:
         """Fragments to send now, repairs first: (topic, RDATA payload, is_repair)."""
         if self.control is not None and now >= self.control.next_sample:
-            volume = self._sent_bytes if self._per_byte else None
-            self._set_rate(self.control.on_sample(self._sent_new, self._nacked_new, now, volume))
-            self._sent_new = self._nacked_new = self._sent_bytes = 0
+            self._sample(now)
         self._refill(now)
         out: list[tuple[str, bytes, bool]] = []
         while self._repairs and len(out) < SEND_BATCH:
@@ -340,6 +339,8 @@ class StreamSender:
             self._sent_new += 1
             self._sent_bytes += len(payload)
             out.append((head.topic, payload, False))
+        if not self._queue:
+            self._app_limited = True
         if out:
             self._probe_gap = PROBE_FIRST
             self._probe_at = now + PROBE_FIRST
@@ -386,6 +387,22 @@ class StreamSender:
 
     def _bump(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _sample(self, now: float) -> None:
+        """Feed the adaptive rate. A sample in which the queue ran dry says nothing about the
+        path (the sender, not the network, set the pace): it is dropped. One with too few
+        fragments is extended until it has enough, so a low rate can still climb back."""
+        control = self.control
+        assert control is not None
+        if self._app_limited:
+            control.skip(now)
+        elif self._sent_new >= control.MIN_PACKETS:
+            volume = self._sent_bytes if self._per_byte else None
+            self._set_rate(control.on_sample(self._sent_new, self._nacked_new, now, volume))
+        else:
+            return  # keep counting
+        self._sent_new = self._nacked_new = self._sent_bytes = 0
+        self._app_limited = not self._queue
 
     @property
     def rate(self) -> float | None:
@@ -461,7 +478,7 @@ class NackRateControl:
     SPEED_UP = 1.05
     TOLERANCE = 0.08  # delivery this much below what the baseline explains: maybe too fast
     CONGESTED = 0.85  # delivery kept above this share after a back-off: it was congestion
-    FLOOR_SHARE = 0.001  # never below 0.1 % of the starting rate
+    FLOOR_SHARE = 0.01  # never below 1 % of the starting rate
     RECHECK = 20  # samples between re-tests of a baseline above RECHECK_ABOVE
     RECHECK_ABOVE = 0.05
 
@@ -474,8 +491,14 @@ class NackRateControl:
         # A back-off under test: delivery before it, and samples still to skip (NACKs lag).
         self._probe: tuple[float, int] | None = None
         self._warm = False  # the first busy sample after idle is skipped: its NACKs trail
+        self._last = now
         self._since_check = 0
         self.history: list[tuple[float, float]] = []  # (rate, pressure) per sample
+
+    def skip(self, now: float) -> None:
+        """A sample that carries no evidence (the sender ran out of data): start anew."""
+        self._last, self.next_sample = now, now + self.SAMPLE
+        self._warm = False
 
     def on_sample(self, sent: int, nacked: int, now: float, volume: float | None = None) -> float:
         """Fragments sent and first-time NACKed since the last sample; returns the new rate.
@@ -484,8 +507,8 @@ class NackRateControl:
         None). A back-off starts from what was really sent: a sender held back by its CPU or
         socket sends below its nominal rate, and cutting the nominal rate would change nothing.
         """
-        elapsed = max(1e-3, now - self.next_sample + self.SAMPLE)
-        self.next_sample = now + self.SAMPLE
+        elapsed = max(1e-3, now - self._last)
+        self._last, self.next_sample = now, now + self.SAMPLE
         if sent < self.MIN_PACKETS:
             self._warm = False
             return self.rate  # idle or nearly: no evidence either way

@@ -367,6 +367,8 @@ class Session:
                 "window_oldest": stream.oldest,
                 "window_bytes": stream.window_bytes,
                 "queued_bytes": stream.queued_bytes,
+                "rate": stream.rate,
+                "rate_history": [] if stream.control is None else stream.control.history[-100:],
                 **stream.counters,
             }
         stats["receivers"] = {

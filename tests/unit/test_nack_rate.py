@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcastkit.reliable import NackRateControl
+from mcastkit.reliable import NackRateControl, ReliableConfig, StreamSender
 
 START = 89_000.0  # packets/s, about 1 Gbit/s of 1400-byte fragments
 
@@ -52,3 +52,29 @@ def test_idle_samples_change_nothing() -> None:
     for step in range(1, 10):
         control.on_sample(3, 3, step * 0.1)
     assert control.rate == 1000.0
+
+
+def test_a_low_rate_climbs_back_although_a_sample_holds_few_fragments() -> None:
+    # 100 fragments/s gives 10 per 0.1 s sample, under MIN_PACKETS: samples must stretch
+    # until they have enough, or the rate would stay stuck where a back-off left it.
+    sender = StreamSender(ReliableConfig(rate_pps=100.0), 0.0)
+    sender.enqueue("t", b"x" * 5_000_000, 1000)
+    now = 0.0
+    while now < 6.0:
+        now = round(now + 0.001, 6)
+        sender.pull(now)
+    assert sender.rate is not None and sender.rate > 150
+
+
+def test_an_application_limited_sender_keeps_its_rate() -> None:
+    # Messages trickle in and the queue runs dry between them: no sample is evidence.
+    sender = StreamSender(ReliableConfig(rate_pps=1000.0), 0.0)
+    now = 0.0
+    for step in range(3000):
+        now = round(now + 0.001, 6)
+        if step % 20 == 0:
+            sender.enqueue("t", b"x" * 100, 1000)
+        sender.pull(now)
+        if step % 20 == 1:
+            sender.on_nack([(sender.next_seq - 1, 1)], now)  # every fragment lost once
+    assert sender.rate == 1000.0
