@@ -15,6 +15,7 @@ The session (session.py) owns the frames; this module owns the stream state: pay
 from __future__ import annotations
 
 import heapq
+import math
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -63,7 +64,7 @@ class ReliableConfig:
     bigger groups, so suppression has time to work); ``nack_repeat`` is how long to wait for
     a repair before asking again; ``repair_timeout`` is when a gap is given up;
     ``max_message`` and ``receiver_memory`` bound one sender's reassembly and out-of-order
-    buffer; ``message_timeout`` bounds how long a half-received message is kept.
+    buffer; ``message_timeout`` bounds how long a half-received message may make no progress.
 
     Sender side: ``window_bytes`` is the retransmit window. ``slow_receiver`` is the policy
     when a receiver falls behind: ``"drop"`` (default) never waits, so a receiver that falls
@@ -479,6 +480,8 @@ class NackRateControl:
     TOLERANCE = 0.08  # delivery this much below what the baseline explains: maybe too fast
     CONGESTED = 0.85  # delivery kept above this share after a back-off: it was congestion
     FLOOR_SHARE = 0.01  # never below 1 % of the starting rate
+    FLAT = 1.01  # a raise must deliver at least this much more to count as "it grew"
+    EASE = 0.9  # after three flat raises
     RECHECK = 20  # samples between re-tests of a baseline above RECHECK_ABOVE
     RECHECK_ABOVE = 0.05
 
@@ -489,7 +492,10 @@ class NackRateControl:
         self.baseline = 0.0  # pressure that random loss explains
         self.next_sample = now + self.SAMPLE
         # A back-off under test: delivery before it, and samples still to skip (NACKs lag).
-        self._probe: tuple[float, int] | None = None
+        self._probe: tuple[float, int, float] | None = None
+        self._delivered = 0.0  # delivery rate of the last sample
+        self._grew = False  # the last sample raised the rate
+        self._flat = 0  # samples in a row where a raise delivered no more
         self._warm = False  # the first busy sample after idle is skipped: its NACKs trail
         self._last = now
         self._since_check = 0
@@ -522,28 +528,45 @@ class NackRateControl:
         if len(self.history) > 600:
             del self.history[:300]
         if self._probe is not None:
-            before, skip = self._probe
+            before, skip, rate_before = self._probe
             if skip:
-                self._probe = (before, skip - 1)  # NACKs for the faster sample still arrive
+                self._probe = (before, skip - 1, rate_before)  # NACKs for the faster sample
                 return self.rate
             self._probe = None
             if delivered < before * self.CONGESTED:
                 # Slower delivered less: the loss is random, not ours. Undo; expect this level.
                 self.baseline = pressure
-                self.rate = min(self.ceiling, self.rate / self.BACK_OFF)
+                self.rate = rate_before
                 return self.rate
             # Congestion: the lower rate stays, and a baseline that blamed it on the path
             # (a wrong diagnosis from trailing NACKs) comes down.
             self.baseline = min(self.baseline, pressure)
         self._since_check += 1
         recheck = self.baseline > self.RECHECK_ABOVE and self._since_check >= self.RECHECK
-        if recheck or 1 - pressure < (1 - self.baseline) * (1 - self.TOLERANCE):
+        # Sampling noise: with n fragments a loss share b wobbles by sqrt(b(1-b)/n); three of
+        # those are not a signal. Without this margin, small samples at a low rate trigger
+        # false back-offs, and the rate ratchets down under pure random loss.
+        level = max(self.baseline, 0.01)
+        noise = 3 * math.sqrt(level * (1 - level) / sent)
+        if recheck or 1 - pressure < (1 - self.baseline) * (1 - self.TOLERANCE) - noise:
             self._since_check = 0
-            self._probe = (delivered, 1)
+            self._grew = False
+            self._probe = (delivered, 1, self.rate)
             self.rate = max(self.floor, min(self.rate, actual) * self.BACK_OFF)
+        elif self._grew and delivered < self._delivered * self.FLAT:
+            # The last speed-up delivered nothing more: at capacity (a CPU, a link). Hold,
+            # and after a few such samples ease off: a baseline that swallowed congestion
+            # would otherwise keep the rate far above what gets through.
+            self._grew = False
+            self._flat += 1
+            if self._flat >= 3:
+                self._flat = 0
+                self.rate = max(self.floor, self.rate * self.EASE)
         else:
             self.baseline += (pressure - self.baseline) * 0.1
             self.rate = min(self.ceiling, self.rate * self.SPEED_UP)
+            self._grew, self._flat = True, 0
+        self._delivered = delivered
         return self.rate
 
 
@@ -887,6 +910,7 @@ class StreamReceiver:
             self.resync = True
             return
         partial.data += chunk
+        partial.started = now  # the timeout counts from the last progress, not the start
         if len(partial.data) == partial.length:
             # One copy to immutable bytes: the peak is about twice the message for a moment.
             self.delivered.append((partial.topic, bytes(partial.data), partial.first_seq))

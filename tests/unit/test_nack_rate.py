@@ -7,6 +7,8 @@ random loss per receiver. NACKs trail their sample by half a sample, as on a rea
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from mcastkit.reliable import NackRateControl, ReliableConfig, StreamSender
@@ -78,3 +80,26 @@ def test_an_application_limited_sender_keeps_its_rate() -> None:
         if step % 20 == 1:
             sender.on_nack([(sender.next_seq - 1, 1)], now)  # every fragment lost once
     assert sender.rate == 1000.0
+
+
+@pytest.mark.parametrize("cpu_share", [0.02, 0.2])
+def test_noisy_small_samples_under_random_loss_do_not_ratchet_the_rate_down(
+    cpu_share: float,
+) -> None:
+    # A CPU-bound sender: it sends at most cpu_share of the start rate whatever the nominal
+    # rate says, so samples are small and their loss share noisy (binomial). 20 % random loss
+    # on 3 receivers is about half the fragments NACKed. Seen on the LAN before the fix: the
+    # rate fell to its floor and a 64 MiB message took longer than message_timeout.
+    rng = random.Random(3)
+    control = NackRateControl(START, 0.0)
+    cap = START * cpu_share
+    now = 0.0
+    lowest = START
+    for _ in range(600):
+        sent = int(min(control.rate, cap) * NackRateControl.SAMPLE)
+        share = 1 - 0.8**3
+        nacked = round(rng.gauss(sent * share, (sent * share * (1 - share)) ** 0.5))
+        now += NackRateControl.SAMPLE
+        control.on_sample(sent, max(0, min(sent, nacked)), now)
+        lowest = min(lowest, control.rate) if now > 5 else lowest
+    assert lowest >= 0.5 * cap, (lowest, cap)
