@@ -221,14 +221,13 @@ class StreamSender:
             if rate is None:
                 rate, self._per_byte = ADAPTIVE_START_BPS / 8, True
             self.control = NackRateControl(rate, now)
-        self._rate = rate
+        self._rate: float | None = None
+        self._depth = 0.0
+        if rate is not None:
+            self._set_rate(rate)
         self._sent_new = self._sent_bytes = 0
         self._nacked_new = 0
         self._app_limited = True
-        # Bucket depth: 5 ms of sending (at least 8 datagrams), so a timer wake-up sends a burst.
-        self._depth = (
-            0.0 if rate is None else max(rate * 0.005, 8 * (1500 if self._per_byte else 1))
-        )
         self._tokens = self._depth
         self._refilled = now
         self._probe_at: float | None = None
@@ -250,18 +249,16 @@ class StreamSender:
     def wants_acks(self) -> bool:
         return self.config.slow_receiver == "wait"
 
-    def enqueue(self, topic: str, payload: bytes, chunk: int) -> int:
-        """Queue one message, cut into fragments of ``chunk`` bytes; returns its first seq."""
+    def enqueue(self, topic: str, payload: bytes, chunk: int) -> None:
+        """Queue one message, to be cut into fragments of ``chunk`` bytes as it is sent."""
         if len(payload) > self.config.max_message:
             raise ValueError(
                 f"message of {len(payload)} bytes exceeds max_message ({self.config.max_message})"
             )
         if chunk <= 0:
             raise ValueError("the topic leaves no room for data in one datagram")
-        first = self.next_seq + sum(_fragments(o) for o in self._queue)
         self._queue.append(_Outgoing(topic, memoryview(payload), 0, chunk))
         self.queued_bytes += len(payload)
-        return first
 
     def on_nack(self, runs: list[tuple[int, int]], now: float) -> None:
         """Queue repairs for the runs we still hold; note when some are gone."""
@@ -413,6 +410,7 @@ class StreamSender:
         return self._rate * 8 if self._per_byte else self._rate
 
     def _set_rate(self, rate: float) -> None:
+        # Bucket depth: 5 ms of sending (at least 8 datagrams), so a timer wake-up sends a burst.
         self._rate = rate
         self._depth = max(rate * 0.005, 8 * (1500 if self._per_byte else 1))
 
@@ -582,11 +580,6 @@ def _message_start(seq: int, length: int, offset: int, size: int) -> int:
     if size and offset + size < length and offset % size == 0 and offset // size < seq:
         return seq - offset // size
     return seq + 1
-
-
-def _fragments(item: _Outgoing) -> int:
-    remaining = len(item.payload) - item.offset
-    return max(1, -(-remaining // item.chunk))
 
 
 # --- receiver ----------------------------------------------------------------------------

@@ -740,9 +740,8 @@ class Session:
         if target == self.node_id and incarnation == self.incarnation:
             if self._stream is not None:
                 self._stream.on_nack(runs, now)
-                if self._stream.state_wanted:
+                if self._stream.probe_due(now):  # at once when the NACK asked for gone seqs
                     self._send_state(now)
-                    self._stream.state_wanted = False
             return
         stream = self._streams.get(target)
         if stream is not None and stream.incarnation == incarnation:
