@@ -105,13 +105,12 @@ class ProgressBar:
 
     PLAIN_EVERY = 2.0
 
-    def __init__(self, label: str, total_bytes: int, *, enabled: bool = True) -> None:
+    def __init__(self, label: str, total_bytes: int) -> None:
         self.total = max(1, total_bytes)
-        self.enabled = enabled
         self._label = label
         self._last_plain = 0.0
         self._bar: Any = None
-        if enabled and sys.stderr.isatty():
+        if sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import (
                 BarColumn,
@@ -136,8 +135,6 @@ class ProgressBar:
 
     def update(self, fraction: float, info: str = "") -> None:
         """Show ``fraction`` (0..1) of the bytes done, with a short status."""
-        if not self.enabled:
-            return
         done = int(self.total * min(1.0, max(0.0, fraction)))
         if self._bar is not None:
             self._bar.update(self._task, completed=done, info=info)
