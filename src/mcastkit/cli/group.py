@@ -8,7 +8,8 @@ import hashlib
 import subprocess
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..aio import DEFAULT_GROUP, Node, Request
 from ..diag.bench import parse_rate
@@ -17,6 +18,7 @@ from ..security import write_key_file
 from ..session import Failed, IdRenewed, Joined, Left, Message, Updated
 from .output import add_key_options, emit_json, group_key, note, parse_size, preview, say
 
+T = TypeVar("T")
 TEXT_LIMIT = 64 << 10  # larger payloads are shown by size and sha256, not as text
 
 
@@ -353,7 +355,8 @@ async def _run_publish(args: argparse.Namespace) -> int:
             payloads = [args.message] * args.count
         else:
             payloads = [line.rstrip("\n") for line in sys.stdin]
-        slow = _collect_slow(node)
+        slow: list[SlowReceiver] = []
+        _watch(node, SlowReceiver, slow.append)
         started = time.monotonic()
         size = 0
         for number, payload in enumerate(payloads):
@@ -399,17 +402,15 @@ async def _run_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def _collect_slow(node: Node) -> list[SlowReceiver]:
-    """SlowReceiver events, gathered in the background while the node runs."""
-    found: list[SlowReceiver] = []
+def _watch(node: Node, kind: type[T], handle: Callable[[T], None]) -> None:
+    """Call ``handle`` with each ``kind`` event the node reports, while it runs."""
 
     async def watch() -> None:
         async for event in node.membership():
-            if isinstance(event, SlowReceiver):
-                found.append(event)
+            if isinstance(event, kind):
+                handle(event)
 
     node.run_task(watch())
-    return found
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -424,13 +425,11 @@ async def _run_subscribe(args: argparse.Namespace) -> int:
         inbox = node.subscribe(args.topic)
         note(f"subscribed to {args.topic!r} on {node.spec} via {node.interface}")
 
-        async def report_losses() -> None:
-            async for event in node.membership():
-                if isinstance(event, Unrecoverable):
-                    losses.append(event)
-                    _print_loss(node, event, args.json)
+        def report_loss(event: Unrecoverable) -> None:
+            losses.append(event)
+            _print_loss(node, event, args.json)
 
-        node.run_task(report_losses())
+        _watch(node, Unrecoverable, report_loss)
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         while args.count is None or received < args.count:
             wait = None if deadline is None else deadline - time.monotonic()
