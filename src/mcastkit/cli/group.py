@@ -366,7 +366,7 @@ async def _run_publish(args: argparse.Namespace) -> int:
                 await node.publish(args.topic, payload, reliable=args.reliable)
             except ValueError as error:
                 raise SystemExit(f"mcast publish: {error}") from None
-            size += len(payload)
+            size += len(payload.encode() if isinstance(payload, str) else payload)
         if args.reliable:
             await node.flush()
         elapsed = time.monotonic() - started
