@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -67,6 +67,20 @@ MISSED_HEARTBEATS = 3
 MAX_META_BYTES = 1024
 STREAM_KEY = "_rs"  # in a hello: the sender's next reliable seq (not part of the metadata)
 TOPIC_CACHE = 1024
+DEFAULT_MAX_PEERS = 4096
+# A sealed frame's timestamp must be within this of our clock: a captured frame is worthless
+# after it, to a newcomer or a restarted node too (whose replay windows are empty).
+DEFAULT_MAX_SKEW = 30.0
+# Departed peers are remembered (id, incarnation, highest seqs, stream position) so replays
+# cannot bring them back and a peer that returns after a partition resumes its stream.
+MAX_TOMBSTONES = 4096
+TOMBSTONE_SECONDS = 600.0
+SEEN_REQUESTS = 4096
+# Unicast hellos to ids we do not know (answers to a newcomer, HELLO_WANTED): a spoofed flood
+# must not turn every member into a reflector. Bucket: 200 at once, 100 a second.
+ANSWER_BURST = 200.0
+ANSWER_RATE = 100.0
+POSITION = struct.Struct("!Q")  # HEARTBEAT / GOODBYE payload: our stream's next seq
 _SENT_KEY = {kind: f"sent:{kind.name.lower()}" for kind in FrameType}
 
 
@@ -90,6 +104,10 @@ class PeerInfo:
     rtt: float | None = None
     reported: bool = False  # a Joined event went out for this peer
     stream_start: int = 0  # its reliable stream's next seq, as its last hello said
+    hello_seen: bool = False  # it sent a hello: a member (its NACKs are served)
+    resume_from: int = 0  # back after a failure: its stream resumes here, not at a hello's
+    last_stamp: int = 0  # highest timestamp seen from this incarnation (µs)
+    windows: dict[bool, ReplayWindow] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -223,6 +241,16 @@ Event = (
 
 
 @dataclass
+class _Tombstone:
+    """A departed incarnation: its highest seqs per channel and where its stream stood."""
+
+    highest: dict[bool, int]
+    stream_next: int
+    said_goodbye: bool
+    expires: float
+
+
+@dataclass
 class _Pending:
     topic: str
     sent_at: float
@@ -259,9 +287,14 @@ class Session:
         max_datagram: int = 1472,
         wall_clock_us: Callable[[], int] | None = None,
         reliable: ReliableConfig | None = None,
+        max_peers: int = DEFAULT_MAX_PEERS,
+        max_skew: float = DEFAULT_MAX_SKEW,
+        receive_budget: int | None = None,
     ) -> None:
         if heartbeat <= 0:
             raise ValueError("heartbeat must be positive")
+        if max_peers < 1 or max_skew <= 0:
+            raise ValueError("max_peers and max_skew must be positive")
         self.incarnation = incarnation
         self.node_id = node_id  # after incarnation: the setter derives the own-frame key
         self.meta: dict[str, Any] = {"name": name, **(meta or {})}
@@ -278,7 +311,13 @@ class Session:
         self._events: deque[Event] = deque()
         self._group_seq = 0
         self._unicast_seq = 0
-        self._windows: dict[tuple[int, int, bool], ReplayWindow] = {}
+        self._last_stamp = 0
+        self.max_peers = max_peers
+        self.max_skew_us = int(max_skew * 1e6)
+        self._tombstones: OrderedDict[tuple[int, int], _Tombstone] = OrderedDict()
+        self._seen_requests: OrderedDict[tuple[int, int], float] = OrderedDict()
+        self._answer_tokens = ANSWER_BURST
+        self._answer_refilled = now
         self._pending: dict[int, _Pending] = {}
         self._topics: dict[str, tuple[bytes, int]] = {}
         self._next_heartbeat = now
@@ -291,6 +330,9 @@ class Session:
         self.reliable = reliable or ReliableConfig()
         self._stream: StreamSender | None = None
         self._streams: dict[int, StreamReceiver] = {}
+        # Memory for every sender's stream together (each stream also has its own limit).
+        self.receive_budget = receive_budget or 2 * self.reliable.receiver_memory
+        self._stream_memory = 0
         self._now = now
 
     @property
@@ -313,7 +355,7 @@ class Session:
     def close(self, now: float) -> None:
         """Say goodbye; the session sends nothing after this."""
         if self._started and not self._closed:
-            self._send(FrameType.GOODBYE, "", b"", now)
+            self._send(FrameType.GOODBYE, "", self._position(), now)
         self._closed = True
 
     def serve(self, topic: str, now: float) -> None:
@@ -374,7 +416,7 @@ class Session:
         stats["receivers"] = {
             f"{sender:016x}": {
                 "next_seq": r.next_deliver,
-                "missing": len(r.missing),
+                "missing": r.missing,
                 "memory": r.memory,
                 **r.counters,
             }
@@ -442,7 +484,7 @@ class Session:
             return
         self._now = now
         if self._started and now >= self._next_heartbeat:
-            self._send(FrameType.HEARTBEAT, "", b"", now)
+            self._send(FrameType.HEARTBEAT, "", self._position(), now)
             if self._stream is not None:
                 self._send_state(now)
             self._next_heartbeat = now + self.heartbeat
@@ -451,7 +493,9 @@ class Session:
                 self._send_state(now)
             self._pull_stream(now)
         for stream in list(self._streams.values()):
+            before = stream.memory
             nacks = stream.handle_timer(now)
+            self._stream_memory += stream.memory - before
             peer = self.peers.get(stream.sender) if nacks else None
             for runs in nacks:
                 payload = encode_nack(stream.sender, stream.incarnation, runs)
@@ -465,8 +509,13 @@ class Session:
             self._next_check = now + self._check_every
             silent = [p for p in self.peers.values() if now - p.last_seen > self.failure_timeout]
             for peer in silent:
-                self._forget(peer)
+                self._forget(peer, said_goodbye=False)
                 self._events.append(Failed(peer))
+            while self._tombstones:
+                oldest = next(iter(self._tombstones.values()))
+                if oldest.expires > now:
+                    break
+                self._tombstones.popitem(last=False)
         for request_id in [r for r, p in self._pending.items() if now >= p.deadline]:
             self._finish(request_id)
 
@@ -495,11 +544,23 @@ class Session:
         if frame.sender == self.node_id:
             self._from_own_id(frame, source, now)
             return
+        if self.keyring is not None and not self._fresh(frame):
+            self._drop("stale")  # outside the clock skew: a replay of a captured frame
+            return
         unicast = bool(frame.flags & Flag.UNICAST)
-        window_key = (frame.sender, frame.incarnation, unicast)
-        window = self._windows.get(window_key)
+        peer = self.peers.get(frame.sender)
+        if peer is not None and peer.incarnation != frame.incarnation:
+            if frame.timestamp_us and frame.timestamp_us < peer.last_stamp:
+                self._drop("stale-incarnation")  # an older run of a live peer: a replay
+                return
+        elif peer is None:
+            verdict = self._admit(frame, unicast)
+            if verdict is not None:
+                self._drop(verdict)
+                return
+        window = None if peer is None else peer.windows.get(unicast)
         if window is None:
-            window = self._windows[window_key] = ReplayWindow()
+            window = ReplayWindow()
         verdict = window.check_and_mark(frame.seq)
         if verdict is not None:
             self._drop(verdict)
@@ -508,10 +569,44 @@ class Session:
         peer = self._touch(frame, source, now, unicast)
         if peer is None:
             return
+        peer.windows.setdefault(unicast, window)
+        if frame.timestamp_us > peer.last_stamp:
+            peer.last_stamp = frame.timestamp_us
         handler = _HANDLERS[frame.type]
         handler(self, frame, peer, source, now)
 
     # --- internals -----------------------------------------------------------------------
+
+    def _fresh(self, frame: Frame) -> bool:
+        """A sealed frame's (authenticated) timestamp is within the allowed skew of ours."""
+        ours = self._wall_us()
+        return not ours or abs(ours - frame.timestamp_us) <= self.max_skew_us
+
+    def _admit(self, frame: Frame, unicast: bool) -> str | None:
+        """Why a frame from a sender we do not know is refused, or None to accept it."""
+        if frame.type == FrameType.GOODBYE:
+            return "goodbye-from-unknown"
+        tomb = self._tombstones.get((frame.sender, frame.incarnation))
+        if tomb is not None and frame.seq <= tomb.highest.get(unicast, 0):
+            return "departed"  # a replay of a peer that left or failed
+        if len(self.peers) >= self.max_peers:
+            return "peer-table-full"
+        return None
+
+    def _may_answer_unknown(self, now: float) -> bool:
+        """Token bucket for unicast hellos to peers we do not know yet."""
+        self._answer_tokens = min(
+            ANSWER_BURST, self._answer_tokens + (now - self._answer_refilled) * ANSWER_RATE
+        )
+        self._answer_refilled = now
+        if self._answer_tokens < 1:
+            self.counters["answers-rate-limited"] += 1
+            return False
+        self._answer_tokens -= 1
+        return True
+
+    def _position(self) -> bytes:
+        return b"" if self._stream is None else POSITION.pack(self._stream.next_seq)
 
     def _drop(self, reason: str) -> None:
         self.counters["dropped"] += 1
@@ -569,13 +664,20 @@ class Session:
             self._node_id,
             self.incarnation,
             seq,
-            self._wall_us(),
+            self._stamp(),
         )
         data = header + raw_topic + payload
         if self.keyring is not None:
             data = self.keyring.seal(data)
         self._outgoing.append((data, to))
         self.counters[_SENT_KEY[kind]] += 1
+
+    def _stamp(self) -> int:
+        # Never backwards (a clock step): peers tell an older run of us by its timestamps.
+        wall = self._wall_us()
+        if wall:
+            wall = self._last_stamp = max(wall, self._last_stamp + 1)
+        return wall
 
     def _send_hello(self, now: float, *, flags: int, to: Address | None) -> None:
         # Where our reliable stream stands: a member that hears this before our next data
@@ -615,19 +717,26 @@ class Session:
         peer = self.peers.get(frame.sender)
         if peer is not None and peer.incarnation != frame.incarnation:
             # Same id, new incarnation: a restart. Treat the old one as gone.
-            self._forget(peer)
+            self._forget(peer, said_goodbye=True)
             self._events.append(Left(peer))
             peer = None
         if peer is None:
             if frame.type == FrameType.GOODBYE:
                 return None
             peer = PeerInfo(frame.sender, frame.incarnation, source, now, now)
+            tomb = self._tombstones.pop((frame.sender, frame.incarnation), None)
+            if tomb is not None:
+                # Back after we failed it (a partition): its stream resumes where we were, so
+                # what it sent meanwhile is repaired or reported, never skipped.
+                peer.resume_from = tomb.stream_next
+                peer.highest_seq = tomb.highest.get(False, -1)
             self.peers[frame.sender] = peer
             if frame.type != FrameType.HELLO:
                 # We missed its hello (we joined later, or it was lost): ask for one.
                 peer.reported = True
                 self._events.append(Joined(peer))
-                self._send_hello(now, flags=Flag.HELLO_WANTED, to=source)
+                if self._may_answer_unknown(now):
+                    self._send_hello(now, flags=Flag.HELLO_WANTED, to=source)
         peer.last_seen = now
         peer.address = source
         if not unicast:
@@ -637,16 +746,27 @@ class Session:
             peer.received += 1
         return peer
 
-    def _forget(self, peer: PeerInfo) -> None:
+    def _forget(self, peer: PeerInfo, *, said_goodbye: bool, stream_next: int = 0) -> None:
+        """Drop a peer in O(1); keep a tombstone so replays of it are refused."""
         self.peers.pop(peer.node_id, None)
-        for key in [k for k in self._windows if k[0] == peer.node_id]:
-            del self._windows[key]
+        position = peer.resume_from
         stream = self._streams.pop(peer.node_id, None)
         if stream is not None:
-            stream.close("sender-gone")
+            before = stream.memory
+            stream.close("sender-gone", stream_next)
+            self._stream_memory -= before
+            if stream.position:
+                position = max(stream.position, stream.highest + 1, stream_next)
             self._collect(stream, self._now)
         if self._stream is not None:
             self._stream.forget_peer(peer.node_id)
+        highest = {unicast: window.highest for unicast, window in peer.windows.items()}
+        self._tombstones[(peer.node_id, peer.incarnation)] = _Tombstone(
+            highest, position, said_goodbye, self._now + TOMBSTONE_SECONDS
+        )
+        self._tombstones.move_to_end((peer.node_id, peer.incarnation))
+        while len(self._tombstones) > MAX_TOMBSTONES:
+            self._tombstones.popitem(last=False)
 
     # --- reliable streams ----------------------------------------------------------------
 
@@ -680,8 +800,8 @@ class Session:
                 lambda: int.from_bytes(random(4), "big") / 2**32,
             )
             self._streams[frame.sender] = stream
-            if peer.stream_start:
-                stream.start_at(peer.stream_start)
+            if peer.resume_from or peer.stream_start:
+                stream.start_at(peer.resume_from or peer.stream_start)
         if frame.flags & Flag.ACK_WANTED:
             stream.acks_wanted = True
         return stream
@@ -711,9 +831,16 @@ class Session:
             payload = ACK.pack(stream.sender, stream.incarnation, through)
             self._send(FrameType.ACK, "", payload, now, to=peer.address)
 
+    def _room(self, stream: StreamReceiver) -> int:
+        """What ``stream`` may hold within the budget shared by every sender's stream."""
+        return self.receive_budget - (self._stream_memory - stream.memory)
+
     def _on_rdata(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
         stream = self._receiver(frame, peer)
-        if not stream.on_data(frame.payload, frame.topic, now):
+        before = stream.memory
+        ok = stream.on_data(frame.payload, frame.topic, now, self._room(stream))
+        self._stream_memory += stream.memory - before
+        if not ok:
             self._drop("bad-rdata")
             return
         self._collect(stream, now)
@@ -724,7 +851,9 @@ class Session:
             return
         stream = self._receiver(frame, peer)
         oldest, next_seq = RSTATE.unpack(frame.payload)
-        stream.on_state(oldest, next_seq, now)
+        before = stream.memory
+        stream.on_state(oldest, next_seq, now, self._room(stream))
+        self._stream_memory += stream.memory - before
         if frame.flags & Flag.ACK_WANTED:
             through = stream.ack_now()
             if through is not None:
@@ -738,6 +867,11 @@ class Session:
             return
         target, incarnation, runs = decoded
         if target == self.node_id and incarnation == self.incarnation:
+            if not peer.hello_seen:
+                # Repairs are for members: a forged NACK from an id that never said hello
+                # (a spoofed source) gets nothing multicast for it.
+                self._drop("nack-from-non-member")
+                return
             if self._stream is not None:
                 self._stream.on_nack(runs, now)
                 if self._stream.probe_due(now):  # at once when the NACK asked for gone seqs
@@ -752,6 +886,9 @@ class Session:
             self._drop("bad-ack")
             return
         target, incarnation, through = ACK.unpack(frame.payload)
+        if not peer.hello_seen:
+            self._drop("ack-from-non-member")
+            return
         if target == self.node_id and incarnation == self.incarnation and self._stream:
             self._stream.on_ack(frame.sender, through, now)
 
@@ -769,20 +906,32 @@ class Session:
             peer.stream_start = stream_next
         changed = meta != peer.meta
         peer.meta = meta
+        peer.hello_seen = True
         if not peer.reported:
             peer.reported = True
             self._events.append(Joined(peer))
         elif changed:
             self._events.append(Updated(peer))
-        if not frame.flags & Flag.HELLO_ANSWER:
+        if not frame.flags & Flag.HELLO_ANSWER and self._may_answer_unknown(now):
             # A newcomer (or one that asked): tell it who we are, directly.
             self._send_hello(now, flags=Flag.HELLO_ANSWER, to=source)
 
     def _on_heartbeat(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
-        return None
+        # Where its stream stands: a tail we never saw becomes a gap, asked for or reported.
+        stream = self._streams.get(frame.sender)
+        if stream is None or len(frame.payload) != POSITION.size or not stream.position:
+            return
+        (next_seq,) = POSITION.unpack(frame.payload)
+        before = stream.memory
+        stream.on_state(0, next_seq, now, self._room(stream))
+        self._stream_memory += stream.memory - before
+        self._collect(stream, now)
 
     def _on_goodbye(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
-        self._forget(peer)
+        stream_next = 0
+        if len(frame.payload) == POSITION.size:
+            (stream_next,) = POSITION.unpack(frame.payload)
+        self._forget(peer, said_goodbye=True, stream_next=stream_next)
         self._events.append(Left(peer))
 
     def _on_data(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
@@ -806,6 +955,13 @@ class Session:
             self.counters["requests-not-served"] += 1
             return
         (request_id,) = _REQUEST_ID.unpack_from(frame.payload)
+        key = (frame.sender, request_id)
+        if key in self._seen_requests:
+            self._drop("request-replay")  # served once already: a replay is never run again
+            return
+        self._seen_requests[key] = now
+        if len(self._seen_requests) > SEEN_REQUESTS:
+            self._seen_requests.popitem(last=False)
         self._events.append(
             RequestReceived(
                 request_id, frame.sender, frame.topic, frame.payload[_REQUEST_ID.size :], source
