@@ -22,6 +22,8 @@ from .addr import GroupSpec, parse_group
 from .reliable import ReliableConfig, SlowReceiver, Unrecoverable
 from .security import GroupKey, KeyRing, key_from_passphrase
 from .session import (
+    DEFAULT_MAX_PEERS,
+    DEFAULT_MAX_SKEW,
     Event,
     Failed,
     Gathered,
@@ -108,11 +110,13 @@ class Subscription:
         """True when ``topic`` belongs to this subscription."""
         return topic_matches(self.pattern, topic)
 
-    def _offer(self, message: Message | None) -> None:
+    def _offer(self, message: Message | None) -> bool:
         try:
             self._queue.put_nowait(message)
         except asyncio.QueueFull:
-            self.dropped += 1  # a slow consumer never stalls the node
+            self.dropped += 1  # a slow consumer never stalls the node (and is told: _dispatch)
+            return False
+        return True
 
     async def get(self, timeout: float | None = None) -> Message | None:
         """The next message; None at the timeout or when the node stopped."""
@@ -167,6 +171,8 @@ class Node:
         max_datagram: int | None = None,
         rcvbuf: int = DEFAULT_RCVBUF,
         reliable: ReliableConfig | None = None,
+        max_peers: int = DEFAULT_MAX_PEERS,
+        max_skew: float = DEFAULT_MAX_SKEW,
     ) -> None:
         self.spec = group if isinstance(group, GroupSpec) else parse_group(group)
         if max_datagram is None:
@@ -177,7 +183,7 @@ class Node:
         self._ttl = ttl
         self._loopback = loopback
         if passphrase is not None:
-            key = key_from_passphrase(passphrase)
+            key = key_from_passphrase(passphrase, group=self.spec)
         self.key = key
         self._session_args: dict[str, Any] = {
             "name": name or f"{socket.gethostname()}-{os.getpid()}",
@@ -192,6 +198,8 @@ class Node:
             "deliver_own": deliver_own,
             "max_datagram": max_datagram,
             "reliable": reliable,
+            "max_peers": max_peers,
+            "max_skew": max_skew,
         }
         self.session: Session | None = None
         self._group_socket: GroupSocket | None = None
@@ -501,9 +509,18 @@ class Node:
 
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, Message):
+            overflowed = False
             for subscription in list(self._subscriptions):
-                if subscription.matches(event.topic):
-                    subscription._offer(event)
+                if subscription.matches(event.topic) and not subscription._offer(event):
+                    overflowed = True
+            if overflowed and event.reliable:
+                # Delivered by the stream but not taken by a subscriber that fell 10,000
+                # messages behind: that is loss too, and loss is never silent.
+                lost = Unrecoverable(event.sender, event.seq, event.seq, "subscriber-overflow")
+                if self.session is not None:
+                    self.session.counters["reliable-subscriber-overflow"] += 1
+                for queue in list(self._membership):
+                    queue.put_nowait(lost)
         elif isinstance(event, RequestReceived):
             self._answer(event)
         elif isinstance(event, Gathered):

@@ -5,10 +5,11 @@ The first 20 bytes are the associated data, so key id and nonce cannot be altere
 Nonces are random (96 bits): keep a key for fewer than 2**32 frames (NIST SP 800-38D 8.3's
 bound for random nonces), i.e. rotate keys long before that.
 
-Keys come from a passphrase through scrypt (RFC 7914; n=2**15, r=8, p=1, a fixed
-application salt so every member derives the same key) or from a key file made by
-``mcast keygen``. The key id is derived from the key, so members agree on it without
-configuration and a node can hold several keys while they rotate.
+Keys come from a passphrase through scrypt (RFC 7914; n=2**15, r=8, p=1) with a salt bound to
+the group address and port, so every member of one group derives the same key while no
+precomputed table serves two deployments; or from a key file made by ``mcast keygen``
+(refused when other users can read it). The key id is derived from the key, so members agree
+on it without configuration and a node can hold several keys while they rotate.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import base64
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 KEY_SIZE = 32
-_SCRYPT_SALT = b"mcastkit group key v1"
+_SCRYPT_SALT = b"mcastkit group key v2|"
 _SCRYPT_N = 2**15
 
 
@@ -64,12 +66,52 @@ class GroupKey:
         return int.from_bytes(digest, "big")
 
 
-def key_from_passphrase(passphrase: str) -> GroupKey:
-    """Derive the group key from a passphrase with scrypt."""
+def key_from_passphrase(passphrase: str, *, group: object) -> GroupKey:
+    """Derive the group key from a passphrase with scrypt, salted with the group.
+
+    ``group``: the group as ``"239.1.2.3:5000"``, ``"[ff15::1]:5000"`` or a GroupSpec; an
+    interface suffix does not count, so members on different interfaces agree.
+    """
     if not passphrase:
-        raise SecurityError("the passphrase is empty")
-    kdf = Scrypt(salt=_SCRYPT_SALT, length=KEY_SIZE, n=_SCRYPT_N, r=8, p=1)
+        raise SecurityError("the passphrase is empty: an empty passphrase is no key")
+    salt = _SCRYPT_SALT + _group_salt(group)
+    kdf = Scrypt(salt=salt, length=KEY_SIZE, n=_SCRYPT_N, r=8, p=1)
     return GroupKey(kdf.derive(passphrase.encode("utf-8")))
+
+
+def _group_salt(group: object) -> bytes:
+    from .addr import GroupSpec, parse_group
+
+    spec = group if isinstance(group, GroupSpec) else parse_group(str(group))
+    host = f"[{spec.group}]" if spec.family == 6 else str(spec.group)
+    return f"{host}:{spec.port}".encode()
+
+
+def check_private(path: str | Path, what: str) -> None:
+    """Refuse a secret file that users other than its owner can read or write."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise SecurityError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SecurityError(
+            f"{what} {path} is readable by other users (mode {stat.S_IMODE(mode):04o}); "
+            f"fix: chmod 600 {path}"
+        )
+
+
+def read_passphrase_file(path: str | Path) -> str:
+    """A passphrase from the first line of a private file."""
+    check_private(path, "passphrase file")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SecurityError(f"cannot read passphrase file {path}: {exc}") from None
+    lines = text.splitlines()
+    passphrase = lines[0] if lines else ""
+    if not passphrase:
+        raise SecurityError(f"passphrase file {path} is empty")
+    return passphrase
 
 
 def write_key_file(path: str | Path, key: GroupKey | None = None) -> GroupKey:
@@ -95,7 +137,8 @@ def write_key_file(path: str | Path, key: GroupKey | None = None) -> GroupKey:
 
 
 def load_key_file(path: str | Path) -> GroupKey:
-    """Read a key file written by ``mcast keygen``."""
+    """Read a key file written by ``mcast keygen`` (refused when others can read it)."""
+    check_private(path, "key file")
     try:
         data = json.loads(Path(path).read_text())
         secret = base64.b64decode(data["key"], validate=True)

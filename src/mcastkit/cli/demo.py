@@ -70,7 +70,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     where = f"via {iface}" if iface else "on the default interface"
     note(f"demo on {spec} {where}: {nodes} node(s); own messages are recognised by id")
-    key = group_key(args)
+    key = group_key(args, args.group)
     result = run_demo(
         spec,
         nodes=nodes,

@@ -64,7 +64,7 @@ def _line(record: dict[str, Any], data: bytes) -> str:
 def cmd_dump(args: argparse.Namespace) -> int:
     """Dump until --count, --timeout or Ctrl-C."""
     spec = parse_group(args.group)
-    key = group_key(args)
+    key = group_key(args, args.group)
     keyring = None if key is None else KeyRing([key], os.urandom)
     receiver = open_receiver(spec, iface=args.iface, sources=args.source)
     pcap_file: BinaryIO | None = None

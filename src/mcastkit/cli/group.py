@@ -98,7 +98,7 @@ def _make_node(args: argparse.Namespace) -> Node:
         iface=args.iface,
         name=args.name,
         ttl=args.ttl,
-        key=group_key(args),
+        key=group_key(args, args.group),
         heartbeat=args.heartbeat,
         failure_timeout=args.failure_timeout,
         reliable=_reliable_config(args),

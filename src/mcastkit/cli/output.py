@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import signal
 import sys
 import time
 from types import FrameType
 from typing import Any
 
-from ..security import GroupKey, key_from_passphrase, load_key_file
+from ..security import (
+    GroupKey,
+    SecurityError,
+    key_from_passphrase,
+    load_key_file,
+    read_passphrase_file,
+)
+
+PASSPHRASE_ENV = "MCAST_PASSPHRASE"
 
 
 def emit_json(data: Any) -> None:
@@ -42,19 +52,46 @@ def preview(data: bytes, width: int = 60) -> str:
 
 
 def add_key_options(parser: argparse.ArgumentParser) -> None:
-    """``--key-file`` / ``--passphrase``, shared by every command that speaks to a group."""
+    """Where the group key comes from, shared by every command that speaks to a group."""
     keys = parser.add_mutually_exclusive_group()
-    keys.add_argument("--key-file", help="group key file made by `mcast keygen`")
-    keys.add_argument("--passphrase", help="derive the group key from this passphrase")
+    keys.add_argument("--key-file", help="group key file made by `mcast keygen` (mode 0600)")
+    keys.add_argument(
+        "--passphrase-file", help="derive the group key from the first line of this file (0600)"
+    )
+    keys.add_argument(
+        "--ask-passphrase", action="store_true", help="prompt for the passphrase (not echoed)"
+    )
+    keys.add_argument(
+        "--passphrase",
+        help=f"derive the key from this passphrase (visible to local users in `ps`: prefer "
+        f"${PASSPHRASE_ENV}, --passphrase-file or --ask-passphrase)",
+    )
 
 
-def group_key(args: argparse.Namespace) -> GroupKey | None:
-    """The group key the options name, or None for an open group."""
+def group_key(args: argparse.Namespace, group: object) -> GroupKey | None:
+    """The group key the options (or $MCAST_PASSPHRASE) name, or None for an open group."""
     if getattr(args, "key_file", None):
         return load_key_file(args.key_file)
-    if getattr(args, "passphrase", None):
-        return key_from_passphrase(args.passphrase)
-    return None
+    passphrase: str | None = None
+    if getattr(args, "passphrase_file", None):
+        passphrase = read_passphrase_file(args.passphrase_file)
+    elif getattr(args, "ask_passphrase", False):
+        try:
+            passphrase = getpass.getpass("group passphrase: ")
+        except EOFError:
+            passphrase = ""
+    elif getattr(args, "passphrase", None) is not None:
+        passphrase = args.passphrase
+        note(f"warning: --passphrase is visible to every local user in `ps`; use ${PASSPHRASE_ENV}")
+    elif os.environ.get(PASSPHRASE_ENV) is not None:
+        passphrase = os.environ[PASSPHRASE_ENV]
+    if passphrase is None:
+        return None
+    if not passphrase:
+        raise SecurityError(
+            "the passphrase is empty; give a non-empty one (an open group has none)"
+        )
+    return key_from_passphrase(passphrase, group=group)
 
 
 class CtrlC:
@@ -83,7 +120,7 @@ class CtrlC:
         return self.pressed
 
 
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def parse_size(text: str) -> int:

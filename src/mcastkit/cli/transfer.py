@@ -9,8 +9,8 @@ from typing import Any
 from ..addr import parse_group
 from ..diag.bench import parse_rate
 from ..transfer import receive_files, send_files
-from ..transfer.engine import ReceiveSession, SendSession
-from .output import CtrlC, ProgressBar, emit_json, note, say
+from ..transfer.engine import DEFAULT_MAX_SIZE, ReceiveSession, SendSession
+from .output import CtrlC, ProgressBar, emit_json, note, parse_size, say
 
 DEFAULT_FILE_GROUP = "239.255.77.83:5083"
 
@@ -69,6 +69,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     recv.add_argument("--wait", type=float, help="give up if no transfer starts in this time")
     recv.add_argument(
         "--rcvbuf", type=int, default=16 << 20, help="receive buffer bytes (default 16 MiB)"
+    )
+    recv.add_argument(
+        "--max-size",
+        type=parse_size,
+        default=DEFAULT_MAX_SIZE,
+        help="refuse a transfer announcing more than this (default 16G; e.g. 500M, 2T)",
     )
     recv.add_argument("--json", action="store_true", help="a JSON summary")
     recv.set_defaults(handler=cmd_recv_file)
@@ -178,6 +184,7 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
             on_progress=progress,
             stop=interrupted,
             rcvbuf=args.rcvbuf,
+            max_size=args.max_size,
         )
     finally:
         interrupted.restore()

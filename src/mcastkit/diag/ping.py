@@ -33,6 +33,12 @@ HEAD = struct.Struct("!4sBBBxQIQ")
 ANSWER_TAIL = struct.Struct("!QIQB3x")
 RTT_SAMPLES = 100_000  # bounded memory for percentiles
 WINDOW = 1024  # seqs remembered for duplicate detection
+MAX_PEERS = 256  # peers tracked at once; more are refused (counted), never an unbounded table
+# A peer that never answered one of our probes is unconfirmed (any host can forge a probe from
+# any source): it gets a unicast probe only every 8th round, to find out, and it is forgotten
+# after this much silence. A spoofed flood so draws at most MAX_PEERS / 8 probes a round.
+UNCONFIRMED_SILENCE_NS = 5_000_000_000
+UNCONFIRMED_EVERY = 8
 
 
 @dataclass
@@ -193,6 +199,13 @@ class PeerPaths:
     first_seen_ns: int
     multicast: PathStats = field(default_factory=PathStats)
     unicast: PathStats = field(default_factory=PathStats)
+    last_heard_ns: int = 0
+    found_round: int = 0  # our unicast round when it was found
+
+    @property
+    def confirmed(self) -> bool:
+        """It answered a probe of ours: it hears us at the address we know."""
+        return bool(self.multicast.answered or self.unicast.answered)
 
     def path(self, kind: int) -> PathStats:
         """The stats of one path."""
@@ -211,7 +224,9 @@ class PingSession:
         ttl: int,
         answer_timeout_ns: int = 1_000_000_000,
         pinned: list[Address] | None = None,
+        max_peers: int = MAX_PEERS,
     ) -> None:
+        self.max_peers = max_peers
         self.node_id = node_id
         self.interval_ns = interval_ns
         self.ttl = ttl
@@ -265,11 +280,18 @@ class PingSession:
                 peer.multicast.on_sent(seq, now_ns)
         if now_ns >= self._next_unicast_ns:
             self._next_unicast_ns = self._advance(self._next_unicast_ns, now_ns, self.interval_ns)
+            self._expire(now_ns)
             # One seq per round for every peer, so each peer sees a gap-free sequence.
             probe = self._head(PROBE, UNICAST, now_ns)
             seq = self._seq[PROBE, UNICAST]
             known = set()
             for peer in self.peers.values():
+                if (
+                    not peer.confirmed
+                    and peer.address not in self.pinned
+                    and (seq - peer.found_round - 1) % UNCONFIRMED_EVERY
+                ):
+                    continue  # a forged probe names any source: few probes until it answers
                 peer.unicast.on_sent(seq, now_ns)
                 out.append((probe, peer.address))
                 known.add(peer.address)
@@ -290,8 +312,13 @@ class PingSession:
             return []
         peer = self.peers.get(packet.sender)
         if peer is None:
+            if len(self.peers) >= self.max_peers:
+                self.counters["peers-refused"] += 1
+                return []
             peer = self.peers[packet.sender] = PeerPaths(packet.sender, source, now_ns)
+            peer.found_round = self._seq[PROBE, UNICAST]
             self.counters["peers-found"] += 1
+        peer.last_heard_ns = now_ns
         if packet.path == UNICAST or peer.address[0] != source[0]:
             peer.address = source  # unicast sources are the peer's reply address
         if packet.kind == PROBE:
@@ -304,6 +331,17 @@ class PingSession:
         if packet.to == self.node_id:
             peer.path(packet.path).on_answer(packet.echo_seq, now_ns)
         return []
+
+    def _expire(self, now_ns: int) -> None:
+        """Forget unconfirmed peers gone silent: spoofed ids do not pile up."""
+        gone = [
+            node_id
+            for node_id, peer in self.peers.items()
+            if not peer.confirmed and now_ns - peer.last_heard_ns > UNCONFIRMED_SILENCE_NS
+        ]
+        for node_id in gone:
+            del self.peers[node_id]
+        self.counters["peers-expired"] += len(gone)
 
     def summary(self, now_ns: int) -> dict[str, Any]:
         """Every peer with both paths, for tables and JSON."""

@@ -8,8 +8,10 @@ and in tests.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import secrets
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,9 @@ from .protocol import (
 Address = tuple[str, int]
 Out = list[tuple[bytes, Address | None]]
 SENDER_SILENCE = 15.0  # a receiver gives up after this long without a word from its sender
+DEFAULT_MAX_SIZE = 16 << 30  # bytes one transfer may announce before the receiver refuses it
+SPACE_MARGIN = 64 << 20  # free space kept beyond the announced size
+MIN_BITMAP_LIMIT = 1 << 24  # blocks (a byte each) accepted at least; more as --max-size grows
 STATUS_CHUNKS = 32  # STATUS datagrams per request: up to 3,200 missing ranges per round
 
 
@@ -298,7 +303,12 @@ class SendSession:
 
 
 class FileSink:
-    """Receiver storage: temporary files, written in place, renamed once verified."""
+    """Receiver storage: temporary files, written in place, renamed once verified.
+
+    Temporary names are random and created exclusively without following links, so a file or
+    symlink planted in the directory is never opened; space is allocated up front, so the
+    traffic cannot make the disk fill faster than the announced size.
+    """
 
     def __init__(self, directory: Path, files: list[FileInfo], session: int) -> None:
         self.directory = directory
@@ -306,15 +316,19 @@ class FileSink:
         self.paths: list[Path] = []
         self.temps: list[Path] = []
         self.handles: list[int] = []
-        for info in files:
-            name = safe_name(info.name)
-            final = directory / name
-            temp = directory / f".{name}.mcastkit-{session:016x}.part"
-            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            self.handles.append(fd)
-            self.paths.append(final)
-            self.temps.append(temp)
-            os.ftruncate(fd, info.size)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            for info in files:
+                name = safe_name(info.name)
+                temp = directory / f".{name}.{secrets.token_hex(8)}.mcastkit-part"
+                fd = os.open(temp, flags, 0o600)
+                self.handles.append(fd)
+                self.temps.append(temp)
+                self.paths.append(directory / name)
+                _allocate(fd, info.size)
+        except BaseException:
+            self.discard()
+            raise
 
     def write(self, file_index: int, offset: int, data: bytes) -> None:
         """Write one block (OSError on a full disk)."""
@@ -353,6 +367,27 @@ class FileSink:
                 temp.unlink()
 
 
+def _allocate(fd: int, size: int) -> None:
+    """Reserve ``size`` bytes (ENOSPC now, not mid-transfer); sparse where not supported."""
+    if size and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+    os.ftruncate(fd, size)
+
+
+def free_space(directory: Path) -> int | None:
+    """Bytes available to us in ``directory`` (None when the file system does not say)."""
+    try:
+        stats = os.statvfs(directory)
+    except (OSError, AttributeError):
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
 def safe_name(name: str) -> str:
     """A file name from the network, reduced to a plain name in the target directory."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1].replace("\x00", "")
@@ -372,7 +407,9 @@ class ReceiveSession:
         *,
         now: float,
         session: int | None = None,
+        max_size: int = DEFAULT_MAX_SIZE,
     ) -> None:
+        self.max_size = max_size
         self.receiver_id = receiver_id
         self.name = name
         self.directory = directory
@@ -462,11 +499,32 @@ class ReceiveSession:
         if decoded is None:
             return []
         files, block_size = decoded
+        total = sum(f.size for f in files)
+        problem = None
+        blocks = sum(f.blocks(block_size) for f in files)
+        if total > self.max_size:
+            problem = (
+                f"the transfer is {total:,} bytes, over the {self.max_size:,}-byte limit "
+                "(raise --max-size to accept it)"
+            )
+        elif blocks > max(MIN_BITMAP_LIMIT, self.max_size // 1024):
+            problem = f"{blocks:,} blocks of {block_size} bytes: blocks this small are refused"
+        else:
+            free = free_space(self.directory)
+            if free is not None and total + SPACE_MARGIN > free:
+                problem = (
+                    f"not enough space: {total:,} bytes announced, {free:,} free in "
+                    f"{self.directory}"
+                )
+        if problem is not None:
+            self.session, self.sender = session, source
+            self._fail(problem)
+            return []
         try:
             for info in files:
                 safe_name(info.name)
             self.sink = FileSink(self.directory, files, session)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, OverflowError) as exc:
             self.session, self.sender = session, source
             self._fail(f"cannot prepare files: {exc}")
             return []

@@ -46,6 +46,8 @@ RANGE = struct.Struct("!HII")  # file index, first missing block, count
 # One datagram in a 1500-byte Ethernet frame: 1472 - 16 (header) - 6 (data head) = 1450.
 BLOCK_SIZE = 1450
 MAX_RANGES = 100  # ranges per STATUS datagram (1200 bytes); the rest come next round
+# Tiny blocks would make the receiver's bitmap (a byte a block) cost a byte per 16 of file.
+MIN_BLOCK_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -110,9 +112,9 @@ def decode_announce(body: bytes) -> tuple[list[FileInfo], int] | None:
         files = [FileInfo(str(f["name"]), int(f["size"]), str(f["sha256"])) for f in data["files"]]
     except (ValueError, KeyError, TypeError):
         return None
-    if not 16 <= block_size <= 65000 or not files or len(files) > 65535:
+    if not MIN_BLOCK_SIZE <= block_size <= 65000 or not files or len(files) > 65535:
         return None
-    if any(f.size < 0 or len(f.sha256) != 64 for f in files):
+    if any(not 0 <= f.size < 1 << 62 or len(f.sha256) != 64 for f in files):
         return None
     return files, block_size
 

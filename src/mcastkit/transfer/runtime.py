@@ -15,7 +15,7 @@ from typing import Any
 from ..addr import GroupSpec
 from ..diag.bench import Rate
 from ..transport import GroupSocket, Packet, open_receiver, open_sender
-from .engine import Address, ReceiveSession, SendSession
+from .engine import DEFAULT_MAX_SIZE, Address, ReceiveSession, SendSession
 from .protocol import BLOCK_SIZE, HEAD, FileInfo
 from .rate import AdaptiveRate
 
@@ -205,8 +205,13 @@ def receive_files(
     rcvbuf: int = 16 << 20,
     on_progress: Callable[[ReceiveSession], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    max_size: int = DEFAULT_MAX_SIZE,
 ) -> dict[str, Any]:
-    """Receive one transfer into ``directory``; ``wait`` bounds the wait for an announce."""
+    """Receive one transfer into ``directory``; ``wait`` bounds the wait for an announce.
+
+    A transfer announcing more than ``max_size`` bytes, or more than the directory's free
+    space, is refused before anything is written.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     group_socket = open_receiver(spec, iface=iface, rcvbuf=rcvbuf, blocking=False)
     try:
@@ -221,6 +226,7 @@ def receive_files(
         name or f"{os.uname().nodename}-{os.getpid()}",
         directory,
         now=now,
+        max_size=max_size,
     )
     started = now
     finished_at: float | None = None
