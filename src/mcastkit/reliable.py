@@ -29,6 +29,7 @@ __all__ = [
     "NACK_RANGE",
     "RDATA_HEAD",
     "RSTATE",
+    "UNKNOWN_END",
     "ReliableConfig",
     "SlowReceiver",
     "StreamReceiver",
@@ -45,6 +46,7 @@ NACK_RANGE = struct.Struct("!QI")  # first seq, count
 RSTATE = struct.Struct("!QQ")  # oldest seq still in the window, next seq to be sent
 ACK = struct.Struct("!QIQ")  # target sender, target incarnation, delivered through seq
 MAX_NACK_RANGES = 64
+UNKNOWN_END = (1 << 64) - 1  # an Unrecoverable's last_seq when the end is not known
 MAX_GAP = 1 << 17  # seqs; a larger jump is beyond any window: restart instead of tracking it
 MAX_MESSAGE_WIRE = 0xFFFFFFFF
 SEND_BATCH = 256  # datagrams per pull: receive processing interleaves with long sends
@@ -125,8 +127,12 @@ class Unrecoverable:
 
     ``reason``: ``window-passed`` (the sender no longer has it), ``repair-timeout`` (no
     repair came), ``too-large`` (a message above ``max_message``), ``message-timeout``,
-    ``sender-gone`` (the sender left or failed with data missing). ``partial`` is True when
-    a message was already partly received and is dropped with the gap.
+    ``sender-gone`` (the sender left or failed with data missing), ``sender-failed`` (the
+    sender went silent: anything it sent from ``first_seq`` on, ``last_seq`` being
+    ``UNKNOWN_END``, did not arrive), ``memory-limit`` (the gaps alone outgrew the memory
+    budget), ``subscriber-overflow`` (delivered, but a subscription queue was full).
+    ``partial`` is True when a message was already partly received and is dropped with the
+    gap.
     """
 
     sender: int

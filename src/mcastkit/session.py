@@ -20,6 +20,7 @@ from .reliable import (
     ACK,
     RDATA_HEAD,
     RSTATE,
+    UNKNOWN_END,
     ReliableConfig,
     SlowReceiver,
     StreamReceiver,
@@ -312,6 +313,7 @@ class Session:
         self._group_seq = 0
         self._unicast_seq = 0
         self._last_stamp = 0
+        self._started_us = 0
         self.max_peers = max_peers
         self.max_skew_us = int(max_skew * 1e6)
         self._tombstones: OrderedDict[tuple[int, int], _Tombstone] = OrderedDict()
@@ -350,6 +352,7 @@ class Session:
     def start(self, now: float) -> None:
         """Announce ourselves (HELLO) and start heartbeats."""
         self._started = True
+        self._started_us = self._wall_us()
         self._send_hello(now, flags=0, to=None)
 
     def close(self, now: float) -> None:
@@ -578,9 +581,14 @@ class Session:
     # --- internals -----------------------------------------------------------------------
 
     def _fresh(self, frame: Frame) -> bool:
-        """A sealed frame's (authenticated) timestamp is within the allowed skew of ours."""
+        """A sealed frame's (authenticated) timestamp is within the allowed skew of ours, and
+        not from before we started: no frame captured earlier reaches a newcomer or a
+        restarted node, whose replay windows are still empty."""
         ours = self._wall_us()
-        return not ours or abs(ours - frame.timestamp_us) <= self.max_skew_us
+        if not ours:
+            return True
+        stamp = frame.timestamp_us
+        return abs(ours - stamp) <= self.max_skew_us and stamp >= self._started_us
 
     def _admit(self, frame: Frame, unicast: bool) -> str | None:
         """Why a frame from a sender we do not know is refused, or None to accept it."""
@@ -757,7 +765,19 @@ class Session:
             self._stream_memory -= before
             if stream.position:
                 position = max(stream.position, stream.highest + 1, stream_next)
+                if not said_goodbye:
+                    # Silent, not gone: whatever it sent after what we saw never arrived.
+                    # Said now (never silent); if it comes back, its stream resumes here and
+                    # what can still be repaired is delivered after all.
+                    stream.events.append(
+                        Unrecoverable(peer.node_id, position, UNKNOWN_END, "sender-failed")
+                    )
             self._collect(stream, self._now)
+        elif said_goodbye and stream_next > max(peer.resume_from, peer.stream_start, 1):
+            # It published while we heard none of it, and says so as it leaves.
+            first = peer.resume_from or peer.stream_start
+            self._events.append(Unrecoverable(peer.node_id, first, stream_next - 1, "sender-gone"))
+            self.counters["reliable-unrecoverable"] += 1
         if self._stream is not None:
             self._stream.forget_peer(peer.node_id)
         highest = {unicast: window.highest for unicast, window in peer.windows.items()}
@@ -918,10 +938,15 @@ class Session:
 
     def _on_heartbeat(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
         # Where its stream stands: a tail we never saw becomes a gap, asked for or reported.
-        stream = self._streams.get(frame.sender)
-        if stream is None or len(frame.payload) != POSITION.size or not stream.position:
+        if len(frame.payload) != POSITION.size:
             return
         (next_seq,) = POSITION.unpack(frame.payload)
+        stream = self._streams.get(frame.sender)
+        start = peer.resume_from or peer.stream_start
+        if stream is None and start and next_seq > start:
+            stream = self._receiver(frame, peer)  # it published and we heard none of it
+        if stream is None or not stream.position:
+            return
         before = stream.memory
         stream.on_state(0, next_seq, now, self._room(stream))
         self._stream_memory += stream.memory - before

@@ -125,7 +125,7 @@ def test_full_disk_fails_cleanly_and_leaves_no_file(lab: Lab, tmp_path: Path) ->
     result = json.loads(proc.communicate(timeout=60)[0])
     assert code == 1
     (state,) = summary["receivers"]
-    assert "No space left on device" in state["failed"]
+    assert "not enough space" in state["failed"]  # refused before a byte is written
     assert result["state"] == "failed"
     assert not (target / "payload.bin").exists()
 

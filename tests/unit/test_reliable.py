@@ -9,6 +9,7 @@ from fakenet import FakeNet
 
 from mcastkit.reliable import (
     RDATA_HEAD,
+    UNKNOWN_END,
     ReliableConfig,
     SlowReceiver,
     StreamReceiver,
@@ -318,8 +319,11 @@ def test_a_sender_that_fails_mid_message_is_reported() -> None:
         receiver.receive_datagram(data, net.address_of(sender), net.now)
     net.muted.add(net.address_of(sender))
     net.run(5.0, step=0.01)
-    (lost,) = net.of(receiver, Unrecoverable)
+    lost, tail = net.of(receiver, Unrecoverable)
     assert lost.reason == "sender-gone" and lost.partial and lost.first_seq == 1
+    # Silent, not gone: what it may have sent after seq 5 is reported too, open-ended.
+    assert tail.reason == "sender-failed" and tail.first_seq == 6
+    assert tail.last_seq == UNKNOWN_END
     assert not _messages(net, receiver)
 
 

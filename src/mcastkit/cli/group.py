@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from ..aio import DEFAULT_GROUP, Node, Request
 from ..diag.bench import parse_rate
-from ..reliable import ReliableConfig, SlowReceiver, Unrecoverable
+from ..reliable import UNKNOWN_END, ReliableConfig, SlowReceiver, Unrecoverable
 from ..security import write_key_file
 from ..session import Failed, IdRenewed, Joined, Left, Message, Updated
 from .output import add_key_options, emit_json, group_key, note, parse_size, preview, say
@@ -455,15 +455,16 @@ def _print_loss(node: Node, event: Unrecoverable, as_json: bool) -> None:
                 "sender": f"{event.sender:016x}",
                 "name": name,
                 "first_seq": event.first_seq,
-                "last_seq": event.last_seq,
+                "last_seq": None if event.last_seq == UNKNOWN_END else event.last_seq,
                 "reason": event.reason,
                 "partial_message": event.partial,
             }
         )
     else:
+        end = "end" if event.last_seq == UNKNOWN_END else str(event.last_seq)
         note(
-            f"LOST from {name} [{event.sender:016x}]: stream seq {event.first_seq}-"
-            f"{event.last_seq} cannot be repaired ({event.reason})"
+            f"LOST from {name} [{event.sender:016x}]: stream seq {event.first_seq}-{end} "
+            f"cannot be repaired ({event.reason})"
         )
 
 

@@ -48,7 +48,7 @@ Address = tuple[str, int]
 Out = list[tuple[bytes, Address | None]]
 SENDER_SILENCE = 15.0  # a receiver gives up after this long without a word from its sender
 DEFAULT_MAX_SIZE = 16 << 30  # bytes one transfer may announce before the receiver refuses it
-SPACE_MARGIN = 64 << 20  # free space kept beyond the announced size
+SPACE_MARGIN = 1 << 20  # free space kept beyond the announced size
 MIN_BITMAP_LIMIT = 1 << 24  # blocks (a byte each) accepted at least; more as --max-size grows
 STATUS_CHUNKS = 32  # STATUS datagrams per request: up to 3,200 missing ranges per round
 
@@ -516,18 +516,19 @@ class ReceiveSession:
                     f"not enough space: {total:,} bytes announced, {free:,} free in "
                     f"{self.directory}"
                 )
+        if problem is None:
+            try:
+                for info in files:
+                    safe_name(info.name)
+                self.sink = FileSink(self.directory, files, session)
+            except (ValueError, OSError, OverflowError) as exc:
+                problem = f"cannot prepare files: {exc}"
         if problem is not None:
+            # Refused before a byte is written; the sender is told why (register, then fail).
             self.session, self.sender = session, source
             self._fail(problem)
-            return []
-        try:
-            for info in files:
-                safe_name(info.name)
-            self.sink = FileSink(self.directory, files, session)
-        except (ValueError, OSError, OverflowError) as exc:
-            self.session, self.sender = session, source
-            self._fail(f"cannot prepare files: {exc}")
-            return []
+            assert self._complete_message is not None
+            return [(self._register(), source), (self._complete_message, source)]
         self.session, self.sender, self.files, self.block_size = session, source, files, block_size
         self.bitmaps = [bytearray(f.blocks(block_size)) for f in files]
         self.total_blocks = sum(len(b) for b in self.bitmaps)

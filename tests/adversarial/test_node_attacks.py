@@ -1,0 +1,218 @@
+"""Raw-socket attacks on a real Node process, run under ``prlimit --as``: bounds measured.
+
+The victim (victim.py) is a Node on loopback in the suite's private namespace; the attacker
+is this process, sending frames built by hand (craft.py) from the documented wire format.
+Each test asserts what the attack may cost at most: RSS growth, the longest event-loop stall,
+datagrams the victim sends because of it, replays delivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import craft
+import pytest
+from conftest import ISOLATED
+
+VICTIM = Path(__file__).with_name("victim.py")
+ADDRESS_SPACE = 1 << 30  # 1 GiB: an attack that really grew memory would die here
+pytestmark = pytest.mark.skipif(not ISOLATED, reason="needs the private network namespace")
+
+
+class Victim:
+    def __init__(self, *args: str, group: str = "239.255.66.66:6666") -> None:
+        self.group = group
+        host, port = group.rsplit(":", 1)
+        self.address = (host, int(port))
+        command = ["prlimit", f"--as={ADDRESS_SPACE}", sys.executable, str(VICTIM)]
+        self.proc = subprocess.Popen(
+            [*command, "--group", group, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        ready = self.proc.stdout.readline().split()
+        assert ready and ready[0] == "ready", self.proc.stderr.read() if self.proc.stderr else ""
+        self.node_id = int(ready[1], 16)
+        self.incarnation = int(ready[2])
+
+    def result(self, timeout: float = 60) -> dict:
+        out, err = self.proc.communicate(timeout=timeout)
+        assert self.proc.returncode == 0, err
+        return json.loads(out.splitlines()[-1])
+
+
+def _attacker(source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+    sock.bind((source, 0))
+    return sock
+
+
+def _send_paced(sock: socket.socket, datagrams: list[bytes], target: tuple[str, int]) -> int:
+    """Send every datagram; on a full buffer wait a little (bounded: the list is finite)."""
+    sent = 0
+    for data in datagrams:
+        for _ in range(100):
+            try:
+                sock.sendto(data, target)
+                sent += len(data)
+                break
+            except BlockingIOError:
+                time.sleep(0.001)
+    return sent
+
+
+def test_crafted_rdata_cannot_take_the_nodes_memory() -> None:
+    victim = Victim("--seconds", "4")
+    sock = _attacker()
+    datagrams = [craft.rdata(0xBAD0, 2**24 + 5, 2**24 + 10, 2**24, b"x", frame_seq=1)]
+    for sender in range(1, 21):  # twenty fake senders, each jumping 2**17 - 1 at a time
+        seq = 1
+        for frame_seq in range(1, 251):
+            datagrams.append(craft.rdata(sender, seq, 1, 0, b"x", frame_seq=frame_seq))
+            seq += (1 << 17) - 1
+    _send_paced(sock, datagrams, victim.address)
+    result = victim.result()
+    growth_mb = (result["rss_peak_kb"] - result["rss_start_kb"]) / 1024
+    # Before: 2.9 GiB from the first datagram alone, and a 9 s stall.
+    assert growth_mb < 40, result
+    assert result["stall_s"] < 0.5, result
+
+
+def test_a_flood_of_fake_ids_neither_stalls_nor_fills_the_node() -> None:
+    victim = Victim("--seconds", "5", "--max-peers", "2000")
+    sock = _attacker()
+    sock.setblocking(False)
+    datagrams = []
+    for index in range(100_000):
+        datagrams.append(craft.frame(craft.HEARTBEAT, 0x100000 + index, 1))
+        if index % 4 == 0:
+            datagrams.append(craft.frame(craft.GOODBYE, 0x900000 + index, 1))
+    started = time.monotonic()
+    _send_paced(sock, datagrams, victim.address)
+    duration = time.monotonic() - started
+    result = victim.result()
+    counters = result["counters"]
+    # Before: a 93 s freeze (forgetting was O(n^2)) and a unicast hello to every fake id.
+    assert result["stall_s"] < 1.0, (result["stall_s"], duration)
+    assert result["peers"] <= 2000
+    assert counters.get("dropped:peer-table-full", 0) > 0
+    unicast_hellos = counters.get("sent:hello", 0) - 1
+    assert unicast_hellos <= 200 + 100 * (5 + duration), counters
+    assert (result["rss_peak_kb"] - result["rss_start_kb"]) / 1024 < 60
+
+
+def test_forged_nacks_from_a_stranger_draw_no_repair() -> None:
+    victim = Victim("--seconds", "2.5", "--publish-kib", "4096")
+    sock = _attacker()
+    time.sleep(0.5)  # the 4 MiB went out once: the window holds it
+    forged = 0
+    for index in range(60):
+        datagram = craft.nack(
+            0x5EED, victim.node_id, victim.incarnation, [(1, 4000)], seq=index + 1
+        )
+        forged += len(datagram)
+        sock.sendto(datagram, victim.address)
+        time.sleep(0.01)
+    result = victim.result()
+    # Before: 29 KB of such NACKs drew 600 MB of repairs (20,695x).
+    assert result["reliable"].get("repairs-sent", 0) == 0, result["reliable"]
+    assert result["counters"].get("dropped:nack-from-non-member", 0) == 60
+
+
+def test_captured_sealed_frames_replayed_bring_nothing_back() -> None:
+    group = "239.255.66.67:6667"
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("239.255.66.67", 6667))
+    membership = socket.inet_aton("239.255.66.67") + socket.inet_aton("127.0.0.1")
+    listener.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+    listener.settimeout(0.2)
+    server = Victim("--seconds", "6", "--passphrase", "pw", "--name", "server", group=group)
+    member = Victim(
+        "--seconds", "1", "--passphrase", "pw", "--name", "member", "--say", "hi", group=group
+    )
+    member_id = member.result()["id"]
+    captured = []
+    with_deadline = time.monotonic() + 1.5
+    while time.monotonic() < with_deadline:
+        with contextlib.suppress(TimeoutError):
+            captured.append(listener.recv(65535))
+    assert len(captured) >= 3  # hello, the message, heartbeats, goodbye (all sealed)
+    time.sleep(0.5)
+    newcomer = Victim("--seconds", "2", "--passphrase", "pw", "--name", "late", group=group)
+    sock = _attacker()
+    for _ in range(3):
+        for data in captured:  # to the live server (saw the member leave) and the newcomer
+            sock.sendto(data, ("239.255.66.67", 6667))
+        time.sleep(0.2)
+    late, live = newcomer.result(), server.result()
+    assert member_id in live["joined"]
+    # Before: the newcomer saw the departed member as a ghost and got its message again.
+    assert member_id not in late["joined"]
+    assert [m for m in late["messages"] if m["sender"] == member_id] == []
+    assert late["counters"].get("dropped:stale", 0) >= len(captured)
+    # The server got the message once, live, and never again.
+    assert [m["topic"] for m in live["messages"] if m["sender"] == member_id] == ["news"]
+    listener.close()
+
+
+def test_spoofed_ping_probes_draw_few_unicast_probes() -> None:
+    ping = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mcastkit",
+            "ping",
+            "239.255.66.68:6668",
+            "--iface",
+            "lo",
+            "--interval",
+            "0.1",
+            "--duration",
+            "4",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)
+    trap = _attacker("127.0.0.99")  # the "spoofed" source: it counts what reaches it
+    trap.settimeout(0.05)
+    header = __import__("struct").Struct("!4sBBBxQIQ")
+    for index in range(20_000):
+        probe = header.pack(b"MKP1", 1, 1, 1, 0x77000 + index, 1, 0)
+        trap.sendto(probe, ("239.255.66.68", 6668))
+    received = 0
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        try:
+            data = trap.recv(65535)
+        except TimeoutError:
+            continue
+        received += data[5] == 2  # unicast-path probes and answers sent to the spoofed source
+    ping.communicate(timeout=30)
+    # Before: 10,937 datagrams/s to the spoofed address after 20,000 forged probes. Now at
+    # most 256 peers are kept, and unconfirmed ones get one unicast probe every 8th round.
+    assert received <= (256 // 8 + 1) * 35, received
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="prlimit is the point here; runs as root in CI")
+def test_prlimit_is_really_in_force() -> None:
+    # The bound the tests above run under: a victim that tries to take 2 GiB dies.
+    code = "bytearray(2 << 30)"
+    done = subprocess.run(
+        ["prlimit", f"--as={ADDRESS_SPACE}", sys.executable, "-c", code], capture_output=True
+    )
+    assert done.returncode != 0 and b"MemoryError" in done.stderr

@@ -1,0 +1,406 @@
+"""Attacks on the sans-I/O core, with crafted frames and a fake clock: bounds measured.
+
+Each test plays an outsider (spoofed ids, forged frames on an open group) or a replaying
+observer (captured sealed frames), and asserts a bound: memory (tracemalloc), time per input,
+datagrams sent per forged datagram, replays delivered, losses unreported.
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import craft
+from fakenet import FakeNet
+
+from mcastkit.reliable import (
+    GAP_COST,
+    UNKNOWN_END,
+    ReliableConfig,
+    StreamReceiver,
+    Unrecoverable,
+)
+from mcastkit.security import GroupKey
+from mcastkit.session import (
+    ANSWER_BURST,
+    ANSWER_RATE,
+    MAX_TOMBSTONES,
+    Failed,
+    Joined,
+    Left,
+    Message,
+    RequestReceived,
+    Session,
+)
+
+ATTACKER = ("10.0.0.66", 4444)
+
+
+def _victim(**options: object) -> Session:
+    session = Session(
+        node_id=0xAAAA,
+        incarnation=7,
+        name="victim",
+        now=0.0,
+        random_bytes=lambda n: bytes(n),
+        **options,  # type: ignore[arg-type]
+    )
+    session.start(0.0)
+    session.datagrams_to_send()
+    return session
+
+
+@contextmanager
+def _traced() -> Iterator[Callable[[], int]]:
+    """Peak bytes allocated inside the block (tracemalloc)."""
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    try:
+        yield lambda: tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def _drain(session: Session) -> list[object]:
+    events = []
+    while (event := session.next_event()) is not None:
+        events.append(event)
+    return events
+
+
+# --- memory bounded by construction ------------------------------------------------------
+
+
+def test_one_rdata_with_a_huge_offset_costs_almost_nothing() -> None:
+    # Before: one 50-byte datagram (first contact, offset 2**24, 1-byte chunk) made the node
+    # track 16 million missing seqs: 2.9 GiB and a 9 s stall.
+    victim = _victim()
+    datagram = craft.rdata(0xBAD, 2**24 + 5, 2**24 + 10, 2**24, b"x", frame_seq=1)
+    assert len(datagram) < 70
+    with _traced() as peak:
+        started = time.perf_counter()
+        victim.receive_datagram(datagram, ATTACKER, 0.1)
+        victim.handle_timer(0.2)
+        elapsed = time.perf_counter() - started
+        assert peak() < 256 << 10
+    assert elapsed < 0.05
+    stats = victim.reliable_stats()["receivers"][f"{0xBAD:016x}"]
+    assert stats["missing"] == 0 and stats["memory"] < 4096
+
+
+def test_repeated_maximal_jumps_cost_one_range_each_and_stay_bounded() -> None:
+    # Before: every jump of 2**17 cost ~10 MiB (one dict entry per missing seq).
+    victim = _victim()
+    seq = 1
+    with _traced() as peak:
+        started = time.perf_counter()
+        for frame_seq in range(1, 2001):
+            victim.receive_datagram(
+                craft.rdata(0xBAD, seq, 1, 0, b"x", frame_seq=frame_seq),
+                ATTACKER,
+                0.001 * frame_seq,
+            )
+            seq += (1 << 17) - 1
+        victim.handle_timer(3.0)
+        elapsed = time.perf_counter() - started
+        assert peak() < 8 << 20  # 2,000 datagrams: the ranges, not 2,000 x 131,071 entries
+    assert elapsed < 2.0
+    assert victim.reliable_stats()["receivers"][f"{0xBAD:016x}"]["memory"] < 1 << 20
+
+
+def test_memory_accounting_counts_structures_not_just_payload_bytes() -> None:
+    # Before: 1-byte fragments were counted as 1 byte each, ~145x under their real cost.
+    limit = 200_000
+    config = ReliableConfig(receiver_memory=limit)
+    receiver = StreamReceiver(0xBAD, 1, config, random=lambda: 0.5)
+    receiver.on_data(craft.rdata(0, 1, 1, 0, b"a", frame_seq=1)[32 + 1 :], "t", 0.0)
+    with _traced() as peak:
+        for seq in range(3, 60_000, 2):  # every other seq: one gap and one fragment each
+            body = craft.rdata(0, seq, 1, 0, b"b", frame_seq=1)[32 + 1 :]
+            receiver.on_data(body, "t", 0.0)
+        real = peak()
+    assert receiver.memory <= limit + 300
+    assert real < 3 * limit  # what is really held is near what is counted
+    assert receiver.counters["dropped-memory-limit"] > 0
+
+
+def test_a_budget_across_senders_bounds_the_whole_node() -> None:
+    config = ReliableConfig(receiver_memory=100_000)
+    victim = _victim(reliable=config, receive_budget=300_000)
+    frame_seq = 0
+    for sender in range(1, 51):  # fifty fake senders, each filling its own limit
+        for seq in range(2, 400, 2):
+            frame_seq += 1
+            victim.receive_datagram(
+                craft.rdata(sender, seq, 1000, 0, b"z" * 1000, frame_seq=frame_seq), ATTACKER, 0.0
+            )
+    receivers = victim.reliable_stats()["receivers"].values()
+    # The budget, plus at most one fragment and one gap range per sender: under pressure a
+    # fragment is dropped (asked for again) and later gaps merge into the sender's last range.
+    assert sum(r["memory"] for r in receivers) <= 300_000 + 1400 + 50 * GAP_COST
+    assert all(r["memory"] <= 100_000 + 1400 for r in receivers)
+
+
+def test_a_hundred_thousand_fake_ids_neither_freeze_nor_fill_the_node() -> None:
+    # Before: 100,000 ids froze the loop for 93 s (O(n^2) forgetting), and GOODBYEs from
+    # unknown ids left replay windows behind for ever.
+    victim = _victim(max_peers=1000)
+    longest = 0.0
+    with _traced() as peak:
+        for index in range(100_000):
+            sender = 0x10000 + index
+            started = time.perf_counter()
+            victim.receive_datagram(craft.frame(craft.HEARTBEAT, sender, 1), ATTACKER, 0.5)
+            victim.receive_datagram(craft.frame(craft.GOODBYE, sender + 1, 1), ATTACKER, 0.5)
+            longest = max(longest, time.perf_counter() - started)
+        assert len(victim.peers) == 1000
+        for now in (2.0, 4.0, 6.0):
+            started = time.perf_counter()
+            victim.handle_timer(now)
+            longest = max(longest, time.perf_counter() - started)
+        assert peak() < 64 << 20
+    assert longest < 0.25
+    assert not victim.peers
+    assert len(victim._tombstones) <= MAX_TOMBSTONES
+    assert victim.counters["dropped:peer-table-full"] == 99_000
+    assert victim.counters["dropped:goodbye-from-unknown"] == 100_000
+
+
+# --- no amplification --------------------------------------------------------------------
+
+
+def test_frames_from_unknown_ids_draw_few_unicast_answers() -> None:
+    # Before: every frame from an unknown id drew a unicast HELLO to its (spoofed) source.
+    victim = _victim()
+    for index in range(10_000):  # within one second
+        now = index / 10_000
+        victim.receive_datagram(craft.hello(0x20000 + index, 1), ATTACKER, now)
+        victim.receive_datagram(craft.frame(craft.DATA, 0x40000 + index, 1), ATTACKER, now)
+    answers = [d for d, to in victim.datagrams_to_send() if to is not None]
+    assert len(answers) <= ANSWER_BURST + ANSWER_RATE * 1.0 + 1
+    refused = victim.counters["dropped:peer-table-full"]  # the table holds 4,096 at most
+    assert victim.counters["answers-rate-limited"] + refused > 19_000
+
+
+def _publisher_with_window(fragments: int) -> Session:
+    publisher = _victim(reliable=ReliableConfig(adaptive_rate=False, rate_pps=None))
+    publisher.publish("t", b"p" * 1000 * fragments, 0.0, reliable=True)
+    while publisher.datagrams_to_send():
+        publisher.handle_timer(0.0)
+    return publisher
+
+
+def _repairs(publisher: Session) -> int:
+    return sum(1 for data, _ in publisher.datagrams_to_send() if data[3] == craft.RDATA)
+
+
+def test_nacks_from_non_members_draw_no_repair() -> None:
+    # Before: 29 KB of forged NACKs drew 600 MB of repair multicast (20,695x).
+    publisher = _publisher_with_window(2000)
+    next_seq = publisher.reliable_stats()["sender"]["next_seq"]
+    forged = 0
+    for index in range(40):
+        datagram = craft.nack(0xE71, 0xAAAA, 7, [(1, next_seq - 1)], seq=index + 1)
+        forged += len(datagram)
+        publisher.receive_datagram(datagram, ATTACKER, 0.01 * index)
+        publisher.handle_timer(0.01 * index)
+    assert _repairs(publisher) == 0
+    assert publisher.counters["dropped:nack-from-non-member"] == 40
+
+
+def test_a_member_flooding_nacks_gets_each_seq_once_per_hold_off() -> None:
+    publisher = _publisher_with_window(2000)
+    next_seq = publisher.reliable_stats()["sender"]["next_seq"]
+    publisher.receive_datagram(craft.hello(0xE71, 1), ATTACKER, 0.0)
+    publisher.datagrams_to_send()
+    repaired = 0
+    for index in range(100):  # 100 whole-window NACKs within 20 ms (less than the hold-off)
+        now = 0.0002 * index
+        datagram = craft.nack(0xE71, 0xAAAA, 7, [(1, next_seq - 1)], seq=index + 2)
+        publisher.receive_datagram(datagram, ATTACKER, now)
+        publisher.handle_timer(now)
+        repaired += _repairs(publisher)
+    assert repaired == next_seq - 1  # the window once, not a hundred times
+
+
+# --- freshness in sealed groups ----------------------------------------------------------
+
+KEY = GroupKey(b"s" * 32)
+EPOCH_US = 1_800_000_000_000_000
+
+
+def _sealed_net() -> tuple[FakeNet, Callable[..., Session]]:
+    net = FakeNet(seed=5)
+
+    def add(name: str, **options: object) -> Session:
+        session = net.add(
+            name, key=KEY, wall_clock_us=lambda: EPOCH_US + int(net.now * 1e6), **options
+        )
+        session.start(net.now)
+        return session
+
+    return net, add
+
+
+def _capture(net: FakeNet, session: Session) -> list[bytes]:
+    """Wrap a session's output so every datagram it sends is recorded (an observer)."""
+    captured: list[bytes] = []
+    original = session.datagrams_to_send
+
+    def spy() -> list[tuple[bytes, tuple[str, int] | None]]:
+        out = original()
+        captured.extend(data for data, _ in out)
+        return out
+
+    session.datagrams_to_send = spy  # type: ignore[method-assign]
+    return captured
+
+
+def test_replays_of_a_departed_member_bring_back_no_ghost() -> None:
+    net, add = _sealed_net()
+    server, member = add("server"), add("member")
+    wire = _capture(net, member)
+    net.run(1.0)
+    member.publish("news", b"once", net.now)
+    net.run(1.0)
+    member.close(net.now)
+    net.run(0.5)
+    assert net.of(server, Left)
+    before = len(net.of(server, Message))
+    for data in wire:  # the observer replays everything the member ever sent
+        server.receive_datagram(data, ATTACKER, net.now)
+    net.flush()
+    assert len(net.of(server, Message)) == before
+    assert member.node_id not in server.peers
+    assert server.counters["dropped:departed"] > 0
+
+
+def test_frames_captured_before_a_node_started_never_reach_it() -> None:
+    net, add = _sealed_net()
+    server, member = add("server"), add("member")
+    wire = _capture(net, member)
+    member.publish("news", b"old news", net.now)
+    net.run(1.0)
+    newcomer = add("newcomer")  # a late joiner, or the server restarted
+    net.sessions.pop(net.address_of(member))  # the member is gone; only the replays remain
+    for data in wire:
+        newcomer.receive_datagram(data, ATTACKER, net.now)
+    assert not [e for e in _drain(newcomer) if isinstance(e, (Joined, Message))]
+    assert newcomer.counters["dropped:stale"] == len(wire)
+    assert server is not None
+
+
+def test_frames_older_than_the_skew_are_refused() -> None:
+    net, add = _sealed_net()
+    server, member = add("server", max_skew=2.0), add("member")
+    wire = _capture(net, member)
+    member.publish("news", b"hello", net.now)
+    net.flush()
+    net.run(5.0)  # heartbeats keep the member alive; the first frames are now 5 s old
+    old = wire[:2]
+    server._tombstones.clear()
+    server.peers.clear()  # as if the server had forgotten everything (it still ran)
+    for data in old:
+        server.receive_datagram(data, ATTACKER, net.now)
+    assert server.counters["dropped:stale"] == 2
+
+
+def test_a_replayed_request_is_never_served_twice() -> None:
+    net = FakeNet(seed=8)  # open group: no timestamps to check, the dedup alone must hold
+    server = net.add("server")
+    requester = net.add("requester")
+    for session in (server, requester):
+        session.start(net.now)
+    server.serve("work", net.now)
+    net.run(0.5)
+    wire = _capture(net, requester)
+    requester.request("work", b"do it", net.now, timeout=0.5)
+    net.flush()
+    served = len(net.of(server, RequestReceived))
+    assert served == 1
+    net.sessions.pop(net.address_of(requester))
+    net.run(700.0, step=1.0)  # the requester failed, its tombstone expired
+    assert net.of(server, Failed)
+    for data in wire:
+        server.receive_datagram(data, ATTACKER, net.now)
+    server.datagrams_to_send()  # its answers go to the replayer: not our concern here
+    assert not [e for e in _drain(server) if isinstance(e, RequestReceived)]
+    assert server.counters["dropped:request-replay"] == 1
+
+
+# --- every loss reported ------------------------------------------------------------------
+
+
+def _covered(net: FakeNet, receiver: Session, published: int) -> set[int]:
+    delivered = {m.seq for m in net.of(receiver, Message) if m.reliable}
+    for lost in net.of(receiver, Unrecoverable):
+        end = published if lost.last_seq == UNKNOWN_END else lost.last_seq
+        delivered.update(range(lost.first_seq, end + 1))
+    return delivered
+
+
+def test_a_partition_longer_than_failure_detection_loses_nothing_silently() -> None:
+    # Before: after the sender was failed and came back, the receiver restarted like a late
+    # joiner and 11,092 of 20,000 messages vanished without a report.
+    net = FakeNet(seed=9)
+    config = ReliableConfig(adaptive_rate=False, rate_pps=2000)
+    sender = net.add("sender", reliable=config)
+    receiver = net.add("receiver", reliable=config)
+    for session in (sender, receiver):
+        session.start(net.now)
+    net.run(0.5, step=0.01)
+    for index in range(10_000):
+        sender.publish("t", index.to_bytes(4, "big"), net.now, reliable=True)
+    net.run(1.0, step=0.01)
+    net.deaf.add(net.address_of(receiver))
+    net.run(4.5, step=0.01)  # the receiver fails the sender after 3 s
+    assert net.of(receiver, Failed)
+    net.deaf.clear()
+    net.run(6.0, step=0.01)
+    assert _covered(net, receiver, 10_000) >= set(range(1, 10_001))
+    assert any(m.seq > 2000 for m in net.of(receiver, Message))  # it resumed, not restarted
+
+
+def test_a_tail_the_receiver_never_saw_is_reported_from_the_goodbye() -> None:
+    net = FakeNet(seed=10)
+    sender = net.add("sender")
+    receiver = net.add("receiver")
+    for session in (sender, receiver):
+        session.start(net.now)
+    net.run(0.5, step=0.01)
+    for index in range(100):
+        sender.publish("t", bytes([index]), net.now, reliable=True)
+    net.deaf.add(net.address_of(receiver))  # it misses every fragment ...
+    net.run(0.5, step=0.001)
+    sender.close(net.now)
+    net.deaf.clear()  # ... but hears the goodbye
+    net.flush()
+    assert _covered(net, receiver, 100) >= set(range(1, 101))
+    (lost,) = net.of(receiver, Unrecoverable)
+    assert lost.reason == "sender-gone" and lost.last_seq == 100
+
+
+def test_a_receiver_that_heard_nothing_more_reports_an_open_tail() -> None:
+    net = FakeNet(seed=11)
+    sender = net.add("sender")
+    receiver = net.add("receiver")
+    for session in (sender, receiver):
+        session.start(net.now)
+    net.run(0.5, step=0.01)
+    sender.publish("t", b"first", net.now, reliable=True)
+    net.run(0.2, step=0.01)
+    net.deaf.add(net.address_of(receiver))  # stopped: the rest, goodbye included, is gone
+    for index in range(50):
+        sender.publish("t", bytes([index]), net.now, reliable=True)
+    net.run(0.5, step=0.01)
+    sender.close(net.now)
+    net.flush()
+    net.sessions.pop(net.address_of(sender))
+    net.deaf.clear()
+    net.run(4.0, step=0.01)
+    assert _covered(net, receiver, 51) >= set(range(1, 52))
+    tail = net.of(receiver, Unrecoverable)[-1]
+    assert tail.reason == "sender-failed" and tail.first_seq == 2
