@@ -247,7 +247,11 @@ class Node:
             keyring = KeyRing([self.key], os.urandom)
         else:
             log.warning(
-                "group %s is open: no key, anyone on the path can read and inject", self.spec
+                "group %s is open: with no key any host on the path can read every message, "
+                "inject messages and requests in any member's name, answer requests for it, "
+                "evict a member with one forged goodbye, silence it with a forged sequence "
+                "jump and force it to renew its id; give a key (docs/security.md)",
+                self.spec,
             )
         random_id = int.from_bytes(os.urandom(8), "big") or 1  # 0 is reserved
         self.session = Session(

@@ -327,6 +327,7 @@ class Session:
         # late by at most one tick, and next_timer() stays O(1) on the send path.
         self._check_every = min(0.1, self.failure_timeout / 10)
         self._next_check = now + self._check_every
+        self._last_timer = now
         self._started = False
         self._closed = False
         self.reliable = reliable or ReliableConfig()
@@ -508,6 +509,13 @@ class Session:
                 if peer is not None and peer.address is not None:
                     self._send(FrameType.NACK, "", payload, now, to=peer.address)
             self._collect(stream, now)
+        if now - self._last_timer > max(3 * self._check_every, self.failure_timeout / 2):
+            # We did not run (stopped, suspended, starved): the silence was ours, not the
+            # peers'. Give what waits in the socket time to arrive before judging anyone.
+            for peer in self.peers.values():
+                peer.last_seen = max(peer.last_seen, now - self.failure_timeout / 2)
+            self.counters["timer-stalls"] += 1
+        self._last_timer = now
         if now >= self._next_check:
             self._next_check = now + self._check_every
             silent = [p for p in self.peers.values() if now - p.last_seen > self.failure_timeout]

@@ -157,9 +157,9 @@ def test_a_hundred_thousand_fake_ids_neither_freeze_nor_fill_the_node() -> None:
             victim.receive_datagram(craft.frame(craft.GOODBYE, sender + 1, 1), ATTACKER, 0.5)
             longest = max(longest, time.perf_counter() - started)
         assert len(victim.peers) == 1000
-        for now in (2.0, 4.0, 6.0):
+        for tick in range(6, 61):  # the timer every 0.1 s until every fake id has failed
             started = time.perf_counter()
-            victim.handle_timer(now)
+            victim.handle_timer(tick / 10)
             longest = max(longest, time.perf_counter() - started)
         assert peak() < 64 << 20
     assert longest < 0.25
@@ -224,6 +224,15 @@ def test_a_member_flooding_nacks_gets_each_seq_once_per_hold_off() -> None:
         publisher.handle_timer(now)
         repaired += _repairs(publisher)
     assert repaired == next_seq - 1  # the window once, not a hundred times
+    for index in range(100, 1000):  # a NACK every millisecond for the rest of a second
+        now = 0.001 * index
+        datagram = craft.nack(0xE71, 0xAAAA, 7, [(1, next_seq - 1)], seq=index + 2)
+        publisher.receive_datagram(datagram, ATTACKER, now)
+        publisher.handle_timer(now)
+        repaired += _repairs(publisher)
+    # The hold-off doubles per repaired seq up to 100 ms: about 10 windows a second at most
+    # (before: one per 10 ms hold-off, 100 a second), and all of it paced by the rate.
+    assert repaired <= 13 * (next_seq - 1)
 
 
 # --- freshness in sealed groups ----------------------------------------------------------

@@ -1,0 +1,73 @@
+"""One end of a reliable stream for the fault tests, run on a namespace host.
+
+``publish N RATE [SIZE]``: N one-fragment reliable messages of SIZE bytes (default 32) at
+RATE messages/s, then linger and say goodbye. ``subscribe SECONDS``: record every delivered
+stream seq and every loss report until the publisher left and a second passed, or SECONDS;
+print them as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+
+from mcastkit import Left, Node, ReliableConfig, Unrecoverable
+from mcastkit.reliable import UNKNOWN_END
+
+GROUP = "239.255.71.71:7171"
+
+
+async def publish(count: int, rate: float, size: int) -> None:
+    config = ReliableConfig(adaptive_rate=False, rate_pps=rate * 1.5)
+    async with Node(GROUP, name="publisher", heartbeat=0.3, reliable=config) as node:
+        await asyncio.sleep(1.0)
+        print("publishing", flush=True)
+        started = time.monotonic()
+        for index in range(count):
+            await node.publish("t", index.to_bytes(4, "big") * (size // 4), reliable=True)
+            due = started + (index + 1) / rate
+            if due > time.monotonic():
+                await asyncio.sleep(due - time.monotonic())
+        await node.flush(timeout=30)
+        print("published", flush=True)
+        await asyncio.sleep(3.0)  # serve repairs
+    print(json.dumps({"published": count}), flush=True)
+
+
+async def subscribe(seconds: float) -> None:
+    delivered: list[int] = []
+    losses: list[tuple[int, int | None, str]] = []
+    gone = asyncio.Event()
+    async with Node(GROUP, name="subscriber", heartbeat=0.3) as node:
+        inbox = node.subscribe("t")
+        print("subscribed", flush=True)
+
+        async def events() -> None:
+            async for event in node.membership():
+                if isinstance(event, Unrecoverable):
+                    last = None if event.last_seq == UNKNOWN_END else event.last_seq
+                    losses.append((event.first_seq, last, event.reason))
+                elif isinstance(event, Left) and event.peer.name == "publisher":
+                    gone.set()
+
+        async def messages() -> None:
+            async for message in inbox:
+                delivered.append(message.seq)
+
+        node.run_task(events())
+        node.run_task(messages())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(gone.wait(), seconds)
+        await asyncio.sleep(1.0)
+    print(json.dumps({"delivered": delivered, "losses": losses}), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "publish":
+        size = int(sys.argv[4]) if len(sys.argv) > 4 else 32
+        asyncio.run(publish(int(sys.argv[2]), float(sys.argv[3]), size))
+    else:
+        asyncio.run(subscribe(float(sys.argv[2])))
