@@ -814,6 +814,7 @@ class StreamReceiver:
         self.gaps = _Gaps()
         # Given-up ranges not yet passed by delivery: first -> (end, reason)
         self._lost: dict[int, tuple[int, str]] = {}
+        self._lost_starts: list[int] = []  # the same firsts, sorted
         self._partial: _Partial | None = None
         # (topic, message, first seq)
         self.delivered: list[tuple[str, bytes, int]] = []
@@ -979,6 +980,7 @@ class StreamReceiver:
         self.gaps.clear()
         self.buffer.clear()
         self._lost.clear()
+        self._lost_starts.clear()
         self.buffered_bytes = 0
         self._partial = None
 
@@ -1025,9 +1027,8 @@ class StreamReceiver:
         return now + self.config.nack_backoff * self._random()
 
     def _is_lost(self, seq: int) -> bool:
-        return bool(self._lost) and any(
-            first <= seq < end for first, (end, _) in self._lost.items()
-        )
+        index = bisect.bisect_right(self._lost_starts, seq) - 1
+        return index >= 0 and seq < self._lost[self._lost_starts[index]][0]
 
     def _note_highest(
         self, seq: int, now: float, room: int | None, *, inclusive: bool = False
@@ -1060,6 +1061,7 @@ class StreamReceiver:
 
     def _lose(self, first: int, end: int, reason: str) -> None:
         self._lost[first] = (end, reason)
+        bisect.insort(self._lost_starts, first)
 
     def _restart(self, seq: int, reason: str = "window-passed") -> None:
         """Start (again) at ``seq``, at the next whole message; what lay between is lost."""
@@ -1076,6 +1078,7 @@ class StreamReceiver:
             self._partial = None
         self.next_deliver, self.highest, self.resync = seq, seq - 1, True
         self._lost.clear()
+        self._lost_starts.clear()
         self._loss_start = None
 
     def _deliver_ready(self, now: float) -> None:
@@ -1091,14 +1094,12 @@ class StreamReceiver:
             lost = self._lost.pop(seq, None)
             if lost is None:
                 break
+            self._lost_starts.remove(seq)  # the lowest: delivery meets lost ranges in order
             end, reason = lost
             if self._loss_start is None:
                 self._loss_start = (seq, reason, self._partial is not None)
             self._partial = None
             self.resync = True
-            # Buffered fragments inside a lost range cannot complete a message: free them.
-            for inside in [s for s in self.buffer if s < end] if self.buffer else ():
-                self.buffered_bytes -= len(self.buffer.pop(inside)[3])
             self.next_deliver = end
         self._close_loss()
 

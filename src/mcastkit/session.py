@@ -247,7 +247,6 @@ class _Tombstone:
 
     highest: dict[bool, int]
     stream_next: int
-    said_goodbye: bool
     expires: float
 
 
@@ -569,7 +568,9 @@ class Session:
             if verdict is not None:
                 self._drop(verdict)
                 return
-        window = None if peer is None else peer.windows.get(unicast)
+        window = None
+        if peer is not None and peer.incarnation == frame.incarnation:
+            window = peer.windows.get(unicast)
         if window is None:
             window = ReplayWindow()
         verdict = window.check_and_mark(frame.seq)
@@ -765,7 +766,9 @@ class Session:
     def _forget(self, peer: PeerInfo, *, said_goodbye: bool, stream_next: int = 0) -> None:
         """Drop a peer in O(1); keep a tombstone so replays of it are refused."""
         self.peers.pop(peer.node_id, None)
-        position = peer.resume_from
+        # Where its stream will resume if it comes back: where we were, or where its hello
+        # said the stream stood (it may publish while we cannot hear it).
+        position = peer.resume_from or peer.stream_start
         stream = self._streams.pop(peer.node_id, None)
         if stream is not None:
             before = stream.memory
@@ -790,7 +793,7 @@ class Session:
             self._stream.forget_peer(peer.node_id)
         highest = {unicast: window.highest for unicast, window in peer.windows.items()}
         self._tombstones[(peer.node_id, peer.incarnation)] = _Tombstone(
-            highest, position, said_goodbye, self._now + TOMBSTONE_SECONDS
+            highest, position, self._now + TOMBSTONE_SECONDS
         )
         self._tombstones.move_to_end((peer.node_id, peer.incarnation))
         while len(self._tombstones) > MAX_TOMBSTONES:

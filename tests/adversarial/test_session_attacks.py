@@ -413,3 +413,24 @@ def test_a_receiver_that_heard_nothing_more_reports_an_open_tail() -> None:
     assert _covered(net, receiver, 51) >= set(range(1, 52))
     tail = net.of(receiver, Unrecoverable)[-1]
     assert tail.reason == "sender-failed" and tail.first_seq == 2
+
+
+def test_a_member_restarted_under_the_same_id_is_heard_and_its_old_run_is_not() -> None:
+    net, add = _sealed_net()
+    server, member = add("server"), add("member")
+    old_wire = _capture(net, member)
+    net.run(1.0)
+    old_incarnation = member.incarnation
+    restarted = add("member-again")
+    restarted.incarnation = old_incarnation + 1
+    restarted.node_id = member.node_id  # after the incarnation: it keys own-frame detection
+    net.sessions.pop(net.address_of(member))
+    restarted.publish("news", b"from the new run", net.now)
+    net.run(0.5)
+    assert [m.payload for m in net.of(server, Message)] == [b"from the new run"]
+    assert server.peers[member.node_id].incarnation == old_incarnation + 1
+    for data in old_wire:  # the old run, replayed: older timestamps, tombstoned incarnation
+        server.receive_datagram(data, ATTACKER, net.now)
+    assert server.peers[member.node_id].incarnation == old_incarnation + 1
+    dropped = server.counters["dropped:stale-incarnation"] + server.counters["dropped:departed"]
+    assert dropped == len(old_wire)

@@ -88,6 +88,7 @@ class StreamReceiverMachine(RuleBasedStateMachine):
             total += gap.end - first
         assert total == gaps.count
         assert not any(seq in gaps for seq in self.receiver.buffer)
+        assert self.receiver._lost_starts == sorted(self.receiver._lost)
 
 
 class SessionMachine(RuleBasedStateMachine):

@@ -39,6 +39,23 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="seconds of silence before a peer is failed (default 3 heartbeats)",
     )
+    parser.add_argument(
+        "--max-skew",
+        type=_positive_seconds,
+        default=30.0,
+        help="sealed groups: refuse frames stamped further than this from our clock "
+        "(default 30 s; the hosts' clocks must agree this well)",
+    )
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive, finite number of seconds")
+    return value
 
 
 def _reliable_options(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +119,7 @@ def _make_node(args: argparse.Namespace) -> Node:
         heartbeat=args.heartbeat,
         failure_timeout=args.failure_timeout,
         reliable=_reliable_config(args),
+        max_skew=args.max_skew,
     )
 
 
