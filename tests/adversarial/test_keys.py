@@ -27,6 +27,17 @@ def _mcast(
     )
 
 
+def _subscribe(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``mcast subscribe news --count 1 ARGS`` in the background."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "mcastkit", "subscribe", "news", "--count", "1", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
 def test_the_salt_binds_a_key_to_its_group() -> None:
     # Before: one constant salt for every deployment, so one precomputed table served all.
     a = key_from_passphrase("same words", group="239.1.1.1:5000")
@@ -75,43 +86,8 @@ def test_env_and_file_passphrases_seal_the_group_and_argv_warns(tmp_path: Path) 
     secret.write_text("hunter2 is not a passphrase\n")
     secret.chmod(0o600)
     common = ("--group", GROUP, "--iface", "lo")
-    subscriber = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mcastkit",
-            "subscribe",
-            "news",
-            *common,
-            "--count",
-            "1",
-            "--timeout",
-            "8",
-            "--passphrase-file",
-            str(secret),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    stranger = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mcastkit",
-            "subscribe",
-            "news",
-            *common,
-            "--count",
-            "1",
-            "--timeout",
-            "4",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "MCAST_PASSPHRASE": "another passphrase"},
-    )
+    subscriber = _subscribe(*common, "--timeout", "8", "--passphrase-file", str(secret))
+    stranger = _subscribe(*common, "--timeout", "4", env={"MCAST_PASSPHRASE": "another passphrase"})
     published = _mcast(
         "publish",
         "news",

@@ -343,6 +343,16 @@ def test_a_replayed_request_is_never_served_twice() -> None:
 # --- every loss reported ------------------------------------------------------------------
 
 
+def _pair(net: FakeNet, **options: object) -> tuple[Session, Session]:
+    """A sender and a receiver that know each other."""
+    sender = net.add("sender", **options)
+    receiver = net.add("receiver", **options)
+    for session in (sender, receiver):
+        session.start(net.now)
+    net.run(0.5, step=0.01)
+    return sender, receiver
+
+
 def _covered(net: FakeNet, receiver: Session, published: int) -> set[int]:
     delivered = {m.seq for m in net.of(receiver, Message) if m.reliable}
     for lost in net.of(receiver, Unrecoverable):
@@ -355,12 +365,7 @@ def test_a_partition_longer_than_failure_detection_loses_nothing_silently() -> N
     # Before: after the sender was failed and came back, the receiver restarted like a late
     # joiner and 11,092 of 20,000 messages vanished without a report.
     net = FakeNet(seed=9)
-    config = ReliableConfig(adaptive_rate=False, rate_pps=2000)
-    sender = net.add("sender", reliable=config)
-    receiver = net.add("receiver", reliable=config)
-    for session in (sender, receiver):
-        session.start(net.now)
-    net.run(0.5, step=0.01)
+    sender, receiver = _pair(net, reliable=ReliableConfig(adaptive_rate=False, rate_pps=2000))
     for index in range(10_000):
         sender.publish("t", index.to_bytes(4, "big"), net.now, reliable=True)
     net.run(1.0, step=0.01)
@@ -375,11 +380,7 @@ def test_a_partition_longer_than_failure_detection_loses_nothing_silently() -> N
 
 def test_a_tail_the_receiver_never_saw_is_reported_from_the_goodbye() -> None:
     net = FakeNet(seed=10)
-    sender = net.add("sender")
-    receiver = net.add("receiver")
-    for session in (sender, receiver):
-        session.start(net.now)
-    net.run(0.5, step=0.01)
+    sender, receiver = _pair(net)
     for index in range(100):
         sender.publish("t", bytes([index]), net.now, reliable=True)
     net.deaf.add(net.address_of(receiver))  # it misses every fragment ...
@@ -394,11 +395,7 @@ def test_a_tail_the_receiver_never_saw_is_reported_from_the_goodbye() -> None:
 
 def test_a_receiver_that_heard_nothing_more_reports_an_open_tail() -> None:
     net = FakeNet(seed=11)
-    sender = net.add("sender")
-    receiver = net.add("receiver")
-    for session in (sender, receiver):
-        session.start(net.now)
-    net.run(0.5, step=0.01)
+    sender, receiver = _pair(net)
     sender.publish("t", b"first", net.now, reliable=True)
     net.run(0.2, step=0.01)
     net.deaf.add(net.address_of(receiver))  # stopped: the rest, goodbye included, is gone
