@@ -117,19 +117,19 @@ def test_a_planted_symlink_is_never_followed(tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setattr("secrets.token_hex", lambda _n: "guessed")
     (target / ".f.bin.guessed.mcastkit-part").symlink_to(outside)
     with pytest.raises(FileExistsError):
-        FileSink(target, [FileInfo("f.bin", 10, "ab" * 32)], session=1)
+        FileSink(target, [FileInfo("f.bin", 10, "ab" * 32)])
     assert outside.read_bytes() == b"keep me"
     monkeypatch.undo()
     # And the names are not predictable from the announce: two sinks, two names.
-    first = FileSink(target, [FileInfo("f.bin", 10, "ab" * 32)], session=1)
-    second = FileSink(target, [FileInfo("f.bin", 10, "ab" * 32)], session=1)
+    first = FileSink(target, [FileInfo("f.bin", 10, "ab" * 32)])
+    second = FileSink(target, [FileInfo("f.bin", 10, "ab" * 32)])
     assert first.temps[0] != second.temps[0]
     first.discard()
     second.discard()
 
 
 def test_space_is_allocated_up_front_not_by_the_traffic(tmp_path: Path) -> None:
-    sink = FileSink(tmp_path, [FileInfo("f.bin", 8 << 20, "ab" * 32)], session=1)
+    sink = FileSink(tmp_path, [FileInfo("f.bin", 8 << 20, "ab" * 32)])
     try:
         allocated = os.stat(sink.temps[0]).st_blocks * 512
         assert allocated >= 8 << 20  # spaced-out blocks cannot make it grow further

@@ -310,7 +310,7 @@ class FileSink:
     traffic cannot make the disk fill faster than the announced size.
     """
 
-    def __init__(self, directory: Path, files: list[FileInfo], session: int) -> None:
+    def __init__(self, directory: Path, files: list[FileInfo]) -> None:
         self.directory = directory
         self.files = files
         self.paths: list[Path] = []
@@ -321,7 +321,7 @@ class FileSink:
             for info in files:
                 name = safe_name(info.name)
                 temp = directory / f".{name}.{secrets.token_hex(8)}.mcastkit-part"
-                fd = os.open(temp, flags, 0o600)
+                fd = os.open(temp, flags, 0o644)  # the final file's mode (less the umask)
                 self.handles.append(fd)
                 self.temps.append(temp)
                 self.paths.append(directory / name)
@@ -520,7 +520,7 @@ class ReceiveSession:
             try:
                 for info in files:
                     safe_name(info.name)
-                self.sink = FileSink(self.directory, files, session)
+                self.sink = FileSink(self.directory, files)
             except (ValueError, OSError, OverflowError) as exc:
                 problem = f"cannot prepare files: {exc}"
         if problem is not None:
