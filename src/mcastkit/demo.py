@@ -191,8 +191,11 @@ async def run_demo_async(
         # Every node joined before anyone speaks, so local nodes cannot miss a hello.
         for member in members:
             await member.publish(TOPIC, DemoPeer.announcement())
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(done.wait(), duration)
+        try:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(done.wait(), duration)
+        except asyncio.CancelledError:
+            pass  # interrupted: the result so far is the answer (the nodes still say goodbye)
         for task in tasks:
             task.cancel()
         own = [m.counters.get("own", 0) for m in members]

@@ -8,7 +8,9 @@ from typing import Any
 from ..addr import parse_group
 from ..diag.bench import MIN_SIZE, parse_rate
 from ..diag.runner import run_bench_recv, run_bench_send
-from .output import CtrlC, emit_json, note, say
+from . import argtypes
+from .output import UsageError, emit_json, note, say
+from .signals import CtrlC
 
 DEFAULT_BENCH_GROUP = "239.255.77.81:5081"
 
@@ -22,14 +24,22 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     send = sides.add_parser("send", help="send at a rate for a duration")
     send.add_argument("group", nargs="?", default=DEFAULT_BENCH_GROUP, metavar="GROUP:PORT")
     send.add_argument(
-        "--rate", default="10M", help="bits/s (100M, 1G), packets/s (50kpps), or max (default 10M)"
+        "--rate",
+        type=argtypes.rate(allow_auto=False),
+        default="10M",
+        help="bits/s (100M, 1G), packets/s (50kpps), or max (default 10M)",
     )
     send.add_argument(
-        "--size", type=int, default=1400, help=f"UDP payload bytes ({MIN_SIZE}-65507, default 1400)"
+        "--size",
+        type=argtypes.integer(MIN_SIZE, 65507, "datagram size"),
+        default=1400,
+        help=f"UDP payload bytes ({MIN_SIZE}-65507, default 1400)",
     )
-    send.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
+    send.add_argument(
+        "--duration", type=argtypes.seconds(), default=10.0, help="seconds (default 10)"
+    )
     send.add_argument("--iface", help="interface name, index or address (default: route)")
-    send.add_argument("--ttl", type=int, default=1, help="TTL / hop limit (default 1)")
+    send.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1)")
     send.add_argument("--json", action="store_true", help="NDJSON per second, then a summary")
     send.set_defaults(handler=cmd_send)
 
@@ -42,16 +52,21 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     recv.add_argument("group", nargs="?", default=DEFAULT_BENCH_GROUP, metavar="GROUP:PORT")
     recv.add_argument("--iface", help="interface name, index or address (default: route)")
     recv.add_argument("--source", action="append", default=[], help="SSM source (repeatable)")
-    recv.add_argument("--duration", type=float, help="stop after this many seconds")
+    recv.add_argument("--duration", type=argtypes.seconds(), help="stop after this many seconds")
     recv.add_argument(
         "--idle",
-        type=float,
+        type=argtypes.seconds(),
         default=2.0,
         help="stop after this long without traffic once it started (default 2)",
     )
-    recv.add_argument("--wait", type=float, help="give up if nothing arrives in this time")
     recv.add_argument(
-        "--rcvbuf", type=int, default=8 << 20, help="receive buffer bytes (default 8 MiB)"
+        "--wait", type=argtypes.seconds(), help="give up if nothing arrives in this time"
+    )
+    recv.add_argument(
+        "--rcvbuf",
+        type=argtypes.size(1024),
+        default=8 << 20,
+        help="receive buffer bytes (default 8 MiB)",
     )
     recv.add_argument("--json", action="store_true", help="NDJSON per second, then a summary")
     recv.set_defaults(handler=cmd_recv)
@@ -80,12 +95,7 @@ def _second_printer(as_json: bool, side: str) -> Any:
 def cmd_send(args: argparse.Namespace) -> int:
     """Send."""
     spec = parse_group(args.group)
-    try:
-        rate = parse_rate(args.rate)
-    except ValueError as exc:
-        raise SystemExit(f"mcast bench send: {exc}") from None
-    if args.duration <= 0:
-        raise SystemExit("mcast bench send: --duration must be positive")
+    rate = parse_rate(args.rate)
     note(f"bench send to {spec}: {args.rate}, {args.size} B datagrams for {args.duration}s")
     try:
         summary = run_bench_send(
@@ -98,7 +108,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             on_second=_second_printer(args.json, "send"),
         )
     except ValueError as exc:
-        raise SystemExit(f"mcast bench send: {exc}") from None
+        raise UsageError(str(exc)) from None
     if args.json:
         emit_json({"summary": summary})
     else:

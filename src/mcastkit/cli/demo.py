@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..addr import parse_group
-from ..demo import DemoEvent, run_demo
+from ..demo import DemoEvent, run_demo_async
+from . import argtypes, signals
 from .output import add_key_options, emit_json, group_key, note, say
 
 DEFAULT_GROUP = "239.255.77.77:5077"
@@ -24,17 +25,23 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         ),
     )
     demo.add_argument("group", nargs="?", default=DEFAULT_GROUP, metavar="GROUP:PORT")
-    demo.add_argument("--nodes", type=int, help="run N nodes in this process (default iface: lo)")
+    demo.add_argument(
+        "--nodes",
+        type=argtypes.integer(1, 64, "nodes"),
+        help="run N nodes in this process (default iface: lo)",
+    )
     demo.add_argument("--iface", help="interface name, index or address")
-    demo.add_argument("--ttl", type=int, default=1, help="TTL / hop limit (default 1)")
+    demo.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1)")
     demo.add_argument("--name", help="a name for this node (default node-1 ...)")
     demo.add_argument(
         "--duration",
-        type=float,
+        type=argtypes.seconds(),
         help="seconds to run (default: 3 with --nodes, until Ctrl-C or --expect otherwise)",
     )
     demo.add_argument(
-        "--expect", type=int, help="stop once this many other nodes greeted and answered"
+        "--expect",
+        type=argtypes.count("nodes"),
+        help="stop once this many other nodes greeted and answered",
     )
     add_key_options(demo)
     demo.add_argument("--json", action="store_true", help="NDJSON events, then a JSON summary")
@@ -45,8 +52,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo."""
     spec = parse_group(args.group)
     nodes = args.nodes or 1
-    if nodes < 1 or nodes > 64:
-        raise SystemExit("mcast demo: --nodes must be 1-64")
     iface = args.iface
     if args.nodes and iface is None:
         iface = "::1" if spec.family == 6 else "127.0.0.1"
@@ -71,16 +76,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     where = f"via {iface}" if iface else "on the default interface"
     note(f"demo on {spec} {where}: {nodes} node(s); own messages are recognised by id")
     key = group_key(args, args.group)
-    result = run_demo(
-        spec,
-        nodes=nodes,
-        iface=iface,
-        ttl=args.ttl,
-        duration=duration,
-        names=names,
-        on_event=show,
-        expect_peers=args.expect,
-        key=key,
+    result = signals.run_async(
+        lambda: run_demo_async(
+            spec,
+            nodes=nodes,
+            iface=iface,
+            ttl=args.ttl,
+            duration=duration,
+            names=names,
+            on_event=show,
+            expect_peers=args.expect,
+            key=key,
+        )
     )
     if args.json:
         emit_json({"summary": result.to_dict()})

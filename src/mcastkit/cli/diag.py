@@ -9,7 +9,9 @@ from typing import Any
 from ..addr import parse_address, parse_group, parse_port, split_host_port
 from ..diag.ping import PingSession, verdict
 from ..diag.runner import run_ping
-from .output import CtrlC, emit_json, note
+from . import argtypes
+from .output import emit_json, note
+from .signals import CtrlC
 
 DEFAULT_PING_GROUP = "239.255.77.80:5080"
 
@@ -27,10 +29,14 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     ping.add_argument("group", nargs="?", default=DEFAULT_PING_GROUP, metavar="GROUP:PORT")
     ping.add_argument("--iface", help="interface name, index or address (default: route)")
-    ping.add_argument("--interval", type=float, default=1.0, help="seconds between probes")
-    ping.add_argument("--count", type=int, help="stop after this many probe rounds")
-    ping.add_argument("--duration", type=float, help="stop after this many seconds")
-    ping.add_argument("--ttl", type=int, default=64, help="TTL / hop limit of probes (64)")
+    ping.add_argument(
+        "--interval", type=argtypes.seconds(), default=1.0, help="seconds between probes"
+    )
+    ping.add_argument(
+        "--count", type=argtypes.count("rounds"), help="stop after this many probe rounds"
+    )
+    ping.add_argument("--duration", type=argtypes.seconds(), help="stop after this many seconds")
+    ping.add_argument("--ttl", type=argtypes.TTL, default=64, help="TTL / hop limit of probes (64)")
     ping.add_argument(
         "--peer",
         action="append",
@@ -40,7 +46,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     ping.add_argument(
         "--unicast-port",
-        type=int,
+        type=argtypes.PORT,
         help="local unicast port (default: the group port; 0 for several pings on one host)",
     )
     ping.add_argument(
@@ -51,7 +57,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     ping.add_argument(
         "--max-loss",
-        type=float,
+        type=argtypes.percent(),
         metavar="PERCENT",
         help="exit 1 when a path loses more than this (counted from its first packet)",
     )
@@ -134,8 +140,6 @@ def ping_table(summary: dict[str, Any]) -> Any:
 def cmd_ping(args: argparse.Namespace) -> int:
     """Ping until --count, --duration or Ctrl-C; then summarise."""
     spec = parse_group(args.group)
-    if args.interval <= 0:
-        raise SystemExit("mcast ping: --interval must be positive")
     pinned = [_pin(text, spec.port) for text in args.peer]
     interrupted = CtrlC().install()
     live = None

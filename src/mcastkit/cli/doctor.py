@@ -6,6 +6,7 @@ import argparse
 
 from ..addr import parse_group
 from ..diag.doctor import collect, diagnose, exit_code, report, self_test
+from . import argtypes
 from .output import emit_json, say
 
 DEFAULT_DOCTOR_GROUP = "239.255.77.82:5082"
@@ -28,7 +29,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     doctor.add_argument("group", nargs="?", default=DEFAULT_DOCTOR_GROUP, metavar="GROUP:PORT")
     doctor.add_argument("--iface", help="interface to check (default: the route's)")
-    doctor.add_argument("--ttl", type=int, default=1, help="TTL your application uses")
+    doctor.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL your application uses")
     doctor.add_argument("--source", action="append", default=[], help="SSM source you join")
     doctor.add_argument("--no-self-test", action="store_true", help="skip the live send/receive")
     doctor.add_argument("--json", action="store_true", help="JSON report")

@@ -12,7 +12,9 @@ from ..addr import parse_group
 from ..diag.dump import PcapWriter, describe_untrusted
 from ..security import KeyRing
 from ..transport import open_receiver
-from .output import CtrlC, add_key_options, emit_json, group_key, note, preview, say
+from . import argtypes
+from .output import UsageError, add_key_options, emit_json, group_key, note, preview, say
+from .signals import CtrlC
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,8 +28,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     dump.add_argument("group", metavar="GROUP:PORT")
     dump.add_argument("--iface", help="interface name, index or address (default: route)")
     dump.add_argument("--source", action="append", default=[], help="SSM source (repeatable)")
-    dump.add_argument("--count", type=int, help="stop after this many datagrams")
-    dump.add_argument("--timeout", type=float, help="stop after this many seconds")
+    dump.add_argument(
+        "--count", type=argtypes.count("datagrams"), help="stop after this many datagrams"
+    )
+    dump.add_argument("--timeout", type=argtypes.seconds(), help="stop after this many seconds")
     dump.add_argument("--pcap", metavar="FILE", help="also write a pcap file (LINKTYPE_RAW)")
     add_key_options(dump)
     dump.add_argument("--json", action="store_true", help="NDJSON: one object per datagram")
@@ -75,7 +79,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
             writer = PcapWriter(pcap_file)
         except OSError as exc:
             receiver.close()
-            raise SystemExit(f"mcast dump: cannot write {args.pcap}: {exc.strerror}") from None
+            raise UsageError(f"cannot write {args.pcap}: {exc.strerror}") from None
     interrupted = CtrlC().install()
     per_source: dict[str, Counter[str]] = defaultdict(Counter)
     total = 0

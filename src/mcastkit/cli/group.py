@@ -16,7 +16,8 @@ from ..diag.bench import parse_rate
 from ..reliable import UNKNOWN_END, ReliableConfig, SlowReceiver, Unrecoverable
 from ..security import write_key_file
 from ..session import Failed, IdRenewed, Joined, Left, Message, Updated
-from .output import add_key_options, emit_json, group_key, note, parse_size, preview, say
+from . import argtypes, signals
+from .output import UsageError, add_key_options, emit_json, group_key, note, preview, say
 
 T = TypeVar("T")
 TEXT_LIMIT = 64 << 10  # larger payloads are shown by size and sha256, not as text
@@ -31,49 +32,44 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--iface", help="interface name, index or address (default: route)")
     parser.add_argument("--name", help="this node's name (default host-pid)")
-    parser.add_argument("--ttl", type=int, default=1, help="TTL / hop limit (default 1)")
+    parser.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1)")
     add_key_options(parser)
-    parser.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+    parser.add_argument(
+        "--heartbeat", type=argtypes.seconds(), default=1.0, help="seconds between heartbeats"
+    )
     parser.add_argument(
         "--failure-timeout",
-        type=float,
+        type=argtypes.seconds(),
         help="seconds of silence before a peer is failed (default 3 heartbeats)",
     )
     parser.add_argument(
         "--max-skew",
-        type=_positive_seconds,
+        type=argtypes.seconds(),
         default=30.0,
         help="sealed groups: refuse frames stamped further than this from our clock "
         "(default 30 s; the hosts' clocks must agree this well)",
     )
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a positive, finite number of seconds")
-    return value
-
-
 def _reliable_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("reliable streams")
     group.add_argument(
         "--max-message",
+        type=argtypes.size(),
         default="64M",
         metavar="SIZE",
         help="largest reliable message accepted or sent (default 64M)",
     )
     group.add_argument(
         "--window",
+        type=argtypes.size(64 << 10),
         default="32M",
         metavar="SIZE",
         help="retransmit window the sender keeps for repairs (default 32M)",
     )
     group.add_argument(
         "--rate",
+        type=argtypes.rate(allow_auto=True),
         default="auto",
         help="reliable sending rate: auto (default: from 1 Gbit/s, backing off when receivers "
         "are overrun, not for random loss), a fixed 200M (bits/s) or 50kpps, or max (no cap)",
@@ -86,7 +82,10 @@ def _reliable_options(parser: argparse.ArgumentParser) -> None:
         "new data until receivers acknowledge, dropping one stalled for --slow-timeout",
     )
     group.add_argument(
-        "--slow-timeout", type=float, default=5.0, help="seconds a stalled receiver is waited for"
+        "--slow-timeout",
+        type=argtypes.seconds(),
+        default=5.0,
+        help="seconds a stalled receiver is waited for",
     )
 
 
@@ -94,19 +93,19 @@ def _reliable_config(args: argparse.Namespace) -> ReliableConfig | None:
     if not hasattr(args, "max_message"):
         return None
     try:
-        adaptive = args.rate.strip().lower() == "auto"
+        adaptive = args.rate == "auto"
         rate = None if adaptive else parse_rate(args.rate)
         return ReliableConfig(
             adaptive_rate=adaptive,
-            max_message=parse_size(args.max_message),
-            window_bytes=parse_size(args.window),
+            max_message=args.max_message,
+            window_bytes=args.window,
             rate_pps=rate.value if rate and rate.per_packet else None,
             rate_bps=rate.value if rate and not rate.per_packet else None,
             slow_receiver=args.slow_receiver,
             slow_timeout=args.slow_timeout,
         )
     except ValueError as error:
-        raise SystemExit(f"mcast: {error}") from None
+        raise UsageError(str(error)) from None
 
 
 def _make_node(args: argparse.Namespace) -> Node:
@@ -133,7 +132,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     peers = commands.add_parser("peers", help="who is in the group (live, or --once)")
     _node_options(peers)
     peers.add_argument("--once", action="store_true", help="listen --wait seconds, print, exit")
-    peers.add_argument("--wait", type=float, default=2.0, help="seconds to discover (--once)")
+    peers.add_argument(
+        "--wait", type=argtypes.seconds(), default=2.0, help="seconds to discover (--once)"
+    )
     peers.add_argument("--json", action="store_true", help="JSON output")
     peers.set_defaults(handler=cmd_peers)
 
@@ -141,14 +142,27 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     _node_options(publish)
     publish.add_argument("topic")
     publish.add_argument("message", nargs="?", help="payload; absent or '-': stdin lines")
-    publish.add_argument("--count", type=int, default=1, help="publish MESSAGE this many times")
-    publish.add_argument("--interval", type=float, default=0.0, help="seconds between messages")
     publish.add_argument(
-        "--wait", type=float, default=0.0, help="seconds to wait for peers before publishing"
+        "--count",
+        type=argtypes.count("messages"),
+        default=1,
+        help="publish MESSAGE this many times",
+    )
+    publish.add_argument(
+        "--interval",
+        type=argtypes.seconds(allow_zero=True),
+        default=0.0,
+        help="seconds between messages",
+    )
+    publish.add_argument(
+        "--wait",
+        type=argtypes.seconds(allow_zero=True),
+        default=0.0,
+        help="seconds to wait for peers before publishing",
     )
     publish.add_argument(
         "--peers",
-        type=int,
+        type=argtypes.count("peers", minimum=0),
         default=0,
         help="with --wait: start as soon as this many peers are seen",
     )
@@ -160,7 +174,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     publish.add_argument("--file", help="publish this file's content as one message (--reliable)")
     publish.add_argument(
         "--linger",
-        type=float,
+        type=argtypes.seconds(allow_zero=True),
         default=1.0,
         help="seconds to stay and serve repairs after a reliable publish (default 1)",
     )
@@ -171,8 +185,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     subscribe = commands.add_parser("subscribe", help="print messages on a topic (prefix*)")
     _node_options(subscribe)
     subscribe.add_argument("topic", nargs="?", default="*", help="topic or prefix* (default all)")
-    subscribe.add_argument("--count", type=int, help="exit after this many messages")
-    subscribe.add_argument("--timeout", type=float, help="exit after this many seconds")
+    subscribe.add_argument(
+        "--count", type=argtypes.count("messages"), help="exit after this many messages"
+    )
+    subscribe.add_argument(
+        "--timeout", type=argtypes.seconds(), help="exit after this many seconds"
+    )
     subscribe.add_argument("--json", action="store_true", help="NDJSON output")
     _reliable_options(subscribe)
     subscribe.set_defaults(handler=cmd_subscribe)
@@ -181,10 +199,17 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     _node_options(request)
     request.add_argument("topic")
     request.add_argument("message", nargs="?", default="")
-    request.add_argument("--timeout", type=float, default=1.0, help="seconds to gather")
-    request.add_argument("--want", default="all", help="all, first, or a number of replies")
     request.add_argument(
-        "--wait", type=float, default=1.5, help="seconds to discover serving peers first"
+        "--timeout", type=argtypes.seconds(), default=1.0, help="seconds to gather"
+    )
+    request.add_argument(
+        "--want", type=argtypes.want(), default="all", help="all, first, or a number of replies"
+    )
+    request.add_argument(
+        "--wait",
+        type=argtypes.seconds(allow_zero=True),
+        default=1.5,
+        help="seconds to discover serving peers first",
     )
     request.add_argument("--json", action="store_true", help="JSON output")
     request.set_defaults(handler=cmd_request)
@@ -198,7 +223,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--command",
         help="answer with this shell command's output (the request payload on its stdin)",
     )
-    serve.add_argument("--timeout", type=float, help="exit after this many seconds")
+    serve.add_argument("--timeout", type=argtypes.seconds(), help="exit after this many seconds")
     serve.set_defaults(handler=cmd_serve)
 
     keygen = commands.add_parser("keygen", help="write a new random group key file")
@@ -268,7 +293,7 @@ async def _run_chat(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """Interactive (or piped) chat."""
-    return asyncio.run(_run_chat(args))
+    return signals.run_async(lambda: _run_chat(args))
 
 
 async def _run_peers(args: argparse.Namespace) -> int:
@@ -353,12 +378,12 @@ async def _live_table(node: Node) -> None:
 
 def cmd_peers(args: argparse.Namespace) -> int:
     """List or watch members."""
-    return asyncio.run(_run_peers(args))
+    return signals.run_async(lambda: _run_peers(args))
 
 
 async def _run_publish(args: argparse.Namespace) -> int:
     if args.file is not None and not args.reliable:
-        raise SystemExit("mcast publish: --file needs --reliable (a file is one large message)")
+        raise UsageError("--file needs --reliable (a file is one large message)")
     async with _make_node(args) as node:
         deadline = time.monotonic() + args.wait
         while time.monotonic() < deadline and not (args.peers and len(node.peers) >= args.peers):
@@ -368,7 +393,7 @@ async def _run_publish(args: argparse.Namespace) -> int:
                 with open(args.file, "rb") as handle:
                     payloads: list[bytes | str] = [handle.read()]
             except OSError as error:
-                raise SystemExit(f"mcast publish: cannot read {args.file}: {error}") from None
+                raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
         elif args.message is not None and args.message != "-":
             payloads = [args.message] * args.count
         else:
@@ -376,25 +401,29 @@ async def _run_publish(args: argparse.Namespace) -> int:
         slow: list[SlowReceiver] = []
         _watch(node, SlowReceiver, slow.append)
         started = time.monotonic()
-        size = 0
-        for number, payload in enumerate(payloads):
-            if number and args.interval:
-                await asyncio.sleep(args.interval)
-            try:
-                await node.publish(args.topic, payload, reliable=args.reliable)
-            except ValueError as error:
-                raise SystemExit(f"mcast publish: {error}") from None
-            size += len(payload.encode() if isinstance(payload, str) else payload)
-        if args.reliable:
-            await node.flush()
-        elapsed = time.monotonic() - started
-        if args.reliable and args.linger > 0:
-            await asyncio.sleep(args.linger)  # receivers may still ask for repairs
+        size = sent = 0
+        try:
+            for number, payload in enumerate(payloads):
+                if number and args.interval:
+                    await asyncio.sleep(args.interval)
+                try:
+                    await node.publish(args.topic, payload, reliable=args.reliable)
+                except ValueError as error:
+                    raise UsageError(str(error)) from None
+                size += len(payload.encode() if isinstance(payload, str) else payload)
+                sent += 1
+            if args.reliable:
+                await node.flush()
+            elapsed = time.monotonic() - started
+            if args.reliable and args.linger > 0:
+                await asyncio.sleep(args.linger)  # receivers may still ask for repairs
+        except asyncio.CancelledError:
+            elapsed = time.monotonic() - started  # SIGINT / SIGTERM: say what went out
         stats = node.reliable_stats().get("sender", {})
         summary = {
             "topic": args.topic,
             "group": str(node.spec),
-            "messages": len(payloads),
+            "messages": sent,
             "bytes": size,
             "seconds": round(elapsed, 3),
             "mb_per_s": round(size / elapsed / 1e6, 2) if elapsed > 0 else None,
@@ -410,7 +439,7 @@ async def _run_publish(args: argparse.Namespace) -> int:
             rate = f" in {elapsed:.2f} s ({summary['mb_per_s']} MB/s)" if args.reliable else ""
             repairs = f", {summary['repairs_sent']} repair(s)" if args.reliable else ""
             note(
-                f"published {len(payloads)} message(s), {size} bytes, on {args.topic!r} "
+                f"published {sent} message(s), {size} bytes, on {args.topic!r} "
                 f"to {node.spec}{rate}{repairs}"
             )
             for event in slow:
@@ -433,7 +462,7 @@ def _watch(node: Node, kind: type[T], handle: Callable[[T], None]) -> None:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """Publish messages."""
-    return asyncio.run(_run_publish(args))
+    return signals.run_async(lambda: _run_publish(args))
 
 
 async def _run_subscribe(args: argparse.Namespace) -> int:
@@ -449,15 +478,19 @@ async def _run_subscribe(args: argparse.Namespace) -> int:
 
         _watch(node, Unrecoverable, report_loss)
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
-        while args.count is None or received < args.count:
-            wait = None if deadline is None else deadline - time.monotonic()
-            if wait is not None and wait <= 0:
-                break
-            message = await inbox.get(wait)
-            if message is None:
-                break
-            received += 1
-            _print_message(message, args.json)
+        try:
+            while args.count is None or received < args.count:
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    break
+                message = await inbox.get(wait)
+                if message is None:
+                    break
+                received += 1
+                _print_message(message, args.json)
+        except asyncio.CancelledError:
+            pass  # SIGINT / SIGTERM: the summary below, then goodbye as the node stops
+    note(f"{received} message(s) received, {len(losses)} loss report(s)")
     if losses:
         return 3
     return 0 if received else 1
@@ -512,19 +545,11 @@ def _print_message(message: Message, as_json: bool) -> None:
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
     """Print messages."""
-    return asyncio.run(_run_subscribe(args))
-
-
-def _parse_want(text: str) -> str | int:
-    if text in ("all", "first"):
-        return text
-    if text.isdigit() and int(text) >= 1:
-        return int(text)
-    raise SystemExit("mcast request: --want takes all, first or a number >= 1")
+    return signals.run_async(lambda: _run_subscribe(args))
 
 
 async def _run_request(args: argparse.Namespace) -> int:
-    want = _parse_want(args.want)
+    want = args.want
     async with _make_node(args) as node:
         # Peers announce what they serve in their hello; give them time to be heard.
         deadline = time.monotonic() + args.wait
@@ -532,7 +557,7 @@ async def _run_request(args: argparse.Namespace) -> int:
             p.serves(args.topic) for p in node.peers.values()
         ):
             await asyncio.sleep(0.05)
-        result = await node.request(args.topic, args.message, timeout=args.timeout, want=want)  # type: ignore[arg-type]
+        result = await node.request(args.topic, args.message, timeout=args.timeout, want=want)
     if args.json:
         emit_json(result.to_dict())
     else:
@@ -548,7 +573,7 @@ async def _run_request(args: argparse.Namespace) -> int:
 
 def cmd_request(args: argparse.Namespace) -> int:
     """Request and gather."""
-    return asyncio.run(_run_request(args))
+    return signals.run_async(lambda: _run_request(args))
 
 
 async def _run_serve(args: argparse.Namespace) -> int:
@@ -571,4 +596,4 @@ async def _run_serve(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Answer requests."""
-    return asyncio.run(_run_serve(args))
+    return signals.run_async(lambda: _run_serve(args))

@@ -1,21 +1,25 @@
 """Entry point of ``mcast``: parse, dispatch, and map errors to exit codes in one place.
 
-Exit codes: 0 success; 1 the check failed (nothing received, a peer missing); 2 usage or
-setup error (bad address, missing interface, refused socket option); 3 partial result;
-130 interrupted.
+Exit codes: 0 success; 1 the check failed (nothing received, a peer missing); 2 bad input or
+setup error, with one line naming the fix; 3 partial result; 70 an internal error (a bug:
+rerun with --debug for the traceback); 130 interrupted (SIGINT); 143 terminated (SIGTERM).
+A closed stdout (``mcast listen | head -1``) is not an error: exit 0, quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import AddressError, InterfaceError, MulticastError, SocketSetupError
-from . import bench, demo, diag, doctor, dump, group, info, traffic, transfer
+from ..errors import MulticastError
+from . import bench, demo, diag, doctor, dump, group, info, signals, traffic, transfer
 
 EXIT_USAGE = 2
+EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="UDP multicast toolkit: explain, join, send, listen, demo.",
     )
     parser.add_argument("--version", action="version", version=f"mcastkit {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an internal error"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     for module in (demo, group, info, traffic, diag, bench, doctor, dump, transfer):
@@ -34,21 +41,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code."""
+    signals.install()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        return signals.exit_code(130)
+    name = f"mcast {args.command}"
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
-        return 130
-    except (AddressError, InterfaceError, SocketSetupError, MulticastError) as exc:
-        sys.stderr.write(f"mcast {args.command}: error: {exc}\n")
-        return EXIT_USAGE
-    except OSError as exc:
-        sys.stderr.write(f"mcast {args.command}: error: {_explain_os_error(exc)}\n")
-        return EXIT_USAGE
+        code = 130
     except BrokenPipeError:
-        return 0
-    return code
+        _silence_stdout()  # the reader went away (`| head`): nothing more to say
+        code = 0
+    except (MulticastError, ValueError) as exc:
+        sys.stderr.write(f"{name}: error: {exc}\n")
+        code = EXIT_USAGE
+    except OSError as exc:
+        sys.stderr.write(f"{name}: error: {_explain_os_error(exc)}\n")
+        code = EXIT_USAGE
+    except Exception as exc:
+        if args.debug or os.environ.get("MCAST_DEBUG"):
+            raise
+        sys.stderr.write(
+            f"{name}: internal error: {type(exc).__name__}: {exc}\n"
+            f"  this is a bug; rerun with `mcast --debug {args.command} ...` for the traceback\n"
+        )
+        code = EXIT_SOFTWARE
+    return signals.exit_code(code)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _explain_os_error(exc: OSError) -> str:
@@ -62,6 +92,8 @@ def _explain_os_error(exc: OSError) -> str:
         )
     if exc.errno == errno.EPERM:
         return f"{text}: a firewall rule refused the datagram (see nft list ruleset)"
+    if exc.filename:
+        return f"{exc.filename}: {text}"
     return text
 
 

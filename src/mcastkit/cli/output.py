@@ -6,12 +6,11 @@ import argparse
 import getpass
 import json
 import os
-import signal
 import sys
 import time
-from types import FrameType
 from typing import Any
 
+from ..errors import MulticastError
 from ..security import (
     GroupKey,
     SecurityError,
@@ -21,6 +20,10 @@ from ..security import (
 )
 
 PASSPHRASE_ENV = "MCAST_PASSPHRASE"
+
+
+class UsageError(MulticastError):
+    """A bad value or a bad combination of options found after parsing: exit 2."""
 
 
 def emit_json(data: Any) -> None:
@@ -92,32 +95,6 @@ def group_key(args: argparse.Namespace, group: object) -> GroupKey | None:
             "the passphrase is empty; give a non-empty one (an open group has none)"
         )
     return key_from_passphrase(passphrase, group=group)
-
-
-class CtrlC:
-    """While installed, Ctrl-C sets a flag instead of raising: long commands end with a summary.
-
-    Call the object to ask whether Ctrl-C was pressed (it fits ``stop=`` callbacks).
-    """
-
-    def __init__(self) -> None:
-        self.pressed = False
-        self._previous: Any = None
-
-    def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
-        self.pressed = True
-
-    def install(self) -> CtrlC:
-        """Take over SIGINT."""
-        self._previous = signal.signal(signal.SIGINT, self._on_signal)
-        return self
-
-    def restore(self) -> None:
-        """Give SIGINT back."""
-        signal.signal(signal.SIGINT, self._previous)
-
-    def __call__(self) -> bool:
-        return self.pressed
 
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

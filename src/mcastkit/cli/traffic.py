@@ -12,6 +12,7 @@ from typing import Any
 
 from ..addr import parse_group
 from ..transport import open_receiver, open_sender
+from . import argtypes
 from .output import emit_json, note, preview, say
 
 SILENCE_HINT_AFTER = 5.0
@@ -27,9 +28,18 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     send.add_argument("group", metavar="GROUP:PORT", help="e.g. 239.255.0.1:5000 or [ff15::1]:5000")
     send.add_argument("text", nargs="?", help="payload; '-' or absent: one datagram per stdin line")
     send.add_argument("--iface", help="interface name, index or address (default: kernel's route)")
-    send.add_argument("--ttl", type=int, default=1, help="TTL / hop limit (default 1: this subnet)")
-    send.add_argument("--count", type=int, default=1, help="send TEXT this many times")
-    send.add_argument("--interval", type=float, default=0.0, help="seconds between datagrams")
+    send.add_argument(
+        "--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1: this subnet)"
+    )
+    send.add_argument(
+        "--count", type=argtypes.count("datagrams"), default=1, help="send TEXT this many times"
+    )
+    send.add_argument(
+        "--interval",
+        type=argtypes.seconds(allow_zero=True),
+        default=0.0,
+        help="seconds between datagrams",
+    )
     send.add_argument("--source", help="bind this local ADDRESS[:PORT] (for SSM receivers)")
     send.add_argument("--no-loop", action="store_true", help="do not loop back to this host")
     send.add_argument("--broadcast", action="store_true", help="allow an IPv4 broadcast address")
@@ -54,8 +64,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     listen.add_argument(
         "--exclude", action="append", default=[], help="block this sender (repeatable)"
     )
-    listen.add_argument("--count", type=int, help="stop after this many datagrams")
-    listen.add_argument("--timeout", type=float, help="stop after this many seconds")
+    listen.add_argument(
+        "--count", type=argtypes.count("datagrams"), help="stop after this many datagrams"
+    )
+    listen.add_argument("--timeout", type=argtypes.seconds(), help="stop after this many seconds")
     listen.add_argument("--broadcast", action="store_true", help="receive IPv4 broadcast instead")
     listen.add_argument("--quiet", action="store_true", help="only the summary")
     listen.add_argument("--json", action="store_true", help="NDJSON: one object per datagram")
@@ -73,8 +85,6 @@ def _payloads(args: argparse.Namespace) -> Iterator[bytes]:
 
 def cmd_send(args: argparse.Namespace) -> int:
     """Send datagrams."""
-    if args.count < 1:
-        raise SystemExit("mcast send: --count must be at least 1")
     spec = parse_group(args.group, allow_broadcast=args.broadcast)
     sender = open_sender(
         spec, iface=args.iface, ttl=args.ttl, loopback=not args.no_loop, source=args.source

@@ -10,7 +10,9 @@ from ..addr import parse_group
 from ..diag.bench import parse_rate
 from ..transfer import receive_files, send_files
 from ..transfer.engine import DEFAULT_MAX_SIZE, ReceiveSession, SendSession
-from .output import CtrlC, ProgressBar, emit_json, note, parse_size, say
+from . import argtypes
+from .output import ProgressBar, UsageError, emit_json, note, say
+from .signals import CtrlC
 
 DEFAULT_FILE_GROUP = "239.255.77.83:5083"
 
@@ -27,32 +29,33 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     send.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     send.add_argument("--group", default=DEFAULT_FILE_GROUP, metavar="GROUP:PORT")
     send.add_argument("--iface", help="interface name, index or address (default: route)")
-    send.add_argument("--ttl", type=int, default=1, help="TTL / hop limit (default 1)")
+    send.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1)")
     send.add_argument(
         "--rate",
+        type=argtypes.rate(allow_auto=True),
         default="max",
         help="bits/s (500M), packets/s (50kpps), max (default), or auto: start at 1 Gbit/s and "
         "back off when a receiver's kernel drops datagrams (not on random loss)",
     )
     send.add_argument(
         "--receivers",
-        type=int,
+        type=argtypes.count("receivers"),
         help="expected receiver count: start when all registered; fail unless all complete",
     )
     send.add_argument("--names", help="comma-separated receiver names to accept and expect")
     send.add_argument(
         "--wait",
-        type=float,
+        type=argtypes.seconds(),
         default=3.0,
         help="seconds to wait for receivers to register (default 3)",
     )
     send.add_argument(
         "--receiver-timeout",
-        type=float,
+        type=argtypes.seconds(),
         default=10.0,
         help="seconds of silence before a receiver is failed (default 10)",
     )
-    send.add_argument("--deadline", type=float, help="give up after this many seconds")
+    send.add_argument("--deadline", type=argtypes.seconds(), help="give up after this many seconds")
     send.add_argument("--json", action="store_true", help="a JSON summary")
     send.set_defaults(handler=cmd_send_file)
 
@@ -66,13 +69,18 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     recv.add_argument("--dir", type=Path, default=Path("."), help="target directory")
     recv.add_argument("--iface", help="interface name, index or address (default: route)")
     recv.add_argument("--name", help="this receiver's name (default host-pid)")
-    recv.add_argument("--wait", type=float, help="give up if no transfer starts in this time")
     recv.add_argument(
-        "--rcvbuf", type=int, default=16 << 20, help="receive buffer bytes (default 16 MiB)"
+        "--wait", type=argtypes.seconds(), help="give up if no transfer starts in this time"
+    )
+    recv.add_argument(
+        "--rcvbuf",
+        type=argtypes.size(1024),
+        default=16 << 20,
+        help="receive buffer bytes (default 16 MiB)",
     )
     recv.add_argument(
         "--max-size",
-        type=parse_size,
+        type=argtypes.size(),
         default=DEFAULT_MAX_SIZE,
         help="refuse a transfer announcing more than this (default 16G; e.g. 500M, 2T)",
     )
@@ -83,11 +91,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def cmd_send_file(args: argparse.Namespace) -> int:
     """Send files."""
     spec = parse_group(args.group)
-    adaptive = args.rate.strip().lower() == "auto"
-    try:
-        rate = None if adaptive else parse_rate(args.rate)
-    except ValueError as exc:
-        raise SystemExit(f"mcast send-file: {exc}") from None
+    adaptive = args.rate == "auto"
+    rate = None if adaptive else parse_rate(args.rate)
     names = {n.strip() for n in args.names.split(",") if n.strip()} if args.names else None
     expected = args.receivers if args.receivers is not None else (len(names) if names else None)
 
@@ -123,8 +128,10 @@ def cmd_send_file(args: argparse.Namespace) -> int:
             on_progress=progress,
             adaptive=adaptive,
         )
-    except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"mcast send-file: {exc}") from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from None
     finally:
         for bar in bars:
             bar.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import resource
@@ -51,7 +52,7 @@ def describe_files(
     names = set()
     for path in paths:
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is not a readable file")
+            raise FileNotFoundError(errno.ENOENT, "not a readable file", str(path))
         if path.name in names:
             raise ValueError(f"two files are named {path.name!r}; receivers keep only names")
         names.add(path.name)

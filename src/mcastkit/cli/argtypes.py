@@ -1,0 +1,156 @@
+"""Typed option values: every number the CLI takes is checked here, where it is parsed.
+
+Each factory returns an argparse ``type=`` callable that raises ``ArgumentTypeError`` with a
+message saying what is accepted, so a bad value exits 2 with one line and no traceback. Each
+callable also lists ``bad_examples``: values it must refuse, which the tests feed to every
+option that uses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Any
+
+from ..diag.bench import parse_rate
+from .output import parse_size
+
+NON_NUMBERS = ("nan", "inf", "-inf", "ten", "")
+
+
+class OptionType:
+    """An argparse ``type=`` callable with a name for messages and the values it refuses."""
+
+    def __init__(
+        self, name: str, convert: Callable[[str], Any], bad_examples: tuple[str, ...]
+    ) -> None:
+        self.__name__ = name  # argparse names the type in its own messages
+        self._convert = convert
+        self.bad_examples = bad_examples
+
+    def __call__(self, text: str) -> Any:
+        return self._convert(text)
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; {what}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number; {what}")
+    return value
+
+
+def seconds(*, allow_zero: bool = False, maximum: float = 86400 * 365) -> OptionType:
+    """A duration in seconds: positive (or zero when it means 'no wait'), finite."""
+    what = f"give {'zero or more' if allow_zero else 'a positive number of'} seconds, e.g. 0.5"
+
+    def convert(text: str) -> float:
+        value = _number(text, what)
+        if value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"{text!r}: {what}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"{text!r}: at most {maximum:.0f} seconds")
+        return value
+
+    bad = ("-1", "1e12", *NON_NUMBERS) if allow_zero else ("0", "-1", "1e12", *NON_NUMBERS)
+    return OptionType("seconds", convert, bad)
+
+
+def integer(minimum: int, maximum: int, what: str) -> OptionType:
+    """A whole number within [minimum, maximum]."""
+    hint = f"give a whole number from {minimum} to {maximum}"
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} {text!r} is not a number; {hint}") from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{what} {value} is out of range; {hint}")
+        return value
+
+    bad = (str(minimum - 1), str(maximum + 1), "1.5", *NON_NUMBERS)
+    return OptionType(what, convert, bad)
+
+
+def count(what: str = "count", minimum: int = 1) -> OptionType:
+    """How many of something: a whole number, at least ``minimum``."""
+    return integer(minimum, 10**12, what)
+
+
+TTL = integer(0, 255, "TTL")
+PORT = integer(0, 65535, "port")
+
+
+def percent() -> OptionType:
+    """A percentage, 0 to 100."""
+
+    def convert(text: str) -> float:
+        value = _number(text, "give a percentage from 0 to 100")
+        if not 0 <= value <= 100:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a percentage from 0 to 100")
+        return value
+
+    return OptionType("percent", convert, ("-1", "101", *NON_NUMBERS))
+
+
+def size(minimum: int = 1, maximum: int = 1 << 50) -> OptionType:
+    """Bytes: 65536, 64k, 64M, 1G (binary units)."""
+
+    def convert(text: str) -> int:
+        try:
+            value = parse_size(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is out of range: from {minimum} to {maximum} bytes"
+            )
+        return value
+
+    return OptionType("size", convert, ("0", "-1", "64Q", "nan", "inf", ""))
+
+
+def rate(*, allow_auto: bool) -> OptionType:
+    """A sending rate: 200M (bits/s), 50kpps, max, and ``auto`` where adaptive exists.
+
+    Returns the text (validated), which the command then turns into its own rate setting.
+    """
+
+    def convert(text: str) -> str:
+        if allow_auto and text.strip().lower() == "auto":
+            return "auto"
+        try:
+            parsed = parse_rate(text)
+        except ValueError as exc:
+            also = "; or auto (adaptive)" if allow_auto else ""
+            raise argparse.ArgumentTypeError(f"{exc}{also}") from None
+        if parsed is not None and not (math.isfinite(parsed.value) and parsed.value > 0):
+            raise argparse.ArgumentTypeError(f"{text!r}: a rate must be positive and finite")
+        return text
+
+    return OptionType("rate", convert, ("fast", "-5M", "0", "nanM", "infpps", ""))
+
+
+def want() -> OptionType:
+    """Replies a request waits for: all, first, or a count >= 1."""
+
+    def convert(text: str) -> str | int:
+        cleaned = text.strip().lower()
+        if cleaned in ("all", "first"):
+            return cleaned
+        try:
+            value = int(cleaned)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: give all, first or a number >= 1")
+        return value
+
+    return OptionType("want", convert, ("0", "-1", "most", "nan", ""))
