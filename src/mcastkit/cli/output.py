@@ -107,7 +107,7 @@ def parse_size(text: str) -> int:
     number = cleaned[: len(cleaned) - len(unit)]
     try:
         value = int(float(number) * _SIZE_UNITS[unit])
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(f"size {text!r} not understood; examples: 65536, 64k, 64M, 1G") from None
     if value <= 0:
         raise ValueError(f"size {text!r} must be positive")
