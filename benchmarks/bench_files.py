@@ -80,6 +80,7 @@ def run_mcast(sender, receivers, source: Path, work: Path) -> float:
             "recv-file",
             "--dir",
             str(work / h.name),
+            "--parents",
             "--name",
             h.name,
             "--json",

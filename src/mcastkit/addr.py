@@ -69,6 +69,12 @@ def parse_port(text: str) -> int:
     return port
 
 
+def format_endpoint(host: object, port: int) -> str:
+    """``10.0.0.1:5000``, or ``[fd99::1]:5000`` for IPv6: the port never reads as part of it."""
+    text = str(host)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
 def split_host_port(text: str) -> tuple[str, str]:
     """``HOST``, ``HOST:PORT``, ``[V6]`` or ``[V6]:PORT`` to (host, port text; "" if none)."""
     text = text.strip()

@@ -230,6 +230,8 @@ class Node:
         )
         for warning in group_socket.warnings:
             log.info("%s", warning)  # a capped default buffer is normal without root
+        if group_socket.fallback:
+            log.warning("%s", group_socket.fallback)
         try:
             unicast = open_sender(
                 self.spec,
@@ -551,11 +553,21 @@ class Node:
                 result = handler(request)
                 if isinstance(result, Awaitable):
                     result = await result
-                if self.session is not None:
-                    self.session.reply(event, _as_bytes(result), self._now())
-                    self._pump()
-            except Exception:  # a failing handler must not take the node down
-                log.exception("request handler for %r failed", event.topic)
+                answer = _as_bytes(result)
+            except Exception as exc:  # a failing handler must not take the node down
+                log.warning("request handler for %r failed: %r", event.topic, exc)
+                answer = f"error: the handler failed: {type(exc).__name__}: {exc}".encode()
+            if self.session is None:
+                return
+            limit = self.session.max_reply(event.topic)
+            if len(answer) > limit:
+                # The requester must not be left with "no reply": it learns why instead.
+                log.warning("reply of %d bytes to %r is over %d", len(answer), event.topic, limit)
+                answer = (
+                    f"error: the reply is {len(answer)} bytes; one reply datagram holds {limit}"
+                ).encode()[:limit]
+            self.session.reply(event, answer, self._now())
+            self._pump()
 
         self.run_task(run())
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .addr import GroupSpec
+from .addr import GroupSpec, format_endpoint
 from .aio import Node
 from .security import GroupKey
 from .session import Message
@@ -175,7 +175,7 @@ async def run_demo_async(
             message: Message
             async for message in inbox:
                 sender = f"{message.sender:016x}"
-                source = f"{message.source[0]}:{message.source[1]}"
+                source = format_endpoint(*message.source)
                 event, reply = peer.receive(sender, message.sender_name, message.text(), source)
                 if reply is not None:
                     await member.publish(TOPIC, reply)

@@ -216,7 +216,7 @@ class StreamSender:
         self._queue: deque[_Outgoing] = deque()
         self._repairs: deque[int] = deque()
         self._repair_set: set[int] = set()
-        self._repaired_at: dict[int, tuple[float, int]] = {}  # seq -> (last repair, repairs)
+        self._repaired_at: dict[int, float] = {}
         self._tracked: dict[int, _Tracked] = {}
         self.slow_events: list[SlowReceiver] = []
         rate = config.rate_pps
@@ -269,13 +269,11 @@ class StreamSender:
 
     def on_nack(self, runs: list[tuple[int, int]], now: float) -> None:
         """Queue repairs for the runs we still hold; note when some are gone."""
-        # A seq is repaired at most once per hold-off, however many NACKs ask. Receivers ask
-        # again only after nack_repeat (up to twice that with jitter), so the hold-off starts
-        # at half of it and doubles with each repair of the same seq up to twice nack_repeat:
-        # a lost repair is never starved, while a member flooding NACKs for the whole window
-        # gets it about ten times a second, not forty.
-        oldest = self.oldest
-        base = max(self.config.nack_backoff, self.config.nack_repeat / 2)
+        # A seq is repaired at most once per hold-off (nack_backoff), however many NACKs ask:
+        # the NACKs that crossed a repair are ignored. Longer, or growing, hold-offs were
+        # tried: in a group where many receivers each lose some repairs, a seq legitimately
+        # needs several repairs in quick succession, and the window passed them by.
+        oldest, holdoff = self.oldest, self.config.nack_backoff
         self._bump("nacks-received")
         for first, count in runs:
             last = min(first + count, self.next_seq)
@@ -287,8 +285,7 @@ class StreamSender:
                     continue
                 if seq not in self._repaired_at:
                     self._nacked_new += 1  # first request for this seq: a loss, not a repeat
-                last_repair, repairs = self._repaired_at.get(seq, (-1e9, 0))
-                if now - last_repair < base * (1 << min(repairs, 3)) / 2:
+                if now - self._repaired_at.get(seq, -1e9) < holdoff:
                     self._bump("repairs-held-off")  # a repair just went out: NACKs crossed it
                     continue
                 self._repair_set.add(seq)
@@ -327,7 +324,7 @@ class StreamSender:
                 return out
             self._repairs.popleft()
             self._repair_set.discard(seq)
-            self._repaired_at[seq] = (now, self._repaired_at.get(seq, (0.0, 0))[1] + 1)
+            self._repaired_at[seq] = now
             out.append((topic, payload, True))
             self._bump("repairs-sent")
         while self._queue and len(out) < SEND_BATCH:
@@ -358,7 +355,7 @@ class StreamSender:
             self._probe_at = now + PROBE_FIRST
         if len(self._repaired_at) > 4 * len(self.window) + 1024:
             oldest = self.oldest
-            self._repaired_at = {s: r for s, r in self._repaired_at.items() if s >= oldest}
+            self._repaired_at = {s: t for s, t in self._repaired_at.items() if s >= oldest}
         return out
 
     def probe_due(self, now: float) -> bool:

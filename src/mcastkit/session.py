@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .addr import format_endpoint
 from .errors import MulticastError
 from .reliable import (
     ACK,
@@ -130,7 +131,7 @@ class PeerInfo:
         return {
             "id": f"{self.node_id:016x}",
             "name": self.name,
-            "address": f"{self.address[0]}:{self.address[1]}" if self.address else None,
+            "address": format_endpoint(*self.address) if self.address else None,
             "meta": self.meta,
             "last_seen": self.last_seen,
             "received": self.received,
@@ -439,6 +440,14 @@ class Session:
         self._pending[request_id] = _Pending(topic, now, now + timeout, want, expected)
         self._send(FrameType.REQUEST, topic, _REQUEST_ID.pack(request_id) + payload, now)
         return request_id
+
+    def max_reply(self, topic: str) -> int:
+        """The largest reply payload for ``topic`` that fits one datagram."""
+        return self._topic_info(topic)[1] - _REQUEST_ID.size
+
+    def max_unreliable(self, topic: str) -> int:
+        """The largest unreliable message payload for ``topic`` (one datagram)."""
+        return self._topic_info(topic)[1]
 
     def reply(self, request: RequestReceived, payload: bytes, now: float) -> None:
         """Answer a request (unicast to the requester's address as seen)."""

@@ -217,8 +217,8 @@ def test_a_member_flooding_nacks_gets_each_seq_once_per_hold_off() -> None:
     publisher.receive_datagram(craft.hello(0xE71, 1), ATTACKER, 0.0)
     publisher.datagrams_to_send()
     repaired = 0
-    for index in range(100):  # 100 whole-window NACKs within 20 ms (less than the hold-off)
-        now = 0.0002 * index
+    for index in range(100):  # 100 whole-window NACKs within 9 ms (less than the hold-off)
+        now = 0.00009 * index
         datagram = craft.nack(0xE71, 0xAAAA, 7, [(1, next_seq - 1)], seq=index + 2)
         publisher.receive_datagram(datagram, ATTACKER, now)
         publisher.handle_timer(now)
@@ -230,9 +230,9 @@ def test_a_member_flooding_nacks_gets_each_seq_once_per_hold_off() -> None:
         publisher.receive_datagram(datagram, ATTACKER, now)
         publisher.handle_timer(now)
         repaired += _repairs(publisher)
-    # The hold-off doubles per repaired seq up to 100 ms: about 10 windows a second at most
-    # (before: one per 10 ms hold-off, 100 a second), and all of it paced by the rate.
-    assert repaired <= 13 * (next_seq - 1)
+    # At most once per 10 ms hold-off (100 windows a second), all of it paced by the rate:
+    # an insider can spend the sender's rate on repairs, no more (docs/security.md).
+    assert repaired <= 101 * (next_seq - 1)
 
 
 # --- freshness in sealed groups ----------------------------------------------------------

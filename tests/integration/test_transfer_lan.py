@@ -24,7 +24,16 @@ def _source(tmp_path: Path, size: int) -> tuple[Path, str]:
 
 def _receiver(host: Host, directory: Path, *args: str):
     proc = host.start_mcast(
-        "recv-file", "--dir", str(directory), "--name", host.name, "--json", "--wait", "30", *args
+        "recv-file",
+        "--dir",
+        str(directory),
+        "--parents",
+        "--name",
+        host.name,
+        "--json",
+        "--wait",
+        "30",
+        *args,
     )
     wait_for_line(proc.stderr, "waiting for a transfer")
     return proc
@@ -154,6 +163,7 @@ def _loopback_transfer(
             "lo",
             "--dir",
             str(out),
+            "--parents",
             "--json",
             "--wait",
             "30",

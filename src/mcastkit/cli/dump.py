@@ -8,7 +8,7 @@ import time
 from collections import Counter, defaultdict
 from typing import Any, BinaryIO
 
-from ..addr import parse_group
+from ..addr import format_endpoint, parse_group
 from ..diag.dump import PcapWriter, describe_untrusted
 from ..security import KeyRing
 from ..transport import open_receiver
@@ -103,7 +103,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
                 wall = time.time()
                 total += 1
                 decoded = describe_untrusted(packet.data, keyring)
-                sender = f"{packet.source}:{packet.source_port}"
+                sender = format_endpoint(packet.source, packet.source_port)
                 per_source[sender]["datagrams"] += 1
                 per_source[sender]["bytes"] += len(packet.data)
                 per_source[sender][decoded.get("type", decoded["kind"])] += 1

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..addr import format_endpoint
 from ..aio import DEFAULT_GROUP, Node, Request
 from ..diag.bench import parse_rate
 from ..reliable import UNKNOWN_END, ReliableConfig, SlowReceiver, Unrecoverable
@@ -19,6 +19,7 @@ from ..session import Failed, IdRenewed, Joined, Left, Message, Updated
 from . import argtypes, signals
 from .output import UsageError, add_key_options, emit_json, group_key, note, preview, say
 
+COMMAND_TIMEOUT = 30.0  # seconds a serve --command may take per request
 T = TypeVar("T")
 TEXT_LIMIT = 64 << 10  # larger payloads are shown by size and sha256, not as text
 
@@ -247,7 +248,7 @@ def _describe(event: object) -> tuple[str, dict[str, Any]]:
     assert isinstance(event, Joined | Left | Failed | Updated)
     kind = type(event).__name__.lower()
     peer = event.peer
-    where = f"{peer.address[0]}:{peer.address[1]}" if peer.address else "?"
+    where = format_endpoint(*peer.address) if peer.address else "?"
     return f"{peer.name} [{peer.node_id:016x}] {kind} ({where})", {"event": kind, **peer.to_dict()}
 
 
@@ -283,7 +284,10 @@ async def _run_chat(args: argparse.Namespace) -> int:
                         say(f"  {peer.name} [{peer.node_id:016x}] loss {peer.loss:.1%}")
                     continue
                 if line:
-                    await node.publish(args.topic, line)
+                    # A line longer than one datagram goes on the reliable stream (any size).
+                    assert node.session is not None
+                    big = len(line.encode()) > node.session.max_unreliable(args.topic)
+                    await node.publish(args.topic, line, reliable=big)
             await asyncio.sleep(0.2)  # let replies to the last line arrive when piped
         finally:
             for task in tasks:
@@ -310,7 +314,7 @@ async def _run_peers(args: argparse.Namespace) -> int:
                 )
             else:
                 for peer in peers:
-                    where = f"{peer.address[0]}:{peer.address[1]}" if peer.address else "?"
+                    where = format_endpoint(*peer.address) if peer.address else "?"
                     say(
                         f"{peer.name:<20} {peer.node_id:016x}  {where:<22} "
                         f"loss {peer.loss:5.1%}  host {peer.meta.get('host', '?')}"
@@ -340,7 +344,7 @@ def _peer_table(node: Node) -> Any:
         table.add_column(column, justify="right" if column in ("received", "loss") else "left")
     loop_now = asyncio.get_running_loop().time()
     for peer in sorted(node.peers.values(), key=lambda p: p.name):
-        where = f"{peer.address[0]}:{peer.address[1]}" if peer.address else "?"
+        where = format_endpoint(*peer.address) if peer.address else "?"
         rtt = "" if peer.rtt is None else f"{peer.rtt * 1000:.2f} ms"
         table.add_row(
             peer.name,
@@ -526,7 +530,7 @@ def _print_message(message: Message, as_json: bool) -> None:
             "topic": message.topic,
             "sender": f"{message.sender:016x}",
             "name": message.sender_name,
-            "source": f"{message.source[0]}:{message.source[1]}",
+            "source": format_endpoint(*message.source),
             "seq": message.seq,
             "reliable": message.reliable,
             "size": size,
@@ -577,15 +581,36 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 
 async def _run_serve(args: argparse.Namespace) -> int:
-    def answer(request: Request) -> bytes:
+    async def answer(request: Request) -> bytes:
         if args.reply is not None:
             return str(args.reply).encode()
-        done = subprocess.run(
-            args.command, shell=True, input=request.payload, capture_output=True, timeout=30
+        # Not subprocess.run: the node keeps its heartbeats (and other requests) going.
+        proc = await asyncio.create_subprocess_shell(
+            args.command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
-        return done.stdout
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(request.payload), COMMAND_TIMEOUT)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return f"error: the command ran longer than {COMMAND_TIMEOUT:.0f}s".encode()
+        if proc.returncode != 0:
+            detail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            note(f"--command exited {proc.returncode} for a request from {request.sender_name}")
+            return f"error: the command exited {proc.returncode}: {detail[0]}".encode()
+        return out
 
     async with _make_node(args) as node:
+        assert node.session is not None
+        limit = node.session.max_reply(args.topic)
+        if args.reply is not None and len(args.reply.encode()) > limit:
+            raise UsageError(
+                f"--reply is {len(args.reply.encode())} bytes; one reply holds {limit} "
+                f"on topic {args.topic!r}"
+            )
         node.serve(args.topic, answer)
         note(f"serving {args.topic!r} on {node.spec} via {node.interface} as {node.name}")
         if args.timeout is None:

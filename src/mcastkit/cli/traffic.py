@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..addr import parse_group
+from ..addr import GroupSpec, classify, format_endpoint, parse_group
 from ..transport import open_receiver, open_sender
 from . import argtypes
 from .output import emit_json, note, preview, say
@@ -91,6 +91,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     )
     sent = sent_bytes = 0
     with sender:
+        if sender.fallback:
+            note(f"warning: {sender.fallback}")
         if not args.json:
             note(f"sending to {spec} via {sender.interface.name} (ttl {args.ttl})")
         for number, payload in enumerate(_payloads(args)):
@@ -132,8 +134,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
     hinted = False
     mode = "SSM from " + ", ".join(args.source) if args.source else "any source"
     note(f"listening on {spec} via {receiver.interface.name} ({mode}); Ctrl-C to stop")
-    for warning in receiver.warnings:
-        note(f"warning: {warning}")
+    for warning in [receiver.fallback, *receiver.warnings, *_ssm_warning(spec, args.source)]:
+        if warning:
+            note(f"warning: {warning}")
     try:
         with receiver:
             while args.count is None or total < args.count:
@@ -153,7 +156,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
                 wall = time.time()
                 last_activity = time.monotonic()
                 total += 1
-                key = f"{packet.source}:{packet.source_port}"
+                key = format_endpoint(packet.source, packet.source_port)
                 counter = per_source[key]
                 counter.datagrams += 1
                 counter.bytes += len(packet.data)
@@ -178,6 +181,16 @@ def cmd_listen(args: argparse.Namespace) -> int:
     if args.count is not None and total < args.count:
         return 3
     return 0
+
+
+def _ssm_warning(spec: GroupSpec, sources: list[str]) -> list[str]:
+    """A join in the SSM range without a source: the network delivers nothing to it."""
+    if sources or spec.broadcast or not classify(spec.group).ssm:
+        return []
+    return [
+        f"{spec.group} is in the source-specific range (232/8, ff3x::): routers and IGMPv3 "
+        "snooping switches forward it only to joins that name a source; add --source ADDRESS"
+    ]
 
 
 def _packet_record(packet: Any, wall: float) -> dict[str, Any]:

@@ -84,6 +84,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=DEFAULT_MAX_SIZE,
         help="refuse a transfer announcing more than this (default 16G; e.g. 500M, 2T)",
     )
+    recv.add_argument(
+        "--overwrite", action="store_true", help="replace files of the same name in --dir"
+    )
+    recv.add_argument(
+        "--parents", action="store_true", help="create --dir (and its parents) when missing"
+    )
     recv.add_argument("--json", action="store_true", help="a JSON summary")
     recv.set_defaults(handler=cmd_recv_file)
 
@@ -192,6 +198,8 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
             stop=interrupted,
             rcvbuf=args.rcvbuf,
             max_size=args.max_size,
+            overwrite=args.overwrite,
+            parents=args.parents,
         )
     finally:
         interrupted.restore()

@@ -91,6 +91,7 @@ class BenchStats:
     _current: _Interval = field(default_factory=_Interval)
     _interval_start: int = 0
     intervals: list[dict[str, Any]] = field(default_factory=list)
+    _emitted: int = 0  # intervals already returned by tick()
 
     def on_datagram(self, data: bytes, now_ns: int, wall_ns: int, drops: int | None = None) -> None:
         """Account one datagram (never raises). ``drops`` is SO_RXQ_OVFL's counter."""
@@ -172,12 +173,14 @@ class BenchStats:
         self._current = _Interval()
 
     def tick(self, now_ns: int) -> list[dict[str, Any]]:
-        """Close the intervals that ended by ``now_ns``; return them."""
+        """Close the intervals that ended by ``now_ns``; return every interval not yet
+        returned (``on_datagram`` closes them too while traffic flows)."""
         if not self.first_ns:
             return []
-        before = len(self.intervals)
         self._roll(now_ns)
-        return self.intervals[before:]
+        fresh = self.intervals[self._emitted :]
+        self._emitted = len(self.intervals)
+        return fresh
 
     def summary(self) -> dict[str, Any]:
         """Totals."""

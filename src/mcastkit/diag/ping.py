@@ -20,6 +20,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..addr import format_endpoint
+
 __all__ = ["PathStats", "PeerPaths", "PingSession", "decode_untrusted"]
 
 Address = tuple[str, int]
@@ -350,7 +352,7 @@ class PingSession:
             "peers": [
                 {
                     "id": f"{peer.node_id:016x}",
-                    "address": f"{peer.address[0]}:{peer.address[1]}",
+                    "address": format_endpoint(*peer.address),
                     "multicast": peer.multicast.summary(now_ns, self.answer_timeout_ns),
                     "unicast": peer.unicast.summary(now_ns, self.answer_timeout_ns),
                 }
@@ -375,9 +377,15 @@ def verdict(summary: dict[str, Any], max_loss: float | None) -> tuple[int, list[
             continue
         if max_loss is not None:
             for path_name, stats in (("multicast", mc), ("unicast", uc)):
-                loss = stats["loss_since_first"]
-                if loss is not None and loss > max_loss:
-                    reasons.append(
-                        f"{name}: {path_name} loss {loss:.1%} exceeds --max-loss {max_loss:.1%}"
-                    )
+                # Loss of the peer's probes to us, and of its answers to our probes: either
+                # direction failing is the path failing.
+                for what, loss in (
+                    ("loss", stats["loss_since_first"]),
+                    ("answer loss", stats["answer_loss"]),
+                ):
+                    if loss is not None and loss > max_loss:
+                        reasons.append(
+                            f"{name}: {path_name} {what} {loss:.1%} exceeds --max-loss "
+                            f"{max_loss:.1%}"
+                        )
     return (1 if reasons else 0), reasons

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..addr import format_endpoint
 from .protocol import (
     ABORT,
     ANNOUNCE,
@@ -78,7 +79,7 @@ class ReceiverState:
         return {
             "id": f"{self.receiver_id:016x}",
             "name": self.name,
-            "address": f"{self.address[0]}:{self.address[1]}",
+            "address": format_endpoint(*self.address),
             "complete": self.complete,
             "failed": self.failed,
         }
@@ -310,9 +311,10 @@ class FileSink:
     traffic cannot make the disk fill faster than the announced size.
     """
 
-    def __init__(self, directory: Path, files: list[FileInfo]) -> None:
+    def __init__(self, directory: Path, files: list[FileInfo], *, overwrite: bool = False) -> None:
         self.directory = directory
         self.files = files
+        self.overwrite = overwrite
         self.paths: list[Path] = []
         self.temps: list[Path] = []
         self.handles: list[int] = []
@@ -320,6 +322,11 @@ class FileSink:
         try:
             for info in files:
                 name = safe_name(info.name)
+                final = directory / name
+                if not overwrite and (final.exists() or final.is_symlink()):
+                    raise FileExistsError(
+                        errno.EEXIST, "exists; give --overwrite to replace it", str(final)
+                    )
                 temp = directory / f".{name}.{secrets.token_hex(8)}.mcastkit-part"
                 fd = os.open(temp, flags, 0o644)  # the final file's mode (less the umask)
                 self.handles.append(fd)
@@ -352,8 +359,18 @@ class FileSink:
                 return f"sha256 mismatch for {info.name}"
         for index in range(len(self.files)):
             os.close(self.handles[index])
-            os.replace(self.temps[index], self.paths[index])
         self.handles = []
+        for index in range(len(self.files)):
+            if self.overwrite:
+                os.replace(self.temps[index], self.paths[index])
+                continue
+            try:
+                # A hard link never replaces: a file that appeared meanwhile is kept.
+                os.link(self.temps[index], self.paths[index])
+            except FileExistsError:
+                self.discard()
+                return f"{self.paths[index]} appeared during the transfer; kept it (--overwrite)"
+            os.unlink(self.temps[index])
         return None
 
     def discard(self) -> None:
@@ -408,8 +425,10 @@ class ReceiveSession:
         now: float,
         session: int | None = None,
         max_size: int = DEFAULT_MAX_SIZE,
+        overwrite: bool = False,
     ) -> None:
         self.max_size = max_size
+        self.overwrite = overwrite
         self.receiver_id = receiver_id
         self.name = name
         self.directory = directory
@@ -520,8 +539,11 @@ class ReceiveSession:
             try:
                 for info in files:
                     safe_name(info.name)
-                self.sink = FileSink(self.directory, files)
-            except (ValueError, OSError, OverflowError) as exc:
+                self.sink = FileSink(self.directory, files, overwrite=self.overwrite)
+            except OSError as exc:
+                where = f"{exc.filename}: " if exc.filename else ""
+                problem = f"cannot prepare files: {where}{exc.strerror}"
+            except (ValueError, OverflowError) as exc:
                 problem = f"cannot prepare files: {exc}"
         if problem is not None:
             # Refused before a byte is written; the sender is told why (register, then fail).

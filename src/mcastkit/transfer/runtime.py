@@ -207,13 +207,20 @@ def receive_files(
     on_progress: Callable[[ReceiveSession], None] | None = None,
     stop: Callable[[], bool] | None = None,
     max_size: int = DEFAULT_MAX_SIZE,
+    overwrite: bool = False,
+    parents: bool = False,
 ) -> dict[str, Any]:
     """Receive one transfer into ``directory``; ``wait`` bounds the wait for an announce.
 
     A transfer announcing more than ``max_size`` bytes, or more than the directory's free
     space, is refused before anything is written.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    if parents:
+        directory.mkdir(parents=True, exist_ok=True)
+    elif not directory.is_dir():
+        raise FileNotFoundError(
+            errno.ENOENT, "no such directory (create it, or give --parents)", str(directory)
+        )
     group_socket = open_receiver(spec, iface=iface, rcvbuf=rcvbuf, blocking=False)
     try:
         unicast = open_sender(spec, iface=group_socket.interface.index)
@@ -228,6 +235,7 @@ def receive_files(
         directory,
         now=now,
         max_size=max_size,
+        overwrite=overwrite,
     )
     started = now
     finished_at: float | None = None

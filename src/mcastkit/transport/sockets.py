@@ -37,7 +37,7 @@ from ..addr import (
     split_host_port,
 )
 from ..errors import AddressError, InterfaceError, SocketSetupError
-from .interfaces import Interface, resolve_interface
+from .interfaces import Interface, resolve_interface, route_interface
 
 __all__ = [
     "GroupSocket",
@@ -178,6 +178,9 @@ class GroupSocket:
     joined: bool = False
     rcvbuf: int | None = None
     warnings: list[str] = field(default_factory=list)
+    # Set when no interface was given and no route leads to the group, so loopback was
+    # chosen: only this host will hear it. Callers show it; it is never silent.
+    fallback: str | None = None
 
     @property
     def group(self) -> IPAddress:
@@ -310,19 +313,28 @@ def set_unicast_ttl(sock: socket.socket, family: int, ttl: int) -> None:
 
 def _spec_and_interface(
     group: GroupSpec | str, iface: str | int | None, broadcast: bool
-) -> tuple[GroupSpec, Interface]:
+) -> tuple[GroupSpec, Interface, str | None]:
     """Parse the group and pick the interface (``iface`` wins over ``%iface`` in the spec).
 
     Multicast needs an interface that is up with the MULTICAST flag; broadcast does not.
+    Returns the loopback-fallback notice too (None when the choice was the user's or a route).
     """
     spec = _as_spec(group, allow_broadcast=broadcast)
+    chosen = iface if iface is not None else spec.iface
     interface = resolve_interface(
-        iface if iface is not None else spec.iface,
+        chosen,
         spec.family,
         group=None if spec.broadcast else spec.group,
         require_multicast=not spec.broadcast,
     )
-    return spec, interface
+    fallback = None
+    no_choice = chosen in (None, "") and interface.loopback and not spec.broadcast
+    if no_choice and route_interface(spec.group) is None:
+        fallback = (
+            f"no route for {spec.group}: using {interface.name}, so only this host takes "
+            f"part; give --iface NAME (see `mcast ifaces`) to reach a network"
+        )
+    return spec, interface, fallback
 
 
 def _new_socket(family: int) -> socket.socket:
@@ -451,7 +463,7 @@ def open_receiver(
     group with the given ``ttl`` and ``loopback``. With ``broadcast`` (or a GroupSpec parsed
     with ``allow_broadcast``) an IPv4 broadcast address opens a broadcast receiver (no join).
     """
-    spec, interface = _spec_and_interface(group, iface, broadcast)
+    spec, interface, fallback = _spec_and_interface(group, iface, broadcast)
     family = spec.family
     source_list = _source_list(sources, family, "source")
     excluded = _source_list(exclude, family, "excluded source")
@@ -459,7 +471,7 @@ def open_receiver(
         raise AddressError("give either sources (include mode) or exclude, not both")
     sock = _new_socket(family)
     try:
-        result = GroupSocket(sock, spec, interface, source_list, excluded)
+        result = GroupSocket(sock, spec, interface, source_list, excluded, fallback=fallback)
         if reuse:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if BSD_LIKE and hasattr(socket, "SO_REUSEPORT"):
@@ -547,7 +559,7 @@ def open_sender(
     source-specific join can pick this sender. With ``broadcast`` an IPv4 broadcast address
     is accepted and SO_BROADCAST turned on.
     """
-    spec, interface = _spec_and_interface(group, iface, broadcast)
+    spec, interface, fallback = _spec_and_interface(group, iface, broadcast)
     family = spec.family
     sock = _new_socket(family)
     try:
@@ -564,7 +576,7 @@ def open_sender(
     except BaseException:
         sock.close()
         raise
-    return GroupSocket(sock, spec, interface)
+    return GroupSocket(sock, spec, interface, fallback=fallback)
 
 
 def _bind_source(sock: socket.socket, source: str, family: int) -> None:
