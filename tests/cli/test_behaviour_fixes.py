@@ -178,3 +178,26 @@ def test_recv_file_creates_missing_directories_only_when_asked(tmp_path: Path) -
     )
     assert done.returncode == 1 and missing.is_dir()  # nothing announced, but the dir exists
     assert os.listdir(missing) == []
+
+
+def test_ping_final_summary_counts_unanswered_probes_as_lost() -> None:
+    from mcastkit.diag.ping import PingSession
+
+    ms = 1_000_000
+    a = PingSession(1, now_ns=0, interval_ns=100 * ms, ttl=1)
+    b = PingSession(2, now_ns=0, interval_ns=100 * ms, ttl=1)
+    for data, _ in b.tick(0):  # b's probe: a finds b
+        a.receive(data, ("10.0.0.2", 5000), 1, 1)
+    for step in range(1, 21):  # two seconds of probes; b answers only the first ten
+        now = step * 100 * ms
+        for data, to in a.tick(now):
+            if to is None and step <= 10:
+                for answer, _ in b.receive(data, ("10.0.0.1", 5000), 1, now):
+                    a.receive(answer, ("10.0.0.2", 5000), 1, now + ms)
+    now = 2050 * ms
+    running = a.summary(now)["peers"][0]["multicast"]
+    final = a.summary(now, final=True)["peers"][0]["multicast"]
+    # Before: the final summary still counted the last second's probes as in flight, so the
+    # ten unanswered ones looked like nothing lost.
+    assert running["answer_loss"] == 0.0
+    assert final["answer_loss"] == pytest.approx(9 / 19, abs=0.06)

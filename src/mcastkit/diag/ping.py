@@ -345,16 +345,22 @@ class PingSession:
             del self.peers[node_id]
         self.counters["peers-expired"] += len(gone)
 
-    def summary(self, now_ns: int) -> dict[str, Any]:
-        """Every peer with both paths, for tables and JSON."""
+    def summary(self, now_ns: int, *, final: bool = False) -> dict[str, Any]:
+        """Every peer with both paths, for tables and JSON.
+
+        While running, a probe is in flight for ``answer_timeout_ns``. In the final summary
+        only the last interval's probes are: the run waited that long for their answers, and
+        an older probe still unanswered is lost (counting it as in flight hid answer loss).
+        """
+        window = min(self.answer_timeout_ns, self.interval_ns) if final else self.answer_timeout_ns
         return {
             "elapsed_s": round((now_ns - self.started_ns) / 1e9, 3),
             "peers": [
                 {
                     "id": f"{peer.node_id:016x}",
                     "address": format_endpoint(*peer.address),
-                    "multicast": peer.multicast.summary(now_ns, self.answer_timeout_ns),
-                    "unicast": peer.unicast.summary(now_ns, self.answer_timeout_ns),
+                    "multicast": peer.multicast.summary(now_ns, window),
+                    "unicast": peer.unicast.summary(now_ns, window),
                 }
                 for peer in self.peers.values()
             ],

@@ -130,7 +130,7 @@ def run_ping(
     finally:
         group_socket.close()
         unicast.close()
-    summary = session.summary(time.monotonic_ns())
+    summary = session.summary(time.monotonic_ns(), final=True)
     summary.update(
         {
             "group": str(spec),
