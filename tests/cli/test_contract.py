@@ -293,3 +293,11 @@ def test_subscribe_prints_its_summary_when_interrupted() -> None:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130 and "0 message(s) received" in err
+
+
+@pytestmark_net
+def test_send_prints_what_went_out_when_interrupted() -> None:
+    proc = _started(LONG_RUNNING["send"][0], "sending to")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 143 and "datagram(s)" in err.splitlines()[-1]

@@ -95,11 +95,14 @@ def cmd_send(args: argparse.Namespace) -> int:
             note(f"warning: {sender.fallback}")
         if not args.json:
             note(f"sending to {spec} via {sender.interface.name} (ttl {args.ttl})")
-        for number, payload in enumerate(_payloads(args)):
-            if number and args.interval > 0:
-                time.sleep(args.interval)
-            sent_bytes += sender.send(payload)
-            sent += 1
+        try:
+            for number, payload in enumerate(_payloads(args)):
+                if number and args.interval > 0:
+                    time.sleep(args.interval)
+                sent_bytes += sender.send(payload)
+                sent += 1
+        except KeyboardInterrupt:
+            pass  # SIGINT / SIGTERM: the summary of what went out (the exit code says why)
     if args.json:
         emit_json(
             {
