@@ -151,31 +151,11 @@ def test_recv_file_refuses_to_replace_an_existing_file(tmp_path: Path) -> None:
 @net
 def test_recv_file_creates_missing_directories_only_when_asked(tmp_path: Path) -> None:
     missing = tmp_path / "a" / "b"
-    done = _run(
-        "recv-file",
-        "--dir",
-        str(missing),
-        "--group",
-        "239.255.95.5:5956",
-        "--iface",
-        "lo",
-        "--wait",
-        "0.2",
-    )
+    common = ("recv-file", "--dir", str(missing), "--group", "239.255.95.5:5956")
+    done = _run(*common, "--iface", "lo", "--wait", "0.2")
     assert done.returncode == 2 and "--parents" in done.stderr
     assert not missing.exists()
-    done = _run(
-        "recv-file",
-        "--dir",
-        str(missing),
-        "--parents",
-        "--group",
-        "239.255.95.5:5956",
-        "--iface",
-        "lo",
-        "--wait",
-        "0.2",
-    )
+    done = _run(*common, "--parents", "--iface", "lo", "--wait", "0.2")
     assert done.returncode == 1 and missing.is_dir()  # nothing announced, but the dir exists
     assert os.listdir(missing) == []
 
