@@ -44,7 +44,7 @@ async def recv(group: str, iface: str, count: int) -> None:
         lost: list[str] = []
 
         async def watch() -> None:
-            async for event in node.membership():
+            async for event in node.events(Unrecoverable):
                 if isinstance(event, Unrecoverable):
                     lost.append(event.reason)
 

@@ -19,11 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .addr import GroupSpec, parse_group
-from .reliable import ReliableConfig, SlowReceiver, Unrecoverable
-from .security import GroupKey, KeyRing, key_from_passphrase
-from .session import (
-    DEFAULT_MAX_PEERS,
-    DEFAULT_MAX_SKEW,
+from .events import (
     Event,
     Failed,
     Gathered,
@@ -31,13 +27,15 @@ from .session import (
     Joined,
     Left,
     Message,
-    PeerInfo,
+    PeerEvent,
     RequestReceived,
-    Session,
+    Unrecoverable,
     Updated,
-    Want,
-    topic_matches,
 )
+from .peers import PeerInfo, topic_matches
+from .reliable import ReliableConfig
+from .security import GroupKey, KeyRing, key_from_passphrase
+from .session import DEFAULT_MAX_PEERS, DEFAULT_MAX_SKEW, Session, Want
 from .transport import GroupSocket, open_receiver, open_sender
 
 __all__ = ["DEFAULT_GROUP", "GatherResult", "Node", "Request", "Subscription"]
@@ -48,7 +46,7 @@ READ_BATCH = 64
 QUEUE_LIMIT = 10000
 DEFAULT_RCVBUF = 4 << 20  # absorbs bursts; the kernel caps it at net.core.rmem_max (not root)
 BACKLOG_LIMIT = 8 << 20  # reliable bytes queued before publish() waits for the sender to drain
-MembershipEvent = Joined | Left | Failed | Updated | IdRenewed | Unrecoverable | SlowReceiver
+MembershipEvent = Joined | Left | Failed | Updated | IdRenewed
 Handler = Callable[["Request"], "bytes | str | Awaitable[bytes | str]"]
 
 
@@ -207,7 +205,8 @@ class Node:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._subscriptions: set[Subscription] = set()
-        self._membership: set[asyncio.Queue[MembershipEvent | None]] = set()
+        # Listeners of events(): each queue with the event types it wants.
+        self._listeners: dict[asyncio.Queue[Event | None], tuple[type, ...]] = {}
         self._handlers: dict[str, Handler] = {}
         self._gathers: dict[int, asyncio.Future[Gathered]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -292,8 +291,7 @@ class Node:
             task.cancel()
         for subscription in list(self._subscriptions):
             subscription._offer(None)
-        for queue in list(self._membership):
-            queue.put_nowait(None)
+        self._notify(None)
         for future in self._gathers.values():
             if not future.done():
                 future.cancel()
@@ -386,10 +384,12 @@ class Node:
         self._subscriptions.add(subscription)
         return subscription
 
-    async def membership(self) -> AsyncIterator[MembershipEvent]:
-        """Joined / Left / Failed / Updated / IdRenewed events as they happen."""
-        queue: asyncio.Queue[MembershipEvent | None] = asyncio.Queue()
-        self._membership.add(queue)
+    async def events(self, *kinds: type[Event]) -> AsyncIterator[Event]:
+        """Every event but messages, requests and replies (which have their own paths):
+        membership, reliability (``Unrecoverable``, ``SlowReceiver``). Give ``kinds`` to
+        get only those types."""
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._listeners[queue] = kinds or (Event,)
         try:
             while True:
                 event = await queue.get()
@@ -397,7 +397,18 @@ class Node:
                     return
                 yield event
         finally:
-            self._membership.discard(queue)
+            self._listeners.pop(queue, None)
+
+    async def membership(self) -> AsyncIterator[MembershipEvent]:
+        """Joined / Left / Failed / Updated / IdRenewed events as they happen."""
+        async for event in self.events(PeerEvent, IdRenewed):
+            assert isinstance(event, (Joined, Left, Failed, Updated, IdRenewed))
+            yield event
+
+    def _notify(self, event: Event | None) -> None:
+        for queue, kinds in list(self._listeners.items()):
+            if event is None or isinstance(event, kinds):
+                queue.put_nowait(event)
 
     def serve(self, topic: str, handler: Handler) -> None:
         """Answer requests on ``topic`` (or ``prefix*``) with ``handler``'s return value."""
@@ -525,8 +536,7 @@ class Node:
                 lost = Unrecoverable(event.sender, event.seq, event.seq, "subscriber-overflow")
                 if self.session is not None:
                     self.session.counters["reliable-subscriber-overflow"] += 1
-                for queue in list(self._membership):
-                    queue.put_nowait(lost)
+                self._notify(lost)
         elif isinstance(event, RequestReceived):
             self._answer(event)
         elif isinstance(event, Gathered):
@@ -534,8 +544,7 @@ class Node:
             if future is not None and not future.done():
                 future.set_result(event)
         else:
-            for queue in list(self._membership):
-                queue.put_nowait(event)
+            self._notify(event)
 
     def _answer(self, event: RequestReceived) -> None:
         handler = next(

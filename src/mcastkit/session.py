@@ -15,18 +15,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .addr import format_endpoint
 from .errors import MulticastError
+from .events import (
+    UNKNOWN_END,
+    Event,
+    Failed,
+    Gathered,
+    IdRenewed,
+    Joined,
+    Left,
+    Message,
+    PeerEvent,
+    RequestReceived,
+    SlowReceiver,
+    Unrecoverable,
+    Updated,
+)
+from .peers import Address, PeerInfo, topic_matches
 from .reliable import (
     ACK,
     RDATA_HEAD,
     RSTATE,
-    UNKNOWN_END,
     ReliableConfig,
-    SlowReceiver,
     StreamReceiver,
     StreamSender,
-    Unrecoverable,
     decode_nack,
     encode_nack,
 )
@@ -45,6 +57,7 @@ from .wire import (
 )
 
 __all__ = [
+    "Event",
     "Failed",
     "Gathered",
     "IdRenewed",
@@ -52,15 +65,16 @@ __all__ = [
     "Left",
     "Message",
     "MessageTooLarge",
+    "PeerEvent",
     "PeerInfo",
     "RequestReceived",
     "Session",
     "SlowReceiver",
     "Unrecoverable",
     "Updated",
+    "topic_matches",
 ]
 
-Address = tuple[str, int]
 Want = Literal["all", "first"] | int
 _REQUEST_ID = struct.Struct("!Q")
 # JGroups FD_ALL3 and similar detectors use a few missed heartbeats; 3 intervals is our default.
@@ -88,158 +102,6 @@ _SENT_KEY = {kind: f"sent:{kind.name.lower()}" for kind in FrameType}
 
 class MessageTooLarge(MulticastError, ValueError):
     """A payload does not fit one datagram of the configured size."""
-
-
-@dataclass
-class PeerInfo:
-    """What this node knows about one other member."""
-
-    node_id: int
-    incarnation: int
-    address: Address | None
-    first_seen: float
-    last_seen: float
-    meta: dict[str, Any] = field(default_factory=dict)
-    received: int = 0
-    lost: int = 0
-    highest_seq: int = -1
-    rtt: float | None = None
-    reported: bool = False  # a Joined event went out for this peer
-    stream_start: int = 0  # its reliable stream's next seq, as its last hello said
-    hello_seen: bool = False  # it sent a hello: a member (its NACKs are served)
-    resume_from: int = 0  # back after a failure: its stream resumes here, not at a hello's
-    last_stamp: int = 0  # highest timestamp seen from this incarnation (µs)
-    windows: dict[bool, ReplayWindow] = field(default_factory=dict, repr=False)
-
-    @property
-    def name(self) -> str:
-        """The peer's chosen name ('?' until its hello arrived)."""
-        return str(self.meta.get("name", "?"))
-
-    @property
-    def loss(self) -> float:
-        """Fraction of this peer's group frames that never arrived (from sequence gaps)."""
-        total = self.received + self.lost
-        return self.lost / total if total else 0.0
-
-    def serves(self, topic: str) -> bool:
-        """True when the peer announced a handler for ``topic``."""
-        return any(topic_matches(p, topic) for p in self.meta.get("serves", []))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON output."""
-        return {
-            "id": f"{self.node_id:016x}",
-            "name": self.name,
-            "address": format_endpoint(*self.address) if self.address else None,
-            "meta": self.meta,
-            "last_seen": self.last_seen,
-            "received": self.received,
-            "loss": round(self.loss, 4),
-            "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
-        }
-
-
-def topic_matches(pattern: str, topic: str) -> bool:
-    """Exact match, or prefix match for a pattern ending in ``*``."""
-    if pattern.endswith("*"):
-        return topic.startswith(pattern[:-1])
-    return pattern == topic
-
-
-@dataclass(frozen=True)
-class Joined:
-    """A member appeared."""
-
-    peer: PeerInfo
-
-
-@dataclass(frozen=True)
-class Updated:
-    """A member's metadata changed."""
-
-    peer: PeerInfo
-
-
-@dataclass(frozen=True)
-class Left:
-    """A member said goodbye."""
-
-    peer: PeerInfo
-
-
-@dataclass(frozen=True)
-class Failed:
-    """A member stopped sending heartbeats for longer than the failure timeout."""
-
-    peer: PeerInfo
-
-
-@dataclass(frozen=True)
-class IdRenewed:
-    """Another node drew our id: we took a new one."""
-
-    old_id: int
-    new_id: int
-
-
-@dataclass(slots=True)
-class Message:
-    """A published message."""
-
-    sender: int
-    sender_name: str
-    topic: str
-    payload: bytes
-    source: Address
-    timestamp_us: int
-    seq: int  # frame seq; for a reliable message, the stream seq of its first fragment
-    reliable: bool = False
-
-    def text(self) -> str:
-        """The payload as UTF-8 text."""
-        return self.payload.decode("utf-8", errors="replace")
-
-    def json(self) -> Any:
-        """The payload parsed as JSON."""
-        return json.loads(self.payload)
-
-
-@dataclass(frozen=True)
-class RequestReceived:
-    """A request for a topic this node serves; answer with ``Session.reply``."""
-
-    request_id: int
-    sender: int
-    topic: str
-    payload: bytes
-    reply_to: Address
-
-
-@dataclass(frozen=True)
-class Gathered:
-    """The outcome of a request: who answered with what, and who did not."""
-
-    request_id: int
-    topic: str
-    replies: dict[int, bytes]
-    missing: list[int]
-    complete: bool
-    rtts: dict[int, float]
-
-
-Event = (
-    Joined
-    | Updated
-    | Left
-    | Failed
-    | IdRenewed
-    | Message
-    | RequestReceived
-    | Gathered
-    | Unrecoverable
-    | SlowReceiver
-)
 
 
 @dataclass

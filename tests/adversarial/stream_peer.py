@@ -46,7 +46,7 @@ async def subscribe(seconds: float) -> None:
         print("subscribed", flush=True)
 
         async def events() -> None:
-            async for event in node.membership():
+            async for event in node.events():
                 if isinstance(event, Unrecoverable):
                     last = None if event.last_seq == UNKNOWN_END else event.last_seq
                     losses.append((event.first_seq, last, event.reason))

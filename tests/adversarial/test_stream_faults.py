@@ -91,7 +91,7 @@ def test_a_subscriber_that_falls_behind_is_told_what_it_dropped() -> None:
             losses: list[Unrecoverable] = []
 
             async def watch() -> None:
-                async for event in rx.membership():
+                async for event in rx.events(Unrecoverable):
                     if isinstance(event, Unrecoverable):
                         losses.append(event)
 

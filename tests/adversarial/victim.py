@@ -58,7 +58,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
                 stall = max(stall, time.monotonic() - before - 0.01)
 
         async def watch_events() -> None:
-            async for event in node.membership():
+            async for event in node.events():
                 if isinstance(event, Unrecoverable):
                     losses.append({"first": event.first_seq, "reason": event.reason})
                 elif type(event).__name__ == "Joined":

@@ -26,7 +26,7 @@ async def main(expect, timeout, name):
         lost = []
 
         async def watch():
-            async for event in node.membership():
+            async for event in node.events(Unrecoverable):
                 if isinstance(event, Unrecoverable):
                     lost.append([event.first_seq, event.last_seq, event.reason])
 
@@ -63,7 +63,7 @@ async def main(count, peers, seed, options, interval, linger):
         slow = []
 
         async def watch():
-            async for event in node.membership():
+            async for event in node.events(SlowReceiver):
                 if isinstance(event, SlowReceiver):
                     slow.append(f"{event.peer:016x}")
 

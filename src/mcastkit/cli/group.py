@@ -457,9 +457,8 @@ def _watch(node: Node, kind: type[T], handle: Callable[[T], None]) -> None:
     """Call ``handle`` with each ``kind`` event the node reports, while it runs."""
 
     async def watch() -> None:
-        async for event in node.membership():
-            if isinstance(event, kind):
-                handle(event)
+        async for event in node.events(kind):  # type: ignore[arg-type]
+            handle(event)  # type: ignore[arg-type]
 
     node.run_task(watch())
 

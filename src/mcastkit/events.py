@@ -1,0 +1,145 @@
+"""Every event the cores report, in one place: membership, messages, requests, reliability.
+
+``Event`` is the one base class. ``PeerEvent`` is the base of the four member events
+(joined, updated, left, failed), which carry the peer. Reliability events (``Unrecoverable``,
+``SlowReceiver``) and the transfer engines' events live here too, so an application matches
+on types, never on strings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .peers import Address, PeerInfo
+
+__all__ = [
+    "UNKNOWN_END",
+    "Event",
+    "Failed",
+    "Gathered",
+    "IdRenewed",
+    "Joined",
+    "Left",
+    "Message",
+    "PeerEvent",
+    "RequestReceived",
+    "SlowReceiver",
+    "Unrecoverable",
+    "Updated",
+]
+
+UNKNOWN_END = (1 << 64) - 1  # an Unrecoverable's last_seq when the end is not known
+
+
+class Event:
+    """Base of every event a node, a stream or a transfer reports."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True)
+class PeerEvent(Event):
+    """A change in the membership; ``peer`` is what we know of the member."""
+
+    peer: PeerInfo
+
+
+class Joined(PeerEvent):
+    """A member appeared."""
+
+
+class Updated(PeerEvent):
+    """A member's metadata changed."""
+
+
+class Left(PeerEvent):
+    """A member said goodbye."""
+
+
+class Failed(PeerEvent):
+    """A member stopped sending heartbeats for longer than the failure timeout."""
+
+
+@dataclass(frozen=True)
+class IdRenewed(Event):
+    """Another node drew our id: we took a new one."""
+
+    old_id: int
+    new_id: int
+
+
+@dataclass(slots=True)
+class Message(Event):
+    """A published message."""
+
+    sender: int
+    sender_name: str
+    topic: str
+    payload: bytes
+    source: Address
+    timestamp_us: int
+    seq: int  # frame seq; for a reliable message, the stream seq of its first fragment
+    reliable: bool = False
+
+    def text(self) -> str:
+        """The payload as UTF-8 text."""
+        return self.payload.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The payload parsed as JSON."""
+        return json.loads(self.payload)
+
+
+@dataclass(frozen=True)
+class RequestReceived(Event):
+    """A request for a topic this node serves; answer with ``Session.reply``."""
+
+    request_id: int
+    sender: int
+    topic: str
+    payload: bytes
+    reply_to: Address
+
+
+@dataclass(frozen=True)
+class Gathered(Event):
+    """The outcome of a request: who answered with what, and who did not."""
+
+    request_id: int
+    topic: str
+    replies: dict[int, bytes]
+    missing: list[int]
+    complete: bool
+    rtts: dict[int, float]
+
+
+@dataclass(frozen=True)
+class Unrecoverable(Event):
+    """Reliable data from ``sender`` that can no longer be repaired: seqs first..last.
+
+    ``reason``: ``window-passed`` (the sender no longer has it), ``repair-timeout`` (no
+    repair came), ``too-large`` (a message above ``max_message``), ``message-timeout``,
+    ``sender-gone`` (the sender left or failed with data missing), ``sender-failed`` (the
+    sender went silent: anything it sent from ``first_seq`` on, ``last_seq`` being
+    ``UNKNOWN_END``, did not arrive), ``memory-limit`` (the gaps alone outgrew the memory
+    budget), ``subscriber-overflow`` (delivered, but a subscription queue was full).
+    ``partial`` is True when a message was already partly received and is dropped with the
+    gap.
+    """
+
+    sender: int
+    first_seq: int
+    last_seq: int
+    reason: str
+    partial: bool = False
+
+
+@dataclass(frozen=True)
+class SlowReceiver(Event):
+    """Under ``slow_receiver="wait"``, a receiver whose acknowledgements stalled: no longer
+    waited for. ``acked`` is the last seq it acknowledged."""
+
+    peer: int
+    acked: int

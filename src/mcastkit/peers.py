@@ -1,0 +1,70 @@
+"""What a node knows about each other member, and how topics match (no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .addr import format_endpoint
+from .security import ReplayWindow
+
+__all__ = ["Address", "PeerInfo", "topic_matches"]
+
+Address = tuple[str, int]
+
+
+@dataclass
+class PeerInfo:
+    """What this node knows about one other member."""
+
+    node_id: int
+    incarnation: int
+    address: Address | None
+    first_seen: float
+    last_seen: float
+    meta: dict[str, Any] = field(default_factory=dict)
+    received: int = 0
+    lost: int = 0
+    highest_seq: int = -1
+    rtt: float | None = None
+    reported: bool = False  # a Joined event went out for this peer
+    stream_start: int = 0  # its reliable stream's next seq, as its last hello said
+    hello_seen: bool = False  # it sent a hello: a member (its NACKs are served)
+    resume_from: int = 0  # back after a failure: its stream resumes here, not at a hello's
+    last_stamp: int = 0  # highest timestamp seen from this incarnation (µs)
+    windows: dict[bool, ReplayWindow] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The peer's chosen name ('?' until its hello arrived)."""
+        return str(self.meta.get("name", "?"))
+
+    @property
+    def loss(self) -> float:
+        """Fraction of this peer's group frames that never arrived (from sequence gaps)."""
+        total = self.received + self.lost
+        return self.lost / total if total else 0.0
+
+    def serves(self, topic: str) -> bool:
+        """True when the peer announced a handler for ``topic``."""
+        return any(topic_matches(p, topic) for p in self.meta.get("serves", []))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {
+            "id": f"{self.node_id:016x}",
+            "name": self.name,
+            "address": format_endpoint(*self.address) if self.address else None,
+            "meta": self.meta,
+            "last_seen": self.last_seen,
+            "received": self.received,
+            "loss": round(self.loss, 4),
+            "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
+        }
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """Exact match, or prefix match for a pattern ending in ``*``."""
+    if pattern.endswith("*"):
+        return topic.startswith(pattern[:-1])
+    return pattern == topic

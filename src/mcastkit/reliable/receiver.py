@@ -1,0 +1,578 @@
+"""One sender's reliable stream as a receiver sees it: gaps, NACKs, order, reassembly (no I/O)."""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from ..events import Unrecoverable
+from .codec import MAX_GAP, MAX_NACK_RANGES, RDATA_HEAD
+from .config import ReliableConfig
+
+
+def _message_start(seq: int, length: int, offset: int, size: int) -> int:
+    """The seq of the first fragment of the message this fragment belongs to.
+
+    Every fragment but the last carries the same size, so offset / size counts the fragments
+    before it. A last fragment (or an odd one) does not tell: then the next seq, where the
+    next message starts.
+    """
+    if offset == 0:
+        return seq
+    back = offset // size if size else 0
+    # A start further back than any window could hold is a forgery or long gone: begin at the
+    # next message rather than track (and ask for) millions of fragments.
+    if size and offset + size < length and offset % size == 0 and back < seq and back <= MAX_GAP:
+        return seq - back
+    return seq + 1
+
+
+# What the receiver's structures really cost, beyond the payload bytes (measured with
+# tracemalloc on CPython 3.11, rounded up): a buffered fragment is a dict slot, a 4-tuple and a
+# bytes object; a gap is a slotted object, a heap entry and a dict slot. The memory limits
+# count these, so one-byte fragments cannot hold 100 times what the limit says.
+FRAGMENT_COST = 200
+GAP_COST = 240
+LOST_COST = 160
+
+
+class _Gap:
+    """Missing seqs first..end-1, seen at ``seen``; next NACK at ``due``."""
+
+    __slots__ = ("due", "end", "first", "quiet_until", "seen")
+
+    def __init__(self, first: int, end: int, seen: float, due: float) -> None:
+        self.first, self.end, self.seen, self.due = first, end, seen, due
+        self.quiet_until = 0.0
+
+
+class _Gaps:
+    """Missing seqs as sorted ranges: a jump of a million seqs costs one entry, not a million.
+
+    Each range carries its own NACK schedule (a heap with lazy deletion); an arrival inside a
+    range splits it.
+    """
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []  # sorted firsts
+        self.by_first: dict[int, _Gap] = {}
+        self.heap: list[tuple[float, int]] = []
+        self.count = 0  # seqs missing
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __iter__(self) -> Iterator[_Gap]:
+        return (self.by_first[first] for first in list(self.starts))
+
+    def clear(self) -> None:
+        self.starts.clear()
+        self.by_first.clear()
+        self.heap.clear()
+        self.count = 0
+
+    def add(self, first: int, end: int, seen: float, due: float) -> None:
+        gap = _Gap(first, end, seen, due)
+        bisect.insort(self.starts, first)
+        self.by_first[first] = gap
+        self.count += end - first
+        self._schedule(gap)
+
+    def append_range(self, first: int, end: int, seen: float, due: float) -> None:
+        """Mark first..end-1, above every range, missing (extending the last when adjacent)."""
+        if self.starts:
+            last = self.by_first[self.starts[-1]]
+            if last.end == first:
+                last.end = end
+                self.count += end - first
+                return
+        self.add(first, end, seen, due)
+
+    def find(self, seq: int) -> _Gap | None:
+        index = bisect.bisect_right(self.starts, seq) - 1
+        if index < 0:
+            return None
+        gap = self.by_first[self.starts[index]]
+        return gap if seq < gap.end else None
+
+    def __contains__(self, seq: int) -> bool:
+        return self.find(seq) is not None
+
+    def lowest(self) -> int | None:
+        return self.starts[0] if self.starts else None
+
+    def highest(self) -> int | None:
+        return self.by_first[self.starts[-1]].end - 1 if self.starts else None
+
+    def remove_seq(self, seq: int) -> bool:
+        """``seq`` arrived: True when it was missing."""
+        gap = self.find(seq)
+        if gap is None:
+            return False
+        self.count -= 1
+        if gap.end - gap.first == 1:
+            self._drop(gap)
+        elif seq == gap.first:
+            self._rekey(gap, seq + 1)
+        elif seq == gap.end - 1:
+            gap.end = seq
+        else:
+            right = _Gap(seq + 1, gap.end, gap.seen, gap.due)
+            right.quiet_until = gap.quiet_until
+            gap.end = seq
+            bisect.insort(self.starts, right.first)
+            self.by_first[right.first] = right
+            self._schedule(right)
+        return True
+
+    def cut_below(self, limit: int) -> list[tuple[int, int]]:
+        """Remove every missing seq below ``limit``; returns the (first, end) ranges removed."""
+        removed: list[tuple[int, int]] = []
+        while self.starts and self.starts[0] < limit:
+            gap = self.by_first[self.starts[0]]
+            stop = min(gap.end, limit)
+            removed.append((gap.first, stop))
+            self.count -= stop - gap.first
+            if stop == gap.end:
+                self._drop(gap)
+            else:
+                self._rekey(gap, stop)
+        return removed
+
+    def take(self, gap: _Gap) -> None:
+        """Remove a whole range (given up)."""
+        self.count -= gap.end - gap.first
+        self._drop(gap)
+
+    def suppress(self, runs: list[tuple[int, int]], until: float, budget: int = 256) -> None:
+        """Ranges wholly inside a run someone else asked for: hold our NACK for them back."""
+        for first, count in runs:
+            end = first + count
+            index = bisect.bisect_left(self.starts, first)
+            while index < len(self.starts) and budget > 0:
+                gap = self.by_first[self.starts[index]]
+                if gap.first >= end:
+                    break
+                budget -= 1  # bounded work per NACK, whatever its runs span
+                if gap.end <= end:
+                    gap.quiet_until = until
+                index += 1
+
+    def due(self, now: float) -> list[_Gap]:
+        """Ranges whose NACK time has come (each once; the caller reschedules)."""
+        out: list[_Gap] = []
+        heap = self.heap
+        while heap and heap[0][0] <= now:
+            when, first = heapq.heappop(heap)
+            gap = self.by_first.get(first)
+            if gap is not None and gap.due == when and gap not in out:
+                out.append(gap)
+        return out
+
+    def reschedule(self, gap: _Gap, due: float) -> None:
+        gap.due = due
+        self._schedule(gap)
+
+    def next_due(self) -> float | None:
+        heap = self.heap
+        while heap:
+            when, first = heap[0]
+            gap = self.by_first.get(first)
+            if gap is not None and gap.due == when:
+                return when
+            heapq.heappop(heap)  # stale: the range moved, split or went
+        return None
+
+    def _schedule(self, gap: _Gap) -> None:
+        heapq.heappush(self.heap, (gap.due, gap.first))
+        if len(self.heap) > 4 * len(self.starts) + 64:
+            self.heap = [(g.due, g.first) for g in self.by_first.values()]
+            heapq.heapify(self.heap)
+
+    def _drop(self, gap: _Gap) -> None:
+        index = bisect.bisect_left(self.starts, gap.first)
+        del self.starts[index]
+        del self.by_first[gap.first]
+
+    def _rekey(self, gap: _Gap, first: int) -> None:
+        """Move a range's start up (its place in the sorted list stays the same)."""
+        index = bisect.bisect_left(self.starts, gap.first)
+        del self.by_first[gap.first]
+        self.starts[index] = gap.first = first
+        self.by_first[first] = gap
+        self._schedule(gap)
+
+
+@dataclass
+class _Partial:
+    topic: str
+    first_seq: int
+    length: int
+    started: float
+    data: bytearray = field(default_factory=bytearray)
+
+
+class StreamReceiver:
+    """One sender's reliable stream as a receiver sees it: gaps, NACKs, order, reassembly.
+
+    Memory is bounded by construction: gaps are ranges (one entry however wide), a jump
+    beyond ``MAX_GAP`` restarts the stream (reported), and ``memory`` counts every structure
+    held, so ``receiver_memory`` (and the session's budget across senders, passed as ``room``)
+    hold against one-byte fragments too.
+    """
+
+    def __init__(
+        self,
+        sender: int,
+        incarnation: int,
+        config: ReliableConfig,
+        random: Callable[[], float],
+    ) -> None:
+        self.sender = sender
+        self.incarnation = incarnation
+        self.config = config
+        self._random = random
+        self.next_deliver = 0  # 0: not synchronised yet (a late joiner starts at a message)
+        self.highest = 0
+        self.resync = True  # discard fragments until a message starts
+        self.buffer: dict[int, tuple[str, int, int, bytes]] = {}
+        self.buffered_bytes = 0
+        self.gaps = _Gaps()
+        # Given-up ranges not yet passed by delivery: first -> (end, reason)
+        self._lost: dict[int, tuple[int, str]] = {}
+        self._lost_starts: list[int] = []  # the same firsts, sorted
+        self._partial: _Partial | None = None
+        # (topic, message, first seq)
+        self.delivered: list[tuple[str, bytes, int]] = []
+        self.events: list[Unrecoverable] = []
+        self.counters: dict[str, int] = {}
+        self.acks_wanted = False
+        self._acked = 0
+        self._ack_at: float | None = None
+        self._loss_start: tuple[int, str, bool] | None = None
+
+    @property
+    def missing(self) -> int:
+        """How many seqs are missing now."""
+        return self.gaps.count
+
+    # --- inputs --------------------------------------------------------------------------
+
+    def on_data(self, payload: bytes, topic: str, now: float, room: int | None = None) -> bool:
+        """One RDATA payload; False when malformed (the caller counts the drop).
+
+        ``room``: the most this stream may hold after it (the session's budget across
+        senders); ``receiver_memory`` applies in any case.
+        """
+        if len(payload) < RDATA_HEAD.size:
+            return False
+        seq, length, offset = RDATA_HEAD.unpack_from(payload)
+        chunk = payload[RDATA_HEAD.size :]
+        if seq == 0 or offset + len(chunk) > length or (not chunk and length):
+            return False
+        if self.next_deliver == 0:
+            # First contact with no hello telling where the stream stands: start at the
+            # first fragment of the message under way (its earlier fragments are recent, so
+            # still repairable), like NORM syncing to the object it sees.
+            self._restart(_message_start(seq, length, offset, len(chunk)))
+        elif seq - self.highest > MAX_GAP:
+            self._restart(seq)  # a jump no window could span: the next whole message
+        if seq < self.next_deliver or seq in self.buffer or self._is_lost(seq):
+            self._bump("duplicates")
+            return True
+        if seq > self.highest:
+            self._note_highest(seq, now, room)
+        # In order, a fragment is progress (it frees the buffer behind it): only the message
+        # being assembled must fit. Out of order, everything held counts.
+        held = self._partial_bytes() if seq == self.next_deliver else self.memory + FRAGMENT_COST
+        if held + len(chunk) > self._limit(room):
+            # Over the budget: keep it missing and ask again later (a NACK after back-off).
+            self._bump("dropped-memory-limit")
+            if seq not in self.gaps:
+                self.gaps.append_range(seq, seq + 1, now, self._backoff(now))
+            return True
+        self.gaps.remove_seq(seq)
+        if seq == self.next_deliver:
+            self._take(seq, topic, length, offset, chunk, now)
+            self.next_deliver += 1
+            self._deliver_ready(now)
+        else:
+            self.buffer[seq] = (topic, length, offset, chunk)
+            self.buffered_bytes += len(chunk)
+        return True
+
+    def start_at(self, seq: int) -> None:
+        """Expect the stream from ``seq`` (the sender's hello said so); only before data."""
+        if self.next_deliver == 0 and seq > 0:
+            self.next_deliver, self.highest = seq, seq - 1
+
+    def on_state(self, oldest: int, next_seq: int, now: float, room: int | None = None) -> None:
+        """The sender's window: seqs below ``oldest`` are gone; ``next_seq`` reveals tail loss."""
+        if next_seq == 0 or oldest > next_seq:
+            return
+        if self.next_deliver == 0 or next_seq - self.highest > MAX_GAP:
+            self._restart(next_seq)
+            return
+        if next_seq - 1 > self.highest:
+            self._note_highest(next_seq - 1, now, room, inclusive=True)
+        self._give_up_below(oldest, "window-passed", now)
+
+    def on_foreign_nack(self, runs: list[tuple[int, int]], now: float) -> None:
+        """Another receiver asked for these seqs: hold our own NACK for them back."""
+        self.gaps.suppress(runs, now + self.config.nack_repeat)
+        self._bump("nacks-heard")
+
+    def handle_timer(self, now: float) -> list[list[tuple[int, int]]]:
+        """Due NACKs, give-ups and message timeouts; returns NACKs to multicast."""
+        ask: list[tuple[int, int]] = []
+        given_up = suppressed = False
+        for gap in self.gaps.due(now):
+            if now - gap.seen >= self.config.repair_timeout:
+                self.gaps.take(gap)
+                self._lose(gap.first, gap.end, "repair-timeout")
+                given_up = True
+                continue
+            if gap.quiet_until > now:
+                suppressed = True
+            else:
+                ask.append((gap.first, gap.end - gap.first))
+            self.gaps.reschedule(gap, now + self.config.nack_repeat * (1 + self._random()))
+        if suppressed:
+            self._bump("nacks-suppressed")
+        nacks: list[list[tuple[int, int]]] = []
+        if ask:
+            ask.sort()
+            for start in range(0, len(ask), MAX_NACK_RANGES):
+                nacks.append(ask[start : start + MAX_NACK_RANGES])
+            self._bump("nacks-sent")
+        partial = self._partial
+        if partial is not None and now - partial.started > self.config.message_timeout:
+            self._partial = None
+            self.resync = True
+            self.events.append(
+                Unrecoverable(
+                    self.sender, partial.first_seq, self.next_deliver - 1, "message-timeout", True
+                )
+            )
+        if given_up or self._lost:
+            self._deliver_ready(now)
+        return nacks
+
+    def ack_due(self, now: float) -> int | None:
+        """The seq to acknowledge now (under the sender's ``wait`` policy), or None."""
+        if not self.acks_wanted or self.next_deliver == 0:
+            return None
+        through = self.next_deliver - 1
+        if through <= self._acked:
+            self._ack_at = None
+            return None
+        if through - self._acked >= self.config.ack_every or (
+            self._ack_at is not None and now >= self._ack_at
+        ):
+            self._acked, self._ack_at = through, None
+            return through
+        if self._ack_at is None:
+            self._ack_at = now + self.config.ack_delay
+        return None
+
+    def ack_now(self) -> int | None:
+        """Acknowledge at once (the sender probed while holding data for us)."""
+        if self.next_deliver == 0:
+            return None
+        self._acked, self._ack_at = self.next_deliver - 1, None
+        return self._acked
+
+    def close(self, reason: str, next_seq: int = 0) -> None:
+        """The sender is gone: whatever is missing or half-received is lost.
+
+        ``next_seq``: where the sender said its stream stood (its goodbye); anything between
+        what we saw and that is lost too, so a tail is never silent.
+        """
+        lows = [s for s in (self.gaps.lowest(), *self._lost) if s is not None]
+        highs = [s for s in (self.gaps.highest(), *self.buffer) if s is not None]
+        if self.buffer:
+            lows.append(min(self.buffer))
+        if self.next_deliver and next_seq > self.highest + 1:
+            lows.append(self.highest + 1)
+            highs.append(next_seq - 1)
+        if lows or self._partial is not None:
+            first = self._partial.first_seq if self._partial else min(lows)
+            last = max(
+                [*highs, *(end - 1 for end, _ in self._lost.values()), self.next_deliver - 1]
+            )
+            self.events.append(
+                Unrecoverable(self.sender, first, last, reason, self._partial is not None)
+            )
+        self.gaps.clear()
+        self.buffer.clear()
+        self._lost.clear()
+        self._lost_starts.clear()
+        self.buffered_bytes = 0
+        self._partial = None
+
+    @property
+    def position(self) -> int:
+        """The next seq this receiver expects (0 before the stream is known)."""
+        return self.next_deliver
+
+    def next_timer(self) -> float | None:
+        soonest = self.gaps.next_due()
+        for when in (
+            self._ack_at,
+            None if self._partial is None else self._partial.started + self.config.message_timeout,
+        ):
+            if when is not None and (soonest is None or when < soonest):
+                soonest = when
+        return soonest
+
+    @property
+    def memory(self) -> int:
+        """Bytes held for this sender, structures included: out-of-order fragments, gap and
+        loss ranges, a half-received message."""
+        return (
+            self.buffered_bytes
+            + FRAGMENT_COST * len(self.buffer)
+            + GAP_COST * len(self.gaps)
+            + LOST_COST * len(self._lost)
+            + self._partial_bytes()
+        )
+
+    def _partial_bytes(self) -> int:
+        return len(self._partial.data) if self._partial else 0
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _bump(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _limit(self, room: int | None) -> int:
+        limit = self.config.receiver_memory
+        return limit if room is None else min(room, limit)
+
+    def _backoff(self, now: float) -> float:
+        return now + self.config.nack_backoff * self._random()
+
+    def _is_lost(self, seq: int) -> bool:
+        index = bisect.bisect_right(self._lost_starts, seq) - 1
+        return index >= 0 and seq < self._lost[self._lost_starts[index]][0]
+
+    def _note_highest(
+        self, seq: int, now: float, room: int | None, *, inclusive: bool = False
+    ) -> None:
+        """Seqs between the highest seen and ``seq`` are a gap (``seq`` too, when inclusive).
+
+        When even one more range does not fit the memory budget, the stream restarts past
+        the gap instead, and what lay before is reported lost.
+        """
+        end = seq + 1 if inclusive else seq
+        first = self.highest + 1
+        self.highest = seq
+        if end <= first:
+            return
+        if GAP_COST * (len(self.gaps) + 1) > self._limit(room):
+            # The ranges alone outgrow the budget (only a hostile or hopeless stream does
+            # that; fragments are dropped long before): start afresh, and say so.
+            self._bump("restarted-memory-limit")
+            self._restart(end, "memory-limit")
+            self.highest = seq
+            return
+        self.gaps.append_range(first, end, now, self._backoff(now))
+
+    def _give_up_below(self, oldest: int, reason: str, now: float) -> None:
+        removed = self.gaps.cut_below(oldest)
+        for first, end in removed:
+            self._lose(first, end, reason)
+        if removed:
+            self._deliver_ready(now)
+
+    def _lose(self, first: int, end: int, reason: str) -> None:
+        self._lost[first] = (end, reason)
+        bisect.insort(self._lost_starts, first)
+
+    def _restart(self, seq: int, reason: str = "window-passed") -> None:
+        """Start (again) at ``seq``, at the next whole message; what lay between is lost."""
+        if self.next_deliver:
+            partial = self._partial
+            first = partial.first_seq if partial else self.next_deliver
+            if seq - 1 >= first:
+                self.events.append(
+                    Unrecoverable(self.sender, first, seq - 1, reason, partial is not None)
+                )
+            self.gaps.clear()
+            self.buffer.clear()
+            self.buffered_bytes = 0
+            self._partial = None
+        self.next_deliver, self.highest, self.resync = seq, seq - 1, True
+        self._lost.clear()
+        self._lost_starts.clear()
+        self._loss_start = None
+
+    def _deliver_ready(self, now: float) -> None:
+        while True:
+            seq = self.next_deliver
+            item = self.buffer.pop(seq, None)
+            if item is not None:
+                self.buffered_bytes -= len(item[3])
+                self._close_loss()
+                self._take(seq, *item, now)
+                self.next_deliver += 1
+                continue
+            lost = self._lost.pop(seq, None)
+            if lost is None:
+                break
+            self._lost_starts.remove(seq)  # the lowest: delivery meets lost ranges in order
+            end, reason = lost
+            if self._loss_start is None:
+                self._loss_start = (seq, reason, self._partial is not None)
+            self._partial = None
+            self.resync = True
+            self.next_deliver = end
+        self._close_loss()
+
+    def _close_loss(self) -> None:
+        if self._loss_start is not None:
+            first, reason, partial = self._loss_start
+            self.events.append(
+                Unrecoverable(self.sender, first, self.next_deliver - 1, reason, partial)
+            )
+            self._loss_start = None
+
+    def _take(
+        self, seq: int, topic: str, length: int, offset: int, chunk: bytes, now: float
+    ) -> None:
+        """The in-order fragment ``seq``: start, extend or finish a message."""
+        self._close_loss()
+        if offset == 0:
+            if self._partial is not None:  # a message restarted mid-way: the sender reset
+                started = self._partial.first_seq
+                self.events.append(
+                    Unrecoverable(self.sender, started, seq - 1, "inconsistent", True)
+                )
+                self._partial = None
+            self.resync = False
+            if length > self.config.max_message:
+                self.events.append(Unrecoverable(self.sender, seq, seq, "too-large", False))
+                self.resync = True
+                return
+            if len(chunk) == length:
+                self.delivered.append((topic, chunk, seq))
+                return
+            self._partial = _Partial(topic, seq, length, now, bytearray(chunk))
+            return
+        if self.resync:
+            self._bump("skipped-to-message-start")
+            return
+        partial = self._partial
+        if partial is None or offset != len(partial.data) or length != partial.length:
+            self.events.append(Unrecoverable(self.sender, seq, seq, "inconsistent", True))
+            self._partial = None
+            self.resync = True
+            return
+        partial.data += chunk
+        partial.started = now  # the timeout counts from the last progress, not the start
+        if len(partial.data) == partial.length:
+            # One copy to immutable bytes: the peak is about twice the message for a moment.
+            self.delivered.append((partial.topic, bytes(partial.data), partial.first_seq))
+            self._partial = None

@@ -1,0 +1,298 @@
+"""One node's outgoing reliable stream: queue, rate, retransmit window, repairs (no I/O)."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from ..events import SlowReceiver
+from .codec import RDATA_HEAD
+from .config import ReliableConfig
+from .rate import NackRateControl
+
+SEND_BATCH = 256  # datagrams per pull: receive processing interleaves with long sends
+PROBE_FIRST = 0.005  # tail probes (RSTATE) after the queue drains: 5 ms, doubling to 1 s
+PROBE_LAST = 1.0
+BLOCKED_PROBE = 0.02  # under "wait", how often a held sender asks for acknowledgements
+ADAPTIVE_START_BPS = 1e9
+
+
+@dataclass
+class _Outgoing:
+    topic: str
+    payload: memoryview
+    offset: int
+    chunk: int
+
+
+@dataclass
+class _Tracked:
+    acked: int
+    progressed_at: float
+
+
+class StreamSender:
+    """One node's outgoing reliable stream: queue, rate, retransmit window, repairs."""
+
+    def __init__(self, config: ReliableConfig, now: float) -> None:
+        self.config = config
+        self.next_seq = 1
+        # Sent fragments still repairable: (topic, RDATA payload); index = seq - oldest.
+        self.window: deque[tuple[str, bytes]] = deque()
+        self.window_bytes = 0
+        self.queued_bytes = 0
+        self.counters: dict[str, int] = {}
+        self._queue: deque[_Outgoing] = deque()
+        self._repairs: deque[int] = deque()
+        self._repair_set: set[int] = set()
+        self._repaired_at: dict[int, float] = {}
+        self._tracked: dict[int, _Tracked] = {}
+        self.slow_events: list[SlowReceiver] = []
+        rate = config.rate_pps
+        self._per_byte = False
+        if config.rate_bps is not None:
+            rate, self._per_byte = config.rate_bps / 8, True
+        self.control: NackRateControl | None = None
+        if config.adaptive_rate:
+            if rate is None:
+                rate, self._per_byte = ADAPTIVE_START_BPS / 8, True
+            self.control = NackRateControl(rate, now)
+        self._rate: float | None = None
+        self._depth = 0.0
+        if rate is not None:
+            self._set_rate(rate)
+        self._sent_new = self._sent_bytes = 0
+        self._nacked_new = 0
+        self._app_limited = True
+        self._tokens = self._depth
+        self._refilled = now
+        self._probe_at: float | None = None
+        self._probe_gap = PROBE_FIRST
+        self._blocked_since: float | None = None
+        self.state_wanted = False  # a NACK asked for seqs we no longer have: tell the window
+
+    @property
+    def oldest(self) -> int:
+        """The oldest seq still in the retransmit window (next_seq when it is empty)."""
+        return self.next_seq - len(self.window)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing to repair."""
+        return not self._queue and not self._repairs
+
+    @property
+    def wants_acks(self) -> bool:
+        return self.config.slow_receiver == "wait"
+
+    def enqueue(self, topic: str, payload: bytes, chunk: int) -> None:
+        """Queue one message, to be cut into fragments of ``chunk`` bytes as it is sent."""
+        if len(payload) > self.config.max_message:
+            raise ValueError(
+                f"message of {len(payload)} bytes exceeds max_message ({self.config.max_message})"
+            )
+        if chunk <= 0:
+            raise ValueError("the topic leaves no room for data in one datagram")
+        self._queue.append(_Outgoing(topic, memoryview(payload), 0, chunk))
+        self.queued_bytes += len(payload)
+
+    def on_nack(self, runs: list[tuple[int, int]], now: float) -> None:
+        """Queue repairs for the runs we still hold; note when some are gone."""
+        # A seq is repaired at most once per hold-off (nack_backoff), however many NACKs ask:
+        # the NACKs that crossed a repair are ignored. Longer, or growing, hold-offs were
+        # tried: in a group where many receivers each lose some repairs, a seq legitimately
+        # needs several repairs in quick succession, and the window passed them by.
+        oldest, holdoff = self.oldest, self.config.nack_backoff
+        self._bump("nacks-received")
+        for first, count in runs:
+            last = min(first + count, self.next_seq)
+            if first < oldest:
+                self.state_wanted = True
+                first = oldest
+            for seq in range(first, last):
+                if seq in self._repair_set:
+                    continue
+                if seq not in self._repaired_at:
+                    self._nacked_new += 1  # first request for this seq: a loss, not a repeat
+                if now - self._repaired_at.get(seq, -1e9) < holdoff:
+                    self._bump("repairs-held-off")  # a repair just went out: NACKs crossed it
+                    continue
+                self._repair_set.add(seq)
+                self._repairs.append(seq)
+
+    def on_ack(self, peer: int, seq: int, now: float) -> None:
+        """A receiver has everything through ``seq`` (only used under ``wait``)."""
+        if seq >= self.next_seq:
+            return  # acknowledges what we never sent: hostile or stale, ignore
+        tracked = self._tracked.get(peer)
+        if tracked is None:
+            self._tracked[peer] = _Tracked(seq, now)
+        elif seq > tracked.acked:
+            tracked.acked, tracked.progressed_at = seq, now
+
+    def forget_peer(self, peer: int) -> None:
+        """A receiver left or failed: stop waiting for it."""
+        self._tracked.pop(peer, None)
+        self._blocked_since = None  # the next pull decides afresh whether to hold
+
+    def pull(self, now: float) -> list[tuple[str, bytes, bool]]:
+        """Fragments to send now, repairs first: (topic, RDATA payload, is_repair)."""
+        if self.control is not None and now >= self.control.next_sample:
+            self._sample(now)
+        self._refill(now)
+        out: list[tuple[str, bytes, bool]] = []
+        while self._repairs and len(out) < SEND_BATCH:
+            seq = self._repairs[0]
+            oldest = self.oldest
+            if seq < oldest or seq >= self.next_seq:
+                self._repairs.popleft()
+                self._repair_set.discard(seq)
+                continue
+            topic, payload = self.window[seq - oldest]
+            if not self._spend(len(payload)):
+                return out
+            self._repairs.popleft()
+            self._repair_set.discard(seq)
+            self._repaired_at[seq] = now
+            out.append((topic, payload, True))
+            self._bump("repairs-sent")
+        while self._queue and len(out) < SEND_BATCH:
+            if not self._make_room(now):
+                break
+            head = self._queue[0]
+            size = min(head.chunk, len(head.payload) - head.offset)
+            if not self._spend(size + RDATA_HEAD.size):
+                break
+            payload = (
+                RDATA_HEAD.pack(self.next_seq, len(head.payload), head.offset)
+                + head.payload[head.offset : head.offset + size]
+            )
+            head.offset += size
+            self.queued_bytes -= size
+            if head.offset >= len(head.payload):
+                self._queue.popleft()
+            self.window.append((head.topic, payload))
+            self.window_bytes += len(payload)
+            self.next_seq += 1
+            self._sent_new += 1
+            self._sent_bytes += len(payload)
+            out.append((head.topic, payload, False))
+        if not self._queue:
+            self._app_limited = True
+        if out:
+            self._probe_gap = PROBE_FIRST
+            self._probe_at = now + PROBE_FIRST
+        if len(self._repaired_at) > 4 * len(self.window) + 1024:
+            oldest = self.oldest
+            self._repaired_at = {s: t for s, t in self._repaired_at.items() if s >= oldest}
+        return out
+
+    def probe_due(self, now: float) -> bool:
+        """True when a tail probe (RSTATE) should go out now, so receivers see tail loss."""
+        if self.state_wanted:
+            self.state_wanted = False
+            return True
+        if self._blocked_since is not None and (self._probe_at is None or now >= self._probe_at):
+            self._probe_at = now + BLOCKED_PROBE  # ask the receivers we wait for to acknowledge
+            return True
+        if self._probe_at is None or now < self._probe_at or not self.idle:
+            return False
+        self._probe_gap *= 2
+        self._probe_at = now + self._probe_gap if self._probe_gap <= PROBE_LAST else None
+        return True
+
+    def next_timer(self, now: float) -> float | None:
+        """When ``pull`` or ``probe_due`` has work again."""
+        soonest: float | None = None
+        if self._repairs or (self._queue and self._blocked_since is None):
+            soonest = now if self._rate is None else self._refilled + self._deficit() / self._rate
+        # A tail probe only matters once idle (or held): a busy sender would spin on it.
+        probing = self.idle or self._blocked_since is not None
+        if probing and self._probe_at is not None:
+            soonest = self._probe_at if soonest is None else min(soonest, self._probe_at)
+        if self._blocked_since is not None and self._tracked:
+            since = self._blocked_since
+            stall = min(max(t.progressed_at, since) for t in self._tracked.values())
+            stall += self.config.slow_timeout
+            soonest = stall if soonest is None else min(soonest, stall)
+        return soonest
+
+    def take_slow_events(self) -> list[SlowReceiver]:
+        events, self.slow_events = self.slow_events, []
+        return events
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _bump(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _sample(self, now: float) -> None:
+        """Feed the adaptive rate. A sample in which the queue ran dry says nothing about the
+        path (the sender, not the network, set the pace): it is dropped. One with too few
+        fragments is extended until it has enough, so a low rate can still climb back."""
+        control = self.control
+        assert control is not None
+        if self._app_limited:
+            control.skip(now)
+        elif self._sent_new >= control.MIN_PACKETS:
+            volume = self._sent_bytes if self._per_byte else None
+            self._set_rate(control.on_sample(self._sent_new, self._nacked_new, now, volume))
+        else:
+            return  # keep counting
+        self._sent_new = self._nacked_new = self._sent_bytes = 0
+        self._app_limited = not self._queue
+
+    @property
+    def rate(self) -> float | None:
+        """The current sending rate in bits/s (or packets/s with ``rate_pps``); None: no cap."""
+        if self._rate is None:
+            return None
+        return self._rate * 8 if self._per_byte else self._rate
+
+    def _set_rate(self, rate: float) -> None:
+        # Bucket depth: 5 ms of sending (at least 8 datagrams), so a timer wake-up sends a burst.
+        self._rate = rate
+        self._depth = max(rate * 0.005, 8 * (1500 if self._per_byte else 1))
+
+    def _refill(self, now: float) -> None:
+        if self._rate is None:
+            return
+        self._tokens = min(self._depth, self._tokens + (now - self._refilled) * self._rate)
+        self._refilled = now
+
+    def _deficit(self) -> float:
+        need = 1500.0 if self._per_byte else 1.0
+        return max(0.0, need - self._tokens)
+
+    def _spend(self, size: int) -> bool:
+        if self._rate is None:
+            return True
+        cost = float(size) if self._per_byte else 1.0
+        if self._tokens < min(cost, self._depth):
+            return False
+        self._tokens -= cost
+        return True
+
+    def _make_room(self, now: float) -> bool:
+        """Slide the window until the next fragment fits; False when ``wait`` must hold."""
+        while self.window and self.window_bytes >= self.config.window_bytes:
+            oldest = self.oldest
+            if self.config.slow_receiver == "wait":
+                behind = [p for p, t in self._tracked.items() if t.acked < oldest]
+                if behind and self._blocked_since is None:
+                    self._blocked_since = now
+                since = self._blocked_since or now
+                stalled = [
+                    p
+                    for p in behind
+                    if now - max(self._tracked[p].progressed_at, since) >= self.config.slow_timeout
+                ]
+                for peer in stalled:
+                    self.slow_events.append(SlowReceiver(peer, self._tracked.pop(peer).acked))
+                if len(stalled) < len(behind):
+                    self._bump("held-for-slow-receiver")
+                    return False
+            self._blocked_since = None
+            _, payload = self.window.popleft()
+            self.window_bytes -= len(payload)
+        return True
