@@ -50,7 +50,7 @@ class FakeNet:
         while progress:
             progress = False
             for source, session in list(self.sessions.items()):
-                for data, destination in session.datagrams_to_send():
+                for data, destination in session.datagrams_to_send(self.now):
                     progress = True
                     if source in self.muted:
                         continue

@@ -4,7 +4,6 @@ from .addr import GroupInfo, GroupSpec, classify, groups_sharing_mac, mac_for_gr
 from .aio import DEFAULT_GROUP, GatherResult, Node, Request, Subscription
 from .errors import (
     AddressError,
-    DecodeError,
     InterfaceError,
     MulticastError,
     SocketSetupError,
@@ -35,13 +34,11 @@ from .transport import (
     open_sender,
     resolve_interface,
 )
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "DEFAULT_GROUP",
     "AddressError",
-    "DecodeError",
     "Failed",
     "GatherResult",
     "Gathered",

@@ -37,6 +37,7 @@ from .reliable import ReliableConfig
 from .security import GroupKey, KeyRing, key_from_passphrase
 from .session import DEFAULT_MAX_PEERS, DEFAULT_MAX_SKEW, Session, Want
 from .transport import GroupSocket, open_receiver, open_sender
+from .version import __version__
 
 __all__ = ["DEFAULT_GROUP", "GatherResult", "Node", "Request", "Subscription"]
 
@@ -188,7 +189,7 @@ class Node:
             "meta": {
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
-                "version": _version(),
+                "version": __version__,
                 "tags": tags or {},
             },
             "heartbeat": heartbeat,
@@ -495,7 +496,7 @@ class Node:
         sendto, group = self._unicast_socket.sock.sendto, self._unicast_socket.destination
         unsent = self._unsent
         if not unsent:
-            unsent.extend(session.datagrams_to_send())
+            unsent.extend(session.datagrams_to_send(self._now()))
         while unsent:
             data, destination = unsent[0]
             try:
@@ -579,9 +580,3 @@ class Node:
             self._pump()
 
         self.run_task(run())
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__

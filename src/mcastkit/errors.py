@@ -21,7 +21,3 @@ class InterfaceError(MulticastError):
 
 class SocketSetupError(MulticastError, OSError):
     """The operating system refused a socket option, bind or membership change."""
-
-
-class DecodeError(MulticastError, ValueError):
-    """Bytes from the network are not a valid frame (the receive path counts and drops these)."""

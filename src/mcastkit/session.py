@@ -1,7 +1,7 @@
 """The group session: membership, messaging, request/gather and security, with no I/O.
 
 Inputs: ``receive_datagram(data, source, now)``, ``handle_timer(now)`` and the API calls.
-Outputs: ``datagrams_to_send()`` (bytes and a destination: None for the group, else a unicast
+Outputs: ``datagrams_to_send(now)`` (bytes and a destination: None for the group, else a unicast
 address), ``next_event()`` and ``next_timer()``. Time and randomness are passed in, so tests
 run it with a fake clock and a fake lossy link.
 """
@@ -319,8 +319,14 @@ class Session:
 
     # --- outputs -------------------------------------------------------------------------
 
-    def datagrams_to_send(self) -> list[tuple[bytes, Address | None]]:
-        """Datagrams due now; None as destination means the group."""
+    def datagrams_to_send(self, now: float | None = None) -> list[tuple[bytes, Address | None]]:
+        """Datagrams due at ``now``; None as destination means the group.
+
+        Runtimes pass the time: the reliable stream's rate budget refills up to it. Without
+        it, the time of the last input is used (fine for tests that step time themselves).
+        """
+        if now is not None and now > self._now:
+            self._now = now
         if self._stream is not None and not self._closed:
             self._pull_stream(self._now)
         out = list(self._outgoing)

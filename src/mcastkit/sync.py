@@ -6,6 +6,7 @@ The Node runs on an event loop in a background thread; each call hops onto it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -16,6 +17,8 @@ from .session import Message, PeerInfo, Want
 __all__ = ["SyncNode", "connect"]
 
 T = TypeVar("T")
+CALL_TIMEOUT = 30.0  # the longest a quick call (start, peers, serve) may take on the loop
+MARGIN = 5.0  # beyond a caller's own timeout, for the hop onto the loop and back
 
 
 class SyncNode:
@@ -38,8 +41,21 @@ class SyncNode:
     async def _subscribe(self, pattern: str) -> Subscription:
         return self._node.subscribe(pattern)
 
-    def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+    def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = CALL_TIMEOUT) -> T:
+        """Run on the node's loop; never wait longer than ``timeout`` (None only where the
+        caller itself asked to wait without limit)."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(
+                f"the node's loop did not answer within {timeout:.0f}s (is the node stopped?)"
+            ) from None
+
+    @staticmethod
+    def _beyond(timeout: float | None) -> float | None:
+        return None if timeout is None else timeout + MARGIN
 
     @property
     def node(self) -> Node:
@@ -60,23 +76,25 @@ class SyncNode:
 
     def publish(self, topic: str, payload: bytes | str, *, reliable: bool = False) -> None:
         """Send a message on ``topic`` (``reliable``: see ``Node.publish``)."""
-        self._call(self._node.publish(topic, payload, reliable=reliable))
+        # A reliable publish may wait for back-pressure: as long as the data takes to drain.
+        self._call(self._node.publish(topic, payload, reliable=reliable), timeout=None)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every reliable message went out once (False at the timeout)."""
-        return self._call(self._node.flush(timeout))
+        return self._call(self._node.flush(timeout), timeout=self._beyond(timeout))
 
     def recv(self, timeout: float | None = None) -> Message | None:
         """The next message matching the subscription given to ``connect``; None at timeout."""
         if self._inbox is None:
             raise RuntimeError("connect(subscribe=None) receives no messages")
-        return self._call(self._inbox.get(timeout))
+        return self._call(self._inbox.get(timeout), timeout=self._beyond(timeout))
 
     def request(
         self, topic: str, payload: bytes | str = b"", *, timeout: float = 1.0, want: Want = "all"
     ) -> GatherResult:
         """Ask the group; block until replies are gathered."""
-        return self._call(self._node.request(topic, payload, timeout=timeout, want=want))
+        request = self._node.request(topic, payload, timeout=timeout, want=want)
+        return self._call(request, timeout=self._beyond(timeout))
 
     def serve(self, topic: str, handler: Callable[[Request], bytes | str]) -> None:
         """Answer requests on ``topic``; ``handler`` runs on the node's thread."""

@@ -259,8 +259,8 @@ def _capture(net: FakeNet, session: Session) -> list[bytes]:
     captured: list[bytes] = []
     original = session.datagrams_to_send
 
-    def spy() -> list[tuple[bytes, tuple[str, int] | None]]:
-        out = original()
+    def spy(now: float | None = None) -> list[tuple[bytes, tuple[str, int] | None]]:
+        out = original(now)
         captured.extend(data for data, _ in out)
         return out
 

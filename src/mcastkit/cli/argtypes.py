@@ -13,8 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ..diag.bench import parse_rate
-from .output import parse_size
+from ..units import parse_rate, parse_size
 
 NON_NUMBERS = ("nan", "inf", "-inf", "ten", "")
 

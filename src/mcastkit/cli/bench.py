@@ -6,8 +6,9 @@ import argparse
 from typing import Any
 
 from ..addr import parse_group
-from ..diag.bench import MIN_SIZE, parse_rate
+from ..diag.bench import MIN_SIZE
 from ..diag.runner import run_bench_recv, run_bench_send
+from ..units import parse_rate
 from . import argtypes
 from .output import UsageError, emit_json, note, say
 from .signals import CtrlC

@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 from ..addr import format_endpoint
 from ..aio import DEFAULT_GROUP, Node, Request
-from ..diag.bench import parse_rate
 from ..reliable import UNKNOWN_END, ReliableConfig, SlowReceiver, Unrecoverable
 from ..security import write_key_file
 from ..session import Failed, IdRenewed, Joined, Left, Message, Updated
+from ..units import parse_rate
 from . import argtypes, signals
 from .output import UsageError, add_key_options, emit_json, group_key, note, preview, say
 

@@ -14,8 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
 from ..errors import MulticastError
+from ..version import __version__
 from . import bench, demo, diag, doctor, dump, group, info, signals, traffic, transfer
 
 EXIT_USAGE = 2

@@ -97,23 +97,6 @@ def group_key(args: argparse.Namespace, group: object) -> GroupKey | None:
     return key_from_passphrase(passphrase, group=group)
 
 
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """``65536``, ``64k``, ``64M``, ``64MiB``, ``1G``: bytes (binary units). ValueError else."""
-    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
-    unit = cleaned[-1:] if cleaned[-1:] in _SIZE_UNITS else ""
-    number = cleaned[: len(cleaned) - len(unit)]
-    try:
-        value = int(float(number) * _SIZE_UNITS[unit])
-    except (ValueError, OverflowError):
-        raise ValueError(f"size {text!r} not understood; examples: 65536, 64k, 64M, 1G") from None
-    if value <= 0:
-        raise ValueError(f"size {text!r} must be positive")
-    return value
-
-
 class ProgressBar:
     """Progress on stderr: a rich bar on a terminal, else a plain line every few seconds."""
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from ..addr import parse_group
-from ..diag.bench import parse_rate
 from ..transfer import receive_files, send_files
 from ..transfer.engine import DEFAULT_MAX_SIZE, ReceiveSession, SendSession
+from ..units import parse_rate
 from . import argtypes
 from .output import ProgressBar, UsageError, emit_json, note, say
 from .signals import CtrlC

@@ -9,47 +9,21 @@ Anything else is counted (packets, bytes) without loss or jitter figures.
 
 from __future__ import annotations
 
-import re
 import struct
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..units import Rate, parse_rate
+
 __all__ = ["BenchStats", "Rate", "make_payload", "parse_rate"]
+
 
 MAGIC = b"MKB1"
 HEAD = struct.Struct("!4sQQ")
 IPERF_HEAD = struct.Struct("!iII")
 MIN_SIZE = HEAD.size
 DUP_WINDOW = 4096
-_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmg]?)(pps|bps|b|bit|bits)?\s*$", re.IGNORECASE)
-_SCALE = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
-
-
-@dataclass(frozen=True)
-class Rate:
-    """A target rate, in packets or bits per second."""
-
-    value: float
-    per_packet: bool
-
-    def packets_per_second(self, size: int) -> float:
-        """The rate in packets/s for payloads of ``size`` bytes (UDP payload bits)."""
-        return self.value if self.per_packet else self.value / (size * 8)
-
-
-def parse_rate(text: str) -> Rate | None:
-    """``100M`` / ``100Mbps`` (bits/s), ``50kpps`` (packets/s), ``1.5G``; ``max``: None."""
-    if text.strip().lower() == "max":
-        return None
-    match = _RATE.match(text)
-    if not match:
-        raise ValueError(f"rate {text!r} not understood; examples: 100M, 1.5G, 50kpps")
-    number, scale, unit = match.groups()
-    value = float(number) * _SCALE[scale.lower()]
-    if value <= 0:
-        raise ValueError(f"rate {text!r} must be positive")
-    return Rate(value, per_packet=(unit or "").lower() == "pps")
 
 
 def make_payload(seq: int, sent_ns: int, size: int) -> bytes:

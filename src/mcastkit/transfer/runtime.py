@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..addr import GroupSpec
-from ..diag.bench import Rate
 from ..transport import GroupSocket, Packet, open_receiver, open_sender
+from ..units import Rate
 from .engine import DEFAULT_MAX_SIZE, Address, ReceiveSession, SendSession
 from .protocol import BLOCK_SIZE, HEAD, FileInfo
 from .rate import AdaptiveRate
