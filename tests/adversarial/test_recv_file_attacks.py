@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import ISOLATED
 
-from mcastkit.transfer.engine import FileSink
 from mcastkit.transfer.protocol import FileInfo
+from mcastkit.transfer.storage import FileSink
 
 GROUP = ("239.255.72.72", 7272)
 pytestmark = pytest.mark.skipif(not ISOLATED, reason="needs the private network namespace")

@@ -16,8 +16,8 @@ from mcastkit.addr import format_endpoint
 from mcastkit.diag.bench import BenchStats, make_payload
 from mcastkit.diag.ping import verdict
 from mcastkit.session import PeerInfo
-from mcastkit.transfer.engine import FileSink
 from mcastkit.transfer.protocol import FileInfo
+from mcastkit.transfer.storage import FileSink
 
 MCAST = [sys.executable, "-m", "mcastkit"]
 net = pytest.mark.skipif(not ISOLATED, reason="needs the private network namespace")

@@ -11,6 +11,7 @@ import pytest
 
 from mcastkit.transfer.engine import ReceiveSession, SendSession, safe_name
 from mcastkit.transfer.protocol import FileInfo, decode_untrusted
+from mcastkit.transfer.storage import DirectoryStorage, MemoryStorage
 
 
 class MemorySource:
@@ -80,7 +81,7 @@ def _receivers(tmp_path: Path, count: int) -> list[ReceiveSession]:
     for n in range(count):
         directory = tmp_path / f"r{n}"
         directory.mkdir()
-        result.append(ReceiveSession(100 + n, f"r{n}", directory, now=0.0))
+        result.append(ReceiveSession(100 + n, f"r{n}", DirectoryStorage(directory), now=0.0))
     return result
 
 
@@ -92,8 +93,8 @@ def test_every_receiver_gets_identical_files_under_loss(tmp_path: Path, loss: fl
     assert all(r["complete"] for r in sender.summary(0)["receivers"])
     for receiver in receivers:
         for index, blob in enumerate(blobs):
-            assert (receiver.directory / f"f{index}.bin").read_bytes() == blob
-        assert not list(receiver.directory.glob(".*part"))
+            assert (receiver.storage.directory / f"f{index}.bin").read_bytes() == blob
+        assert not list(receiver.storage.directory.glob(".*part"))
     if loss:
         assert sender.pass_number >= 2 and sender.blocks_sent > sender.total_blocks
 
@@ -104,7 +105,7 @@ def test_killed_receiver_is_reported_and_others_complete(tmp_path: Path) -> None
     states = {r["name"]: (r["complete"], r["failed"]) for r in sender.summary(0)["receivers"]}
     assert states["r0"] == (True, None) and states["r2"] == (True, None)
     assert states["r1"] == (False, "stopped answering")
-    assert not (receivers[1].directory / "f0.bin").exists()
+    assert not (receivers[1].storage.directory / "f0.bin").exists()
 
 
 def test_late_joiner_gets_everything_through_repair(tmp_path: Path) -> None:
@@ -113,7 +114,7 @@ def test_late_joiner_gets_everything_through_repair(tmp_path: Path) -> None:
     # Two expected; the second appears in the middle of the first pass.
     sender = _run([blob], receivers, loss=0.0, join_at={1: 50}, expected=2)
     assert [r["complete"] for r in sender.summary(0)["receivers"]] == [True, True]
-    assert (receivers[1].directory / "f0.bin").read_bytes() == blob
+    assert (receivers[1].storage.directory / "f0.bin").read_bytes() == blob
 
 
 def test_corrupted_announce_hash_never_leaves_a_final_file(tmp_path: Path) -> None:
@@ -135,7 +136,7 @@ def test_corrupted_announce_hash_never_leaves_a_final_file(tmp_path: Path) -> No
             break
     (state,) = sender.summary(now)["receivers"]
     assert state["failed"] == "sha256 mismatch for f0.bin"
-    assert list(receiver.directory.iterdir()) == []
+    assert list(receiver.storage.directory.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["../etc/passwd", "/abs/path.txt", "a\\b\\c.txt"])
@@ -171,7 +172,7 @@ def test_receiver_gives_up_on_a_silent_sender_and_leaves_nothing(tmp_path: Path)
     out = receiver.tick(16.0)
     assert receiver.state == "failed" and "went silent" in (receiver.reason or "")
     assert out and decode_untrusted(out[0][0]) is not None
-    assert list(receiver.directory.iterdir()) == []
+    assert list(receiver.storage.directory.iterdir()) == []
 
 
 def test_one_status_round_reports_thousands_of_gaps(tmp_path: Path) -> None:
@@ -194,3 +195,14 @@ def test_one_status_round_reports_thousands_of_gaps(tmp_path: Path) -> None:
             sender.receive(reply, ("10.0.0.2", 5000), now)
     assert sender.summary(now)["receivers"][0]["complete"]
     assert sender.blocks_sent == 3000  # one full pass, then exactly the 1000 missing blocks
+
+
+def test_the_engine_runs_on_memory_without_touching_a_file() -> None:
+    # The storage seam: the receiver engine writes through a sink; here, memory only.
+    blobs = [os.urandom(30_000), os.urandom(1234)]
+    storages = [MemoryStorage(), MemoryStorage()]
+    receivers = [ReceiveSession(100 + n, f"m{n}", s, now=0.0) for n, s in enumerate(storages)]
+    sender = _run(blobs, receivers, loss=0.05, expected=2)
+    assert all(r["complete"] for r in sender.summary(0)["receivers"])
+    for storage in storages:
+        assert storage.collect() == {"f0.bin": blobs[0], "f1.bin": blobs[1]}

@@ -1,20 +1,14 @@
-"""Sender and receiver state machines for file distribution (see protocol.py).
+"""Sender and receiver state machines for file distribution (see protocol.py), with no I/O.
 
-Both take datagrams and the time, and return datagrams to send; file access goes through a
-small source (sender) or sink (receiver) object, so the logic runs the same against real files
-and in tests.
+Both take datagrams and the time, and return datagrams to send. File access goes through a
+source (sender) or a storage that opens a sink (receiver; transfer/storage.py has files on
+disk and in memory), so the engines never touch a file and their tests run on memory.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import hashlib
-import os
-import secrets
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from ..addr import format_endpoint
@@ -43,13 +37,13 @@ from .protocol import (
     encode_ranges,
     head,
     missing_ranges,
+    safe_name,
 )
 
 Address = tuple[str, int]
 Out = list[tuple[bytes, Address | None]]
 SENDER_SILENCE = 15.0  # a receiver gives up after this long without a word from its sender
 DEFAULT_MAX_SIZE = 16 << 30  # bytes one transfer may announce before the receiver refuses it
-SPACE_MARGIN = 1 << 20  # free space kept beyond the announced size
 MIN_BITMAP_LIMIT = 1 << 24  # blocks (a byte each) accepted at least; more as --max-size grows
 STATUS_CHUNKS = 32  # STATUS datagrams per request: up to 3,200 missing ranges per round
 
@@ -303,114 +297,25 @@ class SendSession:
         }
 
 
-class FileSink:
-    """Receiver storage: temporary files, written in place, renamed once verified.
+class Sink(Protocol):
+    """Where a receiver's blocks go (transfer/storage.py: files; or memory)."""
 
-    Temporary names are random and created exclusively without following links, so a file or
-    symlink planted in the directory is never opened; space is allocated up front, so the
-    traffic cannot make the disk fill faster than the announced size.
-    """
-
-    def __init__(self, directory: Path, files: list[FileInfo], *, overwrite: bool = False) -> None:
-        self.directory = directory
-        self.files = files
-        self.overwrite = overwrite
-        self.paths: list[Path] = []
-        self.temps: list[Path] = []
-        self.handles: list[int] = []
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        try:
-            for info in files:
-                name = safe_name(info.name)
-                final = directory / name
-                if not overwrite and (final.exists() or final.is_symlink()):
-                    raise FileExistsError(
-                        errno.EEXIST, "exists; give --overwrite to replace it", str(final)
-                    )
-                temp = directory / f".{name}.{secrets.token_hex(8)}.mcastkit-part"
-                fd = os.open(temp, flags, 0o644)  # the final file's mode (less the umask)
-                self.handles.append(fd)
-                self.temps.append(temp)
-                self.paths.append(directory / name)
-                _allocate(fd, info.size)
-        except BaseException:
-            self.discard()
-            raise
-
-    def write(self, file_index: int, offset: int, data: bytes) -> None:
-        """Write one block (OSError on a full disk)."""
-        os.pwrite(self.handles[file_index], data, offset)
+    def write(self, file_index: int, offset: int, data: bytes) -> None: ...
 
     def finish(self) -> str | None:
-        """Verify every file and rename it into place; the reason when one fails."""
-        for index, info in enumerate(self.files):
-            fd = self.handles[index]
-            os.fsync(fd)
-            digest = hashlib.sha256()
-            offset = 0
-            while offset < info.size:
-                chunk = os.pread(fd, 1 << 20, offset)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                offset += len(chunk)
-            if digest.hexdigest() != info.sha256:
-                self.discard()
-                return f"sha256 mismatch for {info.name}"
-        for index in range(len(self.files)):
-            os.close(self.handles[index])
-        self.handles = []
-        for index in range(len(self.files)):
-            if self.overwrite:
-                os.replace(self.temps[index], self.paths[index])
-                continue
-            try:
-                # A hard link never replaces: a file that appeared meanwhile is kept.
-                os.link(self.temps[index], self.paths[index])
-            except FileExistsError:
-                self.discard()
-                return f"{self.paths[index]} appeared during the transfer; kept it (--overwrite)"
-            os.unlink(self.temps[index])
-        return None
+        """Verify every file and make it final; the reason when one fails."""
+        ...
 
     def discard(self) -> None:
-        """Remove the temporary files (nothing wrong is left behind)."""
-        for fd in self.handles:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.handles = []
-        for temp in self.temps:
-            with contextlib.suppress(OSError):
-                temp.unlink()
+        """Forget everything written (nothing wrong is left behind)."""
+        ...
 
 
-def _allocate(fd: int, size: int) -> None:
-    """Reserve ``size`` bytes (ENOSPC now, not mid-transfer); sparse where not supported."""
-    if size and hasattr(os, "posix_fallocate"):
-        try:
-            os.posix_fallocate(fd, 0, size)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                raise
-    os.ftruncate(fd, size)
+class Storage(Protocol):
+    """Opens a sink for an announced file list; raises OSError or ValueError to refuse it
+    (no space, a name it will not write, a file it will not replace)."""
 
-
-def free_space(directory: Path) -> int | None:
-    """Bytes available to us in ``directory`` (None when the file system does not say)."""
-    try:
-        stats = os.statvfs(directory)
-    except (OSError, AttributeError):
-        return None
-    return stats.f_bavail * stats.f_frsize
-
-
-def safe_name(name: str) -> str:
-    """A file name from the network, reduced to a plain name in the target directory."""
-    base = name.replace("\\", "/").rsplit("/", 1)[-1].replace("\x00", "")
-    if base in ("", ".", ".."):
-        raise ValueError(f"unsafe file name {name!r}")
-    return base
+    def open(self, files: list[FileInfo]) -> Sink: ...
 
 
 class ReceiveSession:
@@ -420,23 +325,21 @@ class ReceiveSession:
         self,
         receiver_id: int,
         name: str,
-        directory: Path,
+        storage: Storage,
         *,
         now: float,
         session: int | None = None,
         max_size: int = DEFAULT_MAX_SIZE,
-        overwrite: bool = False,
     ) -> None:
         self.max_size = max_size
-        self.overwrite = overwrite
         self.receiver_id = receiver_id
         self.name = name
-        self.directory = directory
+        self.storage = storage
         self.session = session
         self.sender: Address | None = None
         self.files: list[FileInfo] = []
         self.block_size = 0
-        self.sink: FileSink | None = None
+        self.sink: Sink | None = None
         self.bitmaps: list[bytearray] = []
         self.received = 0
         self.duplicates = 0
@@ -528,18 +431,11 @@ class ReceiveSession:
             )
         elif blocks > max(MIN_BITMAP_LIMIT, self.max_size // 1024):
             problem = f"{blocks:,} blocks of {block_size} bytes: blocks this small are refused"
-        else:
-            free = free_space(self.directory)
-            if free is not None and total + SPACE_MARGIN > free:
-                problem = (
-                    f"not enough space: {total:,} bytes announced, {free:,} free in "
-                    f"{self.directory}"
-                )
         if problem is None:
             try:
                 for info in files:
                     safe_name(info.name)
-                self.sink = FileSink(self.directory, files, overwrite=self.overwrite)
+                self.sink = self.storage.open(files)
             except OSError as exc:
                 where = f"{exc.filename}: " if exc.filename else ""
                 problem = f"cannot prepare files: {where}{exc.strerror}"

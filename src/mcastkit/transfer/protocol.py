@@ -150,3 +150,11 @@ def missing_ranges(bitmap: bytearray, file_index: int) -> list[tuple[int, int, i
         ranges.append((file_index, start, end - start))
         start = bitmap.find(0, end)
     return ranges
+
+
+def safe_name(name: str) -> str:
+    """A file name from the network, reduced to a plain name in the target directory."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].replace("\x00", "")
+    if base in ("", ".", ".."):
+        raise ValueError(f"unsafe file name {name!r}")
+    return base

@@ -19,6 +19,7 @@ from ..units import Rate
 from .engine import DEFAULT_MAX_SIZE, Address, ReceiveSession, SendSession
 from .protocol import BLOCK_SIZE, HEAD, FileInfo
 from .rate import AdaptiveRate
+from .storage import DirectoryStorage
 
 __all__ = ["describe_files", "receive_files", "send_files"]
 
@@ -232,10 +233,9 @@ def receive_files(
     session = ReceiveSession(
         int.from_bytes(os.urandom(8), "big") or 1,
         name or f"{os.uname().nodename}-{os.getpid()}",
-        directory,
+        DirectoryStorage(directory, overwrite=overwrite),
         now=now,
         max_size=max_size,
-        overwrite=overwrite,
     )
     started = now
     finished_at: float | None = None

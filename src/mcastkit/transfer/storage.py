@@ -1,0 +1,187 @@
+"""Where received files go: a directory, or memory (tests, embedding). I/O lives here only.
+
+``DirectoryStorage`` writes each file under a random, exclusively created temporary name (a
+planted file or symlink is never opened), allocates its space up front (the traffic cannot
+fill the disk faster than the announced size), refuses an announce larger than the free
+space, verifies every file's sha256, and only then links it into place, never replacing a
+file of the same name unless told to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+from .protocol import FileInfo, safe_name
+
+__all__ = ["DirectoryStorage", "FileSink", "MemorySink", "MemoryStorage", "free_space"]
+
+SPACE_MARGIN = 1 << 20  # free space kept beyond the announced size
+
+
+class DirectoryStorage:
+    """Files in ``directory`` (see the module docstring)."""
+
+    def __init__(self, directory: Path, *, overwrite: bool = False) -> None:
+        self.directory = directory
+        self.overwrite = overwrite
+
+    def open(self, files: list[FileInfo]) -> FileSink:
+        """A sink for the announced files; OSError when they cannot be written here."""
+        total = sum(f.size for f in files)
+        free = free_space(self.directory)
+        if free is not None and total + SPACE_MARGIN > free:
+            raise OSError(
+                errno.ENOSPC,
+                f"not enough space: {total:,} bytes announced, {free:,} free",
+                str(self.directory),
+            )
+        return FileSink(self.directory, files, overwrite=self.overwrite)
+
+
+class FileSink:
+    """Receiver storage: temporary files, written in place, renamed once verified.
+
+    Temporary names are random and created exclusively without following links, so a file or
+    symlink planted in the directory is never opened; space is allocated up front, so the
+    traffic cannot make the disk fill faster than the announced size.
+    """
+
+    def __init__(self, directory: Path, files: list[FileInfo], *, overwrite: bool = False) -> None:
+        self.directory = directory
+        self.files = files
+        self.overwrite = overwrite
+        self.paths: list[Path] = []
+        self.temps: list[Path] = []
+        self.handles: list[int] = []
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            for info in files:
+                name = safe_name(info.name)
+                final = directory / name
+                if not overwrite and (final.exists() or final.is_symlink()):
+                    raise FileExistsError(
+                        errno.EEXIST, "exists; give --overwrite to replace it", str(final)
+                    )
+                temp = directory / f".{name}.{secrets.token_hex(8)}.mcastkit-part"
+                fd = os.open(temp, flags, 0o644)  # the final file's mode (less the umask)
+                self.handles.append(fd)
+                self.temps.append(temp)
+                self.paths.append(directory / name)
+                _allocate(fd, info.size)
+        except BaseException:
+            self.discard()
+            raise
+
+    def write(self, file_index: int, offset: int, data: bytes) -> None:
+        """Write one block (OSError on a full disk)."""
+        os.pwrite(self.handles[file_index], data, offset)
+
+    def finish(self) -> str | None:
+        """Verify every file and rename it into place; the reason when one fails."""
+        for index, info in enumerate(self.files):
+            fd = self.handles[index]
+            os.fsync(fd)
+            digest = hashlib.sha256()
+            offset = 0
+            while offset < info.size:
+                chunk = os.pread(fd, 1 << 20, offset)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                offset += len(chunk)
+            if digest.hexdigest() != info.sha256:
+                self.discard()
+                return f"sha256 mismatch for {info.name}"
+        for index in range(len(self.files)):
+            os.close(self.handles[index])
+        self.handles = []
+        for index in range(len(self.files)):
+            if self.overwrite:
+                os.replace(self.temps[index], self.paths[index])
+                continue
+            try:
+                # A hard link never replaces: a file that appeared meanwhile is kept.
+                os.link(self.temps[index], self.paths[index])
+            except FileExistsError:
+                self.discard()
+                return f"{self.paths[index]} appeared during the transfer; kept it (--overwrite)"
+            os.unlink(self.temps[index])
+        return None
+
+    def discard(self) -> None:
+        """Remove the temporary files (nothing wrong is left behind)."""
+        for fd in self.handles:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.handles = []
+        for temp in self.temps:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Reserve ``size`` bytes (ENOSPC now, not mid-transfer); sparse where not supported."""
+    if size and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+    os.ftruncate(fd, size)
+
+
+def free_space(directory: Path) -> int | None:
+    """Bytes available to us in ``directory`` (None when the file system does not say)."""
+    try:
+        stats = os.statvfs(directory)
+    except (OSError, AttributeError):
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+class MemorySink:
+    """Files held in memory, verified like files on disk."""
+
+    def __init__(self, files: list[FileInfo]) -> None:
+        self.files = files
+        self.data = [bytearray(f.size) for f in files]
+        self.finished: dict[str, bytes] = {}
+
+    def write(self, file_index: int, offset: int, data: bytes) -> None:
+        self.data[file_index][offset : offset + len(data)] = data
+
+    def finish(self) -> str | None:
+        for info, data in zip(self.files, self.data, strict=True):
+            if hashlib.sha256(data).hexdigest() != info.sha256:
+                self.discard()
+                return f"sha256 mismatch for {info.name}"
+        self.finished = {f.name: bytes(d) for f, d in zip(self.files, self.data, strict=True)}
+        return None
+
+    def discard(self) -> None:
+        self.data = []
+
+
+class MemoryStorage:
+    """Received files end up in ``files`` (name -> bytes) once verified."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self._sinks: list[MemorySink] = []
+
+    def open(self, files: list[FileInfo]) -> MemorySink:
+        sink = MemorySink(files)
+        self._sinks.append(sink)
+        return sink
+
+    def collect(self) -> dict[str, bytes]:
+        """Every file verified so far."""
+        for sink in self._sinks:
+            self.files.update(sink.finished)
+        return self.files
