@@ -128,9 +128,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_recv(args: argparse.Namespace) -> int:
     """Receive and measure."""
     spec = parse_group(args.group)
-    interrupted = CtrlC().install()
     note(f"bench recv on {spec}: waiting for traffic (mcast bench send, or iperf -c GROUP -u)")
-    try:
+    with CtrlC() as interrupted:
         summary = run_bench_recv(
             spec,
             iface=args.iface,
@@ -142,8 +141,6 @@ def cmd_recv(args: argparse.Namespace) -> int:
             on_second=_second_printer(args.json, "recv"),
             stop=interrupted,
         )
-    finally:
-        interrupted.restore()
     if args.json:
         emit_json({"summary": summary})
     else:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from ..errors import MulticastError
 from ..version import __version__
-from . import bench, demo, diag, doctor, dump, group, info, signals, traffic, transfer
+from . import bench, demo, diag, doctor, dump, group, info, pubsub, rpc, signals, traffic, transfer
 
 EXIT_USAGE = 2
 EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    for module in (demo, group, info, traffic, diag, bench, doctor, dump, transfer):
+    for module in (demo, group, pubsub, rpc, info, traffic, diag, bench, doctor, dump, transfer):
         module.add_parsers(commands)
     return parser
 

@@ -79,6 +79,12 @@ class CtrlC:
     def __call__(self) -> bool:
         return self.pressed
 
+    def __enter__(self) -> CtrlC:
+        return self.install()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.restore()
+
 
 def run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """``asyncio.run`` where SIGINT / SIGTERM cancel the command. It may catch the

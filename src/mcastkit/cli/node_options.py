@@ -1,0 +1,111 @@
+"""Options every group command shares (group, interface, keys, heartbeats, reliable
+streams), and the Node they describe."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..aio import DEFAULT_GROUP, Node
+from ..reliable import ReliableConfig
+from ..units import parse_rate
+from . import argtypes
+from .output import UsageError, add_key_options, group_key
+
+
+def node_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--group",
+        default=DEFAULT_GROUP,
+        metavar="GROUP:PORT",
+        help=f"group to join (default {DEFAULT_GROUP})",
+    )
+    parser.add_argument("--iface", help="interface name, index or address (default: route)")
+    parser.add_argument("--name", help="this node's name (default host-pid)")
+    parser.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1)")
+    add_key_options(parser)
+    parser.add_argument(
+        "--heartbeat", type=argtypes.seconds(), default=1.0, help="seconds between heartbeats"
+    )
+    parser.add_argument(
+        "--failure-timeout",
+        type=argtypes.seconds(),
+        help="seconds of silence before a peer is failed (default 3 heartbeats)",
+    )
+    parser.add_argument(
+        "--max-skew",
+        type=argtypes.seconds(),
+        default=30.0,
+        help="sealed groups: refuse frames stamped further than this from our clock "
+        "(default 30 s; the hosts' clocks must agree this well)",
+    )
+
+
+def reliable_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reliable streams")
+    group.add_argument(
+        "--max-message",
+        type=argtypes.size(),
+        default="64M",
+        metavar="SIZE",
+        help="largest reliable message accepted or sent (default 64M)",
+    )
+    group.add_argument(
+        "--window",
+        type=argtypes.size(64 << 10),
+        default="32M",
+        metavar="SIZE",
+        help="retransmit window the sender keeps for repairs (default 32M)",
+    )
+    group.add_argument(
+        "--rate",
+        type=argtypes.rate(allow_auto=True),
+        default="auto",
+        help="reliable sending rate: auto (default: from 1 Gbit/s, backing off when receivers "
+        "are overrun, not for random loss), a fixed 200M (bits/s) or 50kpps, or max (no cap)",
+    )
+    group.add_argument(
+        "--slow-receiver",
+        choices=("drop", "wait"),
+        default="drop",
+        help="drop: never wait, laggards get an unrecoverable event (default); wait: hold "
+        "new data until receivers acknowledge, dropping one stalled for --slow-timeout",
+    )
+    group.add_argument(
+        "--slow-timeout",
+        type=argtypes.seconds(),
+        default=5.0,
+        help="seconds a stalled receiver is waited for",
+    )
+
+
+def reliable_config(args: argparse.Namespace) -> ReliableConfig | None:
+    if not hasattr(args, "max_message"):
+        return None
+    try:
+        adaptive = args.rate == "auto"
+        rate = None if adaptive else parse_rate(args.rate)
+        return ReliableConfig(
+            adaptive_rate=adaptive,
+            max_message=args.max_message,
+            window_bytes=args.window,
+            rate_pps=rate.value if rate and rate.per_packet else None,
+            rate_bps=rate.value if rate and not rate.per_packet else None,
+            slow_receiver=args.slow_receiver,
+            slow_timeout=args.slow_timeout,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def make_node(args: argparse.Namespace) -> Node:
+    return Node(
+        args.group,
+        iface=args.iface,
+        name=args.name,
+        ttl=args.ttl,
+        key=group_key(args, args.group),
+        heartbeat=args.heartbeat,
+        failure_timeout=args.failure_timeout,
+        reliable=reliable_config(args),
+        max_skew=args.max_skew,
+    )
