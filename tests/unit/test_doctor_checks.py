@@ -5,7 +5,8 @@ from __future__ import annotations
 from ipaddress import IPv4Interface
 
 from mcastkit.addr import parse_group
-from mcastkit.diag.doctor import Finding, SystemView, _parse_igmp, diagnose, exit_code
+from mcastkit.diag.doctor import Finding, SystemView, diagnose, exit_code
+from mcastkit.diag.doctor.collect import _parse_igmp
 from mcastkit.transport import Interface
 
 ETH0 = Interface(

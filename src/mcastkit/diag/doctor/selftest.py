@@ -1,0 +1,59 @@
+"""The self-test: send and receive on the chosen interface, for real."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ...errors import MulticastError
+from ...transport import (
+    open_receiver,
+    open_sender,
+)
+from .model import Finding, SystemView
+
+
+def self_test(view: SystemView, *, count: int = 3, timeout: float = 1.0) -> Finding:
+    """Send to the group on the chosen interface and receive the looped-back copies."""
+    if view.chosen is None:
+        return Finding(
+            "error",
+            "self-test",
+            "self-test skipped: no interface to test",
+            "the checks above say why",
+            "give --iface",
+        )
+    where = view.chosen.name
+    try:
+        with (
+            open_receiver(view.group, iface=view.chosen.index) as receiver,
+            open_sender(view.group, iface=view.chosen.index, ttl=0) as sender,
+        ):
+            token = os.urandom(8).hex().encode()
+            for _ in range(count):
+                sender.send(b"mcast-doctor " + token)
+            got = 0
+            deadline = time.monotonic() + timeout
+            while got < count and time.monotonic() < deadline:
+                packet = receiver.recv(timeout=max(0.0, deadline - time.monotonic()))
+                if packet is not None and packet.data.endswith(token):
+                    got += 1
+    except (MulticastError, OSError) as exc:
+        return Finding(
+            "error",
+            "self-test",
+            f"could not send and receive on {where}: {exc}",
+            "the socket layer refused; see the findings above",
+        )
+    if got == 0:
+        return Finding(
+            "error",
+            "self-test",
+            f"sent {count} datagrams to {view.group} on {where} (TTL 0, loopback on) "
+            "and received none",
+            "this host drops its own multicast: a firewall rule or the interface",
+            "check the firewall findings; nft list ruleset",
+        )
+    return Finding(
+        "ok", "self-test", f"sent {count} datagrams to {view.group} on {where} and received {got}"
+    )
