@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .errors import MulticastError
-from .wire import ENVELOPE, MAGIC, SEALED_TYPE, TAG_SIZE, VERSION
+from .magics import SEALED_TYPE
+from .wire import ENVELOPE, MAGIC, TAG_SIZE, VERSION
 
 __all__ = [
     "GroupKey",

@@ -10,6 +10,8 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
+from .magics import FRAME_MAGIC, SEALED_TYPE
+
 __all__ = [
     "ENVELOPE",
     "HEADER",
@@ -24,9 +26,9 @@ __all__ = [
     "max_payload",
 ]
 
-MAGIC = b"MK"
+MAGIC = FRAME_MAGIC
 VERSION = 1
-SEALED_TYPE = 0xE1  # an AEAD envelope around a whole frame (security.py)
+# SEALED_TYPE (magics.py): an AEAD envelope around a whole frame (security.py)
 
 # magic, version, type, flags, topic length, reserved, sender, incarnation, seq, timestamp (µs)
 HEADER = struct.Struct("!2sBBBBHQIIQ")

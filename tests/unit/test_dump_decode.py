@@ -95,3 +95,24 @@ def test_pcap_ipv6_record_has_valid_udp_checksum() -> None:
     udp = packet[40:]
     pseudo = src + dst + struct.pack("!I3xB", len(udp), 17)
     assert _checksum(pseudo + udp) == 0
+
+
+def test_every_kind_of_datagram_is_told_apart_by_the_registry() -> None:
+    # Before: a file-transfer datagram ("MKT1" starts with "MK") was shown as a broken frame.
+    from mcastkit.magics import DatagramKind, kind_of
+    from mcastkit.transfer.protocol import TransferKind, head
+
+    transfer = head(TransferKind.STATUS_REQ, 0xABCD) + b"\x00\x00\x00\x01"
+    assert kind_of(transfer) is DatagramKind.TRANSFER
+    described = describe_untrusted(transfer)
+    assert described == {
+        "kind": "mcast-transfer",
+        "type": "status_req",
+        "session": f"{0xABCD:016x}",
+        "size": 4,
+    }
+    assert kind_of(encode_frame(FRAME)) is DatagramKind.FRAME
+    assert kind_of(b"MK\x01\xe1" + bytes(40)) is DatagramKind.SEALED
+    assert kind_of(b"MKB1") is DatagramKind.BENCH and kind_of(b"MKP1") is DatagramKind.PING
+    assert kind_of(b"") is DatagramKind.OTHER and kind_of(b"MK") is DatagramKind.OTHER
+    assert describe_untrusted(b"MKT1\x63")["error"] == "malformed"

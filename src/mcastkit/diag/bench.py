@@ -14,12 +14,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..magics import BENCH_MAGIC
 from ..units import Rate, parse_rate
 
 __all__ = ["BenchStats", "Rate", "make_payload", "parse_rate"]
 
 
-MAGIC = b"MKB1"
+MAGIC = BENCH_MAGIC
 HEAD = struct.Struct("!4sQQ")
 IPERF_HEAD = struct.Struct("!iII")
 MIN_SIZE = HEAD.size

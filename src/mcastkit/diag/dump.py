@@ -11,11 +11,13 @@ import struct
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, BinaryIO
 
+from ..magics import DatagramKind, kind_of
 from ..security import KeyRing
+from ..transfer.protocol import TransferKind
+from ..transfer.protocol import decode_untrusted as decode_transfer
 from ..wire import ENVELOPE, Flag, decode_frame_untrusted, is_sealed
 from .bench import HEAD as BENCH_HEAD
-from .bench import MAGIC as BENCH_MAGIC
-from .ping import PATH_NAMES, decode_untrusted
+from .ping import PATH_NAMES, PingKind, decode_untrusted
 
 __all__ = ["PcapWriter", "describe_untrusted"]
 
@@ -27,8 +29,13 @@ _FLAG_NAMES = {
 
 
 def describe_untrusted(data: bytes, keyring: KeyRing | None = None) -> dict[str, Any]:
-    """What a datagram is, as far as mcastkit can tell (never raises)."""
-    if is_sealed(data):
+    """What a datagram is, as far as mcastkit can tell (never raises).
+
+    The kind comes from the one registry of magics (magics.py), so every protocol's
+    datagrams are told apart, file transfers included.
+    """
+    kind = kind_of(data)
+    if kind is DatagramKind.SEALED and is_sealed(data):
         key_id = ENVELOPE.unpack_from(data)[3] if len(data) >= ENVELOPE.size else None
         info: dict[str, Any] = {
             "kind": "mcastkit",
@@ -42,20 +49,32 @@ def describe_untrusted(data: bytes, keyring: KeyRing | None = None) -> dict[str,
             info["error"] = opened
             return info
         return {**_describe_frame(opened), "encrypted": True, "key_id": info["key_id"]}
-    if data[:2] == b"MK" and len(data) >= 4 and data[2:4] not in (b"P1", b"B1"):
+    if kind is DatagramKind.FRAME:
         return {**_describe_frame(data), "encrypted": False}
-    probe = decode_untrusted(data)
-    if probe is not None:
+    if kind is DatagramKind.PING:
+        probe = decode_untrusted(data)
+        if probe is None:
+            return {"kind": kind.value, "error": "malformed"}
         return {
-            "kind": "mcast-ping",
-            "type": "probe" if probe.kind == 1 else "answer",
+            "kind": kind.value,
+            "type": PingKind(probe.kind).name.lower(),
             "path": PATH_NAMES[probe.path],
             "sender": f"{probe.sender:016x}",
             "seq": probe.seq,
         }
-    if len(data) >= BENCH_HEAD.size and data[:4] == BENCH_MAGIC:
-        return {"kind": "mcast-bench", "seq": BENCH_HEAD.unpack_from(data)[1]}
-    return {"kind": "raw"}
+    if kind is DatagramKind.BENCH and len(data) >= BENCH_HEAD.size:
+        return {"kind": kind.value, "seq": BENCH_HEAD.unpack_from(data)[1]}
+    if kind is DatagramKind.TRANSFER:
+        message = decode_transfer(data)
+        if message is None:
+            return {"kind": kind.value, "error": "malformed"}
+        return {
+            "kind": kind.value,
+            "type": TransferKind(message.kind).name.lower(),
+            "session": f"{message.session:016x}",
+            "size": len(message.body),
+        }
+    return {"kind": DatagramKind.OTHER.value}
 
 
 def _describe_frame(data: bytes) -> dict[str, Any]:

@@ -18,15 +18,26 @@ import math
 import struct
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any
 
 from ..addr import format_endpoint
+from ..magics import PING_MAGIC
 
 __all__ = ["PathStats", "PeerPaths", "PingSession", "decode_untrusted"]
 
 Address = tuple[str, int]
-MAGIC = b"MKP1"
-PROBE, ANSWER = 1, 2
+MAGIC = PING_MAGIC
+
+
+class PingKind(IntEnum):
+    """A ping datagram: a probe, or the answer to one."""
+
+    PROBE = 1
+    ANSWER = 2
+
+
+PROBE, ANSWER = PingKind.PROBE, PingKind.ANSWER
 MULTICAST, UNICAST = 1, 2
 PATH_NAMES = {MULTICAST: "multicast", UNICAST: "unicast"}
 # magic, kind, path, ttl sent, sender id, seq, sender's send time (ns)
@@ -240,7 +251,9 @@ class PingSession:
         self._next_multicast_ns = now_ns
         self._next_unicast_ns = now_ns + interval_ns // 2
         # Probes and answers count separately: a peer's probe seqs must be gap-free.
-        self._seq = {(kind, path): 0 for kind in (PROBE, ANSWER) for path in PATH_NAMES}
+        self._seq: dict[tuple[int, int], int] = {
+            (kind, path): 0 for kind in (PROBE, ANSWER) for path in PATH_NAMES
+        }
 
     def next_due_ns(self) -> int:
         """When ``tick`` must run next."""

@@ -19,6 +19,9 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
+from enum import IntEnum
+
+from ..magics import TRANSFER_MAGIC
 
 __all__ = [
     "ANNOUNCE",
@@ -34,10 +37,38 @@ __all__ = [
     "decode_untrusted",
 ]
 
-MAGIC = b"MKT1"
+MAGIC = TRANSFER_MAGIC
 HEAD = struct.Struct("!4sB3xQ")
-ANNOUNCE, REGISTER, REG_ACK, DATA, STATUS_REQ, STATUS, COMPLETE, DONE_ACK, ABORT = range(1, 10)
-PROGRESS_REQ, PROGRESS = 10, 11  # rate feedback during a pass
+
+
+class TransferKind(IntEnum):
+    """What a file-distribution datagram carries."""
+
+    ANNOUNCE = 1
+    REGISTER = 2
+    REG_ACK = 3
+    DATA = 4
+    STATUS_REQ = 5
+    STATUS = 6
+    COMPLETE = 7
+    DONE_ACK = 8
+    ABORT = 9
+    PROGRESS_REQ = 10  # rate feedback during a pass
+    PROGRESS = 11
+
+
+ANNOUNCE, REGISTER, REG_ACK, DATA, STATUS_REQ, STATUS, COMPLETE, DONE_ACK, ABORT = (
+    TransferKind.ANNOUNCE,
+    TransferKind.REGISTER,
+    TransferKind.REG_ACK,
+    TransferKind.DATA,
+    TransferKind.STATUS_REQ,
+    TransferKind.STATUS,
+    TransferKind.COMPLETE,
+    TransferKind.DONE_ACK,
+    TransferKind.ABORT,
+)
+PROGRESS_REQ, PROGRESS = TransferKind.PROGRESS_REQ, TransferKind.PROGRESS
 PROGRESS_BODY = struct.Struct("!QII")  # receiver id, blocks received, kernel drops so far
 DATA_HEAD = struct.Struct("!HI")  # file index, block index
 RECEIVER = struct.Struct("!Q")  # receiver id
