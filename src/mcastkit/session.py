@@ -13,7 +13,7 @@ import struct
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .errors import MulticastError
 from .events import (
@@ -76,6 +76,7 @@ __all__ = [
 ]
 
 Want = Literal["all", "first"] | int
+T = TypeVar("T")
 _REQUEST_ID = struct.Struct("!Q")
 # JGroups FD_ALL3 and similar detectors use a few missed heartbeats; 3 intervals is our default.
 DEFAULT_HEARTBEAT = 1.0
@@ -739,16 +740,17 @@ class Session:
             payload = ACK.pack(stream.sender, stream.incarnation, through)
             self._send(FrameType.ACK, "", payload, now, to=peer.address)
 
-    def _room(self, stream: StreamReceiver) -> int:
-        """What ``stream`` may hold within the budget shared by every sender's stream."""
-        return self.receive_budget - (self._stream_memory - stream.memory)
+    def _fed(self, stream: StreamReceiver, method: Callable[..., T], *args: Any) -> T:
+        """``method(*args, room)`` on ``stream``: room is what it may hold within the budget
+        shared by every sender's stream; the total across streams is kept true."""
+        before = stream.memory
+        result = method(*args, self.receive_budget - (self._stream_memory - before))
+        self._stream_memory += stream.memory - before
+        return result
 
     def _on_rdata(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
         stream = self._receiver(frame, peer)
-        before = stream.memory
-        ok = stream.on_data(frame.payload, frame.topic, now, self._room(stream))
-        self._stream_memory += stream.memory - before
-        if not ok:
+        if not self._fed(stream, stream.on_data, frame.payload, frame.topic, now):
             self._drop("bad-rdata")
             return
         self._collect(stream, now)
@@ -759,9 +761,7 @@ class Session:
             return
         stream = self._receiver(frame, peer)
         oldest, next_seq = RSTATE.unpack(frame.payload)
-        before = stream.memory
-        stream.on_state(oldest, next_seq, now, self._room(stream))
-        self._stream_memory += stream.memory - before
+        self._fed(stream, stream.on_state, oldest, next_seq, now)
         if frame.flags & Flag.ACK_WANTED:
             through = stream.ack_now()
             if through is not None:
@@ -835,9 +835,7 @@ class Session:
             stream = self._receiver(frame, peer)  # it published and we heard none of it
         if stream is None or not stream.position:
             return
-        before = stream.memory
-        stream.on_state(0, next_seq, now, self._room(stream))
-        self._stream_memory += stream.memory - before
+        self._fed(stream, stream.on_state, 0, next_seq, now)
         self._collect(stream, now)
 
     def _on_goodbye(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..events import Unrecoverable
@@ -63,9 +63,6 @@ class _Gaps:
 
     def __len__(self) -> int:
         return len(self.starts)
-
-    def __iter__(self) -> Iterator[_Gap]:
-        return (self.by_first[first] for first in list(self.starts))
 
     def clear(self) -> None:
         self.starts.clear()
