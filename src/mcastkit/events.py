@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from .peers import Address, PeerInfo
@@ -24,8 +25,16 @@ __all__ = [
     "Left",
     "Message",
     "PeerEvent",
+    "PhaseChanged",
+    "ReceiveState",
+    "ReceiverFinished",
+    "ReceiverRegistered",
     "RequestReceived",
+    "SendPhase",
     "SlowReceiver",
+    "TransferAnnounced",
+    "TransferEvent",
+    "TransferFinished",
     "Unrecoverable",
     "Updated",
 ]
@@ -143,3 +152,73 @@ class SlowReceiver(Event):
 
     peer: int
     acked: int
+
+
+class SendPhase(str, Enum):
+    """Where a file sender is (transfer/states.py has the transitions)."""
+
+    REGISTER = "register"  # announcing, waiting for receivers to register
+    DATA = "data"  # sending the blocks of a pass
+    STATUS = "status"  # asking who misses what, before the next pass
+    DONE = "done"  # every receiver finished, failed or was given up on
+
+
+class ReceiveState(str, Enum):
+    """Where a file receiver is (transfer/states.py has the transitions)."""
+
+    WAITING = "waiting"  # for an announce
+    RECEIVING = "receiving"
+    COMPLETE = "complete"  # every file verified and in place
+    FAILED = "failed"  # refused, interrupted by the sender, or failed to verify or write
+
+
+@dataclass(frozen=True)
+class TransferEvent(Event):
+    """Base of the file transfer engines' events; ``session`` is the transfer's id."""
+
+    session: int
+
+
+@dataclass(frozen=True)
+class PhaseChanged(TransferEvent):
+    """The sender moved to ``phase``; ``pass_number`` counts the repair passes."""
+
+    phase: SendPhase
+    pass_number: int
+
+
+@dataclass(frozen=True)
+class ReceiverRegistered(TransferEvent):
+    """A receiver registered with the sender."""
+
+    receiver: int
+    name: str
+    address: Address
+
+
+@dataclass(frozen=True)
+class ReceiverFinished(TransferEvent):
+    """A receiver is done: ``complete``, or failed for ``reason``."""
+
+    receiver: int
+    name: str
+    complete: bool
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class TransferAnnounced(TransferEvent):
+    """The receiver took an announced transfer (or refused it: a ``TransferFinished``
+    follows)."""
+
+    sender: Address
+    files: tuple[str, ...]
+    size: int
+
+
+@dataclass(frozen=True)
+class TransferFinished(TransferEvent):
+    """The receiver's outcome: ``COMPLETE``, or ``FAILED`` for ``reason``."""
+
+    state: ReceiveState
+    reason: str | None

@@ -164,7 +164,7 @@ def test_a_hundred_thousand_fake_ids_neither_freeze_nor_fill_the_node() -> None:
         assert peak() < 64 << 20
     assert longest < 0.25
     assert not victim.peers
-    assert len(victim._tombstones) <= MAX_TOMBSTONES
+    assert len(victim.gate.tombstones) <= MAX_TOMBSTONES
     assert victim.counters["dropped:peer-table-full"] == 99_000
     assert victim.counters["dropped:goodbye-from-unknown"] == 100_000
 
@@ -310,7 +310,7 @@ def test_frames_older_than_the_skew_are_refused() -> None:
     net.flush()
     net.run(5.0)  # heartbeats keep the member alive; the first frames are now 5 s old
     old = wire[:2]
-    server._tombstones.clear()
+    server.gate.tombstones.clear()
     server.peers.clear()  # as if the server had forgotten everything (it still ran)
     for data in old:
         server.receive_datagram(data, ATTACKER, net.now)

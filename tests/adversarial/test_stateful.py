@@ -144,10 +144,10 @@ class SessionMachine(RuleBasedStateMachine):
 
     @invariant()
     def budget_holds(self) -> None:
-        streams = self.session._streams.values()
+        streams = self.session.streams.receivers.values()
         total = sum(stream.memory for stream in streams)
-        assert self.session._stream_memory == total
-        slack = len(self.session._streams) * GAP_COST + 1500 + FRAGMENT_COST
+        assert self.session.streams.memory == total
+        slack = len(self.session.streams.receivers) * GAP_COST + 1500 + FRAGMENT_COST
         assert total <= self.BUDGET + slack
         assert len(self.session.peers) <= 8
 

@@ -141,6 +141,13 @@ class ProgressBar:
             self._last_plain = now
             note(f"{self._label}: {done / 1e6:.1f}/{self.total / 1e6:.1f} MB {info}")
 
+    def log(self, text: str) -> None:
+        """A line of news above the bar (the bar is redrawn below it)."""
+        if self._bar is not None:
+            self._bar.console.print(text, markup=False, highlight=False)
+        else:
+            note(text)
+
     def close(self) -> None:
         """Stop drawing (the bar stays on screen)."""
         if self._bar is not None:

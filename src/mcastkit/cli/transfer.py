@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..addr import parse_group
+from ..addr import format_endpoint, parse_group
+from ..events import (
+    ReceiverFinished,
+    ReceiverRegistered,
+    ReceiveState,
+    TransferAnnounced,
+    TransferEvent,
+)
 from ..transfer import receive_files, send_files
 from ..transfer.engine import DEFAULT_MAX_SIZE, ReceiveSession, SendSession
 from ..units import parse_rate
@@ -114,9 +121,21 @@ def cmd_send_file(args: argparse.Namespace) -> int:
         complete = sum(r.complete for r in session.receivers.values())
         bars[0].update(
             done / session.total_blocks if session.total_blocks else 1.0,
-            f"{session.phase} pass {session.pass_number}: "
+            f"{session.phase.value} pass {session.pass_number}: "
             f"{complete}/{len(session.receivers)} receiver(s) complete",
         )
+
+    def news(event: TransferEvent) -> None:
+        if args.json:
+            return
+        line = None
+        if isinstance(event, ReceiverRegistered):
+            line = f"  {event.name} registered from {format_endpoint(*event.address)}"
+        elif isinstance(event, ReceiverFinished):
+            outcome = "complete" if event.complete else f"FAILED: {event.reason}"
+            line = f"  {event.name} {outcome}"
+        if line is not None:
+            bars[0].log(line) if bars else note(line)
 
     note(f"send-file to {spec}: announcing {len(args.paths)} file(s)")
     try:
@@ -132,6 +151,7 @@ def cmd_send_file(args: argparse.Namespace) -> int:
             receiver_timeout=args.receiver_timeout,
             deadline=args.deadline,
             on_progress=progress,
+            on_event=news,
             adaptive=adaptive,
         )
     except ValueError as exc:
@@ -175,8 +195,16 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
 
     bars: list[ProgressBar] = []
 
+    def news(event: TransferEvent) -> None:
+        if not args.json and isinstance(event, TransferAnnounced):
+            names = ", ".join(event.files[:3]) + (", ..." if len(event.files) > 3 else "")
+            note(
+                f"transfer from {format_endpoint(*event.sender)}: {names} "
+                f"({event.size / 1e6:.1f} MB)"
+            )
+
     def progress(session: ReceiveSession) -> None:
-        if args.json or session.state != "receiving":
+        if args.json or session.state != ReceiveState.RECEIVING:
             return
         if not bars:
             bars.append(ProgressBar("receiving", sum(f.size for f in session.files)))
@@ -195,6 +223,7 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
             name=args.name,
             wait=args.wait,
             on_progress=progress,
+            on_event=news,
             stop=interrupted,
             rcvbuf=args.rcvbuf,
             max_size=args.max_size,

@@ -12,6 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..addr import format_endpoint
+from ..events import (
+    PhaseChanged,
+    ReceiverFinished,
+    ReceiverRegistered,
+    ReceiveState,
+    SendPhase,
+    TransferAnnounced,
+    TransferEvent,
+    TransferFinished,
+)
 from .protocol import (
     ABORT,
     ANNOUNCE,
@@ -39,6 +49,7 @@ from .protocol import (
     missing_ranges,
     safe_name,
 )
+from .states import RECEIVE_TRANSITIONS, SEND_TRANSITIONS, advance
 
 Address = tuple[str, int]
 Out = list[tuple[bytes, Address | None]]
@@ -104,7 +115,8 @@ class SendSession:
         self.expected = expected
         self.names = names
         self.receivers: dict[int, ReceiverState] = {}
-        self.phase = "register"
+        self.phase = SendPhase.REGISTER
+        self._events: list[TransferEvent] = []
         self.pass_number = 0
         self.blocks_sent = 0
         self.started = now
@@ -132,13 +144,14 @@ class SendSession:
         if message.kind == REGISTER and len(body) >= RECEIVER.size:
             (receiver,) = RECEIVER.unpack_from(body)
             name = body[RECEIVER.size :].decode("utf-8", "replace")[:64] or f"{receiver:x}"
-            if self.phase == "done":
+            if self.phase == SendPhase.DONE:
                 return []
             if self.names is not None and name not in self.names:
                 return []
             state = self.receivers.get(receiver)
             if state is None:
                 self.receivers[receiver] = ReceiverState(receiver, name, source, now)
+                self._events.append(ReceiverRegistered(self.session, receiver, name, source))
             else:
                 state.last_heard = now
             return [(head(REG_ACK, self.session) + RECEIVER.pack(receiver), source)]
@@ -170,37 +183,45 @@ class SendSession:
             if state is None:
                 return []
             state.last_heard = now
-            ok = body[RECEIVER.size] == 0
-            if ok:
-                state.complete = True
-            else:
-                state.failed = body[RECEIVER.size + 1 :].decode("utf-8", "replace")[:200] or "?"
+            if not state.complete and state.failed is None:
+                if body[RECEIVER.size] == 0:
+                    state.complete = True
+                else:
+                    reason = body[RECEIVER.size + 1 :].decode("utf-8", "replace")[:200] or "?"
+                    state.failed = reason
+                self._finished(state)
             return [(head(DONE_ACK, self.session) + RECEIVER.pack(receiver), source)]
         return []
 
     def tick(self, now: float) -> Out:
         """Announces, phase changes, status rounds, timeouts."""
         out: Out = []
-        if self.phase == "done":
+        if self.phase == SendPhase.DONE:
             return out
         if self.deadline is not None and now >= self.deadline:
             for state in self._active():
                 state.failed = "deadline passed"
-            self.phase = "done"
+                self._finished(state)
+            self._set_phase(SendPhase.DONE)
             return [(head(ABORT, self.session), None)]
         if now >= self._next_announce:
             # Keep announcing during the transfer too: late joiners need the file list.
             out.append((self.announce, None))
-            self._next_announce = now + (0.2 if self.phase == "register" else 0.5)
-        if self.phase == "register":
+            self._next_announce = now + (0.2 if self.phase == SendPhase.REGISTER else 0.5)
+        if self.phase == SendPhase.REGISTER:
             enough = self.expected is not None and len(self.receivers) >= self.expected
             if enough or now >= self.register_until:
                 self._start_pass(
                     [(i, 0, f.blocks(self.block_size)) for i, f in enumerate(self.files) if f.size]
                 )
-        elif self.phase == "status":
+        elif self.phase == SendPhase.STATUS:
             out.extend(self._status_round(now))
         return out
+
+    def events(self) -> list[TransferEvent]:
+        """What happened since the last call: phases, registrations, receivers finished."""
+        events, self._events = self._events, []
+        return events
 
     def progress_request(self) -> Out:
         """Ask the receivers how they keep up (for the adaptive rate)."""
@@ -224,8 +245,8 @@ class SendSession:
                 self._queue.popleft()
             else:
                 item[1], item[2] = block + 1, left - 1
-        if not self._queue and self.phase == "data":
-            self.phase = "status"
+        if not self._queue and self.phase == SendPhase.DATA:
+            self._set_phase(SendPhase.STATUS)
             self._status_since = 0.0
             self._next_status = 0.0
         return out
@@ -235,9 +256,21 @@ class SendSession:
     def _active(self) -> list[ReceiverState]:
         return [r for r in self.receivers.values() if not r.complete and r.failed is None]
 
+    def _set_phase(self, phase: SendPhase) -> None:
+        if phase != self.phase:
+            self.phase = advance(SEND_TRANSITIONS, self.phase, phase)
+            self._events.append(PhaseChanged(self.session, phase, self.pass_number))
+
+    def _finished(self, state: ReceiverState) -> None:
+        self._events.append(
+            ReceiverFinished(
+                self.session, state.receiver_id, state.name, state.complete, state.failed
+            )
+        )
+
     def _start_pass(self, ranges: list[tuple[int, int, int]]) -> None:
         self._queue = deque([list(r) for r in ranges])
-        self.phase = "data"
+        self._set_phase(SendPhase.DATA)
 
     def _status_round(self, now: float) -> Out:
         active = self._active()
@@ -246,6 +279,7 @@ class SendSession:
         for state in active:
             if now - state.last_heard > self.receiver_timeout:
                 state.failed = "stopped answering"
+                self._finished(state)
         active = self._active()
         waiting_for = [r for r in active if r.status_pass < self.pass_number]
         if not active:
@@ -253,7 +287,7 @@ class SendSession:
             # keep announcing for one more registration wait before giving up on it.
             short = self.expected is not None and len(self.receivers) < self.expected
             if not short or (self._late_until and now >= self._late_until):
-                self.phase = "done"
+                self._set_phase(SendPhase.DONE)
                 return []
             self._late_until = self._late_until or now + self.register_wait
             return []
@@ -344,8 +378,10 @@ class ReceiveSession:
         self.received = 0
         self.duplicates = 0
         self.total_blocks = 0
-        self.state = "waiting"  # waiting, receiving, complete, failed, done
+        self.state = ReceiveState.WAITING
+        self.acknowledged = False  # the sender confirmed our COMPLETE (ok or failed)
         self.reason: str | None = None
+        self._events: list[TransferEvent] = []
         self.registered = False
         self.kernel_drops = 0  # set by the runtime from SO_RXQ_OVFL
         self.last_heard = now
@@ -362,13 +398,13 @@ class ReceiveSession:
         if self.session is not None and message.session != self.session:
             return []
         kind, body = message.kind, message.body
-        if kind == ANNOUNCE and self.state == "waiting":
+        if kind == ANNOUNCE and self.state == ReceiveState.WAITING:
             return self._on_announce(message.session, body, source, now)
-        if self.session is None or self.state == "waiting":
+        if self.session is None or self.state == ReceiveState.WAITING:
             return []
         if message.session == self.session:
             self.last_heard = now
-        if kind == DATA and self.state == "receiving" and len(body) >= DATA_HEAD.size:
+        if kind == DATA and self.state == ReceiveState.RECEIVING and len(body) >= DATA_HEAD.size:
             return self._on_data(body)
         if kind == REG_ACK and body[: RECEIVER.size] == RECEIVER.pack(self.receiver_id):
             self.registered = True
@@ -377,16 +413,16 @@ class ReceiveSession:
             (pass_number,) = PASS.unpack_from(body)
             self._last_pass = pass_number
             return self._status(pass_number)
-        if kind == PROGRESS_REQ and self.state == "receiving":
+        if kind == PROGRESS_REQ and self.state == ReceiveState.RECEIVING:
             report = PROGRESS_BODY.pack(
                 self.receiver_id, self.received, self.kernel_drops & 0xFFFFFFFF
             )
             return [(head(PROGRESS, self.session) + report, self.sender)]
         if kind == DONE_ACK and body[: RECEIVER.size] == RECEIVER.pack(self.receiver_id):
-            if self.state in ("complete", "failed"):
-                self.state = "done" if self.state == "complete" else "failed-done"
+            if self.state in (ReceiveState.COMPLETE, ReceiveState.FAILED):
+                self.acknowledged = True
             return []
-        if kind == ABORT and self.state == "receiving":
+        if kind == ABORT and self.state == ReceiveState.RECEIVING:
             self._fail("the sender gave up (deadline)")
         return []
 
@@ -395,12 +431,14 @@ class ReceiveSession:
         if self._verify_due:
             # Verification (fsync, sha256) can take seconds: the sender was told first.
             self._verify_due = False
-            self._verify()
+            if self.state == ReceiveState.RECEIVING:  # not failed meanwhile (an ABORT)
+                self._verify()
             return [(self._complete_message, self.sender)] if self._complete_message else []
-        if self.state == "receiving" and now - self.last_heard > SENDER_SILENCE:
+        if self.state == ReceiveState.RECEIVING and now - self.last_heard > SENDER_SILENCE:
             self._fail(f"the sender went silent for {SENDER_SILENCE:.0f}s")
             return [(self._complete_message, self.sender)] if self._complete_message else []
-        if self.state == "receiving" and not self.registered and now >= self._next_register:
+        receiving = self.state == ReceiveState.RECEIVING
+        if receiving and not self.registered and now >= self._next_register:
             self._next_register = now + 0.2
             return [(self._register(), self.sender)]
         return []
@@ -408,7 +446,17 @@ class ReceiveSession:
     @property
     def finished(self) -> bool:
         """Done (complete or failed) and the sender has acknowledged, or nothing to wait for."""
-        return self.state in ("done", "failed-done")
+        return self.acknowledged
+
+    def events(self) -> list[TransferEvent]:
+        """What happened since the last call: the announce taken, the outcome."""
+        events, self._events = self._events, []
+        return events
+
+    def _set_state(self, state: ReceiveState) -> None:
+        self.state = advance(RECEIVE_TRANSITIONS, self.state, state)
+        if state in (ReceiveState.COMPLETE, ReceiveState.FAILED) and self.session is not None:
+            self._events.append(TransferFinished(self.session, state, self.reason))
 
     def _register(self) -> bytes:
         assert self.session is not None
@@ -441,16 +489,19 @@ class ReceiveSession:
                 problem = f"cannot prepare files: {where}{exc.strerror}"
             except (ValueError, OverflowError) as exc:
                 problem = f"cannot prepare files: {exc}"
+        announced = TransferAnnounced(session, source, tuple(f.name for f in files), total)
         if problem is not None:
             # Refused before a byte is written; the sender is told why (register, then fail).
             self.session, self.sender = session, source
+            self._events.append(announced)
             self._fail(problem)
             assert self._complete_message is not None
             return [(self._register(), source), (self._complete_message, source)]
         self.session, self.sender, self.files, self.block_size = session, source, files, block_size
         self.bitmaps = [bytearray(f.blocks(block_size)) for f in files]
         self.total_blocks = sum(len(b) for b in self.bitmaps)
-        self.state = "receiving"
+        self._events.append(announced)
+        self._set_state(ReceiveState.RECEIVING)
         self._next_register = now + 0.2
         if self.total_blocks == 0:
             self._verify_due = True
@@ -492,15 +543,14 @@ class ReceiveSession:
         if problem:
             self._fail(problem)
             return
-        self.state = "complete"
         self._complete_message = (
             head(COMPLETE, self.session) + RECEIVER.pack(self.receiver_id) + b"\x00"
         )
+        self._set_state(ReceiveState.COMPLETE)
 
     def _fail(self, reason: str) -> None:
         if self.sink is not None:
             self.sink.discard()
-        self.state = "failed"
         self.reason = reason
         if self.session is not None:
             self._complete_message = (
@@ -509,10 +559,11 @@ class ReceiveSession:
                 + b"\x01"
                 + reason.encode()[:200]
             )
+        self._set_state(ReceiveState.FAILED)
 
     def _status(self, pass_number: int) -> Out:
-        if self.state in ("complete", "failed", "done", "failed-done"):
-            if self._complete_message is None or self.state in ("done", "failed-done"):
+        if self.state in (ReceiveState.COMPLETE, ReceiveState.FAILED):
+            if self._complete_message is None or self.acknowledged:
                 return []
             return [(self._complete_message, self.sender)]
         assert self.session is not None
@@ -531,7 +582,7 @@ class ReceiveSession:
         """Plain data for JSON output."""
         return {
             "session": None if self.session is None else f"{self.session:016x}",
-            "state": self.state.replace("-done", "").replace("done", "complete"),
+            "state": self.state.value,
             "reason": self.reason,
             "files": [f.name for f in self.files],
             "bytes": sum(f.size for f in self.files),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..addr import GroupSpec
+from ..events import ReceiveState, SendPhase, TransferEvent
 from ..transport import GroupSocket, Packet, open_receiver, open_sender
 from ..units import Rate
 from .engine import DEFAULT_MAX_SIZE, Address, ReceiveSession, SendSession
@@ -87,6 +88,12 @@ def _drain(sock: GroupSocket, handle: Callable[[Packet], None]) -> None:
         handle(packet)
 
 
+def _report(events: list[TransferEvent], on_event: Callable[[TransferEvent], None] | None) -> None:
+    if on_event is not None:
+        for event in events:
+            on_event(event)
+
+
 def send_files(
     spec: GroupSpec,
     paths: list[Path],
@@ -100,6 +107,7 @@ def send_files(
     receiver_timeout: float = 10.0,
     deadline: float | None = None,
     on_progress: Callable[[SendSession], None] | None = None,
+    on_event: Callable[[TransferEvent], None] | None = None,
     adaptive: bool = False,
 ) -> dict[str, Any]:
     """Distribute ``paths`` to the receivers on the group; return the outcome.
@@ -152,11 +160,11 @@ def send_files(
         transmit(session.receive(packet.data, source, time.monotonic()))
 
     try:
-        while session.phase != "done":
+        while session.phase != SendPhase.DONE:
             now = time.monotonic()
             transmit(session.tick(now))
             _drain(sender, handle)
-            if session.phase == "data":
+            if session.phase == SendPhase.DATA:
                 if controller is not None and now >= next_sample:
                     pps = controller.on_sample(
                         session.receiver_drops(), session.blocks_sent - sent_at_sample
@@ -181,9 +189,11 @@ def send_files(
             if on_progress is not None and now - last_progress >= 0.25:
                 last_progress = now
                 on_progress(session)
+            _report(session.events(), on_event)
     finally:
         source.close()
         sender.close()
+    _report(session.events(), on_event)
     summary = session.summary(time.monotonic())
     summary["files"] = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in files]
     summary["bytes"] = sum(f.size for f in files)
@@ -206,6 +216,7 @@ def receive_files(
     wait: float | None = None,
     rcvbuf: int = 16 << 20,
     on_progress: Callable[[ReceiveSession], None] | None = None,
+    on_event: Callable[[TransferEvent], None] | None = None,
     stop: Callable[[], bool] | None = None,
     max_size: int = DEFAULT_MAX_SIZE,
     overwrite: bool = False,
@@ -259,10 +270,10 @@ def receive_files(
             now = time.monotonic()
             if stop is not None and stop():
                 break
-            if session.state == "waiting" and wait is not None and now - started > wait:
+            if session.state == ReceiveState.WAITING and wait is not None and now - started > wait:
                 session.reason = f"no transfer announced on {spec} within {wait}s"
                 break
-            if session.state in ("complete", "failed"):
+            if session.state in (ReceiveState.COMPLETE, ReceiveState.FAILED):
                 finished_at = finished_at or now
                 if now - finished_at > ACK_WAIT:
                     break  # the result stands; the sender just did not acknowledge it
@@ -274,11 +285,13 @@ def receive_files(
             if on_progress is not None and now - last_progress >= 0.25:
                 last_progress = now
                 on_progress(session)
+            _report(session.events(), on_event)
     finally:
-        if session.sink is not None and session.state == "receiving":
+        if session.sink is not None and session.state == ReceiveState.RECEIVING:
             session.sink.discard()  # interrupted: never leave a partial file behind
         group_socket.close()
         unicast.close()
+    _report(session.events(), on_event)
     summary = session.summary()
     summary["seconds"] = round(time.monotonic() - started, 3)
     summary["directory"] = str(directory)

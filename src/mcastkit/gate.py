@@ -1,0 +1,128 @@
+"""Who gets into a session's peer table, with no I/O: freshness of sealed frames, admission
+of unknown senders, tombstones of departed peers, the answer budget for newcomers, and the
+once-only rule for requests. The session asks; the gate remembers."""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .peers import PeerInfo
+from .wire import Frame, FrameType
+
+DEFAULT_MAX_PEERS = 4096
+# A sealed frame's timestamp must be within this of our clock: a captured frame is worthless
+# after it, to a newcomer or a restarted node too (whose replay windows are empty).
+DEFAULT_MAX_SKEW = 30.0
+# Departed peers are remembered (id, incarnation, highest seqs, stream position) so replays
+# cannot bring them back and a peer that returns after a partition resumes its stream.
+MAX_TOMBSTONES = 4096
+TOMBSTONE_SECONDS = 600.0
+SEEN_REQUESTS = 4096
+# Unicast hellos to ids we do not know (answers to a newcomer, HELLO_WANTED): a spoofed flood
+# must not turn every member into a reflector. Bucket: 200 at once, 100 a second.
+ANSWER_BURST = 200.0
+ANSWER_RATE = 100.0
+
+
+@dataclass
+class Tombstone:
+    """A departed incarnation: its highest seqs per channel and where its stream stood."""
+
+    highest: dict[bool, int]
+    stream_next: int
+    expires: float
+
+
+class MembershipGate:
+    """The admission rules of one session (every refusal is a drop reason string)."""
+
+    def __init__(
+        self,
+        *,
+        now: float,
+        counters: Counter[str],
+        wall_clock_us: Callable[[], int],
+        max_peers: int = DEFAULT_MAX_PEERS,
+        max_skew: float = DEFAULT_MAX_SKEW,
+    ) -> None:
+        if max_peers < 1 or max_skew <= 0:
+            raise ValueError("max_peers and max_skew must be positive")
+        self.max_peers = max_peers
+        self.max_skew_us = int(max_skew * 1e6)
+        self.tombstones: OrderedDict[tuple[int, int], Tombstone] = OrderedDict()
+        self._counters = counters
+        self._wall_us = wall_clock_us
+        self._started_us = 0
+        self._seen_requests: OrderedDict[tuple[int, int], float] = OrderedDict()
+        self._answer_tokens = ANSWER_BURST
+        self._answer_refilled = now
+
+    def start(self) -> None:
+        """From now on, sealed frames stamped earlier are refused."""
+        self._started_us = self._wall_us()
+
+    def fresh(self, frame: Frame) -> bool:
+        """A sealed frame's (authenticated) timestamp is within the allowed skew of ours, and
+        not from before we started: no frame captured earlier reaches a newcomer or a
+        restarted node, whose replay windows are still empty."""
+        ours = self._wall_us()
+        if not ours:
+            return True
+        stamp = frame.timestamp_us
+        return abs(ours - stamp) <= self.max_skew_us and stamp >= self._started_us
+
+    def admit(self, frame: Frame, unicast: bool, peer_count: int) -> str | None:
+        """Why a frame from a sender we do not know is refused, or None to accept it."""
+        if frame.type == FrameType.GOODBYE:
+            return "goodbye-from-unknown"
+        tomb = self.tombstones.get((frame.sender, frame.incarnation))
+        if tomb is not None and frame.seq <= tomb.highest.get(unicast, 0):
+            return "departed"  # a replay of a peer that left or failed
+        if peer_count >= self.max_peers:
+            return "peer-table-full"
+        return None
+
+    def may_answer_unknown(self, now: float) -> bool:
+        """Token bucket for unicast hellos to peers we do not know yet."""
+        self._answer_tokens = min(
+            ANSWER_BURST, self._answer_tokens + (now - self._answer_refilled) * ANSWER_RATE
+        )
+        self._answer_refilled = now
+        if self._answer_tokens < 1:
+            self._counters["answers-rate-limited"] += 1
+            return False
+        self._answer_tokens -= 1
+        return True
+
+    def bury(self, peer: PeerInfo, stream_next: int, now: float) -> None:
+        """Remember a departed peer: its replays are refused, its stream can resume."""
+        key = (peer.node_id, peer.incarnation)
+        highest = {unicast: window.highest for unicast, window in peer.windows.items()}
+        self.tombstones[key] = Tombstone(highest, stream_next, now + TOMBSTONE_SECONDS)
+        self.tombstones.move_to_end(key)
+        while len(self.tombstones) > MAX_TOMBSTONES:
+            self.tombstones.popitem(last=False)
+
+    def exhume(self, node_id: int, incarnation: int) -> Tombstone | None:
+        """A departed peer is back (after a partition): its tombstone, if we kept one."""
+        return self.tombstones.pop((node_id, incarnation), None)
+
+    def expire(self, now: float) -> None:
+        """Forget tombstones older than ``TOMBSTONE_SECONDS``."""
+        while self.tombstones:
+            oldest = next(iter(self.tombstones.values()))
+            if oldest.expires > now:
+                break
+            self.tombstones.popitem(last=False)
+
+    def first_request(self, sender: int, request_id: int, now: float) -> bool:
+        """True the first time a request is seen; a replay is never served again."""
+        key = (sender, request_id)
+        if key in self._seen_requests:
+            return False
+        self._seen_requests[key] = now
+        if len(self._seen_requests) > SEEN_REQUESTS:
+            self._seen_requests.popitem(last=False)
+        return True

@@ -1,0 +1,96 @@
+"""Requests this node asked and the replies it gathers, with no I/O."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .events import Gathered
+
+Want = Literal["all", "first"] | int
+REQUEST_ID = struct.Struct("!Q")  # first in a REQUEST or REPLY payload
+
+
+@dataclass
+class Pending:
+    """One open request: who is expected to answer, who did, how fast."""
+
+    topic: str
+    sent_at: float
+    deadline: float
+    want: Want
+    expected: set[int]
+    replies: dict[int, bytes] = field(default_factory=dict)
+    rtts: dict[int, float] = field(default_factory=dict)
+
+    def satisfied(self) -> bool:
+        """``want`` is met."""
+        if self.want == "first":
+            return bool(self.replies)
+        if self.want == "all":
+            return bool(self.expected) and self.expected <= set(self.replies)
+        return len(self.replies) >= int(self.want)
+
+    def outcome(self, request_id: int) -> Gathered:
+        """The event that closes this request."""
+        missing = sorted(self.expected - set(self.replies))
+        return Gathered(
+            request_id,
+            self.topic,
+            dict(self.replies),
+            missing,
+            self.satisfied(),
+            dict(self.rtts),
+        )
+
+
+def check_want(want: Want) -> None:
+    """Raise ValueError unless ``want`` is 'all', 'first' or a count >= 1."""
+    if not (want in ("all", "first") or (isinstance(want, int) and want >= 1)):
+        raise ValueError("want must be 'all', 'first' or a count >= 1")
+
+
+class Gatherer:
+    """Open requests by id; each ends in one ``Gathered``, when satisfied or at its deadline."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, Pending] = {}
+
+    def open(
+        self,
+        request_id: int,
+        topic: str,
+        now: float,
+        *,
+        timeout: float,
+        want: Want,
+        expected: set[int],
+    ) -> None:
+        """Start gathering for a request just sent."""
+        self.pending[request_id] = Pending(topic, now, now + timeout, want, expected)
+
+    def reply(
+        self, request_id: int, sender: int, payload: bytes, now: float
+    ) -> tuple[float, Gathered | None] | None:
+        """A reply: its round-trip time and, when it satisfies the request, the outcome.
+        None for a reply to no open request (late, or not ours)."""
+        pending = self.pending.get(request_id)
+        if pending is None:
+            return None
+        rtt = now - pending.sent_at
+        pending.replies[sender] = payload
+        pending.rtts[sender] = rtt
+        if pending.satisfied():
+            del self.pending[request_id]
+            return rtt, pending.outcome(request_id)
+        return rtt, None
+
+    def expire(self, now: float) -> list[Gathered]:
+        """Requests past their deadline, closed."""
+        due = [r for r, p in self.pending.items() if now >= p.deadline]
+        return [self.pending.pop(r).outcome(r) for r in due]
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of an open request."""
+        return min((p.deadline for p in self.pending.values()), default=None)
