@@ -107,8 +107,13 @@ class Lab:
         """The bridge device's name (at most 15 characters)."""
         return f"{self.tag}br"[-15:]
 
-    def lan(self, count: int) -> list[Host]:
-        """Make ``count`` hosts 10.88.0.N / fd88::N on one bridge, default route out of eth0."""
+    def lan(self, count: int, *, wire: bool = True) -> list[Host]:
+        """Make ``count`` hosts 10.88.0.N / fd88::N on one bridge, default route out of eth0.
+
+        ``wire``: hosts cut UDP GSO batches into datagrams before their veth, as a real NIC
+        puts them on the wire, so the bridge (and an nftables loss rule) sees one packet per
+        datagram. Without it, a GSO batch crosses whole (same-host containers).
+        """
         # No DAD, so IPv6 addresses (link-local included) are usable at once.
         for key in ("all", "default"):
             sh("sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0")
@@ -139,6 +144,9 @@ class Lab:
             sh("ip", "-n", name, "addr", "add", f"{host.ipv4}/24", "dev", "eth0")
             sh("ip", "-n", name, "addr", "add", f"{host.ipv6}/64", "dev", "eth0", "nodad")
             sh("ip", "-n", name, "link", "set", "eth0", "up")
+            if wire:
+                ethtool = require_tool("ethtool")
+                sh("ip", "netns", "exec", name, ethtool, "-K", "eth0", "tx-udp-segmentation", "off")
             # A LAN host's default route points at its only interface: multicast follows it.
             sh("ip", "-n", name, "route", "add", "default", "dev", "eth0")
             self.hosts.append(host)

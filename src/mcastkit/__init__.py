@@ -1,40 +1,99 @@
-"""mcastkit: UDP multicast toolkit — group sockets done right, addresses, diagnostics."""
+"""mcastkit: UDP multicast toolkit — group sockets done right, addresses, diagnostics.
 
-from .addr import GroupInfo, GroupSpec, classify, groups_sharing_mac, mac_for_group, parse_group
-from .aio import DEFAULT_GROUP, GatherResult, Node, Request, Subscription
-from .errors import (
-    AddressError,
-    InterfaceError,
-    MulticastError,
-    SocketSetupError,
-)
-from .reliable import ReliableConfig, SlowReceiver, Unrecoverable
-from .security import GroupKey, SecurityError, key_from_passphrase, load_key_file, write_key_file
-from .session import (
-    Failed,
-    Gathered,
-    IdRenewed,
-    Joined,
-    Left,
-    Message,
-    MessageTooLarge,
-    PeerInfo,
-    RequestReceived,
-    Session,
-    Updated,
-)
-from .sync import SyncNode, connect
-from .transport import (
-    GroupSocket,
-    Interface,
-    Packet,
-    default_interface,
-    list_interfaces,
-    open_receiver,
-    open_sender,
-    resolve_interface,
-)
+Names are imported on first use (PEP 562): ``import mcastkit`` stays cheap, and a command
+that needs only file transfer never loads asyncio or the crypto library.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .version import __version__
+
+if TYPE_CHECKING:
+    from .addr import GroupInfo, GroupSpec, classify, groups_sharing_mac, mac_for_group, parse_group
+    from .aio import DEFAULT_GROUP, GatherResult, Node, Request, Subscription
+    from .errors import AddressError, InterfaceError, MulticastError, SocketSetupError
+    from .reliable import ReliableConfig, SlowReceiver, Unrecoverable
+    from .security import (
+        GroupKey,
+        SecurityError,
+        key_from_passphrase,
+        load_key_file,
+        write_key_file,
+    )
+    from .session import (
+        Failed,
+        Gathered,
+        IdRenewed,
+        Joined,
+        Left,
+        Message,
+        MessageTooLarge,
+        PeerInfo,
+        RequestReceived,
+        Session,
+        Updated,
+    )
+    from .sync import SyncNode, connect
+    from .transport import (
+        GroupSocket,
+        Interface,
+        Packet,
+        default_interface,
+        list_interfaces,
+        open_receiver,
+        open_sender,
+        resolve_interface,
+    )
+
+_HOMES = {
+    "AddressError": "errors",
+    "DEFAULT_GROUP": "aio",
+    "Failed": "session",
+    "GatherResult": "aio",
+    "Gathered": "session",
+    "GroupInfo": "addr",
+    "GroupKey": "security",
+    "GroupSocket": "transport",
+    "GroupSpec": "addr",
+    "IdRenewed": "session",
+    "Interface": "transport",
+    "InterfaceError": "errors",
+    "Joined": "session",
+    "Left": "session",
+    "Message": "session",
+    "MessageTooLarge": "session",
+    "MulticastError": "errors",
+    "Node": "aio",
+    "Packet": "transport",
+    "PeerInfo": "session",
+    "ReliableConfig": "reliable",
+    "Request": "aio",
+    "RequestReceived": "session",
+    "SecurityError": "security",
+    "Session": "session",
+    "SlowReceiver": "reliable",
+    "SocketSetupError": "errors",
+    "Subscription": "aio",
+    "SyncNode": "sync",
+    "Unrecoverable": "reliable",
+    "Updated": "session",
+    "classify": "addr",
+    "connect": "sync",
+    "default_interface": "transport",
+    "groups_sharing_mac": "addr",
+    "key_from_passphrase": "security",
+    "list_interfaces": "transport",
+    "load_key_file": "security",
+    "mac_for_group": "addr",
+    "open_receiver": "transport",
+    "open_sender": "transport",
+    "parse_group": "addr",
+    "resolve_interface": "transport",
+    "write_key_file": "security",
+}
 
 __all__ = [
     "DEFAULT_GROUP",
@@ -83,3 +142,16 @@ __all__ = [
     "resolve_interface",
     "write_key_file",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'mcastkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value  # found once: later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -216,11 +216,16 @@ def test_memory_stays_bounded_on_a_256_mib_file(tmp_path: Path) -> None:
 
 
 def test_auto_rate_backs_off_for_a_slow_receiver(tmp_path: Path) -> None:
-    # A receiver with a 64 KiB buffer overflows at 1 Gbit/s: auto must slow down. The file is
-    # long enough for several 0.25 s rate samples (the first one is only a baseline).
+    # A receiver with an 8 KiB buffer and no GRO (a few datagrams of room) overflows at
+    # 1 Gbit/s: auto must slow down. The file is long enough for several 0.25 s rate samples
+    # (the first one is only a baseline).
     path, digest = _source(tmp_path, 120_000_000)
     summary, _ = _loopback_transfer(
-        path, tmp_path / "out", "239.255.77.86:5086", ["--rcvbuf", "65536"], ["--rate", "auto"]
+        path,
+        tmp_path / "out",
+        "239.255.77.86:5086",
+        ["--rcvbuf", "8192", "--no-gro"],
+        ["--rate", "auto"],
     )
     history = summary["rate_pps_history"]
     assert any(b < a for a, b in itertools.pairwise(history)), history  # it backed off
@@ -241,3 +246,44 @@ def test_auto_rate_does_not_collapse_under_random_loss(lab: Lab, tmp_path: Path)
     assert history == sorted(history), history
     data = (tmp_path / "r" / "payload.bin").read_bytes()
     assert hashlib.sha256(data).hexdigest() == digest
+
+
+@pytest.mark.parametrize("wire", [True, False])
+def test_batched_io_delivers_identical_files_under_loss(
+    lab: Lab, tmp_path: Path, wire: bool
+) -> None:
+    # wire=False: GSO batches cross the bridge whole and arrive coalesced (GRO); a drop takes
+    # a whole batch. wire=True: one packet per datagram, taken in recvmmsg batches.
+    sender, *hosts = lab.lan(3, wire=wire)
+    path, digest = _source(tmp_path, 8_000_000)
+    for host in hosts:
+        nft_drop(host, "ip daddr 239.0.0.0/8 numgen random mod 100 < 10 drop")
+    procs = [_receiver(h, tmp_path / h.name) for h in hosts]
+    code, summary = _send(sender, path, "--receivers", "2")
+    results = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    assert code == 0 and summary["ok"], summary
+    assert summary["io"]["gso"] and summary["io"]["gso-calls"] > 0
+    assert summary["blocks_sent"] > summary["blocks"]  # losses were repaired
+    for host, result in zip(hosts, results, strict=True):
+        assert result["state"] == "complete"
+        assert hashlib.sha256((tmp_path / host.name / "payload.bin").read_bytes()).hexdigest() == (
+            digest
+        )
+        if not wire:
+            assert result["io"]["coalesced"] > 0, result["io"]
+
+
+def test_ipv6_and_per_datagram_sends_deliver_the_same_file(lab: Lab, tmp_path: Path) -> None:
+    sender, host = lab.lan(2)
+    path, digest = _source(tmp_path, 3_000_000)
+    nft_drop(host, "ip6 daddr ff00::/8 numgen random mod 100 < 5 drop")
+    proc = _receiver(host, tmp_path / "r", "--group", "[ff15::77]:5090", "--no-gro")
+    code, summary = _send(
+        sender, path, "--group", "[ff15::77]:5090", "--receivers", "1", "--no-gso"
+    )
+    result = json.loads(proc.communicate(timeout=60)[0])
+    assert code == 0 and summary["ok"], summary
+    assert summary["io"]["gso"] is False and "gso-calls" not in summary["io"]
+    assert result["state"] == "complete" and result["io"]["gro"] is False
+    assert summary["blocks_sent"] > summary["blocks"]
+    assert hashlib.sha256((tmp_path / "r" / "payload.bin").read_bytes()).hexdigest() == digest

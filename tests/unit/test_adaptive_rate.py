@@ -34,3 +34,35 @@ def test_random_network_loss_is_invisible_to_it() -> None:
     for _ in range(5):
         rate.on_sample({1: 0}, sent=1000)
     assert rate.pps > 1000.0
+
+
+def test_a_filling_buffer_eases_off_before_anything_is_dropped() -> None:
+    rate = AdaptiveRate(1000.0)
+    rate.on_sample({1: 0}, sent=1000, fill=10)  # clean and nearly empty: grows
+    grown = rate.pps
+    rate.on_sample({1: 0}, sent=1000, fill=60)  # half full and rising: eases off, no drop
+    assert rate.pps == grown * 0.9
+
+
+def test_a_decrease_is_judged_one_sample_later() -> None:
+    # The samples lag one round trip and a full buffer drains at the receiver's pace: after a
+    # decrease, the next sample still looks bad and must not cut the rate again.
+    rate = AdaptiveRate(1000.0)
+    rate.on_sample({1: 0}, sent=1000)
+    rate.on_sample({1: 500}, sent=1000, fill=90)  # overflow: back off
+    after = rate.pps
+    rate.on_sample({1: 900}, sent=1000, fill=95)  # the same episode, seen late: hold
+    assert rate.pps == after
+    rate.on_sample({1: 900}, sent=1000, fill=70)  # draining (falling fill): hold
+    assert rate.pps == after
+    rate.on_sample({1: 900}, sent=1000, fill=5)  # drained: grow again
+    assert rate.pps > after
+
+
+def test_a_full_but_draining_buffer_is_not_a_reason_to_slow_down() -> None:
+    rate = AdaptiveRate(1000.0)
+    rate.on_sample({1: 0}, sent=1000, fill=80)  # filling: eases off once
+    rate.on_sample({1: 0}, sent=1000, fill=85)  # settling: judged next time
+    rate.on_sample({1: 0}, sent=1000, fill=60)  # over HIGH_FILL but falling: holds
+    rate.on_sample({1: 0}, sent=1000, fill=30)  # between the marks: holds
+    assert rate.pps == 900.0

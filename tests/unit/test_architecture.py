@@ -18,6 +18,8 @@ CORES = {
     "gather",
     "transfer.states",
     "transfer.engine",
+    "transfer.sending",
+    "transfer.receiving",
     "transfer.protocol",
     "transfer.rate",
     "diag.ping",

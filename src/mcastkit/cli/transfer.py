@@ -40,9 +40,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     send.add_argument(
         "--rate",
         type=argtypes.rate(allow_auto=True),
-        default="max",
-        help="bits/s (500M), packets/s (50kpps), max (default), or auto: start at 1 Gbit/s and "
-        "back off when a receiver's kernel drops datagrams (not on random loss)",
+        default="auto",
+        help="auto (default): start at 2 Gbit/s, ease off while a receiver's socket buffer "
+        "fills and back off when it overflows (never for random loss on the path); or a fixed "
+        "rate in bits/s (500M) or packets/s (50kpps); or max: no pacing at all",
     )
     send.add_argument(
         "--receivers",
@@ -63,6 +64,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="seconds of silence before a receiver is failed (default 10)",
     )
     send.add_argument("--deadline", type=argtypes.seconds(), help="give up after this many seconds")
+    send.add_argument(
+        "--no-gso",
+        action="store_true",
+        help="one system call per datagram instead of UDP GSO batches (to compare, or for a "
+        "path that mishandles them; a kernel that refuses GSO gets this by itself)",
+    )
     send.add_argument("--json", action="store_true", help="a JSON summary")
     send.set_defaults(handler=cmd_send_file)
 
@@ -84,6 +91,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         type=argtypes.size(1024),
         default=16 << 20,
         help="receive buffer bytes (default 16 MiB)",
+    )
+    recv.add_argument(
+        "--no-gro",
+        action="store_true",
+        help="do not ask the kernel for coalesced receives (UDP GRO); recvmmsg batches stay",
     )
     recv.add_argument(
         "--max-size",
@@ -153,6 +165,7 @@ def cmd_send_file(args: argparse.Namespace) -> int:
             on_progress=progress,
             on_event=news,
             adaptive=adaptive,
+            gso=not args.no_gso,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -226,6 +239,7 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
             on_event=news,
             stop=interrupted,
             rcvbuf=args.rcvbuf,
+            gro=not args.no_gro,
             max_size=args.max_size,
             overwrite=args.overwrite,
             parents=args.parents,

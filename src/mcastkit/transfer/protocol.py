@@ -70,7 +70,13 @@ ANNOUNCE, REGISTER, REG_ACK, DATA, STATUS_REQ, STATUS, COMPLETE, DONE_ACK, ABORT
 )
 PROGRESS_REQ, PROGRESS = TransferKind.PROGRESS_REQ, TransferKind.PROGRESS
 PROGRESS_BODY = struct.Struct("!QII")  # receiver id, blocks received, kernel drops so far
+# ... then, optionally, one byte: how full the receiver's socket buffer is, in percent. It
+# rises before anything is dropped: the sender slows down before it costs a repair.
+Buffer = bytes | bytearray | memoryview  # what a block may arrive as (no copy)
+Address = tuple[str, int]
+Out = list[tuple[bytes, Address | None]]  # datagrams to send; None: to the group
 DATA_HEAD = struct.Struct("!HI")  # file index, block index
+DATA_HEADER = struct.Struct(HEAD.format + DATA_HEAD.format[1:])  # HEAD + DATA_HEAD in one
 RECEIVER = struct.Struct("!Q")  # receiver id
 PASS = struct.Struct("!I")
 RANGE = struct.Struct("!HII")  # file index, first missing block, count

@@ -1,9 +1,11 @@
 """Adaptive sending rate for file distribution (pure: samples in, packets/s out).
 
-The signal is the receivers' kernel drop counters (SO_RXQ_OVFL), not NAKs. A receive buffer
-overflows when the sender outruns a receiver, which is the congestion a sender can fix. Random
-loss on the path never shows there, so it never slows the sender down: the rate does not
-collapse under random loss, where NAK-driven schemes do.
+The signals are the receivers' socket buffers: how full they are and their kernel drop
+counters, not NAKs. A receive buffer fills, then overflows, when the sender outruns a
+receiver, which is the congestion a sender can fix. The fill shows it before anything is lost,
+so the sender eases off before it costs a repair; random loss on the path never shows there,
+so it never slows the sender down: the rate does not collapse under random loss, where
+NAK-driven schemes do.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ __all__ = ["AdaptiveRate"]
 BACK_OFF = 0.75  # multiplicative decrease on overflow (AIMD-like, but both steps are ratios)
 SPEED_UP = 1.10  # growth per clean sample
 OVERFLOW_SHARE = 0.005  # drops above 0.5 % of what was sent in the sample mean "too fast"
+EASE = 0.9  # decrease when a buffer is filling up, before it overflows
+HIGH_FILL = 50  # percent of a receiver's socket buffer in use: ease off
+LOW_FILL = 20  # below this (and no drops): speed up
 
 
 @dataclass
@@ -26,17 +31,30 @@ class AdaptiveRate:
     ceiling: float = 1e6
     history: list[float] = field(default_factory=list)
     _last: dict[int, int] = field(default_factory=dict)
+    _last_fill: int = 0
+    _settling: bool = False
 
-    def on_sample(self, drops: dict[int, int], sent: int) -> float:
-        """``drops``: each receiver's cumulative kernel drops; ``sent``: blocks since last time."""
+    def on_sample(self, drops: dict[int, int], sent: int, fill: int = 0) -> float:
+        """``drops``: each receiver's cumulative kernel drops; ``sent``: blocks since last time;
+        ``fill``: the fullest receiver's socket buffer, in percent."""
         worst = 0
         for receiver, total in drops.items():
             previous = self._last.get(receiver, total)
             worst = max(worst, total - previous)
             self._last[receiver] = total
-        if worst > max(2, sent * OVERFLOW_SHARE):
+        rising = fill >= self._last_fill
+        self._last_fill = fill
+        if self._settling:
+            # The last decrease has not shown yet (the samples lag by one round trip and the
+            # buffers drain at the receivers' pace): judge the next sample, not this one.
+            self._settling = False
+        elif worst > max(2, sent * OVERFLOW_SHARE):
             self.pps = max(self.floor, self.pps * BACK_OFF)
-        elif worst == 0:
+            self._settling = True
+        elif fill >= HIGH_FILL and rising:
+            self.pps = max(self.floor, self.pps * EASE)
+            self._settling = True
+        elif worst == 0 and fill < LOW_FILL:
             self.pps = min(self.ceiling, self.pps * SPEED_UP)
         self.history.append(round(self.pps))
         return self.pps

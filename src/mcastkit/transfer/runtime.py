@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import os
@@ -15,7 +14,8 @@ from typing import Any
 
 from ..addr import GroupSpec
 from ..events import ReceiveState, SendPhase, TransferEvent
-from ..transport import GroupSocket, Packet, open_receiver, open_sender
+from ..transport import Packet, open_receiver, open_sender
+from ..transport.batch import BatchReceiver, BatchSender
 from ..units import Rate
 from .engine import DEFAULT_MAX_SIZE, Address, ReceiveSession, SendSession
 from .protocol import BLOCK_SIZE, HEAD, FileInfo
@@ -25,8 +25,10 @@ from .storage import DirectoryStorage
 __all__ = ["describe_files", "receive_files", "send_files"]
 
 DATA_OVERHEAD = HEAD.size + 6
-AUTO_START_BPS = 1e9
-SAMPLE_EVERY = 0.25  # seconds between rate samples in adaptive mode
+AUTO_START_BPS = 2e9
+SAMPLE_EVERY = 0.05  # seconds between rate samples in adaptive mode
+BURST = 128  # blocks per loop turn at most: three GSO calls
+MIN_BURST = 16  # a paced sender waits until it may send at least this many at once
 ACK_WAIT = 5.0  # after completing, how long a receiver waits for the sender's acknowledgement
 
 
@@ -80,12 +82,27 @@ class _FileSource:
             os.close(fd)
 
 
-def _drain(sock: GroupSocket, handle: Callable[[Packet], None]) -> None:
-    for _ in range(256):
-        packet = sock.recv_nowait()
-        if packet is None:
-            return
+def _drain(receiver: BatchReceiver, handle: Callable[[Packet], None]) -> None:
+    for packet in receiver.receive(256):
         handle(packet)
+
+
+def _transmitter(
+    batch: BatchSender, default: tuple[str, int] | tuple[str, int, int, int]
+) -> Callable[[list[tuple[bytes, Address | None]]], None]:
+    """Send an engine's output: each run to one destination as one batch (GSO)."""
+
+    def transmit(out: list[tuple[bytes, Address | None]]) -> None:
+        start = 0
+        while start < len(out):
+            destination = out[start][1]
+            end = start + 1
+            while end < len(out) and out[end][1] == destination:
+                end += 1
+            batch.send([data for data, _ in out[start:end]], destination or default)
+            start = end
+
+    return transmit
 
 
 def _report(events: list[TransferEvent], on_event: Callable[[TransferEvent], None] | None) -> None:
@@ -109,11 +126,13 @@ def send_files(
     on_progress: Callable[[SendSession], None] | None = None,
     on_event: Callable[[TransferEvent], None] | None = None,
     adaptive: bool = False,
+    gso: bool = True,
 ) -> dict[str, Any]:
     """Distribute ``paths`` to the receivers on the group; return the outcome.
 
     ``adaptive`` starts at 1 Gbit/s and follows the receivers' kernel drop counters
-    (see rate.py); otherwise ``rate`` is fixed (None: as fast as possible).
+    (see rate.py); otherwise ``rate`` is fixed (None: as fast as possible). ``gso`` sends
+    runs of blocks as one UDP GSO call where the kernel allows it.
     """
     files = describe_files(paths)
     source = _FileSource(paths)
@@ -141,19 +160,10 @@ def send_files(
     tokens, last_fill = 0.0, now
     next_sample, sent_at_sample = now + SAMPLE_EVERY, 0
     last_progress = 0.0
-    send = sender.sock.sendto
+    batch = BatchSender(sender.sock, gso=gso)
+    replies = BatchReceiver(sender.sock, gro=False)
     group = sender.destination
-
-    def transmit(out: list[tuple[bytes, Address | None]]) -> None:
-        for data, destination in out:
-            try:
-                send(data, destination or group)
-            except BlockingIOError:
-                time.sleep(0.0005)  # the socket buffer is full: let it drain, then retry once
-                with contextlib.suppress(OSError):
-                    send(data, destination or group)
-            except OSError:
-                pass
+    transmit = _transmitter(batch, group)
 
     def handle(packet: Packet) -> None:
         source = (packet.source, packet.source_port)
@@ -163,26 +173,30 @@ def send_files(
         while session.phase != SendPhase.DONE:
             now = time.monotonic()
             transmit(session.tick(now))
-            _drain(sender, handle)
+            _drain(replies, handle)
             if session.phase == SendPhase.DATA:
                 if controller is not None and now >= next_sample:
                     pps = controller.on_sample(
-                        session.receiver_drops(), session.blocks_sent - sent_at_sample
+                        session.receiver_drops(),
+                        session.blocks_sent - sent_at_sample,
+                        session.receiver_fill(),
                     )
                     sent_at_sample, next_sample = session.blocks_sent, now + SAMPLE_EVERY
                     transmit(session.progress_request())
                 if pps is None:
-                    budget = 64
+                    budget = BURST
                 else:
-                    # A token bucket: the rate may change between two calls.
-                    tokens = min(tokens + (now - last_fill) * pps, 256.0)
+                    # A token bucket (the rate may change between two calls), spent in
+                    # batches: one GSO call carries many datagrams, so wait for a batch's
+                    # worth, waking at once for a receiver's reply.
+                    tokens = min(tokens + (now - last_fill) * pps, float(BURST))
                     last_fill = now
+                    if tokens < MIN_BURST:
+                        select.select([sender.sock], [], [], (MIN_BURST - tokens) / pps)
+                        continue
                     budget = int(tokens)
                     tokens -= budget
-                if budget:
-                    transmit(session.next_blocks(budget))
-                else:
-                    time.sleep(0.0002)
+                batch.send_parts(session.next_block_parts(budget), group)
             else:
                 last_fill = now
                 select.select([sender.sock], [], [], 0.02)
@@ -199,6 +213,7 @@ def send_files(
     summary["bytes"] = sum(f.size for f in files)
     summary["group"] = str(spec)
     summary["peak_rss_mb"] = peak_rss_mb()
+    summary["io"] = {"gso": batch.gso, **batch.counters}
     if controller is not None:
         summary["rate_pps_history"] = controller.history
         summary["final_mbps"] = round(controller.pps * block_bits / 1e6, 1)
@@ -221,11 +236,13 @@ def receive_files(
     max_size: int = DEFAULT_MAX_SIZE,
     overwrite: bool = False,
     parents: bool = False,
+    gro: bool = True,
 ) -> dict[str, Any]:
     """Receive one transfer into ``directory``; ``wait`` bounds the wait for an announce.
 
     A transfer announcing more than ``max_size`` bytes, or more than the directory's free
-    space, is refused before anything is written.
+    space, is refused before anything is written. ``gro`` takes coalesced runs of datagrams
+    (UDP GRO) from the kernel where it offers them.
     """
     if parents:
         directory.mkdir(parents=True, exist_ok=True)
@@ -252,17 +269,24 @@ def receive_files(
     finished_at: float | None = None
     last_progress = 0.0
 
+    batch = BatchSender(unicast.sock, gso=False)
+    incoming = {
+        group_socket.sock: BatchReceiver(group_socket.sock, gro=gro),
+        unicast.sock: BatchReceiver(unicast.sock, gro=False),
+    }
+
     def transmit(out: list[tuple[bytes, Address | None]]) -> None:
         for data, destination in out:
-            if destination is not None:
-                with contextlib.suppress(OSError):
-                    unicast.sock.sendto(data, destination)
+            if destination is not None:  # a receiver only ever answers its sender
+                batch.send([data], destination)
 
-    def handle(packet: Packet) -> None:
-        if packet.drops is not None:
-            session.kernel_drops = packet.drops  # the adaptive sender's signal
-        source = (packet.source, packet.source_port)
-        transmit(session.receive(packet.data, source, time.monotonic()))
+    def handle(
+        buffer: memoryview, spans: list[tuple[int, int]], source: Address, drops: int | None
+    ) -> None:
+        if drops is not None:  # the adaptive sender's signals
+            session.kernel_drops = drops
+        session.queue_fill = incoming[group_socket.sock].fill
+        transmit(session.receive_many(buffer, spans, source, time.monotonic()))
 
     try:
         sockets = [group_socket.sock, unicast.sock]
@@ -280,8 +304,7 @@ def receive_files(
             transmit(session.tick(now))
             ready, _, _ = select.select(sockets, [], [], 0.05)
             for sock in ready:
-                target = group_socket if sock is group_socket.sock else unicast
-                _drain(target, handle)
+                incoming[sock].receive_runs(handle)
             if on_progress is not None and now - last_progress >= 0.25:
                 last_progress = now
                 on_progress(session)
@@ -295,5 +318,6 @@ def receive_files(
     summary = session.summary()
     summary["seconds"] = round(time.monotonic() - started, 3)
     summary["directory"] = str(directory)
+    summary["io"] = {"gro": incoming[group_socket.sock].gro, **incoming[group_socket.sock].counters}
     summary["peak_rss_mb"] = peak_rss_mb()
     return summary

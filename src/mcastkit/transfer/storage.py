@@ -16,7 +16,7 @@ import os
 import secrets
 from pathlib import Path
 
-from .protocol import FileInfo, safe_name
+from .protocol import Buffer, FileInfo, safe_name
 
 __all__ = ["DirectoryStorage", "FileSink", "MemorySink", "MemoryStorage", "free_space"]
 
@@ -58,6 +58,10 @@ class FileSink:
         self.paths: list[Path] = []
         self.temps: list[Path] = []
         self.handles: list[int] = []
+        # Blocks that arrive in order are hashed as they are written; only what came out of
+        # order (after a loss) is read back at the end.
+        self._digests = [hashlib.sha256() for _ in files]
+        self._hashed = [0 for _ in files]
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         try:
             for info in files:
@@ -77,17 +81,33 @@ class FileSink:
             self.discard()
             raise
 
-    def write(self, file_index: int, offset: int, data: bytes) -> None:
+    def write(self, file_index: int, offset: int, data: Buffer) -> None:
         """Write one block (OSError on a full disk)."""
         os.pwrite(self.handles[file_index], data, offset)
+        if offset == self._hashed[file_index]:
+            self._digests[file_index].update(data)
+            self._hashed[file_index] += len(data)
+
+    def write_run(self, file_index: int, offset: int, blocks: list[memoryview]) -> None:
+        """Write consecutive blocks in one call (OSError on a full disk)."""
+        fd = self.handles[file_index]
+        total = sum(len(b) for b in blocks)
+        done = os.pwritev(fd, blocks, offset)
+        if done < total:  # a short write (a signal, a full disk): the rest one by one
+            _write_rest(fd, blocks, offset, done)
+        if offset == self._hashed[file_index]:
+            digest = self._digests[file_index]
+            for block in blocks:
+                digest.update(block)
+            self._hashed[file_index] += total
 
     def finish(self) -> str | None:
         """Verify every file and rename it into place; the reason when one fails."""
         for index, info in enumerate(self.files):
             fd = self.handles[index]
             os.fsync(fd)
-            digest = hashlib.sha256()
-            offset = 0
+            digest = self._digests[index]
+            offset = self._hashed[index]
             while offset < info.size:
                 chunk = os.pread(fd, 1 << 20, offset)
                 if not chunk:
@@ -124,6 +144,13 @@ class FileSink:
                 temp.unlink()
 
 
+def _write_rest(fd: int, blocks: list[memoryview], offset: int, done: int) -> None:
+    rest = b"".join(blocks)[done:]
+    while rest:
+        written = os.pwrite(fd, rest, offset + done)
+        done, rest = done + written, rest[written:]
+
+
 def _allocate(fd: int, size: int) -> None:
     """Reserve ``size`` bytes (ENOSPC now, not mid-transfer); sparse where not supported."""
     if size and hasattr(os, "posix_fallocate"):
@@ -153,8 +180,13 @@ class MemorySink:
         self.data = [bytearray(f.size) for f in files]
         self.finished: dict[str, bytes] = {}
 
-    def write(self, file_index: int, offset: int, data: bytes) -> None:
+    def write(self, file_index: int, offset: int, data: Buffer) -> None:
         self.data[file_index][offset : offset + len(data)] = data
+
+    def write_run(self, file_index: int, offset: int, blocks: list[memoryview]) -> None:
+        for block in blocks:
+            self.write(file_index, offset, block)
+            offset += len(block)
 
     def finish(self) -> str | None:
         for info, data in zip(self.files, self.data, strict=True):

@@ -1,0 +1,373 @@
+"""The file receiver's state machine, with no I/O: find an announce, register, take blocks
+(one datagram at a time, or a batch in place), report what is missing, verify. Files are
+written through a sink that a ``Storage`` opens (transfer/storage.py: on disk, or memory)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..events import (
+    ReceiveState,
+    TransferAnnounced,
+    TransferEvent,
+    TransferFinished,
+)
+from .protocol import (
+    ABORT,
+    ANNOUNCE,
+    COMPLETE,
+    DATA,
+    DATA_HEAD,
+    DONE_ACK,
+    HEAD,
+    MAX_RANGES,
+    PASS,
+    PROGRESS,
+    PROGRESS_BODY,
+    PROGRESS_REQ,
+    RECEIVER,
+    REG_ACK,
+    REGISTER,
+    STATUS_REQ,
+    Address,
+    Buffer,
+    FileInfo,
+    Out,
+    decode_announce,
+    decode_untrusted,
+    encode_ranges,
+    head,
+    missing_ranges,
+    safe_name,
+)
+from .states import RECEIVE_TRANSITIONS, advance
+
+SENDER_SILENCE = 15.0  # a receiver gives up after this long without a word from its sender
+DEFAULT_MAX_SIZE = 16 << 30  # bytes one transfer may announce before the receiver refuses it
+MIN_BITMAP_LIMIT = 1 << 24  # blocks (a byte each) accepted at least; more as --max-size grows
+MAX_RUN = 1024  # blocks per write call (IOV_MAX)
+STATUS_CHUNKS = 32  # STATUS datagrams per request: up to 3,200 missing ranges per round
+
+
+class Sink(Protocol):
+    """Where a receiver's blocks go (transfer/storage.py: files; or memory)."""
+
+    def write(self, file_index: int, offset: int, data: Buffer) -> None: ...
+
+    def write_run(self, file_index: int, offset: int, blocks: list[memoryview]) -> None:
+        """Consecutive blocks from ``offset`` in one call."""
+        ...
+
+    def finish(self) -> str | None:
+        """Verify every file and make it final; the reason when one fails."""
+        ...
+
+    def discard(self) -> None:
+        """Forget everything written (nothing wrong is left behind)."""
+        ...
+
+
+class Storage(Protocol):
+    """Opens a sink for an announced file list; raises OSError or ValueError to refuse it
+    (no space, a name it will not write, a file it will not replace)."""
+
+    def open(self, files: list[FileInfo]) -> Sink: ...
+
+
+class ReceiveSession:
+    """The receiver: find an announce, register, write blocks, report, verify."""
+
+    def __init__(
+        self,
+        receiver_id: int,
+        name: str,
+        storage: Storage,
+        *,
+        now: float,
+        session: int | None = None,
+        max_size: int = DEFAULT_MAX_SIZE,
+    ) -> None:
+        self.max_size = max_size
+        self.receiver_id = receiver_id
+        self.name = name
+        self.storage = storage
+        self.session = session
+        self.sender: Address | None = None
+        self.files: list[FileInfo] = []
+        self.block_size = 0
+        self.sink: Sink | None = None
+        self.bitmaps: list[bytearray] = []
+        self.received = 0
+        self.duplicates = 0
+        self.total_blocks = 0
+        self.state = ReceiveState.WAITING
+        self.acknowledged = False  # the sender confirmed our COMPLETE (ok or failed)
+        self.reason: str | None = None
+        self._events: list[TransferEvent] = []
+        self.registered = False
+        self.kernel_drops = 0  # set by the runtime: the socket's drop counter
+        self.queue_fill = 0  # set by the runtime: percent of the socket buffer in use
+        self.last_heard = now
+        self._last_pass = 0
+        self._verify_due = False
+        self._next_register = now
+        self._complete_message: bytes | None = None
+
+    def receive(self, data: bytes, source: Address, now: float) -> Out:
+        """One datagram from the group or the sender (never raises on malformed input)."""
+        message = decode_untrusted(data)
+        if message is None:
+            return []
+        if self.session is not None and message.session != self.session:
+            return []
+        kind, body = message.kind, message.body
+        if kind == ANNOUNCE and self.state == ReceiveState.WAITING:
+            return self._on_announce(message.session, body, source, now)
+        if self.session is None or self.state == ReceiveState.WAITING:
+            return []
+        if message.session == self.session:
+            self.last_heard = now
+        if kind == DATA and self.state == ReceiveState.RECEIVING and len(body) >= DATA_HEAD.size:
+            return self._on_data(body)
+        if kind == REG_ACK and body[: RECEIVER.size] == RECEIVER.pack(self.receiver_id):
+            self.registered = True
+            return []
+        if kind == STATUS_REQ and len(body) >= PASS.size:
+            (pass_number,) = PASS.unpack_from(body)
+            self._last_pass = pass_number
+            return self._status(pass_number)
+        if kind == PROGRESS_REQ and self.state == ReceiveState.RECEIVING:
+            report = PROGRESS_BODY.pack(
+                self.receiver_id, self.received, self.kernel_drops & 0xFFFFFFFF
+            ) + bytes([max(0, min(100, self.queue_fill))])
+            return [(head(PROGRESS, self.session) + report, self.sender)]
+        if kind == DONE_ACK and body[: RECEIVER.size] == RECEIVER.pack(self.receiver_id):
+            if self.state in (ReceiveState.COMPLETE, ReceiveState.FAILED):
+                self.acknowledged = True
+            return []
+        if kind == ABORT and self.state == ReceiveState.RECEIVING:
+            self._fail("the sender gave up (deadline)")
+        return []
+
+    def receive_many(
+        self, buffer: memoryview, spans: list[tuple[int, int]], source: Address, now: float
+    ) -> Out:
+        """Datagrams from one source at ``spans`` (start, end) of ``buffer`` (a GRO receive
+        split by segment, or a ``recvmmsg`` batch). Data blocks are checked in place and runs
+        of consecutive blocks written in one call; anything else goes through ``receive``."""
+        out: Out = []
+        prefix = head(DATA, self.session) if self.session is not None else b""
+        data_at = HEAD.size + DATA_HEAD.size
+        run: list[memoryview] = []
+        run_file = run_next = run_offset = -1
+        for offset, end in spans:
+            fast = self.state == ReceiveState.RECEIVING and end - offset > data_at
+            if not fast or buffer[offset : offset + HEAD.size] != prefix:
+                if run:
+                    out.extend(self._write_run(run_file, run_offset, run))
+                    run = []
+                out.extend(self.receive(bytes(buffer[offset:end]), source, now))
+                continue
+            file_index, block = DATA_HEAD.unpack_from(buffer, offset + HEAD.size)
+            if file_index >= len(self.bitmaps) or block >= len(self.bitmaps[file_index]):
+                continue
+            bitmap = self.bitmaps[file_index]
+            if bitmap[block]:
+                self.duplicates += 1
+                continue
+            info = self.files[file_index]
+            if end - offset - data_at != min(self.block_size, info.size - block * self.block_size):
+                continue
+            if run and (file_index != run_file or block != run_next or len(run) == MAX_RUN):
+                out.extend(self._write_run(run_file, run_offset, run))
+                run = []
+            if not run:
+                run_file, run_offset = file_index, block * self.block_size
+            run.append(buffer[offset + data_at : end])
+            run_next = block + 1
+            bitmap[block] = 1
+            self.received += 1
+        if run:
+            out.extend(self._write_run(run_file, run_offset, run))
+        if self.session is not None and self.state == ReceiveState.RECEIVING:
+            self.last_heard = now
+            if self.received == self.total_blocks and not self._verify_due:
+                self._verify_due = True
+                out.extend(self._status(self._last_pass))  # "nothing missing"
+        return out
+
+    def _write_run(self, file_index: int, offset: int, blocks: list[memoryview]) -> Out:
+        if self.state != ReceiveState.RECEIVING:
+            return []
+        assert self.sink is not None
+        try:
+            self.sink.write_run(file_index, offset, blocks)
+        except OSError as exc:
+            self._fail(f"write failed: {exc.strerror}")
+            return [(self._complete_message, self.sender)] if self._complete_message else []
+        return []
+
+    def tick(self, now: float) -> Out:
+        """Verify once every block is in; keep registering; give up on a silent sender."""
+        if self._verify_due:
+            # Verification (fsync, sha256) can take seconds: the sender was told first.
+            self._verify_due = False
+            if self.state == ReceiveState.RECEIVING:  # not failed meanwhile (an ABORT)
+                self._verify()
+            return [(self._complete_message, self.sender)] if self._complete_message else []
+        if self.state == ReceiveState.RECEIVING and now - self.last_heard > SENDER_SILENCE:
+            self._fail(f"the sender went silent for {SENDER_SILENCE:.0f}s")
+            return [(self._complete_message, self.sender)] if self._complete_message else []
+        receiving = self.state == ReceiveState.RECEIVING
+        if receiving and not self.registered and now >= self._next_register:
+            self._next_register = now + 0.2
+            return [(self._register(), self.sender)]
+        return []
+
+    @property
+    def finished(self) -> bool:
+        """Done (complete or failed) and the sender has acknowledged, or nothing to wait for."""
+        return self.acknowledged
+
+    def events(self) -> list[TransferEvent]:
+        """What happened since the last call: the announce taken, the outcome."""
+        events, self._events = self._events, []
+        return events
+
+    def _set_state(self, state: ReceiveState) -> None:
+        self.state = advance(RECEIVE_TRANSITIONS, self.state, state)
+        if state in (ReceiveState.COMPLETE, ReceiveState.FAILED) and self.session is not None:
+            self._events.append(TransferFinished(self.session, state, self.reason))
+
+    def _register(self) -> bytes:
+        assert self.session is not None
+        return (
+            head(REGISTER, self.session) + RECEIVER.pack(self.receiver_id) + self.name.encode()[:64]
+        )
+
+    def _on_announce(self, session: int, body: bytes, source: Address, now: float) -> Out:
+        decoded = decode_announce(body)
+        if decoded is None:
+            return []
+        files, block_size = decoded
+        total = sum(f.size for f in files)
+        problem = None
+        blocks = sum(f.blocks(block_size) for f in files)
+        if total > self.max_size:
+            problem = (
+                f"the transfer is {total:,} bytes, over the {self.max_size:,}-byte limit "
+                "(raise --max-size to accept it)"
+            )
+        elif blocks > max(MIN_BITMAP_LIMIT, self.max_size // 1024):
+            problem = f"{blocks:,} blocks of {block_size} bytes: blocks this small are refused"
+        if problem is None:
+            try:
+                for info in files:
+                    safe_name(info.name)
+                self.sink = self.storage.open(files)
+            except OSError as exc:
+                where = f"{exc.filename}: " if exc.filename else ""
+                problem = f"cannot prepare files: {where}{exc.strerror}"
+            except (ValueError, OverflowError) as exc:
+                problem = f"cannot prepare files: {exc}"
+        announced = TransferAnnounced(session, source, tuple(f.name for f in files), total)
+        if problem is not None:
+            # Refused before a byte is written; the sender is told why (register, then fail).
+            self.session, self.sender = session, source
+            self._events.append(announced)
+            self._fail(problem)
+            assert self._complete_message is not None
+            return [(self._register(), source), (self._complete_message, source)]
+        self.session, self.sender, self.files, self.block_size = session, source, files, block_size
+        self.bitmaps = [bytearray(f.blocks(block_size)) for f in files]
+        self.total_blocks = sum(len(b) for b in self.bitmaps)
+        self._events.append(announced)
+        self._set_state(ReceiveState.RECEIVING)
+        self._next_register = now + 0.2
+        if self.total_blocks == 0:
+            self._verify_due = True
+        return [(self._register(), source)]
+
+    def _on_data(self, body: bytes) -> Out:
+        file_index, block = DATA_HEAD.unpack_from(body)
+        if file_index >= len(self.bitmaps) or block >= len(self.bitmaps[file_index]):
+            return []
+        bitmap = self.bitmaps[file_index]
+        if bitmap[block]:
+            self.duplicates += 1
+            return []
+        payload = body[DATA_HEAD.size :]
+        info = self.files[file_index]
+        expected = min(self.block_size, info.size - block * self.block_size)
+        if len(payload) != expected:
+            return []
+        assert self.sink is not None
+        try:
+            self.sink.write(file_index, block * self.block_size, payload)
+        except OSError as exc:
+            self._fail(f"write failed: {exc.strerror}")
+            return [(self._complete_message, self.sender)] if self._complete_message else []
+        bitmap[block] = 1
+        self.received += 1
+        if self.received == self.total_blocks:
+            self._verify_due = True
+            return self._status(self._last_pass)  # "nothing missing": keeps the sender patient
+        return []
+
+    def _verify(self) -> None:
+        assert self.sink is not None and self.session is not None
+        try:
+            problem = self.sink.finish()
+        except OSError as exc:
+            self.sink.discard()
+            problem = f"could not finish: {exc.strerror}"
+        if problem:
+            self._fail(problem)
+            return
+        self._complete_message = (
+            head(COMPLETE, self.session) + RECEIVER.pack(self.receiver_id) + b"\x00"
+        )
+        self._set_state(ReceiveState.COMPLETE)
+
+    def _fail(self, reason: str) -> None:
+        if self.sink is not None:
+            self.sink.discard()
+        self.reason = reason
+        if self.session is not None:
+            self._complete_message = (
+                head(COMPLETE, self.session)
+                + RECEIVER.pack(self.receiver_id)
+                + b"\x01"
+                + reason.encode()[:200]
+            )
+        self._set_state(ReceiveState.FAILED)
+
+    def _status(self, pass_number: int) -> Out:
+        if self.state in (ReceiveState.COMPLETE, ReceiveState.FAILED):
+            if self._complete_message is None or self.acknowledged:
+                return []
+            return [(self._complete_message, self.sender)]
+        assert self.session is not None
+        ranges: list[tuple[int, int, int]] = []
+        for index, bitmap in enumerate(self.bitmaps):
+            ranges.extend(missing_ranges(bitmap, index))
+            if len(ranges) >= MAX_RANGES * STATUS_CHUNKS:
+                break
+        chunks = [ranges[i : i + MAX_RANGES] for i in range(0, len(ranges), MAX_RANGES)] or [[]]
+        return [
+            (encode_ranges(self.session, self.receiver_id, pass_number, chunk), self.sender)
+            for chunk in chunks[:STATUS_CHUNKS]
+        ]
+
+    def summary(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {
+            "session": None if self.session is None else f"{self.session:016x}",
+            "state": self.state.value,
+            "reason": self.reason,
+            "files": [f.name for f in self.files],
+            "bytes": sum(f.size for f in self.files),
+            "blocks": self.total_blocks,
+            "received": self.received,
+            "duplicates": self.duplicates,
+        }

@@ -1,0 +1,344 @@
+"""The file sender's state machine, with no I/O: registration, passes, status rounds,
+repair. Blocks are read through a ``BlockSource``; datagrams and the time come in, datagrams
+and ``TransferEvent``s go out."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..addr import format_endpoint
+from ..events import (
+    PhaseChanged,
+    ReceiverFinished,
+    ReceiverRegistered,
+    SendPhase,
+    TransferEvent,
+)
+from .protocol import (
+    ABORT,
+    COMPLETE,
+    DATA,
+    DATA_HEADER,
+    DONE_ACK,
+    MAGIC,
+    PASS,
+    PROGRESS,
+    PROGRESS_BODY,
+    PROGRESS_REQ,
+    RECEIVER,
+    REG_ACK,
+    REGISTER,
+    STATUS,
+    STATUS_REQ,
+    Address,
+    Buffer,
+    FileInfo,
+    Out,
+    decode_ranges,
+    decode_untrusted,
+    encode_announce,
+    head,
+    missing_ranges,
+)
+from .states import SEND_TRANSITIONS, advance
+
+UNICAST_PROGRESS_LIMIT = 32  # receivers asked one by one; more are asked on the group
+
+
+class BlockSource(Protocol):
+    """Where the sender reads blocks."""
+
+    def read(self, file_index: int, offset: int, size: int) -> bytes: ...
+
+
+@dataclass
+class ReceiverState:
+    """What the sender knows about one receiver."""
+
+    receiver_id: int
+    name: str
+    address: Address
+    last_heard: float
+    status_pass: int = -1
+    missing: list[tuple[int, int, int]] = field(default_factory=list)
+    complete: bool = False
+    failed: str | None = None
+    drops: int = 0  # the receiver's kernel drop counter, from its last PROGRESS
+    fill: int = 0  # how full its socket buffer was then, in percent
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {
+            "id": f"{self.receiver_id:016x}",
+            "name": self.name,
+            "address": format_endpoint(*self.address),
+            "complete": self.complete,
+            "failed": self.failed,
+        }
+
+
+class SendSession:
+    """The sender: registration, passes, status rounds, repair."""
+
+    def __init__(
+        self,
+        session: int,
+        files: list[FileInfo],
+        source: BlockSource,
+        *,
+        now: float,
+        block_size: int,
+        expected: int | None = None,
+        names: set[str] | None = None,
+        register_wait: float = 2.0,
+        receiver_timeout: float = 10.0,
+        deadline: float | None = None,
+        status_interval: float = 0.2,
+    ) -> None:
+        self.session = session
+        self.files = files
+        self.source = source
+        self.block_size = block_size
+        self.expected = expected
+        self.names = names
+        self.receivers: dict[int, ReceiverState] = {}
+        self.phase = SendPhase.REGISTER
+        self._events: list[TransferEvent] = []
+        self.pass_number = 0
+        self.blocks_sent = 0
+        self.started = now
+        self.register_until = now + register_wait
+        self.register_wait = register_wait
+        self._late_until = 0.0
+        self.receiver_timeout = receiver_timeout
+        self.deadline = None if deadline is None else now + deadline
+        self.status_interval = status_interval
+        self.announce = encode_announce(session, files, block_size)
+        self._next_announce = now
+        self._next_status = 0.0
+        self._status_since = 0.0
+        self._queue: deque[list[int]] = deque()  # [file, next block, blocks left]
+        self.total_blocks = sum(f.blocks(block_size) for f in files)
+
+    # --- inputs --------------------------------------------------------------------------
+
+    def receive(self, data: bytes, source: Address, now: float) -> Out:
+        """A receiver's datagram (never raises on malformed input)."""
+        message = decode_untrusted(data)
+        if message is None or message.session != self.session:
+            return []
+        body = message.body
+        if message.kind == REGISTER and len(body) >= RECEIVER.size:
+            (receiver,) = RECEIVER.unpack_from(body)
+            name = body[RECEIVER.size :].decode("utf-8", "replace")[:64] or f"{receiver:x}"
+            if self.phase == SendPhase.DONE:
+                return []
+            if self.names is not None and name not in self.names:
+                return []
+            state = self.receivers.get(receiver)
+            if state is None:
+                self.receivers[receiver] = ReceiverState(receiver, name, source, now)
+                self._events.append(ReceiverRegistered(self.session, receiver, name, source))
+            else:
+                state.last_heard = now
+            return [(head(REG_ACK, self.session) + RECEIVER.pack(receiver), source)]
+        if message.kind == STATUS:
+            decoded = decode_ranges(body)
+            if decoded is None:
+                return []
+            receiver, pass_number, ranges = decoded
+            state = self.receivers.get(receiver)
+            if state is not None and not state.complete and state.failed is None:
+                state.last_heard = now
+                # A long list comes in several datagrams for one pass: gather them.
+                if pass_number > state.status_pass:
+                    state.status_pass = pass_number
+                    state.missing = list(ranges)
+                elif pass_number == state.status_pass:
+                    state.missing.extend(ranges)
+            return []
+        if message.kind == PROGRESS and len(body) >= PROGRESS_BODY.size:
+            receiver, _received, drops = PROGRESS_BODY.unpack_from(body)
+            state = self.receivers.get(receiver)
+            if state is not None:
+                state.last_heard = now
+                state.drops = drops
+                if len(body) > PROGRESS_BODY.size:
+                    state.fill = min(100, body[PROGRESS_BODY.size])
+            return []
+        if message.kind == COMPLETE and len(body) >= RECEIVER.size + 1:
+            (receiver,) = RECEIVER.unpack_from(body)
+            state = self.receivers.get(receiver)
+            if state is None:
+                return []
+            state.last_heard = now
+            if not state.complete and state.failed is None:
+                if body[RECEIVER.size] == 0:
+                    state.complete = True
+                else:
+                    reason = body[RECEIVER.size + 1 :].decode("utf-8", "replace")[:200] or "?"
+                    state.failed = reason
+                self._finished(state)
+            return [(head(DONE_ACK, self.session) + RECEIVER.pack(receiver), source)]
+        return []
+
+    def tick(self, now: float) -> Out:
+        """Announces, phase changes, status rounds, timeouts."""
+        out: Out = []
+        if self.phase == SendPhase.DONE:
+            return out
+        if self.deadline is not None and now >= self.deadline:
+            for state in self._active():
+                state.failed = "deadline passed"
+                self._finished(state)
+            self._set_phase(SendPhase.DONE)
+            return [(head(ABORT, self.session), None)]
+        if now >= self._next_announce:
+            # Keep announcing during the transfer too: late joiners need the file list.
+            out.append((self.announce, None))
+            self._next_announce = now + (0.2 if self.phase == SendPhase.REGISTER else 0.5)
+        if self.phase == SendPhase.REGISTER:
+            enough = self.expected is not None and len(self.receivers) >= self.expected
+            if enough or now >= self.register_until:
+                self._start_pass(
+                    [(i, 0, f.blocks(self.block_size)) for i, f in enumerate(self.files) if f.size]
+                )
+        elif self.phase == SendPhase.STATUS:
+            out.extend(self._status_round(now))
+        return out
+
+    def events(self) -> list[TransferEvent]:
+        """What happened since the last call: phases, registrations, receivers finished."""
+        events, self._events = self._events, []
+        return events
+
+    def progress_request(self) -> Out:
+        """Ask the receivers how they keep up (for the adaptive rate). Each is asked on its
+        own address while there are few: a request on the group waits in the receiver's
+        queue behind the data, which would delay the answer by the very backlog it reports."""
+        request = head(PROGRESS_REQ, self.session)
+        active = self._active()
+        if len(active) > UNICAST_PROGRESS_LIMIT:
+            return [(request, None)]
+        return [(request, r.address) for r in active]
+
+    def receiver_drops(self) -> dict[int, int]:
+        """Each active receiver's kernel drop counter as last reported."""
+        return {r.receiver_id: r.drops for r in self._active()}
+
+    def receiver_fill(self) -> int:
+        """The fullest socket buffer among the active receivers, in percent, as last
+        reported."""
+        return max((r.fill for r in self._active()), default=0)
+
+    def next_blocks(self, budget: int) -> Out:
+        """Up to ``budget`` data blocks of the current pass, as whole datagrams."""
+        return [
+            (header + bytes(payload), None) for header, payload in self.next_block_parts(budget)
+        ]
+
+    def next_block_parts(self, budget: int) -> list[tuple[bytes, Buffer]]:
+        """Up to ``budget`` data blocks of the current pass, each as (header, payload), for
+        the group. The blocks of a run are read in one call and sent without being joined."""
+        parts: list[tuple[bytes, Buffer]] = []
+        size = self.block_size
+        while budget > 0 and self._queue:
+            item = self._queue[0]
+            file_index, block, left = item
+            count = min(left, budget)
+            chunk = memoryview(self.source.read(file_index, block * size, count * size))
+            for index in range(count):
+                header = DATA_HEADER.pack(MAGIC, DATA, self.session, file_index, block + index)
+                parts.append((header, chunk[index * size : (index + 1) * size]))
+            budget -= count
+            self.blocks_sent += count
+            if left == count:
+                self._queue.popleft()
+            else:
+                item[1], item[2] = block + count, left - count
+        if not self._queue and self.phase == SendPhase.DATA:
+            self._set_phase(SendPhase.STATUS)
+            self._status_since = 0.0
+            self._next_status = 0.0
+        return parts
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _active(self) -> list[ReceiverState]:
+        return [r for r in self.receivers.values() if not r.complete and r.failed is None]
+
+    def _set_phase(self, phase: SendPhase) -> None:
+        if phase != self.phase:
+            self.phase = advance(SEND_TRANSITIONS, self.phase, phase)
+            self._events.append(PhaseChanged(self.session, phase, self.pass_number))
+
+    def _finished(self, state: ReceiverState) -> None:
+        self._events.append(
+            ReceiverFinished(
+                self.session, state.receiver_id, state.name, state.complete, state.failed
+            )
+        )
+
+    def _start_pass(self, ranges: list[tuple[int, int, int]]) -> None:
+        self._queue = deque([list(r) for r in ranges])
+        self._set_phase(SendPhase.DATA)
+
+    def _status_round(self, now: float) -> Out:
+        active = self._active()
+        if not self._status_since:
+            self._status_since = now
+        for state in active:
+            if now - state.last_heard > self.receiver_timeout:
+                state.failed = "stopped answering"
+                self._finished(state)
+        active = self._active()
+        waiting_for = [r for r in active if r.status_pass < self.pass_number]
+        if not active:
+            # Everyone registered is finished. An expected receiver may still be on its way:
+            # keep announcing for one more registration wait before giving up on it.
+            short = self.expected is not None and len(self.receivers) < self.expected
+            if not short or (self._late_until and now >= self._late_until):
+                self._set_phase(SendPhase.DONE)
+                return []
+            self._late_until = self._late_until or now + self.register_wait
+            return []
+        if not waiting_for and active:
+            needed = self._union([r.missing for r in active])
+            self.pass_number += 1
+            if needed:
+                self._start_pass(needed)
+                return []
+            # Everyone answered with nothing missing: they are verifying; ask again soon.
+        if now >= self._next_status:
+            self._next_status = now + self.status_interval
+            return [(head(STATUS_REQ, self.session) + PASS.pack(self.pass_number), None)]
+        return []
+
+    def _union(self, lists: list[list[tuple[int, int, int]]]) -> list[tuple[int, int, int]]:
+        sizes = [f.blocks(self.block_size) for f in self.files]
+        wanted = {
+            index: bytearray(b"\x01" * sizes[index])
+            for index in {r[0] for ranges in lists for r in ranges if r[0] < len(sizes)}
+        }
+        for ranges in lists:
+            for file_index, first, count in ranges:
+                if file_index in wanted and first < sizes[file_index]:
+                    end = min(first + count, sizes[file_index])
+                    wanted[file_index][first:end] = bytes(end - first)
+        merged: list[tuple[int, int, int]] = []
+        for file_index in sorted(wanted):
+            merged.extend(missing_ranges(wanted[file_index], file_index))
+        return merged
+
+    def summary(self, now: float) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {
+            "session": f"{self.session:016x}",
+            "passes": self.pass_number,
+            "blocks": self.total_blocks,
+            "blocks_sent": self.blocks_sent,
+            "seconds": round(now - self.started, 3),
+            "receivers": [r.to_dict() for r in self.receivers.values()],
+        }

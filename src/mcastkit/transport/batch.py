@@ -1,0 +1,361 @@
+"""Batched datagram I/O: UDP GSO on send, UDP GRO on receive (Linux), with clean fallbacks.
+
+Python pays per system call, not per byte: one ``sendmsg`` carrying 44 segments of 1,472
+bytes (``UDP_SEGMENT``) costs about what one datagram does, and the kernel cuts the batch
+into datagrams (in the NIC, or in software before the wire). On receive, ``UDP_GRO`` lets the
+kernel hand over a run of same-size datagrams from one source in one buffer, with the segment
+size in a control message. What leaves and what arrives are ordinary datagrams: peers
+without GSO/GRO see no difference.
+
+Send policy, for every caller: a full socket buffer (EAGAIN) waits for the socket to become
+writable (bounded), never drops silently; other errors are counted by errno name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import select
+import socket
+import struct
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from . import mmsg
+from .mmsg import MultiReceive
+from .sockets import (
+    CMSG_BUFSIZE,
+    IP_PKTINFO,
+    IP_RECVTTL,
+    IPV6_RECVHOPLIMIT,
+    IPV6_RECVPKTINFO,
+    LINUX,
+    SO_RXQ_OVFL,
+    Packet,
+    parse_ancillary,
+)
+
+SOL_UDP = 17
+UDP_SEGMENT = 103  # linux/udp.h: the segment size of a GSO send
+UDP_GRO = 104  # linux/udp.h: coalesce on receive; the segment size comes as a cmsg
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS in kernels before 6.9 (128 after)
+GSO_MAX_BYTES = 65_000  # one GSO send is one IP datagram before segmentation: under 64 KiB
+RECV_BUFFER = 1 << 16
+WRITABLE_WAIT = 1.0  # seconds a send waits for room in a full socket buffer
+_SEGMENT = struct.Struct("=H")
+_GRO_SIZE = struct.Struct("=i")
+_DROPS = struct.Struct("=I")
+_MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: the enum's & costs a microsecond
+SO_MEMINFO = 55
+SK_MEMINFO_RMEM_ALLOC, SK_MEMINFO_RCVBUF, SK_MEMINFO_DROPS = 0, 1, 8
+_MEMINFO = struct.Struct("=9I")
+# The kernel refuses a GSO send with these when the path cannot do it (no checksum offload,
+# SO_NO_CHECK, xfrm, an old kernel): fall back to one datagram per call, for good.
+_GSO_REFUSALS = {errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EPROTO}
+
+Destination = tuple[str, int] | tuple[str, int, int, int]
+Buffer = bytes | bytearray | memoryview
+# handle(buffer, [(start, end), ...], (source, port), kernel drops or None); the buffer is
+# reused by the next receive
+RunHandler = Callable[[memoryview, list[tuple[int, int]], tuple[str, int], "int | None"], None]
+
+
+def gso_supported(sock: socket.socket) -> bool:
+    """True when the kernel knows ``UDP_SEGMENT`` on this socket (a send may still refuse)."""
+    if not LINUX:
+        return False
+    try:
+        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+    except OSError:
+        return False
+    return True
+
+
+def enable_gro(sock: socket.socket) -> bool:
+    """Ask for coalesced receives; False when the kernel does not offer ``UDP_GRO``."""
+    if not LINUX:
+        return False
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
+
+
+def quiet_control_messages(sock: socket.socket) -> None:
+    """Turn off the per-datagram control messages ``enable_packet_info`` asked for."""
+    for level, option in (
+        (socket.SOL_SOCKET, SO_RXQ_OVFL),
+        (socket.IPPROTO_IP, IP_PKTINFO),
+        (socket.IPPROTO_IP, IP_RECVTTL),
+        (socket.IPPROTO_IPV6, IPV6_RECVPKTINFO),
+        (socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT),
+    ):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(level, option, 0)
+
+
+def _split(buffers: Sequence[Buffer], size: int) -> list[bytes]:
+    joined = b"".join(buffers)
+    return [joined[offset : offset + size] for offset in range(0, len(joined), size)]
+
+
+class BatchSender:
+    """Sends lists of datagrams; a run of same-size ones to one destination is one call.
+
+    ``counters``: ``gso-calls``, ``datagrams``, ``gso-refused`` (the fallback was taken),
+    ``waits`` (the buffer was full), ``dropped:<ERRNO>`` (a datagram the kernel refused).
+    """
+
+    def __init__(self, sock: socket.socket, *, gso: bool = True) -> None:
+        self.sock = sock
+        self.gso = gso and gso_supported(sock)
+        self.counters: Counter[str] = Counter()
+
+    def send(self, datagrams: Sequence[bytes], destination: Destination) -> int:
+        """Send every datagram to ``destination``; returns how many the kernel took."""
+        sent = 0
+        count = len(datagrams)
+        start = 0
+        while start < count:
+            size = len(datagrams[start])
+            limit = min(count, start + min(GSO_MAX_SEGMENTS, max(1, GSO_MAX_BYTES // size)))
+            end = start + 1
+            while end < limit and len(datagrams[end]) == size:
+                end += 1
+            if end < limit and len(datagrams[end]) < size:
+                end += 1  # the last segment of a GSO send may be shorter
+            if self.gso and end - start > 1:
+                sent += self._send_gso(datagrams[start:end], size, destination, end - start)
+            else:
+                for data in datagrams[start:end]:
+                    sent += self._send_one((data,), destination)
+            start = end
+        return sent
+
+    def send_parts(self, parts: Sequence[tuple[Buffer, Buffer]], destination: Destination) -> int:
+        """Like ``send``, for datagrams given as (header, payload): never joined in Python,
+        the kernel gathers them (one iovec pair per datagram)."""
+        sent = 0
+        count = len(parts)
+        start = 0
+        while start < count:
+            head, body = parts[start]
+            size = len(head) + len(body)
+            limit = min(count, start + min(GSO_MAX_SEGMENTS, max(1, GSO_MAX_BYTES // size)))
+            end = start + 1
+            while end < limit and len(parts[end][0]) + len(parts[end][1]) == size:
+                end += 1
+            if end < limit and len(parts[end][0]) + len(parts[end][1]) < size:
+                end += 1
+            if self.gso and end - start > 1:
+                buffers = [piece for part in parts[start:end] for piece in part]
+                sent += self._send_gso(buffers, size, destination, end - start)
+            else:
+                for part in parts[start:end]:
+                    sent += self._send_one(part, destination)
+            start = end
+        return sent
+
+    def _send_gso(
+        self, buffers: Sequence[Buffer], size: int, destination: Destination, count: int
+    ) -> int:
+        """``buffers`` laid end to end are ``count`` datagrams of ``size`` bytes (the last may
+        be shorter)."""
+        control = [(SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(size))]
+        while True:
+            try:
+                self.sock.sendmsg(buffers, control, 0, destination)
+            except BlockingIOError:
+                if self._wait_writable():
+                    continue
+                self.counters["dropped:EAGAIN"] += count
+                return 0
+            except OSError as exc:
+                if exc.errno in _GSO_REFUSALS:
+                    self.gso = False
+                    self.counters["gso-refused"] += 1
+                    return sum(
+                        self._send_one((data,), destination) for data in _split(buffers, size)
+                    )
+                self.counters[f"dropped:{errno.errorcode.get(exc.errno or 0, '?')}"] += count
+                return 0
+            self.counters["gso-calls"] += 1
+            self.counters["datagrams"] += count
+            return count
+
+    def _send_one(self, pieces: Sequence[Buffer], destination: Destination) -> int:
+        while True:
+            try:
+                self.sock.sendmsg(pieces, (), 0, destination)
+            except BlockingIOError:
+                if self._wait_writable():
+                    continue
+                self.counters["dropped:EAGAIN"] += 1
+                return 0
+            except OSError as exc:
+                self.counters[f"dropped:{errno.errorcode.get(exc.errno or 0, '?')}"] += 1
+                return 0
+            self.counters["datagrams"] += 1
+            return 1
+
+    def _wait_writable(self) -> bool:
+        self.counters["waits"] += 1
+        _, writable, _ = select.select([], [self.sock], [], WRITABLE_WAIT)
+        return bool(writable)
+
+
+class BatchReceiver:
+    """Drains a socket into ``Packet``s, splitting what GRO coalesced (one source, one size).
+
+    Source, destination, interface, TTL and the kernel drop counter come from the control
+    messages of the coalesced receive and are the same for every segment in it.
+    """
+
+    def __init__(self, sock: socket.socket, *, gro: bool = True, multi: bool = True) -> None:
+        self.sock = sock
+        self.gro = gro and enable_gro(sock)
+        self._buffer = bytearray(RECV_BUFFER)
+        self._view = memoryview(self._buffer)
+        self._multi = MultiReceive(sock) if multi and mmsg.available() else None
+        if self._multi is not None:
+            # Batches carry source and segment size only: per-datagram destination, TTL and
+            # drop counts would cost a control-message parse each (drops: kernel_drops()).
+            quiet_control_messages(sock)
+        self._multi_view = memoryview(self._multi.buffer) if self._multi is not None else self._view
+        self.counters: Counter[str] = Counter()
+        self.fill = 0  # percent of the receive buffer in use when the last drain began
+
+    def receive_runs(self, handle: RunHandler, limit: int = 256) -> int:
+        """Hand what is queued to ``handle`` without copying: ``buffer`` holds the datagrams
+        at ``spans`` (start, end), all from ``source``. GRO-coalesced receives are split by
+        their segment size; with ``recvmmsg``, consecutive datagrams from one source come in
+        one call. The buffer is overwritten by the next receive. Returns the datagrams
+        handed over, up to about ``limit``."""
+        if self._multi is not None:
+            return self._receive_multi(handle, limit)
+        count = 0
+        queued_drops = self.kernel_drops()
+        while count < limit:
+            try:
+                size, ancillary, flags, address = self.sock.recvmsg_into(
+                    [self._buffer], CMSG_BUFSIZE
+                )
+            except (BlockingIOError, InterruptedError):
+                break
+            if flags & _MSG_TRUNC:
+                self.counters["truncated"] += 1
+                continue
+            segment, drops = self._control(ancillary, size)
+            drops = queued_drops if drops is None else drops
+            spans = [(o, min(o + segment, size)) for o in range(0, size, segment)]
+            count += len(spans)
+            handle(self._view, spans, (str(address[0]), int(address[1])), drops)
+        self.counters["datagrams"] += count
+        return count
+
+    def _receive_multi(self, handle: RunHandler, limit: int) -> int:
+        multi = self._multi
+        assert multi is not None
+        count = 0
+        drops = self.kernel_drops()
+        while count < limit:
+            received = multi.receive()
+            if not received:
+                break
+            spans: list[tuple[int, int]] = []
+            raw: bytes | None = None
+            source = ("", 0)
+            for index, (_, control, flags, size) in enumerate(multi.results(received)):
+                if flags & _MSG_TRUNC:
+                    self.counters["truncated"] += 1
+                    continue
+                here = multi.raw_source(index)
+                if here != raw:
+                    if spans:
+                        self.counters["datagrams"] += len(spans)
+                        handle(self._multi_view, spans, source, drops)
+                        spans = []
+                    raw, source = here, multi.source(index)
+                base = index * multi.slot_size
+                # Only GRO adds a control message on this socket: none means one datagram.
+                segment = self._control(multi.control(index), size)[0] if control else size
+                if segment >= size:
+                    spans.append((base, base + size))
+                else:
+                    spans.extend(
+                        (base + o, base + min(o + segment, size)) for o in range(0, size, segment)
+                    )
+            count += received
+            if spans:
+                self.counters["datagrams"] += len(spans)
+                handle(self._multi_view, spans, source, drops)
+            multi.finish()
+            if received < multi.slots:
+                break
+        return count
+
+    def kernel_drops(self) -> int | None:
+        """Datagrams the kernel dropped on this socket so far (``SO_MEMINFO``), or None.
+        Also updates ``fill``: the share of the receive buffer in use, in percent."""
+        try:
+            info = _MEMINFO.unpack(
+                self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size)
+            )
+        except OSError:
+            return None
+        self.fill = info[SK_MEMINFO_RMEM_ALLOC] * 100 // max(1, info[SK_MEMINFO_RCVBUF])
+        return int(info[SK_MEMINFO_DROPS])
+
+    def _control(
+        self, ancillary: list[tuple[int, int, bytes]], size: int
+    ) -> tuple[int, int | None]:
+        """The GRO segment size (``size`` when not coalesced) and the kernel drop count."""
+        segment, drops = size, None
+        for level, kind, payload in ancillary:
+            if level == SOL_UDP and kind == UDP_GRO and len(payload) >= _GRO_SIZE.size:
+                segment = _GRO_SIZE.unpack_from(payload)[0] or size
+            elif level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(payload) >= 4:
+                drops = _DROPS.unpack_from(payload)[0]
+        if segment < size:
+            self.counters["coalesced"] += 1
+        return max(1, segment), drops
+
+    def receive(self, limit: int = 256) -> list[Packet]:
+        """Up to about ``limit`` datagrams already queued (the socket must be non-blocking)."""
+        packets: list[Packet] = []
+        view = self._view
+        while len(packets) < limit:
+            try:
+                size, ancillary, flags, address = self.sock.recvmsg_into(
+                    [self._buffer], CMSG_BUFSIZE
+                )
+            except (BlockingIOError, InterruptedError):
+                break
+            if flags & _MSG_TRUNC:
+                self.counters["truncated"] += 1
+                continue
+            segment = size
+            for level, kind, payload in ancillary:
+                if level == SOL_UDP and kind == UDP_GRO and len(payload) >= _GRO_SIZE.size:
+                    segment = _GRO_SIZE.unpack_from(payload)[0] or size
+            first = parse_ancillary(bytes(view[: min(segment, size)]), address, ancillary)
+            packets.append(first)
+            if segment >= size:
+                continue
+            self.counters["coalesced"] += 1
+            for offset in range(segment, size, segment):
+                data = bytes(view[offset : min(offset + segment, size)])
+                packets.append(
+                    Packet(
+                        data,
+                        first.source,
+                        first.source_port,
+                        first.destination,
+                        first.ifindex,
+                        first.ttl,
+                        first.drops,
+                    )
+                )
+        self.counters["datagrams"] += len(packets)
+        return packets

@@ -1,0 +1,127 @@
+"""Batched datagram I/O on real sockets: UDP GSO sends, GRO and recvmmsg receives, fallbacks.
+
+What leaves a GSO send must arrive as the same datagrams, byte for byte and in order, whether
+the receiver takes them coalesced (GRO), in recvmmsg batches, or one by one; a kernel that
+refuses GSO must cost nothing but speed.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+
+import pytest
+
+from mcastkit.transport import mmsg
+from mcastkit.transport.batch import BatchReceiver, BatchSender, gso_supported
+
+SO_NO_CHECK = 11  # the kernel refuses UDP GSO on a socket without checksums (EINVAL)
+
+
+def _pair(family: int) -> tuple[socket.socket, socket.socket, tuple[str, int]]:
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    receiver = socket.socket(family, socket.SOCK_DGRAM)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    receiver.bind((host, 0))
+    receiver.setblocking(False)
+    sender = socket.socket(family, socket.SOCK_DGRAM)
+    sender.setblocking(False)
+    return sender, receiver, receiver.getsockname()[:2]
+
+
+def _datagrams(count: int, size: int, *, short_last: bool = True) -> list[bytes]:
+    out = [index.to_bytes(4, "big") + os.urandom(size - 4) for index in range(count)]
+    if short_last:
+        out[-1] = out[-1][: size // 3]
+    return out
+
+
+def _collect(receiver: BatchReceiver, want: int, timeout: float = 5.0) -> list[bytes]:
+    got: list[bytes] = []
+
+    def handle(buffer, spans, source, drops):  # type: ignore[no-untyped-def]
+        got.extend(bytes(buffer[start:end]) for start, end in spans)
+
+    end = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < end:
+        select.select([receiver.sock], [], [], 0.05)
+        receiver.receive_runs(handle)
+    return got
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+@pytest.mark.parametrize(("gro", "multi"), [(True, True), (True, False), (False, True)])
+def test_gso_batches_arrive_as_the_same_datagrams(family: int, gro: bool, multi: bool) -> None:
+    sender, raw_receiver, address = _pair(family)
+    batch = BatchSender(sender)
+    assert batch.gso == gso_supported(sender)
+    receiver = BatchReceiver(raw_receiver, gro=gro, multi=multi)
+    sent = []
+    for size in (1472, 1200, 100):  # several runs, each ending in a shorter datagram
+        datagrams = _datagrams(130, size)
+        assert batch.send(datagrams, address) == len(datagrams)
+        sent.extend(datagrams)
+    got = _collect(receiver, len(sent))
+    assert got == sent
+    if batch.gso:
+        assert batch.counters["gso-calls"] >= 9  # 130 segments need at least 3 calls per size
+    if gro and receiver.gro:
+        assert receiver.counters["coalesced"] > 0  # loopback hands GSO batches over whole
+    sender.close()
+    raw_receiver.close()
+
+
+def test_a_kernel_that_refuses_gso_costs_nothing_but_speed() -> None:
+    sender, raw_receiver, address = _pair(socket.AF_INET)
+    if not gso_supported(sender):
+        pytest.skip("this kernel has no UDP_SEGMENT")
+    sender.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)  # the kernel now answers EINVAL
+    batch = BatchSender(sender)
+    datagrams = _datagrams(100, 1000)
+    assert batch.send(datagrams, address) == 100
+    assert batch.gso is False and batch.counters["gso-refused"] == 1
+    assert batch.counters["datagrams"] == 100 and batch.counters["gso-calls"] == 0
+    assert _collect(BatchReceiver(raw_receiver), 100) == datagrams
+    # Once refused, it does not try again.
+    assert batch.send(datagrams, address) == 100 and batch.counters["gso-refused"] == 1
+
+
+def test_a_full_socket_buffer_waits_instead_of_dropping() -> None:
+    sender, raw_receiver, address = _pair(socket.AF_INET)
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # EAGAIN after a few
+    batch = BatchSender(sender, gso=False)
+    datagrams = _datagrams(2000, 1400, short_last=False)
+    assert batch.send(datagrams, address) == 2000
+    assert not any(key.startswith("dropped:") for key in batch.counters), batch.counters
+    got = _collect(BatchReceiver(raw_receiver), 2000)
+    assert len(got) == 2000  # loopback: the receive buffer (8 MiB) held them all
+
+
+def test_errors_are_counted_not_raised() -> None:
+    sender, _, _ = _pair(socket.AF_INET)
+    batch = BatchSender(sender, gso=False)
+    # Port 0 is not a destination: the kernel refuses each datagram.
+    assert batch.send([b"x" * 10] * 3, ("127.0.0.1", 0)) == 0
+    assert sum(n for key, n in batch.counters.items() if key.startswith("dropped:")) == 3
+
+
+def test_recvmmsg_batches_keep_each_datagrams_source() -> None:
+    if not mmsg.available():
+        pytest.skip("no recvmmsg")
+    first, raw_receiver, address = _pair(socket.AF_INET)
+    second = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for index in range(40):  # interleaved sources: every datagram starts a new run
+        (first if index % 2 else second).sendto(index.to_bytes(4, "big"), address)
+    time.sleep(0.1)
+    seen: list[tuple[int, tuple[str, int]]] = []
+
+    def handle(buffer, spans, source, drops):  # type: ignore[no-untyped-def]
+        seen.extend((int.from_bytes(buffer[s:e], "big"), source) for s, e in spans)
+
+    BatchReceiver(raw_receiver, gro=False).receive_runs(handle)
+    assert [n for n, _ in seen] == list(range(40))
+    ports = {n % 2: source[1] for n, source in seen}
+    assert ports == {1: first.getsockname()[1], 0: second.getsockname()[1]}
+    assert all(source[0] == "127.0.0.1" for _, source in seen)
