@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .addr import format_endpoint
-from .security import ReplayWindow
+
+if TYPE_CHECKING:  # the crypto library loads only where a group is sealed
+    from .security import ReplayWindow
 
 __all__ = ["Address", "PeerInfo", "topic_matches"]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mcastkit.transfer.rate import AdaptiveRate
 
 
@@ -66,3 +68,13 @@ def test_a_full_but_draining_buffer_is_not_a_reason_to_slow_down() -> None:
     rate.on_sample({1: 0}, sent=1000, fill=60)  # over HIGH_FILL but falling: holds
     rate.on_sample({1: 0}, sent=1000, fill=30)  # between the marks: holds
     assert rate.pps == 900.0
+
+
+def test_idle_receivers_let_it_ramp_up_fast_and_silent_ones_do_not() -> None:
+    reported = AdaptiveRate(1000.0, ceiling=1e9)
+    silent = AdaptiveRate(1000.0, ceiling=1e9)
+    for _ in range(4):
+        reported.on_sample({1: 0}, sent=1000, fill=0)  # said: its buffer is empty
+        silent.on_sample({1: 0}, sent=1000)  # an older receiver: no fill reported
+    assert reported.pps == pytest.approx(1000.0 * 1.25**4)
+    assert silent.pps == pytest.approx(1000.0 * 1.1**4)

@@ -120,7 +120,7 @@ def test_late_joiner_gets_everything_through_repair(tmp_path: Path) -> None:
 def test_corrupted_announce_hash_never_leaves_a_final_file(tmp_path: Path) -> None:
     (receiver,) = _receivers(tmp_path, 1)
     blob = os.urandom(5000)
-    files = [FileInfo("f0.bin", len(blob), "0" * 64)]  # the wrong hash
+    files = [FileInfo("f0.bin", len(blob), "1" * 64)]  # the wrong hash ("0" * 64: pending)
     sender = SendSession(
         7, files, MemorySource([blob]), now=0.0, block_size=100, expected=1, register_wait=0.1
     )

@@ -10,20 +10,54 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 
 from ..errors import MulticastError
 from ..version import __version__
-from . import bench, demo, diag, doctor, dump, group, info, pubsub, rpc, signals, traffic, transfer
+from . import signals
 
 EXIT_USAGE = 2
 EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE
+# The module of each command, in the order of --help. A command loads only its own module:
+# `mcast send-file` never imports asyncio or the crypto library (tests check this table).
+COMMAND_MODULES = {
+    "demo": "demo",
+    "chat": "group",
+    "peers": "group",
+    "keygen": "group",
+    "publish": "pubsub",
+    "subscribe": "pubsub",
+    "request": "rpc",
+    "serve": "rpc",
+    "addr": "info",
+    "ifaces": "info",
+    "send": "traffic",
+    "listen": "traffic",
+    "ping": "diag",
+    "bench": "bench",
+    "doctor": "doctor",
+    "dump": "dump",
+    "send-file": "transfer",
+    "recv-file": "transfer",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (also used to render --help in docs)."""
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (the first word that is not an option), if known."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMAND_MODULES else None
+        if word in ("-h", "--help", "--version"):
+            return None
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser: every command (also used to render --help in docs), or only
+    ``command``'s module, which parses that command the same way."""
     parser = argparse.ArgumentParser(
         prog="mcast",
         description="UDP multicast toolkit: explain, join, send, listen, demo.",
@@ -34,15 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    for module in (demo, group, pubsub, rpc, info, traffic, diag, bench, doctor, dump, transfer):
-        module.add_parsers(commands)
+    names = [COMMAND_MODULES[command]] if command else dict.fromkeys(COMMAND_MODULES.values())
+    for name in names:
+        importlib.import_module(f".{name}", __package__).add_parsers(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code."""
     signals.install()
-    parser = build_parser()
+    parser = build_parser(_command_in(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except KeyboardInterrupt:

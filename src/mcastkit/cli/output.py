@@ -8,16 +8,12 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MulticastError
-from ..security import (
-    GroupKey,
-    SecurityError,
-    key_from_passphrase,
-    load_key_file,
-    read_passphrase_file,
-)
+
+if TYPE_CHECKING:
+    from ..security import GroupKey
 
 PASSPHRASE_ENV = "MCAST_PASSPHRASE"
 
@@ -73,6 +69,14 @@ def add_key_options(parser: argparse.ArgumentParser) -> None:
 
 def group_key(args: argparse.Namespace, group: object) -> GroupKey | None:
     """The group key the options (or $MCAST_PASSPHRASE) name, or None for an open group."""
+    # Here, not at the top: only commands with key options load the crypto library.
+    from ..security import (
+        SecurityError,
+        key_from_passphrase,
+        load_key_file,
+        read_passphrase_file,
+    )
+
     if getattr(args, "key_file", None):
         return load_key_file(args.key_file)
     passphrase: str | None = None

@@ -11,7 +11,6 @@ background job without job control) stays ignored.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from collections.abc import Callable, Coroutine
 from types import FrameType
@@ -90,6 +89,7 @@ def run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """``asyncio.run`` where SIGINT / SIGTERM cancel the command. It may catch the
     cancellation to finish with its summary; if it does not, KeyboardInterrupt is raised
     (the entry point exits 128 + the signal)."""
+    import asyncio  # here: commands that never use it do not pay for loading it
 
     async def runner() -> T:
         loop = asyncio.get_running_loop()

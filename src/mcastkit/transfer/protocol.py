@@ -87,6 +87,12 @@ MAX_RANGES = 100  # ranges per STATUS datagram (1200 bytes); the rest come next 
 MIN_BLOCK_SIZE = 64
 
 
+# An announce may go out before the sender has hashed its files (hashing 256 MiB takes longer
+# than registering the receivers): the digest is then this, and a later announce of the same
+# session carries the real one. A receiver verifies only once it has it.
+PENDING_DIGEST = "0" * 64
+
+
 @dataclass(frozen=True)
 class FileInfo:
     """One file of a transfer."""
@@ -98,6 +104,11 @@ class FileInfo:
     def blocks(self, block_size: int) -> int:
         """Number of blocks (an empty file has none)."""
         return (self.size + block_size - 1) // block_size
+
+    @property
+    def digest_pending(self) -> bool:
+        """The sender has not sent this file's sha256 yet."""
+        return self.sha256 == PENDING_DIGEST
 
 
 @dataclass

@@ -20,6 +20,8 @@ OVERFLOW_SHARE = 0.005  # drops above 0.5 % of what was sent in the sample mean 
 EASE = 0.9  # decrease when a buffer is filling up, before it overflows
 HIGH_FILL = 50  # percent of a receiver's socket buffer in use: ease off
 LOW_FILL = 20  # below this (and no drops): speed up
+EMPTY_FILL = 2  # at most this: the receivers are idle, speed up by SPEED_UP_EMPTY
+SPEED_UP_EMPTY = 1.25
 
 
 @dataclass
@@ -34,14 +36,16 @@ class AdaptiveRate:
     _last_fill: int = 0
     _settling: bool = False
 
-    def on_sample(self, drops: dict[int, int], sent: int, fill: int = 0) -> float:
+    def on_sample(self, drops: dict[int, int], sent: int, fill: int | None = None) -> float:
         """``drops``: each receiver's cumulative kernel drops; ``sent``: blocks since last time;
-        ``fill``: the fullest receiver's socket buffer, in percent."""
+        ``fill``: the fullest receiver's socket buffer, in percent (None: not reported)."""
         worst = 0
         for receiver, total in drops.items():
             previous = self._last.get(receiver, total)
             worst = max(worst, total - previous)
             self._last[receiver] = total
+        known = fill is not None
+        fill = fill or 0
         rising = fill >= self._last_fill
         self._last_fill = fill
         if self._settling:
@@ -55,6 +59,8 @@ class AdaptiveRate:
             self.pps = max(self.floor, self.pps * EASE)
             self._settling = True
         elif worst == 0 and fill < LOW_FILL:
-            self.pps = min(self.ceiling, self.pps * SPEED_UP)
+            # An empty buffer says the receivers keep up with room to spare: grow faster.
+            step = SPEED_UP_EMPTY if known and fill <= EMPTY_FILL else SPEED_UP
+            self.pps = min(self.ceiling, self.pps * step)
         self.history.append(round(self.pps))
         return self.pps

@@ -110,6 +110,7 @@ class ReceiveSession:
         self.last_heard = now
         self._last_pass = 0
         self._verify_due = False
+        self._awaiting_digests = False
         self._next_register = now
         self._complete_message: bytes | None = None
 
@@ -123,6 +124,8 @@ class ReceiveSession:
         kind, body = message.kind, message.body
         if kind == ANNOUNCE and self.state == ReceiveState.WAITING:
             return self._on_announce(message.session, body, source, now)
+        if kind == ANNOUNCE and message.session == self.session:
+            self._learn_digests(body)
         if self.session is None or self.state == ReceiveState.WAITING:
             return []
         if message.session == self.session:
@@ -213,6 +216,9 @@ class ReceiveSession:
             # Verification (fsync, sha256) can take seconds: the sender was told first.
             self._verify_due = False
             if self.state == ReceiveState.RECEIVING:  # not failed meanwhile (an ABORT)
+                if any(f.digest_pending for f in self.files):
+                    self._awaiting_digests = True  # verified when the announce brings them
+                    return []
                 self._verify()
             return [(self._complete_message, self.sender)] if self._complete_message else []
         if self.state == ReceiveState.RECEIVING and now - self.last_heard > SENDER_SILENCE:
@@ -313,6 +319,24 @@ class ReceiveSession:
             self._verify_due = True
             return self._status(self._last_pass)  # "nothing missing": keeps the sender patient
         return []
+
+    def _learn_digests(self, body: bytes) -> None:
+        """A later announce of our transfer: take the digests we were still waiting for."""
+        if not any(f.digest_pending for f in self.files):
+            return
+        decoded = decode_announce(body)
+        if decoded is None:
+            return
+        files, block_size = decoded
+        same = [(f.name, f.size) for f in files] == [(f.name, f.size) for f in self.files]
+        if not same or block_size != self.block_size:
+            return  # not the list we are receiving: ignore it
+        for index, (mine, theirs) in enumerate(zip(self.files, files, strict=True)):
+            if mine.digest_pending and not theirs.digest_pending:
+                self.files[index] = theirs  # the sink holds the same list
+        if self._awaiting_digests and not any(f.digest_pending for f in self.files):
+            self._awaiting_digests = False
+            self._verify_due = True
 
     def _verify(self) -> None:
         assert self.sink is not None and self.session is not None

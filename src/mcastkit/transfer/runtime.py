@@ -7,6 +7,7 @@ import hashlib
 import os
 import resource
 import select
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from ..transport import Packet, open_receiver, open_sender
 from ..transport.batch import BatchReceiver, BatchSender
 from ..units import Rate
 from .engine import DEFAULT_MAX_SIZE, Address, ReceiveSession, SendSession
-from .protocol import BLOCK_SIZE, HEAD, FileInfo
+from .protocol import BLOCK_SIZE, HEAD, PENDING_DIGEST, FileInfo
 from .rate import AdaptiveRate
 from .storage import DirectoryStorage
 
@@ -48,10 +49,8 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def describe_files(
-    paths: list[Path], on_file: Callable[[str], None] | None = None
-) -> list[FileInfo]:
-    """Name, size and sha256 of each file (read once, in 1 MiB chunks)."""
+def list_files(paths: list[Path]) -> list[FileInfo]:
+    """Name and size of each file, its digest still to come (``PENDING_DIGEST``)."""
     infos = []
     names = set()
     for path in paths:
@@ -60,14 +59,46 @@ def describe_files(
         if path.name in names:
             raise ValueError(f"two files are named {path.name!r}; receivers keep only names")
         names.add(path.name)
-        if on_file is not None:
-            on_file(path.name)
+        infos.append(FileInfo(path.name, path.stat().st_size, PENDING_DIGEST))
+    return infos
+
+
+def hash_files(paths: list[Path]) -> list[str]:
+    """The sha256 of each file (read in 1 MiB chunks; hashlib lets other threads run)."""
+    digests = []
+    for path in paths:
         digest = hashlib.sha256()
-        with path.open("rb") as handle:
+        with path.open("rb", buffering=0) as handle:
             while chunk := handle.read(1 << 20):
                 digest.update(chunk)
-        infos.append(FileInfo(path.name, path.stat().st_size, digest.hexdigest()))
-    return infos
+        digests.append(digest.hexdigest())
+    return digests
+
+
+def describe_files(paths: list[Path]) -> list[FileInfo]:
+    """Name, size and sha256 of each file."""
+    return [
+        FileInfo(info.name, info.size, digest)
+        for info, digest in zip(list_files(paths), hash_files(paths), strict=True)
+    ]
+
+
+class _Hasher(threading.Thread):
+    """Hashes the files while the transfer starts: registration and the first pass need
+    only names and sizes, and hashing 256 MiB takes longer than registering."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        super().__init__(name="mcastkit-hash", daemon=True)
+        self.paths = paths
+        self.digests: list[str] | None = None
+        self.error: OSError | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.digests = hash_files(self.paths)
+        except OSError as exc:
+            self.error = exc
 
 
 class _FileSource:
@@ -134,7 +165,8 @@ def send_files(
     (see rate.py); otherwise ``rate`` is fixed (None: as fast as possible). ``gso`` sends
     runs of blocks as one UDP GSO call where the kernel allows it.
     """
-    files = describe_files(paths)
+    files = list_files(paths)
+    hasher: _Hasher | None = _Hasher(paths)
     source = _FileSource(paths)
     sender = open_sender(spec, iface=iface, ttl=ttl, sndbuf=4 << 20)
     sender.sock.setblocking(False)
@@ -169,9 +201,17 @@ def send_files(
         source = (packet.source, packet.source_port)
         transmit(session.receive(packet.data, source, time.monotonic()))
 
+    unreadable: OSError | None = None
     try:
         while session.phase != SendPhase.DONE:
             now = time.monotonic()
+            if hasher is not None and not hasher.is_alive():
+                if hasher.digests is not None:
+                    session.set_digests(hasher.digests)
+                else:
+                    unreadable = hasher.error
+                    transmit(session.abort("the sender could not read its files"))
+                hasher = None
             transmit(session.tick(now))
             _drain(replies, handle)
             if session.phase == SendPhase.DATA:
@@ -208,8 +248,10 @@ def send_files(
         source.close()
         sender.close()
     _report(session.events(), on_event)
+    if unreadable is not None:
+        raise unreadable
     summary = session.summary(time.monotonic())
-    summary["files"] = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in files]
+    summary["files"] = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in session.files]
     summary["bytes"] = sum(f.size for f in files)
     summary["group"] = str(spec)
     summary["peak_rss_mb"] = peak_rss_mb()

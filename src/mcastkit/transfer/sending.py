@@ -66,7 +66,7 @@ class ReceiverState:
     complete: bool = False
     failed: str | None = None
     drops: int = 0  # the receiver's kernel drop counter, from its last PROGRESS
-    fill: int = 0  # how full its socket buffer was then, in percent
+    fill: int | None = None  # how full its socket buffer was then, in percent (if it says)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
@@ -190,11 +190,7 @@ class SendSession:
         if self.phase == SendPhase.DONE:
             return out
         if self.deadline is not None and now >= self.deadline:
-            for state in self._active():
-                state.failed = "deadline passed"
-                self._finished(state)
-            self._set_phase(SendPhase.DONE)
-            return [(head(ABORT, self.session), None)]
+            return self.abort("deadline passed")
         if now >= self._next_announce:
             # Keep announcing during the transfer too: late joiners need the file list.
             out.append((self.announce, None))
@@ -214,6 +210,24 @@ class SendSession:
         events, self._events = self._events, []
         return events
 
+    def abort(self, reason: str) -> Out:
+        """Give up: every receiver still at work fails for ``reason``, and is told."""
+        for state in self._active():
+            state.failed = reason
+            self._finished(state)
+        self._set_phase(SendPhase.DONE)
+        return [(head(ABORT, self.session), None)]
+
+    def set_digests(self, digests: list[str]) -> None:
+        """The files' sha256, once hashed (announced with ``PENDING_DIGEST`` until then): the
+        next announce, sent at once, carries them."""
+        self.files = [
+            FileInfo(info.name, info.size, digest)
+            for info, digest in zip(self.files, digests, strict=True)
+        ]
+        self.announce = encode_announce(self.session, self.files, self.block_size)
+        self._next_announce = 0.0
+
     def progress_request(self) -> Out:
         """Ask the receivers how they keep up (for the adaptive rate). Each is asked on its
         own address while there are few: a request on the group waits in the receiver's
@@ -228,10 +242,10 @@ class SendSession:
         """Each active receiver's kernel drop counter as last reported."""
         return {r.receiver_id: r.drops for r in self._active()}
 
-    def receiver_fill(self) -> int:
+    def receiver_fill(self) -> int | None:
         """The fullest socket buffer among the active receivers, in percent, as last
-        reported."""
-        return max((r.fill for r in self._active()), default=0)
+        reported (None when none reported one)."""
+        return max((r.fill for r in self._active() if r.fill is not None), default=None)
 
     def next_blocks(self, budget: int) -> Out:
         """Up to ``budget`` data blocks of the current pass, as whole datagrams."""
