@@ -1,14 +1,22 @@
 """File distribution side by side: mcast send-file vs uftp and udpcast, same topology, same run.
 
-A sender and N receivers (network namespaces on a bridge, inside a private namespace: the script
-re-executes itself under ``unshare --net`` as root), optional random loss on the receivers'
-input (nftables), one file of --size MiB. Every receiver's copy is checked with sha256. Each
-tool gets a fresh topology per cell.
+A sender and N receivers (network namespaces on a bridge, inside a private namespace: the
+script re-executes itself under ``unshare --net`` as root), optional random loss on the
+receivers' input (nftables, 239/8), one file of --size MiB. Everything lives on tmpfs
+(--work, default /dev/shm), so disk speed is not measured. Every tool runs as its
+documentation says and as ../shared/bench/filedist.sh (the reference harness) runs it: the
+clock runs from the sender's start to its exit (each sender exits only once its receivers
+have the file), then every receiver's copy is checked with sha256. A run in which a copy is
+wrong does not count as a speed.
 
-    python benchmarks/bench_files.py [--size 256] [--receivers 1,3] [--loss 0,5,20] [--repeat 3]
-        [--json]
+--wire 1: hosts cut UDP GSO batches into datagrams before their veth, so the bridge carries
+MTU-sized frames as a real link does. --wire 0: GSO batches cross the bridge whole, what
+same-host containers see (and where GRO hands them to the receiver whole).
 
-With --repeat, the tools take turns in every round (interleaved) and the median is reported.
+    python benchmarks/bench_files.py [--size 256] [--receivers 1,3] [--loss 0,5,20]
+        [--repeat 3] [--wire 1,0] [--tools mcast,uftp,udpcast] [--json]
+
+The tools take turns in every round (interleaved); medians are reported, with mcast/uftp.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from _isolation import isolate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+TOOL_TIMEOUT = 300  # seconds for one sender, as in the reference harness
+
 
 def _sha(path: Path) -> str | None:
     if not path.exists():
@@ -41,176 +51,207 @@ def _sha(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-TOOL_TIMEOUT = 120  # seconds; udpcast has been seen to stall for good under loss
-
-
 def _spawn(host, *args: str) -> subprocess.Popen[bytes]:
-    """Start a reference tool on a host; its (binary, chatty) output is not needed."""
     return subprocess.Popen(
-        host.exec_args(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        host.exec_args(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
 
 
-def _run_quiet(host, *args: str) -> None:
-    """Run a reference tool to the end, or stop it after TOOL_TIMEOUT (a stall is a result)."""
-    # On a timeout subprocess.run kills the tool; the receivers' files say what arrived.
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run(
+def _timed(host, *args: str) -> tuple[float, int]:
+    """Run a sender to its end: (seconds, exit code); a timeout is exit code -1."""
+    start = time.monotonic()
+    try:
+        done = subprocess.run(
             host.exec_args(*args),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             timeout=TOOL_TIMEOUT,
             check=False,
         )
+        code = done.returncode
+    except subprocess.TimeoutExpired:
+        code = -1
+    return time.monotonic() - start, code
 
 
-def _wait_ready(procs: list, seconds: float = 1.0) -> None:
-    time.sleep(seconds)
+def _stop(procs: list[subprocess.Popen[bytes]], wait: float) -> None:
     for proc in procs:
-        if proc.poll() is not None:
-            raise RuntimeError(f"a receiver exited early: {proc.communicate()}")
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            proc.kill()
+            proc.wait()
 
 
-def run_mcast(sender, receivers, source: Path, work: Path) -> float:
+def run_mcast(sender, receivers, source: Path, work: Path) -> tuple[float, int, list[Path]]:
     procs = [
-        h.start(
+        _spawn(
+            host,
             sys.executable,
             "-m",
             "mcastkit",
             "recv-file",
+            "--group",
+            "239.1.4.1:6100",
+            "--iface",
+            "eth0",
             "--dir",
-            str(work / h.name),
+            str(work / f"r{n}"),
             "--parents",
             "--name",
-            h.name,
-            "--json",
+            f"r{n}",
             "--wait",
             "60",
+            "--json",
         )
-        for h in receivers
+        for n, host in enumerate(receivers, 1)
     ]
-    _wait_ready(procs)
-    start = time.monotonic()
-    done = sender.run(
+    time.sleep(0.5)
+    elapsed, code = _timed(
+        sender,
         sys.executable,
         "-m",
         "mcastkit",
         "send-file",
-        str(source),
+        "--group",
+        "239.1.4.1:6100",
+        "--iface",
+        "eth0",
         "--receivers",
         str(len(receivers)),
         "--json",
-        timeout=900,
+        str(source),
     )
-    elapsed = time.monotonic() - start
-    for proc in procs:
-        proc.communicate(timeout=120)
-    if done.returncode not in (0, 1):
-        raise RuntimeError(done.stderr)
-    return elapsed
+    _stop(procs, 30)  # receivers finish on their own once the sender acknowledged them
+    return elapsed, code, [work / f"r{n}" / source.name for n in range(1, len(receivers) + 1)]
 
 
-def run_uftp(sender, receivers, source: Path, work: Path) -> float:
-    ids = [f"0x{n + 1:08x}" for n in range(len(receivers))]
+def run_uftp(sender, receivers, source: Path, work: Path) -> tuple[float, int, list[Path]]:
+    ids = []
     procs = []
-    for host, uid in zip(receivers, ids, strict=True):
-        for folder in (work / host.name, work / f"{host.name}-tmp"):
-            folder.mkdir(parents=True, exist_ok=True)
+    for n, host in enumerate(receivers, 1):
+        uid = f"0x{n:08X}"
+        ids.append(uid)
+        (work / f"r{n}").mkdir(parents=True, exist_ok=True)
         procs.append(
             _spawn(
                 host,
                 "uftpd",
                 "-d",
-                "-D",
-                str(work / host.name),
+                "-q",
                 "-I",
                 "eth0",
+                "-M",
+                "239.1.2.1",
+                "-D",
+                str(work / f"r{n}"),
                 "-U",
                 uid,
-                "-T",
-                str(work / f"{host.name}-tmp"),
             )
         )
-    _wait_ready(procs)
-    start = time.monotonic()
-    # -R -1: as fast as the interface allows; -H: a closed group of these clients.
-    _run_quiet(
-        sender, "uftp", "-R", "-1", "-I", "eth0", "-H", ",".join(ids), "-Y", "none", str(source)
+    time.sleep(0.5)
+    # -R -1: as fast as the interface allows. uftp exits once every client reported the file
+    # complete (and the client has moved it into place).
+    elapsed, code = _timed(
+        sender,
+        "uftp",
+        "-I",
+        "eth0",
+        "-M",
+        "239.1.2.1",
+        "-P",
+        "239.1.2.2",
+        "-H",
+        ",".join(ids),
+        "-R",
+        "-1",
+        str(source),
     )
-    elapsed = time.monotonic() - start
-    for proc in procs:
-        proc.kill()
-        proc.communicate(timeout=30)
-    return elapsed
+    for proc in procs:  # uftpd is a daemon: it never exits on its own
+        proc.terminate()
+    _stop(procs, 5)
+    return elapsed, code, [work / f"r{n}" / source.name for n in range(1, len(receivers) + 1)]
 
 
-# udpcast's default rendezvous (control to 224.0.0.1) never connects on this bridge; a
-# routable group does.
-UDPCAST_RDV = ("--mcast-rdv-address", "239.255.0.99")
-
-
-def run_udpcast(sender, receivers, source: Path, work: Path) -> float:
+def run_udpcast(sender, receivers, source: Path, work: Path) -> tuple[float, int, list[Path]]:
     procs = []
-    for host in receivers:
-        (work / host.name).mkdir(parents=True, exist_ok=True)
+    for n, host in enumerate(receivers, 1):
+        (work / f"r{n}").mkdir(parents=True, exist_ok=True)
         procs.append(
             _spawn(
                 host,
                 "udp-receiver",
-                "--file",
-                str(work / host.name / source.name),
+                "--nokbd",
                 "--interface",
                 "eth0",
-                "--nokbd",
-                *UDPCAST_RDV,
+                "--mcast-rdv-address",
+                "239.1.3.1",
+                "--file",
+                str(work / f"r{n}" / "recv.bin"),
+                "--start-timeout",
+                "60",
+                "--receive-timeout",
+                "60",
             )
         )
-    _wait_ready(procs)
-    start = time.monotonic()
-    _run_quiet(
+    time.sleep(0.3)
+    elapsed, code = _timed(
         sender,
         "udp-sender",
-        "--file",
-        str(source),
+        "--nokbd",
         "--interface",
         "eth0",
+        "--file",
+        str(source),
+        "--mcast-rdv-address",
+        "239.1.3.1",
+        "--mcast-data-address",
+        "239.1.3.2",
+        "--nopointopoint",
         "--min-receivers",
         str(len(receivers)),
-        "--nokbd",
-        *UDPCAST_RDV,
+        "--max-wait",
+        "30",
+        "--start-timeout",
+        "60",
+        "--full-duplex",
     )
-    elapsed = time.monotonic() - start
-    for proc in procs:
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:  # a hung receiver is part of the result
-            proc.kill()
-            proc.communicate()
-    return elapsed
+    _stop(procs, 60)
+    return elapsed, code, [work / f"r{n}" / "recv.bin" for n in range(1, len(receivers) + 1)]
 
 
 TOOLS = {"mcast": run_mcast, "uftp": run_uftp, "udpcast": run_udpcast}
+NEEDS = {"mcast": None, "uftp": "uftp", "udpcast": "udp-sender"}
 
 
 def _one_run(
-    tool: str, receivers: int, loss: int, source: Path, digest: str | None, temp: Path
-) -> tuple[float, int]:
-    """One transfer on a fresh topology: (seconds, receivers with a correct copy)."""
+    tool: str, receivers: int, loss: int, wire: bool, source: Path, digest: str, work: Path
+) -> dict:
+    """One transfer on a fresh topology."""
     from netlab import Lab, nft_drop
 
     lab = Lab()
-    work = temp / f"{tool}-{receivers}-{loss}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     try:
-        sender, *hosts = lab.lan(receivers + 1)
+        sender, *hosts = lab.lan(receivers + 1, wire=wire)
         for host in hosts:
             if loss:
-                nft_drop(host, f"ip daddr 224.0.0.0/4 numgen random mod 100 < {loss} drop")
-        elapsed = TOOLS[tool](sender, hosts, source, work)
-        correct = sum(_sha(work / h.name / source.name) == digest for h in hosts)
+                nft_drop(host, f"ip daddr 239.0.0.0/8 numgen random mod 100 < {loss} drop")
+        elapsed, code, copies = TOOLS[tool](sender, hosts, source, work)
+        correct = sum(_sha(copy) == digest for copy in copies)
     finally:
         lab.close()
         shutil.rmtree(work, ignore_errors=True)
-    return elapsed, correct
+    return {
+        "seconds": round(elapsed, 3),
+        "mb_per_s": round(source.stat().st_size / 1e6 / elapsed, 1),
+        "exit": code,
+        "correct": correct,
+    }
 
 
 def main() -> int:
@@ -218,61 +259,68 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256, help="file size in MiB")
     parser.add_argument("--receivers", default="1,3")
     parser.add_argument("--loss", default="0,5,20", help="percent random loss on receivers")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median reported)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per cell (median reported)")
+    parser.add_argument("--wire", default="1,0", help="1: MTU frames on the bridge; 0: GSO whole")
     parser.add_argument("--tools", default="mcast,uftp,udpcast")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--work", type=Path, default=Path("/dev/shm"), help="tmpfs to work in")
+    parser.add_argument("--json", action="store_true", help="one JSON object per cell")
     args = parser.parse_args()
     isolate()
 
-    tools = [
-        t
-        for t in args.tools.split(",")
-        if t == "mcast" or shutil.which({"uftp": "uftp", "udpcast": "udp-sender"}[t])
-    ]
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="mcastkit-bench-") as temp:
-        source = Path(temp) / "payload.bin"
+    tools = []
+    for tool in args.tools.split(","):
+        need = NEEDS[tool]
+        if need is None or shutil.which(need):
+            tools.append(tool)
+        else:
+            print(f"skipping {tool}: {need} is not installed (apt-get install {tool})")
+    with tempfile.TemporaryDirectory(prefix="mcastkit-bench-", dir=args.work) as temp:
+        source = Path(temp) / "src.bin"
         with source.open("wb") as handle:
             for _ in range(args.size):
                 handle.write(os.urandom(1 << 20))
         digest = _sha(source)
-        for receivers in (int(n) for n in args.receivers.split(",")):
-            for loss in (int(p) for p in args.loss.split(",")):
-                runs: dict[str, list[tuple[float, int]]] = {tool: [] for tool in tools}
-                for _ in range(args.repeat):
-                    for tool in tools:  # interleaved: every tool sees the same machine state
-                        runs[tool].append(
-                            _one_run(tool, receivers, loss, source, digest, Path(temp))
-                        )
-                for tool, results in runs.items():
-                    speeds = sorted(args.size * 1.048576 / elapsed for elapsed, _ in results)
-                    correct = [c for _, c in results]
-                    row = {
-                        "tool": tool,
+        assert digest is not None
+        for wire in (w == "1" for w in args.wire.split(",")):
+            for receivers in (int(n) for n in args.receivers.split(",")):
+                for loss in (int(p) for p in args.loss.split(",")):
+                    runs: dict[str, list[dict]] = {tool: [] for tool in tools}
+                    for _ in range(args.repeat):
+                        for tool in tools:  # interleaved: each sees the same machine state
+                            runs[tool].append(
+                                _one_run(
+                                    tool, receivers, loss, wire, source, digest, Path(temp) / "w"
+                                )
+                            )
+                    medians = {}
+                    for tool, results in runs.items():
+                        good = [r["mb_per_s"] for r in results if r["correct"] == receivers]
+                        medians[tool] = statistics.median(good) if good else None
+                    ratio = None
+                    if medians.get("mcast") and medians.get("uftp"):
+                        ratio = round(medians["mcast"] / medians["uftp"], 2)
+                    cell = {
+                        "wire": int(wire),
                         "receivers": receivers,
                         "loss": loss,
-                        "runs": [
-                            {
-                                "seconds": round(e, 2),
-                                "mb_per_s": round(args.size * 1.048576 / e, 1),
-                                "correct": c,
-                            }
-                            for e, c in results
-                        ],
-                        "median_mb_per_s": round(statistics.median(speeds), 1),
-                        "correct_runs": sum(c == receivers for c in correct),
+                        "median_mb_per_s": medians,
+                        "mcast_over_uftp": ratio,
+                        "runs": runs,
                     }
-                    rows.append(row)
-                    if not args.json:
+                    if args.json:
+                        print(json.dumps(cell), flush=True)
+                    else:
+                        text = "  ".join(
+                            f"{tool} {m if m is not None else 'FAILED':>6} MB/s "
+                            f"({sum(r['correct'] == receivers for r in runs[tool])}/"
+                            f"{len(runs[tool])} correct)"
+                            for tool, m in medians.items()
+                        )
                         print(
-                            f"{tool:<8} {receivers} rcv {loss:>2}% loss  "
-                            f"{row['median_mb_per_s']:>7.1f} MB/s (median of {len(results)})  "
-                            f"correct {row['correct_runs']}/{len(results)} runs  "
-                            f"each {[r['mb_per_s'] for r in row['runs']]}",
+                            f"wire={int(wire)} {receivers} rcv {loss:>2}% loss  {text}  "
+                            f"mcast/uftp {ratio}",
                             flush=True,
                         )
-    if args.json:
-        print(json.dumps(rows))
     return 0
 
 

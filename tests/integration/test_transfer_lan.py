@@ -78,7 +78,7 @@ def test_receiver_killed_mid_transfer_is_reported_others_complete(lab: Lab, tmp_
         "--receivers",
         "3",
         "--rate",
-        "200M",
+        "80M",  # 20 MB: 2 s of sending, so the kill lands mid-transfer
         "--receiver-timeout",
         "3",
     )

@@ -41,6 +41,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     send.add_argument("--iface", help="interface name, index or address (default: route)")
     send.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1)")
+    send.add_argument(
+        "--gso",
+        action="store_true",
+        help="send in UDP GSO batches (up to 64 datagrams per system call) where the kernel "
+        "can; the summary says whether it did",
+    )
     send.add_argument("--json", action="store_true", help="NDJSON per second, then a summary")
     send.set_defaults(handler=cmd_send)
 
@@ -107,6 +113,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             iface=args.iface,
             ttl=args.ttl,
             on_second=_second_printer(args.json, "send"),
+            gso=args.gso,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -68,7 +68,9 @@ class BenchStats:
     intervals: list[dict[str, Any]] = field(default_factory=list)
     _emitted: int = 0  # intervals already returned by tick()
 
-    def on_datagram(self, data: bytes, now_ns: int, wall_ns: int, drops: int | None = None) -> None:
+    def on_datagram(
+        self, data: bytes | memoryview, now_ns: int, wall_ns: int, drops: int | None = None
+    ) -> None:
         """Account one datagram (never raises). ``drops`` is SO_RXQ_OVFL's counter."""
         if drops is not None:
             if self._drop_base is None:

@@ -112,7 +112,7 @@ class BatchSender:
         self.gso = gso and gso_supported(sock)
         self.counters: Counter[str] = Counter()
 
-    def send(self, datagrams: Sequence[bytes], destination: Destination) -> int:
+    def send(self, datagrams: Sequence[Buffer], destination: Destination) -> int:
         """Send every datagram to ``destination``; returns how many the kernel took."""
         sent = 0
         count = len(datagrams)
