@@ -13,7 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcastkit.transfer.engine import ReceiveSession
-from mcastkit.transfer.protocol import DATA, DATA_HEAD, FileInfo, encode_announce, head
+from mcastkit.transfer.protocol import (
+    DATA,
+    DATA_HEAD,
+    HEAD,
+    FileInfo,
+    decode_missing_map,
+    encode_announce,
+    encode_missing_map,
+    head,
+    missing_ranges,
+)
 from mcastkit.transfer.storage import MemoryStorage
 
 BLOCK = 100
@@ -69,3 +79,25 @@ def test_batches_end_where_single_datagrams_end(datagrams: list[bytes], batches:
     assert (many.received, many.duplicates, many.state) == (one.received, one.duplicates, one.state)
     assert many_storage._sinks[0].data == one_storage._sinks[0].data
     assert set(out_many) == set(out_one)  # the same replies (a status once complete)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=1, max_size=2000), st.integers(0, 70_000), st.integers(0, 3))
+def test_missing_maps_round_trip_to_the_same_ranges(
+    raw: bytes, first: int, file_index: int
+) -> None:
+    have = bytes(b & 1 for b in raw)
+    datagram = encode_missing_map(9, 77, 3, file_index, first, have)
+    decoded = decode_missing_map(datagram[HEAD.size :])
+    assert decoded is not None
+    receiver, pass_number, ranges = decoded
+    assert (receiver, pass_number) == (77, 3)
+    expected = [(f, first + s, n) for f, s, n in missing_ranges(bytearray(have), file_index)]
+    assert ranges == expected
+
+
+@given(st.binary(max_size=1500))
+def test_hostile_missing_maps_never_raise(body: bytes) -> None:
+    decoded = decode_missing_map(body)
+    if decoded is not None:
+        assert all(count > 0 for _, _, count in decoded[2])

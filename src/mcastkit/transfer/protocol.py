@@ -4,9 +4,11 @@ One sender multicasts blocks of one or more files; receivers answer the sender b
 1. The sender multicasts ANNOUNCE (files: name, size, sha256; block size) until the expected
    receivers REGISTER (each acknowledged with REG_ACK), or its registration wait ends.
 2. Pass 0 multicasts every block; then STATUS_REQ asks each receiver for its missing blocks.
-   Receivers answer STATUS with ranges of missing blocks (or COMPLETE once every block is
-   written and each file's sha256 checked). Each later pass resends the union of what is
-   missing. A receiver that answers no status request for ``receiver_timeout`` is failed.
+   Receivers answer STATUS with ranges of missing blocks, or MISSING_MAP with a bitmap of
+   them when the loss is dense (11,200 blocks a datagram, where ranges would need
+   thousands), or COMPLETE once every block is written and each file's sha256 checked.
+   Each later pass resends the union of what is missing. A receiver that answers no status
+   request for ``receiver_timeout`` is failed.
 3. A receiver writes to a temporary name, and renames it to the final one only after the
    sha256 matches: a crash, a full disk or a bad hash never leaves a wrong file in place.
 
@@ -55,6 +57,7 @@ class TransferKind(IntEnum):
     ABORT = 9
     PROGRESS_REQ = 10  # rate feedback during a pass
     PROGRESS = 11
+    MISSING_MAP = 12  # like STATUS, as a bitmap: for dense loss, where ranges would not fit
 
 
 ANNOUNCE, REGISTER, REG_ACK, DATA, STATUS_REQ, STATUS, COMPLETE, DONE_ACK, ABORT = (
@@ -83,6 +86,14 @@ RANGE = struct.Struct("!HII")  # file index, first missing block, count
 # One datagram in a 1500-byte Ethernet frame: 1472 - 16 (header) - 6 (data head) = 1450.
 BLOCK_SIZE = 1450
 MAX_RANGES = 100  # ranges per STATUS datagram (1200 bytes); the rest come next round
+MISSING_MAP = TransferKind.MISSING_MAP
+MAP_HEAD = struct.Struct("!QIHI")  # receiver id, pass, file index, first block of the map
+MAP_BYTES = 1400
+MAP_BLOCKS = MAP_BYTES * 8  # blocks one MISSING_MAP covers (a bit each: 1 = missing)
+# A byte of the map <-> eight bytes of a bitmap with a byte per block (1 = missing).
+_UNPACK = [bytes((value >> (7 - bit)) & 1 for bit in range(8)) for value in range(256)]
+_PACK = {pattern: value for value, pattern in enumerate(_UNPACK)}
+_MISSING = bytes.maketrans(b"\x00\x01", b"\x01\x00")  # have <-> missing
 # Tiny blocks would make the receiver's bitmap (a byte a block) cost a byte per 16 of file.
 MIN_BLOCK_SIZE = 64
 
@@ -130,7 +141,7 @@ def decode_untrusted(data: bytes) -> Message | None:
     if len(data) < HEAD.size or data[:4] != MAGIC:
         return None
     _magic, kind, session = HEAD.unpack_from(data)
-    if not ANNOUNCE <= kind <= PROGRESS:
+    if not ANNOUNCE <= kind <= MISSING_MAP:
         return None
     return Message(kind, session, data[HEAD.size :])
 
@@ -187,11 +198,36 @@ def decode_ranges(body: bytes) -> tuple[int, int, list[tuple[int, int, int]]] | 
     return receiver, pass_number, ranges
 
 
-def missing_ranges(bitmap: bytearray, file_index: int) -> list[tuple[int, int, int]]:
-    """Runs of zero bytes in a per-block bitmap, as (file, first, count)."""
-    ranges = []
+def encode_missing_map(
+    session: int, receiver: int, pass_number: int, file_index: int, first: int, have: bytes
+) -> bytes:
+    """MISSING_MAP: which of the blocks from ``first`` are missing, given ``have`` (a byte
+    per block, 1 = received; at most MAP_BLOCKS of them)."""
+    missing = bytes(have[:MAP_BLOCKS]).translate(_MISSING)
+    missing += bytes(-len(missing) % 8)  # blocks past the end are "not missing"
+    bits = bytes(_PACK[missing[i : i + 8]] for i in range(0, len(missing), 8))
+    return (
+        head(MISSING_MAP, session) + MAP_HEAD.pack(receiver, pass_number, file_index, first) + bits
+    )
+
+
+def decode_missing_map(body: bytes) -> tuple[int, int, list[tuple[int, int, int]]] | None:
+    """Receiver id, pass and missing ranges from an untrusted MISSING_MAP body, or None."""
+    if len(body) <= MAP_HEAD.size or len(body) > MAP_HEAD.size + MAP_BYTES:
+        return None
+    receiver, pass_number, file_index, first = MAP_HEAD.unpack_from(body)
+    have = bytearray(b"".join(_UNPACK[b] for b in body[MAP_HEAD.size :]).translate(_MISSING))
+    ranges = [(f, first + start, count) for f, start, count in missing_ranges(have, file_index)]
+    return receiver, pass_number, ranges
+
+
+def missing_ranges(
+    bitmap: bytearray, file_index: int, limit: int | None = None
+) -> list[tuple[int, int, int]]:
+    """Runs of zero bytes in a per-block bitmap, as (file, first, count); at most ``limit``."""
+    ranges: list[tuple[int, int, int]] = []
     start = bitmap.find(0)
-    while start != -1:
+    while start != -1 and (limit is None or len(ranges) < limit):
         end = bitmap.find(1, start)
         if end == -1:
             end = len(bitmap)

@@ -20,6 +20,7 @@ from .protocol import (
     DATA_HEAD,
     DONE_ACK,
     HEAD,
+    MAP_BLOCKS,
     MAX_RANGES,
     PASS,
     PROGRESS,
@@ -35,6 +36,7 @@ from .protocol import (
     Out,
     decode_announce,
     decode_untrusted,
+    encode_missing_map,
     encode_ranges,
     head,
     missing_ranges,
@@ -46,6 +48,7 @@ SENDER_SILENCE = 15.0  # a receiver gives up after this long without a word from
 DEFAULT_MAX_SIZE = 16 << 30  # bytes one transfer may announce before the receiver refuses it
 MIN_BITMAP_LIMIT = 1 << 24  # blocks (a byte each) accepted at least; more as --max-size grows
 MAX_RUN = 1024  # blocks per write call (IOV_MAX)
+DENSE_RANGES = 4 * MAX_RANGES  # more missing ranges than this go as bitmaps (MISSING_MAP)
 STATUS_CHUNKS = 32  # STATUS datagrams per request: up to 3,200 missing ranges per round
 
 
@@ -374,14 +377,31 @@ class ReceiveSession:
         assert self.session is not None
         ranges: list[tuple[int, int, int]] = []
         for index, bitmap in enumerate(self.bitmaps):
-            ranges.extend(missing_ranges(bitmap, index))
-            if len(ranges) >= MAX_RANGES * STATUS_CHUNKS:
-                break
+            ranges.extend(missing_ranges(bitmap, index, limit=DENSE_RANGES + 1))
+            if len(ranges) > DENSE_RANGES:
+                return self._missing_maps(pass_number)
         chunks = [ranges[i : i + MAX_RANGES] for i in range(0, len(ranges), MAX_RANGES)] or [[]]
         return [
             (encode_ranges(self.session, self.receiver_id, pass_number, chunk), self.sender)
             for chunk in chunks[:STATUS_CHUNKS]
         ]
+
+    def _missing_maps(self, pass_number: int) -> Out:
+        """Dense loss: bitmaps of what is missing, from the first gap on (11,200 blocks a
+        datagram), skipping stretches with nothing missing."""
+        assert self.session is not None
+        out: Out = []
+        for index, bitmap in enumerate(self.bitmaps):
+            start = bitmap.find(0)
+            while start != -1 and len(out) < STATUS_CHUNKS:
+                end = min(start + MAP_BLOCKS, len(bitmap))
+                have = bytes(bitmap[start:end])
+                datagram = encode_missing_map(
+                    self.session, self.receiver_id, pass_number, index, start, have
+                )
+                out.append((datagram, self.sender))
+                start = bitmap.find(0, end)
+        return out
 
     def summary(self) -> dict[str, Any]:
         """Plain data for JSON output."""

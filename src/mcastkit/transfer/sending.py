@@ -23,6 +23,7 @@ from .protocol import (
     DATA_HEADER,
     DONE_ACK,
     MAGIC,
+    MISSING_MAP,
     PASS,
     PROGRESS,
     PROGRESS_BODY,
@@ -36,6 +37,7 @@ from .protocol import (
     Buffer,
     FileInfo,
     Out,
+    decode_missing_map,
     decode_ranges,
     decode_untrusted,
     encode_announce,
@@ -44,7 +46,7 @@ from .protocol import (
 )
 from .states import SEND_TRANSITIONS, advance
 
-UNICAST_PROGRESS_LIMIT = 32  # receivers asked one by one; more are asked on the group
+UNICAST_REQUEST_LIMIT = 32  # receivers asked one by one; more are asked on the group
 
 
 class BlockSource(Protocol):
@@ -95,7 +97,7 @@ class SendSession:
         register_wait: float = 2.0,
         receiver_timeout: float = 10.0,
         deadline: float | None = None,
-        status_interval: float = 0.2,
+        status_interval: float = 0.1,
     ) -> None:
         self.session = session
         self.files = files
@@ -144,8 +146,8 @@ class SendSession:
             else:
                 state.last_heard = now
             return [(head(REG_ACK, self.session) + RECEIVER.pack(receiver), source)]
-        if message.kind == STATUS:
-            decoded = decode_ranges(body)
+        if message.kind in (STATUS, MISSING_MAP):
+            decoded = decode_ranges(body) if message.kind == STATUS else decode_missing_map(body)
             if decoded is None:
                 return []
             receiver, pass_number, ranges = decoded
@@ -232,9 +234,13 @@ class SendSession:
         """Ask the receivers how they keep up (for the adaptive rate). Each is asked on its
         own address while there are few: a request on the group waits in the receiver's
         queue behind the data, which would delay the answer by the very backlog it reports."""
-        request = head(PROGRESS_REQ, self.session)
+        return self._to_each(head(PROGRESS_REQ, self.session))
+
+    def _to_each(self, request: bytes) -> Out:
+        """A request to every active receiver: on its own address while there are few (it
+        is not lost with the data, nor queued behind it), on the group beyond that."""
         active = self._active()
-        if len(active) > UNICAST_PROGRESS_LIMIT:
+        if len(active) > UNICAST_REQUEST_LIMIT:
             return [(request, None)]
         return [(request, r.address) for r in active]
 
@@ -327,7 +333,7 @@ class SendSession:
             # Everyone answered with nothing missing: they are verifying; ask again soon.
         if now >= self._next_status:
             self._next_status = now + self.status_interval
-            return [(head(STATUS_REQ, self.session) + PASS.pack(self.pass_number), None)]
+            return self._to_each(head(STATUS_REQ, self.session) + PASS.pack(self.pass_number))
         return []
 
     def _union(self, lists: list[list[tuple[int, int, int]]]) -> list[tuple[int, int, int]]:
