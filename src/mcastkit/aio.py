@@ -37,6 +37,7 @@ from .reliable import ReliableConfig
 from .security import GroupKey, KeyRing, key_from_passphrase
 from .session import DEFAULT_MAX_PEERS, DEFAULT_MAX_SKEW, Session, Want
 from .transport import GroupSocket, open_receiver, open_sender
+from .transport.batch import BatchReceiver, BatchSender, Destination
 from .version import __version__
 
 __all__ = ["DEFAULT_GROUP", "GatherResult", "Node", "Request", "Subscription"]
@@ -211,9 +212,16 @@ class Node:
         self._handlers: dict[str, Handler] = {}
         self._gathers: dict[int, asyncio.Future[Gathered]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._unsent: deque[tuple[bytes, tuple[str, int] | None]] = deque()
+        self._unsent: deque[tuple[bytes, Destination | None]] = deque()
         self._drained: asyncio.Event | None = None
-        self.send_errors = 0
+        self._batch: BatchSender | None = None
+        self._readers: dict[int, BatchReceiver] = {}  # by file descriptor
+
+    @property
+    def send_errors(self) -> int:
+        """Datagrams the kernel refused to send (an unreachable peer and the like)."""
+        counters = self._batch.counters if self._batch is not None else {}
+        return sum(n for key, n in counters.items() if key.startswith("dropped:"))
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -267,8 +275,11 @@ class Node:
         )
         for topic in self._handlers:
             self.session.serve(topic, loop.time())
-        loop.add_reader(group_socket.fileno(), self._on_readable, group_socket)
-        loop.add_reader(unicast.fileno(), self._on_readable, unicast)
+        # Same-size runs leave in one GSO call; datagrams arrive in recvmmsg or GRO batches.
+        self._batch = BatchSender(unicast.sock)
+        for sock in (group_socket, unicast):
+            self._readers[sock.fileno()] = BatchReceiver(sock.sock)
+            loop.add_reader(sock.fileno(), self._on_readable, sock)
         self.session.start(loop.time())
         self._pump()
         return self
@@ -461,15 +472,16 @@ class Node:
         if session is None:
             return
         now = self._now()
-        for _ in range(READ_BATCH):
-            try:
-                data, address = sock.sock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                session.counters["receive-errors"] += 1
-                break
-            session.receive_datagram(data, (str(address[0]), int(address[1])), now)
+        receive = session.receive_datagram
+
+        def take(buffer: memoryview, spans: list[tuple[int, int]], source: Any, _: Any) -> None:
+            for begin, end in spans:
+                receive(bytes(buffer[begin:end]), source, now)
+
+        try:
+            self._readers[sock.fileno()].receive_runs(take, READ_BATCH)
+        except OSError:
+            session.counters["receive-errors"] += 1
         self._pump()
 
     def _on_timer(self) -> None:
@@ -493,22 +505,15 @@ class Node:
         session = self.session
         if session is None or self._unicast_socket is None:
             return
-        sendto, group = self._unicast_socket.sock.sendto, self._unicast_socket.destination
+        group = self._unicast_socket.destination
         unsent = self._unsent
         if not unsent:
             unsent.extend(session.datagrams_to_send(self._now()))
-        while unsent:
-            data, destination = unsent[0]
-            try:
-                sendto(data, destination or group)
-            except BlockingIOError:
-                # Socket buffer full: wait until it drains rather than drop what is queued.
-                assert self._loop is not None
-                self._loop.add_writer(self._unicast_socket.fileno(), self._on_writable)
-                break
-            except OSError:
-                self.send_errors += 1  # unreachable peer and the like: counted, not fatal
-            unsent.popleft()
+        assert self._batch is not None
+        if self._batch.send_queue(unsent, group):
+            # Socket buffer full: wait until it drains rather than drop what is queued.
+            assert self._loop is not None
+            self._loop.add_writer(self._unicast_socket.fileno(), self._on_writable)
         # One pull per pump: a long send goes out in batches, between them the loop reads
         # (NACKs, acknowledgements) because the session's timer asks for the next batch.
         drained = session.reliable_backlog <= BACKLOG_LIMIT or session.reliable_settled()

@@ -7,9 +7,11 @@ refuses GSO must cost nothing but speed.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
+import sys
 import time
 
 import pytest
@@ -125,3 +127,72 @@ def test_recvmmsg_batches_keep_each_datagrams_source() -> None:
     ports = {n % 2: source[1] for n, source in seen}
     assert ports == {1: first.getsockname()[1], 0: second.getsockname()[1]}
     assert all(source[0] == "127.0.0.1" for _, source in seen)
+
+
+RECEIVE_3000 = """
+import hashlib, json, socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+sock.bind(("0.0.0.0", 7000))
+sock.settimeout(10)
+print("ready", flush=True)
+digest, count = hashlib.sha256(), 0
+try:
+    while count < 3000:
+        digest.update(sock.recv(2048))
+        count += 1
+except TimeoutError:
+    pass
+print(json.dumps({"count": count, "digest": digest.hexdigest()}))
+"""
+
+SEND_3000_NOWAIT = """
+import hashlib, json, select, socket, sys
+from mcastkit.transport.batch import BatchSender
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+sock.setblocking(False)
+batch = BatchSender(sock, gso=sys.argv[1] == "gso")
+pending = [n.to_bytes(4, "big") * 350 for n in range(3000)]
+digest = hashlib.sha256(b"".join(pending)).hexdigest()
+stops = 0
+while pending:
+    done = batch.send_nowait(pending, (sys.argv[2], 7000))
+    pending = pending[done:]
+    if pending:
+        stops += 1
+        select.select([], [sock], [], 2.0)  # what an event loop's writer callback waits for
+print(json.dumps({"stops": stops, "digest": digest, "counters": batch.counters}))
+"""
+
+
+@pytest.mark.parametrize("gso", ["gso", "plain"])
+def test_an_event_loop_send_stops_at_a_full_buffer_and_loses_nothing(lab, gso: str) -> None:  # type: ignore[no-untyped-def]
+    # A slow link (tbf, 20 Mbit/s) keeps datagrams queued on the sender, so its small send
+    # buffer fills: send_nowait must stop there (not wait, not drop) and resume later.
+    sender, receiver = lab.lan(2)
+    sender.run(
+        "tc",
+        "qdisc",
+        "add",
+        "dev",
+        "eth0",
+        "root",
+        "tbf",
+        "rate",
+        "20mbit",
+        "burst",
+        "32kbit",
+        "latency",
+        "400ms",
+        check=True,
+    )
+    listening = receiver.start(sys.executable, "-c", RECEIVE_3000)
+    assert listening.stdout is not None and "ready" in listening.stdout.readline()
+    done = sender.run(sys.executable, "-c", SEND_3000_NOWAIT, gso, receiver.ipv4, timeout=60)
+    assert done.returncode == 0, done.stderr
+    sent = json.loads(done.stdout)
+    got = json.loads(listening.communicate(timeout=30)[0])
+    assert sent["stops"] > 0  # the buffer did fill
+    assert not any(key.startswith("dropped:") for key in sent["counters"]), sent
+    assert got == {"count": 3000, "digest": sent["digest"]}  # all of them, in order

@@ -18,7 +18,7 @@ import errno
 import select
 import socket
 import struct
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 
 from . import mmsg
@@ -95,6 +95,15 @@ def quiet_control_messages(sock: socket.socket) -> None:
             sock.setsockopt(level, option, 0)
 
 
+class _Full(Exception):
+    """The socket buffer is full (a non-waiting send stops here); ``done``: datagrams of the
+    call dealt with before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done = 0
+
+
 def _split(buffers: Sequence[Buffer], size: int) -> list[bytes]:
     joined = b"".join(buffers)
     return [joined[offset : offset + size] for offset in range(0, len(joined), size)]
@@ -111,6 +120,54 @@ class BatchSender:
         self.sock = sock
         self.gso = gso and gso_supported(sock)
         self.counters: Counter[str] = Counter()
+        self._nowait = False
+
+    def send_nowait(self, datagrams: Sequence[Buffer], destination: Destination) -> int:
+        """For an event loop: send what the socket takes now. Returns how many datagrams
+        were dealt with (sent, or refused by the kernel and counted); it stops at a full
+        buffer, and the caller keeps the rest until the socket is writable."""
+        self._nowait = True
+        done = 0
+        try:
+            for start in range(0, len(datagrams), GSO_MAX_SEGMENTS):
+                run = datagrams[start : start + GSO_MAX_SEGMENTS]
+                self.send(run, destination)
+                done += len(run)
+        except _Full as full:
+            done += full.done
+        finally:
+            self._nowait = False
+        return done
+
+    def send_queue(
+        self, queue: deque[tuple[bytes, Destination | None]], default: Destination
+    ) -> bool:
+        """For an event loop: send from the front of ``queue`` (datagram, destination; None
+        for ``default``) what the socket takes now, runs to one destination as batches. What
+        was sent, or refused by the kernel and counted, leaves the queue. True when the
+        socket buffer filled: call again once it is writable."""
+        while len(queue) == 1:  # the common case (one message): no batch to build
+            data, destination = queue[0]
+            try:
+                self.sock.sendto(data, destination or default)
+            except BlockingIOError:
+                return True
+            except OSError as exc:
+                self.counters[f"dropped:{errno.errorcode.get(exc.errno or 0, '?')}"] += 1
+            queue.popleft()
+        while queue:
+            destination = queue[0][1]
+            run: list[Buffer] = []
+            for data, to in queue:
+                if to != destination or len(run) == GSO_MAX_SEGMENTS:
+                    break
+                run.append(data)
+            done = self.send_nowait(run, destination or default)
+            for _ in range(done):
+                queue.popleft()
+            if done < len(run):
+                return True
+        return False
 
     def send(self, datagrams: Sequence[Buffer], destination: Destination) -> int:
         """Send every datagram to ``destination``; returns how many the kernel took."""
@@ -125,11 +182,19 @@ class BatchSender:
                 end += 1
             if end < limit and len(datagrams[end]) < size:
                 end += 1  # the last segment of a GSO send may be shorter
-            if self.gso and end - start > 1:
-                sent += self._send_gso(datagrams[start:end], size, destination, end - start)
-            else:
-                for data in datagrams[start:end]:
-                    sent += self._send_one((data,), destination)
+            try:
+                if self.gso and end - start > 1:
+                    sent += self._send_gso(datagrams[start:end], size, destination, end - start)
+                else:
+                    for index in range(start, end):
+                        try:
+                            sent += self._send_one((datagrams[index],), destination)
+                        except _Full as full:
+                            full.done = index - start
+                            raise
+            except _Full as full:
+                full.done += start
+                raise
             start = end
         return sent
 
@@ -167,6 +232,8 @@ class BatchSender:
             try:
                 self.sock.sendmsg(buffers, control, 0, destination)
             except BlockingIOError:
+                if self._nowait:
+                    raise _Full from None
                 if self._wait_writable():
                     continue
                 self.counters["dropped:EAGAIN"] += count
@@ -189,6 +256,8 @@ class BatchSender:
             try:
                 self.sock.sendmsg(pieces, (), 0, destination)
             except BlockingIOError:
+                if self._nowait:
+                    raise _Full from None
                 if self._wait_writable():
                     continue
                 self.counters["dropped:EAGAIN"] += 1
