@@ -18,8 +18,9 @@ from .protocol import (
     COMPLETE,
     DATA,
     DATA_HEAD,
+    DATA_HEADER,
     DONE_ACK,
-    HEAD,
+    MAGIC,
     MAP_BLOCKS,
     MAX_RANGES,
     PASS,
@@ -162,37 +163,46 @@ class ReceiveSession:
         split by segment, or a ``recvmmsg`` batch). Data blocks are checked in place and runs
         of consecutive blocks written in one call; anything else goes through ``receive``."""
         out: Out = []
-        prefix = head(DATA, self.session) if self.session is not None else b""
-        data_at = HEAD.size + DATA_HEAD.size
+        receiving = self.state == ReceiveState.RECEIVING
+        session, size = self.session, self.block_size
+        bitmaps, files = self.bitmaps, self.files
+        data_at = DATA_HEADER.size
+        unpack = DATA_HEADER.unpack_from
         run: list[memoryview] = []
-        run_file = run_next = run_offset = -1
+        run_file = run_next = run_offset = run_end = -1
         for offset, end in spans:
-            fast = self.state == ReceiveState.RECEIVING and end - offset > data_at
-            if not fast or buffer[offset : offset + HEAD.size] != prefix:
-                if run:
-                    out.extend(self._write_run(run_file, run_offset, run))
-                    run = []
-                out.extend(self.receive(bytes(buffer[offset:end]), source, now))
-                continue
-            file_index, block = DATA_HEAD.unpack_from(buffer, offset + HEAD.size)
-            if file_index >= len(self.bitmaps) or block >= len(self.bitmaps[file_index]):
-                continue
-            bitmap = self.bitmaps[file_index]
-            if bitmap[block]:
-                self.duplicates += 1
-                continue
-            info = self.files[file_index]
-            if end - offset - data_at != min(self.block_size, info.size - block * self.block_size):
-                continue
-            if run and (file_index != run_file or block != run_next or len(run) == MAX_RUN):
+            length = end - offset - data_at
+            if receiving and length > 0:
+                magic, kind, sent_for, file_index, block = unpack(buffer, offset)
+                if magic == MAGIC and kind == DATA and sent_for == session:
+                    try:
+                        bitmap = bitmaps[file_index]
+                        if bitmap[block]:
+                            self.duplicates += 1
+                            continue
+                    except IndexError:  # no such file or block: hostile or broken
+                        continue
+                    left = files[file_index].size - block * size
+                    if length != (size if left >= size else left):
+                        continue
+                    if run and (file_index != run_file or block != run_next or block == run_end):
+                        out.extend(self._write_run(run_file, run_offset, run))
+                        run = []
+                        if self.state != ReceiveState.RECEIVING:  # the write failed
+                            receiving = False
+                            continue
+                    if not run:
+                        run_file, run_offset, run_end = file_index, block * size, block + MAX_RUN
+                    run.append(buffer[offset + data_at : end])
+                    run_next = block + 1
+                    bitmap[block] = 1
+                    self.received += 1
+                    continue
+            if run:  # anything else, in order, through the one-datagram path
                 out.extend(self._write_run(run_file, run_offset, run))
                 run = []
-            if not run:
-                run_file, run_offset = file_index, block * self.block_size
-            run.append(buffer[offset + data_at : end])
-            run_next = block + 1
-            bitmap[block] = 1
-            self.received += 1
+            out.extend(self.receive(bytes(buffer[offset:end]), source, now))
+            receiving = self.state == ReceiveState.RECEIVING
         if run:
             out.extend(self._write_run(run_file, run_offset, run))
         if self.session is not None and self.state == ReceiveState.RECEIVING:
