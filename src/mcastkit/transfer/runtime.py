@@ -193,7 +193,7 @@ def send_files(
     next_sample, sent_at_sample = now + SAMPLE_EVERY, 0
     last_progress = 0.0
     batch = BatchSender(sender.sock, gso=gso)
-    replies = BatchReceiver(sender.sock, gro=False)
+    replies = BatchReceiver(sender.sock, gro=False, multi=False)
     group = sender.destination
     transmit = _transmitter(batch, group)
 
@@ -314,7 +314,7 @@ def receive_files(
     batch = BatchSender(unicast.sock, gso=False)
     incoming = {
         group_socket.sock: BatchReceiver(group_socket.sock, gro=gro),
-        unicast.sock: BatchReceiver(unicast.sock, gro=False),
+        unicast.sock: BatchReceiver(unicast.sock, gro=False, slots=8),
     }
 
     def transmit(out: list[tuple[bytes, Address | None]]) -> None:
