@@ -308,21 +308,13 @@ class BatchReceiver:
             return self._receive_multi(handle, limit)
         count = 0
         queued_drops = self.kernel_drops()
-        while count < limit:
-            try:
-                size, ancillary, flags, address = self.sock.recvmsg_into(
-                    [self._buffer], CMSG_BUFSIZE
-                )
-            except (BlockingIOError, InterruptedError):
-                break
-            if flags & _MSG_TRUNC:
-                self.counters["truncated"] += 1
-                continue
+        while count < limit and (got := self._receive_one()) is not None:
+            size, ancillary, address = got
             segment, drops = self._control(ancillary, size)
             drops = queued_drops if drops is None else drops
             spans = [(o, min(o + segment, size)) for o in range(0, size, segment)]
             count += len(spans)
-            handle(self._view, spans, (str(address[0]), int(address[1])), drops)
+            handle(self._view, spans, address, drops)
         self.counters["datagrams"] += count
         return count
 
@@ -396,28 +388,15 @@ class BatchReceiver:
         return max(1, segment), drops
 
     def receive(self, limit: int = 256) -> list[Packet]:
-        """Up to about ``limit`` datagrams already queued (the socket must be non-blocking)."""
+        """Up to about ``limit`` datagrams already queued, as ``Packet``s with what the
+        control messages say (the socket must be non-blocking)."""
         packets: list[Packet] = []
         view = self._view
-        while len(packets) < limit:
-            try:
-                size, ancillary, flags, address = self.sock.recvmsg_into(
-                    [self._buffer], CMSG_BUFSIZE
-                )
-            except (BlockingIOError, InterruptedError):
-                break
-            if flags & _MSG_TRUNC:
-                self.counters["truncated"] += 1
-                continue
-            segment = size
-            for level, kind, payload in ancillary:
-                if level == SOL_UDP and kind == UDP_GRO and len(payload) >= _GRO_SIZE.size:
-                    segment = _GRO_SIZE.unpack_from(payload)[0] or size
+        while len(packets) < limit and (got := self._receive_one()) is not None:
+            size, ancillary, address = got
+            segment = self._control(ancillary, size)[0]
             first = parse_ancillary(bytes(view[: min(segment, size)]), address, ancillary)
             packets.append(first)
-            if segment >= size:
-                continue
-            self.counters["coalesced"] += 1
             for offset in range(segment, size, segment):
                 data = bytes(view[offset : min(offset + segment, size)])
                 packets.append(
@@ -433,3 +412,18 @@ class BatchReceiver:
                 )
         self.counters["datagrams"] += len(packets)
         return packets
+
+    def _receive_one(self) -> tuple[int, list[tuple[int, int, bytes]], tuple[str, int]] | None:
+        """One receive into the buffer: (size, control messages, source), or None when
+        nothing is queued. A datagram too large for the buffer is counted and skipped."""
+        while True:
+            try:
+                size, ancillary, flags, address = self.sock.recvmsg_into(
+                    [self._buffer], CMSG_BUFSIZE
+                )
+            except (BlockingIOError, InterruptedError):
+                return None
+            if flags & _MSG_TRUNC:
+                self.counters["truncated"] += 1
+                continue
+            return size, ancillary, (str(address[0]), int(address[1]))
