@@ -32,7 +32,6 @@ from .protocol import (
     REGISTER,
     STATUS_REQ,
     Address,
-    Buffer,
     FileInfo,
     Out,
     decode_announce,
@@ -55,8 +54,6 @@ STATUS_CHUNKS = 32  # STATUS datagrams per request: up to 3,200 missing ranges p
 
 class Sink(Protocol):
     """Where a receiver's blocks go (transfer/storage.py: files; or memory)."""
-
-    def write(self, file_index: int, offset: int, data: Buffer) -> None: ...
 
     def write_run(self, file_index: int, offset: int, blocks: list[memoryview]) -> None:
         """Consecutive blocks from ``offset`` in one call."""
@@ -165,7 +162,7 @@ class ReceiveSession:
         out: Out = []
         receiving = self.state == ReceiveState.RECEIVING
         session, size = self.session, self.block_size
-        bitmaps, files = self.bitmaps, self.files
+        needed = self._needed
         data_at = DATA_HEADER.size
         unpack = DATA_HEADER.unpack_from
         run: list[memoryview] = []
@@ -175,15 +172,8 @@ class ReceiveSession:
             if receiving and length > 0:
                 magic, kind, sent_for, file_index, block = unpack(buffer, offset)
                 if magic == MAGIC and kind == DATA and sent_for == session:
-                    try:
-                        bitmap = bitmaps[file_index]
-                        if bitmap[block]:
-                            self.duplicates += 1
-                            continue
-                    except IndexError:  # no such file or block: hostile or broken
-                        continue
-                    left = files[file_index].size - block * size
-                    if length != (size if left >= size else left):
+                    bitmap = needed(file_index, block, length)
+                    if bitmap is None:
                         continue
                     if run and (file_index != run_file or block != run_next or block == run_end):
                         out.extend(self._write_run(run_file, run_offset, run))
@@ -207,9 +197,7 @@ class ReceiveSession:
             out.extend(self._write_run(run_file, run_offset, run))
         if self.session is not None and self.state == ReceiveState.RECEIVING:
             self.last_heard = now
-            if self.received == self.total_blocks and not self._verify_due:
-                self._verify_due = True
-                out.extend(self._status(self._last_pass))  # "nothing missing"
+            out.extend(self._if_complete())
         return out
 
     def _write_run(self, file_index: int, offset: int, blocks: list[memoryview]) -> Out:
@@ -309,28 +297,36 @@ class ReceiveSession:
 
     def _on_data(self, body: bytes) -> Out:
         file_index, block = DATA_HEAD.unpack_from(body)
-        if file_index >= len(self.bitmaps) or block >= len(self.bitmaps[file_index]):
+        payload = memoryview(body)[DATA_HEAD.size :]
+        bitmap = self._needed(file_index, block, len(payload))
+        if bitmap is None:
             return []
-        bitmap = self.bitmaps[file_index]
-        if bitmap[block]:
-            self.duplicates += 1
-            return []
-        payload = body[DATA_HEAD.size :]
-        info = self.files[file_index]
-        expected = min(self.block_size, info.size - block * self.block_size)
-        if len(payload) != expected:
-            return []
-        assert self.sink is not None
-        try:
-            self.sink.write(file_index, block * self.block_size, payload)
-        except OSError as exc:
-            self._fail(f"write failed: {exc.strerror}")
-            return [(self._complete_message, self.sender)] if self._complete_message else []
+        out = self._write_run(file_index, block * self.block_size, [payload])
+        if self.state != ReceiveState.RECEIVING:  # the write failed
+            return out
         bitmap[block] = 1
         self.received += 1
-        if self.received == self.total_blocks:
+        return out + self._if_complete()
+
+    def _needed(self, file_index: int, block: int, length: int) -> bytearray | None:
+        """The bitmap to mark when ``block`` of file ``file_index`` is one we still lack and
+        ``length`` is its size; None otherwise (a duplicate is counted)."""
+        try:
+            bitmap = self.bitmaps[file_index]
+            if bitmap[block]:
+                self.duplicates += 1
+                return None
+        except IndexError:  # no such file or block: hostile or broken
+            return None
+        left = self.files[file_index].size - block * self.block_size
+        return bitmap if length == min(self.block_size, left) else None
+
+    def _if_complete(self) -> Out:
+        """Every block is in: verify at the next tick, and tell the sender nothing is
+        missing (it keeps the sender patient while we verify)."""
+        if self.received == self.total_blocks and not self._verify_due:
             self._verify_due = True
-            return self._status(self._last_pass)  # "nothing missing": keeps the sender patient
+            return self._status(self._last_pass)
         return []
 
     def _learn_digests(self, body: bytes) -> None:

@@ -83,10 +83,7 @@ class FileSink:
 
     def write(self, file_index: int, offset: int, data: Buffer) -> None:
         """Write one block (OSError on a full disk)."""
-        os.pwrite(self.handles[file_index], data, offset)
-        if offset == self._hashed[file_index]:
-            self._digests[file_index].update(data)
-            self._hashed[file_index] += len(data)
+        self.write_run(file_index, offset, [memoryview(data)])
 
     def write_run(self, file_index: int, offset: int, blocks: list[memoryview]) -> None:
         """Write consecutive blocks in one call (OSError on a full disk)."""
