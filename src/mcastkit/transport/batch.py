@@ -171,54 +171,45 @@ class BatchSender:
 
     def send(self, datagrams: Sequence[Buffer], destination: Destination) -> int:
         """Send every datagram to ``destination``; returns how many the kernel took."""
+        sizes = [len(data) for data in datagrams]
+        return self._send_runs([(data,) for data in datagrams], sizes, destination)
+
+    def send_parts(self, parts: Sequence[tuple[Buffer, Buffer]], destination: Destination) -> int:
+        """Like ``send``, for datagrams given as (header, payload): never joined in Python,
+        the kernel gathers them (one iovec pair per datagram)."""
+        sizes = [len(head) + len(body) for head, body in parts]
+        return self._send_runs(parts, sizes, destination)
+
+    def _send_runs(
+        self, datagrams: Sequence[Sequence[Buffer]], sizes: list[int], destination: Destination
+    ) -> int:
+        """Datagrams given as their pieces, and their sizes; each run of same-size ones (the
+        last may be shorter, within the GSO limits) goes as one GSO call."""
         sent = 0
         count = len(datagrams)
         start = 0
         while start < count:
-            size = len(datagrams[start])
+            size = sizes[start]
             limit = min(count, start + min(GSO_MAX_SEGMENTS, max(1, GSO_MAX_BYTES // size)))
             end = start + 1
-            while end < limit and len(datagrams[end]) == size:
+            while end < limit and sizes[end] == size:
                 end += 1
-            if end < limit and len(datagrams[end]) < size:
+            if end < limit and sizes[end] < size:
                 end += 1  # the last segment of a GSO send may be shorter
             try:
                 if self.gso and end - start > 1:
-                    sent += self._send_gso(datagrams[start:end], size, destination, end - start)
+                    buffers = [piece for pieces in datagrams[start:end] for piece in pieces]
+                    sent += self._send_gso(buffers, size, destination, end - start)
                 else:
                     for index in range(start, end):
                         try:
-                            sent += self._send_one((datagrams[index],), destination)
+                            sent += self._send_one(datagrams[index], destination)
                         except _Full as full:
                             full.done = index - start
                             raise
             except _Full as full:
                 full.done += start
                 raise
-            start = end
-        return sent
-
-    def send_parts(self, parts: Sequence[tuple[Buffer, Buffer]], destination: Destination) -> int:
-        """Like ``send``, for datagrams given as (header, payload): never joined in Python,
-        the kernel gathers them (one iovec pair per datagram)."""
-        sent = 0
-        count = len(parts)
-        start = 0
-        while start < count:
-            head, body = parts[start]
-            size = len(head) + len(body)
-            limit = min(count, start + min(GSO_MAX_SEGMENTS, max(1, GSO_MAX_BYTES // size)))
-            end = start + 1
-            while end < limit and len(parts[end][0]) + len(parts[end][1]) == size:
-                end += 1
-            if end < limit and len(parts[end][0]) + len(parts[end][1]) < size:
-                end += 1
-            if self.gso and end - start > 1:
-                buffers = [piece for part in parts[start:end] for piece in part]
-                sent += self._send_gso(buffers, size, destination, end - start)
-            else:
-                for part in parts[start:end]:
-                    sent += self._send_one(part, destination)
             start = end
         return sent
 
