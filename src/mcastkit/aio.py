@@ -278,7 +278,7 @@ class Node:
         # Same-size runs leave in one GSO call; datagrams arrive in recvmmsg or GRO batches.
         self._batch = BatchSender(unicast.sock)
         for sock in (group_socket, unicast):
-            self._readers[sock.fileno()] = BatchReceiver(sock.sock, slots=8)  # 512 KiB each
+            self._readers[sock.fileno()] = BatchReceiver(sock.sock, slots=8, watch_load=False)
             loop.add_reader(sock.fileno(), self._on_readable, sock)
         self.session.start(loop.time())
         self._pump()

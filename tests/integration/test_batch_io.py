@@ -196,3 +196,23 @@ def test_an_event_loop_send_stops_at_a_full_buffer_and_loses_nothing(lab, gso: s
     assert sent["stops"] > 0  # the buffer did fill
     assert not any(key.startswith("dropped:") for key in sent["counters"]), sent
     assert got == {"count": 3000, "digest": sent["digest"]}  # all of them, in order
+
+
+@pytest.mark.parametrize("multi", [True, False])
+def test_only_a_watched_socket_reports_drops(multi: bool) -> None:
+    # recv-file reads two sockets; only the group socket's drop counter may reach the
+    # sender's rate control (a second counter would read as drops going up and down).
+    seen: list[object] = []
+
+    def handle(buffer, spans, source, drops):  # type: ignore[no-untyped-def]
+        seen.append(drops)
+
+    for watch in (True, False):
+        sender, raw_receiver, address = _pair(socket.AF_INET)
+        receiver = BatchReceiver(raw_receiver, gro=False, multi=multi, watch_load=watch)
+        sender.sendto(b"x" * 100, address)
+        select.select([raw_receiver], [], [], 1.0)
+        seen.clear()
+        receiver.receive_runs(handle)
+        assert len(seen) == 1
+        assert isinstance(seen[0], int) if watch else seen[0] is None

@@ -314,7 +314,8 @@ def receive_files(
     batch = BatchSender(unicast.sock, gso=False)
     incoming = {
         group_socket.sock: BatchReceiver(group_socket.sock, gro=gro),
-        unicast.sock: BatchReceiver(unicast.sock, gro=False, slots=8),
+        # Only the group socket's drops and fill say whether the sender is too fast.
+        unicast.sock: BatchReceiver(unicast.sock, gro=False, slots=8, watch_load=False),
     }
 
     def transmit(out: list[tuple[bytes, Address | None]]) -> None:
