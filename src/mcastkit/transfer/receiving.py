@@ -131,8 +131,11 @@ class ReceiveSession:
             return []
         if message.session == self.session:
             self.last_heard = now
-        if kind == DATA and self.state == ReceiveState.RECEIVING and len(body) >= DATA_HEAD.size:
-            return self._on_data(body)
+        if kind == DATA and self.state == ReceiveState.RECEIVING:
+            if len(body) <= DATA_HEAD.size:
+                return []  # no payload: never a block
+            # One path for blocks, one datagram or a batch: receive_many's checks in place.
+            return self.receive_many(memoryview(data), [(0, len(data))], source, now)
         if kind == REG_ACK and body[: RECEIVER.size] == RECEIVER.pack(self.receiver_id):
             self.registered = True
             return []
@@ -162,7 +165,7 @@ class ReceiveSession:
         out: Out = []
         receiving = self.state == ReceiveState.RECEIVING
         session, size = self.session, self.block_size
-        needed = self._needed
+        bitmaps, files = self.bitmaps, self.files
         data_at = DATA_HEADER.size
         unpack = DATA_HEADER.unpack_from
         run: list[memoryview] = []
@@ -172,8 +175,15 @@ class ReceiveSession:
             if receiving and length > 0:
                 magic, kind, sent_for, file_index, block = unpack(buffer, offset)
                 if magic == MAGIC and kind == DATA and sent_for == session:
-                    bitmap = needed(file_index, block, length)
-                    if bitmap is None:
+                    try:
+                        bitmap = bitmaps[file_index]
+                        if bitmap[block]:
+                            self.duplicates += 1
+                            continue
+                    except IndexError:  # no such file or block: hostile or broken
+                        continue
+                    left = files[file_index].size - block * size
+                    if length != (size if left >= size else left):
                         continue
                     if run and (file_index != run_file or block != run_next or block == run_end):
                         out.extend(self._write_run(run_file, run_offset, run))
@@ -294,32 +304,6 @@ class ReceiveSession:
         if self.total_blocks == 0:
             self._verify_due = True
         return [(self._register(), source)]
-
-    def _on_data(self, body: bytes) -> Out:
-        file_index, block = DATA_HEAD.unpack_from(body)
-        payload = memoryview(body)[DATA_HEAD.size :]
-        bitmap = self._needed(file_index, block, len(payload))
-        if bitmap is None:
-            return []
-        out = self._write_run(file_index, block * self.block_size, [payload])
-        if self.state != ReceiveState.RECEIVING:  # the write failed
-            return out
-        bitmap[block] = 1
-        self.received += 1
-        return out + self._if_complete()
-
-    def _needed(self, file_index: int, block: int, length: int) -> bytearray | None:
-        """The bitmap to mark when ``block`` of file ``file_index`` is one we still lack and
-        ``length`` is its size; None otherwise (a duplicate is counted)."""
-        try:
-            bitmap = self.bitmaps[file_index]
-            if bitmap[block]:
-                self.duplicates += 1
-                return None
-        except IndexError:  # no such file or block: hostile or broken
-            return None
-        left = self.files[file_index].size - block * self.block_size
-        return bitmap if length == min(self.block_size, left) else None
 
     def _if_complete(self) -> Out:
         """Every block is in: verify at the next tick, and tell the sender nothing is
