@@ -1,6 +1,6 @@
 """Every kind of datagram mcastkit sends, told apart by its first bytes: one registry.
 
-Group frames start ``"MK" | version | type`` (type 0xE1: a sealed envelope); the other
+Group frames start ``"MK" | version | type`` (types 0xE1 and 0xE2: sealed envelopes); the other
 protocols carry a 4-byte magic. The 4-byte magics are checked first: ``"MKT1"`` also starts
 with ``"MK"``, and only the registry knows it is not a frame.
 """
@@ -14,7 +14,9 @@ __all__ = [
     "FRAME_MAGIC",
     "MAGICS",
     "PING_MAGIC",
+    "SEALED_GCM_TYPE",
     "SEALED_TYPE",
+    "SEALED_TYPES",
     "TRANSFER_MAGIC",
     "DatagramKind",
     "kind_of",
@@ -22,7 +24,9 @@ __all__ = [
 
 FRAME_MAGIC = b"MK"  # group frames (wire.py) and their envelopes (security.py)
 FRAME_VERSION = 1
-SEALED_TYPE = 0xE1
+SEALED_TYPE = 0xE1  # ChaCha20-Poly1305
+SEALED_GCM_TYPE = 0xE2  # AES-256-GCM
+SEALED_TYPES = frozenset((SEALED_TYPE, SEALED_GCM_TYPE))
 
 
 class DatagramKind(Enum):
@@ -46,11 +50,11 @@ MAGICS: dict[bytes, DatagramKind] = {
 }
 
 
-def kind_of(data: bytes) -> DatagramKind:
+def kind_of(data: bytes | bytearray | memoryview) -> DatagramKind:
     """The kind a datagram claims to be by its first bytes (not validated further)."""
     kind = MAGICS.get(bytes(data[:4]))
     if kind is not None:
         return kind
     if len(data) >= 4 and data[:2] == FRAME_MAGIC and data[2] == FRAME_VERSION:
-        return DatagramKind.SEALED if data[3] == SEALED_TYPE else DatagramKind.FRAME
+        return DatagramKind.SEALED if data[3] in SEALED_TYPES else DatagramKind.FRAME
     return DatagramKind.OTHER

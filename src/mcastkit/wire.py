@@ -10,7 +10,7 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
-from .magics import FRAME_MAGIC, SEALED_TYPE
+from .magics import FRAME_MAGIC, SEALED_TYPES
 
 __all__ = [
     "ENVELOPE",
@@ -28,11 +28,11 @@ __all__ = [
 
 MAGIC = FRAME_MAGIC
 VERSION = 1
-# SEALED_TYPE (magics.py): an AEAD envelope around a whole frame (security.py)
+# SEALED_TYPES (magics.py): an AEAD envelope around a whole frame (security.py)
 
 # magic, version, type, flags, topic length, reserved, sender, incarnation, seq, timestamp (µs)
 HEADER = struct.Struct("!2sBBBBHQIIQ")
-# magic, version, SEALED_TYPE, key id, then a 12-byte nonce; ciphertext and 16-byte tag follow
+# magic, version, sealed type (the cipher), key id, 12-byte nonce; then ciphertext and tag (16)
 ENVELOPE = struct.Struct("!2sBBI12s")
 TAG_SIZE = 16
 MAX_TOPIC = 255
@@ -120,7 +120,7 @@ def decode_frame_untrusted(data: bytes) -> Frame | str:
         return "not-mcastkit"
     if version != VERSION:
         return "unknown-version"
-    if kind == SEALED_TYPE:
+    if kind in SEALED_TYPES:
         return "sealed"
     frame_type = _TYPES.get(kind)
     if frame_type is None:
@@ -139,7 +139,7 @@ def decode_frame_untrusted(data: bytes) -> Frame | str:
 
 def is_sealed(data: bytes) -> bool:
     """True when ``data`` looks like an AEAD envelope (checked again by opening it)."""
-    return len(data) >= 4 and data[:2] == MAGIC and data[2] == VERSION and data[3] == SEALED_TYPE
+    return len(data) >= 4 and data[:2] == MAGIC and data[2] == VERSION and data[3] in SEALED_TYPES
 
 
 def max_payload(max_datagram: int, topic: str, *, sealed: bool) -> int:

@@ -39,15 +39,42 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     peers.add_argument("--json", action="store_true", help="JSON output")
     peers.set_defaults(handler=cmd_peers)
 
-    keygen = commands.add_parser("keygen", help="write a new random group key file")
+    keygen = commands.add_parser(
+        "keygen",
+        help="write a new random group key file (or, with --sign, a sender's signing key)",
+    )
     keygen.add_argument("path", help="file to create (mode 0600; never overwritten)")
+    keygen.add_argument(
+        "--sign",
+        action="store_true",
+        help="an Ed25519 signing key for send-file --sign-key instead; its public half goes "
+        "to PATH.pub and to stdout, for recv-file --trust",
+    )
+    keygen.add_argument("--json", action="store_true", help="key id (and public key) as JSON")
     keygen.set_defaults(handler=cmd_keygen)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Write a key file."""
+    if args.sign:
+        from ..transfer.trust import fingerprint, public_text, write_signing_key
+
+        public = write_signing_key(args.path)
+        text = public_text(public)
+        if args.json:
+            emit_json({"path": args.path, "public": text, "fingerprint": fingerprint(public).hex()})
+        else:
+            note(
+                f"wrote {args.path} (keep it private) and {args.path}.pub; receivers trust "
+                f"this sender with --trust {text}"
+            )
+            say(text)
+        return 0
     key = write_key_file(args.path)
-    note(f"wrote {args.path} (key id {key.key_id:08x}); copy it to every member")
+    if args.json:
+        emit_json({"path": args.path, "key_id": f"{key.key_id:08x}"})
+    else:
+        note(f"wrote {args.path} (key id {key.key_id:08x}); copy it to every member")
     return 0
 
 

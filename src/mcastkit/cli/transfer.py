@@ -18,7 +18,7 @@ from ..transfer import receive_files, send_files
 from ..transfer.engine import DEFAULT_MAX_SIZE, ReceiveSession, SendSession
 from ..units import parse_rate
 from . import argtypes
-from .output import ProgressBar, UsageError, emit_json, note, say
+from .output import ProgressBar, UsageError, add_key_options, emit_json, group_key, note, say
 from .signals import CtrlC
 
 DEFAULT_FILE_GROUP = "239.255.77.83:5083"
@@ -70,6 +70,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="one system call per datagram instead of UDP GSO batches (to compare, or for a "
         "path that mishandles them; a kernel that refuses GSO gets this by itself)",
     )
+    add_key_options(send)
+    send.add_argument(
+        "--sign-key",
+        metavar="FILE",
+        help="sign every announce with this Ed25519 key (`mcast keygen --sign FILE`), for "
+        "receivers that --trust its public key",
+    )
     send.add_argument("--json", action="store_true", help="a JSON summary")
     send.set_defaults(handler=cmd_send_file)
 
@@ -109,6 +116,21 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     recv.add_argument(
         "--parents", action="store_true", help="create --dir (and its parents) when missing"
     )
+    add_key_options(recv)
+    recv.add_argument(
+        "--trust",
+        action="append",
+        metavar="PUBKEY",
+        help="accept only transfers whose announce this sender key signed: ed25519:... as "
+        "`mcast keygen --sign` printed it, or its .pub file (repeat for several senders)",
+    )
+    recv.add_argument(
+        "--max-skew",
+        type=argtypes.seconds(),
+        default=30.0,
+        help="sealed or trusted transfers: refuse an announce stamped further than this from "
+        "our clock (default 30 s; a replay, or clocks that disagree)",
+    )
     recv.add_argument("--json", action="store_true", help="a JSON summary")
     recv.set_defaults(handler=cmd_recv_file)
 
@@ -120,6 +142,12 @@ def cmd_send_file(args: argparse.Namespace) -> int:
     rate = None if adaptive else parse_rate(args.rate)
     names = {n.strip() for n in args.names.split(",") if n.strip()} if args.names else None
     expected = args.receivers if args.receivers is not None else (len(names) if names else None)
+    key = group_key(args, spec)
+    sign_key = None
+    if args.sign_key:
+        from ..transfer.trust import load_signing_key
+
+        sign_key = load_signing_key(args.sign_key)
 
     bars: list[ProgressBar] = []
 
@@ -166,6 +194,8 @@ def cmd_send_file(args: argparse.Namespace) -> int:
             on_event=news,
             adaptive=adaptive,
             gso=not args.no_gso,
+            key=key,
+            sign_key=sign_key,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -205,6 +235,12 @@ def cmd_send_file(args: argparse.Namespace) -> int:
 def cmd_recv_file(args: argparse.Namespace) -> int:
     """Receive files."""
     spec = parse_group(args.group)
+    key = group_key(args, spec)
+    trust = None
+    if args.trust:
+        from ..transfer.trust import load_public_key
+
+        trust = [load_public_key(text) for text in args.trust]
 
     bars: list[ProgressBar] = []
 
@@ -243,6 +279,9 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
             max_size=args.max_size,
             overwrite=args.overwrite,
             parents=args.parents,
+            key=key,
+            trust=trust,
+            max_skew=args.max_skew,
         )
     finally:
         interrupted.restore()

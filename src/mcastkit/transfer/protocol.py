@@ -94,6 +94,9 @@ MAP_BLOCKS = MAP_BYTES * 8  # blocks one MISSING_MAP covers (a bit each: 1 = mis
 _UNPACK = [bytes((value >> (7 - bit)) & 1 for bit in range(8)) for value in range(256)]
 _PACK = {pattern: value for value, pattern in enumerate(_UNPACK)}
 _MISSING = bytes.maketrans(b"\x00\x01", b"\x01\x00")  # have <-> missing
+# The announce must fit one 1472-byte datagram with its header (16), a signature trailer
+# (73, transfer/trust.py) and a sealed envelope (36).
+MAX_ANNOUNCE_JSON = 1340
 # Tiny blocks would make the receiver's bitmap (a byte a block) cost a byte per 16 of file.
 MIN_BLOCK_SIZE = 64
 
@@ -146,27 +149,31 @@ def decode_untrusted(data: bytes) -> Message | None:
     return Message(kind, session, data[HEAD.size :])
 
 
-def encode_announce(session: int, files: list[FileInfo], block_size: int) -> bytes:
-    """ANNOUNCE: the file list as JSON (ValueError if it does not fit one datagram)."""
-    body = json.dumps(
-        {
-            "block_size": block_size,
-            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in files],
-        },
-        separators=(",", ":"),
-    ).encode()
-    if len(body) > 1400:
+def encode_announce(
+    session: int, files: list[FileInfo], block_size: int, *, sent_at: float | None = None
+) -> bytes:
+    """ANNOUNCE: the file list as JSON (ValueError if it does not fit one datagram), stamped
+    with the sender's clock (``sent_at``, seconds since the epoch) when given."""
+    fields: dict[str, object] = {
+        "block_size": block_size,
+        "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in files],
+    }
+    if sent_at is not None:
+        fields["time"] = round(sent_at, 3)
+    body = json.dumps(fields, separators=(",", ":")).encode()
+    if len(body) > MAX_ANNOUNCE_JSON:
         raise ValueError(
-            f"the file list is {len(body)} bytes; one announce holds 1400: "
+            f"the file list is {len(body)} bytes; one announce holds {MAX_ANNOUNCE_JSON}: "
             "send fewer files at a time, or pack them (tar)"
         )
     return head(ANNOUNCE, session) + body
 
 
 def decode_announce(body: bytes) -> tuple[list[FileInfo], int] | None:
-    """Files and block size from an untrusted ANNOUNCE body, or None."""
+    """Files and block size from an untrusted ANNOUNCE body (a signature trailer after a
+    NUL is ignored here: transfer/trust.py checks it), or None."""
     try:
-        data = json.loads(body)
+        data = json.loads(body.partition(b"\x00")[0])
         block_size = int(data["block_size"])
         files = [FileInfo(str(f["name"]), int(f["size"]), str(f["sha256"])) for f in data["files"]]
     except (ValueError, KeyError, TypeError):

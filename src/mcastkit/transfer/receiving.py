@@ -4,6 +4,7 @@ written through a sink that a ``Storage`` opens (transfer/storage.py: on disk, o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..events import (
@@ -87,8 +88,13 @@ class ReceiveSession:
         now: float,
         session: int | None = None,
         max_size: int = DEFAULT_MAX_SIZE,
+        check_announce: Callable[[int, bytes], str | None] | None = None,
     ) -> None:
         self.max_size = max_size
+        # Signature and freshness (transfer/trust.py): the reason to refuse an announce.
+        self._check_announce = check_announce
+        self.refused: dict[str, int] = {}  # why announces were refused, and how often
+        self.refused_last: tuple[Address, str] | None = None
         self.receiver_id = receiver_id
         self.name = name
         self.storage = storage
@@ -123,6 +129,8 @@ class ReceiveSession:
         if self.session is not None and message.session != self.session:
             return []
         kind, body = message.kind, message.body
+        if kind == ANNOUNCE and self._refuse(message.session, body, source):
+            return []
         if kind == ANNOUNCE and self.state == ReceiveState.WAITING:
             return self._on_announce(message.session, body, source, now)
         if kind == ANNOUNCE and message.session == self.session:
@@ -155,6 +163,16 @@ class ReceiveSession:
         if kind == ABORT and self.state == ReceiveState.RECEIVING:
             self._fail("the sender gave up (deadline)")
         return []
+
+    def _refuse(self, session: int, body: bytes, source: Address) -> bool:
+        if self._check_announce is None:
+            return False
+        reason = self._check_announce(session, body)
+        if reason is None:
+            return False
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        self.refused_last = (source, reason)
+        return True
 
     def receive_many(
         self, buffer: memoryview, spans: list[tuple[int, int]], source: Address, now: float
@@ -404,4 +422,5 @@ class ReceiveSession:
             "blocks": self.total_blocks,
             "received": self.received,
             "duplicates": self.duplicates,
+            "refused_announces": dict(self.refused),
         }

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..addr import GroupSpec
 from ..events import ReceiveState, SendPhase, TransferEvent
@@ -21,7 +21,16 @@ from ..units import Rate
 from .engine import DEFAULT_MAX_SIZE, Address, ReceiveSession, SendSession
 from .protocol import BLOCK_SIZE, HEAD, PENDING_DIGEST, FileInfo
 from .rate import AdaptiveRate
+from .sealing import Guard
 from .storage import DirectoryStorage
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+    from ..security import GroupKey
 
 __all__ = ["describe_files", "receive_files", "send_files"]
 
@@ -118,10 +127,20 @@ def _drain(receiver: BatchReceiver, handle: Callable[[Packet], None]) -> None:
         handle(packet)
 
 
+def _guard(key: GroupKey | None) -> Guard:
+    if key is None:
+        return Guard(None)
+    from ..security import KeyRing
+
+    return Guard(KeyRing([key], os.urandom))
+
+
 def _transmitter(
-    batch: BatchSender, default: tuple[str, int] | tuple[str, int, int, int]
+    batch: BatchSender, default: tuple[str, int] | tuple[str, int, int, int], guard: Guard
 ) -> Callable[[list[tuple[bytes, Address | None]]], None]:
-    """Send an engine's output: each run to one destination as one batch (GSO)."""
+    """Send an engine's output, sealed when keyed: each run to one destination as one
+    batch (GSO)."""
+    seal = guard.seal
 
     def transmit(out: list[tuple[bytes, Address | None]]) -> None:
         start = 0
@@ -130,7 +149,7 @@ def _transmitter(
             end = start + 1
             while end < len(out) and out[end][1] == destination:
                 end += 1
-            batch.send([data for data, _ in out[start:end]], destination or default)
+            batch.send([seal(data) for data, _ in out[start:end]], destination or default)
             start = end
 
     return transmit
@@ -158,13 +177,24 @@ def send_files(
     on_event: Callable[[TransferEvent], None] | None = None,
     adaptive: bool = False,
     gso: bool = True,
+    key: GroupKey | None = None,
+    sign_key: Ed25519PrivateKey | None = None,
 ) -> dict[str, Any]:
     """Distribute ``paths`` to the receivers on the group; return the outcome.
 
-    ``adaptive`` starts at 1 Gbit/s and follows the receivers' kernel drop counters
-    (see rate.py); otherwise ``rate`` is fixed (None: as fast as possible). ``gso`` sends
-    runs of blocks as one UDP GSO call where the kernel allows it.
+    ``adaptive`` starts at 2 Gbit/s and follows the receivers' buffers and kernel drop
+    counters (see rate.py); otherwise ``rate`` is fixed (None: as fast as possible). ``gso``
+    sends runs of blocks as one UDP GSO call where the kernel allows it. ``key`` seals every
+    datagram (only its holders read or take part); ``sign_key`` signs every announce, for
+    receivers that trust only some senders (transfer/trust.py).
     """
+    guard = _guard(key)
+    block_size = BLOCK_SIZE - guard.overhead
+    signer = None
+    if sign_key is not None:
+        from .trust import AnnounceSigner
+
+        signer = AnnounceSigner(sign_key)
     files = list_files(paths)
     hasher: _Hasher | None = _Hasher(paths)
     source = _FileSource(paths)
@@ -176,14 +206,16 @@ def send_files(
         files,
         source,
         now=now,
-        block_size=BLOCK_SIZE,
+        block_size=block_size,
         expected=expected,
         names=names,
         register_wait=register_wait,
         receiver_timeout=receiver_timeout,
         deadline=deadline,
+        wall_clock=time.time,
+        sign=None if signer is None else signer.sign,
     )
-    block_bits = (BLOCK_SIZE + DATA_OVERHEAD) * 8
+    block_bits = (BLOCK_SIZE + DATA_OVERHEAD) * 8  # the same on the wire, sealed or not
     controller = AdaptiveRate(AUTO_START_BPS / block_bits) if adaptive else None
     if controller is not None:
         pps: float | None = controller.pps
@@ -195,11 +227,13 @@ def send_files(
     batch = BatchSender(sender.sock, gso=gso)
     replies = BatchReceiver(sender.sock, gro=False, multi=False)
     group = sender.destination
-    transmit = _transmitter(batch, group)
+    transmit = _transmitter(batch, group, guard)
 
     def handle(packet: Packet) -> None:
-        source = (packet.source, packet.source_port)
-        transmit(session.receive(packet.data, source, time.monotonic()))
+        opened = guard.open(packet.data)
+        if opened is not None:
+            source = (packet.source, packet.source_port)
+            transmit(session.receive(bytes(opened), source, time.monotonic()))
 
     unreadable: OSError | None = None
     try:
@@ -236,7 +270,11 @@ def send_files(
                         continue
                     budget = int(tokens)
                     tokens -= budget
-                batch.send_parts(session.next_block_parts(budget), group)
+                parts = session.next_block_parts(budget)
+                if guard.ring is None:
+                    batch.send_parts(parts, group)
+                else:
+                    batch.send(guard.seal_parts(parts), group)
             else:
                 last_fill = now
                 select.select([sender.sock], [], [], 0.02)
@@ -256,6 +294,9 @@ def send_files(
     summary["group"] = str(spec)
     summary["peak_rss_mb"] = peak_rss_mb()
     summary["io"] = {"gso": batch.gso, **batch.counters}
+    summary["sealed"] = None if guard.ring is None else guard.ring.cipher
+    summary["signed_by"] = None if signer is None else signer.fingerprint.hex()
+    summary["dropped"] = guard.dropped
     if controller is not None:
         summary["rate_pps_history"] = controller.history
         summary["final_mbps"] = round(controller.pps * block_bits / 1e6, 1)
@@ -279,13 +320,25 @@ def receive_files(
     overwrite: bool = False,
     parents: bool = False,
     gro: bool = True,
+    key: GroupKey | None = None,
+    trust: list[Ed25519PublicKey] | None = None,
+    max_skew: float = 30.0,
 ) -> dict[str, Any]:
     """Receive one transfer into ``directory``; ``wait`` bounds the wait for an announce.
 
     A transfer announcing more than ``max_size`` bytes, or more than the directory's free
     space, is refused before anything is written. ``gro`` takes coalesced runs of datagrams
-    (UDP GRO) from the kernel where it offers them.
+    (UDP GRO) from the kernel where it offers them. ``key``: only a transfer sealed with this
+    group key is heard. ``trust``: only an announce signed by one of these keys starts a
+    transfer. Either way an announce stamped further than ``max_skew`` seconds from this
+    host's clock is refused (a replay).
     """
+    guard = _guard(key)
+    check = None
+    if key is not None or trust is not None:
+        from .trust import AnnounceCheck
+
+        check = AnnounceCheck(trust, max_skew=max_skew, wall_clock=time.time)
     if parents:
         directory.mkdir(parents=True, exist_ok=True)
     elif not directory.is_dir():
@@ -306,6 +359,7 @@ def receive_files(
         DirectoryStorage(directory, overwrite=overwrite),
         now=now,
         max_size=max_size,
+        check_announce=check,
     )
     started = now
     finished_at: float | None = None
@@ -321,7 +375,7 @@ def receive_files(
     def transmit(out: list[tuple[bytes, Address | None]]) -> None:
         for data, destination in out:
             if destination is not None:  # a receiver only ever answers its sender
-                batch.send([data], destination)
+                batch.send([guard.seal(data)], destination)
 
     def handle(
         buffer: memoryview, spans: list[tuple[int, int]], source: Address, drops: int | None
@@ -329,6 +383,7 @@ def receive_files(
         if drops is not None:  # the adaptive sender's signals
             session.kernel_drops = drops
         session.queue_fill = incoming[group_socket.sock].fill
+        buffer, spans = guard.open_runs(buffer, spans)
         transmit(session.receive_many(buffer, spans, source, time.monotonic()))
 
     try:
@@ -339,6 +394,9 @@ def receive_files(
                 break
             if session.state == ReceiveState.WAITING and wait is not None and now - started > wait:
                 session.reason = f"no transfer announced on {spec} within {wait}s"
+                why = _why_nothing(guard, session)
+                if why:
+                    session.reason += f": {why}"
                 break
             if session.state in (ReceiveState.COMPLETE, ReceiveState.FAILED):
                 finished_at = finished_at or now
@@ -363,4 +421,28 @@ def receive_files(
     summary["directory"] = str(directory)
     summary["io"] = {"gro": incoming[group_socket.sock].gro, **incoming[group_socket.sock].counters}
     summary["peak_rss_mb"] = peak_rss_mb()
+    summary["sealed"] = guard.ring is not None
+    summary["dropped"] = guard.dropped
     return summary
+
+
+def _why_nothing(guard: Guard, session: ReceiveSession) -> str | None:
+    """What a receiver that took no transfer heard instead, as a hint."""
+    dropped = guard.dropped
+    if dropped.get("sealed-without-key"):
+        return (
+            f"heard {dropped['sealed-without-key']} sealed datagram(s): the transfer is "
+            "sealed, give its --key-file or passphrase"
+        )
+    if session.refused_last is not None:
+        (host, _port), reason = session.refused_last
+        return f"refused an announce from {host}: {reason}"
+    wrong = dropped.get("unknown-key", 0) + dropped.get("forged", 0)
+    if wrong:
+        return f"heard {wrong} datagram(s) sealed with another key"
+    if dropped.get("unsealed"):
+        return (
+            f"heard {dropped['unsealed']} unsealed datagram(s): the sender does not use "
+            "the group key"
+        )
+    return None

@@ -5,6 +5,7 @@ and ``TransferEvent``s go out."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -98,8 +99,12 @@ class SendSession:
         receiver_timeout: float = 10.0,
         deadline: float | None = None,
         status_interval: float = 0.1,
+        wall_clock: Callable[[], float] | None = None,
+        sign: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.session = session
+        self._wall_clock = wall_clock  # stamps each announce (receivers refuse stale ones)
+        self._sign = sign  # appends a signature to each announce (transfer/trust.py)
         self.files = files
         self.source = source
         self.block_size = block_size
@@ -117,7 +122,7 @@ class SendSession:
         self.receiver_timeout = receiver_timeout
         self.deadline = None if deadline is None else now + deadline
         self.status_interval = status_interval
-        self.announce = encode_announce(session, files, block_size)
+        encode_announce(session, files, block_size)  # ValueError now if the list is too long
         self._next_announce = now
         self._next_status = 0.0
         self._status_since = 0.0
@@ -195,7 +200,7 @@ class SendSession:
             return self.abort("deadline passed")
         if now >= self._next_announce:
             # Keep announcing during the transfer too: late joiners need the file list.
-            out.append((self.announce, None))
+            out.append((self.announce(), None))
             self._next_announce = now + (0.2 if self.phase == SendPhase.REGISTER else 0.5)
         if self.phase == SendPhase.REGISTER:
             enough = self.expected is not None and len(self.receivers) >= self.expected
@@ -227,8 +232,13 @@ class SendSession:
             FileInfo(info.name, info.size, digest)
             for info, digest in zip(self.files, digests, strict=True)
         ]
-        self.announce = encode_announce(self.session, self.files, self.block_size)
         self._next_announce = 0.0
+
+    def announce(self) -> bytes:
+        """The announce as it goes out now: stamped and signed when so configured."""
+        sent_at = None if self._wall_clock is None else self._wall_clock()
+        datagram = encode_announce(self.session, self.files, self.block_size, sent_at=sent_at)
+        return datagram if self._sign is None else self._sign(datagram)
 
     def progress_request(self) -> Out:
         """Ask the receivers how they keep up (for the adaptive rate). Each is asked on its

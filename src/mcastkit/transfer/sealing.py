@@ -1,0 +1,97 @@
+"""Sealed transfers: every datagram (announce, data, status, repair) in an AEAD envelope.
+
+The protocol engines (sending.py, receiving.py) never see an envelope: the runtime seals what
+they emit and opens what arrives before they see it. Envelopes are those of the group
+frames (security.py), so a key file or passphrase that opens a group opens its transfers.
+
+Without the key a host reads nothing and takes no part: its datagrams (a forged announce, a
+block, a registration) fail to open and are dropped and counted by reason; the counts reach
+the summaries, and a receiver that heard only sealed datagrams it cannot open is told why.
+"""
+
+from __future__ import annotations
+
+from ..magics import DatagramKind, kind_of
+from ..security import KeyRing
+from ..wire import ENVELOPE, TAG_SIZE
+from .protocol import Buffer
+
+__all__ = ["OVERHEAD", "Guard"]
+
+OVERHEAD = ENVELOPE.size + TAG_SIZE  # bytes an envelope adds to a datagram
+
+
+class Guard:
+    """Seals outgoing datagrams with ``ring`` and opens incoming ones; with no ring, lets
+    plain datagrams through and counts the sealed ones it cannot open."""
+
+    def __init__(self, ring: KeyRing | None) -> None:
+        self.ring = ring
+        self.dropped: dict[str, int] = {}
+        self._plain = bytearray()  # opened datagrams of one receive batch, reused
+
+    @property
+    def overhead(self) -> int:
+        """Bytes sealing adds to each datagram."""
+        return OVERHEAD if self.ring is not None else 0
+
+    def _drop(self, why: str) -> None:
+        self.dropped[why] = self.dropped.get(why, 0) + 1
+
+    def seal(self, datagram: bytes) -> bytes:
+        """One datagram as it goes on the wire."""
+        return datagram if self.ring is None else self.ring.seal(datagram)
+
+    def seal_parts(self, parts: list[tuple[bytes, Buffer]]) -> list[bytes]:
+        """(header, payload) pairs, each sealed as one datagram."""
+        assert self.ring is not None
+        seal = self.ring.seal
+        return [seal(header + payload) for header, payload in parts]
+
+    def open(self, data: Buffer) -> Buffer | None:
+        """The datagram a peer meant, or None (dropped and counted)."""
+        sealed = kind_of(data) is DatagramKind.SEALED
+        if self.ring is None:
+            if sealed:
+                self._drop("sealed-without-key")
+                return None
+            return data
+        if not sealed:
+            self._drop("unsealed")
+            return None
+        opened = self.ring.open_untrusted(data)
+        if isinstance(opened, str):
+            self._drop(opened)
+            return None
+        return opened
+
+    def open_runs(
+        self, buffer: memoryview, spans: list[tuple[int, int]]
+    ) -> tuple[memoryview, list[tuple[int, int]]]:
+        """The datagrams at ``spans`` of ``buffer``, opened into one reused buffer, with their
+        spans there; the ones that do not open are dropped and counted."""
+        if self.ring is None:
+            if any(kind_of(buffer[start:end]) is DatagramKind.SEALED for start, end in spans):
+                kept = []
+                for start, end in spans:
+                    if kind_of(buffer[start:end]) is DatagramKind.SEALED:
+                        self._drop("sealed-without-key")
+                    else:
+                        kept.append((start, end))
+                return buffer, kept
+            return buffer, spans
+        need = sum(end - start for start, end in spans)
+        if len(self._plain) < need:
+            self._plain = bytearray(need)
+        plain = memoryview(self._plain)
+        opened: list[tuple[int, int]] = []
+        at = 0
+        open_into = self.ring.open_into
+        for start, end in spans:
+            result = open_into(buffer[start:end], plain[at:])
+            if isinstance(result, str):
+                self._drop(result)
+                continue
+            opened.append((at, at + result))
+            at += result
+        return plain, opened
