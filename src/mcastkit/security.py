@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .errors import MulticastError
-from .magics import SEALED_GCM_TYPE, SEALED_TYPE
+from .magics import SEALED_GCM_TYPE, SEALED_TYPE, DatagramKind, kind_of
 from .wire import ENVELOPE, MAGIC, TAG_SIZE, VERSION
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "write_key_file",
 ]
 
+_SEALED = (DatagramKind.SEALED,)
 CIPHERS = {"chacha20-poly1305": SEALED_TYPE, "aes-256-gcm": SEALED_GCM_TYPE}
 _AEADS: dict[int, type[ChaCha20Poly1305] | type[AESGCM]] = {
     SEALED_TYPE: ChaCha20Poly1305,
@@ -230,6 +231,40 @@ class KeyRing:
         nonce = self._nonce()
         head = ENVELOPE.pack(MAGIC, VERSION, self._kind, self._current, nonce)
         return head + self._aeads[self._kind, self._current].encrypt(nonce, frame, head)
+
+    def open_spans_into(
+        self, buffer: memoryview, spans: list[tuple[int, int]], out: memoryview
+    ) -> tuple[list[tuple[int, int]], list[str]]:
+        """Open the envelopes at ``spans`` of ``buffer`` into ``out`` (as long as the spans
+        together): the spans of the frames there, and why each other one was dropped."""
+        opened: list[tuple[int, int]] = []
+        dropped: list[str] = []
+        unpack_from, head_size = ENVELOPE.unpack_from, ENVELOPE.size
+        aeads = self._aeads
+        at = 0
+        for start, end in spans:
+            size = end - start - head_size - TAG_SIZE
+            if size < 0:
+                looks_sealed = end - start >= 4 and kind_of(buffer[start:end]) in _SEALED
+                dropped.append("short-envelope" if looks_sealed else "unsealed")
+                continue
+            magic, version, kind, key_id, nonce = unpack_from(buffer, start)
+            if magic != MAGIC or version != VERSION or kind not in _AEADS:
+                dropped.append("unsealed")
+                continue
+            aead = aeads.get((kind, key_id))
+            if aead is None:
+                dropped.append("unknown-key")
+                continue
+            body = start + head_size
+            try:
+                aead.decrypt_into(nonce, buffer[body:end], buffer[start:body], out[at : at + size])
+            except InvalidTag:
+                dropped.append("forged")
+                continue
+            opened.append((at, at + size))
+            at += size
+        return opened, dropped
 
     def open_untrusted(self, data: bytes | bytearray | memoryview) -> bytes | str:
         """The frame inside an envelope, or why it was dropped (never raises)."""

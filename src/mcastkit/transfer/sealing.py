@@ -43,7 +43,9 @@ class Guard:
         return datagram if self.ring is None else self.ring.seal(datagram)
 
     def seal_parts(self, parts: list[tuple[bytes, Buffer]]) -> list[bytes]:
-        """(header, payload) pairs, each sealed as one datagram."""
+        """(header, payload) pairs, each sealed as one datagram. (Sealing into one reused
+        buffer with ``encrypt_into`` measured slower here: the cipher's own allocation
+        costs less than the views.)"""
         assert self.ring is not None
         seal = self.ring.seal
         return [seal(header + payload) for header, payload in parts]
@@ -84,14 +86,7 @@ class Guard:
         if len(self._plain) < need:
             self._plain = bytearray(need)
         plain = memoryview(self._plain)
-        opened: list[tuple[int, int]] = []
-        at = 0
-        open_into = self.ring.open_into
-        for start, end in spans:
-            result = open_into(buffer[start:end], plain[at:])
-            if isinstance(result, str):
-                self._drop(result)
-                continue
-            opened.append((at, at + result))
-            at += result
+        opened, dropped = self.ring.open_spans_into(buffer, spans, plain)
+        for why in dropped:
+            self._drop(why)
         return plain, opened
