@@ -14,7 +14,9 @@ MTU-sized frames as a real link does. --wire 0: GSO batches cross the bridge who
 same-host containers see (and where GRO hands them to the receiver whole).
 
     python benchmarks/bench_files.py [--size 256] [--receivers 1,3] [--loss 0,5,20]
-        [--repeat 3] [--wire 1,0] [--tools mcast,uftp,udpcast] [--json]
+        [--repeat 3] [--wire 1,0] [--tools mcast,mcast-sealed,uftp,udpcast] [--json]
+
+``mcast-sealed`` is mcast with a group key on both sides: every datagram sealed.
 
 The tools take turns in every round (interleaved); medians are reported, with mcast/uftp.
 """
@@ -86,7 +88,9 @@ def _stop(procs: list[subprocess.Popen[bytes]], wait: float) -> None:
             proc.wait()
 
 
-def run_mcast(sender, receivers, source: Path, work: Path) -> tuple[float, int, list[Path]]:
+def run_mcast(
+    sender, receivers, source: Path, work: Path, *extra: str
+) -> tuple[float, int, list[Path]]:
     procs = [
         _spawn(
             host,
@@ -106,6 +110,7 @@ def run_mcast(sender, receivers, source: Path, work: Path) -> tuple[float, int, 
             "--wait",
             "60",
             "--json",
+            *extra,
         )
         for n, host in enumerate(receivers, 1)
     ]
@@ -123,6 +128,7 @@ def run_mcast(sender, receivers, source: Path, work: Path) -> tuple[float, int, 
         "--receivers",
         str(len(receivers)),
         "--json",
+        *extra,
         str(source),
     )
     _stop(procs, 30)  # receivers finish on their own once the sender acknowledged them
@@ -223,8 +229,23 @@ def run_udpcast(sender, receivers, source: Path, work: Path) -> tuple[float, int
     return elapsed, code, [work / f"r{n}" / "recv.bin" for n in range(1, len(receivers) + 1)]
 
 
-TOOLS = {"mcast": run_mcast, "uftp": run_uftp, "udpcast": run_udpcast}
-NEEDS = {"mcast": None, "uftp": "uftp", "udpcast": "udp-sender"}
+def run_mcast_sealed(sender, receivers, source: Path, work: Path) -> tuple[float, int, list[Path]]:
+    """mcast with every datagram sealed by a group key (both sides hold it)."""
+    key = source.parent / "group.key"
+    if not key.exists():
+        from mcastkit.security import write_key_file
+
+        write_key_file(key)
+    return run_mcast(sender, receivers, source, work, "--key-file", str(key))
+
+
+TOOLS = {
+    "mcast": run_mcast,
+    "mcast-sealed": run_mcast_sealed,
+    "uftp": run_uftp,
+    "udpcast": run_udpcast,
+}
+NEEDS = {"mcast": None, "mcast-sealed": None, "uftp": "uftp", "udpcast": "udp-sender"}
 
 
 def _one_run(
@@ -296,15 +317,18 @@ def main() -> int:
                     for tool, results in runs.items():
                         good = [r["mb_per_s"] for r in results if r["correct"] == receivers]
                         medians[tool] = statistics.median(good) if good else None
-                    ratio = None
+                    ratio = sealed = None
                     if medians.get("mcast") and medians.get("uftp"):
                         ratio = round(medians["mcast"] / medians["uftp"], 2)
+                    if medians.get("mcast") and medians.get("mcast-sealed"):
+                        sealed = round(medians["mcast-sealed"] / medians["mcast"], 2)
                     cell = {
                         "wire": int(wire),
                         "receivers": receivers,
                         "loss": loss,
                         "median_mb_per_s": medians,
                         "mcast_over_uftp": ratio,
+                        "sealed_over_plain": sealed,
                         "runs": runs,
                     }
                     if args.json:
@@ -318,7 +342,8 @@ def main() -> int:
                         )
                         print(
                             f"wire={int(wire)} {receivers} rcv {loss:>2}% loss  {text}  "
-                            f"mcast/uftp {ratio}",
+                            f"mcast/uftp {ratio}"
+                            + (f"  sealed/plain {sealed}" if sealed is not None else ""),
                             flush=True,
                         )
     return 0

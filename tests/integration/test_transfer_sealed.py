@@ -263,3 +263,32 @@ def test_a_recorded_sealed_transfer_replayed_later_is_refused(lab: Lab, tmp_path
             assert not list((tmp_path / label).iterdir())
         else:  # without the stamp check the replay is taken: the check is what stops it
             assert result["session"] is not None and result["received"] > 0, result
+
+
+def test_readme_sealed_example_runs_as_written(lab: Lab, tmp_path: Path) -> None:
+    """The README's sealed send-file example, line by line, on two hosts."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(b for b in readme.split("```sh\n") if "keygen --sign" in b).split("```")[0]
+    lines = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+    sender, receiver = lab.lan(2)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    (tmp_path / "image.iso").write_bytes(b"iso" * 100_000)
+    proc = None
+    for line in lines:
+        args = line.replace("/srv/incoming", str(incoming)).split()
+        assert args[0] == "mcast", line
+        args = [str(tmp_path / a) if a.endswith((".key", ".pub", ".iso")) else a for a in args]
+        if args[1] == "keygen":
+            done = sender.mcast(*args[1:])
+            assert done.returncode == 0, done.stderr
+        elif args[1] == "recv-file":
+            proc = receiver.start_mcast(*args[1:], "--wait", "20")
+            wait_for_line(proc.stderr, "waiting for a transfer")
+        else:
+            done = sender.mcast(*args[1:], "--receivers", "1", "--wait", "3", timeout=60)
+            assert done.returncode == 0, done.stdout + done.stderr
+    assert proc is not None
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert (incoming / "image.iso").read_bytes() == b"iso" * 100_000

@@ -9,7 +9,15 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "mcastkit"
 MAX_LINES = 600
 
 # docs/architecture.md: foundations 0, sans-I/O cores 1, runtimes 2, CLI 3.
-RUNTIMES = {"aio", "sync", "demo", "transfer.runtime", "transfer.storage", "diag.runner"}
+RUNTIMES = {
+    "aio",
+    "sync",
+    "demo",
+    "transfer.runtime",
+    "transfer.storage",
+    "transfer.partial",
+    "diag.runner",
+}
 CORES = {
     "session",
     "session_streams",
@@ -22,6 +30,8 @@ CORES = {
     "transfer.receiving",
     "transfer.protocol",
     "transfer.rate",
+    "transfer.sealing",
+    "transfer.trust",
     "diag.ping",
     "diag.bench",
     "diag.dump",

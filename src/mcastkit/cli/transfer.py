@@ -116,6 +116,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     recv.add_argument(
         "--parents", action="store_true", help="create --dir (and its parents) when missing"
     )
+    recv.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="leave nothing of a transfer cut short (by default its partial files are kept, "
+        "hidden, with a record of their blocks, and a later transfer of the same content "
+        "sends only what is missing)",
+    )
     add_key_options(recv)
     recv.add_argument(
         "--trust",
@@ -282,6 +289,7 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
             key=key,
             trust=trust,
             max_skew=args.max_skew,
+            resume=not args.no_resume,
         )
     finally:
         interrupted.restore()
@@ -291,10 +299,17 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(summary)
     elif ok:
+        resumed = summary["resumed_blocks"]
         say(
             f"\nreceived and verified {', '.join(summary['files'])} "
             f"({summary['bytes'] / 1e6:.1f} MB) in {summary['seconds']:.2f}s"
+            + (f", {resumed} of {summary['blocks']} blocks from an earlier try" if resumed else "")
         )
     else:
         say(f"\ntransfer {summary['state']}: {summary['reason'] or 'interrupted'}")
+        if summary["kept_blocks"]:
+            say(
+                f"kept {summary['kept_blocks']} of {summary['blocks']} blocks in {args.dir}: "
+                "receive the same files again there and only the rest is sent"
+            )
     return 0 if ok else 1

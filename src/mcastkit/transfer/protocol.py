@@ -101,6 +101,12 @@ MAX_ANNOUNCE_JSON = 1340
 MIN_BLOCK_SIZE = 64
 
 
+# A STATUS or MISSING_MAP for this pass: what a resuming receiver lacks, before the first
+# pass (so it skips what the receiver already holds). REGISTER announces such a report with
+# a flags byte after a NUL that ends the name.
+PREPASS = 0xFFFFFFFF
+RESUMING = 0x01
+
 # An announce may go out before the sender has hashed its files (hashing 256 MiB takes longer
 # than registering the receivers): the digest is then this, and a later announce of the same
 # session carries the real one. A receiver verifies only once it has it.

@@ -4,6 +4,7 @@ written through a sink that a ``Storage`` opens (transfer/storage.py: on disk, o
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -25,12 +26,14 @@ from .protocol import (
     MAP_BLOCKS,
     MAX_RANGES,
     PASS,
+    PREPASS,
     PROGRESS,
     PROGRESS_BODY,
     PROGRESS_REQ,
     RECEIVER,
     REG_ACK,
     REGISTER,
+    RESUMING,
     STATUS_REQ,
     Address,
     FileInfo,
@@ -51,6 +54,7 @@ MIN_BITMAP_LIMIT = 1 << 24  # blocks (a byte each) accepted at least; more as --
 MAX_RUN = 1024  # blocks per write call (IOV_MAX)
 DENSE_RANGES = 4 * MAX_RANGES  # more missing ranges than this go as bitmaps (MISSING_MAP)
 STATUS_CHUNKS = 32  # STATUS datagrams per request: up to 3,200 missing ranges per round
+CHECKPOINT_EVERY = 0.5  # seconds between records of the blocks on disk (for resume)
 
 
 class Sink(Protocol):
@@ -66,6 +70,19 @@ class Sink(Protocol):
 
     def discard(self) -> None:
         """Forget everything written (nothing wrong is left behind)."""
+        ...
+
+    def resumable(self) -> dict[int, tuple[str, int, bytearray]]:
+        """Partials of earlier transfers this sink took over: file index -> (the sha256
+        they were of, their block size, a byte per block: 1 = on disk)."""
+        ...
+
+    def checkpoint(self, bitmaps: list[bytearray], block_size: int) -> None:
+        """Record the blocks on disk, for a later transfer to resume from."""
+        ...
+
+    def keep(self) -> None:
+        """Stop, keeping what a later transfer can resume from."""
         ...
 
 
@@ -120,6 +137,12 @@ class ReceiveSession:
         self._awaiting_digests = False
         self._next_register = now
         self._complete_message: bytes | None = None
+        # Resume: blocks of earlier partials, kept until their sha256 is confirmed.
+        self._candidates: dict[int, tuple[str, bytearray]] = {}
+        self.resumed = 0  # blocks taken from a partial of an earlier transfer
+        self.kept = 0  # blocks kept on disk for a later transfer to resume from
+        self._report_due = False  # tell the sender what we hold before its first pass
+        self._checkpointed = (0, -1.0)  # blocks received, when
 
     def receive(self, data: bytes, source: Address, now: float) -> Out:
         """One datagram from the group or the sender (never raises on malformed input)."""
@@ -161,7 +184,7 @@ class ReceiveSession:
                 self.acknowledged = True
             return []
         if kind == ABORT and self.state == ReceiveState.RECEIVING:
-            self._fail("the sender gave up (deadline)")
+            self._fail("the sender gave up (deadline)", resumable=True)
         return []
 
     def _refuse(self, session: int, body: bytes, source: Address) -> bool:
@@ -235,7 +258,7 @@ class ReceiveSession:
         try:
             self.sink.write_run(file_index, offset, blocks)
         except OSError as exc:
-            self._fail(f"write failed: {exc.strerror}")
+            self._fail(f"write failed: {exc.strerror}", resumable=True)
             return [(self._complete_message, self.sender)] if self._complete_message else []
         return []
 
@@ -251,13 +274,36 @@ class ReceiveSession:
                 self._verify()
             return [(self._complete_message, self.sender)] if self._complete_message else []
         if self.state == ReceiveState.RECEIVING and now - self.last_heard > SENDER_SILENCE:
-            self._fail(f"the sender went silent for {SENDER_SILENCE:.0f}s")
+            self._fail(f"the sender went silent for {SENDER_SILENCE:.0f}s", resumable=True)
             return [(self._complete_message, self.sender)] if self._complete_message else []
         receiving = self.state == ReceiveState.RECEIVING
         if receiving and not self.registered and now >= self._next_register:
             self._next_register = now + 0.2
             return [(self._register(), self.sender)]
+        if receiving and self._report_due and self.registered:
+            self._report_due = False  # what we hold, so the first pass skips it
+            return self._status(PREPASS)
+        if receiving and now - self._checkpointed[1] >= CHECKPOINT_EVERY:
+            if self.received != self._checkpointed[0]:
+                self._checkpoint()
+            self._checkpointed = (self.received, now)
         return []
+
+    def _checkpoint(self) -> None:
+        assert self.sink is not None
+        with contextlib.suppress(OSError):  # a record not written costs a resume, no more
+            self.sink.checkpoint(self.bitmaps, self.block_size)
+
+    def _keep(self) -> None:
+        assert self.sink is not None
+        self._checkpoint()
+        self.sink.keep()
+        self.kept = self.received if not any(f.digest_pending for f in self.files) else 0
+
+    def suspend(self) -> None:
+        """Stop receiving (interrupted), keeping what a later transfer can resume from."""
+        if self.sink is not None and self.state == ReceiveState.RECEIVING:
+            self._keep()
 
     @property
     def finished(self) -> bool:
@@ -276,8 +322,12 @@ class ReceiveSession:
 
     def _register(self) -> bytes:
         assert self.session is not None
+        flags = b"\x00" + bytes([RESUMING]) if self._candidates or self.resumed else b""
         return (
-            head(REGISTER, self.session) + RECEIVER.pack(self.receiver_id) + self.name.encode()[:64]
+            head(REGISTER, self.session)
+            + RECEIVER.pack(self.receiver_id)
+            + self.name.encode()[:64].replace(b"\x00", b"")
+            + flags
         )
 
     def _on_announce(self, session: int, body: bytes, source: Address, now: float) -> Out:
@@ -319,9 +369,33 @@ class ReceiveSession:
         self._events.append(announced)
         self._set_state(ReceiveState.RECEIVING)
         self._next_register = now + 0.2
+        assert self.sink is not None
+        for index, (sha256, size, held) in self.sink.resumable().items():
+            if size == block_size and len(held) == len(self.bitmaps[index]):
+                self._candidates[index] = (sha256, held)
+        self._adopt()
         if self.total_blocks == 0:
             self._verify_due = True
         return [(self._register(), source)]
+
+    def _adopt(self) -> None:
+        """Take the blocks of each partial whose file's sha256 is now known to match (the
+        same content); a partial of other content is left to be overwritten."""
+        for index in [i for i in self._candidates if not self.files[i].digest_pending]:
+            sha256, held = self._candidates.pop(index)
+            self._report_due = True  # the sender waits for our word either way
+            if sha256 != self.files[index].sha256:
+                continue
+            bitmap = self.bitmaps[index]
+            before = bitmap.count(1)
+            merged = int.from_bytes(bitmap, "big") | int.from_bytes(held, "big")
+            bitmap[:] = merged.to_bytes(len(bitmap), "big")
+            added = bitmap.count(1) - before
+            self.received += added
+            self.resumed += added
+        if self._report_due and self.received == self.total_blocks:
+            self._report_due = False
+            self._verify_due = True
 
     def _if_complete(self) -> Out:
         """Every block is in: verify at the next tick, and tell the sender nothing is
@@ -345,6 +419,7 @@ class ReceiveSession:
         for index, (mine, theirs) in enumerate(zip(self.files, files, strict=True)):
             if mine.digest_pending and not theirs.digest_pending:
                 self.files[index] = theirs  # the sink holds the same list
+        self._adopt()
         if self._awaiting_digests and not any(f.digest_pending for f in self.files):
             self._awaiting_digests = False
             self._verify_due = True
@@ -364,8 +439,10 @@ class ReceiveSession:
         )
         self._set_state(ReceiveState.COMPLETE)
 
-    def _fail(self, reason: str) -> None:
-        if self.sink is not None:
+    def _fail(self, reason: str, *, resumable: bool = False) -> None:
+        if self.sink is not None and resumable and self.state == ReceiveState.RECEIVING:
+            self._keep()
+        elif self.sink is not None:
             self.sink.discard()
         self.reason = reason
         if self.session is not None:
@@ -423,4 +500,6 @@ class ReceiveSession:
             "received": self.received,
             "duplicates": self.duplicates,
             "refused_announces": dict(self.refused),
+            "resumed_blocks": self.resumed,
+            "kept_blocks": self.kept,
         }

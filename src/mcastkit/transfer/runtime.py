@@ -323,6 +323,7 @@ def receive_files(
     key: GroupKey | None = None,
     trust: list[Ed25519PublicKey] | None = None,
     max_skew: float = 30.0,
+    resume: bool = True,
 ) -> dict[str, Any]:
     """Receive one transfer into ``directory``; ``wait`` bounds the wait for an announce.
 
@@ -331,7 +332,9 @@ def receive_files(
     (UDP GRO) from the kernel where it offers them. ``key``: only a transfer sealed with this
     group key is heard. ``trust``: only an announce signed by one of these keys starts a
     transfer. Either way an announce stamped further than ``max_skew`` seconds from this
-    host's clock is refused (a replay).
+    host's clock is refused (a replay). ``resume``: a transfer cut short (interrupted, the
+    sender silent) keeps its partial files with a record of their blocks, and a later
+    transfer of the same content asks only for the rest (transfer/partial.py).
     """
     guard = _guard(key)
     check = None
@@ -356,7 +359,7 @@ def receive_files(
     session = ReceiveSession(
         int.from_bytes(os.urandom(8), "big") or 1,
         name or f"{os.uname().nodename}-{os.getpid()}",
-        DirectoryStorage(directory, overwrite=overwrite),
+        DirectoryStorage(directory, overwrite=overwrite, resume=resume),
         now=now,
         max_size=max_size,
         check_announce=check,
@@ -412,7 +415,11 @@ def receive_files(
             _report(session.events(), on_event)
     finally:
         if session.sink is not None and session.state == ReceiveState.RECEIVING:
-            session.sink.discard()  # interrupted: never leave a partial file behind
+            # Interrupted: keep what a later transfer can resume from, or leave nothing.
+            if resume:
+                session.suspend()
+            else:
+                session.sink.discard()
         group_socket.close()
         unicast.close()
     _report(session.events(), on_event)

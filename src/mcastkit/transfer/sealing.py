@@ -11,10 +11,14 @@ the summaries, and a receiver that heard only sealed datagrams it cannot open is
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..magics import DatagramKind, kind_of
-from ..security import KeyRing
 from ..wire import ENVELOPE, TAG_SIZE
 from .protocol import Buffer
+
+if TYPE_CHECKING:  # the crypto library loads only for a transfer with a key
+    from ..security import KeyRing
 
 __all__ = ["OVERHEAD", "Guard"]
 

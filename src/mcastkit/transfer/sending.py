@@ -26,12 +26,14 @@ from .protocol import (
     MAGIC,
     MISSING_MAP,
     PASS,
+    PREPASS,
     PROGRESS,
     PROGRESS_BODY,
     PROGRESS_REQ,
     RECEIVER,
     REG_ACK,
     REGISTER,
+    RESUMING,
     STATUS,
     STATUS_REQ,
     Address,
@@ -47,6 +49,7 @@ from .protocol import (
 )
 from .states import SEND_TRANSITIONS, advance
 
+RESUME_HOLD = 2.0  # seconds pass 0 waits, once the digests are out, for resuming receivers
 UNICAST_REQUEST_LIMIT = 32  # receivers asked one by one; more are asked on the group
 
 
@@ -70,6 +73,8 @@ class ReceiverState:
     failed: str | None = None
     drops: int = 0  # the receiver's kernel drop counter, from its last PROGRESS
     fill: int | None = None  # how full its socket buffer was then, in percent (if it says)
+    resuming: bool = False  # it holds part of the files from an earlier transfer
+    held: list[tuple[int, int, int]] | None = None  # its missing ranges, before pass 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
@@ -79,6 +84,7 @@ class ReceiverState:
             "address": format_endpoint(*self.address),
             "complete": self.complete,
             "failed": self.failed,
+            "resumed": self.held is not None,
         }
 
 
@@ -124,6 +130,7 @@ class SendSession:
         self.status_interval = status_interval
         encode_announce(session, files, block_size)  # ValueError now if the list is too long
         self._next_announce = now
+        self._digests_out = 0.0  # when the digests were known (for resuming receivers)
         self._next_status = 0.0
         self._status_since = 0.0
         self._queue: deque[list[int]] = deque()  # [file, next block, blocks left]
@@ -139,14 +146,16 @@ class SendSession:
         body = message.body
         if message.kind == REGISTER and len(body) >= RECEIVER.size:
             (receiver,) = RECEIVER.unpack_from(body)
-            name = body[RECEIVER.size :].decode("utf-8", "replace")[:64] or f"{receiver:x}"
+            raw_name, _, flags = body[RECEIVER.size :].partition(b"\x00")
+            name = raw_name.decode("utf-8", "replace")[:64] or f"{receiver:x}"
             if self.phase == SendPhase.DONE:
                 return []
             if self.names is not None and name not in self.names:
                 return []
             state = self.receivers.get(receiver)
             if state is None:
-                self.receivers[receiver] = ReceiverState(receiver, name, source, now)
+                state = self.receivers[receiver] = ReceiverState(receiver, name, source, now)
+                state.resuming = bool(flags[:1]) and bool(flags[0] & RESUMING)
                 self._events.append(ReceiverRegistered(self.session, receiver, name, source))
             else:
                 state.last_heard = now
@@ -157,6 +166,11 @@ class SendSession:
                 return []
             receiver, pass_number, ranges = decoded
             state = self.receivers.get(receiver)
+            if pass_number == PREPASS:  # what a resuming receiver lacks: for pass 0 only
+                if state is not None and self.phase == SendPhase.REGISTER:
+                    state.last_heard = now
+                    state.held = (state.held or []) + list(ranges)
+                return []
             if state is not None and not state.complete and state.failed is None:
                 state.last_heard = now
                 # A long list comes in several datagrams for one pass: gather them.
@@ -204,10 +218,8 @@ class SendSession:
             self._next_announce = now + (0.2 if self.phase == SendPhase.REGISTER else 0.5)
         if self.phase == SendPhase.REGISTER:
             enough = self.expected is not None and len(self.receivers) >= self.expected
-            if enough or now >= self.register_until:
-                self._start_pass(
-                    [(i, 0, f.blocks(self.block_size)) for i, f in enumerate(self.files) if f.size]
-                )
+            if (enough or now >= self.register_until) and not self._hold_for_resume(now):
+                self._start_pass(self._first_pass())
         elif self.phase == SendPhase.STATUS:
             out.extend(self._status_round(now))
         return out
@@ -310,6 +322,25 @@ class SendSession:
                 self.session, state.receiver_id, state.name, state.complete, state.failed
             )
         )
+
+    def _hold_for_resume(self, now: float) -> bool:
+        """Whether pass 0 waits for resuming receivers to say what they hold: they can once
+        they have the sha256 (to check their partial is of this content), and get
+        RESUME_HOLD seconds after it went out."""
+        if not any(r.resuming and r.held is None for r in self.receivers.values()):
+            return False
+        if any(f.digest_pending for f in self.files):
+            return True
+        self._digests_out = self._digests_out or now
+        return now - self._digests_out < RESUME_HOLD
+
+    def _first_pass(self) -> list[tuple[int, int, int]]:
+        """Every block, unless every receiver said what it lacks: then only those."""
+        everything = [(i, 0, f.blocks(self.block_size)) for i, f in enumerate(self.files) if f.size]
+        reports = [r.held for r in self.receivers.values()]
+        if not reports or any(held is None for held in reports):
+            return everything
+        return self._union([held for held in reports if held is not None])
 
     def _start_pass(self, ranges: list[tuple[int, int, int]]) -> None:
         self._queue = deque([list(r) for r in ranges])

@@ -4,7 +4,9 @@
 planted file or symlink is never opened), allocates its space up front (the traffic cannot
 fill the disk faster than the announced size), refuses an announce larger than the free
 space, verifies every file's sha256, and only then links it into place, never replacing a
-file of the same name unless told to.
+file of the same name unless told to. With ``resume``, an unfinished file is kept with a
+record of its blocks (transfer/partial.py), and a later transfer of the same content takes
+it over.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import contextlib
 import errno
 import hashlib
 import os
-import secrets
 from pathlib import Path
 
+from .partial import find_partial, part_name, recorded_part, remove_state, save_state
 from .protocol import Buffer, FileInfo, safe_name
 
 __all__ = ["DirectoryStorage", "FileSink", "MemorySink", "MemoryStorage", "free_space"]
@@ -26,9 +28,10 @@ SPACE_MARGIN = 1 << 20  # free space kept beyond the announced size
 class DirectoryStorage:
     """Files in ``directory`` (see the module docstring)."""
 
-    def __init__(self, directory: Path, *, overwrite: bool = False) -> None:
+    def __init__(self, directory: Path, *, overwrite: bool = False, resume: bool = False) -> None:
         self.directory = directory
         self.overwrite = overwrite
+        self.resume = resume
 
     def open(self, files: list[FileInfo]) -> FileSink:
         """A sink for the announced files; OSError when they cannot be written here."""
@@ -40,7 +43,7 @@ class DirectoryStorage:
                 f"not enough space: {total:,} bytes announced, {free:,} free",
                 str(self.directory),
             )
-        return FileSink(self.directory, files, overwrite=self.overwrite)
+        return FileSink(self.directory, files, overwrite=self.overwrite, resume=self.resume)
 
 
 class FileSink:
@@ -51,10 +54,20 @@ class FileSink:
     traffic cannot make the disk fill faster than the announced size.
     """
 
-    def __init__(self, directory: Path, files: list[FileInfo], *, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        files: list[FileInfo],
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+    ) -> None:
         self.directory = directory
         self.files = files
         self.overwrite = overwrite
+        self.resume = resume
+        # Partials of earlier transfers taken over: file index -> (sha256, block size, held).
+        self.found: dict[int, tuple[str, int, bytearray]] = {}
         self.paths: list[Path] = []
         self.temps: list[Path] = []
         self.handles: list[int] = []
@@ -71,11 +84,22 @@ class FileSink:
                     raise FileExistsError(
                         errno.EEXIST, "exists; give --overwrite to replace it", str(final)
                     )
-                temp = directory / f".{name}.{secrets.token_hex(8)}.mcastkit-part"
+                partial = find_partial(directory, name, info) if resume else None
+                if partial is not None:
+                    self.found[len(self.handles)] = (
+                        partial.sha256,
+                        partial.block_size,
+                        partial.held,
+                    )
+                    self.handles.append(partial.fd)
+                    self.temps.append(partial.path)
+                    self.paths.append(final)
+                    continue
+                temp = directory / part_name(name)
                 fd = os.open(temp, flags, 0o644)  # the final file's mode (less the umask)
                 self.handles.append(fd)
                 self.temps.append(temp)
-                self.paths.append(directory / name)
+                self.paths.append(final)
                 _allocate(fd, info.size)
         except BaseException:
             self.discard()
@@ -84,6 +108,35 @@ class FileSink:
     def write(self, file_index: int, offset: int, data: Buffer) -> None:
         """Write one block (OSError on a full disk)."""
         self.write_run(file_index, offset, [memoryview(data)])
+
+    def resumable(self) -> dict[int, tuple[str, int, bytearray]]:
+        """Partials taken over: file index -> (their sha256, block size, blocks held)."""
+        return self.found
+
+    def checkpoint(self, bitmaps: list[bytearray], block_size: int) -> None:
+        """Record the blocks on disk (resume only; files whose sha256 is not known yet, or
+        with nothing on disk, are not worth a record)."""
+        if not self.resume or not self.handles:
+            return
+        for index, info in enumerate(self.files):
+            if not info.digest_pending and 1 in bitmaps[index]:
+                name = safe_name(info.name)
+                save_state(
+                    self.directory, name, self.temps[index], info, block_size, bitmaps[index]
+                )
+
+    def keep(self) -> None:
+        """Stop, keeping each partial file that has a record for a later transfer; the
+        others are removed."""
+        for fd in self.handles:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.handles = []
+        for index, info in enumerate(self.files):
+            recorded = _points_to(self.directory, safe_name(info.name), self.temps[index])
+            if not (self.resume and recorded):
+                with contextlib.suppress(OSError):
+                    self.temps[index].unlink()
 
     def write_run(self, file_index: int, offset: int, blocks: list[memoryview]) -> None:
         """Write consecutive blocks in one call (OSError on a full disk)."""
@@ -128,6 +181,7 @@ class FileSink:
                 self.discard()
                 return f"{self.paths[index]} appeared during the transfer; kept it (--overwrite)"
             os.unlink(self.temps[index])
+        self._forget_states()
         return None
 
     def discard(self) -> None:
@@ -139,6 +193,19 @@ class FileSink:
         for temp in self.temps:
             with contextlib.suppress(OSError):
                 temp.unlink()
+        self._forget_states()
+
+    def _forget_states(self) -> None:
+        for index, info in enumerate(self.files):
+            if index < len(self.temps) and _points_to(
+                self.directory, safe_name(info.name), self.temps[index]
+            ):
+                remove_state(self.directory, safe_name(info.name))
+
+
+def _points_to(directory: Path, name: str, temp: Path) -> bool:
+    """Whether the state kept for ``name`` records ``temp`` (ours, not another run's)."""
+    return recorded_part(directory, name) == temp.name
 
 
 def _write_rest(fd: int, blocks: list[memoryview], offset: int, done: int) -> None:
@@ -194,6 +261,15 @@ class MemorySink:
         return None
 
     def discard(self) -> None:
+        self.data = []
+
+    def resumable(self) -> dict[int, tuple[str, int, bytearray]]:
+        return {}
+
+    def checkpoint(self, bitmaps: list[bytearray], block_size: int) -> None:
+        return None
+
+    def keep(self) -> None:
         self.data = []
 
 

@@ -1,0 +1,179 @@
+"""What a receiver keeps of an unfinished file, so a later transfer of it can resume.
+
+Beside the partial file (its random hidden temporary name) a small state file,
+``.NAME.mcastkit-state``, records which blocks are on disk, the block size and the file's
+sha256. A later transfer of a file with that name, size and sha256 takes the partial file
+over and asks only for the blocks it lacks. The sha256 must match: a file of the same name
+with other content starts from scratch.
+
+Everything here distrusts the directory: a state file is read only if it is a regular file
+of ours and small, the partial it names must be one of our own temporary names, a regular
+file owned by us with one link and the announced size, opened without following links.
+Anything odd means "no partial". Since the final sha256 check still runs, a planted or
+damaged state can at worst make a transfer fail; it can never put a wrong file in place.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import os
+import re
+import secrets
+import stat
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .protocol import PENDING_DIGEST, FileInfo
+
+__all__ = [
+    "Partial",
+    "find_partial",
+    "recorded_part",
+    "remove_state",
+    "save_state",
+    "state_path",
+]
+
+STATE_SUFFIX = ".mcastkit-state"
+PART_SUFFIX = ".mcastkit-part"
+MAX_STATE_BYTES = 4 << 20
+_TOKEN = re.compile(r"[0-9a-f]{16}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def state_path(directory: Path, name: str) -> Path:
+    """Where the state of file ``name``'s partial is kept."""
+    return directory / f".{name}{STATE_SUFFIX}"
+
+
+def part_name(name: str) -> str:
+    """A fresh random temporary name for file ``name``."""
+    return f".{name}.{secrets.token_hex(8)}{PART_SUFFIX}"
+
+
+@dataclass
+class Partial:
+    """An earlier transfer's partial file, open for writing, and what it holds."""
+
+    path: Path
+    fd: int
+    sha256: str
+    block_size: int
+    held: bytearray  # a byte per block: 1 = on disk
+
+
+def find_partial(directory: Path, name: str, info: FileInfo) -> Partial | None:
+    """The partial kept for ``info`` (same name and size) in ``directory``, or None."""
+    state = _read_state(state_path(directory, name))
+    if state is None:
+        return None
+    try:
+        part = str(state["part"])
+        sha256 = str(state["sha256"])
+        block_size = int(state["block_size"])
+        size = int(state["size"])
+        packed = base64.b64decode(state["held"], validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        return None
+    token = part[len(name) + 2 : -len(PART_SUFFIX)]
+    if (
+        not part.startswith(f".{name}.")
+        or not part.endswith(PART_SUFFIX)
+        or not _TOKEN.fullmatch(token)
+        or size != info.size
+        or not _HEX64.fullmatch(sha256)
+        or sha256 == PENDING_DIGEST
+        or not 64 <= block_size <= 65000
+    ):
+        return None
+    blocks = info.blocks(block_size)
+    try:
+        unpacker = zlib.decompressobj()
+        held = bytearray(unpacker.decompress(packed, blocks + 1))
+    except zlib.error:
+        return None
+    if len(held) != blocks or held.translate(None, b"\x00\x01"):
+        return None
+    path = directory / part
+    try:
+        fd = os.open(path, os.O_RDWR | _NOFOLLOW)
+    except OSError:
+        return None
+    facts = os.fstat(fd)
+    if (
+        not stat.S_ISREG(facts.st_mode)
+        or facts.st_nlink != 1
+        or facts.st_uid != os.geteuid()
+        or facts.st_size != info.size
+    ):
+        os.close(fd)
+        return None
+    return Partial(path, fd, sha256, block_size, held)
+
+
+def recorded_part(directory: Path, name: str) -> str | None:
+    """The partial file name the state kept for ``name`` records, if any."""
+    state = _read_state(state_path(directory, name))
+    return None if state is None else str(state.get("part"))
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        facts = os.fstat(fd)
+        if (
+            not stat.S_ISREG(facts.st_mode)
+            or facts.st_uid != os.geteuid()
+            or facts.st_size > MAX_STATE_BYTES
+        ):
+            return None
+        data = json.loads(os.read(fd, MAX_STATE_BYTES + 1))
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    if not isinstance(data, dict) or data.get("mcastkit-partial") != 1:
+        return None
+    return data
+
+
+def save_state(directory: Path, name: str, part: Path, info: FileInfo, block_size: int,
+               held: bytearray) -> None:  # fmt: skip
+    """Record which blocks of ``part`` are on disk (atomically: a new file renamed over)."""
+    body = json.dumps(
+        {
+            "mcastkit-partial": 1,
+            "part": part.name,
+            "name": info.name,
+            "size": info.size,
+            "sha256": info.sha256,
+            "block_size": block_size,
+            "held": base64.b64encode(zlib.compress(bytes(held), 1)).decode(),
+        }
+    ).encode()
+    target = state_path(directory, name)
+    temp = target.with_name(f"{target.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(body)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+
+
+def remove_state(directory: Path, name: str) -> None:
+    """Forget a partial's state (the transfer finished, or its data is no use)."""
+    with contextlib.suppress(OSError):
+        state_path(directory, name).unlink()

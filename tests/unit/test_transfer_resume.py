@@ -1,0 +1,193 @@
+"""Resume: partial files and their records, between engines on a real directory (fake time).
+
+The directory is hostile ground: a planted or damaged record must never be taken, never
+raise, and never put a wrong file in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mcastkit.events import ReceiveState, SendPhase
+from mcastkit.transfer.engine import ReceiveSession, SendSession
+from mcastkit.transfer.partial import find_partial, state_path
+from mcastkit.transfer.protocol import PENDING_DIGEST, FileInfo
+from mcastkit.transfer.storage import DirectoryStorage
+
+SENDER = ("10.0.0.1", 4000)
+RECEIVER = ("10.0.0.2", 5000)
+BLOCK = 100
+
+
+class Blobs:
+    def __init__(self, blobs: list[bytes]) -> None:
+        self.blobs = blobs
+
+    def read(self, file_index: int, offset: int, size: int) -> bytes:
+        return self.blobs[file_index][offset : offset + size]
+
+
+def _info(name: str, blob: bytes, *, pending: bool = False) -> FileInfo:
+    return FileInfo(name, len(blob), PENDING_DIGEST if pending else hashlib.sha256(blob).hexdigest())
+
+
+def _run(
+    directory: Path,
+    blob: bytes,
+    *,
+    stop_after: int | None = None,
+    pending_until: float | None = None,
+    session: int = 7,
+) -> tuple[SendSession, ReceiveSession]:
+    """One transfer of ``blob`` as f.bin; the receiver stops (interrupted) once it holds
+    ``stop_after`` blocks. With ``pending_until`` the digest follows the announce then."""
+    files = [_info("f.bin", blob, pending=pending_until is not None)]
+    sender = SendSession(
+        session, files, Blobs([blob]), now=0.0, block_size=BLOCK, expected=1, register_wait=0.5
+    )
+    receiver = ReceiveSession(9, "r", DirectoryStorage(directory, resume=True), now=0.0)
+    now = 0.0
+    while sender.phase != SendPhase.DONE and now < 30:
+        if pending_until is not None and now >= pending_until:
+            sender.set_digests([hashlib.sha256(blob).hexdigest()])
+            pending_until = None
+        to_receiver = sender.tick(now) + sender.next_blocks(20)
+        to_sender = receiver.tick(now)
+        while to_receiver or to_sender:
+            for data, destination in to_receiver:
+                if destination in (None, RECEIVER):
+                    to_sender += receiver.receive(data, SENDER, now)
+            to_receiver = []
+            for reply, _ in to_sender:
+                to_receiver += sender.receive(reply, RECEIVER, now)
+            to_sender = []
+        if stop_after is not None and receiver.received >= stop_after:
+            receiver.suspend()
+            break
+        now += 0.01
+    return sender, receiver
+
+
+def _hidden(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_an_interrupted_receiver_resumes_and_only_the_rest_is_sent(tmp_path: Path) -> None:
+    blob = os.urandom(100 * BLOCK)
+    _, first = _run(tmp_path, blob, stop_after=50)
+    assert first.kept == first.received >= 50
+    names = _hidden(tmp_path)
+    assert len(names) == 2 and names[0].endswith(".mcastkit-part")
+    assert names[1] == ".f.bin.mcastkit-state"
+    sender, second = _run(tmp_path, blob, session=8)
+    assert second.state == ReceiveState.COMPLETE
+    assert second.resumed == first.kept
+    assert sender.blocks_sent == 100 - first.kept  # pass 0 skipped what it held
+    assert (tmp_path / "f.bin").read_bytes() == blob
+    assert _hidden(tmp_path) == ["f.bin"]  # record and partial gone
+
+
+def test_resume_waits_for_digests_that_follow_the_announce(tmp_path: Path) -> None:
+    blob = os.urandom(100 * BLOCK)
+    _, first = _run(tmp_path, blob, stop_after=60)
+    sender, second = _run(tmp_path, blob, session=8, pending_until=0.8)
+    assert second.state == ReceiveState.COMPLETE and second.resumed == first.kept
+    assert sender.blocks_sent == 100 - first.kept
+    assert (tmp_path / "f.bin").read_bytes() == blob
+
+
+def test_a_partial_of_other_content_is_not_taken(tmp_path: Path) -> None:
+    old, new = os.urandom(100 * BLOCK), os.urandom(100 * BLOCK)
+    _run(tmp_path, old, stop_after=70)
+    sender, second = _run(tmp_path, new, session=8)
+    assert second.state == ReceiveState.COMPLETE and second.resumed == 0
+    assert sender.blocks_sent >= 100
+    assert (tmp_path / "f.bin").read_bytes() == new
+    assert _hidden(tmp_path) == ["f.bin"]
+
+
+def test_a_partial_with_corrupted_blocks_fails_the_check_and_is_dropped(tmp_path: Path) -> None:
+    """A record that lies (the disk lost data, or someone wrote into the partial) costs the
+    transfer, never a wrong file; and the next try starts clean."""
+    blob = os.urandom(100 * BLOCK)
+    _run(tmp_path, blob, stop_after=50)
+    part = next(p for p in tmp_path.iterdir() if p.name.endswith(".mcastkit-part"))
+    with part.open("r+b") as handle:
+        handle.write(b"\xff" * BLOCK)  # block 0, recorded as held
+    _, second = _run(tmp_path, blob, session=8)
+    assert second.state == ReceiveState.FAILED and "sha256 mismatch" in (second.reason or "")
+    assert _hidden(tmp_path) == []
+    _, third = _run(tmp_path, blob, session=9)
+    assert third.state == ReceiveState.COMPLETE and (tmp_path / "f.bin").read_bytes() == blob
+
+
+@pytest.mark.parametrize(
+    "plant",
+    ["symlink-part", "outside-part", "hardlinked-part", "symlink-state", "wrong-size", "huge"],
+)
+def test_planted_records_are_ignored(tmp_path: Path, plant: str) -> None:
+    blob = os.urandom(100 * BLOCK)
+    info = _info("f.bin", blob)
+    target = tmp_path / "dir"
+    target.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"v" * len(blob))
+    part = ".f.bin.0123456789abcdef.mcastkit-part"
+    record = {
+        "mcastkit-partial": 1,
+        "part": part,
+        "size": len(blob),
+        "sha256": info.sha256,
+        "block_size": BLOCK,
+        "held": "eJxjZBgFgw8AAGQAAQ==",  # not even the right length
+    }
+    import base64
+    import zlib
+
+    record["held"] = base64.b64encode(zlib.compress(b"\x01" * 100)).decode()
+    if plant == "symlink-part":
+        (target / part).symlink_to(victim)
+    elif plant == "outside-part":
+        record["part"] = "../victim"
+    elif plant == "hardlinked-part":
+        os.link(victim, target / part)
+    elif plant == "wrong-size":
+        (target / part).write_bytes(b"w" * 10)
+    else:
+        (target / part).write_bytes(b"w" * len(blob))
+    if plant == "symlink-state":
+        (tmp_path / "elsewhere").write_text(json.dumps(record))
+        state_path(target, "f.bin").symlink_to(tmp_path / "elsewhere")
+    elif plant == "huge":
+        state_path(target, "f.bin").write_text(json.dumps(record) + " " * (5 << 20))
+    else:
+        state_path(target, "f.bin").write_text(json.dumps(record))
+    assert find_partial(target, "f.bin", info) is None
+    _, receiver = _run(target, blob)
+    assert receiver.state == ReceiveState.COMPLETE and receiver.resumed == 0
+    assert (target / "f.bin").read_bytes() == blob
+    assert victim.read_bytes() == b"v" * len(blob)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    record=st.dictionaries(
+        st.sampled_from(["mcastkit-partial", "part", "size", "sha256", "block_size", "held"]),
+        st.one_of(st.integers(-5, 1 << 40), st.text(max_size=80), st.none(), st.booleans()),
+    ),
+    raw=st.binary(max_size=200),
+)
+def test_any_record_is_read_without_raising(tmp_path_factory, record: dict, raw: bytes) -> None:
+    directory = tmp_path_factory.mktemp("records")
+    info = FileInfo("f.bin", 1000, "ab" * 32)
+    state_path(directory, "f.bin").write_text(json.dumps(record))
+    assert find_partial(directory, "f.bin", info) is None or True
+    state_path(directory, "f.bin").write_bytes(raw)
+    assert find_partial(directory, "f.bin", info) is None
