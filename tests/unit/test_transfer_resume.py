@@ -35,7 +35,9 @@ class Blobs:
 
 
 def _info(name: str, blob: bytes, *, pending: bool = False) -> FileInfo:
-    return FileInfo(name, len(blob), PENDING_DIGEST if pending else hashlib.sha256(blob).hexdigest())
+    return FileInfo(
+        name, len(blob), PENDING_DIGEST if pending else hashlib.sha256(blob).hexdigest()
+    )
 
 
 def _run(

@@ -33,7 +33,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "repair what each receiver reports missing. Exit 1 when a receiver failed or an "
         "expected one never completed.",
     )
-    send.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    send.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="files, and directories (sent as trees under their own names; links are not followed)",
+    )
     send.add_argument("--group", default=DEFAULT_FILE_GROUP, metavar="GROUP:PORT")
     send.add_argument("--iface", help="interface name, index or address (default: route)")
     send.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1)")
@@ -69,6 +75,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         action="store_true",
         help="one system call per datagram instead of UDP GSO batches (to compare, or for a "
         "path that mishandles them; a kernel that refuses GSO gets this by itself)",
+    )
+    send.add_argument(
+        "--sync",
+        action="store_true",
+        help="receivers keep the files they already hold with the same sha256 (reported as "
+        "up to date; the first pass skips them) and replace those that differ",
     )
     add_key_options(send)
     send.add_argument(
@@ -115,6 +127,17 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     recv.add_argument(
         "--parents", action="store_true", help="create --dir (and its parents) when missing"
+    )
+    recv.add_argument(
+        "--sync",
+        action="store_true",
+        help="keep files already in --dir with the announced sha256, replace those that "
+        "differ (as if the sender gave --sync)",
+    )
+    recv.add_argument(
+        "--preserve",
+        action="store_true",
+        help="give files and directories the mode and modification time the sender has",
     )
     recv.add_argument(
         "--no-resume",
@@ -184,7 +207,7 @@ def cmd_send_file(args: argparse.Namespace) -> int:
         if line is not None:
             bars[0].log(line) if bars else note(line)
 
-    note(f"send-file to {spec}: announcing {len(args.paths)} file(s)")
+    note(f"send-file to {spec}: announcing {', '.join(str(p) for p in args.paths[:3])}")
     try:
         summary = send_files(
             spec,
@@ -203,6 +226,7 @@ def cmd_send_file(args: argparse.Namespace) -> int:
             gso=not args.no_gso,
             key=key,
             sign_key=sign_key,
+            sync=args.sync,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -290,6 +314,8 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
             trust=trust,
             max_skew=args.max_skew,
             resume=not args.no_resume,
+            sync=args.sync,
+            preserve=args.preserve,
         )
     finally:
         interrupted.restore()
@@ -299,9 +325,13 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(summary)
     elif ok:
-        resumed = summary["resumed_blocks"]
+        resumed = summary["resumed_blocks"] if not summary["up_to_date"] else 0
+        if summary["up_to_date"]:
+            say(f"\nup to date already: {len(summary['up_to_date'])} file(s)")
+        names = summary["files"]
+        listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         say(
-            f"\nreceived and verified {', '.join(summary['files'])} "
+            f"\nreceived and verified {listed} "
             f"({summary['bytes'] / 1e6:.1f} MB) in {summary['seconds']:.2f}s"
             + (f", {resumed} of {summary['blocks']} blocks from an earlier try" if resumed else "")
         )

@@ -8,7 +8,7 @@ disk and in memory), so the engines never touch a file and their tests run on me
 
 from __future__ import annotations
 
-from .protocol import Address, Out, safe_name
+from .protocol import Address, Out, safe_name, safe_path
 from .receiving import DEFAULT_MAX_SIZE, SENDER_SILENCE, ReceiveSession, Sink, Storage
 from .sending import BlockSource, ReceiverState, SendSession
 
@@ -24,4 +24,5 @@ __all__ = [
     "Sink",
     "Storage",
     "safe_name",
+    "safe_path",
 ]

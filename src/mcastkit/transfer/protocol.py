@@ -18,6 +18,7 @@ Everything received is untrusted: decoders return None for anything malformed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from dataclasses import dataclass
@@ -95,8 +96,10 @@ _UNPACK = [bytes((value >> (7 - bit)) & 1 for bit in range(8)) for value in rang
 _PACK = {pattern: value for value, pattern in enumerate(_UNPACK)}
 _MISSING = bytes.maketrans(b"\x00\x01", b"\x01\x00")  # have <-> missing
 # The announce must fit one 1472-byte datagram with its header (16), a signature trailer
-# (73, transfer/trust.py) and a sealed envelope (36).
+# (73, transfer/trust.py) and a sealed envelope (36). Longer lists go in several parts.
 MAX_ANNOUNCE_JSON = 1340
+MAX_FILES = 65535  # entries in one transfer (a data block names its file in 16 bits)
+MAX_PARTS = 4096  # announce datagrams for one list
 # Tiny blocks would make the receiver's bitmap (a byte a block) cost a byte per 16 of file.
 MIN_BLOCK_SIZE = 64
 
@@ -113,13 +116,27 @@ RESUMING = 0x01
 PENDING_DIGEST = "0" * 64
 
 
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
 @dataclass(frozen=True)
 class FileInfo:
-    """One file of a transfer."""
+    """One file (or directory) of a transfer: ``name`` is a relative path, ``/``-separated.
+
+    ``mode`` and ``mtime`` travel for receivers that preserve them; a directory has size 0,
+    no blocks and the sha256 of nothing.
+    """
 
     name: str
     size: int
     sha256: str
+    mode: int | None = None
+    mtime: float | None = None
+    is_dir: bool = False
+
+    def with_digest(self, sha256: str) -> FileInfo:
+        """The same entry with its sha256 known."""
+        return dataclasses.replace(self, sha256=sha256)
 
     def blocks(self, block_size: int) -> int:
         """Number of blocks (an empty file has none)."""
@@ -155,40 +172,122 @@ def decode_untrusted(data: bytes) -> Message | None:
     return Message(kind, session, data[HEAD.size :])
 
 
+def _entry(info: FileInfo) -> dict[str, object]:
+    entry: dict[str, object] = {"name": info.name, "size": info.size, "sha256": info.sha256}
+    if info.mode is not None:
+        entry["mode"] = info.mode
+    if info.mtime is not None:
+        entry["mtime"] = round(info.mtime, 6)
+    if info.is_dir:
+        entry["dir"] = 1
+    return entry
+
+
+def encode_announces(
+    session: int,
+    files: list[FileInfo],
+    block_size: int,
+    *,
+    sent_at: float | None = None,
+    sync: bool = False,
+) -> list[bytes]:
+    """ANNOUNCE datagrams: the file list as JSON, in as many parts as it needs (each part
+    says which entries it holds), stamped with the sender's clock (``sent_at``, seconds
+    since the epoch) when given. ``sync``: receivers skip files they already hold.
+    ValueError if the list is too long for one transfer."""
+    if len(files) > MAX_FILES:
+        raise ValueError(f"{len(files):,} files; one transfer holds {MAX_FILES:,}")
+    fixed: dict[str, object] = {"block_size": block_size}
+    if sent_at is not None:
+        fixed["time"] = round(sent_at, 3)
+    if sync:
+        fixed["sync"] = 1
+    entries = [json.dumps(_entry(f), separators=(",", ":")) for f in files]
+    # Parts are filled greedily; the header fields take at most 120 bytes.
+    room = MAX_ANNOUNCE_JSON - len(json.dumps(fixed, separators=(",", ":"))) - 120
+    groups: list[tuple[int, list[str]]] = []
+    for index, entry in enumerate(entries):
+        if len(entry) > room:
+            raise ValueError(f"the entry for {files[index].name[:60]!r} is too long to announce")
+        if not groups or sum(len(e) + 1 for e in groups[-1][1]) + len(entry) > room:
+            groups.append((index, []))
+        groups[-1][1].append(entry)
+    groups = groups or [(0, [])]
+    if len(groups) > MAX_PARTS:
+        raise ValueError(f"the file list needs {len(groups)} announces; at most {MAX_PARTS}")
+    datagrams = []
+    for part, (first, chunk) in enumerate(groups):
+        fields = dict(fixed)
+        if len(groups) > 1:
+            fields.update(part=part, parts=len(groups), first=first, total=len(files))
+        head_json = json.dumps(fields, separators=(",", ":"))[:-1]
+        body = f'{head_json},"files":[{",".join(chunk)}]}}'.encode()
+        datagrams.append(head(ANNOUNCE, session) + body)
+    return datagrams
+
+
 def encode_announce(
     session: int, files: list[FileInfo], block_size: int, *, sent_at: float | None = None
 ) -> bytes:
-    """ANNOUNCE: the file list as JSON (ValueError if it does not fit one datagram), stamped
-    with the sender's clock (``sent_at``, seconds since the epoch) when given."""
-    fields: dict[str, object] = {
-        "block_size": block_size,
-        "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in files],
-    }
-    if sent_at is not None:
-        fields["time"] = round(sent_at, 3)
-    body = json.dumps(fields, separators=(",", ":")).encode()
-    if len(body) > MAX_ANNOUNCE_JSON:
-        raise ValueError(
-            f"the file list is {len(body)} bytes; one announce holds {MAX_ANNOUNCE_JSON}: "
-            "send fewer files at a time, or pack them (tar)"
-        )
-    return head(ANNOUNCE, session) + body
+    """One ANNOUNCE holding the whole list (ValueError if it needs more than one)."""
+    datagrams = encode_announces(session, files, block_size, sent_at=sent_at)
+    if len(datagrams) > 1:
+        raise ValueError("the file list needs more than one announce")
+    return datagrams[0]
 
 
-def decode_announce(body: bytes) -> tuple[list[FileInfo], int] | None:
-    """Files and block size from an untrusted ANNOUNCE body (a signature trailer after a
-    NUL is ignored here: transfer/trust.py checks it), or None."""
+@dataclass
+class Announce:
+    """One decoded ANNOUNCE: part ``part`` of ``parts``, entries from index ``first``."""
+
+    files: list[FileInfo]
+    block_size: int
+    part: int = 0
+    parts: int = 1
+    first: int = 0
+    total: int = 0
+    sync: bool = False
+
+
+def decode_announce(body: bytes) -> Announce | None:
+    """An untrusted ANNOUNCE body (a signature trailer after a NUL is ignored here:
+    transfer/trust.py checks it), or None."""
     try:
         data = json.loads(body.partition(b"\x00")[0])
         block_size = int(data["block_size"])
-        files = [FileInfo(str(f["name"]), int(f["size"]), str(f["sha256"])) for f in data["files"]]
-    except (ValueError, KeyError, TypeError):
+        files = [_decode_entry(f) for f in data["files"]]
+        parts = int(data.get("parts", 1))
+        part = int(data.get("part", 0))
+        first = int(data.get("first", 0))
+        total = int(data.get("total", len(files)))
+        sync = bool(data.get("sync", 0))
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return None
-    if not MIN_BLOCK_SIZE <= block_size <= 65000 or not files or len(files) > 65535:
+    if not MIN_BLOCK_SIZE <= block_size <= 65000 or not files or total > MAX_FILES:
+        return None
+    if not (0 <= part < parts <= MAX_PARTS and first >= 0 and first + len(files) <= total):
         return None
     if any(not 0 <= f.size < 1 << 62 or len(f.sha256) != 64 for f in files):
         return None
-    return files, block_size
+    if any(f.is_dir and f.size for f in files):
+        return None
+    return Announce(files, block_size, part, parts, first, total, sync)
+
+
+def _decode_entry(entry: dict[str, object]) -> FileInfo:
+    mode = entry.get("mode")
+    mtime = entry.get("mtime")
+    size = entry["size"]
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise ValueError("size")
+    return FileInfo(
+        str(entry["name"]),
+        size,
+        str(entry["sha256"]),
+        None if mode is None else int(mode) & 0o7777,  # type: ignore[call-overload]
+        None if mtime is None else float(mtime),  # type: ignore[arg-type]
+        bool(entry.get("dir", 0)),
+    )
 
 
 def encode_ranges(
@@ -249,9 +348,45 @@ def missing_ranges(
     return ranges
 
 
+RESERVED_SUFFIXES = (".mcastkit-part", ".mcastkit-state", ".tmp")  # ours, in the target
+
+
+def safe_path(name: str) -> list[str]:
+    """A path from the network as checked components, to be joined under the target
+    directory: relative, ``/``-separated, no empty, ``.`` or ``..`` component, no NUL or
+    backslash, no name of ours (temporary and state files). ValueError otherwise."""
+    parts = name.split("/")
+    if (
+        not name
+        or len(name.encode("utf-8", "replace")) > 4096
+        or len(parts) > 64
+        or "\x00" in name
+        or "\\" in name
+    ):
+        raise ValueError(f"unsafe file name {name[:80]!r}")
+    for part in parts:
+        if part in ("", ".", "..") or len(part.encode("utf-8", "replace")) > 255:
+            raise ValueError(f"unsafe file name {name[:80]!r}")
+        if part.startswith(".") and part.endswith(RESERVED_SUFFIXES):
+            raise ValueError(f"file name {name[:80]!r} is reserved for mcastkit's own files")
+    return parts
+
+
+def check_tree(files: list[FileInfo]) -> None:
+    """Every name safe, none twice, and no file where another entry needs a directory
+    (ValueError naming the first problem)."""
+    seen: dict[tuple[str, ...], bool] = {}  # path -> is a directory
+    for info in files:
+        parts = tuple(safe_path(info.name))
+        if parts in seen:
+            raise ValueError(f"{info.name!r} is announced twice")
+        seen[parts] = info.is_dir
+    for parts in seen:
+        for depth in range(1, len(parts)):
+            if seen.get(parts[:depth]) is False:
+                raise ValueError(f"{'/'.join(parts[:depth])!r} is both a file and a directory")
+
+
 def safe_name(name: str) -> str:
-    """A file name from the network, reduced to a plain name in the target directory."""
-    base = name.replace("\\", "/").rsplit("/", 1)[-1].replace("\x00", "")
-    if base in ("", ".", ".."):
-        raise ValueError(f"unsafe file name {name!r}")
-    return base
+    """The last component of a checked path (see ``safe_path``)."""
+    return safe_path(name)[-1]

@@ -36,15 +36,16 @@ from .protocol import (
     RESUMING,
     STATUS_REQ,
     Address,
+    Announce,
     FileInfo,
     Out,
+    check_tree,
     decode_announce,
     decode_untrusted,
     encode_missing_map,
     encode_ranges,
     head,
     missing_ranges,
-    safe_name,
 )
 from .states import RECEIVE_TRANSITIONS, advance
 
@@ -72,9 +73,14 @@ class Sink(Protocol):
         """Forget everything written (nothing wrong is left behind)."""
         ...
 
-    def resumable(self) -> dict[int, tuple[str, int, bytearray]]:
+    def resumable(self) -> dict[int, tuple[str, int, bytearray | None]]:
         """Partials of earlier transfers this sink took over: file index -> (the sha256
-        they were of, their block size, a byte per block: 1 = on disk)."""
+        they were of, their block size, a byte per block: 1 = on disk). With ``sync``, a
+        file already in place: (its sha256, 0, None)."""
+        ...
+
+    def up_to_date(self, file_index: int) -> None:
+        """The file in place is the one announced: keep it, write nothing for it."""
         ...
 
     def checkpoint(self, bitmaps: list[bytearray], block_size: int) -> None:
@@ -90,7 +96,10 @@ class Storage(Protocol):
     """Opens a sink for an announced file list; raises OSError or ValueError to refuse it
     (no space, a name it will not write, a file it will not replace)."""
 
-    def open(self, files: list[FileInfo]) -> Sink: ...
+    def open(self, files: list[FileInfo], *, sync: bool = False) -> Sink:
+        """``sync``: files already in place with the same content may be kept as they are
+        (offered through ``Sink.resumable``) and others of the same name replaced."""
+        ...
 
 
 class ReceiveSession:
@@ -106,6 +115,7 @@ class ReceiveSession:
         session: int | None = None,
         max_size: int = DEFAULT_MAX_SIZE,
         check_announce: Callable[[int, bytes], str | None] | None = None,
+        sync: bool = False,
     ) -> None:
         self.max_size = max_size
         # Signature and freshness (transfer/trust.py): the reason to refuse an announce.
@@ -138,11 +148,14 @@ class ReceiveSession:
         self._next_register = now
         self._complete_message: bytes | None = None
         # Resume: blocks of earlier partials, kept until their sha256 is confirmed.
-        self._candidates: dict[int, tuple[str, bytearray]] = {}
+        self._candidates: dict[int, tuple[str, bytearray | None]] = {}
         self.resumed = 0  # blocks taken from a partial of an earlier transfer
         self.kept = 0  # blocks kept on disk for a later transfer to resume from
         self._report_due = False  # tell the sender what we hold before its first pass
         self._checkpointed = (0, -1.0)  # blocks received, when
+        self._parts: dict[int, dict[int, Announce]] = {}  # long lists being gathered
+        self.sync = sync  # skip files already here with the same sha256
+        self.up_to_date: list[str] = []
 
     def receive(self, data: bytes, source: Address, now: float) -> Out:
         """One datagram from the group or the sender (never raises on malformed input)."""
@@ -334,7 +347,13 @@ class ReceiveSession:
         decoded = decode_announce(body)
         if decoded is None:
             return []
-        files, block_size = decoded
+        if decoded.parts > 1:
+            gathered = self._gather(session, decoded)
+            if gathered is None:
+                return []  # more parts to come
+            decoded.files = gathered
+        files, block_size = decoded.files, decoded.block_size
+        self.sync = self.sync or decoded.sync
         total = sum(f.size for f in files)
         problem = None
         blocks = sum(f.blocks(block_size) for f in files)
@@ -347,9 +366,8 @@ class ReceiveSession:
             problem = f"{blocks:,} blocks of {block_size} bytes: blocks this small are refused"
         if problem is None:
             try:
-                for info in files:
-                    safe_name(info.name)
-                self.sink = self.storage.open(files)
+                check_tree(files)
+                self.sink = self.storage.open(files, sync=self.sync)
             except OSError as exc:
                 where = f"{exc.filename}: " if exc.filename else ""
                 problem = f"cannot prepare files: {where}{exc.strerror}"
@@ -371,7 +389,7 @@ class ReceiveSession:
         self._next_register = now + 0.2
         assert self.sink is not None
         for index, (sha256, size, held) in self.sink.resumable().items():
-            if size == block_size and len(held) == len(self.bitmaps[index]):
+            if held is None or (size == block_size and len(held) == len(self.bitmaps[index])):
                 self._candidates[index] = (sha256, held)
         self._adopt()
         if self.total_blocks == 0:
@@ -388,8 +406,14 @@ class ReceiveSession:
                 continue
             bitmap = self.bitmaps[index]
             before = bitmap.count(1)
-            merged = int.from_bytes(bitmap, "big") | int.from_bytes(held, "big")
-            bitmap[:] = merged.to_bytes(len(bitmap), "big")
+            if held is None:  # already in place (sync): nothing to write
+                assert self.sink is not None
+                self.sink.up_to_date(index)
+                self.up_to_date.append(self.files[index].name)
+                bitmap[:] = b"\x01" * len(bitmap)
+            else:
+                merged = int.from_bytes(bitmap, "big") | int.from_bytes(held, "big")
+                bitmap[:] = merged.to_bytes(len(bitmap), "big")
             added = bitmap.count(1) - before
             self.received += added
             self.resumed += added
@@ -405,20 +429,47 @@ class ReceiveSession:
             return self._status(self._last_pass)
         return []
 
+    def _gather(self, session: int, announce: Announce) -> list[FileInfo] | None:
+        """Collect the parts of a long file list; the whole list once every part is in.
+        Parts of a few sessions at most are held (an attacker's cannot crowd out ours for
+        long: the oldest session is dropped)."""
+        parts = self._parts.setdefault(session, {})
+        if len(self._parts) > 4:
+            del self._parts[next(iter(self._parts))]
+        known = next(iter(parts.values()), None)
+        if known is not None and (known.parts, known.total, known.block_size) != (
+            announce.parts,
+            announce.total,
+            announce.block_size,
+        ):
+            return None  # parts that do not agree: keep the first seen
+        parts[announce.part] = announce
+        if len(parts) < announce.parts:
+            return None
+        files: list[FileInfo] = []
+        for number in range(announce.parts):
+            if parts[number].first != len(files):
+                del self._parts[session]
+                return None
+            files.extend(parts[number].files)
+        del self._parts[session]
+        return files if len(files) == announce.total else None
+
     def _learn_digests(self, body: bytes) -> None:
         """A later announce of our transfer: take the digests we were still waiting for."""
         if not any(f.digest_pending for f in self.files):
             return
         decoded = decode_announce(body)
-        if decoded is None:
+        if decoded is None or decoded.block_size != self.block_size:
             return
-        files, block_size = decoded
-        same = [(f.name, f.size) for f in files] == [(f.name, f.size) for f in self.files]
-        if not same or block_size != self.block_size:
+        first, files = decoded.first, decoded.files
+        mine = self.files[first : first + len(files)]
+        if [(f.name, f.size) for f in files] != [(f.name, f.size) for f in mine]:
             return  # not the list we are receiving: ignore it
-        for index, (mine, theirs) in enumerate(zip(self.files, files, strict=True)):
-            if mine.digest_pending and not theirs.digest_pending:
-                self.files[index] = theirs  # the sink holds the same list
+        for offset, theirs in enumerate(files):
+            index = first + offset
+            if self.files[index].digest_pending and not theirs.digest_pending:
+                self.files[index] = self.files[index].with_digest(theirs.sha256)
         self._adopt()
         if self._awaiting_digests and not any(f.digest_pending for f in self.files):
             self._awaiting_digests = False
@@ -502,4 +553,5 @@ class ReceiveSession:
             "refused_announces": dict(self.refused),
             "resumed_blocks": self.resumed,
             "kept_blocks": self.kept,
+            "up_to_date": list(self.up_to_date),
         }

@@ -7,6 +7,7 @@ import hashlib
 import os
 import resource
 import select
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from ..transport import Packet, open_receiver, open_sender
 from ..transport.batch import BatchReceiver, BatchSender
 from ..units import Rate
 from .engine import DEFAULT_MAX_SIZE, Address, ReceiveSession, SendSession
-from .protocol import BLOCK_SIZE, HEAD, PENDING_DIGEST, FileInfo
+from .protocol import BLOCK_SIZE, EMPTY_SHA256, HEAD, PENDING_DIGEST, FileInfo, check_tree
 from .rate import AdaptiveRate
 from .sealing import Guard
 from .storage import DirectoryStorage
@@ -58,37 +59,65 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def list_files(paths: list[Path]) -> list[FileInfo]:
-    """Name and size of each file, its digest still to come (``PENDING_DIGEST``)."""
-    infos = []
-    names = set()
+def list_files(paths: list[Path]) -> tuple[list[FileInfo], list[Path | None], list[str]]:
+    """The entries to send: files by their names, directories as trees (the directory's
+    own name first, then every file and directory in it, by relative ``/`` paths), each
+    with mode and mtime and its digest still to come (``PENDING_DIGEST``). Also each
+    entry's path on disk (None for a directory) and what was skipped: symbolic links are
+    never followed, and sockets, pipes and devices are not files."""
+    infos: list[FileInfo] = []
+    sources: list[Path | None] = []
+    skipped: list[str] = []
+
+    def add(path: Path, name: str) -> None:
+        facts = path.lstat()
+        if stat.S_ISLNK(facts.st_mode) or not (
+            stat.S_ISREG(facts.st_mode) or stat.S_ISDIR(facts.st_mode)
+        ):
+            skipped.append(name)
+            return
+        is_dir = stat.S_ISDIR(facts.st_mode)
+        size = 0 if is_dir else facts.st_size
+        digest = EMPTY_SHA256 if is_dir else PENDING_DIGEST
+        mode = stat.S_IMODE(facts.st_mode)
+        infos.append(FileInfo(name, size, digest, mode, facts.st_mtime, is_dir))
+        sources.append(None if is_dir else path)
+
     for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(errno.ENOENT, "not a readable file", str(path))
-        if path.name in names:
-            raise ValueError(f"two files are named {path.name!r}; receivers keep only names")
-        names.add(path.name)
-        infos.append(FileInfo(path.name, path.stat().st_size, PENDING_DIGEST))
-    return infos
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            raise FileNotFoundError(errno.ENOENT, "not a readable file or directory", str(path))
+        base = path.name or path.resolve().name
+        add(path, base)
+        if not path.is_dir():
+            continue
+        for root, dirs, names in os.walk(path):  # never into a linked directory
+            dirs.sort()
+            relative = Path(root).relative_to(path).parts
+            for name in sorted(dirs) + sorted(names):
+                add(Path(root) / name, "/".join((base, *relative, name)))
+    check_tree(infos)  # ValueError: a name receivers would refuse, or one twice
+    return infos, sources, skipped
 
 
-def hash_files(paths: list[Path]) -> list[str]:
-    """The sha256 of each file (read in 1 MiB chunks; hashlib lets other threads run)."""
+def hash_files(paths: list[Path | None]) -> list[str]:
+    """The sha256 of each file (read in 1 MiB chunks; hashlib lets other threads run); a
+    directory (None) has the sha256 of nothing."""
     digests = []
     for path in paths:
         digest = hashlib.sha256()
-        with path.open("rb", buffering=0) as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
+        if path is not None:
+            with path.open("rb", buffering=0) as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
         digests.append(digest.hexdigest())
     return digests
 
 
 def describe_files(paths: list[Path]) -> list[FileInfo]:
-    """Name, size and sha256 of each file."""
+    """Every entry ``paths`` name (files, trees), with its sha256."""
+    infos, sources, _ = list_files(paths)
     return [
-        FileInfo(info.name, info.size, digest)
-        for info, digest in zip(list_files(paths), hash_files(paths), strict=True)
+        info.with_digest(digest) for info, digest in zip(infos, hash_files(sources), strict=True)
     ]
 
 
@@ -96,7 +125,7 @@ class _Hasher(threading.Thread):
     """Hashes the files while the transfer starts: registration and the first pass need
     only names and sizes, and hashing 256 MiB takes longer than registering."""
 
-    def __init__(self, paths: list[Path]) -> None:
+    def __init__(self, paths: list[Path | None]) -> None:
         super().__init__(name="mcastkit-hash", daemon=True)
         self.paths = paths
         self.digests: list[str] | None = None
@@ -111,15 +140,22 @@ class _Hasher(threading.Thread):
 
 
 class _FileSource:
-    def __init__(self, paths: list[Path]) -> None:
-        self.fds = [os.open(p, os.O_RDONLY) for p in paths]
+    def __init__(self, paths: list[Path | None]) -> None:
+        self.fds: list[int] = []
+        try:
+            for path in paths:
+                self.fds.append(-1 if path is None else os.open(path, os.O_RDONLY))
+        except BaseException:
+            self.close()
+            raise
 
     def read(self, file_index: int, offset: int, size: int) -> bytes:
         return os.pread(self.fds[file_index], size, offset)
 
     def close(self) -> None:
         for fd in self.fds:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
 
 def _drain(receiver: BatchReceiver, handle: Callable[[Packet], None]) -> None:
@@ -179,6 +215,7 @@ def send_files(
     gso: bool = True,
     key: GroupKey | None = None,
     sign_key: Ed25519PrivateKey | None = None,
+    sync: bool = False,
 ) -> dict[str, Any]:
     """Distribute ``paths`` to the receivers on the group; return the outcome.
 
@@ -186,7 +223,9 @@ def send_files(
     counters (see rate.py); otherwise ``rate`` is fixed (None: as fast as possible). ``gso``
     sends runs of blocks as one UDP GSO call where the kernel allows it. ``key`` seals every
     datagram (only its holders read or take part); ``sign_key`` signs every announce, for
-    receivers that trust only some senders (transfer/trust.py).
+    receivers that trust only some senders (transfer/trust.py). A directory in ``paths``
+    goes as a tree under its own name. ``sync``: receivers keep the files they already
+    hold with the same sha256, and the first pass skips them.
     """
     guard = _guard(key)
     block_size = BLOCK_SIZE - guard.overhead
@@ -195,9 +234,9 @@ def send_files(
         from .trust import AnnounceSigner
 
         signer = AnnounceSigner(sign_key)
-    files = list_files(paths)
-    hasher: _Hasher | None = _Hasher(paths)
-    source = _FileSource(paths)
+    files, sources, skipped = list_files(paths)
+    hasher: _Hasher | None = _Hasher(sources)
+    source = _FileSource(sources)
     sender = open_sender(spec, iface=iface, ttl=ttl, sndbuf=4 << 20)
     sender.sock.setblocking(False)
     now = time.monotonic()
@@ -214,6 +253,7 @@ def send_files(
         deadline=deadline,
         wall_clock=time.time,
         sign=None if signer is None else signer.sign,
+        sync=sync,
     )
     block_bits = (BLOCK_SIZE + DATA_OVERHEAD) * 8  # the same on the wire, sealed or not
     controller = AdaptiveRate(AUTO_START_BPS / block_bits) if adaptive else None
@@ -289,7 +329,11 @@ def send_files(
     if unreadable is not None:
         raise unreadable
     summary = session.summary(time.monotonic())
-    summary["files"] = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in session.files]
+    summary["files"] = [
+        {"name": f.name, "size": f.size, "sha256": f.sha256} for f in session.files if not f.is_dir
+    ]
+    summary["directories"] = [f.name for f in session.files if f.is_dir]
+    summary["skipped"] = skipped
     summary["bytes"] = sum(f.size for f in files)
     summary["group"] = str(spec)
     summary["peak_rss_mb"] = peak_rss_mb()
@@ -324,6 +368,8 @@ def receive_files(
     trust: list[Ed25519PublicKey] | None = None,
     max_skew: float = 30.0,
     resume: bool = True,
+    sync: bool = False,
+    preserve: bool = False,
 ) -> dict[str, Any]:
     """Receive one transfer into ``directory``; ``wait`` bounds the wait for an announce.
 
@@ -334,7 +380,9 @@ def receive_files(
     transfer. Either way an announce stamped further than ``max_skew`` seconds from this
     host's clock is refused (a replay). ``resume``: a transfer cut short (interrupted, the
     sender silent) keeps its partial files with a record of their blocks, and a later
-    transfer of the same content asks only for the rest (transfer/partial.py).
+    transfer of the same content asks only for the rest (transfer/partial.py). ``sync``
+    keeps files already here with the announced sha256 (as a sender's ``sync`` does) and
+    replaces those that differ. ``preserve`` applies the announced modes and mtimes.
     """
     guard = _guard(key)
     check = None
@@ -359,10 +407,11 @@ def receive_files(
     session = ReceiveSession(
         int.from_bytes(os.urandom(8), "big") or 1,
         name or f"{os.uname().nodename}-{os.getpid()}",
-        DirectoryStorage(directory, overwrite=overwrite, resume=resume),
+        DirectoryStorage(directory, overwrite=overwrite, resume=resume, preserve=preserve),
         now=now,
         max_size=max_size,
         check_announce=check,
+        sync=sync,
     )
     started = now
     finished_at: float | None = None

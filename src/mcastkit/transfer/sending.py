@@ -43,7 +43,7 @@ from .protocol import (
     decode_missing_map,
     decode_ranges,
     decode_untrusted,
-    encode_announce,
+    encode_announces,
     head,
     missing_ranges,
 )
@@ -107,6 +107,7 @@ class SendSession:
         status_interval: float = 0.1,
         wall_clock: Callable[[], float] | None = None,
         sign: Callable[[bytes], bytes] | None = None,
+        sync: bool = False,
     ) -> None:
         self.session = session
         self._wall_clock = wall_clock  # stamps each announce (receivers refuse stale ones)
@@ -128,7 +129,8 @@ class SendSession:
         self.receiver_timeout = receiver_timeout
         self.deadline = None if deadline is None else now + deadline
         self.status_interval = status_interval
-        encode_announce(session, files, block_size)  # ValueError now if the list is too long
+        self.sync = sync  # receivers keep files they hold with the same sha256
+        encode_announces(session, files, block_size)  # ValueError now if the list is too long
         self._next_announce = now
         self._digests_out = 0.0  # when the digests were known (for resuming receivers)
         self._next_status = 0.0
@@ -214,7 +216,7 @@ class SendSession:
             return self.abort("deadline passed")
         if now >= self._next_announce:
             # Keep announcing during the transfer too: late joiners need the file list.
-            out.append((self.announce(), None))
+            out.extend((datagram, None) for datagram in self.announces())
             self._next_announce = now + (0.2 if self.phase == SendPhase.REGISTER else 0.5)
         if self.phase == SendPhase.REGISTER:
             enough = self.expected is not None and len(self.receivers) >= self.expected
@@ -241,16 +243,18 @@ class SendSession:
         """The files' sha256, once hashed (announced with ``PENDING_DIGEST`` until then): the
         next announce, sent at once, carries them."""
         self.files = [
-            FileInfo(info.name, info.size, digest)
-            for info, digest in zip(self.files, digests, strict=True)
+            info.with_digest(digest) for info, digest in zip(self.files, digests, strict=True)
         ]
         self._next_announce = 0.0
 
-    def announce(self) -> bytes:
-        """The announce as it goes out now: stamped and signed when so configured."""
+    def announces(self) -> list[bytes]:
+        """The announce (its parts, for a long list) as it goes out now: stamped and signed
+        when so configured."""
         sent_at = None if self._wall_clock is None else self._wall_clock()
-        datagram = encode_announce(self.session, self.files, self.block_size, sent_at=sent_at)
-        return datagram if self._sign is None else self._sign(datagram)
+        datagrams = encode_announces(
+            self.session, self.files, self.block_size, sent_at=sent_at, sync=self.sync
+        )
+        return datagrams if self._sign is None else [self._sign(d) for d in datagrams]
 
     def progress_request(self) -> Out:
         """Ask the receivers how they keep up (for the adaptive rate). Each is asked on its

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from .partial import find_partial, part_name, recorded_part, remove_state, save_state
-from .protocol import Buffer, FileInfo, safe_name
+from .protocol import Buffer, FileInfo, safe_path
 
 __all__ = ["DirectoryStorage", "FileSink", "MemorySink", "MemoryStorage", "free_space"]
 
@@ -26,14 +26,23 @@ SPACE_MARGIN = 1 << 20  # free space kept beyond the announced size
 
 
 class DirectoryStorage:
-    """Files in ``directory`` (see the module docstring)."""
+    """Files in ``directory`` (see the module docstring). ``preserve``: give each file and
+    directory the mode and modification time the sender announced."""
 
-    def __init__(self, directory: Path, *, overwrite: bool = False, resume: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        preserve: bool = False,
+    ) -> None:
         self.directory = directory
         self.overwrite = overwrite
         self.resume = resume
+        self.preserve = preserve
 
-    def open(self, files: list[FileInfo]) -> FileSink:
+    def open(self, files: list[FileInfo], *, sync: bool = False) -> FileSink:
         """A sink for the announced files; OSError when they cannot be written here."""
         total = sum(f.size for f in files)
         free = free_space(self.directory)
@@ -43,12 +52,21 @@ class DirectoryStorage:
                 f"not enough space: {total:,} bytes announced, {free:,} free",
                 str(self.directory),
             )
-        return FileSink(self.directory, files, overwrite=self.overwrite, resume=self.resume)
+        return FileSink(
+            self.directory,
+            files,
+            overwrite=self.overwrite,
+            resume=self.resume,
+            sync=sync,
+            preserve=self.preserve,
+        )
 
 
 class FileSink:
     """Receiver storage: temporary files, written in place, renamed once verified.
 
+    Names are relative paths (checked by ``safe_path``); the directories on the way are made
+    one at a time and never followed through a link, so nothing lands outside the target.
     Temporary names are random and created exclusively without following links, so a file or
     symlink planted in the directory is never opened; space is allocated up front, so the
     traffic cannot make the disk fill faster than the announced size.
@@ -61,82 +79,109 @@ class FileSink:
         *,
         overwrite: bool = False,
         resume: bool = False,
+        sync: bool = False,
+        preserve: bool = False,
     ) -> None:
         self.directory = directory
         self.files = files
-        self.overwrite = overwrite
+        self.overwrite = overwrite or sync  # sync replaces files that changed
         self.resume = resume
-        # Partials of earlier transfers taken over: file index -> (sha256, block size, held).
-        self.found: dict[int, tuple[str, int, bytearray]] = {}
+        self.preserve = preserve
         self.paths: list[Path] = []
-        self.temps: list[Path] = []
-        self.handles: list[int] = []
+        self.temps: list[Path | None] = []  # None: a directory, or a file kept as it is
+        self.handles: list[int] = []  # -1 where there is no temporary file
+        self.made: list[Path] = []  # directories this transfer created
+        # Partials of earlier transfers taken over, and (sync) files already in place:
+        # file index -> (sha256, block size, blocks held; None: the whole file, in place).
+        self.found: dict[int, tuple[str, int, bytearray | None]] = {}
         # Blocks that arrive in order are hashed as they are written; only what came out of
         # order (after a loss) is read back at the end.
         self._digests = [hashlib.sha256() for _ in files]
         self._hashed = [0 for _ in files]
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         try:
             for info in files:
-                name = safe_name(info.name)
-                final = directory / name
-                if not overwrite and (final.exists() or final.is_symlink()):
-                    raise FileExistsError(
-                        errno.EEXIST, "exists; give --overwrite to replace it", str(final)
-                    )
-                partial = find_partial(directory, name, info) if resume else None
-                if partial is not None:
-                    self.found[len(self.handles)] = (
-                        partial.sha256,
-                        partial.block_size,
-                        partial.held,
-                    )
-                    self.handles.append(partial.fd)
-                    self.temps.append(partial.path)
-                    self.paths.append(final)
-                    continue
-                temp = directory / part_name(name)
-                fd = os.open(temp, flags, 0o644)  # the final file's mode (less the umask)
-                self.handles.append(fd)
-                self.temps.append(temp)
-                self.paths.append(final)
-                _allocate(fd, info.size)
+                self._open_one(info, sync)
         except BaseException:
             self.discard()
             raise
+
+    def _open_one(self, info: FileInfo, sync: bool) -> None:
+        parts = safe_path(info.name)
+        parent = _make_dirs(self.directory, parts[:-1], self.made)
+        final = parent / parts[-1]
+        self.paths.append(final)
+        index = len(self.handles)
+        if info.is_dir:
+            _make_dirs(parent, parts[-1:], self.made)
+            self.handles.append(-1)
+            self.temps.append(None)
+            return
+        if final.is_symlink() or (final.exists() and not final.is_file()):
+            raise FileExistsError(errno.EEXIST, "exists and is not a regular file", str(final))
+        if not self.overwrite and final.exists():
+            raise FileExistsError(
+                errno.EEXIST, "exists; give --overwrite to replace it", str(final)
+            )
+        if sync and final.exists() and final.stat().st_size == info.size:
+            self.found[index] = (_sha256_of(final), 0, None)
+        partial = find_partial(parent, parts[-1], info) if self.resume else None
+        if partial is not None and index not in self.found:
+            self.found[index] = (partial.sha256, partial.block_size, partial.held)
+            self.handles.append(partial.fd)
+            self.temps.append(partial.path)
+            return
+        temp = parent / part_name(parts[-1])
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(temp, flags, 0o644)  # the final file's mode (less the umask)
+        self.handles.append(fd)
+        self.temps.append(temp)
+        _allocate(fd, info.size)
 
     def write(self, file_index: int, offset: int, data: Buffer) -> None:
         """Write one block (OSError on a full disk)."""
         self.write_run(file_index, offset, [memoryview(data)])
 
-    def resumable(self) -> dict[int, tuple[str, int, bytearray]]:
-        """Partials taken over: file index -> (their sha256, block size, blocks held)."""
+    def resumable(self) -> dict[int, tuple[str, int, bytearray | None]]:
+        """Partials taken over, and files in place (sync): see ``found``."""
         return self.found
+
+    def up_to_date(self, file_index: int) -> None:
+        """Keep the file in place; its temporary file goes."""
+        self._drop_temp(file_index)
+
+    def _drop_temp(self, index: int) -> None:
+        temp = self.temps[index]
+        if self.handles[index] >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.handles[index])
+            self.handles[index] = -1
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            self.temps[index] = None
 
     def checkpoint(self, bitmaps: list[bytearray], block_size: int) -> None:
         """Record the blocks on disk (resume only; files whose sha256 is not known yet, or
         with nothing on disk, are not worth a record)."""
-        if not self.resume or not self.handles:
+        if not self.resume:
             return
         for index, info in enumerate(self.files):
-            if not info.digest_pending and 1 in bitmaps[index]:
-                name = safe_name(info.name)
-                save_state(
-                    self.directory, name, self.temps[index], info, block_size, bitmaps[index]
-                )
+            temp = self.temps[index]
+            if temp is not None and not info.digest_pending and 1 in bitmaps[index]:
+                save_state(temp.parent, temp_name_of(info), temp, info, block_size, bitmaps[index])
 
     def keep(self) -> None:
         """Stop, keeping each partial file that has a record for a later transfer; the
         others are removed."""
-        for fd in self.handles:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.handles = []
         for index, info in enumerate(self.files):
-            recorded = _points_to(self.directory, safe_name(info.name), self.temps[index])
-            if not (self.resume and recorded):
+            temp = self.temps[index]
+            if temp is not None and self.handles[index] >= 0:
                 with contextlib.suppress(OSError):
-                    self.temps[index].unlink()
+                    os.close(self.handles[index])
+                self.handles[index] = -1
+                if not (self.resume and _points_to(temp.parent, temp_name_of(info), temp)):
+                    with contextlib.suppress(OSError):
+                        temp.unlink()
 
     def write_run(self, file_index: int, offset: int, blocks: list[memoryview]) -> None:
         """Write consecutive blocks in one call (OSError on a full disk)."""
@@ -155,6 +200,8 @@ class FileSink:
         """Verify every file and rename it into place; the reason when one fails."""
         for index, info in enumerate(self.files):
             fd = self.handles[index]
+            if fd < 0:
+                continue  # a directory, or a file already in place
             os.fsync(fd)
             digest = self._digests[index]
             offset = self._hashed[index]
@@ -167,45 +214,93 @@ class FileSink:
             if digest.hexdigest() != info.sha256:
                 self.discard()
                 return f"sha256 mismatch for {info.name}"
-        for index in range(len(self.files)):
+        self._forget_states()  # verified: nothing left to resume
+        for index, info in enumerate(self.files):
+            temp = self.temps[index]
+            if temp is None:
+                continue
             os.close(self.handles[index])
-        self.handles = []
-        for index in range(len(self.files)):
+            self.handles[index] = -1
+            if self.preserve:
+                _apply(temp, info)
             if self.overwrite:
-                os.replace(self.temps[index], self.paths[index])
+                os.replace(temp, self.paths[index])
+                self.temps[index] = None
                 continue
             try:
                 # A hard link never replaces: a file that appeared meanwhile is kept.
-                os.link(self.temps[index], self.paths[index])
+                os.link(temp, self.paths[index])
             except FileExistsError:
                 self.discard()
                 return f"{self.paths[index]} appeared during the transfer; kept it (--overwrite)"
-            os.unlink(self.temps[index])
-        self._forget_states()
+            os.unlink(temp)
+            self.temps[index] = None
+        if self.preserve:  # directories last, deepest first: making files changes mtimes
+            for index in sorted(
+                (i for i, f in enumerate(self.files) if f.is_dir),
+                key=lambda i: -len(self.files[i].name.split("/")),
+            ):
+                _apply(self.paths[index], self.files[index])
         return None
 
     def discard(self) -> None:
         """Remove the temporary files (nothing wrong is left behind)."""
-        for fd in self.handles:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.handles = []
-        for temp in self.temps:
-            with contextlib.suppress(OSError):
-                temp.unlink()
         self._forget_states()
+        for index in range(len(self.handles)):
+            self._drop_temp(index)
+        for path in reversed(self.made):  # the directories we made, if nothing else is there
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        self.made = []
 
     def _forget_states(self) -> None:
-        for index, info in enumerate(self.files):
-            if index < len(self.temps) and _points_to(
-                self.directory, safe_name(info.name), self.temps[index]
-            ):
-                remove_state(self.directory, safe_name(info.name))
+        for index, info in enumerate(self.files[: len(self.temps)]):
+            temp = self.temps[index]
+            if temp is not None and _points_to(temp.parent, temp_name_of(info), temp):
+                remove_state(temp.parent, temp_name_of(info))
+
+
+def temp_name_of(info: FileInfo) -> str:
+    """The last component of a file's path: what its partial and record are named after."""
+    return safe_path(info.name)[-1]
 
 
 def _points_to(directory: Path, name: str, temp: Path) -> bool:
     """Whether the state kept for ``name`` records ``temp`` (ours, not another run's)."""
     return recorded_part(directory, name) == temp.name
+
+
+def _make_dirs(directory: Path, parts: list[str], made: list[Path]) -> Path:
+    """``directory/parts...``, each made when missing (and added to ``made``); a link or a
+    file on the way is an error (OSError), never followed."""
+    path = directory
+    for part in parts:
+        path = path / part
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o755)
+            made.append(path)
+        if path.is_symlink() or not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory (or a link)", str(path))
+    return path
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            digest.update(chunk)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def _apply(path: Path, info: FileInfo) -> None:
+    """The announced mode (permission bits only: no set-id, no sticky) and mtime."""
+    if info.mode is not None:
+        os.chmod(path, info.mode & 0o777, follow_symlinks=False)
+    if info.mtime is not None:
+        os.utime(path, (info.mtime, info.mtime), follow_symlinks=False)
 
 
 def _write_rest(fd: int, blocks: list[memoryview], offset: int, done: int) -> None:
@@ -263,8 +358,11 @@ class MemorySink:
     def discard(self) -> None:
         self.data = []
 
-    def resumable(self) -> dict[int, tuple[str, int, bytearray]]:
+    def resumable(self) -> dict[int, tuple[str, int, bytearray | None]]:
         return {}
+
+    def up_to_date(self, file_index: int) -> None:
+        return None
 
     def checkpoint(self, bitmaps: list[bytearray], block_size: int) -> None:
         return None
@@ -280,7 +378,7 @@ class MemoryStorage:
         self.files: dict[str, bytes] = {}
         self._sinks: list[MemorySink] = []
 
-    def open(self, files: list[FileInfo]) -> MemorySink:
+    def open(self, files: list[FileInfo], *, sync: bool = False) -> MemorySink:
         sink = MemorySink(files)
         self._sinks.append(sink)
         return sink
