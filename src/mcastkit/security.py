@@ -141,15 +141,20 @@ def write_key_file(path: str | Path, key: GroupKey | None = None) -> GroupKey:
             "key": base64.b64encode(key.secret).decode(),
         }
     )
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise SecurityError(f"{target} exists; refusing to overwrite a key") from None
-    except OSError as exc:
-        raise SecurityError(f"cannot create {target}: {exc.strerror}") from exc
-    with os.fdopen(fd, "w") as handle:
-        handle.write(body + "\n")
+    write_new_key_file(target, body, 0o600)
     return key
+
+
+def write_new_key_file(path: Path, text: str, mode: int) -> None:
+    """Create ``path`` with ``text`` (and a newline), never replacing a file that exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise SecurityError(f"{path} exists; refusing to overwrite a key") from None
+    except OSError as exc:
+        raise SecurityError(f"cannot create {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + "\n")
 
 
 def load_key_file(path: str | Path) -> GroupKey:

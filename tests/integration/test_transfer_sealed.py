@@ -163,6 +163,7 @@ def test_a_keyless_host_cannot_inject_register_or_disturb(lab: Lab, tmp_path: Pa
     assert code == 0 and summary["ok"], summary
     assert [r["name"] for r in summary["receivers"]] == [receiver.name]
     assert summary["dropped"].get("unsealed", 0) > 0  # the clear registrations, refused
+    assert [r["host"] for r in summary["refused"]] == [attacker.ipv4]  # and who sent them
     assert result["state"] == "complete"
     assert result["dropped"].get("unsealed", 0) > 0
     assert result["dropped"].get("forged", 0) + result["dropped"].get("unknown-key", 0) > 0

@@ -258,6 +258,9 @@ def cmd_send_file(args: argparse.Namespace) -> int:
             say(f"  {r['name']:<24} {r['address']:<22} {state}")
         for name in missing_names:
             say(f"  {name:<24} {'-':<22} FAILED: never registered")
+        for refused in summary["refused"]:
+            reasons = ", ".join(f"{why} x{count}" for why, count in refused["dropped"].items())
+            say(f"  {'(refused)':<24} {refused['host']:<22} not admitted: {reasons}")
         if not receivers:
             note("no receiver registered: start `mcast recv-file` first, or raise --wait")
     return 0 if ok else 1

@@ -270,7 +270,7 @@ def send_files(
     transmit = _transmitter(batch, group, guard)
 
     def handle(packet: Packet) -> None:
-        opened = guard.open(packet.data)
+        opened = guard.open(packet.data, packet.source)
         if opened is not None:
             source = (packet.source, packet.source_port)
             transmit(session.receive(bytes(opened), source, time.monotonic()))
@@ -341,6 +341,10 @@ def send_files(
     summary["sealed"] = None if guard.ring is None else guard.ring.cipher
     summary["signed_by"] = None if signer is None else signer.fingerprint.hex()
     summary["dropped"] = guard.dropped
+    # Hosts whose datagrams did not open: who tried to take part without the key.
+    summary["refused"] = [
+        {"host": host, "dropped": counts} for host, counts in sorted(guard.dropped_from.items())
+    ]
     if controller is not None:
         summary["rate_pps_history"] = controller.history
         summary["final_mbps"] = round(controller.pps * block_bits / 1e6, 1)

@@ -32,6 +32,9 @@ class Guard:
     def __init__(self, ring: KeyRing | None) -> None:
         self.ring = ring
         self.dropped: dict[str, int] = {}
+        # Who sent what we dropped (the first 64 hosts): who tried to take part without
+        # the key, for the sender's report.
+        self.dropped_from: dict[str, dict[str, int]] = {}
         self._plain = bytearray()  # opened datagrams of one receive batch, reused
 
     @property
@@ -54,22 +57,26 @@ class Guard:
         seal = self.ring.seal
         return [seal(header + payload) for header, payload in parts]
 
-    def open(self, data: Buffer) -> Buffer | None:
-        """The datagram a peer meant, or None (dropped and counted)."""
+    def open(self, data: Buffer, source: str | None = None) -> Buffer | None:
+        """The datagram a peer (at ``source``) meant, or None (dropped and counted)."""
         sealed = kind_of(data) is DatagramKind.SEALED
+        why: str | None = None
         if self.ring is None:
-            if sealed:
-                self._drop("sealed-without-key")
-                return None
-            return data
-        if not sealed:
-            self._drop("unsealed")
-            return None
-        opened = self.ring.open_untrusted(data)
-        if isinstance(opened, str):
-            self._drop(opened)
-            return None
-        return opened
+            if not sealed:
+                return data
+            why = "sealed-without-key"
+        elif not sealed:
+            why = "unsealed"
+        else:
+            opened = self.ring.open_untrusted(data)
+            if not isinstance(opened, str):
+                return opened
+            why = opened
+        self._drop(why)
+        if source is not None and (source in self.dropped_from or len(self.dropped_from) < 64):
+            counts = self.dropped_from.setdefault(source, {})
+            counts[why] = counts.get(why, 0) + 1
+        return None
 
     def open_runs(
         self, buffer: memoryview, spans: list[tuple[int, int]]

@@ -20,14 +20,13 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..security import SecurityError, check_private
+from ..security import SecurityError, check_private, write_new_key_file
 from .protocol import ANNOUNCE, head
 
 __all__ = [
@@ -72,15 +71,10 @@ def write_signing_key(path: str | Path) -> Ed25519PublicKey:
         }
     )
     public_file = Path(f"{target}.pub")
-    for file, text, mode in ((target, body, 0o600), (public_file, public_text(public), 0o644)):
-        try:
-            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        except FileExistsError:
-            raise SecurityError(f"{file} exists; refusing to overwrite a key") from None
-        except OSError as exc:
-            raise SecurityError(f"cannot create {file}: {exc.strerror}") from exc
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text + "\n")
+    if public_file.exists():  # check both before writing either
+        raise SecurityError(f"{public_file} exists; refusing to overwrite a key")
+    write_new_key_file(target, body, 0o600)
+    write_new_key_file(public_file, public_text(public), 0o644)
     return public
 
 
