@@ -8,7 +8,7 @@ from netlab import Host, Lab, nft_drop
 
 
 def _doctor(host: Host, *args: str) -> tuple[int, dict]:
-    done = host.mcast("doctor", "--json", *args)
+    done = host.mcast("doctor", "--json", "--wait", "0", *args)
     assert done.stdout, done.stderr
     return done.returncode, json.loads(done.stdout)
 
@@ -51,7 +51,7 @@ def test_nft_drop_is_named_and_the_self_test_fails(lab: Lab) -> None:
     nft_drop(h1, "ip daddr 239.0.0.0/8 drop")
     code, report = _doctor(h1)
     assert code == 2
-    assert "239.0.0.0/8 drop" in _find(report, "firewall", "warning")[0]["what"]
+    assert "239.0.0.0/8 drop" in _find(report, "firewall", "error")[0]["what"]
     assert "received none" in _find(report, "self-test", "error")[0]["what"]
 
 
@@ -74,6 +74,6 @@ def test_forced_igmp_v2_breaks_ssm(lab: Lab) -> None:
 def test_human_output_names_the_fix(lab: Lab) -> None:
     (h1,) = lab.lan(1)
     h1.run("ip", "link", "set", "eth0", "multicast", "off", check=True)
-    done = h1.mcast("doctor", "--no-self-test")
+    done = h1.mcast("doctor", "--no-self-test", "--wait", "0")
     assert done.returncode == 2
     assert "ERROR interface" in done.stdout and "ip link set eth0 multicast on" in done.stdout

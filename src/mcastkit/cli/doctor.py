@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from ..addr import parse_group
 from ..diag.doctor import collect, diagnose, exit_code, report, self_test
@@ -23,15 +24,26 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     doctor = commands.add_parser(
         "doctor",
         help="find why multicast does not work on this host, and how to fix it",
-        description="Checks interfaces, routes, rp_filter, firewall rules, IGMP/MLD versions, "
-        "limits, memberships, TTL and the environment, then sends and receives on the chosen "
-        "interface (TTL 0: nothing leaves the host). Exit 0 ok, 1 warnings, 2 errors.",
+        description="Checks interfaces, routes, rp_filter (with --source, the route back to "
+        "it), the firewall (nft and iptables rulesets evaluated for the group's packets), "
+        "IGMP/MLD versions, queriers and routers heard on the link, local bridges, limits, "
+        "memberships, TTL and the environment, then sends and receives on the chosen "
+        "interface (TTL 0: nothing leaves the host). Every fix is a command to paste (in "
+        "--json: argument lists); after it, the finding is gone. Exit 0 ok, 1 warnings, 2 "
+        "errors.",
     )
     doctor.add_argument("group", nargs="?", default=DEFAULT_DOCTOR_GROUP, metavar="GROUP:PORT")
     doctor.add_argument("--iface", help="interface to check (default: the route's)")
     doctor.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL your application uses")
     doctor.add_argument("--source", action="append", default=[], help="SSM source you join")
     doctor.add_argument("--no-self-test", action="store_true", help="skip the live send/receive")
+    doctor.add_argument(
+        "--wait",
+        type=argtypes.seconds(allow_zero=True, maximum=600),
+        default=2.0,
+        help="seconds to listen for IGMP/MLD queriers and PIM routers on the link (default "
+        "2; 130 hears a whole default query interval; 0 skips it)",
+    )
     doctor.add_argument("--json", action="store_true", help="JSON report")
     doctor.set_defaults(handler=cmd_doctor)
 
@@ -39,7 +51,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Diagnose."""
     spec = parse_group(args.group)
-    view = collect(spec, iface=args.iface, ttl=args.ttl, sources=args.source)
+    view = collect(spec, iface=args.iface, ttl=args.ttl, sources=args.source, listen_for=args.wait)
     findings = diagnose(view, [] if args.no_self_test else [self_test(view)])
     if args.json:
         emit_json(report(findings))
@@ -56,6 +68,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         console.print(f"{_MARK[finding.severity]} {finding.check:<13} {escape(finding.what)}")
         if finding.why:
             console.print(f"      {'why':<13} {escape(finding.why)}")
-        if finding.fix:
-            console.print(f"      {'fix':<13} [bold]{escape(finding.fix)}[/]")
+        for command in finding.commands:
+            console.print(f"      {'fix':<13} [bold]{escape(shlex.join(command))}[/]")
+        if finding.hint:
+            console.print(f"      {'hint':<13} {escape(finding.hint)}")
     return exit_code(findings)

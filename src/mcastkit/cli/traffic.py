@@ -137,7 +137,13 @@ def cmd_listen(args: argparse.Namespace) -> int:
     hinted = False
     mode = "SSM from " + ", ".join(args.source) if args.source else "any source"
     note(f"listening on {spec} via {receiver.interface.name} ({mode}); Ctrl-C to stop")
-    for warning in [receiver.fallback, *receiver.warnings, *_ssm_warning(spec, args.source)]:
+    warnings = [
+        receiver.fallback,
+        *receiver.warnings,
+        *_ssm_warning(spec, args.source),
+        *_forced_version_warning(spec, receiver.interface.name, args.source),
+    ]
+    for warning in warnings:
         if warning:
             note(f"warning: {warning}")
     try:
@@ -193,6 +199,32 @@ def _ssm_warning(spec: GroupSpec, sources: list[str]) -> list[str]:
     return [
         f"{spec.group} is in the source-specific range (232/8, ff3x::): routers and IGMPv3 "
         "snooping switches forward it only to joins that name a source; add --source ADDRESS"
+    ]
+
+
+def _forced_version_warning(spec: GroupSpec, iface: str, sources: list[str]) -> list[str]:
+    """A source-specific join where IGMP is forced to v1/v2 (MLD to v1): it cannot work."""
+    if not sources:
+        return []
+    if spec.family == 4:
+        key, protocol, old, new = "net/ipv4/conf/{}/force_igmp_version", "IGMP", {1, 2}, "v3"
+    else:
+        key, protocol, old, new = "net/ipv6/conf/{}/force_mld_version", "MLD", {1}, "v2"
+    values = []
+    for name in ("all", iface):
+        try:
+            with open("/proc/sys/" + key.format(name)) as handle:
+                values.append(int(handle.read().strip() or 0))
+        except (OSError, ValueError):
+            values.append(0)
+    forced = max(values)
+    if forced not in old:
+        return []
+    setting = key.replace("/", ".")
+    return [
+        f"{protocol} is forced to version {forced} on {iface}: source-specific joins (SSM) "
+        f"need {protocol}{new} and will not reach the network; fix: sysctl -w "
+        f"{setting.format('all')}=0 {setting.format(iface)}=0"
     ]
 
 

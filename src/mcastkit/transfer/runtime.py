@@ -63,14 +63,15 @@ def list_files(paths: list[Path]) -> tuple[list[FileInfo], list[Path | None], li
     """The entries to send: files by their names, directories as trees (the directory's
     own name first, then every file and directory in it, by relative ``/`` paths), each
     with mode and mtime and its digest still to come (``PENDING_DIGEST``). Also each
-    entry's path on disk (None for a directory) and what was skipped: symbolic links are
-    never followed, and sockets, pipes and devices are not files."""
+    entry's path on disk (None for a directory) and what was skipped: symbolic links inside
+    a tree are never followed (one named in ``paths`` is), and sockets, pipes and devices
+    are not files."""
     infos: list[FileInfo] = []
     sources: list[Path | None] = []
     skipped: list[str] = []
 
-    def add(path: Path, name: str) -> None:
-        facts = path.lstat()
+    def add(path: Path, name: str, *, follow: bool = False) -> None:
+        facts = path.stat() if follow else path.lstat()
         if stat.S_ISLNK(facts.st_mode) or not (
             stat.S_ISREG(facts.st_mode) or stat.S_ISDIR(facts.st_mode)
         ):
@@ -84,10 +85,10 @@ def list_files(paths: list[Path]) -> tuple[list[FileInfo], list[Path | None], li
         sources.append(None if is_dir else path)
 
     for path in paths:
-        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+        if not (path.is_file() or path.is_dir()):
             raise FileNotFoundError(errno.ENOENT, "not a readable file or directory", str(path))
         base = path.name or path.resolve().name
-        add(path, base)
+        add(path, base, follow=True)  # a link named on the command line is followed
         if not path.is_dir():
             continue
         for root, dirs, names in os.walk(path):  # never into a linked directory

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import re
-from ipaddress import IPv4Network
-
 from ...addr import classify
+from .firewall import Probe, evaluate_iptables, evaluate_nft, probes_for
+from .link import Heard
 from .model import SEVERITIES, Finding, SystemView
+
+# Interfaces that containers and VPNs make, by name (docker0, br-1a2b..., cni0, flannel.1).
+CONTAINER_BRIDGES = ("docker", "br-", "cni", "flannel", "cali", "weave", "podman", "virbr")
 
 
 def _check_interfaces(view: SystemView) -> list[Finding]:
@@ -21,7 +22,7 @@ def _check_interfaces(view: SystemView) -> list[Finding]:
                 "interface",
                 f"no interface {view.iface_given!r} here",
                 "joins and sends on it fail",
-                f"pick one of: {names} (mcast ifaces)",
+                hint=f"give --iface one of: {names} (see `mcast ifaces`)",
             )
         ]
     if chosen is None:
@@ -33,7 +34,7 @@ def _check_interfaces(view: SystemView) -> list[Finding]:
                 "interface",
                 f"{chosen.name} is down",
                 "nothing is sent or received on a down interface",
-                f"ip link set {chosen.name} up",
+                (("ip", "link", "set", chosen.name, "up"),),
             )
         )
     if chosen.multicast is False and not chosen.loopback:
@@ -42,18 +43,23 @@ def _check_interfaces(view: SystemView) -> list[Finding]:
                 "error",
                 "interface",
                 f"{chosen.name} has no MULTICAST flag",
-                "the kernel refuses to join groups on it and sends no IGMP",
-                f"ip link set {chosen.name} multicast on",
+                "the driver says the link cannot carry multicast (or it was turned off). "
+                "Linux would still join there, but mcastkit refuses to use such an "
+                "interface: on such links, groups usually go nowhere",
+                (("ip", "link", "set", chosen.name, "multicast", "on"),),
             )
         )
     if chosen.loopback and not view.iface_given:
+        prefix = "224.0.0.0/4" if view.group.family == 4 else "ff00::/8"
+        lan = _a_lan_interface(view)
         found.append(
             Finding(
                 "warning",
                 "interface",
                 "multicast would go out of loopback only",
                 "the route for the group points at lo: other hosts hear nothing",
-                "give --iface, or add a route: ip route add 224.0.0.0/4 dev IFACE",
+                () if lan is None else (_route_command(view, "replace", prefix, lan),),
+                hint="" if lan else "give --iface, or bring up a LAN interface",
             )
         )
     family_ok = chosen.has_family(view.group.family) or view.group.family == 6
@@ -64,7 +70,8 @@ def _check_interfaces(view: SystemView) -> list[Finding]:
                 "interface",
                 f"{chosen.name} has no IPv{view.group.family} address",
                 "a sender needs a source address of the group's family",
-                f"ip addr add ADDRESS/PREFIX dev {chosen.name}",
+                hint=f"give {chosen.name} an address (DHCP, or ip addr add ADDRESS/PREFIX dev "
+                f"{chosen.name})",
             )
         )
     if not found:
@@ -86,11 +93,28 @@ def _check_interfaces(view: SystemView) -> list[Finding]:
                 "info",
                 "interface",
                 f"other interfaces without MULTICAST: {', '.join(others)}",
-                "joining there would fail",
-                "ip link set NAME multicast on",
+                "mcastkit will not use them (see `mcast ifaces`)",
+                tuple(("ip", "link", "set", name, "multicast", "on") for name in others),
             )
         )
     return found
+
+
+def _a_lan_interface(view: SystemView) -> str | None:
+    return next(
+        (
+            i.name
+            for i in view.interfaces
+            if i.up and i.multicast and not i.loopback and i.has_family(view.group.family)
+        ),
+        None,
+    )
+
+
+def _route_command(view: SystemView, verb: str, prefix: str, device: str) -> tuple[str, ...]:
+    if view.group.family == 4:
+        return ("ip", "route", verb, prefix, "dev", device)
+    return ("ip", "-6", "route", verb, prefix, "dev", device, "table", "local")
 
 
 def _check_route(view: SystemView) -> list[Finding]:
@@ -98,12 +122,7 @@ def _check_route(view: SystemView) -> list[Finding]:
     prefix = "224.0.0.0/4" if family == 4 else "ff00::/8"
     if view.route is None:
         severity = "warning" if view.iface_given else "error"
-        fix_dev = view.chosen.name if view.chosen else "IFACE"
-        command = (
-            f"ip route add {prefix} dev {fix_dev}"
-            if family == 4
-            else f"ip -6 route add {prefix} dev {fix_dev} table local"
-        )
+        device = view.chosen.name if view.chosen else None
         return [
             Finding(
                 severity,
@@ -111,7 +130,8 @@ def _check_route(view: SystemView) -> list[Finding]:
                 f"no route for {view.group.group} ({prefix})",
                 "without --iface, joins fail with 'No such device' and sends with "
                 "'Network is unreachable'",
-                command,
+                () if device is None else (_route_command(view, "add", prefix, device),),
+                hint="" if device else "bring up an interface, then add a route to it",
             )
         ]
     if view.iface_given and view.chosen is not None and view.route.name != view.chosen.name:
@@ -122,7 +142,7 @@ def _check_route(view: SystemView) -> list[Finding]:
                 f"the kernel routes {view.group.group} out of {view.route.name}, "
                 f"not {view.chosen.name}",
                 "programs that do not pick an interface use the route, as most do",
-                f"ip route replace {prefix} dev {view.chosen.name}",
+                (_route_command(view, "replace", prefix, view.chosen.name),),
             )
         ]
     return [Finding("ok", "route", f"{view.group.group} is routed out of {view.route.name}")]
@@ -139,124 +159,119 @@ def _check_rp_filter(view: SystemView) -> list[Finding]:
     name = view.chosen.name
     values = [_sysctl_int(view, f"net.ipv4.conf.{n}.rp_filter") for n in ("all", name)]
     effective = max((v for v in values if v is not None), default=None)  # the kernel uses max
-    if effective == 1:
+    if effective is None:
+        return []
+    mode = {0: "off", 1: "strict", 2: "loose"}.get(effective, str(effective))
+
+    def setting(value: int) -> tuple[tuple[str, ...], ...]:
+        # The kernel takes the larger of `all` and the interface: both must change.
+        return (
+            (
+                "sysctl",
+                "-w",
+                f"net.ipv4.conf.all.rp_filter={value}",
+                f"net.ipv4.conf.{name}.rp_filter={value}",
+            ),
+        )
+
+    found = []
+    for source, device in view.source_routes.items():
+        if device is None and effective in (1, 2):
+            found.append(
+                Finding(
+                    "error",
+                    "rp_filter",
+                    f"no route back to source {source}: {mode} reverse-path filtering on "
+                    f"{name} drops its multicast",
+                    "loose mode drops it too (it needs a route, by any interface)",
+                    setting(0),
+                    hint=f"or add a route to {source}: ip route add {source} dev {name}",
+                )
+            )
+        elif device is not None and device != name and effective == 1:
+            found.append(
+                Finding(
+                    "error",
+                    "rp_filter",
+                    f"source {source} is routed out of {device}, not {name}: strict "
+                    "reverse-path filtering drops its multicast",
+                    "strict mode wants the route back by the interface the packet came in on",
+                    setting(2),
+                )
+            )
+    if found:
+        return found
+    if effective == 1 and not view.source_routes:
         return [
             Finding(
                 "warning",
                 "rp_filter",
                 f"strict reverse-path filtering on {name}",
                 "multicast from a source this host would not route back to via "
-                f"{name} (another subnet, asymmetric paths) is dropped silently",
-                f"sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.{name}.rp_filter=2",
+                f"{name} (another subnet, asymmetric paths) is dropped silently; give "
+                "--source to check a source",
+                setting(2),
             )
         ]
-    if effective is None:
-        return []
-    mode = {0: "off", 2: "loose"}.get(effective, str(effective))
     return [Finding("ok", "rp_filter", f"reverse-path filtering is {mode} on {name}")]
 
 
-_DROP = re.compile(r"\b(drop|reject)\b")
-_MCAST_DADDR = re.compile(r"(?:ip|ip6) daddr ([0-9a-f:.]+(?:/\d+)?)")
+_FIREWALL_WHY = {
+    "igmp-out": "this host's joins are never announced: snooping switches and routers do "
+    "not forward the group here",
+    "igmp-in": "queries are not heard, so joins are refreshed only by the host's own "
+    "unsolicited reports",
+    "udp-in": "datagrams to the group never reach the application",
+    "udp-out": "nothing this host sends to the group leaves it",
+    "answers": "answers to requests (mcast request, ping, gather) are dropped",
+}
 
 
-def _covers_group(rule: str, view: SystemView) -> bool:
-    match = _MCAST_DADDR.search(rule)
-    if match is None:
-        return True  # no destination condition: it applies to the group too
-    with contextlib.suppress(ValueError):
-        network = IPv4Network(match.group(1), strict=False) if "." in match.group(1) else None
-        if network is not None:
-            return view.group.group.version == 4 and view.group.group in network
-        from ipaddress import IPv6Network
-
-        return view.group.group.version == 6 and view.group.group in IPv6Network(
-            match.group(1), strict=False
-        )
-    return False
+def _probe_role(probe: Probe) -> str:
+    if probe.l4 in ("igmp", "icmpv6"):
+        return f"igmp-{probe.direction}"
+    if probe.sport is not None:
+        return "answers"
+    return f"udp-{probe.direction}"
 
 
-def _rule_may_hit(rule: str, view: SystemView) -> bool:
-    """Could this drop rule match UDP (or IGMP) to the group on the chosen interface?"""
-    if "tcp" in rule or "ct state invalid" in rule or "icmp" in rule:
-        return False
-    interface = re.search(r'iifname "?([\w.-]+)"?', rule)
-    if interface and view.chosen is not None and interface.group(1) != view.chosen.name:
-        return False
-    return _covers_group(rule, view)
-
-
-def _check_nft(view: SystemView) -> list[Finding]:
-    if not view.nft_ruleset:
+def _check_firewall(view: SystemView) -> list[Finding]:
+    chosen = view.chosen
+    if view.nft_ruleset is None and not view.iptables_legacy:
         return []
-    found: list[Finding] = []
-    chain, hook = "", ""
-    table = ""
-    for raw in view.nft_ruleset.splitlines():
-        line = raw.strip()
-        if line.startswith("table "):
-            table = line.removeprefix("table ").removesuffix("{").strip()
-        elif line.startswith("chain "):
-            chain = line.split()[1]
-            hook = ""
-        elif "hook " in line:
-            hook = line.split("hook ", 1)[1].split()[0]
-            if "policy drop" in line and hook in ("input", "prerouting"):
-                found.append(
-                    Finding(
-                        "warning",
-                        "firewall",
-                        f"nft chain {table} {chain} drops by default ({hook})",
-                        "multicast and IGMP are dropped unless a rule accepts them",
-                        f"nft insert rule {table} {chain} ip daddr 224.0.0.0/4 accept; "
-                        f"nft insert rule {table} {chain} ip protocol igmp accept",
-                    )
-                )
-        elif hook in ("input", "prerouting") and _DROP.search(line) and _rule_may_hit(line, view):
-            found.append(
-                Finding(
-                    "warning",
-                    "firewall",
-                    f"nft rule in {table} {chain} drops traffic: {line}",
-                    f"datagrams to {view.group.group}:{view.group.port} (or IGMP) match it",
-                    f"nft -a list chain {table} {chain}; then nft delete rule {table} {chain} "
-                    "handle N",
-                )
-            )
-    return found
-
-
-def _check_iptables(view: SystemView) -> list[Finding]:
-    if not view.iptables_rules:
-        return []
+    address = None
+    if chosen is not None:
+        addresses = chosen.ipv4 if view.group.family == 4 else chosen.ipv6
+        address = str(addresses[0].ip) if addresses else None
+    probes = probes_for(
+        str(view.group.group),
+        view.group.port,
+        view.group.family,
+        None if chosen is None else chosen.name,
+        address,
+    )
     found = []
-    for line in view.iptables_rules.splitlines():
-        if line.startswith("-P INPUT DROP"):
+    for probe in probes:
+        blocks = [] if view.nft_ruleset is None else evaluate_nft(view.nft_ruleset, probe)
+        saved = view.iptables_legacy.get(view.group.family)
+        if saved:
+            tool = "iptables-legacy" if view.group.family == 4 else "ip6tables-legacy"
+            blocks += evaluate_iptables(saved, probe, tool=tool)
+        for block in blocks:
+            role = _probe_role(probe)
+            severity = "error" if role in ("udp-in", "udp-out", "igmp-out") else "warning"
+            by = block.rule or "its policy"
             found.append(
                 Finding(
-                    "warning",
+                    severity if block.certain else "warning",
                     "firewall",
-                    "iptables INPUT policy is DROP",
-                    "multicast and IGMP need an accept rule",
-                    "iptables -I INPUT -d 224.0.0.0/4 -j ACCEPT; "
-                    "iptables -I INPUT -p igmp -j ACCEPT",
+                    f"{block.where} {'drops' if block.certain else 'may drop'} {probe.label}: {by}",
+                    _FIREWALL_WHY[role],
+                    block.commands,
                 )
             )
-        elif line.startswith("-A INPUT") and re.search(r"-j (DROP|REJECT)", line):
-            if "-p tcp" in line:
-                continue
-            destination = re.search(r"-d (\S+)", line)
-            if destination and not _covers_group(f"ip daddr {destination.group(1)}", view):
-                continue
-            found.append(
-                Finding(
-                    "warning",
-                    "firewall",
-                    f"iptables rule drops traffic: {line}",
-                    "datagrams to the group may match it",
-                    f"iptables -D {line.removeprefix('-A ')}",
-                )
-            )
+    if not found:
+        found.append(Finding("ok", "firewall", "the firewall lets the group's traffic through"))
     return found
 
 
@@ -264,47 +279,35 @@ def _check_igmp_version(view: SystemView) -> list[Finding]:
     if view.chosen is None:
         return []
     name = view.chosen.name
-    ssm = bool(view.sources) or classify(view.group.group).ssm
+    live = name in view.ssm_interfaces
+    ssm = bool(view.sources) or classify(view.group.group).ssm or live
     if view.group.family == 4:
-        forced = max(
-            (
-                v
-                for n in ("all", name)
-                if (v := _sysctl_int(view, f"net.ipv4.conf.{n}.force_igmp_version"))
-            ),
-            default=0,
-        )
-        if forced in (1, 2):
-            return [
-                Finding(
-                    "error" if ssm else "info",
-                    "igmp",
-                    f"IGMP is forced to version {forced} on {name}",
-                    "IGMPv1/v2 cannot express source-specific joins (SSM needs v3)",
-                    f"sysctl -w net.ipv4.conf.all.force_igmp_version=0 "
-                    f"net.ipv4.conf.{name}.force_igmp_version=0",
-                )
-            ]
+        key, protocol, old, new = "net.ipv4.conf.{}.force_igmp_version", "IGMP", {1, 2}, "v3"
     else:
-        forced = max(
-            (
-                v
-                for n in ("all", name)
-                if (v := _sysctl_int(view, f"net.ipv6.conf.{n}.force_mld_version"))
-            ),
-            default=0,
+        key, protocol, old, new = "net.ipv6.conf.{}.force_mld_version", "MLD", {1}, "v2"
+    values = {n: _sysctl_int(view, key.format(n)) or 0 for n in ("all", name)}
+    forced = max(values.values())
+    if forced not in old:
+        return []
+    reasons = []
+    if live:
+        reasons.append(f"a source-specific join is live on {name}")
+    if classify(view.group.group).ssm:
+        reasons.append(f"{view.group.group} is a source-specific group")
+    if view.sources:
+        reasons.append("you named a source")
+    return [
+        Finding(
+            "error" if ssm else "info",
+            "igmp",
+            f"{protocol} is forced to version {forced} on {name}"
+            + (f" while {' and '.join(reasons)}" if reasons else ""),
+            f"{protocol}v{forced} cannot express source-specific joins (SSM needs {new}): "
+            "the join goes out as a plain one, or not at all",
+            # The kernel honours `all` when it is set: both must be cleared.
+            (("sysctl", "-w", key.format("all") + "=0", key.format(name) + "=0"),),
         )
-        if forced == 1:
-            return [
-                Finding(
-                    "error" if ssm else "info",
-                    "igmp",
-                    f"MLD is forced to version 1 on {name}",
-                    "MLDv1 cannot express source-specific joins (SSM needs MLDv2)",
-                    f"sysctl -w net.ipv6.conf.{name}.force_mld_version=0",
-                )
-            ]
-    return []
+    ]
 
 
 def _check_limits_and_memberships(view: SystemView) -> list[Finding]:
@@ -317,7 +320,7 @@ def _check_limits_and_memberships(view: SystemView) -> list[Finding]:
                 "limits",
                 f"a socket may join {limit} IPv4 groups (igmp_max_memberships)",
                 "joining more fails with 'No buffer space available'",
-                "sysctl -w net.ipv4.igmp_max_memberships=1024",
+                (("sysctl", "-w", "net.ipv4.igmp_max_memberships=1024"),) if limit < 1024 else (),
             )
         )
     found.append(
@@ -337,12 +340,12 @@ def _check_limits_and_memberships(view: SystemView) -> list[Finding]:
                     "info", "memberships", f"groups joined on {view.chosen.name}: {', '.join(mine)}"
                 )
             )
-    if view.mcfilter_lines:
+    if view.ssm_interfaces:
         found.append(
             Finding(
                 "info",
                 "memberships",
-                f"{view.mcfilter_lines} source filter(s) in /proc/net/mcfilter",
+                f"source-specific joins live on {', '.join(sorted(view.ssm_interfaces))}",
             )
         )
     return found
@@ -366,10 +369,70 @@ def _check_ttl(view: SystemView) -> list[Finding]:
                 "ttl",
                 f"TTL {view.ttl} keeps {view.group.group} on this subnet",
                 "a routed group needs TTL = routers to cross + 1",
-                "mcast send --ttl N (or the application's TTL setting)",
+                hint="give --ttl (routers to cross + 1) to the sending command",
             )
         ]
     return []
+
+
+def _check_link(view: SystemView) -> list[Finding]:
+    """Queriers and routers heard on the link; local bridges that snoop without a querier."""
+    found = []
+    heard = view.heard
+    name = view.chosen.name if view.chosen else "?"
+    if isinstance(heard, str):
+        found.append(Finding("info", "link", f"did not listen for queriers: {heard}"))
+        heard = []
+    queriers = [h for h in heard if h.kind == "querier"]
+    routers = [h for h in heard if h.kind == "router"]
+    for querier in queriers:
+        every = f", every {querier.interval:g} s" if querier.interval else ""
+        found.append(
+            Finding("ok", "link", f"querier {querier.source} on {name} ({querier.protocol}{every})")
+        )
+    quiet_snoopers = [b for b, snooping, querier in view.bridges if snooping and not querier]
+    if view.listened and not queriers and not isinstance(view.heard, str):
+        found.append(
+            Finding(
+                "warning" if quiet_snoopers else "info",
+                "link",
+                f"no IGMP/MLD querier heard on {name} in {view.listened:g} s",
+                "behind a switch with IGMP snooping, joins age out after about 260 s without "
+                "a querier and the group goes quiet (give --wait 130 to hear a whole query "
+                "interval before concluding)",
+                hint=""
+                if quiet_snoopers
+                else "enable the IGMP querier on the switch, or on "
+                "a Linux bridge: ip link set BRIDGE type bridge mcast_querier 1",
+            )
+        )
+    for bridge in quiet_snoopers:
+        found.append(
+            Finding(
+                "warning",
+                "link",
+                f"bridge {bridge} snoops IGMP/MLD but has no querier",
+                "its ports forward a group only while members answer queries: without "
+                "them, memberships age out and multicast stops after about 260 s",
+                (("ip", "link", "set", bridge, "type", "bridge", "mcast_querier", "1"),),
+            )
+        )
+    for router in routers:
+        hops = "TTL 1 (the default)"
+        found.append(
+            Finding(
+                "info",
+                "link",
+                f"multicast router {router.source} on {name} ({router.protocol} hellos)",
+                f"groups sent with {hops} stay on this link; to reach members behind it, "
+                "send with --ttl (routers to cross + 1): `mcast ping` shows the hops",
+            )
+        )
+    return found
+
+
+def _describe_router(heard: Heard) -> str:
+    return f"{heard.source} ({heard.protocol})"
 
 
 def _check_environment(view: SystemView) -> list[Finding]:
@@ -380,19 +443,64 @@ def _check_environment(view: SystemView) -> list[Finding]:
                 "info",
                 "environment",
                 f"running in a container ({view.container})",
-                "bridge networks of Docker/Kubernetes do not carry multicast between hosts",
-                "use host networking (--network host) or macvlan",
+                "a container's bridge network (Docker, Kubernetes CNI) does not carry "
+                "multicast to other hosts, and often not between containers",
+                hint="run with host networking (docker run --network host) or a macvlan "
+                "network on the LAN interface",
+            )
+        )
+    bridges = sorted(
+        i.name for i in view.interfaces if i.name.startswith(CONTAINER_BRIDGES) and i.up
+    )
+    if bridges:
+        found.append(
+            Finding(
+                "info",
+                "environment",
+                f"container or VM bridges here: {', '.join(bridges)}",
+                "containers behind them reach the LAN through NAT, which forwards no "
+                "multicast; between containers on one bridge it works",
+                hint="host networking or macvlan for containers that need the LAN's groups; "
+                "smcroute (or pimd) to route a group between a bridge and the LAN",
+            )
+        )
+    tunnels = sorted(
+        name for name, kind in view.kinds.items() if kind in ("wireguard", "tun", "ipip", "gre")
+    )
+    if tunnels:
+        found.append(
+            Finding(
+                "info",
+                "environment",
+                f"tunnels here: {', '.join(f'{n} ({view.kinds[n]})' for n in tunnels)}",
+                "WireGuard and most VPN tunnels carry no multicast (WireGuard routes by "
+                "destination to one peer; no IGMP crosses it)",
+                hint="run a relay at each end (unicast between them), or a GRE/VXLAN tunnel "
+                "that carries multicast, with smcroute routing the group into it",
             )
         )
     if view.virtualization:
+        cloud = next(
+            (c for c in ("Amazon", "Google", "Microsoft") if c in view.virtualization), None
+        )
+        why = {
+            "Amazon": "an AWS VPC drops multicast unless a Transit Gateway multicast domain "
+            "with these instances as members is set up",
+            "Google": "Google Cloud VPCs do not carry multicast at all",
+            "Microsoft": "Azure virtual networks do not carry multicast at all",
+        }.get(
+            cloud or "",
+            "virtual switches may need IGMP snooping or promiscuous settings; cloud "
+            "networks drop multicast unless a multicast domain is configured",
+        )
         found.append(
             Finding(
                 "info",
                 "environment",
                 f"running under virtualisation: {view.virtualization}",
-                "cloud networks (AWS VPC, Azure, GCP) drop multicast unless a "
-                "multicast domain is configured; virtual switches may need IGMP "
-                "snooping or promiscuous settings",
+                why,
+                hint="where the network has no multicast, relay the group over unicast "
+                "(a relay on each subnet) or use an overlay (VXLAN) that carries it",
             )
         )
     return found
@@ -402,11 +510,11 @@ CHECKS = (
     _check_interfaces,
     _check_route,
     _check_rp_filter,
-    _check_nft,
-    _check_iptables,
+    _check_firewall,
     _check_igmp_version,
     _check_limits_and_memberships,
     _check_ttl,
+    _check_link,
     _check_environment,
 )
 

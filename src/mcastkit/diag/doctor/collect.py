@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
+from typing import Any
 
 from ...addr import GroupSpec
 from ...errors import InterfaceError
@@ -16,6 +18,7 @@ from ...transport import (
     resolve_interface,
     route_interface,
 )
+from .link import Heard, listen
 from .model import SystemView
 
 
@@ -113,10 +116,70 @@ def _virtualization() -> str | None:
     return "a hypervisor (cpu flag)" if " hypervisor" in cpuinfo else None
 
 
+def _ssm_interfaces() -> set[str]:
+    """Interfaces with a source-specific join live (/proc/net/mcfilter, mcfilter6)."""
+    names = set()
+    for path in ("/proc/net/mcfilter", "/proc/net/mcfilter6"):
+        for line in (_read(path) or "").splitlines()[1:]:
+            parts = line.split()
+            if len(parts) > 2:
+                names.add(parts[1])
+    return names
+
+
+def _route_to(source: str) -> str | None:
+    """The interface this host would send to ``source`` from (None: no route)."""
+    text = _run("ip", "-j", "route", "get", source)
+    try:
+        routes = json.loads(text) if text else []
+    except ValueError:
+        return None
+    if not routes or routes[0].get("type") in ("unreachable", "blackhole", "prohibit"):
+        return None
+    return str(routes[0].get("dev")) if routes[0].get("dev") else None
+
+
+def _bridges() -> list[tuple[str, bool, bool]]:
+    """Linux bridges here: (name, IGMP snooping on, querier on)."""
+    found = []
+    for bridge in sorted(Path("/sys/class/net").glob("*/bridge")):
+        snooping = (_read(str(bridge / "multicast_snooping")) or "0").strip() == "1"
+        querier = (_read(str(bridge / "multicast_querier")) or "0").strip() == "1"
+        found.append((bridge.parent.name, snooping, querier))
+    return found
+
+
+def _kinds() -> dict[str, str]:
+    """What each interface is, where the kernel says (wireguard, tun, bridge, veth...)."""
+    kinds = {}
+    for uevent in Path("/sys/class/net").glob("*/uevent"):
+        text = _read(str(uevent)) or ""
+        for line in text.splitlines():
+            if line.startswith("DEVTYPE="):
+                kinds[uevent.parent.name] = line.split("=", 1)[1]
+        if uevent.parent.name not in kinds and (uevent.parent / "tun_flags").exists():
+            kinds[uevent.parent.name] = "tun"
+    return kinds
+
+
+def _nft_json() -> dict[str, Any] | None:
+    text = _run("nft", "-j", "list", "ruleset")
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
 def collect(
-    group: GroupSpec, *, iface: str | None = None, ttl: int = 1, sources: list[str] | None = None
+    group: GroupSpec,
+    *,
+    iface: str | None = None,
+    ttl: int = 1,
+    sources: list[str] | None = None,
+    listen_for: float = 0.0,
 ) -> SystemView:
-    """Read the host into a view (no traffic is sent)."""
+    """Read the host into a view; ``listen_for`` seconds of listening for queriers and
+    routers on the chosen interface (nothing is sent)."""
     interfaces = list_interfaces()
     route = route_interface(group.group, interfaces)
     name = iface or group.iface
@@ -139,6 +202,14 @@ def collect(
     names = [i.name for i in interfaces]
     igmp = _parse_igmp(_read("/proc/net/igmp") or "") + _parse_igmp6(_read("/proc/net/igmp6") or "")
     mcfilter = _read("/proc/net/mcfilter") or ""
+    legacy = {}
+    for family, tool in ((4, "iptables-legacy-save"), (6, "ip6tables-legacy-save")):
+        saved = _run(tool)
+        if saved and "*filter" in saved:  # legacy tables in use (iptables-nft's are in nft)
+            legacy[family] = saved
+    heard: list[Heard] | str = []
+    if listen_for > 0 and chosen is not None:
+        heard = listen(group.family, chosen.name, chosen.index, listen_for)
     return SystemView(
         group=group,
         iface_given=str(name) if name else None,
@@ -150,8 +221,14 @@ def collect(
         sysctl=_sysctls(names),
         igmp=igmp,
         mcfilter_lines=max(0, len(mcfilter.splitlines()) - 1),
-        nft_ruleset=_run("nft", "list", "ruleset"),
-        iptables_rules=_run("iptables", "-S"),
+        nft_ruleset=_nft_json(),
+        iptables_legacy=legacy,
         container=_container(),
         virtualization=_virtualization(),
+        ssm_interfaces=_ssm_interfaces(),
+        source_routes={source: _route_to(source) for source in sources or []},
+        bridges=_bridges(),
+        heard=heard,
+        listened=listen_for,
+        kinds=_kinds(),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,23 +10,43 @@ from ...addr import GroupSpec
 from ...transport import (
     Interface,
 )
+from .link import Heard
 
 SEVERITIES = ("ok", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One result: how bad, what, why it matters, and the command that fixes it."""
+    """One result: how bad, what, why it matters, and the commands that fix it.
+
+    ``commands`` are complete command lines (argument lists) to run in order: after them,
+    the same check passes. Where no command can fix it (a missing interface, a cloud
+    network), ``hint`` says what to do instead.
+    """
 
     severity: str
     check: str
     what: str
     why: str = ""
-    fix: str = ""
+    commands: tuple[tuple[str, ...], ...] = ()
+    hint: str = ""
 
-    def to_dict(self) -> dict[str, str]:
+    @property
+    def fix(self) -> str:
+        """The commands as one line to paste into a shell."""
+        return "; ".join(shlex.join(command) for command in self.commands)
+
+    def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
-        return {k: v for k, v in self.__dict__.items() if v}
+        data: dict[str, Any] = {"severity": self.severity, "check": self.check, "what": self.what}
+        if self.why:
+            data["why"] = self.why
+        if self.commands:
+            data["fix"] = self.fix
+            data["commands"] = [list(command) for command in self.commands]
+        if self.hint:
+            data["hint"] = self.hint
+        return data
 
 
 @dataclass
@@ -42,10 +63,16 @@ class SystemView:
     sysctl: dict[str, str] = field(default_factory=dict)
     igmp: list[tuple[str, str]] = field(default_factory=list)  # (interface, group) joined
     mcfilter_lines: int = 0
-    nft_ruleset: str | None = None
-    iptables_rules: str | None = None
+    nft_ruleset: dict[str, Any] | None = None  # nft -j list ruleset
+    iptables_legacy: dict[int, str] = field(default_factory=dict)  # family -> *-legacy-save
     container: str | None = None
     virtualization: str | None = None
+    ssm_interfaces: set[str] = field(default_factory=set)  # source filters joined there
+    source_routes: dict[str, str | None] = field(default_factory=dict)  # source -> dev
+    bridges: list[tuple[str, bool, bool]] = field(default_factory=list)  # snooping, querier
+    heard: list[Heard] | str = field(default_factory=list)  # queriers and routers, or why not
+    listened: float = 0.0  # seconds the link was listened to
+    kinds: dict[str, str] = field(default_factory=dict)  # interface -> kind (wireguard, ...)
 
 
 def exit_code(findings: list[Finding]) -> int:

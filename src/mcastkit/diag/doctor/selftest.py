@@ -21,7 +21,7 @@ def self_test(view: SystemView, *, count: int = 3, timeout: float = 1.0) -> Find
             "self-test",
             "self-test skipped: no interface to test",
             "the checks above say why",
-            "give --iface",
+            hint="give --iface",
         )
     where = view.chosen.name
     try:
@@ -52,7 +52,7 @@ def self_test(view: SystemView, *, count: int = 3, timeout: float = 1.0) -> Find
             f"sent {count} datagrams to {view.group} on {where} (TTL 0, loopback on) "
             "and received none",
             "this host drops its own multicast: a firewall rule or the interface",
-            "check the firewall findings; nft list ruleset",
+            hint="see the firewall findings above",
         )
     return Finding(
         "ok", "self-test", f"sent {count} datagrams to {view.group} on {where} and received {got}"

@@ -1,0 +1,134 @@
+"""Who speaks multicast on the link: IGMP/MLD queriers and PIM routers, heard for a while.
+
+Raw sockets (root, or CAP_NET_RAW) receive IGMP and MLD queries and PIM hellos on the
+chosen interface for a bounded time. Parsing is separate from listening, so it is tested
+on crafted bytes. Nothing is sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+__all__ = ["Heard", "listen", "parse_igmp", "parse_mld", "parse_pim"]
+
+PIM_PROTO = 103
+ALL_PIM_ROUTERS = {4: "224.0.0.13", 6: "ff02::d"}
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A querier or a router on the link."""
+
+    kind: str  # "querier" or "router"
+    source: str
+    protocol: str  # "IGMPv3", "MLDv2", "PIM"...
+    interval: float | None = None  # the querier's query interval, when it says
+
+
+def _qqic(code: int) -> float:
+    """RFC 3376 4.1.7: the Querier's Query Interval Code."""
+    if code < 128:
+        return float(code)
+    return float(((code & 0x0F) | 0x10) << (((code >> 4) & 0x07) + 3))
+
+
+def parse_igmp(packet: bytes, source: str) -> Heard | None:
+    """An IPv4 packet (header included, as raw sockets deliver it): a query, or None."""
+    if len(packet) < 20:
+        return None
+    header = (packet[0] & 0x0F) * 4
+    igmp = packet[header:]
+    if len(igmp) < 8 or igmp[0] != 0x11:
+        return None
+    if len(igmp) >= 12:
+        return Heard("querier", source, "IGMPv3", _qqic(igmp[9]) or 125.0)
+    return Heard("querier", source, "IGMPv2" if igmp[1] else "IGMPv1", None)
+
+
+def parse_mld(message: bytes, source: str) -> Heard | None:
+    """An ICMPv6 message (no IPv6 header, as raw ICMPv6 sockets deliver it)."""
+    if len(message) < 24 or message[0] != 130:
+        return None
+    if len(message) >= 28:
+        return Heard("querier", source, "MLDv2", _qqic(message[25]) or 125.0)
+    return Heard("querier", source, "MLDv1", None)
+
+
+def parse_pim(payload: bytes, source: str) -> Heard | None:
+    """A PIM message (version 2, type 0: hello)."""
+    if len(payload) < 4 or payload[0] != 0x20:
+        return None
+    return Heard("router", source, "PIM")
+
+
+def listen(family: int, iface: str, index: int, seconds: float) -> list[Heard] | str:
+    """Queriers and routers heard on ``iface`` within ``seconds`` (one of each source), or
+    why nothing could be heard (no raw sockets without root)."""
+    sockets: list[tuple[socket.socket, str]] = []
+    try:
+        if family == 4:
+            igmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+            sockets.append((igmp, "igmp"))
+            pim = socket.socket(socket.AF_INET, socket.SOCK_RAW, PIM_PROTO)
+            request = socket.inet_aton(ALL_PIM_ROUTERS[4]) + struct.pack("@i", index)
+            with contextlib.suppress(OSError):  # ip_mreqn: group, any address, index
+                pim.setsockopt(
+                    socket.IPPROTO_IP,
+                    socket.IP_ADD_MEMBERSHIP,
+                    request[:4] + socket.inet_aton("0.0.0.0") + request[4:],
+                )
+            sockets.append((pim, "pim"))
+        else:
+            mld = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            sockets.append((mld, "mld"))
+            pim6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, PIM_PROTO)
+            with contextlib.suppress(OSError):
+                pim6.setsockopt(
+                    socket.IPPROTO_IPV6,
+                    socket.IPV6_JOIN_GROUP,
+                    socket.inet_pton(socket.AF_INET6, ALL_PIM_ROUTERS[6])
+                    + struct.pack("@I", index),
+                )
+            sockets.append((pim6, "pim"))
+        for sock, _ in sockets:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+    except PermissionError:
+        for sock, _ in sockets:
+            sock.close()
+        return "listening for queriers and routers needs root (raw sockets)"
+    except OSError as exc:
+        for sock, _ in sockets:
+            sock.close()
+        return f"cannot listen on {iface}: {exc.strerror}"
+    heard: dict[tuple[str, str], Heard] = {}
+    deadline = time.monotonic() + seconds
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([s for s, _ in sockets], [], [], left)
+            for sock in ready:
+                kind = dict(sockets)[sock]
+                data, address = sock.recvfrom(65535)
+                source = address[0].split("%")[0]
+                parsed = _parse(kind, family, data, source)
+                if parsed is not None:
+                    heard.setdefault((parsed.kind, source), parsed)
+    finally:
+        for sock, _ in sockets:
+            sock.close()
+    return list(heard.values())
+
+
+def _parse(kind: str, family: int, data: bytes, source: str) -> Heard | None:
+    if kind == "igmp":
+        return parse_igmp(data, source)
+    if kind == "mld":
+        return parse_mld(data, source)
+    if family == 4:
+        header = (data[0] & 0x0F) * 4 if data else 0
+        return parse_pim(data[header:], source)
+    return parse_pim(data, source)
