@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real peers and tools the tests use (Debian packages).
-tools=(ip:iproute2 socat:socat iperf:iperf nft:nftables tcpdump:tcpdump tshark:tshark ethtool:ethtool)
+tools=(ip:iproute2 socat:socat iperf:iperf nft:nftables tcpdump:tcpdump tshark:tshark ethtool:ethtool iptables-legacy:iptables)
 missing=()
 for pair in "${tools[@]}"; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")

@@ -217,9 +217,11 @@ def test_memory_stays_bounded_on_a_256_mib_file(tmp_path: Path) -> None:
 
 def test_auto_rate_backs_off_for_a_slow_receiver(tmp_path: Path) -> None:
     # A receiver with an 8 KiB buffer and no GRO (a few datagrams of room) overflows at
-    # 1 Gbit/s: auto must slow down. The file is long enough for several 0.25 s rate samples
-    # (the first one is only a baseline).
-    path, digest = _source(tmp_path, 120_000_000)
+    # 2 Gbit/s: auto must slow down. The file is long enough for dozens of 50 ms rate
+    # samples (the first one is only a baseline). A buffer this small is always more than
+    # half full, so the rate sinks to its floor (500/s): 120 MB took 290 s here, 12 MB is
+    # enough to see the back-off.
+    path, digest = _source(tmp_path, 12_000_000)
     summary, _ = _loopback_transfer(
         path,
         tmp_path / "out",
