@@ -12,6 +12,7 @@ from mcastkit.events import ReceiveState
 from mcastkit.transfer.engine import ReceiveSession
 from mcastkit.transfer.protocol import (
     MAX_ANNOUNCE_JSON,
+    RESERVED_SUFFIXES,
     FileInfo,
     decode_announce,
     decode_untrusted,
@@ -24,7 +25,7 @@ component = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\\\x00"),
     min_size=1,
     max_size=30,
-).filter(lambda c: c not in (".", "..") and not c.endswith((".mcastkit-part", ".tmp")))
+).filter(lambda c: c not in (".", "..") and not c.endswith(RESERVED_SUFFIXES))
 entry = st.builds(
     FileInfo,
     name=st.lists(component, min_size=1, max_size=4).map("/".join),
@@ -64,3 +65,18 @@ def test_no_announce_body_makes_the_decoder_raise(body: bytes) -> None:
     decode_announce(b'{"block_size":1000,"files":' + body)
     message = decode_untrusted(b"MKT1\x01\x00\x00\x00" + bytes(8) + body)
     assert message is None or message.kind == 1
+
+
+def test_parts_of_many_sessions_are_held_for_two_at_most() -> None:
+    """An outsider's incomplete lists (many sessions) neither pile up nor keep ours out."""
+    names = [f"tree/{n:04d}-{'x' * 40}" for n in range(300)]
+    files = [FileInfo(name, 10, "ab" * 32) for name in names]
+    receiver = ReceiveSession(1, "r", MemoryStorage(), now=0.0)
+    for session in range(100, 140):  # forty sessions, each missing its last part
+        for datagram in encode_announces(session, files, 1000, sent_at=1.0)[:-1]:
+            receiver.receive(datagram, SENDER, 0.0)
+        assert len(receiver._parts) <= 2
+    for datagram in encode_announces(7, files, 1000, sent_at=1.0):
+        receiver.receive(datagram, SENDER, 0.0)
+    assert receiver.state == ReceiveState.RECEIVING and receiver.session == 7
+    assert [f.name for f in receiver.files] == names

@@ -55,6 +55,7 @@ MIN_BITMAP_LIMIT = 1 << 24  # blocks (a byte each) accepted at least; more as --
 MAX_RUN = 1024  # blocks per write call (IOV_MAX)
 DENSE_RANGES = 4 * MAX_RANGES  # more missing ranges than this go as bitmaps (MISSING_MAP)
 STATUS_CHUNKS = 32  # STATUS datagrams per request: up to 3,200 missing ranges per round
+GATHERED_SESSIONS = 2  # sessions whose announce parts are held at once
 CHECKPOINT_EVERY = 0.5  # seconds between records of the blocks on disk (for resume)
 
 
@@ -153,7 +154,8 @@ class ReceiveSession:
         self.kept = 0  # blocks kept on disk for a later transfer to resume from
         self._report_due = False  # tell the sender what we hold before its first pass
         self._checkpointed = (0, -1.0)  # blocks received, when
-        self._parts: dict[int, dict[int, Announce]] = {}  # long lists being gathered
+        # Long lists being gathered: session -> part -> ((parts, total, block size), body).
+        self._parts: dict[int, dict[int, tuple[tuple[int, int, int], bytes]]] = {}
         self.sync = sync  # skip files already here with the same sha256
         self.up_to_date: list[str] = []
 
@@ -348,7 +350,7 @@ class ReceiveSession:
         if decoded is None:
             return []
         if decoded.parts > 1:
-            gathered = self._gather(session, decoded)
+            gathered = self._gather(session, decoded, body)
             if gathered is None:
                 return []  # more parts to come
             decoded.files = gathered
@@ -429,30 +431,30 @@ class ReceiveSession:
             return self._status(self._last_pass)
         return []
 
-    def _gather(self, session: int, announce: Announce) -> list[FileInfo] | None:
+    def _gather(self, session: int, announce: Announce, body: bytes) -> list[FileInfo] | None:
         """Collect the parts of a long file list; the whole list once every part is in.
-        Parts of a few sessions at most are held (an attacker's cannot crowd out ours for
-        long: the oldest session is dropped)."""
-        parts = self._parts.setdefault(session, {})
-        if len(self._parts) > 4:
-            del self._parts[next(iter(self._parts))]
+        Parts are held as they came (bytes, decoded again at the end), for two sessions at
+        most: an outsider's parts cost at most 2 x 4,096 datagrams, and cannot keep ours
+        out for longer than it takes to send them again."""
+        parts = self._parts.get(session)
+        if parts is None:
+            if len(self._parts) >= GATHERED_SESSIONS:
+                del self._parts[next(iter(self._parts))]
+            parts = self._parts[session] = {}
         known = next(iter(parts.values()), None)
-        if known is not None and (known.parts, known.total, known.block_size) != (
-            announce.parts,
-            announce.total,
-            announce.block_size,
-        ):
+        shape = (announce.parts, announce.total, announce.block_size)
+        if known is not None and known[0] != shape:
             return None  # parts that do not agree: keep the first seen
-        parts[announce.part] = announce
+        parts[announce.part] = (shape, body)
         if len(parts) < announce.parts:
             return None
+        del self._parts[session]
         files: list[FileInfo] = []
         for number in range(announce.parts):
-            if parts[number].first != len(files):
-                del self._parts[session]
+            decoded = decode_announce(parts[number][1])
+            if decoded is None or decoded.first != len(files):
                 return None
-            files.extend(parts[number].files)
-        del self._parts[session]
+            files.extend(decoded.files)
         return files if len(files) == announce.total else None
 
     def _learn_digests(self, body: bytes) -> None:

@@ -49,6 +49,7 @@ from .protocol import (
 )
 from .states import SEND_TRANSITIONS, advance
 
+ANNOUNCE_REUSE = 1.0  # seconds an encoded (stamped, signed) announce is sent again as is
 RESUME_HOLD = 2.0  # seconds pass 0 waits, once the digests are out, for resuming receivers
 UNICAST_REQUEST_LIMIT = 32  # receivers asked one by one; more are asked on the group
 
@@ -132,6 +133,7 @@ class SendSession:
         self.sync = sync  # receivers keep files they hold with the same sha256
         encode_announces(session, files, block_size)  # ValueError now if the list is too long
         self._next_announce = now
+        self._announce_cache: tuple[float, list[bytes]] | None = None
         self._digests_out = 0.0  # when the digests were known (for resuming receivers)
         self._next_status = 0.0
         self._status_since = 0.0
@@ -216,8 +218,11 @@ class SendSession:
             return self.abort("deadline passed")
         if now >= self._next_announce:
             # Keep announcing during the transfer too: late joiners need the file list.
-            out.extend((datagram, None) for datagram in self.announces())
-            self._next_announce = now + (0.2 if self.phase == SendPhase.REGISTER else 0.5)
+            datagrams = self.announces()
+            out.extend((datagram, None) for datagram in datagrams)
+            # A long list in many parts goes round less often: at most ~1,000 parts a second.
+            every = 0.2 if self.phase == SendPhase.REGISTER else 0.5
+            self._next_announce = now + max(every, len(datagrams) / 1000)
         if self.phase == SendPhase.REGISTER:
             enough = self.expected is not None and len(self.receivers) >= self.expected
             if (enough or now >= self.register_until) and not self._hold_for_resume(now):
@@ -246,15 +251,24 @@ class SendSession:
             info.with_digest(digest) for info, digest in zip(self.files, digests, strict=True)
         ]
         self._next_announce = 0.0
+        self._announce_cache = None
 
     def announces(self) -> list[bytes]:
         """The announce (its parts, for a long list) as it goes out now: stamped and signed
         when so configured."""
         sent_at = None if self._wall_clock is None else self._wall_clock()
+        cached = self._announce_cache
+        # Stamps need only be fresh within the receivers' skew (30 s): encoding and signing
+        # thousands of parts each round would cost more than the transfer.
+        if cached is not None and (sent_at is None or sent_at - cached[0] < ANNOUNCE_REUSE):
+            return cached[1]
         datagrams = encode_announces(
             self.session, self.files, self.block_size, sent_at=sent_at, sync=self.sync
         )
-        return datagrams if self._sign is None else [self._sign(d) for d in datagrams]
+        if self._sign is not None:
+            datagrams = [self._sign(d) for d in datagrams]
+        self._announce_cache = (sent_at or 0.0, datagrams)
+        return datagrams
 
     def progress_request(self) -> Out:
         """Ask the receivers how they keep up (for the adaptive rate). Each is asked on its
