@@ -216,8 +216,8 @@ def _nft_verdict(expression: dict[str, Any]) -> tuple[str, str | None] | None:
     for action in ("jump", "goto"):
         if action in expression:
             return action, expression[action].get("target")
-    if "queue" in expression:
-        return "?", None
+    if "queue" in expression or "vmap" in expression:
+        return "?", None  # a verdict this model does not follow: the rule stays in doubt
     return None  # counter, log, limit, meta set...: no verdict
 
 
@@ -323,8 +323,8 @@ def _nft_compare(value: Any, right: Any) -> bool | None:
             return int(first) <= int(address) <= int(last)
         except (ValueError, TypeError):
             return None
-    if isinstance(right, dict):
-        return None
+    if isinstance(right, dict) or (isinstance(right, str) and right.startswith("@")):
+        return None  # a named set or map, or an expression this model does not read
     return _same(value, right)
 
 
