@@ -152,6 +152,68 @@ class Lab:
             self.hosts.append(host)
         return self.hosts
 
+    def routed(self, per_subnet: int = 1) -> tuple[list[Host], Host, list[Host]]:
+        """Two subnets joined by a router: ``per_subnet`` hosts on each (10.90.1.N and
+        10.90.2.N, fd90:1::N and fd90:2::N, their default route via the router), and the
+        router (.254 / ::fe on both, forwarding on, its links ``ra`` and ``rb``). Nothing
+        routes multicast until a daemon on the router does (``smcroute``)."""
+        for key in ("all", "default"):
+            sh("sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0")
+        router = Host(f"{self.tag}r", "10.90.1.254", "fd90:1::fe")
+        sh("ip", "netns", "add", router.name)
+        self.namespaces.append(router.name)
+        sh("ip", "-n", router.name, "link", "set", "lo", "up")
+        for key, value in (
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+            ("net.ipv6.conf.all.accept_dad", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
+        ):
+            sh("ip", "netns", "exec", router.name, "sysctl", "-qw", f"{key}={value}")
+        sides: list[list[Host]] = []
+        for subnet, link in ((1, "ra"), (2, "rb")):
+            bridge = f"{self.tag}b{subnet}"[-15:]
+            sh("ip", "link", "add", bridge, "type", "bridge", "mcast_snooping", "0")
+            self.links.append(bridge)
+            sh("ip", "link", "set", bridge, "up")
+            port = f"{self.tag}r{subnet}"[-15:]
+            sh("ip", "link", "add", port, "type", "veth", "peer", "name", link, "netns",
+               router.name)  # fmt: skip
+            self.links.append(port)
+            sh("ip", "link", "set", port, "master", bridge)
+            sh("ip", "link", "set", port, "up")
+            sh("ip", "-n", router.name, "addr", "add", f"10.90.{subnet}.254/24", "dev", link)
+            sh("ip", "-n", router.name, "addr", "add", f"fd90:{subnet}::fe/64", "dev", link,
+               "nodad")  # fmt: skip
+            sh("ip", "-n", router.name, "link", "set", link, "up")
+            side = []
+            for number in range(1, per_subnet + 1):
+                name = f"{self.tag}s{subnet}h{number}"
+                sh("ip", "netns", "add", name)
+                self.namespaces.append(name)
+                host = Host(name, f"10.90.{subnet}.{number}", f"fd90:{subnet}::{number}")
+                for key in ("all", "default"):
+                    sh("ip", "netns", "exec", name, "sysctl", "-qw",
+                       f"net.ipv6.conf.{key}.accept_dad=0")  # fmt: skip
+                veth = f"{self.tag}v{subnet}{number}"[-15:]
+                sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns",
+                   name)  # fmt: skip
+                self.links.append(veth)
+                sh("ip", "link", "set", veth, "master", bridge)
+                sh("ip", "link", "set", veth, "up")
+                sh("ip", "-n", name, "link", "set", "lo", "up")
+                sh("ip", "-n", name, "addr", "add", f"{host.ipv4}/24", "dev", "eth0")
+                sh("ip", "-n", name, "addr", "add", f"{host.ipv6}/64", "dev", "eth0", "nodad")
+                sh("ip", "-n", name, "link", "set", "eth0", "up")
+                sh("ip", "-n", name, "route", "add", "default", "via", f"10.90.{subnet}.254")
+                sh("ip", "-n", name, "-6", "route", "add", "default", "via", f"fd90:{subnet}::fe")
+                # Multicast leaves by eth0 (the default route is via the router already).
+                side.append(host)
+            sides.append(side)
+        return sides[0], router, sides[1]
+
     def close(self) -> None:
         """Remove every namespace and link this lab made."""
         for name in self.namespaces:

@@ -1,0 +1,143 @@
+"""Groups across a router: two subnets joined by a namespace router that routes multicast
+with smcroute (static routes), as a small site with one multicast router would.
+
+Everything that works on one LAN must work across it with a TTL above 1, and TTL 1 must
+stay on its subnet. Repairs and answers come back by unicast, routed the ordinary way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from netlab import Host, Lab, nft_drop, require_tool, wait_for_line
+
+TTL = ("--ttl", "4")
+
+
+@pytest.fixture
+def routed(lab: Lab, tmp_path: Path) -> Iterator[tuple[list[Host], Host, list[Host]]]:
+    """Two hosts on subnet A, the router, two on subnet B; smcroute routes 239/8 both ways."""
+    smcrouted = require_tool("smcrouted")
+    side_a, router, side_b = lab.routed(2)
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text(
+        "phyint ra enable\nphyint rb enable\n"
+        "mroute from ra group 239.0.0.0/8 to rb\nmroute from rb group 239.0.0.0/8 to ra\n"
+    )
+    daemon = router.start(
+        smcrouted, "-n", "-N", "-f", str(conf), "-l", "debug",
+        "-u", str(tmp_path / "smcroute.sock"), "-P", str(tmp_path / "smcroute.pid"),
+    )  # fmt: skip
+    wait_for_line(daemon.stderr, "Ready")
+    try:
+        yield side_a, router, side_b
+    finally:
+        daemon.terminate()
+        daemon.communicate(timeout=10)
+
+
+def _listen(host: Host, group: str, *args: str) -> subprocess.Popen[str]:
+    proc = host.start_mcast("listen", group, "--json", *args)
+    wait_for_line(proc.stderr, "listening on")
+    return proc
+
+
+def test_ttl_above_one_crosses_and_ttl_one_stays_home(routed) -> None:
+    (a1, a2), _router, (b1, _b2) = routed
+    group = "239.7.1.1:6001"
+    far = _listen(b1, group, "--timeout", "3")
+    near = _listen(a2, group, "--timeout", "3")
+    assert a1.mcast("send", group, "local-only", "--count", "3", "--ttl", "1").returncode == 0
+    assert a1.mcast("send", group, "routed", "--count", "3", *TTL).returncode == 0
+    far_lines = [json.loads(line) for line in far.communicate(timeout=20)[0].splitlines()]
+    near_lines = [json.loads(line) for line in near.communicate(timeout=20)[0].splitlines()]
+    far_texts = [r["text"] for r in far_lines if "text" in r]
+    near_texts = [r["text"] for r in near_lines if "text" in r]
+    assert far_texts == ["routed"] * 3, far_lines  # TTL 1 never crossed
+    assert sorted(near_texts) == ["local-only"] * 3 + ["routed"] * 3
+    assert {r["ttl"] for r in far_lines if "ttl" in r} == {3}  # one router: one hop
+
+
+def test_ping_across_shows_the_hop(routed) -> None:
+    (a1, _a2), _router, (b1, _b2) = routed
+    group = "239.7.1.2:6002"
+    peer = b1.start_mcast("ping", group, *TTL, "--count", "8", "--json")
+    time.sleep(0.5)
+    done = a1.mcast("ping", group, *TTL, "--count", "4", "--json", timeout=30)
+    peer.communicate(timeout=30)
+    report = json.loads(done.stdout)
+    assert done.returncode == 0, report
+    (peer,) = [p for p in report["peers"] if p["address"].startswith("10.90.2.1")]
+    multicast = peer["multicast"]
+    assert multicast["hops"] == 1 and multicast["received"] > 0, peer
+    assert peer["unicast"]["received"] > 0  # answers came back, routed
+
+
+def test_membership_and_request_reply_across(routed) -> None:
+    (a1, _a2), _router, (b1, _b2) = routed
+    group = ("--group", "239.7.1.3:6003", *TTL)
+    server = b1.start_mcast("serve", "time", "--reply", "noon", *group, "--name", "far-server")
+    wait_for_line(server.stderr, "serving")
+    try:
+        peers = a1.mcast("peers", "--once", "--wait", "3", "--json", *group, timeout=30)
+        names = [p["name"] for p in json.loads(peers.stdout)["peers"]]
+        assert "far-server" in names, peers.stdout
+        reply = a1.mcast("request", "time", "--timeout", "3", "--json", *group, timeout=30)
+        assert reply.returncode == 0, reply.stderr
+        assert "far-server" in reply.stdout
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)
+
+
+def test_send_file_across_with_loss_and_repairs_coming_back(routed, tmp_path: Path) -> None:
+    (a1, _a2), _router, (b1, b2) = routed
+    data = os.urandom(8_000_000)
+    source = tmp_path / "across.bin"
+    source.write_bytes(data)
+    for host in (b1, b2):
+        nft_drop(host, "ip daddr 239.0.0.0/8 numgen random mod 100 < 5 drop")
+    group = ("--group", "239.7.1.4:6004")
+    procs = []
+    for host in (b1, b2):
+        proc = host.start_mcast("recv-file", *group, "--dir", str(tmp_path / host.name),
+                                "--parents", "--wait", "30", "--json")  # fmt: skip
+        wait_for_line(proc.stderr, "waiting for a transfer")
+        procs.append(proc)
+    done = a1.mcast("send-file", str(source), *group, *TTL, "--receivers", "2", "--json",
+                    timeout=120)  # fmt: skip
+    summary = json.loads(done.stdout)
+    assert done.returncode == 0 and summary["ok"], summary
+    assert summary["blocks_sent"] > summary["blocks"]  # repairs, asked for across the router
+    for host, proc in zip((b1, b2), procs, strict=True):
+        assert json.loads(proc.communicate(timeout=30)[0])["state"] == "complete"
+        copy = (tmp_path / host.name / "across.bin").read_bytes()
+        assert hashlib.sha256(copy).digest() == hashlib.sha256(data).digest()
+
+
+def test_reliable_publish_across_with_loss(routed, tmp_path: Path) -> None:
+    (a1, _a2), _router, (b1, _b2) = routed
+    data = os.urandom(32 << 20)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    nft_drop(b1, "ip daddr 239.0.0.0/8 numgen random mod 100 < 5 drop")
+    args = ("--group", "239.7.1.5:6005", *TTL, "--json")
+    sub = b1.start_mcast("subscribe", "big", "--count", "1", "--timeout", "120", *args)
+    wait_for_line(sub.stderr, "subscribed")
+    done = a1.mcast("publish", "big", "--reliable", "--file", str(path), "--wait", "10",
+                    "--peers", "1", *args, timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["repairs_sent"] > 0  # NACKs crossed back, repairs crossed over
+    out, err = sub.communicate(timeout=120)
+    assert sub.returncode == 0, err
+    (record,) = [json.loads(line) for line in out.splitlines()]
+    assert record["size"] == 32 << 20
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
