@@ -30,6 +30,7 @@ def routed(lab: Lab, tmp_path: Path) -> Iterator[tuple[list[Host], Host, list[Ho
     conf.write_text(
         "phyint ra enable\nphyint rb enable\n"
         "mroute from ra group 239.0.0.0/8 to rb\nmroute from rb group 239.0.0.0/8 to ra\n"
+        "mroute from ra group ff15::/16 to rb\nmroute from rb group ff15::/16 to ra\n"
     )
     daemon = router.start(
         smcrouted, "-n", "-N", "-f", str(conf), "-l", "debug",
@@ -63,6 +64,17 @@ def test_ttl_above_one_crosses_and_ttl_one_stays_home(routed) -> None:
     assert far_texts == ["routed"] * 3, far_lines  # TTL 1 never crossed
     assert sorted(near_texts) == ["local-only"] * 3 + ["routed"] * 3
     assert {r["ttl"] for r in far_lines if "ttl" in r} == {3}  # one router: one hop
+
+
+def test_ipv6_across_the_router_and_hop_limit_one_stays_home(routed) -> None:
+    (a1, _a2), _router, (b1, _b2) = routed
+    group = "[ff15::7:1]:6006"
+    far = _listen(b1, group, "--timeout", "3")
+    assert a1.mcast("send", group, "local-only", "--count", "3", "--ttl", "1").returncode == 0
+    assert a1.mcast("send", group, "routed", "--count", "3", *TTL).returncode == 0
+    lines = [json.loads(line) for line in far.communicate(timeout=20)[0].splitlines()]
+    assert [r["text"] for r in lines if "text" in r] == ["routed"] * 3, lines
+    assert {r["source"] for r in lines if "source" in r} == {"fd90:1::1"}
 
 
 def test_ping_across_shows_the_hop(routed) -> None:
