@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +23,26 @@ from netlab import Host, Lab, nft_drop, require_tool, wait_for_line
 TTL = ("--ttl", "4")
 
 
-@pytest.fixture
-def routed(lab: Lab, tmp_path: Path) -> Iterator[tuple[list[Host], Host, list[Host]]]:
-    """Two hosts on subnet A, the router, two on subnet B; smcroute routes 239/8 both ways."""
+PIMD_CONF = """frr defaults traditional
+hostname router
+ip prefix-list ssm-range seq 5 permit 232.0.0.0/8 ge 32
+ip pim ssm prefix-list ssm-range
+interface lo
+ ip pim
+interface ra
+ ip pim
+ ip igmp
+ ip igmp version 3
+interface rb
+ ip pim
+ ip igmp
+ ip igmp version 3
+"""
+
+
+def _smcroute(router: Host, work: Path) -> list[subprocess.Popen[str]]:
     smcrouted = require_tool("smcrouted")
-    side_a, router, side_b = lab.routed(2)
-    conf = tmp_path / "smcroute.conf"
+    conf = work / "smcroute.conf"
     conf.write_text(
         "phyint ra enable\nphyint rb enable\n"
         "mroute from ra group 239.0.0.0/8 to rb\nmroute from rb group 239.0.0.0/8 to ra\n"
@@ -34,14 +50,67 @@ def routed(lab: Lab, tmp_path: Path) -> Iterator[tuple[list[Host], Host, list[Ho
     )
     daemon = router.start(
         smcrouted, "-n", "-N", "-f", str(conf), "-l", "debug",
-        "-u", str(tmp_path / "smcroute.sock"), "-P", str(tmp_path / "smcroute.pid"),
+        "-u", str(work / "smcroute.sock"), "-P", str(work / "smcroute.pid"),
     )  # fmt: skip
     wait_for_line(daemon.stderr, "Ready")
+    return [daemon]
+
+
+def _pimd(router: Host, work: Path) -> list[subprocess.Popen[str]]:
+    """FRR's zebra and pimd: PIM-SM with the router as static RP for 239/8 (on its
+    loopback, 10.90.0.1), IGMPv3 on both links, SSM for 232/8."""
+    zebra, pimd = Path("/usr/lib/frr/zebra"), Path("/usr/lib/frr/pimd")
+    vtysh = require_tool("vtysh")
+    if not (zebra.exists() and pimd.exists()):
+        pytest.skip("FRR is not installed (scripts/test.sh installs frr as root)")
+    work.chmod(0o777)  # the daemons drop to the frr user
+    (work / "zebra.conf").write_text("hostname router\n")
+    (work / "pimd.conf").write_text(PIMD_CONF)
+    router.run("ip", "addr", "add", "10.90.0.1/32", "dev", "lo", check=True)
+    common = ("-u", "frr", "-g", "frr", "--log", "stdout", "-P", "0", "--vty_socket", str(work),
+              "-z", str(work / "zserv.api"), "-N", work.name)  # fmt: skip
+    daemons = [
+        router.start(
+            str(zebra), "-f", str(work / "zebra.conf"), "-i", str(work / "z.pid"), *common
+        ),
+    ]
+    time.sleep(1.0)
+    daemons.append(
+        router.start(str(pimd), "-f", str(work / "pimd.conf"), "-i", str(work / "p.pid"), *common)
+    )
+    # The RP only once zebra has told pimd the routes (set at start, it has no path to it).
+    deadline = time.monotonic() + 15
+    while True:
+        done = router.run(vtysh, "--vty_socket", str(work), "-c", "configure terminal",
+                          "-c", "ip pim rp 10.90.0.1 239.0.0.0/8", "-c", "end",
+                          "-c", "show ip pim rp-info")  # fmt: skip
+        if done.returncode == 0 and "10.90.0.1" in done.stdout:
+            return daemons
+        assert time.monotonic() < deadline, (done.stdout, done.stderr)
+        time.sleep(0.5)
+
+
+@pytest.fixture(params=["smcroute", "pimd"])
+def routed(
+    request: pytest.FixtureRequest, lab: Lab, tmp_path: Path
+) -> Iterator[tuple[list[Host], Host, list[Host]]]:
+    """Two hosts on subnet A, the router, two on subnet B. The router runs smcroute (static
+    routes for 239/8 and ff15::/16 both ways) or FRR's pimd (PIM-SM, static RP, IGMPv3,
+    SSM for 232/8)."""
+    side_a, router, side_b = lab.routed(2)
+    # FRR's daemons drop to the frr user: their directory must be reachable for it (pytest's
+    # tmp_path is not), so it lives directly under /tmp.
+    work = Path(tempfile.mkdtemp(prefix=f"mcastkit-{request.param}-"))
     try:
-        yield side_a, router, side_b
+        daemons = (_smcroute if request.param == "smcroute" else _pimd)(router, work)
+        try:
+            yield side_a, router, side_b
+        finally:
+            for daemon in daemons:
+                daemon.terminate()
+                daemon.communicate(timeout=10)
     finally:
-        daemon.terminate()
-        daemon.communicate(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _listen(host: Host, group: str, *args: str) -> subprocess.Popen[str]:
@@ -66,7 +135,9 @@ def test_ttl_above_one_crosses_and_ttl_one_stays_home(routed) -> None:
     assert {r["ttl"] for r in far_lines if "ttl" in r} == {3}  # one router: one hop
 
 
-def test_ipv6_across_the_router_and_hop_limit_one_stays_home(routed) -> None:
+def test_ipv6_across_the_router_and_hop_limit_one_stays_home(routed, request) -> None:
+    if "pimd" in request.node.name:
+        pytest.skip("pimd here routes IPv4 only (FRR's pim6d is not in Debian 12's frr 8.4)")
     (a1, _a2), _router, (b1, _b2) = routed
     group = "[ff15::7:1]:6006"
     far = _listen(b1, group, "--timeout", "3")
@@ -75,6 +146,20 @@ def test_ipv6_across_the_router_and_hop_limit_one_stays_home(routed) -> None:
     lines = [json.loads(line) for line in far.communicate(timeout=20)[0].splitlines()]
     assert [r["text"] for r in lines if "text" in r] == ["routed"] * 3, lines
     assert {r["source"] for r in lines if "source" in r} == {"fd90:1::1"}
+
+
+def test_source_specific_group_across(routed, request) -> None:
+    if "smcroute" in request.node.name:
+        pytest.skip("the static routes cover 239/8 and ff15::/16, not 232/8")
+    (a1, _a2), _router, (b1, _b2) = routed
+    group = "232.7.1.7:6007"
+    ssm = _listen(b1, group, "--source", a1.ipv4, "--timeout", "3")
+    other = _listen(b1, "232.7.1.7:6007", "--source", "10.90.1.99", "--timeout", "3")
+    assert a1.mcast("send", group, "ssm", "--count", "5", "--interval", "0.2", *TTL).returncode == 0
+    lines = [json.loads(line) for line in ssm.communicate(timeout=20)[0].splitlines()]
+    assert [r["text"] for r in lines if "text" in r], lines  # (S,G) joined across PIM
+    others = [json.loads(line) for line in other.communicate(timeout=20)[0].splitlines()]
+    assert not [r for r in others if "text" in r]  # another source: nothing
 
 
 def test_ping_across_shows_the_hop(routed) -> None:
