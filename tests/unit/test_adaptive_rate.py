@@ -78,3 +78,16 @@ def test_idle_receivers_let_it_ramp_up_fast_and_silent_ones_do_not() -> None:
         silent.on_sample({1: 0}, sent=1000)  # an older receiver: no fill reported
     assert reported.pps == pytest.approx(1000.0 * 1.25**4)
     assert silent.pps == pytest.approx(1000.0 * 1.1**4)
+
+
+def test_paced_batches_hold_at_most_a_millisecond_of_the_rate() -> None:
+    """At a slow rate a batch is small: 16 datagrams at once overflowed a small receive
+    buffer at any rate, so the rate sank to its floor and stayed (120 MB took 290 s)."""
+    from mcastkit.transfer.runtime import BURST, MIN_BURST, batch_bounds
+
+    assert batch_bounds(500) == (1.0, 5.0)
+    assert batch_bounds(2_000) == (2.0, 20.0)
+    assert batch_bounds(100_000) == (MIN_BURST, BURST)  # fast: full GSO batches, as before
+    for pps in (1, 50, 500, 5_000, 50_000, 5e6):
+        least, most = batch_bounds(pps)
+        assert 1 <= least <= most <= BURST and least <= max(1, pps / 1000)

@@ -164,6 +164,13 @@ def _drain(receiver: BatchReceiver, handle: Callable[[Packet], None]) -> None:
         handle(packet)
 
 
+def batch_bounds(pps: float) -> tuple[float, float]:
+    """The fewest datagrams a paced sender waits for before a batch (1 ms of the rate, 1 to
+    MIN_BURST) and the most its bucket holds (10 ms of the rate, up to BURST)."""
+    least = max(1.0, min(MIN_BURST, pps / 1000))
+    return least, max(least, min(BURST, pps / 100))
+
+
 def _guard(key: GroupKey | None) -> Guard:
     if key is None:
         return Guard(None)
@@ -303,11 +310,15 @@ def send_files(
                 else:
                     # A token bucket (the rate may change between two calls), spent in
                     # batches: one GSO call carries many datagrams, so wait for a batch's
-                    # worth, waking at once for a receiver's reply.
-                    tokens = min(tokens + (now - last_fill) * pps, float(BURST))
+                    # worth, waking at once for a receiver's reply. A batch never holds
+                    # more than 1 ms (nor the bucket 10 ms) of the current rate: at a slow
+                    # rate, for a receiver with a small buffer, 16 datagrams at once were
+                    # an overflow every time, and the rate never rose off its floor.
+                    least, most = batch_bounds(pps)
+                    tokens = min(tokens + (now - last_fill) * pps, most)
                     last_fill = now
-                    if tokens < MIN_BURST:
-                        select.select([sender.sock], [], [], (MIN_BURST - tokens) / pps)
+                    if tokens < least:
+                        select.select([sender.sock], [], [], (least - tokens) / pps)
                         continue
                     budget = int(tokens)
                     tokens -= budget
