@@ -216,3 +216,48 @@ def test_only_a_watched_socket_reports_drops(multi: bool) -> None:
         receiver.receive_runs(handle)
         assert len(seen) == 1
         assert isinstance(seen[0], int) if watch else seen[0] is None
+
+
+OVERSIZE_RECEIVER = r"""
+import json, socket, sys, time
+sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+sock.bind(("::", 7311))
+sock.settimeout(3)
+print("ready", flush=True)
+sizes = []
+try:
+    while len(sizes) < 60:
+        sizes.append(len(sock.recv(65535)))
+except TimeoutError:
+    pass
+print(json.dumps(sizes), flush=True)
+"""
+
+OVERSIZE_SENDER = r"""
+import json, os, socket, sys
+from mcastkit.transport.batch import BatchSender
+sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+batch = BatchSender(sock)
+sent = batch.send([os.urandom(1472) for _ in range(30)], (sys.argv[1], 7311))
+sent += batch.send([os.urandom(1400) for _ in range(30)], (sys.argv[1], 7311))
+print(json.dumps({"sent": sent, "gso": batch.gso, **batch.counters}))
+"""
+
+
+def test_gso_segments_over_the_path_mtu_go_one_by_one(lab) -> None:  # type: ignore[no-untyped-def]
+    """1,472-byte datagrams over IPv6 do not fit a 1,500-byte frame: the kernel refuses
+    them as GSO segments (EMSGSIZE) and they were dropped, every one, so IPv6 transfers
+    never finished. They now go one by one (the kernel fragments them), and smaller runs
+    keep GSO."""
+    sender, receiver = lab.lan(2)
+    listener = receiver.start(sys.executable, "-c", OVERSIZE_RECEIVER)
+    assert listener.stdout is not None
+    assert listener.stdout.readline().strip() == "ready"
+    done = sender.run(sys.executable, "-c", OVERSIZE_SENDER, receiver.ipv6)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    sizes = json.loads(listener.communicate(timeout=10)[0].splitlines()[-1])
+    assert report["sent"] == 60 and not any(k.startswith("dropped") for k in report), report
+    assert sorted(sizes) == [1400] * 30 + [1472] * 30
+    if report["gso"]:
+        assert report["gso-oversize"] == 1 and report["gso-calls"] >= 1  # 1,400 bytes fit

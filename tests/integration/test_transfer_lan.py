@@ -290,3 +290,22 @@ def test_ipv6_and_per_datagram_sends_deliver_the_same_file(lab: Lab, tmp_path: P
     assert result["state"] == "complete" and result["io"]["gro"] is False
     assert summary["blocks_sent"] > summary["blocks"]
     assert hashlib.sha256((tmp_path / "r" / "payload.bin").read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("group", ["[ff15::7:1]:5091", "[ff12::7:2]:5092"])
+def test_ipv6_transfers_fit_the_frame_and_use_gso(lab: Lab, tmp_path: Path, group: str) -> None:
+    """Global and link scope (replies go to a link-local address, with its scope): blocks
+    are 20 bytes smaller than over IPv4, so each datagram fits a 1,500-byte frame whole."""
+    sender, receiver = lab.lan(2)
+    nft_drop(receiver, "ip6 daddr ff00::/8 numgen random mod 100 < 5 drop")
+    path, digest = _source(tmp_path, 4_000_000)
+    proc = _receiver(receiver, tmp_path / "r", "--group", group, "--iface", "eth0")
+    code, summary = _send(sender, path, "--group", group, "--iface", "eth0", "--receivers", "1")
+    result = json.loads(proc.communicate(timeout=60)[0])
+    assert code == 0 and summary["ok"], summary
+    assert result["state"] == "complete"
+    assert not [k for k in summary["io"] if k.startswith("dropped")], summary["io"]
+    if summary["io"]["gso"]:
+        assert summary["io"].get("gso-calls", 0) > 0 and "gso-oversize" not in summary["io"]
+    data = (tmp_path / "r" / "payload.bin").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == digest

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["describe_files", "receive_files", "send_files"]
 
 DATA_OVERHEAD = HEAD.size + 6
+IPV6_EXTRA = 20  # bytes more of IP header than IPv4 has
 AUTO_START_BPS = 2e9
 SAMPLE_EVERY = 0.05  # seconds between rate samples in adaptive mode
 BURST = 128  # blocks per loop turn at most: three GSO calls
@@ -236,7 +237,8 @@ def send_files(
     hold with the same sha256, and the first pass skips them.
     """
     guard = _guard(key)
-    block_size = BLOCK_SIZE - guard.overhead
+    # A datagram fills a 1,500-byte frame: IPv6's header is 20 bytes longer than IPv4's.
+    block_size = BLOCK_SIZE - guard.overhead - (IPV6_EXTRA if spec.family == 6 else 0)
     signer = None
     if sign_key is not None:
         from .trust import AnnounceSigner

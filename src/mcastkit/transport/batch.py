@@ -113,12 +113,15 @@ class BatchSender:
     """Sends lists of datagrams; a run of same-size ones to one destination is one call.
 
     ``counters``: ``gso-calls``, ``datagrams``, ``gso-refused`` (the fallback was taken),
-    ``waits`` (the buffer was full), ``dropped:<ERRNO>`` (a datagram the kernel refused).
+    ``gso-oversize`` (segments over the path MTU went one by one, for the kernel to
+    fragment), ``waits`` (the buffer was full), ``dropped:<ERRNO>`` (a datagram the kernel
+    refused).
     """
 
     def __init__(self, sock: socket.socket, *, gso: bool = True) -> None:
         self.sock = sock
         self.gso = gso and gso_supported(sock)
+        self._gso_limit = 1 << 16  # segments this large or larger go one by one (EMSGSIZE)
         self.counters: Counter[str] = Counter()
         self._nowait = False
 
@@ -197,7 +200,7 @@ class BatchSender:
             if end < limit and sizes[end] < size:
                 end += 1  # the last segment of a GSO send may be shorter
             try:
-                if self.gso and end - start > 1:
+                if self.gso and end - start > 1 and size < self._gso_limit:
                     buffers = [piece for pieces in datagrams[start:end] for piece in pieces]
                     sent += self._send_gso(buffers, size, destination, end - start)
                 else:
@@ -233,6 +236,15 @@ class BatchSender:
                 if exc.errno in _GSO_REFUSALS:
                     self.gso = False
                     self.counters["gso-refused"] += 1
+                    return sum(
+                        self._send_one((data,), destination) for data in _split(buffers, size)
+                    )
+                if exc.errno == errno.EMSGSIZE:
+                    # Segments larger than the path MTU (1,472-byte datagrams over IPv6):
+                    # GSO cannot fragment them, the one-datagram path can. This size and
+                    # larger go that way from now on.
+                    self._gso_limit = min(self._gso_limit, size)
+                    self.counters["gso-oversize"] += 1
                     return sum(
                         self._send_one((data,), destination) for data in _split(buffers, size)
                     )
@@ -427,4 +439,15 @@ class BatchReceiver:
             if flags & _MSG_TRUNC:
                 self.counters["truncated"] += 1
                 continue
-            return size, ancillary, (str(address[0]), int(address[1]))
+            return size, ancillary, _scoped(address)
+
+
+def _scoped(address: tuple[object, ...]) -> tuple[str, int]:
+    """(host, port) from a socket address; a link-local IPv6 host keeps its scope
+    (``fe80::1%2``), or an answer to it could not be sent."""
+    host = str(address[0])
+    if len(address) == 4 and address[3] and "%" not in host:
+        host = f"{host}%{address[3]}"
+    port = address[1]
+    assert isinstance(port, int)
+    return host, port

@@ -151,7 +151,10 @@ class MultiReceive:
         port = int.from_bytes(self.names[base + 2 : base + 4], "big")
         if family == socket.AF_INET6:
             raw = bytes(self.names[base + 8 : base + 24])
-            return socket.inet_ntop(socket.AF_INET6, raw), port
+            host = socket.inet_ntop(socket.AF_INET6, raw)
+            scope = int.from_bytes(self.names[base + 24 : base + 28], "little")
+            # A link-local sender keeps its scope, or an answer to it could not be sent.
+            return (f"{host}%{scope}" if scope else host), port
         return socket.inet_ntop(socket.AF_INET, bytes(self.names[base + 4 : base + 8])), port
 
     def control(self, index: int) -> list[tuple[int, int, bytes]]:
