@@ -123,6 +123,7 @@ class SendSession:
         self._events: list[TransferEvent] = []
         self.pass_number = 0
         self.blocks_sent = 0
+        self.first_pass_blocks = 0  # blocks the first pass sends (all, unless some are held)
         self.started = now
         self.register_until = now + register_wait
         self.register_wait = register_wait
@@ -361,6 +362,8 @@ class SendSession:
         return self._union([held for held in reports if held is not None])
 
     def _start_pass(self, ranges: list[tuple[int, int, int]]) -> None:
+        if self.pass_number == 0:  # what resumed and synced receivers did not need skipped
+            self.first_pass_blocks = sum(count for _file, _first, count in ranges)
         self._queue = deque([list(r) for r in ranges])
         self._set_phase(SendPhase.DATA)
 
@@ -418,6 +421,7 @@ class SendSession:
             "passes": self.pass_number,
             "blocks": self.total_blocks,
             "blocks_sent": self.blocks_sent,
+            "first_pass_blocks": self.first_pass_blocks,
             "seconds": round(now - self.started, 3),
             "receivers": [r.to_dict() for r in self.receivers.values()],
         }
