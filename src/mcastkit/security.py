@@ -285,24 +285,6 @@ class KeyRing:
         except InvalidTag:
             return "forged"
 
-    def open_into(self, data: bytes | bytearray | memoryview, out: memoryview) -> int | str:
-        """Open an envelope into ``out`` (at least as long as ``data``): the length of the
-        frame written there, or why it was dropped (never raises)."""
-        if len(data) < 4 or data[:2] != MAGIC or data[2] != VERSION or data[3] not in _AEADS:
-            return "unsealed"
-        size = len(data) - ENVELOPE.size - TAG_SIZE
-        if size < 0:
-            return "short-envelope"
-        _magic, _version, kind, key_id, nonce = ENVELOPE.unpack_from(data)
-        aead = self._aeads.get((kind, key_id))
-        if aead is None:
-            return "unknown-key" if kind in _AEADS else "unknown-cipher"
-        try:
-            aead.decrypt_into(nonce, data[ENVELOPE.size :], data[: ENVELOPE.size], out[:size])
-        except InvalidTag:
-            return "forged"
-        return size
-
 
 class ReplayWindow:
     """Sliding window over one sender's sequence numbers (RFC 4303 3.4.3 style, 64 wide)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from collections import defaultdict
@@ -206,25 +207,22 @@ def _forced_version_warning(spec: GroupSpec, iface: str, sources: list[str]) -> 
     """A source-specific join where IGMP is forced to v1/v2 (MLD to v1): it cannot work."""
     if not sources:
         return []
-    if spec.family == 4:
-        key, protocol, old, new = "net/ipv4/conf/{}/force_igmp_version", "IGMP", {1, 2}, "v3"
-    else:
-        key, protocol, old, new = "net/ipv6/conf/{}/force_mld_version", "MLD", {1}, "v2"
-    values = []
-    for name in ("all", iface):
+    from ..diag.doctor.checks import forced_old_version
+
+    def read(key: str) -> int | None:
         try:
-            with open("/proc/sys/" + key.format(name)) as handle:
-                values.append(int(handle.read().strip() or 0))
+            with open("/proc/sys/" + key.replace(".", "/")) as handle:
+                return int(handle.read().strip() or 0)
         except (OSError, ValueError):
-            values.append(0)
-    forced = max(values)
-    if forced not in old:
+            return None
+
+    forced = forced_old_version(spec.family, iface, read)
+    if forced is None:
         return []
-    setting = key.replace("/", ".")
     return [
-        f"{protocol} is forced to version {forced} on {iface}: source-specific joins (SSM) "
-        f"need {protocol}{new} and will not reach the network; fix: sysctl -w "
-        f"{setting.format('all')}=0 {setting.format(iface)}=0"
+        f"{forced.protocol} is forced to version {forced.version} on {iface}: source-specific "
+        f"joins (SSM) need {forced.protocol}{forced.needed} and will not reach the network; "
+        f"fix: {shlex.join(forced.fix)}"
     ]
 
 

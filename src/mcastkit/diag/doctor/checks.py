@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from ...addr import classify
 from .firewall import Probe, evaluate_iptables, evaluate_nft, probes_for
-from .link import Heard
 from .model import SEVERITIES, Finding, SystemView
 
 # Interfaces that containers and VPNs make, by name (docker0, br-1a2b..., cni0, flannel.1).
@@ -275,20 +277,40 @@ def _check_firewall(view: SystemView) -> list[Finding]:
     return found
 
 
+@dataclass(frozen=True)
+class ForcedVersion:
+    """IGMP (or MLD) forced to a version that cannot join a source (SSM)."""
+
+    protocol: str  # "IGMP" or "MLD"
+    version: int
+    needed: str  # the version SSM needs: "v3" or "v2"
+    fix: tuple[str, ...]  # the sysctl command that lifts it
+
+
+def forced_old_version(
+    family: int, iface: str, read: Callable[[str], int | None]
+) -> ForcedVersion | None:
+    """Whether ``iface`` is forced to IGMPv1/v2 (MLDv1), given ``read`` (a sysctl name to
+    its value). The kernel honours ``all`` when it is set, so the fix clears both."""
+    if family == 4:
+        key, protocol, old, needed = "net.ipv4.conf.{}.force_igmp_version", "IGMP", {1, 2}, "v3"
+    else:
+        key, protocol, old, needed = "net.ipv6.conf.{}.force_mld_version", "MLD", {1}, "v2"
+    forced = max(read(key.format(name)) or 0 for name in ("all", iface))
+    if forced not in old:
+        return None
+    fix = ("sysctl", "-w", key.format("all") + "=0", key.format(iface) + "=0")
+    return ForcedVersion(protocol, forced, needed, fix)
+
+
 def _check_igmp_version(view: SystemView) -> list[Finding]:
     if view.chosen is None:
         return []
     name = view.chosen.name
-    live = name in view.ssm_interfaces
-    ssm = bool(view.sources) or classify(view.group.group).ssm or live
-    if view.group.family == 4:
-        key, protocol, old, new = "net.ipv4.conf.{}.force_igmp_version", "IGMP", {1, 2}, "v3"
-    else:
-        key, protocol, old, new = "net.ipv6.conf.{}.force_mld_version", "MLD", {1}, "v2"
-    values = {n: _sysctl_int(view, key.format(n)) or 0 for n in ("all", name)}
-    forced = max(values.values())
-    if forced not in old:
+    forced = forced_old_version(view.group.family, name, lambda key: _sysctl_int(view, key))
+    if forced is None:
         return []
+    live = name in view.ssm_interfaces
     reasons = []
     if live:
         reasons.append(f"a source-specific join is live on {name}")
@@ -296,16 +318,16 @@ def _check_igmp_version(view: SystemView) -> list[Finding]:
         reasons.append(f"{view.group.group} is a source-specific group")
     if view.sources:
         reasons.append("you named a source")
+    protocol = forced.protocol
     return [
         Finding(
-            "error" if ssm else "info",
+            "error" if reasons else "info",
             "igmp",
-            f"{protocol} is forced to version {forced} on {name}"
+            f"{protocol} is forced to version {forced.version} on {name}"
             + (f" while {' and '.join(reasons)}" if reasons else ""),
-            f"{protocol}v{forced} cannot express source-specific joins (SSM needs {new}): "
-            "the join goes out as a plain one, or not at all",
-            # The kernel honours `all` when it is set: both must be cleared.
-            (("sysctl", "-w", key.format("all") + "=0", key.format(name) + "=0"),),
+            f"{protocol}v{forced.version} cannot express source-specific joins (SSM needs "
+            f"{forced.needed}): the join goes out as a plain one, or not at all",
+            (forced.fix,),
         )
     ]
 
@@ -429,10 +451,6 @@ def _check_link(view: SystemView) -> list[Finding]:
             )
         )
     return found
-
-
-def _describe_router(heard: Heard) -> str:
-    return f"{heard.source} ({heard.protocol})"
 
 
 def _check_environment(view: SystemView) -> list[Finding]:
