@@ -47,12 +47,20 @@ def _run(
     stop_after: int | None = None,
     pending_until: float | None = None,
     session: int = 7,
+    sync: bool = False,
 ) -> tuple[SendSession, ReceiveSession]:
     """One transfer of ``blob`` as f.bin; the receiver stops (interrupted) once it holds
     ``stop_after`` blocks. With ``pending_until`` the digest follows the announce then."""
     files = [_info("f.bin", blob, pending=pending_until is not None)]
     sender = SendSession(
-        session, files, Blobs([blob]), now=0.0, block_size=BLOCK, expected=1, register_wait=0.5
+        session,
+        files,
+        Blobs([blob]),
+        now=0.0,
+        block_size=BLOCK,
+        expected=1,
+        register_wait=0.5,
+        sync=sync,
     )
     receiver = ReceiveSession(9, "r", DirectoryStorage(directory, resume=True), now=0.0)
     now = 0.0
@@ -193,3 +201,26 @@ def test_any_record_is_read_without_raising(tmp_path_factory, record: dict, raw:
     assert find_partial(directory, "f.bin", info) is None or True
     state_path(directory, "f.bin").write_bytes(raw)
     assert find_partial(directory, "f.bin", info) is None
+
+
+def test_sync_with_everything_in_place_sends_nothing(tmp_path: Path) -> None:
+    """A receiver that already holds every file completes at once; the sender neither
+    waits for its report nor sends a block (it used to send them all after 2 s)."""
+    blob = os.urandom(100 * BLOCK)
+    (tmp_path / "f.bin").write_bytes(blob)
+    before = (tmp_path / "f.bin").stat().st_ino
+    sender, receiver = _run(tmp_path, blob, sync=True)
+    assert receiver.state == ReceiveState.COMPLETE and receiver.up_to_date == ["f.bin"]
+    assert sender.first_pass_blocks == 0 and sender.blocks_sent == 0
+    assert sender.summary(0.0)["receivers"][0]["complete"]
+    assert (tmp_path / "f.bin").stat().st_ino == before
+    assert _hidden(tmp_path) == ["f.bin"]
+
+
+def test_sync_sends_only_the_files_that_changed(tmp_path: Path) -> None:
+    blob = os.urandom(100 * BLOCK)
+    (tmp_path / "f.bin").write_bytes(os.urandom(100 * BLOCK))  # same size, other content
+    sender, receiver = _run(tmp_path, blob, sync=True)
+    assert receiver.state == ReceiveState.COMPLETE and receiver.up_to_date == []
+    assert sender.first_pass_blocks == 100
+    assert (tmp_path / "f.bin").read_bytes() == blob

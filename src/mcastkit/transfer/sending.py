@@ -75,7 +75,7 @@ class ReceiverState:
     drops: int = 0  # the receiver's kernel drop counter, from its last PROGRESS
     fill: int | None = None  # how full its socket buffer was then, in percent (if it says)
     resuming: bool = False  # it holds part of the files from an earlier transfer
-    held: list[tuple[int, int, int]] | None = None  # its missing ranges, before pass 0
+    lacks: list[tuple[int, int, int]] | None = None  # what it said it lacks, before pass 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
@@ -85,7 +85,7 @@ class ReceiverState:
             "address": format_endpoint(*self.address),
             "complete": self.complete,
             "failed": self.failed,
-            "resumed": self.held is not None,
+            "resumed": self.lacks is not None,
         }
 
 
@@ -174,7 +174,7 @@ class SendSession:
             if pass_number == PREPASS:  # what a resuming receiver lacks: for pass 0 only
                 if state is not None and self.phase == SendPhase.REGISTER:
                     state.last_heard = now
-                    state.held = (state.held or []) + list(ranges)
+                    state.lacks = (state.lacks or []) + list(ranges)
                 return []
             if state is not None and not state.complete and state.failed is None:
                 state.last_heard = now
@@ -346,7 +346,8 @@ class SendSession:
         """Whether pass 0 waits for resuming receivers to say what they hold: they can once
         they have the sha256 (to check their partial is of this content), and get
         RESUME_HOLD seconds after it went out."""
-        if not any(r.resuming and r.held is None for r in self.receivers.values()):
+        waiting = [r for r in self._active() if r.resuming and r.lacks is None]
+        if not waiting:
             return False
         if any(f.digest_pending for f in self.files):
             return True
@@ -354,12 +355,15 @@ class SendSession:
         return now - self._digests_out < RESUME_HOLD
 
     def _first_pass(self) -> list[tuple[int, int, int]]:
-        """Every block, unless every receiver said what it lacks: then only those."""
+        """Every block, unless every receiver still at work said what it lacks: then only
+        those (a receiver that already completed, all its files in place, lacks nothing)."""
         everything = [(i, 0, f.blocks(self.block_size)) for i, f in enumerate(self.files) if f.size]
-        reports = [r.held for r in self.receivers.values()]
-        if not reports or any(held is None for held in reports):
+        if not self.receivers:
             return everything
-        return self._union([held for held in reports if held is not None])
+        reports = [r.lacks for r in self._active()]
+        if any(lacks is None for lacks in reports):
+            return everything
+        return self._union([lacks for lacks in reports if lacks is not None])
 
     def _start_pass(self, ranges: list[tuple[int, int, int]]) -> None:
         if self.pass_number == 0:  # what resumed and synced receivers did not need skipped
