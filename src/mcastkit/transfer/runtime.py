@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import resource
 import select
@@ -23,7 +22,7 @@ from .engine import DEFAULT_MAX_SIZE, Address, ReceiveSession, SendSession
 from .protocol import BLOCK_SIZE, EMPTY_SHA256, HEAD, PENDING_DIGEST, FileInfo, check_tree
 from .rate import AdaptiveRate
 from .sealing import Guard
-from .storage import DirectoryStorage
+from .storage import DirectoryStorage, sha256_of
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -102,17 +101,9 @@ def list_files(paths: list[Path]) -> tuple[list[FileInfo], list[Path | None], li
 
 
 def hash_files(paths: list[Path | None]) -> list[str]:
-    """The sha256 of each file (read in 1 MiB chunks; hashlib lets other threads run); a
-    directory (None) has the sha256 of nothing."""
-    digests = []
-    for path in paths:
-        digest = hashlib.sha256()
-        if path is not None:
-            with path.open("rb", buffering=0) as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-        digests.append(digest.hexdigest())
-    return digests
+    """The sha256 of each file (a link named on the command line is followed); a directory
+    (None) has the sha256 of nothing."""
+    return [EMPTY_SHA256 if path is None else sha256_of(path, follow=True) for path in paths]
 
 
 def describe_files(paths: list[Path]) -> list[FileInfo]:

@@ -123,7 +123,7 @@ class FileSink:
                 errno.EEXIST, "exists; give --overwrite to replace it", str(final)
             )
         if sync and final.exists() and final.stat().st_size == info.size:
-            self.found[index] = (_sha256_of(final), 0, None)
+            self.found[index] = (sha256_of(final), 0, None)
         partial = find_partial(parent, parts[-1], info) if self.resume else None
         if partial is not None and index not in self.found:
             self.found[index] = (partial.sha256, partial.block_size, partial.held)
@@ -284,9 +284,12 @@ def _make_dirs(directory: Path, parts: list[str], made: list[Path]) -> Path:
     return path
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_of(path: Path, *, follow: bool = False) -> str:
+    """A file's sha256, read in 1 MiB chunks (hashlib lets other threads run meanwhile);
+    a link is followed only with ``follow``."""
     digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    nofollow = 0 if follow else getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, os.O_RDONLY | nofollow)
     try:
         while chunk := os.read(fd, 1 << 20):
             digest.update(chunk)
