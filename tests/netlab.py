@@ -214,6 +214,45 @@ class Lab:
             sides.append(side)
         return sides[0], router, sides[1]
 
+    def dual(self, count: int = 2) -> list[Host]:
+        """``count`` hosts on two LANs at once: eth0 on one bridge (10.91.1.N, fd91:1::N, and
+        ``Host.ipv4``/``ipv6``), eth1 on another (10.91.2.N, fd91:2::N). No default route:
+        which interface a group uses is the program's choice. Bridge ports are
+        ``{tag}aN`` and ``{tag}bN`` (``dual_port``), to cut one host's link from outside."""
+        for key in ("all", "default"):
+            sh("sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0")
+        bridges = [f"{self.tag}d{side}"[-15:] for side in (1, 2)]
+        for bridge in bridges:
+            sh("ip", "link", "add", bridge, "type", "bridge", "mcast_snooping", "0")
+            self.links.append(bridge)
+            sh("ip", "link", "set", bridge, "up")
+        for number in range(1, count + 1):
+            host = Host(f"{self.tag}m{number}", f"10.91.1.{number}", f"fd91:1::{number}")
+            sh("ip", "netns", "add", host.name)
+            self.namespaces.append(host.name)
+            for key in ("all", "default"):
+                sh("ip", "netns", "exec", host.name, "sysctl", "-qw",
+                   f"net.ipv6.conf.{key}.accept_dad=0")  # fmt: skip
+            sh("ip", "-n", host.name, "link", "set", "lo", "up")
+            sides = zip(bridges, ("eth0", "eth1"), strict=True)
+            for side, (bridge, inner) in enumerate(sides, start=1):
+                port = self.dual_port(side, number)
+                sh("ip", "link", "add", port, "type", "veth", "peer", "name", inner, "netns",
+                   host.name)  # fmt: skip
+                self.links.append(port)
+                sh("ip", "link", "set", port, "master", bridge)
+                sh("ip", "link", "set", port, "up")
+                sh("ip", "-n", host.name, "addr", "add", f"10.91.{side}.{number}/24", "dev", inner)
+                sh("ip", "-n", host.name, "addr", "add", f"fd91:{side}::{number}/64", "dev",
+                   inner, "nodad")  # fmt: skip
+                sh("ip", "-n", host.name, "link", "set", inner, "up")
+            self.hosts.append(host)
+        return self.hosts
+
+    def dual_port(self, side: int, number: int) -> str:
+        """The bridge port (outside the hosts) of host ``number``'s eth0 (side 1) or eth1."""
+        return f"{self.tag}{'ab'[side - 1]}{number}"[-15:]
+
     def close(self) -> None:
         """Remove every namespace and link this lab made."""
         for name in self.namespaces:

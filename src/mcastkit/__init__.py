@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .addr import GroupInfo, GroupSpec, classify, groups_sharing_mac, mac_for_group, parse_group
     from .aio import DEFAULT_GROUP, GatherResult, Node, Request, Subscription
     from .errors import AddressError, InterfaceError, MulticastError, SocketSetupError
+    from .events import AddressChanged, InterfaceDown, InterfaceEvent, InterfaceUp
     from .reliable import ReliableConfig, SlowReceiver, Unrecoverable
     from .security import (
         GroupKey,
@@ -46,9 +47,11 @@ if TYPE_CHECKING:
         open_receiver,
         open_sender,
         resolve_interface,
+        resolve_interfaces,
     )
 
 _HOMES = {
+    "AddressChanged": "events",
     "AddressError": "errors",
     "DEFAULT_GROUP": "aio",
     "Failed": "session",
@@ -60,7 +63,10 @@ _HOMES = {
     "GroupSpec": "addr",
     "IdRenewed": "session",
     "Interface": "transport",
+    "InterfaceDown": "events",
     "InterfaceError": "errors",
+    "InterfaceEvent": "events",
+    "InterfaceUp": "events",
     "Joined": "session",
     "Left": "session",
     "Message": "session",
@@ -92,11 +98,13 @@ _HOMES = {
     "open_sender": "transport",
     "parse_group": "addr",
     "resolve_interface": "transport",
+    "resolve_interfaces": "transport",
     "write_key_file": "security",
 }
 
 __all__ = [
     "DEFAULT_GROUP",
+    "AddressChanged",
     "AddressError",
     "Failed",
     "GatherResult",
@@ -107,7 +115,10 @@ __all__ = [
     "GroupSpec",
     "IdRenewed",
     "Interface",
+    "InterfaceDown",
     "InterfaceError",
+    "InterfaceEvent",
+    "InterfaceUp",
     "Joined",
     "Left",
     "Message",
@@ -140,6 +151,7 @@ __all__ = [
     "open_sender",
     "parse_group",
     "resolve_interface",
+    "resolve_interfaces",
     "write_key_file",
 ]
 

@@ -1,8 +1,9 @@
 """asyncio runtime for a group Node: feeds the Session, sends what is due, re-arms its timer.
 
-No protocol logic lives here. Two sockets: the group socket receives the group's datagrams; a
-second, unicast socket sends everything (so peers learn a unicast address for replies) and
-receives unicast replies.
+No protocol logic lives here. The group socket receives the group's datagrams (joined on one
+or several interfaces); one unicast socket per interface (``node_paths``) sends everything out
+of it (so peers learn a unicast address for replies) and receives unicast replies. The
+kernel's link and address notices keep the interfaces in use current (``ifwatch``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 from .addr import GroupSpec, parse_group
@@ -32,12 +31,23 @@ from .events import (
     Unrecoverable,
     Updated,
 )
+from .gather import GatherResult, Request
+from .ifwatch import InterfaceTracker
+from .node_paths import FollowsInterfaces, Path, Paths
 from .peers import PeerInfo, topic_matches
 from .reliable import ReliableConfig
 from .security import GroupKey, KeyRing, key_from_passphrase
 from .session import DEFAULT_MAX_PEERS, DEFAULT_MAX_SKEW, Session, Want
-from .transport import GroupSocket, open_receiver, open_sender
-from .transport.batch import BatchReceiver, BatchSender, Destination
+from .transport import (
+    GroupSocket,
+    IfaceChoice,
+    interface_name,
+    is_multi,
+    open_receiver,
+)
+from .transport.batch import BatchReceiver
+from .transport.interfaces import ALL
+from .transport.netlink import LinkWatch
 from .version import __version__
 
 __all__ = ["DEFAULT_GROUP", "GatherResult", "Node", "Request", "Subscription"]
@@ -50,51 +60,6 @@ DEFAULT_RCVBUF = 4 << 20  # absorbs bursts; the kernel caps it at net.core.rmem_
 BACKLOG_LIMIT = 8 << 20  # reliable bytes queued before publish() waits for the sender to drain
 MembershipEvent = Joined | Left | Failed | Updated | IdRenewed
 Handler = Callable[["Request"], "bytes | str | Awaitable[bytes | str]"]
-
-
-@dataclass(frozen=True)
-class Request:
-    """A request this node was asked to answer."""
-
-    topic: str
-    payload: bytes
-    sender: int
-    sender_name: str
-
-    def text(self) -> str:
-        """The payload as text."""
-        return self.payload.decode("utf-8", errors="replace")
-
-
-@dataclass
-class GatherResult:
-    """Replies gathered by ``Node.request``."""
-
-    topic: str
-    replies: dict[int, bytes]
-    names: dict[int, str]
-    missing: list[int]
-    complete: bool
-    rtts: dict[int, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON output."""
-        return {
-            "topic": self.topic,
-            "complete": self.complete,
-            "replies": [
-                {
-                    "id": f"{peer:016x}",
-                    "name": self.names.get(peer, "?"),
-                    "payload": data.decode("utf-8", errors="replace"),
-                    "rtt_ms": round(self.rtts.get(peer, 0.0) * 1000, 3),
-                }
-                for peer, data in self.replies.items()
-            ],
-            "missing": [
-                {"id": f"{peer:016x}", "name": self.names.get(peer, "?")} for peer in self.missing
-            ],
-        }
 
 
 class Subscription:
@@ -148,7 +113,7 @@ def _as_bytes(payload: bytes | str) -> bytes:
     return payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
 
 
-class Node:
+class Node(FollowsInterfaces):
     """A member of a multicast group: membership, publish/subscribe, request/gather.
 
     Use ``async with Node("239.255.77.78:5078", name="a") as node: ...``.
@@ -158,7 +123,7 @@ class Node:
         self,
         group: str | GroupSpec = DEFAULT_GROUP,
         *,
-        iface: str | int | None = None,
+        iface: IfaceChoice = None,
         name: str | None = None,
         tags: dict[str, str] | None = None,
         key: GroupKey | None = None,
@@ -203,7 +168,11 @@ class Node:
         }
         self.session: Session | None = None
         self._group_socket: GroupSocket | None = None
-        self._unicast_socket: GroupSocket | None = None
+        self._group_reader: BatchReceiver | None = None
+        self._paths: Paths | None = None
+        self._tracker: InterfaceTracker | None = None
+        self._watch: LinkWatch | None = None
+        self._refresh: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._subscriptions: set[Subscription] = set()
@@ -212,16 +181,14 @@ class Node:
         self._handlers: dict[str, Handler] = {}
         self._gathers: dict[int, asyncio.Future[Gathered]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._unsent: deque[tuple[bytes, Destination | None]] = deque()
         self._drained: asyncio.Event | None = None
-        self._batch: BatchSender | None = None
-        self._readers: dict[int, BatchReceiver] = {}  # by file descriptor
 
     @property
     def send_errors(self) -> int:
         """Datagrams the kernel refused to send (an unreachable peer and the like)."""
-        counters = self._batch.counters if self._batch is not None else {}
-        return sum(n for key, n in counters.items() if key.startswith("dropped:"))
+        paths = list(self._paths) if self._paths is not None else []
+        counters = [path.batch.counters for path in paths]
+        return sum(n for c in counters for key, n in c.items() if key.startswith("dropped:"))
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -240,18 +207,22 @@ class Node:
             log.info("%s", warning)  # a capped default buffer is normal without root
         if group_socket.fallback:
             log.warning("%s", group_socket.fallback)
+        paths = Paths(self.spec, ttl=self._ttl, loopback=self._loopback)
         try:
-            unicast = open_sender(
-                self.spec,
-                iface=group_socket.interface.index,
-                ttl=self._ttl,
-                loopback=self._loopback,
-            )
+            for interface in group_socket.interfaces:
+                paths.open(interface)
         except BaseException:
+            paths.close_all()
             group_socket.close()
             raise
-        unicast.sock.setblocking(False)
-        self._group_socket, self._unicast_socket = group_socket, unicast
+        self._group_socket, self._paths = group_socket, paths
+        several = is_multi(self._iface if self._iface is not None else self.spec.iface)
+        wanted = self._iface if several and self._iface == ALL else None
+        self._tracker = InterfaceTracker(
+            self.spec.family,
+            ALL if wanted == ALL else [i.name for i in group_socket.interfaces],
+            group_socket.interfaces,
+        )
         keyring = None
         if self.key is not None:
             keyring = KeyRing([self.key], os.urandom)
@@ -273,13 +244,19 @@ class Node:
             wall_clock_us=lambda: time.time_ns() // 1000,
             **self._session_args,
         )
+        self.session.multipath = several
         for topic in self._handlers:
             self.session.serve(topic, loop.time())
-        # Same-size runs leave in one GSO call; datagrams arrive in recvmmsg or GRO batches.
-        self._batch = BatchSender(unicast.sock)
-        for sock in (group_socket, unicast):
-            self._readers[sock.fileno()] = BatchReceiver(sock.sock, slots=8, watch_load=False)
-            loop.add_reader(sock.fileno(), self._on_readable, sock)
+        # Datagrams arrive in recvmmsg or GRO batches; on several interfaces each batch is
+        # also one arrival interface.
+        self._group_reader = BatchReceiver(
+            group_socket.sock, slots=8, watch_load=False, arrival=several
+        )
+        label = None if several else group_socket.interface.name
+        loop.add_reader(group_socket.fileno(), self._on_readable, self._group_reader, label)
+        for path in paths:
+            self._add_path_reader(path)
+        self._watch_interfaces()
         self.session.start(loop.time())
         self._pump()
         return self
@@ -292,11 +269,17 @@ class Node:
         self._pump()
         if self._timer is not None:
             self._timer.cancel()
-        for sock in (self._group_socket, self._unicast_socket):
-            if sock is not None:
-                self._loop.remove_reader(sock.fileno())
-                self._loop.remove_writer(sock.fileno())
-                sock.close()
+        if self._refresh is not None:
+            self._refresh.cancel()
+        if self._watch is not None:
+            if self._watch.available:
+                self._loop.remove_reader(self._watch.fileno())
+            self._watch.close()
+        for path in list(self._paths or ()):
+            self._drop_path(path)
+        if self._group_socket is not None:
+            self._loop.remove_reader(self._group_socket.fileno())
+            self._group_socket.close()
         if self._drained is not None:
             self._drained.set()
         for task in list(self._tasks):
@@ -329,8 +312,13 @@ class Node:
 
     @property
     def interface(self) -> str:
-        """The interface the node joined on."""
+        """The (first) interface the node joined on."""
         return self._group_socket.interface.name if self._group_socket else ""
+
+    @property
+    def interfaces(self) -> list[str]:
+        """Every interface the node is joined on now."""
+        return [i.name for i in self._group_socket.interfaces] if self._group_socket else []
 
     @property
     def peers(self) -> dict[int, PeerInfo]:
@@ -366,7 +354,9 @@ class Node:
         loop = self._loop
         assert loop is not None
         deadline = None if timeout is None else loop.time() + timeout
-        while self.session is session and not (session.reliable_settled() and not self._unsent):
+        while self.session is session and not (
+            session.reliable_settled() and not (self._paths and self._paths.pending())
+        ):
             if deadline is not None and loop.time() >= deadline:
                 return False
             left = None if deadline is None else max(0.0, deadline - loop.time())
@@ -467,19 +457,24 @@ class Node:
         assert self._loop is not None
         return self._loop.time()
 
-    def _on_readable(self, sock: GroupSocket) -> None:
+    def _on_readable(self, reader: BatchReceiver, label: str | None) -> None:
         session = self.session
-        if session is None:
+        paths = self._paths
+        if session is None or paths is None:
             return
         now = self._now()
         receive = session.receive_datagram
+        several = len(paths) > 1
 
         def take(buffer: memoryview, spans: list[tuple[int, int]], source: Any, _: Any) -> None:
+            iface = label or interface_name(reader.arrival_index)
+            if several and iface is not None:
+                paths.heard(source[0], iface)
             for begin, end in spans:
-                receive(bytes(buffer[begin:end]), source, now)
+                receive(bytes(buffer[begin:end]), source, now, iface)
 
         try:
-            self._readers[sock.fileno()].receive_runs(take, READ_BATCH)
+            reader.receive_runs(take, READ_BATCH)
         except OSError:
             session.counters["receive-errors"] += 1
         self._pump()
@@ -496,28 +491,27 @@ class Node:
         self._drained.clear()
         await self._drained.wait()
 
-    def _on_writable(self) -> None:
-        assert self._loop is not None and self._unicast_socket is not None
-        self._loop.remove_writer(self._unicast_socket.fileno())
+    def _on_writable(self, path: Path) -> None:
+        assert self._loop is not None
+        self._loop.remove_writer(path.fileno())
         self._pump()
 
     def _pump(self) -> None:
         session = self.session
-        if session is None or self._unicast_socket is None:
+        paths = self._paths
+        if session is None or paths is None or not len(paths):
             return
-        group = self._unicast_socket.destination
-        unsent = self._unsent
-        if not unsent:
-            unsent.extend(session.datagrams_to_send(self._now()))
-        assert self._batch is not None
-        if self._batch.send_queue(unsent, group):
-            # Socket buffer full: wait until it drains rather than drop what is queued.
-            assert self._loop is not None
-            self._loop.add_writer(self._unicast_socket.fileno(), self._on_writable)
+        if not paths.pending():
+            paths.distribute(session.datagrams_to_send(self._now()))
+        for path in paths:
+            if path.unsent and path.batch.send_queue(path.unsent, path.socket.destination):
+                # Socket buffer full: wait until it drains rather than drop what is queued.
+                assert self._loop is not None
+                self._loop.add_writer(path.fileno(), self._on_writable, path)
         # One pull per pump: a long send goes out in batches, between them the loop reads
         # (NACKs, acknowledgements) because the session's timer asks for the next batch.
         drained = session.reliable_backlog <= BACKLOG_LIMIT or session.reliable_settled()
-        if self._drained is not None and not unsent and drained:
+        if self._drained is not None and not paths.pending() and drained:
             self._drained.set()
         while (event := session.next_event()) is not None:
             self._dispatch(event)

@@ -19,6 +19,7 @@ from .addr import GroupSpec, format_endpoint
 from .aio import Node
 from .security import GroupKey
 from .session import Message
+from .transport import IfaceChoice
 
 __all__ = ["DemoEvent", "DemoPeer", "DemoResult", "run_demo"]
 
@@ -137,7 +138,7 @@ async def run_demo_async(
     group: GroupSpec | str,
     *,
     nodes: int = 1,
-    iface: str | int | None = None,
+    iface: IfaceChoice = None,
     ttl: int = 1,
     duration: float | None = 3.0,
     names: list[str] | None = None,

@@ -17,10 +17,14 @@ from .peers import Address, PeerInfo
 
 __all__ = [
     "UNKNOWN_END",
+    "AddressChanged",
     "Event",
     "Failed",
     "Gathered",
     "IdRenewed",
+    "InterfaceDown",
+    "InterfaceEvent",
+    "InterfaceUp",
     "Joined",
     "Left",
     "Message",
@@ -72,6 +76,45 @@ class Failed(PeerEvent):
 
 
 @dataclass(frozen=True)
+class InterfaceEvent(Event):
+    """A change of one of the interfaces a node (or listener) uses; ``addresses`` are the
+    interface's addresses of the group's family after the change."""
+
+    name: str
+    index: int
+    addresses: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        kind = {InterfaceUp: "up", InterfaceDown: "down"}.get(type(self), "address")
+        record: dict[str, Any] = {
+            "event": f"interface-{kind}",
+            "iface": self.name,
+            "index": self.index,
+            "addresses": list(self.addresses),
+        }
+        if isinstance(self, AddressChanged):
+            record["added"], record["removed"] = list(self.added), list(self.removed)
+        return record
+
+
+class InterfaceUp(InterfaceEvent):
+    """An interface came up (or appeared) and the group was joined on it."""
+
+
+class InterfaceDown(InterfaceEvent):
+    """An interface went down (or away) and the group was left on it."""
+
+
+@dataclass(frozen=True)
+class AddressChanged(InterfaceEvent):
+    """An interface's addresses changed; the next hello goes out from the new one."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class IdRenewed(Event):
     """Another node drew our id: we took a new one."""
 
@@ -91,6 +134,7 @@ class Message(Event):
     timestamp_us: int
     seq: int  # frame seq; for a reliable message, the stream seq of its first fragment
     reliable: bool = False
+    iface: str | None = None  # the interface it arrived on (None where the runtime cannot tell)
 
     def text(self) -> str:
         """The payload as UTF-8 text."""

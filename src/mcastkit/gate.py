@@ -75,11 +75,11 @@ class MembershipGate:
 
     def admit(self, frame: Frame, unicast: bool, peer_count: int) -> str | None:
         """Why a frame from a sender we do not know is refused, or None to accept it."""
-        if frame.type == FrameType.GOODBYE:
-            return "goodbye-from-unknown"
         tomb = self.tombstones.get((frame.sender, frame.incarnation))
         if tomb is not None and frame.seq <= tomb.highest.get(unicast, 0):
-            return "departed"  # a replay of a peer that left or failed
+            return "departed"  # a replay (or another path's copy) of a peer that left or failed
+        if frame.type == FrameType.GOODBYE:
+            return "goodbye-from-unknown"
         if peer_count >= self.max_peers:
             return "peer-table-full"
         return None

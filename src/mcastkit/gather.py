@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .events import Gathered
 
@@ -94,3 +94,48 @@ class Gatherer:
     def next_deadline(self) -> float | None:
         """The earliest deadline of an open request."""
         return min((p.deadline for p in self.pending.values()), default=None)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request this node was asked to answer."""
+
+    topic: str
+    payload: bytes
+    sender: int
+    sender_name: str
+
+    def text(self) -> str:
+        """The payload as text."""
+        return self.payload.decode("utf-8", errors="replace")
+
+
+@dataclass
+class GatherResult:
+    """Replies gathered by ``Node.request``."""
+
+    topic: str
+    replies: dict[int, bytes]
+    names: dict[int, str]
+    missing: list[int]
+    complete: bool
+    rtts: dict[int, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {
+            "topic": self.topic,
+            "complete": self.complete,
+            "replies": [
+                {
+                    "id": f"{peer:016x}",
+                    "name": self.names.get(peer, "?"),
+                    "payload": data.decode("utf-8", errors="replace"),
+                    "rtt_ms": round(self.rtts.get(peer, 0.0) * 1000, 3),
+                }
+                for peer, data in self.replies.items()
+            ],
+            "missing": [
+                {"id": f"{peer:016x}", "name": self.names.get(peer, "?")} for peer in self.missing
+            ],
+        }

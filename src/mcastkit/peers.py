@@ -10,9 +10,10 @@ from .addr import format_endpoint
 if TYPE_CHECKING:  # the crypto library loads only where a group is sealed
     from .security import ReplayWindow
 
-__all__ = ["Address", "PeerInfo", "topic_matches"]
+__all__ = ["MAX_PATHS", "Address", "PeerInfo", "topic_matches"]
 
 Address = tuple[str, int]
+MAX_PATHS = 16  # interfaces remembered per peer: a bound against a flood of forged names
 
 
 @dataclass
@@ -35,6 +36,8 @@ class PeerInfo:
     resume_from: int = 0  # back after a failure: its stream resumes here, not at a hello's
     last_stamp: int = 0  # highest timestamp seen from this incarnation (µs)
     windows: dict[bool, ReplayWindow] = field(default_factory=dict, repr=False)
+    # Each interface it was heard on, with its address there (several paths: one member).
+    paths: dict[str, Address] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -62,6 +65,7 @@ class PeerInfo:
             "received": self.received,
             "loss": round(self.loss, 4),
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
+            "paths": {name: format_endpoint(*where) for name, where in self.paths.items()},
         }
 
 

@@ -37,7 +37,7 @@ from .gate import (
     MembershipGate,
 )
 from .gather import REQUEST_ID, Gatherer, Want, check_want
-from .peers import Address, PeerInfo, topic_matches
+from .peers import MAX_PATHS, Address, PeerInfo, topic_matches
 from .reliable import (
     ReliableConfig,
     StreamSender,
@@ -140,6 +140,10 @@ class Session(ReliableFrames):
         self._last_timer = now
         self._started = False
         self._closed = False
+        self._arrival: str | None = None  # interface of the datagram being taken
+        # Set by a runtime on several interfaces: a frame seen again is a copy that took
+        # another path (counted as a duplicate), not a replay.
+        self.multipath = False
         config = reliable or ReliableConfig()
         self._stream: StreamSender | None = None
         # Every sender's stream; their memory together within the budget (2x one stream's).
@@ -311,11 +315,25 @@ class Session(ReliableFrames):
             self.gate.expire(now)
         self._events.extend(self._gatherer.expire(now))
 
-    def receive_datagram(self, data: bytes, source: Address, now: float) -> None:
-        """Take one datagram from the network: hostile input is counted and dropped."""
+    def announce(self, now: float) -> None:
+        """Send a hello to the group now (a new interface or address: peers learn the path)."""
+        if self._started:
+            self._send_hello(now, flags=Flag.HELLO_ANSWER, to=None)
+
+    def forget_path(self, iface: str) -> None:
+        """An interface of ours went down: no peer is reachable through it any more."""
+        for peer in self.peers.values():
+            peer.paths.pop(iface, None)
+
+    def receive_datagram(
+        self, data: bytes, source: Address, now: float, iface: str | None = None
+    ) -> None:
+        """Take one datagram from the network: hostile input is counted and dropped.
+        ``iface``: the interface it arrived on, when the runtime knows it."""
         if self._closed:
             return
         self._now = now
+        self._arrival = iface
         self.counters["datagrams"] += 1
         if self.keyring is not None:
             if not is_sealed(data):
@@ -347,6 +365,9 @@ class Session(ReliableFrames):
                 return
         elif peer is None:
             verdict = self.gate.admit(frame, unicast, len(self.peers))
+            if verdict == "departed" and self.multipath:
+                self.counters["duplicates"] += 1  # e.g. a goodbye's copy by another path
+                return
             if verdict is not None:
                 self._drop(verdict)
                 return
@@ -357,6 +378,12 @@ class Session(ReliableFrames):
             window = ReplayWindow()
         verdict = window.check_and_mark(frame.seq)
         if verdict is not None:
+            if self.multipath and verdict == "replay" and peer is not None and iface:
+                # The same datagram by another interface: one delivery, one more path.
+                self.counters["duplicates"] += 1
+                if iface not in peer.paths and len(peer.paths) < MAX_PATHS:
+                    peer.paths[iface] = source
+                return
             self._drop(verdict)
             return
         self.counters["frames"] += 1
@@ -414,6 +441,7 @@ class Session(ReliableFrames):
                         source,
                         frame.timestamp_us,
                         frame.seq,
+                        iface=self._arrival,
                     )
                 )
             return
@@ -451,6 +479,9 @@ class Session(ReliableFrames):
                     self._send_hello(now, flags=Flag.HELLO_WANTED, to=source)
         peer.last_seen = now
         peer.address = source
+        iface = self._arrival
+        if iface is not None and (iface in peer.paths or len(peer.paths) < MAX_PATHS):
+            peer.paths[iface] = source
         if not unicast:
             if peer.highest_seq >= 0 and frame.seq > peer.highest_seq + 1:
                 peer.lost += frame.seq - peer.highest_seq - 1
@@ -507,6 +538,7 @@ class Session(ReliableFrames):
                 source,
                 frame.timestamp_us,
                 frame.seq,
+                iface=self._arrival,
             )
         )
 

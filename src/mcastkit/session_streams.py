@@ -44,6 +44,7 @@ class ReliableFrames:
     _stream: StreamSender | None
     _closed: bool
     _now: float
+    _arrival: str | None
     node_id: int
     incarnation: int
     reliable: ReliableConfig
@@ -178,7 +179,17 @@ class ReliableFrames:
             source = peer.address if peer and peer.address else ("", 0)
             for topic, payload, first_seq in stream.delivered:
                 self._events.append(
-                    Message(stream.sender, name, topic, payload, source, 0, first_seq, True)
+                    Message(
+                        stream.sender,
+                        name,
+                        topic,
+                        payload,
+                        source,
+                        0,
+                        first_seq,
+                        True,
+                        self._arrival,
+                    )
                 )
             stream.delivered.clear()
         if stream.events:

@@ -6,16 +6,19 @@ import socket
 import struct
 from ipaddress import IPv4Address, IPv6Address
 
-from mcastkit.transport import sockets
+from mcastkit.transport import ancillary, sockets
 
 
 def test_ipv4_pktinfo_and_ttl() -> None:
     pktinfo = struct.pack("=i4s4s", 7, bytes(4), IPv4Address("239.1.2.3").packed)
     ttl = struct.pack("=i", 5)
-    packet = sockets.parse_ancillary(
+    packet = ancillary.parse_ancillary(
         b"data",
         ("10.0.0.1", 4000),
-        [(socket.IPPROTO_IP, sockets.IP_PKTINFO, pktinfo), (socket.IPPROTO_IP, socket.IP_TTL, ttl)],
+        [
+            (socket.IPPROTO_IP, ancillary.IP_PKTINFO, pktinfo),
+            (socket.IPPROTO_IP, socket.IP_TTL, ttl),
+        ],
     )
     assert (packet.destination, packet.ifindex, packet.ttl) == ("239.1.2.3", 7, 5)
     assert (packet.source, packet.source_port) == ("10.0.0.1", 4000)
@@ -23,13 +26,13 @@ def test_ipv4_pktinfo_and_ttl() -> None:
 
 def test_ipv6_pktinfo_and_hoplimit_and_short_payloads_ignored() -> None:
     info = IPv6Address("ff12::1").packed + struct.pack("=i", 3)
-    packet = sockets.parse_ancillary(
+    packet = ancillary.parse_ancillary(
         b"",
         ("fe80::1%eth0", 1, 0, 3),
         [
-            (socket.IPPROTO_IPV6, sockets.IPV6_PKTINFO, info),
-            (socket.IPPROTO_IPV6, sockets.IPV6_HOPLIMIT, struct.pack("=i", 1)),
-            (socket.IPPROTO_IP, sockets.IP_PKTINFO, b"\x00"),  # truncated: ignored
+            (socket.IPPROTO_IPV6, ancillary.IPV6_PKTINFO, info),
+            (socket.IPPROTO_IPV6, ancillary.IPV6_HOPLIMIT, struct.pack("=i", 1)),
+            (socket.IPPROTO_IP, ancillary.IP_PKTINFO, b"\x00"),  # truncated: ignored
         ],
     )
     assert (packet.destination, packet.ifindex, packet.ttl) == ("ff12::1", 3, 1)

@@ -17,6 +17,7 @@ RUNTIMES = {
     "transfer.storage",
     "transfer.partial",
     "diag.runner",
+    "node_paths",
 }
 CORES = {
     "session",
@@ -24,6 +25,7 @@ CORES = {
     "gate",
     "framing",
     "gather",
+    "ifwatch",
     "transfer.states",
     "transfer.engine",
     "transfer.sending",

@@ -153,3 +153,27 @@ def want() -> OptionType:
         return value
 
     return OptionType("want", convert, ("0", "-1", "most", "nan", ""))
+
+
+def interfaces(*, several: bool = True) -> OptionType:
+    """An interface (name, index or address); with ``several`` also "all" or "eth0,eth1".
+    Whether the interfaces exist is checked when the socket opens (exit 2 naming them)."""
+
+    def convert(text: str) -> str:
+        cleaned = text.strip()
+        parts = [part.strip() for part in cleaned.split(",")]
+        if not cleaned or any(not part for part in parts):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give an interface name, index or address"
+                + (", all, or names separated by commas (eth0,eth1)" if several else "")
+            )
+        if not several and (len(parts) > 1 or cleaned == "all"):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: this command uses one interface; give one name, index or address"
+            )
+        if len(parts) > 1 and "all" in parts:
+            raise argparse.ArgumentTypeError(f"{text!r}: give all alone, or a list of names")
+        return ",".join(parts)
+
+    bad = ("", ",", "eth0,", "all,eth0") if several else ("", "all", "eth0,eth1")
+    return OptionType("interface", convert, bad)

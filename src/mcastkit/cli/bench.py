@@ -39,7 +39,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     send.add_argument(
         "--duration", type=argtypes.seconds(), default=10.0, help="seconds (default 10)"
     )
-    send.add_argument("--iface", help="interface name, index or address (default: route)")
+    send.add_argument(
+        "--iface",
+        type=argtypes.interfaces(several=False),
+        help="interface name, index or address (default: route)",
+    )
     send.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1)")
     send.add_argument(
         "--gso",
@@ -57,7 +61,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "second and in total. Exit 1 when nothing arrived.",
     )
     recv.add_argument("group", nargs="?", default=DEFAULT_BENCH_GROUP, metavar="GROUP:PORT")
-    recv.add_argument("--iface", help="interface name, index or address (default: route)")
+    recv.add_argument(
+        "--iface",
+        type=argtypes.interfaces(),
+        help="interface name, index or address (default: route); all, or eth0,eth1: join on each",
+    )
     recv.add_argument("--source", action="append", default=[], help="SSM source (repeatable)")
     recv.add_argument("--duration", type=argtypes.seconds(), help="stop after this many seconds")
     recv.add_argument(

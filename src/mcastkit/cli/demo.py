@@ -30,7 +30,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         type=argtypes.integer(1, 64, "nodes"),
         help="run N nodes in this process (default iface: lo)",
     )
-    demo.add_argument("--iface", help="interface name, index or address")
+    demo.add_argument(
+        "--iface",
+        type=argtypes.interfaces(),
+        help="interface name, index or address; all, or eth0,eth1: join on each",
+    )
     demo.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1)")
     demo.add_argument("--name", help="a name for this node (default node-1 ...)")
     demo.add_argument(

@@ -28,7 +28,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         ),
     )
     ping.add_argument("group", nargs="?", default=DEFAULT_PING_GROUP, metavar="GROUP:PORT")
-    ping.add_argument("--iface", help="interface name, index or address (default: route)")
+    ping.add_argument(
+        "--iface",
+        type=argtypes.interfaces(several=False),
+        help="interface name, index or address (default: route)",
+    )
     ping.add_argument(
         "--interval", type=argtypes.seconds(), default=1.0, help="seconds between probes"
     )

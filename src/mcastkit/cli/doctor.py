@@ -33,7 +33,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "errors.",
     )
     doctor.add_argument("group", nargs="?", default=DEFAULT_DOCTOR_GROUP, metavar="GROUP:PORT")
-    doctor.add_argument("--iface", help="interface to check (default: the route's)")
+    doctor.add_argument(
+        "--iface",
+        type=argtypes.interfaces(several=False),
+        help="interface to check (default: the route's)",
+    )
     doctor.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL your application uses")
     doctor.add_argument("--source", action="append", default=[], help="SSM source you join")
     doctor.add_argument("--no-self-test", action="store_true", help="skip the live send/receive")

@@ -26,7 +26,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "(type, sender, seq, topic, encrypted or not). --pcap writes a capture tshark reads.",
     )
     dump.add_argument("group", metavar="GROUP:PORT")
-    dump.add_argument("--iface", help="interface name, index or address (default: route)")
+    dump.add_argument(
+        "--iface",
+        type=argtypes.interfaces(),
+        help="interface name, index or address (default: route); all, or eth0,eth1: join on each",
+    )
     dump.add_argument("--source", action="append", default=[], help="SSM source (repeatable)")
     dump.add_argument(
         "--count", type=argtypes.count("datagrams"), help="stop after this many datagrams"

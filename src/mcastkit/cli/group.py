@@ -11,10 +11,15 @@ from typing import Any
 from ..addr import format_endpoint
 from ..aio import Node
 from ..events import (
+    Event,
     Failed,
     IdRenewed,
+    InterfaceDown,
+    InterfaceEvent,
+    InterfaceUp,
     Joined,
     Left,
+    PeerEvent,
     Updated,
 )
 from ..security import write_key_file
@@ -78,7 +83,30 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(event: object) -> tuple[str, dict[str, Any]]:
+WATCHED = (PeerEvent, IdRenewed, InterfaceEvent)  # what peers and chat show as it happens
+
+
+def _where(node: Node) -> str:
+    return ", ".join(node.interfaces) or node.interface
+
+
+def _address(peer: Any) -> str:
+    """Where a peer is: its address, or each interface's when heard on several."""
+    if len(peer.paths) > 1:
+        return " ".join(f"{iface}:{format_endpoint(*at)}" for iface, at in peer.paths.items())
+    return format_endpoint(*peer.address) if peer.address else "?"
+
+
+def _describe(event: Event) -> tuple[str, dict[str, Any]]:
+    if isinstance(event, InterfaceEvent):
+        if isinstance(event, InterfaceUp):
+            text = f"interface {event.name} is up: joined and announced there"
+        elif isinstance(event, InterfaceDown):
+            text = f"interface {event.name} is down: left there"
+        else:
+            text = f"interface {event.name} now has {', '.join(event.addresses) or 'none'}: "
+            text += "announced from it"
+        return text, event.to_dict()
     if isinstance(event, IdRenewed):
         return (
             f"our id clashed with another node: now {event.new_id:016x}",
@@ -87,14 +115,14 @@ def _describe(event: object) -> tuple[str, dict[str, Any]]:
     assert isinstance(event, Joined | Left | Failed | Updated)
     kind = type(event).__name__.lower()
     peer = event.peer
-    where = format_endpoint(*peer.address) if peer.address else "?"
-    return f"{peer.name} [{peer.node_id:016x}] {kind} ({where})", {"event": kind, **peer.to_dict()}
+    text = f"{peer.name} [{peer.node_id:016x}] {kind} ({_address(peer)})"
+    return text, {"event": kind, **peer.to_dict()}
 
 
 async def _run_chat(args: argparse.Namespace) -> int:
     async with make_node(args) as node:
         inbox = node.subscribe(args.topic)
-        note(f"chat on {node.spec} via {node.interface} as {node.name}; /peers, /quit")
+        note(f"chat on {node.spec} via {_where(node)} as {node.name}; /peers, /quit")
         loop = asyncio.get_running_loop()
         lines: asyncio.Queue[str | None] = asyncio.Queue()
 
@@ -110,7 +138,7 @@ async def _run_chat(args: argparse.Namespace) -> int:
                 say(f"<{message.sender_name}> {message.text()}")
 
         async def show_membership() -> None:
-            async for event in node.membership():
+            async for event in node.events(*WATCHED):
                 note(f"* {_describe(event)[0]}")
 
         tasks = [asyncio.ensure_future(show_messages()), asyncio.ensure_future(show_membership())]
@@ -153,18 +181,17 @@ async def _run_peers(args: argparse.Namespace) -> int:
                 )
             else:
                 for peer in peers:
-                    where = format_endpoint(*peer.address) if peer.address else "?"
                     say(
-                        f"{peer.name:<20} {peer.node_id:016x}  {where:<22} "
+                        f"{peer.name:<20} {peer.node_id:016x}  {_address(peer):<22} "
                         f"loss {peer.loss:5.1%}  host {peer.meta.get('host', '?')}"
                     )
                 note(f"{len(peers)} peer(s) besides this node")
             return 0
-        note(f"watching {node.spec} via {node.interface}; Ctrl-C to stop")
+        note(f"watching {node.spec} via {_where(node)}; Ctrl-C to stop")
         if not args.json and sys.stdout.isatty():
             await _live_table(node)
             return 0
-        async for event in node.membership():
+        async for event in node.events(*WATCHED):
             text, data = _describe(event)
             if args.json:
                 emit_json(data)
@@ -177,13 +204,13 @@ def _peer_table(node: Node) -> Any:
     from rich.table import Table
 
     table = Table(
-        title=f"{node.spec} via {node.interface}: {len(node.peers)} peer(s)", title_justify="left"
+        title=f"{node.spec} via {_where(node)}: {len(node.peers)} peer(s)", title_justify="left"
     )
     for column in ("name", "id", "address", "host", "last seen", "received", "loss", "rtt"):
         table.add_column(column, justify="right" if column in ("received", "loss") else "left")
     loop_now = asyncio.get_running_loop().time()
     for peer in sorted(node.peers.values(), key=lambda p: p.name):
-        where = format_endpoint(*peer.address) if peer.address else "?"
+        where = _address(peer)
         rtt = "" if peer.rtt is None else f"{peer.rtt * 1000:.2f} ms"
         table.add_row(
             peer.name,
@@ -204,7 +231,7 @@ async def _live_table(node: Node) -> None:
 
     console = Console(log_path=False)
     with Live(_peer_table(node), console=console, refresh_per_second=4) as live:
-        events = node.membership()
+        events = node.events(*WATCHED)
 
         async def log_events() -> None:
             async for event in events:

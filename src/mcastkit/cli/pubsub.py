@@ -231,6 +231,7 @@ def _print_message(message: Message, as_json: bool) -> None:
             "sender": f"{message.sender:016x}",
             "name": message.sender_name,
             "source": format_endpoint(*message.source),
+            "iface": message.iface,
             "seq": message.seq,
             "reliable": message.reliable,
             "size": size,

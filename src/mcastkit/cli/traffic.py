@@ -12,11 +12,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..addr import GroupSpec, classify, format_endpoint, parse_group
-from ..transport import open_receiver, open_sender
+from ..errors import MulticastError
+from ..events import InterfaceDown, InterfaceEvent, InterfaceUp
+from ..ifwatch import InterfaceTracker
+from ..transport import GroupSocket, is_multi, list_interfaces, open_receiver, open_sender
+from ..transport.interfaces import ALL
+from ..transport.netlink import LinkWatch
 from . import argtypes
 from .output import emit_json, note, preview, say
 
 SILENCE_HINT_AFTER = 5.0
+SETTLE = 0.25  # seconds of quiet after a link/address notice before the interfaces are read
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,7 +34,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     send.add_argument("group", metavar="GROUP:PORT", help="e.g. 239.255.0.1:5000 or [ff15::1]:5000")
     send.add_argument("text", nargs="?", help="payload; '-' or absent: one datagram per stdin line")
-    send.add_argument("--iface", help="interface name, index or address (default: kernel's route)")
+    send.add_argument(
+        "--iface",
+        type=argtypes.interfaces(),
+        help="interface name, index or address (default: kernel's route); all, or eth0,eth1: "
+        "send on each",
+    )
     send.add_argument(
         "--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1: this subnet)"
     )
@@ -57,7 +68,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     listen.add_argument("group", metavar="GROUP:PORT")
     listen.add_argument(
-        "--iface", help="interface name, index or address (default: kernel's route)"
+        "--iface",
+        type=argtypes.interfaces(),
+        help="interface name, index or address (default: kernel's route); all, or eth0,eth1: "
+        "join on each (all follows interfaces that come and go)",
     )
     listen.add_argument(
         "--source", action="append", default=[], help="SSM: accept only this sender (repeatable)"
@@ -87,36 +101,68 @@ def _payloads(args: argparse.Namespace) -> Iterator[bytes]:
 def cmd_send(args: argparse.Namespace) -> int:
     """Send datagrams."""
     spec = parse_group(args.group, allow_broadcast=args.broadcast)
-    sender = open_sender(
-        spec, iface=args.iface, ttl=args.ttl, loopback=not args.no_loop, source=args.source
-    )
+    senders = _open_senders(spec, args)
+    names = ", ".join(sender.interface.name for sender in senders)
     sent = sent_bytes = 0
-    with sender:
-        if sender.fallback:
-            note(f"warning: {sender.fallback}")
+    try:
+        if senders[0].fallback:
+            note(f"warning: {senders[0].fallback}")
         if not args.json:
-            note(f"sending to {spec} via {sender.interface.name} (ttl {args.ttl})")
+            note(f"sending to {spec} via {names} (ttl {args.ttl})")
         try:
             for number, payload in enumerate(_payloads(args)):
                 if number and args.interval > 0:
                     time.sleep(args.interval)
-                sent_bytes += sender.send(payload)
+                for sender in senders:  # one copy out of each interface
+                    sent_bytes += sender.send(payload)
                 sent += 1
         except KeyboardInterrupt:
             pass  # SIGINT / SIGTERM: the summary of what went out (the exit code says why)
+    finally:
+        for sender in senders:
+            sender.close()
     if args.json:
         emit_json(
             {
                 "group": str(spec),
-                "interface": sender.interface.name,
+                "interface": senders[0].interface.name,
+                "interfaces": [sender.interface.name for sender in senders],
                 "ttl": args.ttl,
                 "datagrams": sent,
                 "bytes": sent_bytes,
             }
         )
     else:
-        note(f"sent {sent} datagram(s), {sent_bytes} bytes")
+        note(
+            f"sent {sent} datagram(s), {sent_bytes} bytes"
+            + (f" via {names}" if len(senders) > 1 else "")
+        )
     return 0
+
+
+def _open_senders(spec: GroupSpec, args: argparse.Namespace) -> list[GroupSocket]:
+    """One sending socket per interface ``--iface`` names (one: the route's by default)."""
+    if not is_multi(args.iface):
+        return [
+            open_sender(
+                spec, iface=args.iface, ttl=args.ttl, loopback=not args.no_loop, source=args.source
+            )
+        ]
+    if args.source:
+        raise MulticastError("--source binds one address: give one --iface with it")
+    from ..transport import resolve_interfaces
+
+    senders: list[GroupSocket] = []
+    try:
+        for interface in resolve_interfaces(args.iface, spec.family, group=spec.group):
+            senders.append(
+                open_sender(spec, iface=interface.index, ttl=args.ttl, loopback=not args.no_loop)
+            )
+    except BaseException:
+        for sender in senders:
+            sender.close()
+        raise
+    return senders
 
 
 @dataclass
@@ -136,8 +182,11 @@ def cmd_listen(args: argparse.Namespace) -> int:
     start = time.monotonic()
     last_activity = start
     hinted = False
+    several = is_multi(args.iface)
+    follower = None if spec.broadcast else _Follower(receiver, args.iface)
     mode = "SSM from " + ", ".join(args.source) if args.source else "any source"
-    note(f"listening on {spec} via {receiver.interface.name} ({mode}); Ctrl-C to stop")
+    names = ", ".join(i.name for i in receiver.interfaces)
+    note(f"listening on {spec} via {names} ({mode}); Ctrl-C to stop")
     warnings = [
         receiver.fallback,
         *receiver.warnings,
@@ -154,6 +203,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
                 if args.timeout is not None and now - start >= args.timeout:
                     break
                 wait = 0.5 if args.timeout is None else min(0.5, args.timeout - (now - start))
+                if follower is not None:
+                    for event in follower.poll():
+                        _show_interface_event(args, event)
                 packet = receiver.recv(timeout=wait)
                 if packet is None:
                     if not hinted and time.monotonic() - last_activity > SILENCE_HINT_AFTER:
@@ -179,12 +231,16 @@ def cmd_listen(args: argparse.Namespace) -> int:
                 else:
                     stamp = time.strftime("%H:%M:%S", time.localtime(wall))
                     ttl = f" ttl={packet.ttl}" if packet.ttl is not None else ""
+                    via = f" via {packet.iface}" if several and packet.iface else ""
                     say(
                         f"{stamp}.{int(wall * 1000) % 1000:03d}  {key:<22} "
-                        f"{len(packet.data):>5} B{ttl}  {preview(packet.data)}"
+                        f"{len(packet.data):>5} B{ttl}{via}  {preview(packet.data)}"
                     )
     except KeyboardInterrupt:
         pass
+    finally:
+        if follower is not None:
+            follower.close()
     _summary(args, spec_text=str(spec), per_source=per_source, elapsed=time.monotonic() - start)
     if total == 0:
         return 1
@@ -233,6 +289,7 @@ def _packet_record(packet: Any, wall: float) -> dict[str, Any]:
         "source_port": packet.source_port,
         "destination": packet.destination,
         "ifindex": packet.ifindex,
+        "iface": packet.iface,
         "ttl": packet.ttl,
         "size": len(packet.data),
     }
@@ -274,3 +331,54 @@ def _summary(
             "nothing arrived. Is a sender running with enough TTL on this interface? "
             "Try `mcast doctor` and `mcast ifaces`."
         )
+
+
+class _Follower:
+    """Keeps a listening socket joined on the interfaces it should be: the kernel's link and
+    address notices (debounced) make it read the interfaces again, join on one that came up
+    and leave one that went down."""
+
+    def __init__(self, receiver: GroupSocket, iface: str | None) -> None:
+        self.receiver = receiver
+        wanted: str | list[str] = ALL if iface == ALL else [i.name for i in receiver.interfaces]
+        self.tracker = InterfaceTracker(receiver.spec.family, wanted, receiver.interfaces)
+        self.watch = LinkWatch()
+        self.due: float | None = None if self.watch.available else time.monotonic() + 2.0
+
+    def poll(self) -> list[InterfaceEvent]:
+        """What changed since the last call (never waits: the receive loop comes back here
+        at least every half second)."""
+        now = time.monotonic()
+        if self.watch.available and self.watch.drain() and self.due is None:
+            self.due = now + SETTLE
+        if self.due is None or now < self.due:
+            return []
+        self.due = None if self.watch.available else now + 2.0
+        events = self.tracker.update(list_interfaces())
+        for event in events:
+            if isinstance(event, InterfaceDown):
+                gone = next((i for i in self.receiver.interfaces if i.name == event.name), None)
+                if gone is not None:
+                    self.receiver.leave_interface(gone)
+            elif isinstance(event, InterfaceUp):
+                try:
+                    self.receiver.join_interface(self.tracker.in_use[event.name])
+                except MulticastError as exc:
+                    note(f"warning: cannot join on {event.name}: {exc}")
+        return events
+
+    def close(self) -> None:
+        """Stop watching."""
+        self.watch.close()
+
+
+def _show_interface_event(args: argparse.Namespace, event: InterfaceEvent) -> None:
+    if args.json:
+        emit_json(event.to_dict())
+        return
+    if isinstance(event, InterfaceUp):
+        note(f"interface {event.name} is up: joined there")
+    elif isinstance(event, InterfaceDown):
+        note(f"interface {event.name} is down: left there")
+    else:
+        note(f"interface {event.name} now has {', '.join(event.addresses) or 'no address'}")

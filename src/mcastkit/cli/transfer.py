@@ -41,7 +41,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="files, and directories (sent as trees under their own names; links are not followed)",
     )
     send.add_argument("--group", default=DEFAULT_FILE_GROUP, metavar="GROUP:PORT")
-    send.add_argument("--iface", help="interface name, index or address (default: route)")
+    send.add_argument(
+        "--iface",
+        type=argtypes.interfaces(several=False),
+        help="interface name, index or address (default: route)",
+    )
     send.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1)")
     send.add_argument(
         "--rate",
@@ -100,7 +104,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     recv.add_argument("--group", default=DEFAULT_FILE_GROUP, metavar="GROUP:PORT")
     recv.add_argument("--dir", type=Path, default=Path("."), help="target directory")
-    recv.add_argument("--iface", help="interface name, index or address (default: route)")
+    recv.add_argument(
+        "--iface",
+        type=argtypes.interfaces(),
+        help="interface name, index or address (default: route); all, or eth0,eth1: join on each",
+    )
     recv.add_argument("--name", help="this receiver's name (default host-pid)")
     recv.add_argument(
         "--wait", type=argtypes.seconds(), help="give up if no transfer starts in this time"

@@ -22,18 +22,19 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 
 from . import mmsg
-from .mmsg import MultiReceive
-from .sockets import (
+from .ancillary import (
     CMSG_BUFSIZE,
     IP_PKTINFO,
     IP_RECVTTL,
+    IPV6_PKTINFO,
     IPV6_RECVHOPLIMIT,
     IPV6_RECVPKTINFO,
-    LINUX,
     SO_RXQ_OVFL,
     Packet,
     parse_ancillary,
 )
+from .mmsg import MultiReceive
+from .sockets import LINUX
 
 SOL_UDP = 17
 UDP_SEGMENT = 103  # linux/udp.h: the segment size of a GSO send
@@ -45,6 +46,7 @@ WRITABLE_WAIT = 1.0  # seconds a send waits for room in a full socket buffer
 _SEGMENT = struct.Struct("=H")
 _GRO_SIZE = struct.Struct("=i")
 _DROPS = struct.Struct("=I")
+_IFINDEX = struct.Struct("=i")
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: the enum's & costs a microsecond
 SO_MEMINFO = 55
 SK_MEMINFO_RMEM_ALLOC, SK_MEMINFO_RCVBUF, SK_MEMINFO_DROPS = 0, 1, 8
@@ -284,7 +286,8 @@ class BatchReceiver:
     ``slots``: datagrams per ``recvmmsg`` call, each slot 64 KiB (a GRO buffer's most), so
     this is the memory it holds: 2 MiB at 32. ``watch_load``: read the kernel's drop counter
     and the buffer's fill once per drain (a system call) and hand the drops over; without it
-    the handler gets None.
+    the handler gets None. ``arrival``: keep each datagram's arrival interface; a run then
+    also shares it, and ``arrival_index`` holds it while the handler runs.
     """
 
     def __init__(
@@ -295,9 +298,12 @@ class BatchReceiver:
         multi: bool = True,
         slots: int = 32,
         watch_load: bool = True,
+        arrival: bool = False,
     ) -> None:
         self.sock = sock
         self.watch_load = watch_load
+        self.arrival = arrival
+        self.arrival_index: int | None = None
         self.gro = gro and enable_gro(sock)
         self._buffer = bytearray(RECV_BUFFER)
         self._view = memoryview(self._buffer)
@@ -306,6 +312,8 @@ class BatchReceiver:
             # Batches carry source and segment size only: per-datagram destination, TTL and
             # drop counts would cost a control-message parse each (drops: kernel_drops()).
             quiet_control_messages(sock)
+            if arrival:
+                _want_arrival(sock)
         self._multi_view = memoryview(self._multi.buffer) if self._multi is not None else self._view
         self.counters: Counter[str] = Counter()
         self.fill = 0  # percent of the receive buffer in use when the last drain began
@@ -327,6 +335,8 @@ class BatchReceiver:
                 drops = queued_drops
             spans = [(o, min(o + segment, size)) for o in range(0, size, segment)]
             count += len(spans)
+            if self.arrival:
+                self.arrival_index = _arrival_index(ancillary)
             handle(self._view, spans, address, drops)
         self.counters["datagrams"] += count
         return count
@@ -344,21 +354,26 @@ class BatchReceiver:
             raw = b""
             source = ("", 0)
             names, name_size, slot_size = multi.names, mmsg.NAME_SIZE, multi.slot_size
+            arrival = self.arrival
             for index, (_, control, flags, size) in enumerate(multi.results(received)):
                 if flags & _MSG_TRUNC:
                     self.counters["truncated"] += 1
                     continue
                 at = index * name_size
+                ancillary = multi.control(index) if control else []
+                where = _arrival_index(ancillary) if arrival else None
                 # The same sender as the datagram before (the usual case): compared in place.
-                if not raw or names.find(raw, at, at + len(raw)) != at:
+                same = raw and names.find(raw, at, at + len(raw)) == at
+                if not same or where != self.arrival_index:
                     if spans:
                         self.counters["datagrams"] += len(spans)
                         handle(self._multi_view, spans, source, drops)
                         spans = []
                     raw, source = multi.raw_source(index), multi.source(index)
+                    self.arrival_index = where
                 base = index * slot_size
-                # Only GRO adds a control message on this socket: none means one datagram.
-                segment = self._control(multi.control(index), size)[0] if control else size
+                # Without ``arrival`` only GRO adds a control message: none means one datagram.
+                segment = self._control(ancillary, size)[0] if control else size
                 if segment >= size:
                     spans.append((base, base + size))
                 else:
@@ -440,6 +455,23 @@ class BatchReceiver:
                 self.counters["truncated"] += 1
                 continue
             return size, ancillary, _scoped(address)
+
+
+def _want_arrival(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+
+
+def _arrival_index(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The arrival interface index in IP_PKTINFO / IPV6_PKTINFO, or None."""
+    for level, kind, payload in ancillary:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(payload) >= 12:
+            return int(_IFINDEX.unpack_from(payload, 0)[0])
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(payload) >= 20:
+            return int(_IFINDEX.unpack_from(payload, 16)[0])
+    return None
 
 
 def _scoped(address: tuple[object, ...]) -> tuple[str, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import socket
 import struct
@@ -20,15 +21,28 @@ from typing import Any
 
 import ifaddr
 
+from ..addr import GroupSpec
 from ..errors import InterfaceError
 
 __all__ = [
+    "ALL",
+    "IfaceChoice",
     "Interface",
+    "choose_interfaces",
     "default_interface",
+    "eligible_for_all",
+    "interface_name",
+    "is_multi",
     "list_interfaces",
     "resolve_interface",
+    "resolve_interfaces",
     "route_interface",
 ]
+
+ALL = "all"
+# What an ``iface`` argument may be: None (the route's), one name/index/address, "all",
+# "eth0,eth1", or a list of any of these.
+IfaceChoice = str | int | list[str | int] | tuple[str | int, ...] | None
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCGIFMTU = 0x8921
@@ -218,6 +232,85 @@ def resolve_interface(
     return chosen
 
 
+def is_multi(spec: IfaceChoice) -> bool:
+    """True when ``spec`` names a set of interfaces ("all", "a,b" or a list)."""
+    if isinstance(spec, (list, tuple)):
+        return True
+    return isinstance(spec, str) and (spec.strip() == ALL or "," in spec)
+
+
+def _items(spec: IfaceChoice) -> list[str | int]:
+    if isinstance(spec, (list, tuple)):
+        items = list(spec)
+    elif isinstance(spec, str):
+        items = [part.strip() for part in spec.split(",")]
+    else:
+        items = [spec] if spec is not None else []
+    if not items or any(str(item).strip() == "" for item in items):
+        raise InterfaceError(
+            f"empty interface name in {spec!r}; give names separated by commas, e.g. eth0,eth1"
+        )
+    return items
+
+
+def eligible_for_all(interface: Interface, family: int) -> bool:
+    """True when "all" takes ``interface``: up, with carrier, MULTICAST, not loopback, and
+    with an address of the family (for IPv6 a link-local one is enough)."""
+    return (
+        not interface.loopback
+        and interface.up is not False
+        and interface.running is not False
+        and interface.multicast is not False
+        and interface.has_family(family)
+    )
+
+
+def resolve_interfaces(
+    spec: IfaceChoice,
+    family: int = 4,
+    *,
+    group: IPv4Address | IPv6Address | None = None,
+    require_multicast: bool = True,
+) -> list[Interface]:
+    """The interfaces ``spec`` names: "all" (every interface ``eligible_for_all``), a list
+    or "a,b" (each resolved, duplicates once), or one (``resolve_interface``)."""
+    if not is_multi(spec):
+        single = spec[0] if isinstance(spec, (list, tuple)) else spec
+        return [resolve_interface(single, family, group=group, require_multicast=require_multicast)]
+    if isinstance(spec, str) and spec.strip() == ALL:
+        interfaces = list_interfaces()
+        chosen = [i for i in interfaces if eligible_for_all(i, family)]
+        if not chosen:
+            raise InterfaceError(
+                f"no interface is up with MULTICAST and an IPv{family} address (not counting "
+                f"loopback); available: {_names(interfaces)} (see `mcast ifaces`)"
+            )
+        return chosen
+    result: list[Interface] = []
+    for item in _items(spec):
+        interface = resolve_interface(
+            item, family, group=group, require_multicast=require_multicast
+        )
+        if all(interface.index != seen.index for seen in result):
+            result.append(interface)
+    return result
+
+
+@functools.lru_cache(maxsize=256)
+def _name_of_index(index: int) -> str:
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return str(index)
+
+
+def interface_name(index: int | None) -> str | None:
+    """The name of interface ``index`` (its number when it is gone); None for None."""
+    if index is None or index <= 0:
+        return None
+    return _name_of_index(index)
+
+
 def _find(interfaces: list[Interface], spec: str | int) -> Interface | None:
     text = str(spec).strip()
     if text.isdigit():
@@ -255,3 +348,37 @@ def check_multicast_capable(interface: Interface) -> None:
             f"interface {interface.name} has no MULTICAST flag, so the kernel will not join "
             f"groups on it; enable it: ip link set {interface.name} multicast on"
         )
+
+
+def choose_interfaces(
+    spec: GroupSpec, iface: IfaceChoice, *, single: bool = False
+) -> tuple[list[Interface], str | None]:
+    """The interfaces for ``spec`` (``iface`` wins over ``%iface`` in the spec).
+
+    Multicast needs interfaces that are up with the MULTICAST flag; broadcast does not, and
+    takes one. Returns the loopback-fallback notice too (None when the choice was the user's
+    or a route's). ``single``: a set of interfaces is an error (a sending socket has one).
+    """
+    chosen = iface if iface is not None else spec.iface
+    target = None if spec.broadcast else spec.group
+    if is_multi(chosen):
+        if single:
+            raise InterfaceError(
+                f"sending takes one interface, not {chosen!r}; give one name (see `mcast "
+                "ifaces`), or run one sender per interface"
+            )
+        if spec.broadcast:
+            raise InterfaceError("broadcast takes one interface; give one name")
+        return resolve_interfaces(chosen, spec.family, group=target), None
+    assert not isinstance(chosen, (list, tuple))
+    interface = resolve_interface(
+        chosen, spec.family, group=target, require_multicast=not spec.broadcast
+    )
+    fallback = None
+    no_choice = chosen in (None, "") and interface.loopback and not spec.broadcast
+    if no_choice and route_interface(spec.group) is None:
+        fallback = (
+            f"no route for {spec.group}: using {interface.name}, so only this host takes "
+            f"part; give --iface NAME (see `mcast ifaces`) to reach a network"
+        )
+    return [interface], fallback

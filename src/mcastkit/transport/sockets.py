@@ -26,7 +26,6 @@ import struct
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
 
 from ..addr import (
     GroupSpec,
@@ -37,7 +36,20 @@ from ..addr import (
     split_host_port,
 )
 from ..errors import AddressError, InterfaceError, SocketSetupError
-from .interfaces import Interface, resolve_interface, route_interface
+from .ancillary import (
+    CMSG_BUFSIZE,
+    IP_MULTICAST_ALL,
+    IP_PKTINFO,
+    IP_RECVTTL,
+    IPV6_MULTICAST_ALL,
+    IPV6_RECVHOPLIMIT,
+    IPV6_RECVPKTINFO,
+    SO_RCVBUFFORCE,
+    SO_RXQ_OVFL,
+    Packet,
+    parse_ancillary,
+)
+from .interfaces import IfaceChoice, Interface, choose_interfaces, is_multi
 
 __all__ = [
     "GroupSocket",
@@ -63,24 +75,11 @@ else:  # macOS / BSD
     MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP = 80, 81
     MCAST_JOIN_SOURCE_GROUP, MCAST_LEAVE_SOURCE_GROUP, MCAST_BLOCK_SOURCE = 82, 83, 84
 
-# Linux-only options Python does not name.
-IP_MULTICAST_ALL = 49
-IPV6_MULTICAST_ALL = 29
-IP_PKTINFO = 8
-IP_RECVTTL = 12
-SO_RCVBUFFORCE = 33
-SO_RXQ_OVFL = 40
-IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
-IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
-IPV6_RECVHOPLIMIT = getattr(socket, "IPV6_RECVHOPLIMIT", 51)
-IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
-
 # struct group_req / group_source_req: a uint32 interface index, then sockaddr_storage(s).
 # Linux and Windows align sockaddr_storage to a long (padding after the index on 64-bit);
 # macOS packs the struct to 4 bytes (no padding).
 _GSR_PAD = 0 if BSD_LIKE else struct.calcsize("P") - 4
 _SOCKADDR_STORAGE = 128
-CMSG_BUFSIZE = 256  # room for pktinfo, TTL and the drop counter
 
 
 def _sockaddr(address: IPAddress) -> bytes:
@@ -104,19 +103,6 @@ def _group_req(ifindex: int, group: IPAddress) -> bytes:
 
 def _group_source_req(ifindex: int, group: IPAddress, source: IPAddress) -> bytes:
     return _group_req(ifindex, group) + _sockaddr(source)
-
-
-@dataclass(frozen=True)
-class Packet:
-    """One received datagram with what the kernel told us about it."""
-
-    data: bytes
-    source: str
-    source_port: int
-    destination: str | None = None
-    ifindex: int | None = None
-    ttl: int | None = None
-    drops: int | None = None  # SO_RXQ_OVFL: datagrams the kernel dropped on this socket so far
 
 
 def _level(family: int) -> int:
@@ -164,7 +150,7 @@ def _source_list(
 
 @dataclass
 class GroupSocket:
-    """A UDP socket bound for one group (or broadcast) on one interface.
+    """A UDP socket bound for one group (or broadcast), joined on one or more interfaces.
 
     ``send`` goes to the group; ``recv`` waits at most ``timeout`` seconds and returns None
     when nothing came, so callers never block forever without noticing.
@@ -181,6 +167,12 @@ class GroupSocket:
     # Set when no interface was given and no route leads to the group, so loopback was
     # chosen: only this host will hear it. Callers show it; it is never silent.
     fallback: str | None = None
+    # Every interface the group is joined on; ``interface`` is the first (it also sends).
+    interfaces: list[Interface] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.interfaces:
+            self.interfaces = [self.interface]
 
     @property
     def group(self) -> IPAddress:
@@ -237,19 +229,48 @@ class GroupSocket:
         """Leave the group (also done by close, and by the kernel when the socket closes)."""
         if not self.joined:
             return
+        try:
+            for interface in self.interfaces:
+                self._leave_on(interface)
+        finally:
+            self.joined = False
+
+    def _leave_on(self, interface: Interface) -> None:
         family = self.spec.family
         try:
             if self.sources:
                 for source in self.sources:
-                    req = _group_source_req(self.interface.index, self.spec.group, source)
+                    req = _group_source_req(interface.index, self.spec.group, source)
                     self.sock.setsockopt(_level(family), MCAST_LEAVE_SOURCE_GROUP, req)
             else:
-                req = _group_req(self.interface.index, self.spec.group)
+                req = _group_req(interface.index, self.spec.group)
                 self.sock.setsockopt(_level(family), MCAST_LEAVE_GROUP, req)
         except OSError as exc:
-            raise _setup_error(f"leaving {self.spec.group} on {self.interface.name}", exc) from exc
-        finally:
-            self.joined = False
+            raise _setup_error(f"leaving {self.spec.group} on {interface.name}", exc) from exc
+
+    def join_interface(self, interface: Interface) -> bool:
+        """Join the group on one more interface (one that came up); False when it already
+        was. A join the kernel refuses raises SocketSetupError."""
+        known = next((i for i in self.interfaces if i.name == interface.name), None)
+        if known is not None:
+            if known.index == interface.index:
+                return False
+            self.leave_interface(known)  # the same name, a new device: join the new one
+        _join_on(self, interface)
+        self.interfaces.append(interface)
+        self.joined = True
+        return True
+
+    def leave_interface(self, interface: Interface) -> bool:
+        """Leave the group on one interface (one that went down or away); never raises: a
+        vanished device has taken the membership with it. False when not joined there."""
+        known = next((i for i in self.interfaces if i.name == interface.name), None)
+        if known is None:
+            return False
+        self.interfaces.remove(known)
+        with contextlib.suppress(OSError):
+            self._leave_on(known)
+        return True
 
     def close(self) -> None:
         """Leave and close."""
@@ -264,30 +285,6 @@ class GroupSocket:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def parse_ancillary(
-    data: bytes, address: tuple[object, ...], ancillary: list[tuple[int, int, bytes]]
-) -> Packet:
-    """Build a Packet from recvmsg's results (Linux layouts of in_pktinfo/in6_pktinfo)."""
-    destination: str | None = None
-    ifindex: int | None = None
-    ttl: int | None = None
-    drops: int | None = None
-    for level, kind, payload in ancillary:
-        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(payload) >= 12:
-            ifindex = struct.unpack_from("=i", payload, 0)[0]
-            destination = str(IPv4Address(payload[8:12]))
-        elif level == socket.IPPROTO_IP and kind == socket.IP_TTL and len(payload) >= 4:
-            ttl = struct.unpack_from("=i", payload, 0)[0]
-        elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(payload) >= 20:
-            destination = str(IPv6Address(payload[:16]))
-            ifindex = struct.unpack_from("=i", payload, 16)[0]
-        elif level == socket.IPPROTO_IPV6 and kind == IPV6_HOPLIMIT and len(payload) >= 4:
-            ttl = struct.unpack_from("=i", payload, 0)[0]
-        elif level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(payload) >= 4:
-            drops = struct.unpack_from("=I", payload, 0)[0]
-    return Packet(data, str(address[0]), int(str(address[1])), destination, ifindex, ttl, drops)
 
 
 def _needs_scope(group: IPAddress) -> bool:
@@ -312,29 +309,20 @@ def set_unicast_ttl(sock: socket.socket, family: int, ttl: int) -> None:
 
 
 def _spec_and_interface(
-    group: GroupSpec | str, iface: str | int | None, broadcast: bool
+    group: GroupSpec | str, iface: IfaceChoice, broadcast: bool
 ) -> tuple[GroupSpec, Interface, str | None]:
-    """Parse the group and pick the interface (``iface`` wins over ``%iface`` in the spec).
-
-    Multicast needs an interface that is up with the MULTICAST flag; broadcast does not.
-    Returns the loopback-fallback notice too (None when the choice was the user's or a route).
-    """
+    """Parse the group and pick one interface (``iface`` wins over ``%iface`` in the spec)."""
     spec = _as_spec(group, allow_broadcast=broadcast)
-    chosen = iface if iface is not None else spec.iface
-    interface = resolve_interface(
-        chosen,
-        spec.family,
-        group=None if spec.broadcast else spec.group,
-        require_multicast=not spec.broadcast,
-    )
-    fallback = None
-    no_choice = chosen in (None, "") and interface.loopback and not spec.broadcast
-    if no_choice and route_interface(spec.group) is None:
-        fallback = (
-            f"no route for {spec.group}: using {interface.name}, so only this host takes "
-            f"part; give --iface NAME (see `mcast ifaces`) to reach a network"
-        )
-    return spec, interface, fallback
+    interfaces, fallback = choose_interfaces(spec, iface, single=True)
+    return spec, interfaces[0], fallback
+
+
+def _spec_and_interfaces(
+    group: GroupSpec | str, iface: IfaceChoice, broadcast: bool
+) -> tuple[GroupSpec, list[Interface], str | None]:
+    spec = _as_spec(group, allow_broadcast=broadcast)
+    interfaces, fallback = choose_interfaces(spec, iface)
+    return spec, interfaces, fallback
 
 
 def _new_socket(family: int) -> socket.socket:
@@ -388,14 +376,18 @@ def configure_sending(
         raise _setup_error(f"setting the sending interface {interface.name}", exc) from exc
 
 
-def _bind_receiver(sock: socket.socket, spec: GroupSpec, interface: Interface) -> list[str]:
+def _bind_receiver(
+    sock: socket.socket, spec: GroupSpec, interface: Interface, *, several: bool = False
+) -> list[str]:
     warnings: list[str] = []
     if spec.group.version == 4:
         host = "" if WINDOWS or spec.broadcast else str(spec.group)
         address: tuple[str, int] | tuple[str, int, int, int] = (host, spec.port)
     else:
-        host = "::" if WINDOWS else str(spec.group)
-        scope = interface.index if _needs_scope(spec.group) else 0
+        # A link-scope group bound with its scope ties the socket to that one device: joined
+        # on several, the socket binds the wildcard (IPV6_MULTICAST_ALL=0 still filters).
+        host = "::" if WINDOWS or (several and _needs_scope(spec.group)) else str(spec.group)
+        scope = interface.index if _needs_scope(spec.group) and not several else 0
         address = (host, spec.port, 0, scope)
     try:
         sock.bind(address)
@@ -446,7 +438,7 @@ def enable_packet_info(sock: socket.socket, family: int) -> None:
 def open_receiver(
     group: GroupSpec | str,
     *,
-    iface: str | int | None = None,
+    iface: IfaceChoice = None,
     sources: Iterable[str | IPAddress] = (),
     exclude: Iterable[str | IPAddress] = (),
     reuse: bool = True,
@@ -462,8 +454,11 @@ def open_receiver(
     ``exclude`` joins any-source but blocks the listed senders. The socket can also send to the
     group with the given ``ttl`` and ``loopback``. With ``broadcast`` (or a GroupSpec parsed
     with ``allow_broadcast``) an IPv4 broadcast address opens a broadcast receiver (no join).
+    ``iface`` may name several interfaces ("all", "eth0,eth1" or a list): the socket joins on
+    each, sends out of the first, and ``Packet.iface`` tells where a datagram arrived.
     """
-    spec, interface, fallback = _spec_and_interface(group, iface, broadcast)
+    spec, interfaces, fallback = _spec_and_interfaces(group, iface, broadcast)
+    interface = interfaces[0]
     family = spec.family
     source_list = _source_list(sources, family, "source")
     excluded = _source_list(exclude, family, "excluded source")
@@ -471,7 +466,9 @@ def open_receiver(
         raise AddressError("give either sources (include mode) or exclude, not both")
     sock = _new_socket(family)
     try:
-        result = GroupSocket(sock, spec, interface, source_list, excluded, fallback=fallback)
+        result = GroupSocket(
+            sock, spec, interface, source_list, excluded, fallback=fallback, interfaces=interfaces
+        )
         if reuse:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if BSD_LIKE and hasattr(socket, "SO_REUSEPORT"):
@@ -491,7 +488,8 @@ def open_receiver(
                 option = IP_MULTICAST_ALL if family == 4 else IPV6_MULTICAST_ALL
                 with contextlib.suppress(OSError):  # IPV6_MULTICAST_ALL needs Linux 4.20+
                     sock.setsockopt(_level(family), option, 0)
-            result.warnings.extend(_bind_receiver(sock, spec, interface))
+            several = is_multi(iface if iface is not None else spec.iface)
+            result.warnings.extend(_bind_receiver(sock, spec, interface, several=several))
             configure_sending(sock, family, interface, ttl=ttl, loopback=loopback)
             _join(result)
         sock.setblocking(blocking)
@@ -502,10 +500,15 @@ def open_receiver(
 
 
 def _join(target: GroupSocket) -> None:
+    for interface in target.interfaces:
+        _join_on(target, interface)
+
+
+def _join_on(target: GroupSocket, interface: Interface) -> None:
     family = target.spec.family
     level = _level(family)
-    index = target.interface.index
-    where = f"{target.spec.group} on {target.interface.name}"
+    index = interface.index
+    where = f"{target.spec.group} on {interface.name}"
     try:
         if target.sources:
             for source in target.sources:
@@ -518,7 +521,7 @@ def _join(target: GroupSocket) -> None:
             req = _group_source_req(index, target.spec.group, blocked)
             target.sock.setsockopt(level, MCAST_BLOCK_SOURCE, req)
     except OSError as exc:
-        hint = _join_hint(exc, family, target.interface)
+        hint = _join_hint(exc, family, interface)
         raise _setup_error(f"joining {where}", exc, hint=hint) from exc
 
 
@@ -546,7 +549,7 @@ def _bind_to_device(sock: socket.socket, interface: Interface) -> bool:
 def open_sender(
     group: GroupSpec | str,
     *,
-    iface: str | int | None = None,
+    iface: IfaceChoice = None,
     ttl: int = 1,
     loopback: bool = True,
     source: str | None = None,

@@ -1,0 +1,236 @@
+"""A Node's ways out: one unicast socket per interface (part of the asyncio runtime).
+
+Each path sends the group's datagrams out of its interface, so a node on several interfaces
+is heard on each; peers learn one unicast address per path and answer to it, so each path's
+socket also takes unicast replies. A datagram for one peer leaves by the interface that peer
+was last heard on: a reply goes back the way its request came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from .addr import GroupSpec
+from .errors import MulticastError
+from .events import AddressChanged, Event, InterfaceDown, InterfaceEvent, InterfaceUp
+from .ifwatch import InterfaceTracker
+from .peers import Address
+from .session import Session
+from .transport import GroupSocket, Interface, list_interfaces, open_sender
+from .transport.batch import BatchReceiver, BatchSender, Destination
+from .transport.netlink import LinkWatch
+
+__all__ = ["FollowsInterfaces", "Path", "Paths"]
+
+log = logging.getLogger("mcastkit")
+SETTLE = 0.25  # seconds of quiet after a link/address notice before the interfaces are read
+POLL_INTERFACES = 2.0  # seconds between reads of the interfaces where netlink is missing
+
+MAX_REMEMBERED = 4096  # peer hosts whose arrival interface is kept (oldest forgotten first)
+Outgoing = tuple[bytes, Destination | None]
+
+
+@dataclass
+class Path:
+    """One interface's sending socket, its batch sender and reader, and what waits for it."""
+
+    interface: Interface
+    socket: GroupSocket
+    batch: BatchSender
+    reader: BatchReceiver
+    unsent: deque[Outgoing] = field(default_factory=deque)
+    down: bool = False  # kept although its interface is down: the node's last way out
+
+    def fileno(self) -> int:
+        """The socket's descriptor."""
+        return self.socket.fileno()
+
+
+class Paths:
+    """The paths of one node, by interface name, in the order they were opened."""
+
+    def __init__(self, spec: GroupSpec, *, ttl: int, loopback: bool) -> None:
+        self.spec, self.ttl, self.loopback = spec, ttl, loopback
+        self.by_name: dict[str, Path] = {}
+        self.arrived: dict[str, str] = {}  # peer host -> interface it was last heard on
+        self.unsent_dropped = 0  # datagrams queued on a path whose interface went away
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(list(self.by_name.values()))
+
+    def __len__(self) -> int:
+        return len(self.by_name)
+
+    @property
+    def first(self) -> Path:
+        """The path opened first (the node's unicast address as a single-interface node)."""
+        return next(iter(self.by_name.values()))
+
+    def open(self, interface: Interface) -> Path:
+        """A path out of ``interface``; it replaces one of the same name (a new device or
+        address). Raises what ``open_sender`` raises."""
+        sock = open_sender(self.spec, iface=interface.index, ttl=self.ttl, loopback=self.loopback)
+        sock.sock.setblocking(False)
+        path = Path(
+            interface,
+            sock,
+            BatchSender(sock.sock),  # same-size runs leave in one GSO call
+            BatchReceiver(sock.sock, slots=8, watch_load=False),
+        )
+        self.close(interface.name)
+        self.by_name[interface.name] = path
+        return path
+
+    def close(self, name: str) -> Path | None:
+        """Close the path of ``name``; what it still had to send is counted as dropped."""
+        path = self.by_name.pop(name, None)
+        if path is not None:
+            self.unsent_dropped += len(path.unsent)
+            path.unsent.clear()
+            with contextlib.suppress(OSError):
+                path.socket.close()
+        return path
+
+    def close_all(self) -> None:
+        """Close every path."""
+        for name in list(self.by_name):
+            self.close(name)
+
+    def heard(self, host: str, iface: str) -> None:
+        """Remember that ``host`` was heard on ``iface``."""
+        arrived = self.arrived
+        if arrived.get(host) == iface:
+            return
+        if host not in arrived and len(arrived) >= MAX_REMEMBERED:
+            del arrived[next(iter(arrived))]
+        arrived[host] = iface
+
+    def for_peer(self, destination: Address) -> Path:
+        """The path a datagram to ``destination`` leaves by: where that host was heard."""
+        name = self.arrived.get(destination[0])
+        path = self.by_name.get(name) if name is not None else None
+        return path if path is not None and not path.down else self.first
+
+    def pending(self) -> bool:
+        """True while some path still has datagrams to send."""
+        return any(path.unsent for path in self.by_name.values())
+
+    def distribute(self, datagrams: Iterable[Outgoing]) -> None:
+        """Queue the session's datagrams: the group's on every path, a peer's on its path."""
+        if len(self.by_name) == 1:
+            self.first.unsent.extend(datagrams)
+            return
+        live = [path for path in self.by_name.values() if not path.down] or [self.first]
+        for item in datagrams:
+            if item[1] is None:
+                for path in live:
+                    path.unsent.append(item)
+            else:
+                host, port = item[1][0], item[1][1]
+                self.for_peer((host, port)).unsent.append(item)
+
+
+class FollowsInterfaces:
+    """The Node's part that follows the kernel's link and address notices (a base of Node):
+    join on an interface that came up, leave one that went down, reopen a path whose address
+    changed, and tell peers with a hello."""
+
+    # Provided by Node.
+    session: Session | None
+    _loop: asyncio.AbstractEventLoop | None
+    _group_socket: GroupSocket | None
+    _paths: Paths | None
+    _tracker: InterfaceTracker | None
+    _watch: LinkWatch | None
+    _refresh: asyncio.TimerHandle | None
+    _on_readable: Callable[[BatchReceiver, str | None], None]
+    _notify: Callable[[Event | None], None]
+    _pump: Callable[[], None]
+    _now: Callable[[], float]
+
+    def _add_path_reader(self, path: Path) -> None:
+        assert self._loop is not None
+        self._loop.add_reader(path.fileno(), self._on_readable, path.reader, path.interface.name)
+
+    def _drop_path(self, path: Path) -> None:
+        assert self._loop is not None and self._paths is not None
+        self._loop.remove_reader(path.fileno())
+        self._loop.remove_writer(path.fileno())
+        self._paths.close(path.interface.name)
+
+    def _watch_interfaces(self) -> None:
+        assert self._loop is not None
+        self._watch = LinkWatch()
+        if self._watch.available:
+            self._loop.add_reader(self._watch.fileno(), self._on_link_notice)
+        else:
+            self._refresh = self._loop.call_later(POLL_INTERFACES, self._refresh_interfaces)
+
+    def _on_link_notice(self) -> None:
+        assert self._loop is not None and self._watch is not None
+        # Debounced: a DHCP renewal or a cable plug is a burst of notices; read once after.
+        if self._watch.drain() and self._refresh is None:
+            self._refresh = self._loop.call_later(SETTLE, self._refresh_interfaces)
+
+    def _refresh_interfaces(self) -> None:
+        self._refresh = None
+        session, tracker, loop = self.session, self._tracker, self._loop
+        if session is None or tracker is None or loop is None:
+            return
+        if self._watch is None or not self._watch.available:
+            self._refresh = loop.call_later(POLL_INTERFACES, self._refresh_interfaces)
+        try:
+            events = tracker.update(list_interfaces())
+        except OSError as exc:
+            log.warning("cannot read the interfaces: %s", exc)
+            return
+        announce = False
+        for event in events:
+            announce |= self._apply(event)
+            self._notify(event)
+        if announce:
+            session.announce(self._now())
+        self._pump()
+
+    def _apply(self, event: InterfaceEvent) -> bool:
+        """Join, leave or reopen for one interface event; True when peers should hear a
+        hello (a new path, or a new address on one)."""
+        group, paths, tracker = self._group_socket, self._paths, self._tracker
+        assert group is not None and paths is not None and tracker is not None
+        session = self.session
+        assert session is not None
+        if isinstance(event, InterfaceDown):
+            gone = next((i for i in group.interfaces if i.name == event.name), None)
+            if gone is not None:
+                group.leave_interface(gone)
+            path = paths.by_name.get(event.name)
+            if path is not None and len(paths) > 1:
+                self._drop_path(path)
+            elif path is not None:
+                path.down = True  # the last way out stays, to be reopened when it is back
+            session.forget_path(event.name)
+            session.counters["interfaces-down"] += 1
+            return False
+        interface = tracker.in_use[event.name]
+        try:
+            if isinstance(event, InterfaceUp):
+                group.join_interface(interface)
+            old = paths.by_name.get(event.name)
+            if old is not None:
+                self._drop_path(old)
+            self._add_path_reader(paths.open(interface))
+        except (MulticastError, OSError) as exc:
+            log.warning("cannot use interface %s: %s", event.name, exc)
+            session.counters["interface-errors"] += 1
+            return False
+        for stale in [p for p in paths if p.down]:
+            self._drop_path(stale)
+        session.counters["interfaces-up" if isinstance(event, InterfaceUp) else "addresses"] += 1
+        if isinstance(event, AddressChanged):
+            log.info("interface %s now has %s", event.name, ", ".join(event.addresses))
+        return True

@@ -1,0 +1,69 @@
+"""What the kernel tells about each received datagram: destination, arrival interface, TTL
+and its drop counter, from recvmsg's control messages (Linux layouts)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+
+from .interfaces import interface_name
+
+__all__ = ["CMSG_BUFSIZE", "Packet", "parse_ancillary"]
+
+# Linux-only options Python does not name.
+IP_MULTICAST_ALL = 49
+IPV6_MULTICAST_ALL = 29
+IP_PKTINFO = 8
+IP_RECVTTL = 12
+SO_RCVBUFFORCE = 33
+SO_RXQ_OVFL = 40
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+IPV6_RECVHOPLIMIT = getattr(socket, "IPV6_RECVHOPLIMIT", 51)
+IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
+
+CMSG_BUFSIZE = 256  # room for pktinfo, TTL and the drop counter
+
+
+@dataclass(frozen=True)
+class Packet:
+    """One received datagram with what the kernel told us about it."""
+
+    data: bytes
+    source: str
+    source_port: int
+    destination: str | None = None
+    ifindex: int | None = None
+    ttl: int | None = None
+    drops: int | None = None  # SO_RXQ_OVFL: datagrams the kernel dropped on this socket so far
+
+    @property
+    def iface(self) -> str | None:
+        """The name of the interface the datagram arrived on (None when not known)."""
+        return interface_name(self.ifindex)
+
+
+def parse_ancillary(
+    data: bytes, address: tuple[object, ...], ancillary: list[tuple[int, int, bytes]]
+) -> Packet:
+    """Build a Packet from recvmsg's results (Linux layouts of in_pktinfo/in6_pktinfo)."""
+    destination: str | None = None
+    ifindex: int | None = None
+    ttl: int | None = None
+    drops: int | None = None
+    for level, kind, payload in ancillary:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(payload) >= 12:
+            ifindex = struct.unpack_from("=i", payload, 0)[0]
+            destination = str(IPv4Address(payload[8:12]))
+        elif level == socket.IPPROTO_IP and kind == socket.IP_TTL and len(payload) >= 4:
+            ttl = struct.unpack_from("=i", payload, 0)[0]
+        elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(payload) >= 20:
+            destination = str(IPv6Address(payload[:16]))
+            ifindex = struct.unpack_from("=i", payload, 16)[0]
+        elif level == socket.IPPROTO_IPV6 and kind == IPV6_HOPLIMIT and len(payload) >= 4:
+            ttl = struct.unpack_from("=i", payload, 0)[0]
+        elif level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(payload) >= 4:
+            drops = struct.unpack_from("=I", payload, 0)[0]
+    return Packet(data, str(address[0]), int(str(address[1])), destination, ifindex, ttl, drops)
