@@ -317,8 +317,11 @@ class Node(FollowsInterfaces):
 
     @property
     def interfaces(self) -> list[str]:
-        """Every interface the node is joined on now."""
-        return [i.name for i in self._group_socket.interfaces] if self._group_socket else []
+        """Every interface the node is joined on and using now (not those that are down)."""
+        if self._group_socket is None:
+            return []
+        usable = self._tracker.in_use if self._tracker is not None else {}
+        return [i.name for i in self._group_socket.interfaces if i.name in usable]
 
     @property
     def peers(self) -> dict[int, PeerInfo]:

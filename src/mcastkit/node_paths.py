@@ -23,6 +23,7 @@ from .peers import Address
 from .session import Session
 from .transport import GroupSocket, Interface, list_interfaces, open_sender
 from .transport.batch import BatchReceiver, BatchSender, Destination
+from .transport.interfaces import device_exists
 from .transport.netlink import LinkWatch
 
 __all__ = ["FollowsInterfaces", "Path", "Paths"]
@@ -206,8 +207,10 @@ class FollowsInterfaces:
         assert session is not None
         if isinstance(event, InterfaceDown):
             gone = next((i for i in group.interfaces if i.name == event.name), None)
-            if gone is not None:
+            if gone is not None and not device_exists(gone.index):
                 group.leave_interface(gone)
+            # A device still there (a cable pull) keeps its membership in the kernel, so
+            # reception resumes the instant the link is back, not after the next notice.
             path = paths.by_name.get(event.name)
             if path is not None and len(paths) > 1:
                 self._drop_path(path)
@@ -221,9 +224,19 @@ class FollowsInterfaces:
             if isinstance(event, InterfaceUp):
                 group.join_interface(interface)
             old = paths.by_name.get(event.name)
-            if old is not None:
-                self._drop_path(old)
-            self._add_path_reader(paths.open(interface))
+            v6 = group.spec.family == 6
+            same = (
+                old is not None
+                and old.interface.index == interface.index
+                and (old.interface.ipv6 if v6 else old.interface.ipv4)
+                == (interface.ipv6 if v6 else interface.ipv4)
+            )
+            if old is not None and same:
+                old.down = False  # back as it was: the same socket, so peers' view holds
+            else:
+                if old is not None:
+                    self._drop_path(old)
+                self._add_path_reader(paths.open(interface))
         except (MulticastError, OSError) as exc:
             log.warning("cannot use interface %s: %s", event.name, exc)
             session.counters["interface-errors"] += 1

@@ -18,8 +18,10 @@ from .framing import Framer
 from .peers import Address, PeerInfo
 from .reliable import (
     ACK,
+    ACK_ECHO,
     RDATA_HEAD,
     RSTATE,
+    RSTATE_TIMED,
     ReliableConfig,
     StreamReceiver,
     StreamSender,
@@ -86,6 +88,8 @@ class ReliableFrames:
                 "window_bytes": stream.window_bytes,
                 "queued_bytes": stream.queued_bytes,
                 "rate": stream.rate,
+                "grtt_ms": round(stream.grtt * 1000, 3),
+                "rtt_ms": {f"{peer:016x}": round(r * 1000, 3) for peer, r in stream.rtts.items()},
                 "rate_history": [] if stream.control is None else stream.control.history[-100:],
                 **stream.counters,
             }
@@ -160,9 +164,9 @@ class ReliableFrames:
         stream = self._stream
         assert stream is not None
         flags = Flag.ACK_WANTED if stream.wants_acks else 0
-        self._send(
-            FrameType.RSTATE, "", RSTATE.pack(stream.oldest, stream.next_seq), now, flags=flags
-        )
+        grtt_us = min(int(stream.grtt * 1e6), 0xFFFFFFFF)
+        state = RSTATE_TIMED.pack(stream.oldest, stream.next_seq, stream.stamp(now), grtt_us)
+        self._send(FrameType.RSTATE, "", state, now, flags=flags)
 
     def _receiver(self, frame: Frame, peer: PeerInfo) -> StreamReceiver:
         start = peer.resume_from or peer.stream_start
@@ -200,10 +204,15 @@ class ReliableFrames:
         if through is not None:
             self._send_ack(stream, through, now)
 
-    def _send_ack(self, stream: StreamReceiver, through: int, now: float) -> None:
+    def _send_ack(
+        self, stream: StreamReceiver, through: int, now: float, echo: int | None = None
+    ) -> None:
         peer = self.peers.get(stream.sender)
         if peer is not None and peer.address is not None:
-            payload = ACK.pack(stream.sender, stream.incarnation, through)
+            if echo is None:
+                payload = ACK.pack(stream.sender, stream.incarnation, through)
+            else:  # answered at once: held for no time
+                payload = ACK_ECHO.pack(stream.sender, stream.incarnation, through, echo, 0)
             self._send(FrameType.ACK, "", payload, now, to=peer.address)
 
     def _on_rdata(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
@@ -214,16 +223,22 @@ class ReliableFrames:
         self._collect(stream, now)
 
     def _on_rstate(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
-        if len(frame.payload) != RSTATE.size:
+        size = len(frame.payload)
+        if size not in (RSTATE.size, RSTATE_TIMED.size):
             self._drop("bad-rstate")
             return
         stream = self._receiver(frame, peer)
-        oldest, next_seq = RSTATE.unpack(frame.payload)
+        oldest, next_seq = RSTATE.unpack_from(frame.payload)
         self.streams.fed(stream, stream.on_state, oldest, next_seq, now)
-        if frame.flags & Flag.ACK_WANTED:
+        echo = None
+        if size == RSTATE_TIMED.size:
+            _, _, stamp, grtt_us = RSTATE_TIMED.unpack(frame.payload)
+            if stream.on_probe(grtt_us, now):
+                echo = stamp
+        if frame.flags & Flag.ACK_WANTED or echo is not None:
             through = stream.ack_now()
-            if through is not None:
-                self._send_ack(stream, through, now)
+            if through is not None or echo is not None:
+                self._send_ack(stream, through or 0, now, echo)
         self._collect(stream, now)
 
     def _on_nack(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
@@ -248,15 +263,20 @@ class ReliableFrames:
             stream.on_foreign_nack(runs, now)
 
     def _on_ack(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
-        if len(frame.payload) != ACK.size:
+        size = len(frame.payload)
+        if size not in (ACK.size, ACK_ECHO.size):
             self._drop("bad-ack")
             return
-        target, incarnation, through = ACK.unpack(frame.payload)
+        target, incarnation, through = ACK.unpack_from(frame.payload)
         if not peer.hello_seen:
             self._drop("ack-from-non-member")
             return
         if target == self.node_id and incarnation == self.incarnation and self._stream:
-            self._stream.on_ack(frame.sender, through, now)
+            if through:  # 0: an echo from a receiver that has nothing delivered yet
+                self._stream.on_ack(frame.sender, through, now)
+            if size == ACK_ECHO.size:
+                _, _, _, stamp, held_us = ACK_ECHO.unpack(frame.payload)
+                self._stream.on_echo(frame.sender, stamp, held_us, now)
 
     def _on_heartbeat(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
         # Where its stream stands: a tail we never saw becomes a gap, asked for or reported.

@@ -173,6 +173,8 @@ def test_a_node_on_two_interfaces_is_one_member_with_two_paths(lab: Lab) -> None
     assert paths["eth0"].startswith("10.91.1.1:") and paths["eth1"].startswith("10.91.2.1:")
     assert got["interfaces"] == sent["interfaces"] == ["eth0", "eth1"]
     assert set(sent["peers"]["b"]["paths"]) == {"eth0", "eth1"}
+    grtt = sent["stats"]["sender"]["grtt_ms"]  # measured from b's echoes of our probes
+    assert 0 < grtt < 50 and list(sent["stats"]["sender"]["rtt_ms"].values()) != []
     replies = json.loads(next(x for x in sent_out.splitlines() if x.startswith("REPLIES "))[8:])
     assert [r["payload"] for r in replies] == ["b here"]  # one member, one answer
 

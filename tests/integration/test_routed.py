@@ -238,3 +238,25 @@ def test_reliable_publish_across_with_loss(routed, tmp_path: Path) -> None:
     (record,) = [json.loads(line) for line in out.splitlines()]
     assert record["size"] == 32 << 20
     assert record["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_silent_listener_behind_a_router_is_told_about_the_ttl(lab: Lab) -> None:
+    (a1, _a2), _router, (b1, _b2) = lab.routed(per_subnet=2)
+    group = "239.7.1.9:6009"
+    far = b1.start_mcast("listen", group, "--timeout", "2.5")
+    wait_for_line(far.stderr, "listening on")
+    assert a1.mcast("send", group, "ttl-one", "--count", "3").returncode == 0  # TTL 1
+    _, err = far.communicate(timeout=20)
+    assert far.returncode == 1
+    assert "A router is on this link (10.90.2.254)" in err, err
+    assert f"mcast send {group} TEXT --ttl 4" in err
+    assert f"mcast ping {group} --ttl 8" in err
+    link_local = b1.mcast("listen", "[ff02::7:9]:6009", "--iface", "eth0", "--timeout", "0.5")
+    assert "(fd90:2::fe), but ff02::7:9 is link-local" in link_local.stderr
+
+
+def test_a_silent_listener_without_a_router_is_not_sent_after_one(lab: Lab) -> None:
+    _sender, listener = lab.lan(2)
+    result = listener.mcast("listen", "239.7.1.9:6009", "--timeout", "0.5")
+    assert result.returncode == 1
+    assert "Is a sender on this link?" in result.stderr and "router" not in result.stderr

@@ -196,3 +196,28 @@ def test_paths_per_peer_are_bounded_against_forged_interface_names() -> None:
         for data in hello:
             b.receive_datagram(data, (f"10.9.{number}.1", 5000), 0.0, f"if{number}")
     assert len(b.peers[a.node_id].paths) == MAX_PATHS
+
+
+ROUTE = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
+eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+eth1\t0000000A\tFE00000A\t0003\t0\t0\t0\t000000FF\t0\t0\t0
+eth0\t0000A8C0\t010200C0\t0003\t0\t0\t0\t0000FFFF\t0\t0\t0
+junk line
+"""
+ROUTE6 = (
+    "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+    "fd000000000000000000000000000001 00000400 00000002 00000000 00000003     eth0\n"
+    "fe800000000000000000000000000000 40 00000000000000000000000000000000 00 "
+    "00000000000000000000000000000000 00000100 00000003 00000000 00000001     eth0\n"
+)
+
+
+def test_gateways_are_read_from_the_kernel_routing_table() -> None:
+    from mcastkit.transport.interfaces import parse_gateways
+
+    assert parse_gateways(ROUTE, 4, "eth0") == ["192.0.2.1"]  # once, though on two routes
+    assert parse_gateways(ROUTE, 4, "eth1") == ["10.0.0.254"]
+    assert parse_gateways(ROUTE, 4, "eth9") == []
+    assert parse_gateways(ROUTE6, 6, "eth0") == ["fd00::1"]
+    assert parse_gateways("", 6, "eth0") == []

@@ -16,7 +16,7 @@ from ..errors import MulticastError
 from ..events import InterfaceDown, InterfaceEvent, InterfaceUp
 from ..ifwatch import InterfaceTracker
 from ..transport import GroupSocket, is_multi, list_interfaces, open_receiver, open_sender
-from ..transport.interfaces import ALL
+from ..transport.interfaces import ALL, device_exists, gateways
 from ..transport.netlink import LinkWatch
 from . import argtypes
 from .output import emit_json, note, preview, say
@@ -211,8 +211,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
                     if not hinted and time.monotonic() - last_activity > SILENCE_HINT_AFTER:
                         hinted = True
                         note(
-                            f"nothing received for {SILENCE_HINT_AFTER:.0f}s. Check the sender's "
-                            "TTL and interface, firewalls, and `mcast doctor`."
+                            f"nothing received for {SILENCE_HINT_AFTER:.0f}s. "
+                            + _silence_hint(spec, receiver)
                         )
                     continue
                 wall = time.time()
@@ -241,7 +241,14 @@ def cmd_listen(args: argparse.Namespace) -> int:
     finally:
         if follower is not None:
             follower.close()
-    _summary(args, spec_text=str(spec), per_source=per_source, elapsed=time.monotonic() - start)
+    hint = "" if total or spec.broadcast else _silence_hint(spec, receiver)
+    _summary(
+        args,
+        spec_text=str(spec),
+        per_source=per_source,
+        elapsed=time.monotonic() - start,
+        hint=hint,
+    )
     if total == 0:
         return 1
     if args.count is not None and total < args.count:
@@ -306,6 +313,7 @@ def _summary(
     spec_text: str,
     per_source: dict[str, _SourceCount],
     elapsed: float,
+    hint: str = "",
 ) -> None:
     total = sum(c.datagrams for c in per_source.values())
     if args.json:
@@ -327,10 +335,7 @@ def _summary(
     for key, c in sorted(per_source.items(), key=lambda kv: -kv[1].datagrams):
         note(f"  {key:<22} {c.datagrams:>7} datagrams {c.bytes:>10} bytes")
     if total == 0:
-        note(
-            "nothing arrived. Is a sender running with enough TTL on this interface? "
-            "Try `mcast doctor` and `mcast ifaces`."
-        )
+        note(f"nothing arrived. {hint or 'Is a sender running on this interface?'}")
 
 
 class _Follower:
@@ -358,8 +363,8 @@ class _Follower:
         for event in events:
             if isinstance(event, InterfaceDown):
                 gone = next((i for i in self.receiver.interfaces if i.name == event.name), None)
-                if gone is not None:
-                    self.receiver.leave_interface(gone)
+                if gone is not None and not device_exists(gone.index):
+                    self.receiver.leave_interface(gone)  # a pulled cable keeps its membership
             elif isinstance(event, InterfaceUp):
                 try:
                     self.receiver.join_interface(self.tracker.in_use[event.name])
@@ -382,3 +387,26 @@ def _show_interface_event(args: argparse.Namespace, event: InterfaceEvent) -> No
         note(f"interface {event.name} is down: left there")
     else:
         note(f"interface {event.name} now has {', '.join(event.addresses) or 'no address'}")
+
+
+def _silence_hint(spec: GroupSpec, receiver: GroupSocket) -> str:
+    """Why a listener may hear nothing: a router on the link makes a sender's TTL the first
+    suspect (TTL 1, the default, stops at the router); then interface, firewall, doctor."""
+    routers = [router for i in receiver.interfaces for router in gateways(i.name, spec.family)]
+    rest = "Check the sender's interface, firewalls, and `mcast doctor`."
+    if not routers:
+        return (
+            "Is a sender on this link? Check its TTL and interface, firewalls, and `mcast doctor`."
+        )
+    where = ", ".join(dict.fromkeys(routers))
+    if not classify(spec.group).routable:
+        return (
+            f"A router is on this link ({where}), but {spec.group} is link-local and never "
+            f"crosses one: a sender must be on this link. {rest}"
+        )
+    return (
+        f"A router is on this link ({where}): a sender on another subnet is heard here only "
+        "if the routers forward the group and its TTL is above the number of routers in "
+        f"between (TTL 1, the default, stops at the first): mcast send {spec} TEXT --ttl 4. "
+        f"From the sender, `mcast ping {spec} --ttl 8` shows the hops. {rest}"
+    )

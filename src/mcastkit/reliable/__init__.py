@@ -18,12 +18,14 @@ from __future__ import annotations
 from ..events import UNKNOWN_END, SlowReceiver, Unrecoverable
 from .codec import (
     ACK,
+    ACK_ECHO,
     MAX_GAP,
     MAX_NACK_RANGES,
     NACK_HEAD,
     NACK_RANGE,
     RDATA_HEAD,
     RSTATE,
+    RSTATE_TIMED,
     decode_nack,
     encode_nack,
     ranges_of,
@@ -35,6 +37,7 @@ from .sender import StreamSender
 
 __all__ = [
     "ACK",
+    "ACK_ECHO",
     "FRAGMENT_COST",
     "GAP_COST",
     "LOST_COST",
@@ -44,6 +47,7 @@ __all__ = [
     "NACK_RANGE",
     "RDATA_HEAD",
     "RSTATE",
+    "RSTATE_TIMED",
     "UNKNOWN_END",
     "NackRateControl",
     "ReliableConfig",

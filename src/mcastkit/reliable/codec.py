@@ -9,7 +9,13 @@ RDATA_HEAD = struct.Struct("!QII")  # stream seq, message length, fragment offse
 NACK_HEAD = struct.Struct("!QIH")  # target sender, target incarnation, range count
 NACK_RANGE = struct.Struct("!QI")  # first seq, count
 RSTATE = struct.Struct("!QQ")  # oldest seq still in the window, next seq to be sent
+# RSTATE with a probe: + the sender's clock (µs, mod 2**32) to echo, and its group round
+# trip (GRTT, µs; 0: not measured yet) that receivers scale their NACK timing by
+RSTATE_TIMED = struct.Struct("!QQII")
 ACK = struct.Struct("!QIQ")  # target sender, target incarnation, delivered through seq
+# ACK answering a probe: + the echoed stamp and how long the receiver held it (µs)
+ACK_ECHO = struct.Struct("!QIQII")
+MAX_GRTT = 1.0  # seconds: a larger round trip (or a forged one) is taken as this
 MAX_NACK_RANGES = 64
 MAX_GAP = 1 << 17  # seqs; a larger jump is beyond any window: restart instead of tracking it
 MAX_MESSAGE_WIRE = 0xFFFFFFFF

@@ -91,6 +91,7 @@ class InboundStreams:
                 "next_seq": r.next_deliver,
                 "missing": r.missing,
                 "memory": r.memory,
+                "grtt_ms": round(r.grtt * 1000, 3),
                 **r.counters,
             }
             for sender, r in self.receivers.items()

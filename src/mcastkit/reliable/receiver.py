@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..events import Unrecoverable
-from .codec import MAX_GAP, MAX_NACK_RANGES, RDATA_HEAD
+from .codec import MAX_GAP, MAX_GRTT, MAX_NACK_RANGES, RDATA_HEAD
 from .config import ReliableConfig
 
 
@@ -36,6 +36,7 @@ def _message_start(seq: int, length: int, offset: int, size: int) -> int:
 FRAGMENT_COST = 200
 GAP_COST = 240
 LOST_COST = 160
+ECHO_EVERY = 0.25  # seconds between echoes of the sender's probes (one stream)
 
 
 class _Gap:
@@ -246,6 +247,8 @@ class StreamReceiver:
         self.events: list[Unrecoverable] = []
         self.counters: dict[str, int] = {}
         self.acks_wanted = False
+        self.grtt = 0.0  # the sender's group round trip, as its probes say (0: not known)
+        self._echoed_at = -1e9
         self._acked = 0
         self._ack_at: float | None = None
         self._loss_start: tuple[int, str, bool] | None = None
@@ -316,9 +319,31 @@ class StreamReceiver:
             self._note_highest(next_seq - 1, now, room, inclusive=True)
         self._give_up_below(oldest, "window-passed", now)
 
+    def on_probe(self, grtt_us: int, now: float) -> bool:
+        """A probe of the sender's: its group round trip (our NACK timing scales with it, as
+        NORM's does with GRTT). True when its stamp should be echoed now: once per
+        ``ECHO_EVERY`` at most, so probes (or forged ones) cannot make us chatter."""
+        self.grtt = min(grtt_us / 1e6, MAX_GRTT)
+        if now - self._echoed_at < ECHO_EVERY:
+            return False
+        self._echoed_at = now
+        return True
+
+    @property
+    def nack_backoff(self) -> float:
+        """The longest random wait before a NACK: a round trip at least, so that a NACK
+        from a receiver nearer the sender can arrive and suppress ours."""
+        return max(self.config.nack_backoff, self.grtt)
+
+    @property
+    def nack_repeat(self) -> float:
+        """How long to wait for a repair before asking again: the repair needs a round
+        trip after the NACK's back-off, or every NACK would be sent twice."""
+        return max(self.config.nack_repeat, 2 * self.grtt + self.nack_backoff)
+
     def on_foreign_nack(self, runs: list[tuple[int, int]], now: float) -> None:
         """Another receiver asked for these seqs: hold our own NACK for them back."""
-        self.gaps.suppress(runs, now + self.config.nack_repeat)
+        self.gaps.suppress(runs, now + self.nack_repeat)
         self._bump("nacks-heard")
 
     def handle_timer(self, now: float) -> list[list[tuple[int, int]]]:
@@ -335,7 +360,7 @@ class StreamReceiver:
                 suppressed = True
             else:
                 ask.append((gap.first, gap.end - gap.first))
-            self.gaps.reschedule(gap, now + self.config.nack_repeat * (1 + self._random()))
+            self.gaps.reschedule(gap, now + self.nack_repeat * (1 + self._random()))
         if suppressed:
             self._bump("nacks-suppressed")
         nacks: list[list[tuple[int, int]]] = []
@@ -449,7 +474,7 @@ class StreamReceiver:
         return limit if room is None else min(room, limit)
 
     def _backoff(self, now: float) -> float:
-        return now + self.config.nack_backoff * self._random()
+        return now + self.nack_backoff * self._random()
 
     def _is_lost(self, seq: int) -> bool:
         index = bisect.bisect_right(self._lost_starts, seq) - 1

@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..events import SlowReceiver
-from .codec import RDATA_HEAD
+from .codec import MAX_GRTT, RDATA_HEAD
 from .config import ReliableConfig
 from .rate import NackRateControl
 
@@ -14,6 +14,7 @@ SEND_BATCH = 256  # datagrams per pull: receive processing interleaves with long
 PROBE_FIRST = 0.005  # tail probes (RSTATE) after the queue drains: 5 ms, doubling to 1 s
 PROBE_LAST = 1.0
 BLOCKED_PROBE = 0.02  # under "wait", how often a held sender asks for acknowledgements
+RTT_PROBE_EVERY = 1.0  # while sending, a probe (RSTATE) a second measures the round trip
 ADAPTIVE_START_BPS = 1e9
 
 
@@ -70,6 +71,11 @@ class StreamSender:
         self._probe_gap = PROBE_FIRST
         self._blocked_since: float | None = None
         self.state_wanted = False  # a NACK asked for seqs we no longer have: tell the window
+        # Round trips measured from echoed probes, per receiver (smoothed); the group's
+        # (GRTT) is the largest: repairs wait for it, receivers' NACKs scale with it.
+        self.rtts: dict[int, float] = {}
+        self.grtt = 0.0
+        self._rtt_probe_at = now
 
     @property
     def oldest(self) -> int:
@@ -102,7 +108,9 @@ class StreamSender:
         # the NACKs that crossed a repair are ignored. Longer, or growing, hold-offs were
         # tried: in a group where many receivers each lose some repairs, a seq legitimately
         # needs several repairs in quick succession, and the window passed them by.
-        oldest, holdoff = self.oldest, self.config.nack_backoff
+        # The hold-off lasts a group round trip at least: a NACK that arrives sooner after a
+        # repair was sent before its receiver could have seen that repair.
+        oldest, holdoff = self.oldest, max(self.config.nack_backoff, self.grtt)
         self._bump("nacks-received")
         for first, count in runs:
             last = min(first + count, self.next_seq)
@@ -130,9 +138,32 @@ class StreamSender:
         elif seq > tracked.acked:
             tracked.acked, tracked.progressed_at = seq, now
 
+    @staticmethod
+    def stamp(now: float) -> int:
+        """Our clock as a probe carries it (µs, mod 2**32)."""
+        return int(now * 1e6) & 0xFFFFFFFF
+
+    def on_echo(self, peer: int, stamp: int, held_us: int, now: float) -> None:
+        """A receiver echoed a probe's ``stamp`` after holding it ``held_us``: one round
+        trip sample. A sample outside 0..MAX_GRTT (a stale or forged echo) is refused."""
+        elapsed = ((self.stamp(now) - stamp) & 0xFFFFFFFF) / 1e6 - held_us / 1e6
+        if not 0.0 <= elapsed <= MAX_GRTT:
+            self._bump("rtt-samples-refused")
+            return
+        previous = self.rtts.get(peer)
+        # Up at once (a path got longer: repairs must not storm), down slowly (NORM's way).
+        if previous is None or elapsed > previous:
+            self.rtts[peer] = elapsed
+        else:
+            self.rtts[peer] = previous + (elapsed - previous) / 8
+        self.grtt = max(self.rtts.values())
+        self._bump("rtt-samples")
+
     def forget_peer(self, peer: int) -> None:
         """A receiver left or failed: stop waiting for it."""
         self._tracked.pop(peer, None)
+        self.rtts.pop(peer, None)
+        self.grtt = max(self.rtts.values(), default=0.0)
         self._blocked_since = None  # the next pull decides afresh whether to hold
 
     def pull(self, now: float) -> list[tuple[str, bytes, bool]]:
@@ -191,6 +222,9 @@ class StreamSender:
         """True when a tail probe (RSTATE) should go out now, so receivers see tail loss."""
         if self.state_wanted:
             self.state_wanted = False
+            return True
+        if not self.idle and now >= self._rtt_probe_at:
+            self._rtt_probe_at = now + RTT_PROBE_EVERY  # while sending: measure the round trip
             return True
         if self._blocked_since is not None and (self._probe_at is None or now >= self._probe_at):
             self._probe_at = now + BLOCKED_PROBE  # ask the receivers we wait for to acknowledge

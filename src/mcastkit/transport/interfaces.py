@@ -30,10 +30,13 @@ __all__ = [
     "Interface",
     "choose_interfaces",
     "default_interface",
+    "device_exists",
     "eligible_for_all",
+    "gateways",
     "interface_name",
     "is_multi",
     "list_interfaces",
+    "parse_gateways",
     "resolve_interface",
     "resolve_interfaces",
     "route_interface",
@@ -304,6 +307,15 @@ def _name_of_index(index: int) -> str:
         return str(index)
 
 
+def device_exists(index: int) -> bool:
+    """True while interface ``index`` exists (up or down) in this network namespace."""
+    try:
+        socket.if_indextoname(index)
+    except OSError:
+        return False
+    return True
+
+
 def interface_name(index: int | None) -> str | None:
     """The name of interface ``index`` (its number when it is gone); None for None."""
     if index is None or index <= 0:
@@ -382,3 +394,38 @@ def choose_interfaces(
             f"part; give --iface NAME (see `mcast ifaces`) to reach a network"
         )
     return [interface], fallback
+
+
+_RTF_GATEWAY = 0x2
+
+
+def parse_gateways(route_table: str, family: int, name: str) -> list[str]:
+    """Next-hop routers on interface ``name`` in the text of /proc/net/route (IPv4) or
+    /proc/net/ipv6_route (IPv6), each once, in table order."""
+    found: list[str] = []
+    for line in route_table.splitlines():
+        fields = line.split()
+        try:
+            if family == 4 and len(fields) >= 4 and fields[0] == name:
+                flags, raw = int(fields[3], 16), bytes.fromhex(fields[2])[::-1]
+                gateway = str(IPv4Address(raw))
+            elif family == 6 and len(fields) >= 10 and fields[9] == name:
+                flags, gateway = int(fields[8], 16), str(IPv6Address(bytes.fromhex(fields[4])))
+            else:
+                continue
+        except ValueError:
+            continue  # a line this parser does not know (the header)
+        if flags & _RTF_GATEWAY and gateway not in found and gateway not in ("0.0.0.0", "::"):
+            found.append(gateway)
+    return found
+
+
+def gateways(name: str, family: int) -> list[str]:
+    """Routers this host sends through on interface ``name`` (its routing table's next
+    hops there); empty where the table cannot be read (not Linux)."""
+    path = "/proc/net/route" if family == 4 else "/proc/net/ipv6_route"
+    try:
+        with open(path) as table:
+            return parse_gateways(table.read(), family, name)
+    except OSError:
+        return []
