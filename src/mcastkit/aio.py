@@ -38,6 +38,7 @@ from .peers import PeerInfo, topic_matches
 from .reliable import ReliableConfig
 from .security import GroupKey, KeyRing, key_from_passphrase
 from .session import DEFAULT_MAX_PEERS, DEFAULT_MAX_SKEW, Session, Want
+from .subscription import Subscription
 from .transport import (
     GroupSocket,
     IfaceChoice,
@@ -54,57 +55,11 @@ __all__ = ["DEFAULT_GROUP", "GatherResult", "Node", "Request", "Subscription"]
 
 log = logging.getLogger("mcastkit")
 DEFAULT_GROUP = "239.255.77.78:5078"
-READ_BATCH = 64
-QUEUE_LIMIT = 10000
+READ_BATCH = 256
 DEFAULT_RCVBUF = 4 << 20  # absorbs bursts; the kernel caps it at net.core.rmem_max (not root)
 BACKLOG_LIMIT = 8 << 20  # reliable bytes queued before publish() waits for the sender to drain
 MembershipEvent = Joined | Left | Failed | Updated | IdRenewed
 Handler = Callable[["Request"], "bytes | str | Awaitable[bytes | str]"]
-
-
-class Subscription:
-    """Messages whose topic matches ``pattern`` (exact, or a prefix ending in ``*``)."""
-
-    def __init__(self, node: Node, pattern: str) -> None:
-        self.pattern = pattern
-        self.dropped = 0
-        self._node = node
-        self._queue: asyncio.Queue[Message | None] = asyncio.Queue(QUEUE_LIMIT)
-
-    def matches(self, topic: str) -> bool:
-        """True when ``topic`` belongs to this subscription."""
-        return topic_matches(self.pattern, topic)
-
-    def _offer(self, message: Message | None) -> bool:
-        try:
-            self._queue.put_nowait(message)
-        except asyncio.QueueFull:
-            self.dropped += 1  # a slow consumer never stalls the node (and is told: _dispatch)
-            return False
-        return True
-
-    async def get(self, timeout: float | None = None) -> Message | None:
-        """The next message; None at the timeout or when the node stopped."""
-        if not self._queue.empty():
-            return self._queue.get_nowait()  # no wait_for task when one is already queued
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
-
-    def close(self) -> None:
-        """Stop receiving."""
-        self._node._subscriptions.discard(self)
-
-    def __aiter__(self) -> AsyncIterator[Message]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Message]:
-        while True:
-            message = await self._queue.get()
-            if message is None:
-                return
-            yield message
 
 
 def _as_bytes(payload: bytes | str) -> bytes:
@@ -182,6 +137,7 @@ class Node(FollowsInterfaces):
         self._gathers: dict[int, asyncio.Future[Gathered]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._drained: asyncio.Event | None = None
+        self._opened = memoryview(bytearray())  # where a sealed receive batch is opened
 
     @property
     def send_errors(self) -> int:
@@ -226,6 +182,7 @@ class Node(FollowsInterfaces):
         keyring = None
         if self.key is not None:
             keyring = KeyRing([self.key], os.urandom)
+            self._opened = memoryview(bytearray(32 << 16))  # a batch: 32 slots of 64 KiB
         else:
             log.warning(
                 "group %s is open: with no key any host on the path can read every message, "
@@ -250,7 +207,7 @@ class Node(FollowsInterfaces):
         # Datagrams arrive in recvmmsg or GRO batches; on several interfaces each batch is
         # also one arrival interface.
         self._group_reader = BatchReceiver(
-            group_socket.sock, slots=8, watch_load=False, arrival=several
+            group_socket.sock, slots=32, watch_load=False, arrival=several
         )
         label = None if several else group_socket.interface.name
         loop.add_reader(group_socket.fileno(), self._on_readable, self._group_reader, label)
@@ -385,7 +342,7 @@ class Node(FollowsInterfaces):
 
     def subscribe(self, pattern: str = "*") -> Subscription:
         """Messages on ``pattern`` (exact topic, or prefix ending in ``*``; ``*`` is all)."""
-        subscription = Subscription(self, pattern)
+        subscription = Subscription(self._subscriptions, pattern)
         self._subscriptions.add(subscription)
         return subscription
 
@@ -466,13 +423,21 @@ class Node(FollowsInterfaces):
         if session is None or paths is None:
             return
         now = self._now()
-        receive = session.receive_datagram
+        receive = session.receive_opened
         several = len(paths) > 1
+        keyring = session.keyring
+        opened = self._opened
 
         def take(buffer: memoryview, spans: list[tuple[int, int]], source: Any, _: Any) -> None:
             iface = label or interface_name(reader.arrival_index)
             if several and iface is not None:
                 paths.heard(source[0], iface)
+            if keyring is not None:
+                # Sealed: the whole run opened in one call, into one reused buffer.
+                spans, refused = keyring.open_spans_into(buffer, spans, opened)
+                for reason in refused:
+                    session.refuse_datagram(reason)
+                buffer = opened
             for begin, end in spans:
                 receive(bytes(buffer[begin:end]), source, now, iface)
 
@@ -502,20 +467,32 @@ class Node(FollowsInterfaces):
     def _pump(self) -> None:
         session = self.session
         paths = self._paths
-        if session is None or paths is None or not len(paths):
+        loop = self._loop
+        if session is None or paths is None or loop is None:
             return
-        if not paths.pending():
-            paths.distribute(session.datagrams_to_send(self._now()))
-        for path in paths:
-            if path.unsent and path.batch.send_queue(path.unsent, path.socket.destination):
+        only = paths.only
+        if only is not None:  # one interface (the common case): no fan-out to build
+            unsent = only.unsent
+            if not unsent:
+                unsent.extend(session.datagrams_to_send(loop.time()))
+            if unsent and only.batch.send_queue(unsent, only.socket.destination):
                 # Socket buffer full: wait until it drains rather than drop what is queued.
-                assert self._loop is not None
-                self._loop.add_writer(path.fileno(), self._on_writable, path)
+                loop.add_writer(only.fileno(), self._on_writable, only)
+            pending = bool(unsent)
+        else:
+            if not paths.pending():
+                paths.distribute(session.datagrams_to_send(loop.time()))
+            for path in paths:
+                if path.unsent and path.batch.send_queue(path.unsent, path.socket.destination):
+                    loop.add_writer(path.fileno(), self._on_writable, path)
+            pending = paths.pending()
         # One pull per pump: a long send goes out in batches, between them the loop reads
         # (NACKs, acknowledgements) because the session's timer asks for the next batch.
-        drained = session.reliable_backlog <= BACKLOG_LIMIT or session.reliable_settled()
-        if self._drained is not None and not paths.pending() and drained:
-            self._drained.set()
+        drained = self._drained
+        waiting = drained is not None and not pending
+        if waiting and (session.reliable_backlog <= BACKLOG_LIMIT or session.reliable_settled()):
+            assert drained is not None
+            drained.set()
         while (event := session.next_event()) is not None:
             self._dispatch(event)
         deadline = session.next_timer()
@@ -524,8 +501,8 @@ class Node(FollowsInterfaces):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if deadline is not None and self._loop is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        if deadline is not None:
+            self._timer = loop.call_at(deadline, self._on_timer)
 
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, Message):

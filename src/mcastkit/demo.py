@@ -1,4 +1,4 @@
-"""The seed's demo on group Nodes: random ids, join, announce once, answer every other node.
+"""The seed's demo on group Nodes: random ids, join, announce, answer every other node.
 
 ``DemoPeer`` is the demo's logic (messages in, events and replies out; no I/O). Each node is a
 real :class:`~mcastkit.aio.Node`, which draws the random id, joins, and recognises its own
@@ -26,6 +26,7 @@ __all__ = ["DemoEvent", "DemoPeer", "DemoResult", "run_demo"]
 TOPIC = "mcastkit/demo"
 HELLO = "hello"
 REPLY_PREFIX = "reply "
+REANNOUNCE_MAX = 8.0  # seconds between hellos repeated while expected nodes are missing
 
 
 @dataclass(frozen=True)
@@ -192,11 +193,9 @@ async def run_demo_async(
         # Every node joined before anyone speaks, so local nodes cannot miss a hello.
         for member in members:
             await member.publish(TOPIC, DemoPeer.announcement())
-        try:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(done.wait(), duration)
-        except asyncio.CancelledError:
-            pass  # interrupted: the result so far is the answer (the nodes still say goodbye)
+        # Interrupted: the result so far is the answer (the nodes still say goodbye).
+        with contextlib.suppress(asyncio.CancelledError):
+            await _announce_until(done, members, duration, wanted is not None)
         for task in tasks:
             task.cancel()
         own = [m.counters.get("own", 0) for m in members]
@@ -205,6 +204,27 @@ async def run_demo_async(
         for member in started:
             await member.stop()
     return DemoResult(peers, own, str(group), interface, time.monotonic() - start)
+
+
+async def _announce_until(
+    done: asyncio.Event, members: list[Node], duration: float | None, again: bool
+) -> None:
+    """Wait until ``done`` or ``duration``. With ``again`` (nodes are expected), say hello
+    once more after 1, 2, 4 ... 8 s while they have not all answered: across a router the
+    first datagrams can be lost while the router learns the new member or source."""
+    deadline = None if duration is None else time.monotonic() + duration
+    gap = 1.0
+    while not done.is_set():
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return
+        wait = left if not again else gap if left is None else min(gap, left)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(done.wait(), wait)
+        if again and not done.is_set():
+            for member in members:
+                await member.publish(TOPIC, DemoPeer.announcement())
+            gap = min(gap * 2, REANNOUNCE_MAX)
 
 
 def run_demo(group: GroupSpec | str, **options: Any) -> DemoResult:

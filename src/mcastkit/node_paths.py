@@ -60,6 +60,7 @@ class Paths:
         self.by_name: dict[str, Path] = {}
         self.arrived: dict[str, str] = {}  # peer host -> interface it was last heard on
         self.unsent_dropped = 0  # datagrams queued on a path whose interface went away
+        self._only: Path | None = None
 
     def __iter__(self) -> Iterator[Path]:
         return iter(list(self.by_name.values()))
@@ -71,6 +72,14 @@ class Paths:
     def first(self) -> Path:
         """The path opened first (the node's unicast address as a single-interface node)."""
         return next(iter(self.by_name.values()))
+
+    @property
+    def only(self) -> Path | None:
+        """The one path when there is exactly one (the send hot path checks this)."""
+        return self._only
+
+    def _changed(self) -> None:
+        self._only = next(iter(self.by_name.values())) if len(self.by_name) == 1 else None
 
     def open(self, interface: Interface) -> Path:
         """A path out of ``interface``; it replaces one of the same name (a new device or
@@ -85,11 +94,13 @@ class Paths:
         )
         self.close(interface.name)
         self.by_name[interface.name] = path
+        self._changed()
         return path
 
     def close(self, name: str) -> Path | None:
         """Close the path of ``name``; what it still had to send is counted as dropped."""
         path = self.by_name.pop(name, None)
+        self._changed()
         if path is not None:
             self.unsent_dropped += len(path.unsent)
             path.unsent.clear()
@@ -123,8 +134,8 @@ class Paths:
 
     def distribute(self, datagrams: Iterable[Outgoing]) -> None:
         """Queue the session's datagrams: the group's on every path, a peer's on its path."""
-        if len(self.by_name) == 1:
-            self.first.unsent.extend(datagrams)
+        if self._only is not None:
+            self._only.unsent.extend(datagrams)
             return
         live = [path for path in self.by_name.values() if not path.down] or [self.first]
         for item in datagrams:

@@ -38,10 +38,7 @@ from .gate import (
 )
 from .gather import REQUEST_ID, Gatherer, Want, check_want
 from .peers import MAX_PATHS, Address, PeerInfo, topic_matches
-from .reliable import (
-    ReliableConfig,
-    StreamSender,
-)
+from .reliable import ReliableConfig, StreamSender
 from .reliable.inbound import InboundStreams
 from .security import KeyRing, ReplayWindow
 from .session_streams import POSITION, ReliableFrames
@@ -279,12 +276,11 @@ class Session(ReliableFrames):
         soonest = self._next_heartbeat
         if self.peers and self._next_check < soonest:
             soonest = self._next_check
-        whens = [
-            self._gatherer.next_deadline(),
-            None if self._stream is None else self._stream.next_timer(self._now),
-            self.streams.next_timer(),
-        ]
-        return min([soonest, *(when for when in whens if when is not None)])
+        stream = None if self._stream is None else self._stream.next_timer(self._now)
+        for when in (self._gatherer.next_deadline(), stream, self.streams.next_timer()):
+            if when is not None and when < soonest:  # no list, no min(): runs per datagram
+                soonest = when
+        return soonest
 
     # --- inputs --------------------------------------------------------------------------
 
@@ -332,18 +328,32 @@ class Session(ReliableFrames):
         ``iface``: the interface it arrived on, when the runtime knows it."""
         if self._closed:
             return
-        self._now = now
-        self._arrival = iface
-        self.counters["datagrams"] += 1
         if self.keyring is not None:
             if not is_sealed(data):
-                self._drop("unsealed")
+                self.refuse_datagram("unsealed")
                 return
             opened = self.keyring.open_untrusted(data)
             if isinstance(opened, str):
-                self._drop(opened)
+                self.refuse_datagram(opened)
                 return
             data = opened
+        self.receive_opened(data, source, now, iface)
+
+    def refuse_datagram(self, reason: str) -> None:
+        """A datagram the runtime could not open (``KeyRing.open_spans_into``'s reasons)."""
+        self.counters["datagrams"] += 1
+        self._drop(reason)
+
+    def receive_opened(
+        self, data: bytes, source: Address, now: float, iface: str | None = None
+    ) -> None:
+        """Take one frame a sealed group's runtime opened itself (a whole receive batch at a
+        time, with ``KeyRing.open_spans_into``); in an open group, any datagram."""
+        if self._closed:
+            return
+        self._now = now
+        self._arrival = iface
+        self.counters["datagrams"] += 1
         if data[8:20] == self.framer.own_key and not self.deliver_own:
             self.counters["own"] += 1  # our own datagram looped back: skip the full decode
             return

@@ -261,3 +261,24 @@ def test_gso_segments_over_the_path_mtu_go_one_by_one(lab) -> None:  # type: ign
     assert sorted(sizes) == [1400] * 30 + [1472] * 30
     if report["gso"]:
         assert report["gso-oversize"] == 1 and report["gso-calls"] >= 1  # 1,400 bytes fit
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+@pytest.mark.parametrize("multi", [True, False])
+def test_arrival_interface_comes_with_every_run(family: int, multi: bool) -> None:
+    if multi and not mmsg.available():
+        pytest.skip("no recvmmsg")
+    sender, raw_receiver, address = _pair(family)
+    receiver = BatchReceiver(raw_receiver, gro=False, multi=multi, arrival=True)
+    for index in range(20):
+        sender.sendto(index.to_bytes(4, "big"), address)
+    time.sleep(0.1)
+    seen: list[tuple[int, int | None]] = []
+
+    def handle(buffer, spans, source, drops):  # type: ignore[no-untyped-def]
+        seen.extend((int.from_bytes(buffer[s:e], "big"), receiver.arrival_index) for s, e in spans)
+
+    receiver.receive_runs(handle)
+    assert seen == [(n, socket.if_nametoindex("lo")) for n in range(20)]
+    plain = BatchReceiver(_pair(family)[1], gro=False, multi=multi)
+    assert plain.arrival_index is None  # not asked for: no control message parsed

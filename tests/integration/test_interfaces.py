@@ -10,8 +10,10 @@ lost; a new address is announced and peers move to it.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from netlab import PYTHON, Host, Lab, sh, wait_for_line
@@ -89,6 +91,64 @@ def test_listen_follows_an_interface_that_goes_down_and_comes_back(lab: Lab) -> 
         proc.kill()
     heard = sorted((r["text"], r["iface"]) for r in _records(out) if "text" in r)
     assert heard == [("after-up", "eth1"), ("on-eth0", "eth0")], err
+
+
+def test_ipv6_link_scope_group_on_both_interfaces(lab: Lab) -> None:
+    sender, listener = lab.dual(2)
+    group = "[ff12::77:1]:6101"
+    proc = listener.start_mcast("listen", group, "--iface", "all", "--json", "--timeout", "4")
+    try:
+        wait_for_line(proc.stderr, "listening on")
+        time.sleep(0.3)
+        for iface in ("eth0", "eth1"):
+            result = sender.mcast("send", group, f"six-{iface}", "--iface", iface)
+            assert result.returncode == 0, result.stderr
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    heard = sorted((r["text"], r["iface"]) for r in _records(out) if "text" in r)
+    assert heard == [("six-eth0", "eth0"), ("six-eth1", "eth1")], err
+    sources = {r["source"] for r in _records(out) if "text" in r}
+    assert all(s.startswith("fe80::") for s in sources)  # link-local senders, each link
+
+
+def test_recv_file_on_all_interfaces_takes_a_transfer_on_either(lab: Lab, tmp_path: Path) -> None:
+    sender, receiver = lab.dual(2)
+    data = os.urandom(3_000_000)
+    (tmp_path / "f.bin").write_bytes(data)
+    out_dir = tmp_path / "in"
+    out_dir.mkdir()
+    group = "239.77.0.5:6105"
+    got = receiver.start_mcast(
+        "recv-file", "--group", group, "--iface", "all", "--dir", str(out_dir), "--json",
+        "--wait", "30",
+    )  # fmt: skip
+    wait_for_line(got.stderr, "waiting for a transfer")
+    sent = sender.mcast(
+        "send-file", str(tmp_path / "f.bin"), "--group", group, "--iface", "eth1",
+        "--receivers", "1", "--json", timeout=60,
+    )  # fmt: skip
+    _, err = got.communicate(timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    assert got.returncode == 0, err
+    assert (out_dir / "f.bin").read_bytes() == data
+    refused = sender.mcast("send-file", str(tmp_path / "f.bin"), "--iface", "all")
+    assert refused.returncode == 2 and "one interface" in refused.stderr
+
+
+def test_peers_prints_interface_events(lab: Lab) -> None:
+    _other, watcher = lab.dual(2)
+    peers = watcher.start_mcast("peers", "--group", GROUP, "--iface", "all", "--json")
+    try:
+        wait_for_line(peers.stderr, "via eth0, eth1")
+        _cut(lab, 2, 2, "down")
+        down = json.loads(wait_for_line(peers.stdout, "interface-down", timeout=5))
+        _cut(lab, 2, 2, "up")
+        up = json.loads(wait_for_line(peers.stdout, "interface-up", timeout=5))
+    finally:
+        peers.terminate()
+        peers.communicate(timeout=10)
+    assert down["iface"] == up["iface"] == "eth1" and up["addresses"] == ["10.91.2.2"]
 
 
 NODE = r"""

@@ -177,6 +177,23 @@ def test_ping_across_shows_the_hop(routed) -> None:
     assert peer["unicast"]["received"] > 0  # answers came back, routed
 
 
+def test_the_demo_greets_across(routed) -> None:
+    (a1, _a2), _router, (b1, _b2) = routed
+    group = "239.7.1.4:6004"
+    demo = ("demo", group, *TTL, "--expect", "1", "--duration", "15", "--json")
+    near = a1.start_mcast(*demo)
+    wait_for_line(near.stderr, "demo on")
+    far = b1.start_mcast(*demo)
+    out_near, err_near = near.communicate(timeout=30)
+    out_far, err_far = far.communicate(timeout=30)
+    assert near.returncode == 0 and far.returncode == 0, (err_near, err_far)
+    (node,) = json.loads(out_far.splitlines()[-1])["summary"]["nodes"]
+    (other,) = json.loads(out_near.splitlines()[-1])["summary"]["nodes"]
+    assert node["greeted_by"] == [other["id"]] and node["answered_by"] == [other["id"]]
+    sources = [json.loads(line)["event"].get("source", "") for line in out_far.splitlines()[:-1]]
+    assert any(s.startswith("10.90.1.1:") for s in sources)  # from the other subnet
+
+
 def test_membership_and_request_reply_across(routed) -> None:
     (a1, _a2), _router, (b1, _b2) = routed
     group = ("--group", "239.7.1.3:6003", *TTL)

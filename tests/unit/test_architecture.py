@@ -18,6 +18,7 @@ RUNTIMES = {
     "transfer.partial",
     "diag.runner",
     "node_paths",
+    "subscription",
 }
 CORES = {
     "session",

@@ -312,8 +312,8 @@ class BatchReceiver:
             # Batches carry source and segment size only: per-datagram destination, TTL and
             # drop counts would cost a control-message parse each (drops: kernel_drops()).
             quiet_control_messages(sock)
-            if arrival:
-                _want_arrival(sock)
+        if arrival:
+            _want_arrival(sock)
         self._multi_view = memoryview(self._multi.buffer) if self._multi is not None else self._view
         self.counters: Counter[str] = Counter()
         self.fill = 0  # percent of the receive buffer in use when the last drain began
