@@ -48,6 +48,7 @@ def _line(record: dict[str, Any], data: bytes) -> str:
         f"{time.strftime('%H:%M:%S', time.localtime(record['time']))} "
         f"{record['source']}:{record['source_port']} -> {record['destination']} "
         f"{record['size']:>5} B ttl={record['ttl']}"
+        + (f" via {record['iface']}" if record.get("iface") else "")
     )
     if info["kind"] == "mcastkit":
         if "type" not in info:
@@ -117,6 +118,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
                     "source": packet.source,
                     "source_port": packet.source_port,
                     "destination": destination,
+                    "iface": packet.iface,
                     "ttl": packet.ttl,
                     "size": len(packet.data),
                     "decoded": decoded,
