@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         list_interfaces,
         open_receiver,
         open_sender,
+        open_senders,
         resolve_interface,
         resolve_interfaces,
     )
@@ -96,6 +97,7 @@ _HOMES = {
     "mac_for_group": "addr",
     "open_receiver": "transport",
     "open_sender": "transport",
+    "open_senders": "transport",
     "parse_group": "addr",
     "resolve_interface": "transport",
     "resolve_interfaces": "transport",
@@ -149,6 +151,7 @@ __all__ = [
     "mac_for_group",
     "open_receiver",
     "open_sender",
+    "open_senders",
     "parse_group",
     "resolve_interface",
     "resolve_interfaces",

@@ -6,7 +6,7 @@ import socket
 import struct
 from ipaddress import IPv4Address, IPv6Address
 
-from mcastkit.transport import ancillary, sockets
+from mcastkit.transport import ancillary, joinreq
 
 
 def test_ipv4_pktinfo_and_ttl() -> None:
@@ -39,10 +39,10 @@ def test_ipv6_pktinfo_and_hoplimit_and_short_payloads_ignored() -> None:
 
 
 def test_group_source_req_layout_on_linux() -> None:
-    req = sockets._group_source_req(9, IPv4Address("232.1.1.1"), IPv4Address("10.0.0.1"))
-    assert len(req) == 4 + sockets._GSR_PAD + 2 * 128
+    req = joinreq._group_source_req(9, IPv4Address("232.1.1.1"), IPv4Address("10.0.0.1"))
+    assert len(req) == 4 + joinreq._GSR_PAD + 2 * 128
     assert struct.unpack_from("=I", req)[0] == 9
-    group_at = 4 + sockets._GSR_PAD
+    group_at = 4 + joinreq._GSR_PAD
     assert struct.unpack_from("=H", req, group_at)[0] == socket.AF_INET
     assert req[group_at + 4 : group_at + 8] == IPv4Address("232.1.1.1").packed
     assert req[group_at + 128 + 4 : group_at + 128 + 8] == IPv4Address("10.0.0.1").packed

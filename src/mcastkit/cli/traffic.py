@@ -15,7 +15,14 @@ from ..addr import GroupSpec, classify, format_endpoint, parse_group
 from ..errors import MulticastError
 from ..events import InterfaceDown, InterfaceEvent, InterfaceUp
 from ..ifwatch import InterfaceTracker
-from ..transport import GroupSocket, is_multi, list_interfaces, open_receiver, open_sender
+from ..transport import (
+    GroupSocket,
+    is_multi,
+    list_interfaces,
+    open_receiver,
+    open_sender,
+    open_senders,
+)
 from ..transport.interfaces import ALL, device_exists, gateways
 from ..transport.netlink import LinkWatch
 from . import argtypes
@@ -150,19 +157,7 @@ def _open_senders(spec: GroupSpec, args: argparse.Namespace) -> list[GroupSocket
         ]
     if args.source:
         raise MulticastError("--source binds one address: give one --iface with it")
-    from ..transport import resolve_interfaces
-
-    senders: list[GroupSocket] = []
-    try:
-        for interface in resolve_interfaces(args.iface, spec.family, group=spec.group):
-            senders.append(
-                open_sender(spec, iface=interface.index, ttl=args.ttl, loopback=not args.no_loop)
-            )
-    except BaseException:
-        for sender in senders:
-            sender.close()
-        raise
-    return senders
+    return open_senders(spec, iface=args.iface, ttl=args.ttl, loopback=not args.no_loop)
 
 
 @dataclass

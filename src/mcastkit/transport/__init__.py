@@ -20,6 +20,7 @@ from .sockets import (
     enable_packet_info,
     open_receiver,
     open_sender,
+    open_senders,
     set_unicast_ttl,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "list_interfaces",
     "open_receiver",
     "open_sender",
+    "open_senders",
     "resolve_interface",
     "resolve_interfaces",
     "route_interface",

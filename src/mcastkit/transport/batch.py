@@ -33,8 +33,8 @@ from .ancillary import (
     Packet,
     parse_ancillary,
 )
+from .joinreq import LINUX
 from .mmsg import MultiReceive
-from .sockets import LINUX
 
 SOL_UDP = 17
 UDP_SEGMENT = 103  # linux/udp.h: the segment size of a GSO send

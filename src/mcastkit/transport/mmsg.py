@@ -15,7 +15,7 @@ import os
 import socket
 import struct
 
-from .sockets import LINUX
+from .joinreq import LINUX
 
 _MSG_DONTWAIT = 0x40
 _CMSG_HEAD = struct.Struct("@Nii")  # cmsg_len, cmsg_level, cmsg_type (64-bit Linux layout)

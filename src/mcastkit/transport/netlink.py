@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 
-from .sockets import LINUX
+from .joinreq import LINUX
 
 __all__ = ["LinkWatch"]
 

@@ -23,7 +23,6 @@ import functools
 import select
 import socket
 import struct
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -50,6 +49,18 @@ from .ancillary import (
     parse_ancillary,
 )
 from .interfaces import IfaceChoice, Interface, choose_interfaces, is_multi
+from .joinreq import (
+    BSD_LIKE,
+    LINUX,
+    MCAST_BLOCK_SOURCE,
+    MCAST_JOIN_GROUP,
+    MCAST_JOIN_SOURCE_GROUP,
+    MCAST_LEAVE_GROUP,
+    MCAST_LEAVE_SOURCE_GROUP,
+    WINDOWS,
+    _group_req,
+    _group_source_req,
+)
 
 __all__ = [
     "GroupSocket",
@@ -57,52 +68,9 @@ __all__ = [
     "enable_packet_info",
     "open_receiver",
     "open_sender",
+    "open_senders",
     "set_unicast_ttl",
 ]
-
-LINUX = sys.platform.startswith("linux")
-WINDOWS = sys.platform == "win32"
-BSD_LIKE = sys.platform == "darwin" or "bsd" in sys.platform
-
-# RFC 3678 option numbers differ per OS: linux/in.h, macOS netinet/in.h, Windows ws2ipdef.h.
-if LINUX:
-    MCAST_JOIN_GROUP, MCAST_BLOCK_SOURCE, MCAST_LEAVE_GROUP = 42, 43, 45
-    MCAST_JOIN_SOURCE_GROUP, MCAST_LEAVE_SOURCE_GROUP = 46, 47
-elif WINDOWS:
-    MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP, MCAST_BLOCK_SOURCE = 41, 42, 43
-    MCAST_JOIN_SOURCE_GROUP, MCAST_LEAVE_SOURCE_GROUP = 45, 46
-else:  # macOS / BSD
-    MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP = 80, 81
-    MCAST_JOIN_SOURCE_GROUP, MCAST_LEAVE_SOURCE_GROUP, MCAST_BLOCK_SOURCE = 82, 83, 84
-
-# struct group_req / group_source_req: a uint32 interface index, then sockaddr_storage(s).
-# Linux and Windows align sockaddr_storage to a long (padding after the index on 64-bit);
-# macOS packs the struct to 4 bytes (no padding).
-_GSR_PAD = 0 if BSD_LIKE else struct.calcsize("P") - 4
-_SOCKADDR_STORAGE = 128
-
-
-def _sockaddr(address: IPAddress) -> bytes:
-    """A sockaddr_in / sockaddr_in6 (port 0) padded to sockaddr_storage."""
-    if address.version == 4:
-        family, body = socket.AF_INET, struct.pack("!H", 0) + address.packed
-    else:
-        family, body = socket.AF_INET6, struct.pack("!HI", 0, 0) + address.packed + b"\0" * 4
-    if BSD_LIKE:
-        length = 16 if address.version == 4 else 28
-        head = struct.pack("BB", length, family)
-    else:
-        head = struct.pack("=H", family)
-    raw = head + body
-    return bytes(raw + b"\0" * (_SOCKADDR_STORAGE - len(raw)))
-
-
-def _group_req(ifindex: int, group: IPAddress) -> bytes:
-    return struct.pack("=I", ifindex) + b"\0" * _GSR_PAD + _sockaddr(group)
-
-
-def _group_source_req(ifindex: int, group: IPAddress, source: IPAddress) -> bytes:
-    return _group_req(ifindex, group) + _sockaddr(source)
 
 
 def _level(family: int) -> int:
@@ -580,6 +548,23 @@ def open_sender(
         sock.close()
         raise
     return GroupSocket(sock, spec, interface, fallback=fallback)
+
+
+def open_senders(
+    group: GroupSpec | str, *, iface: IfaceChoice = "all", ttl: int = 1, loopback: bool = True
+) -> list[GroupSocket]:
+    """One sending socket per interface ``iface`` names ("all", "eth0,eth1", a list, or
+    one): a datagram sent on each leaves once out of every interface."""
+    spec, interfaces, _ = _spec_and_interfaces(group, iface, False)
+    senders: list[GroupSocket] = []
+    try:
+        for interface in interfaces:
+            senders.append(open_sender(spec, iface=interface.index, ttl=ttl, loopback=loopback))
+    except BaseException:
+        for sender in senders:
+            sender.close()
+        raise
+    return senders
 
 
 def _bind_source(sock: socket.socket, source: str, family: int) -> None:
