@@ -136,6 +136,22 @@ def test_recv_file_on_all_interfaces_takes_a_transfer_on_either(lab: Lab, tmp_pa
     assert refused.returncode == 2 and "one interface" in refused.stderr
 
 
+def test_ping_on_all_interfaces_measures_each_path(lab: Lab) -> None:
+    a, b = lab.dual(2)
+    group = "239.77.0.6:6106"
+    peer = b.start_mcast("ping", group, "--iface", "all", "--count", "8", "--json")
+    time.sleep(0.5)
+    done = a.mcast("ping", group, "--iface", "all", "--count", "4", "--json", timeout=30)
+    peer.communicate(timeout=30)
+    report = json.loads(done.stdout)
+    assert done.returncode == 0, report
+    assert report["interfaces"] == ["eth0", "eth1"]
+    paths = {p["address"].split(":")[0]: p for p in report["peers"]}
+    assert set(paths) == {"10.91.1.2", "10.91.2.2"}  # one host, two paths
+    for found in paths.values():
+        assert found["multicast"]["received"] > 0 and found["unicast"]["received"] > 0
+
+
 def test_peers_prints_interface_events(lab: Lab) -> None:
     _other, watcher = lab.dual(2)
     peers = watcher.start_mcast("peers", "--group", GROUP, "--iface", "all", "--json")

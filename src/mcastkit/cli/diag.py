@@ -30,8 +30,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     ping.add_argument("group", nargs="?", default=DEFAULT_PING_GROUP, metavar="GROUP:PORT")
     ping.add_argument(
         "--iface",
-        type=argtypes.interfaces(several=False),
-        help="interface name, index or address (default: route)",
+        type=argtypes.interfaces(),
+        help="interface name, index or address (default: route); all, or eth0,eth1: probe "
+        "out of each (a host on two of our links shows as two peers, one per path)",
     )
     ping.add_argument(
         "--interval", type=argtypes.seconds(), default=1.0, help="seconds between probes"

@@ -245,7 +245,9 @@ class PingSession:
         self.ttl = ttl
         self.answer_timeout_ns = answer_timeout_ns
         self.pinned = list(pinned or [])
-        self.peers: dict[int, PeerPaths] = {}
+        # By (id, host): a peer heard on two of our links (or from two of its interfaces)
+        # is one entry per path, each with its own loss and RTT.
+        self.peers: dict[tuple[int, str], PeerPaths] = {}
         self.counters: Counter[str] = Counter()
         self.started_ns = now_ns
         self._next_multicast_ns = now_ns
@@ -325,16 +327,17 @@ class PingSession:
         if packet.sender == self.node_id:
             self.counters["own"] += 1
             return []
-        peer = self.peers.get(packet.sender)
+        key = (packet.sender, source[0])
+        peer = self.peers.get(key)
         if peer is None:
             if len(self.peers) >= self.max_peers:
                 self.counters["peers-refused"] += 1
                 return []
-            peer = self.peers[packet.sender] = PeerPaths(packet.sender, source, now_ns)
+            peer = self.peers[key] = PeerPaths(packet.sender, source, now_ns)
             peer.found_round = self._seq[PROBE, UNICAST]
             self.counters["peers-found"] += 1
         peer.last_heard_ns = now_ns
-        if packet.path == UNICAST or peer.address[0] != source[0]:
+        if packet.path == UNICAST:
             peer.address = source  # unicast sources are the peer's reply address
         if packet.kind == PROBE:
             stats = peer.path(packet.path)
@@ -350,12 +353,12 @@ class PingSession:
     def _expire(self, now_ns: int) -> None:
         """Forget unconfirmed peers gone silent: spoofed ids do not pile up."""
         gone = [
-            node_id
-            for node_id, peer in self.peers.items()
+            key
+            for key, peer in self.peers.items()
             if not peer.confirmed and now_ns - peer.last_heard_ns > UNCONFIRMED_SILENCE_NS
         ]
-        for node_id in gone:
-            del self.peers[node_id]
+        for key in gone:
+            del self.peers[key]
         self.counters["peers-expired"] += len(gone)
 
     def summary(self, now_ns: int, *, final: bool = False) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from typing import Any
 from ..addr import GroupSpec
 from ..transport import (
     GroupSocket,
+    IfaceChoice,
+    Interface,
     enable_packet_info,
     open_receiver,
     open_sender,
@@ -25,12 +27,14 @@ from .ping import Address, PingSession
 
 __all__ = ["run_bench_recv", "run_bench_send", "run_ping"]
 
+MAX_PEERS_HEARD = 1024  # peer hosts whose interface ping remembers (it answers by it)
+
 
 def _unicast_socket(
-    spec: GroupSpec, group_socket: GroupSocket, ttl: int, port: int, loopback: bool
+    spec: GroupSpec, interface: Interface, ttl: int, port: int, loopback: bool
 ) -> GroupSocket:
-    """Sends everything (so peers learn where to answer) and receives unicast answers."""
-    interface = group_socket.interface
+    """Sends everything out of ``interface`` (so peers learn where to answer) and receives
+    unicast answers."""
     local: IPv4Address | IPv6Address | None = interface.ipv4_address
     if spec.family == 6:
         globals_ = [a.ip for a in interface.ipv6 if not a.ip.is_link_local]
@@ -50,7 +54,7 @@ def _unicast_socket(
 def run_ping(
     spec: GroupSpec,
     *,
-    iface: str | int | None = None,
+    iface: IfaceChoice = None,
     interval: float = 1.0,
     duration: float | None = None,
     count: int | None = None,
@@ -68,12 +72,20 @@ def run_ping(
     ``lo`` itself, pings on one host still meet (the datagram really goes out and back in).
     """
     group_socket = open_receiver(spec, iface=iface, ttl=ttl, blocking=False, loopback=loopback)
+    # One unicast socket per interface: probes leave by each, a peer is answered by the one
+    # it was heard on (a host on two of our links is two paths, each with its own figures).
+    unicasts: list[GroupSocket] = []
     try:
         port = spec.port if unicast_port is None else unicast_port
-        unicast = _unicast_socket(spec, group_socket, ttl, port, loopback)
+        for interface in group_socket.interfaces:
+            unicasts.append(_unicast_socket(spec, interface, ttl, port, loopback))
     except BaseException:
+        for opened in unicasts:
+            opened.close()
         group_socket.close()
         raise
+    by_index = {u.interface.index: u for u in unicasts}
+    heard_on: dict[str, GroupSocket] = {}  # peer host -> the socket of its interface
     now = time.monotonic_ns()
     session = PingSession(
         int.from_bytes(os.urandom(8), "big") or 1,
@@ -85,14 +97,16 @@ def run_ping(
     end = None if duration is None else now + int(duration * 1e9)
     last_round_ns: int | None = None
     last_update = now
-    sockets = {group_socket.fileno(): group_socket, unicast.fileno(): unicast}
+    sockets = {s.fileno(): s for s in (group_socket, *unicasts)}
 
     def send(datagrams: list[tuple[bytes, Address | None]]) -> None:
         for data, destination in datagrams:
-            try:
-                unicast.send(data, destination)
-            except OSError:
-                session.counters["send-errors"] += 1
+            ways = unicasts if destination is None else [heard_on.get(destination[0], unicasts[0])]
+            for way in ways:
+                try:
+                    way.send(data, destination)
+                except OSError:
+                    session.counters["send-errors"] += 1
 
     try:
         while True:
@@ -117,6 +131,9 @@ def run_ping(
                 sock = sockets[fd]
                 while (packet := sock.recv_nowait()) is not None:
                     arrived = time.monotonic_ns()
+                    way = sock if sock is not group_socket else by_index.get(packet.ifindex or 0)
+                    if way is not None and len(heard_on) < MAX_PEERS_HEARD:
+                        heard_on[packet.source] = way
                     send(
                         session.receive(
                             packet.data, (packet.source, packet.source_port), packet.ttl, arrived
@@ -127,12 +144,14 @@ def run_ping(
                 on_update(session, now)
     finally:
         group_socket.close()
-        unicast.close()
+        for opened in unicasts:
+            opened.close()
     summary = session.summary(time.monotonic_ns(), final=True)
     summary.update(
         {
             "group": str(spec),
             "interface": group_socket.interface.name,
+            "interfaces": [i.name for i in group_socket.interfaces],
             "ttl": ttl,
             "rounds": session.rounds,
         }
