@@ -172,13 +172,14 @@ class Node(FollowsInterfaces):
             group_socket.close()
             raise
         self._group_socket, self._paths = group_socket, paths
-        several = is_multi(self._iface if self._iface is not None else self.spec.iface)
-        wanted = self._iface if several and self._iface == ALL else None
-        self._tracker = InterfaceTracker(
-            self.spec.family,
-            ALL if wanted == ALL else [i.name for i in group_socket.interfaces],
-            group_socket.interfaces,
-        )
+        chosen = self._iface if self._iface is not None else self.spec.iface
+        several = is_multi(chosen)
+        # "all" takes any interface that comes; otherwise the ones in use now, by name.
+        every = isinstance(chosen, str) and chosen.strip() == ALL
+        wanted = ALL if every else [i.name for i in group_socket.interfaces]
+        self._tracker = InterfaceTracker(self.spec.family, wanted, group_socket.interfaces)
+        for path in paths:
+            path.down = path.interface.name not in self._tracker.in_use  # a stand-in
         keyring = None
         if self.key is not None:
             keyring = KeyRing([self.key], os.urandom)

@@ -31,7 +31,9 @@ class InterfaceTracker:
         self.family = family
         self.every = wanted == ALL
         self.names = frozenset() if isinstance(wanted, str) else frozenset(wanted)
-        self.in_use: dict[str, Interface] = {i.name: i for i in current}
+        # Only what is usable counts as in use: loopback standing in for "all" until a real
+        # interface comes, or a named one without carrier yet, comes up later.
+        self.in_use: dict[str, Interface] = {i.name: i for i in current if self.usable(i)}
 
     def usable(self, interface: Interface) -> bool:
         """True when the group should be joined on ``interface`` now."""

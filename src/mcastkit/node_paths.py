@@ -59,7 +59,6 @@ class Paths:
         self.spec, self.ttl, self.loopback = spec, ttl, loopback
         self.by_name: dict[str, Path] = {}
         self.arrived: dict[str, str] = {}  # peer host -> interface it was last heard on
-        self.unsent_dropped = 0  # datagrams queued on a path whose interface went away
         self._only: Path | None = None
 
     def __iter__(self) -> Iterator[Path]:
@@ -98,12 +97,10 @@ class Paths:
         return path
 
     def close(self, name: str) -> Path | None:
-        """Close the path of ``name``; what it still had to send is counted as dropped."""
+        """Close the path of ``name`` (what it still had queued goes with it)."""
         path = self.by_name.pop(name, None)
         self._changed()
         if path is not None:
-            self.unsent_dropped += len(path.unsent)
-            path.unsent.clear()
             with contextlib.suppress(OSError):
                 path.socket.close()
         return path
@@ -171,6 +168,9 @@ class FollowsInterfaces:
 
     def _drop_path(self, path: Path) -> None:
         assert self._loop is not None and self._paths is not None
+        if path.unsent and self.session is not None:
+            # Queued for an interface that went away: counted (the reliable layer repairs).
+            self.session.counters["unsent-interface-gone"] += len(path.unsent)
         self._loop.remove_reader(path.fileno())
         self._loop.remove_writer(path.fileno())
         self._paths.close(path.interface.name)

@@ -59,6 +59,16 @@ def test_listen_on_all_interfaces_tells_the_arrival_interface(lab: Lab) -> None:
     ], err
 
 
+def test_ifaces_says_what_all_takes(lab: Lab) -> None:
+    host, _ = lab.dual(2)
+    host.run("ip", "link", "set", "eth1", "down", check=True)
+    listed = {i["name"]: i["in_all"] for i in json.loads(host.mcast("ifaces", "--json").stdout)}
+    assert listed["eth0"] == {"ipv4": True, "ipv6": True}
+    assert listed["eth1"] == {"ipv4": False, "ipv6": False}  # down
+    assert listed["lo"] == {"ipv4": False, "ipv6": False}
+    assert "--iface all: IPv4/IPv6" in host.mcast("ifaces").stdout
+
+
 def test_listen_on_one_interface_hears_only_that_one(lab: Lab) -> None:
     sender, listener = lab.dual(2)
     proc = listener.start_mcast("listen", GROUP, "--iface", "eth1", "--json", "--timeout", "4")
@@ -91,6 +101,26 @@ def test_listen_follows_an_interface_that_goes_down_and_comes_back(lab: Lab) -> 
         proc.kill()
     heard = sorted((r["text"], r["iface"]) for r in _records(out) if "text" in r)
     assert heard == [("after-up", "eth1"), ("on-eth0", "eth0")], err
+
+
+def test_listen_on_all_before_any_interface_is_up_waits_for_one(lab: Lab) -> None:
+    sender, listener = lab.dual(2)
+    for iface in ("eth0", "eth1"):
+        listener.run("ip", "link", "set", iface, "down", check=True)
+    proc = listener.start_mcast("listen", GROUP, "--iface", "all", "--json", "--timeout", "8")
+    try:
+        assert "via lo" in wait_for_line(proc.stderr, "listening on")
+        wait_for_line(proc.stderr, "no interface is up with MULTICAST")
+        listener.run("ip", "link", "set", "eth1", "up", check=True)
+        up = json.loads(wait_for_line(proc.stdout, "interface-up", timeout=5))
+        time.sleep(0.3)
+        _send(sender, "eth1", "first-light")
+        out, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert up["iface"] == "eth1"
+    heard = [(r["text"], r["iface"]) for r in _records(out) if "text" in r]
+    assert heard == [("first-light", "eth1")], err
 
 
 def test_ipv6_link_scope_group_on_both_interfaces(lab: Lab) -> None:
@@ -308,6 +338,45 @@ async def main():
 
 asyncio.run(main())
 """.replace("GROUP", repr(GROUP))
+
+
+LATE = r"""
+import asyncio, json, sys
+from mcastkit import InterfaceUp, Node
+
+async def main():
+    async with Node(GROUP, iface=sys.argv[1], name=sys.argv[2], heartbeat=0.2) as node:
+        print("READY", json.dumps(node.interfaces), flush=True)
+        async def watch():
+            async for event in node.events(InterfaceUp):
+                print("UP", event.name, flush=True)
+        node.run_task(watch())
+        loop = asyncio.get_running_loop()
+        end = loop.time() + float(sys.argv[3])
+        while loop.time() < end and not node.peers:
+            await asyncio.sleep(0.05)
+        print("RESULT", json.dumps({"peers": [p.name for p in node.peers.values()],
+                                    "interfaces": node.interfaces}), flush=True)
+        await asyncio.sleep(1.0)  # stay a member while the other side looks
+
+asyncio.run(main())
+""".replace("GROUP", repr(GROUP))
+
+
+def test_a_node_on_all_started_before_the_network_joins_when_it_comes(lab: Lab) -> None:
+    late, other = lab.dual(2)
+    for iface in ("eth0", "eth1"):
+        late.run("ip", "link", "set", iface, "down", check=True)
+    waiting = late.start(PYTHON, "-c", LATE, "all", "late", "10")
+    assert wait_for_line(waiting.stdout, "READY").split(" ", 1)[1].strip() == "[]"
+    peer = other.start(PYTHON, "-c", LATE, "eth0", "other", "10")
+    wait_for_line(peer.stdout, "READY")
+    late.run("ip", "link", "set", "eth0", "up", check=True)
+    wait_for_line(waiting.stdout, "UP eth0", timeout=5)
+    out, err = waiting.communicate(timeout=20)
+    peer.communicate(timeout=20)
+    result = json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[7:])
+    assert result == {"peers": ["other"], "interfaces": ["eth0"]}, err
 
 
 def test_a_new_address_is_announced_and_peers_move_to_it(lab: Lab) -> None:

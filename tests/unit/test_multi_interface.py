@@ -221,3 +221,25 @@ def test_gateways_are_read_from_the_kernel_routing_table() -> None:
     assert parse_gateways(ROUTE, 4, "eth9") == []
     assert parse_gateways(ROUTE6, 6, "eth0") == ["fd00::1"]
     assert parse_gateways("", 6, "eth0") == []
+
+
+def test_all_with_nothing_up_stands_in_with_loopback_until_one_comes() -> None:
+    from mcastkit.addr import parse_group
+    from mcastkit.transport.interfaces import choose_interfaces, list_interfaces
+
+    if any(eligible_for_all(i, 4) for i in list_interfaces()):
+        pytest.skip("this network namespace has an interface up: nothing to stand in for")
+    chosen, notice = choose_interfaces(parse_group("239.1.2.3:5000"), "all")
+    assert [i.name for i in chosen] == ["lo"]
+    assert notice is not None and "until one comes up" in notice
+    tracker = InterfaceTracker(4, "all", chosen)
+    assert tracker.in_use == {}  # the stand-in is not "in use": no down event for it
+    eth0 = _iface("eth0", 2)
+    assert tracker.update([*chosen, eth0]) == [InterfaceUp("eth0", 2, ("10.0.0.1",))]
+
+
+def test_a_named_interface_without_carrier_comes_up_later() -> None:
+    unplugged = _iface("eth0", 2, running=False)
+    tracker = InterfaceTracker(4, ["eth0"], [unplugged])
+    assert tracker.in_use == {}
+    assert tracker.update([_iface("eth0", 2)]) == [InterfaceUp("eth0", 2, ("10.0.0.1",))]

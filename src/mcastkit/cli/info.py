@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..addr import classify, groups_sharing_mac, parse_group
-from ..transport import list_interfaces
+from ..transport import eligible_for_all, list_interfaces
 from .output import emit_json, say
 
 
@@ -66,7 +66,15 @@ def cmd_ifaces(args: argparse.Namespace) -> int:
     """Print the interfaces."""
     interfaces = list_interfaces()
     if args.json:
-        emit_json([i.to_dict() for i in interfaces])
+        emit_json(
+            [
+                {
+                    **i.to_dict(),
+                    "in_all": {"ipv4": eligible_for_all(i, 4), "ipv6": eligible_for_all(i, 6)},
+                }
+                for i in interfaces
+            ]
+        )
         return 0
     for i in interfaces:
         flags = [
@@ -74,7 +82,9 @@ def cmd_ifaces(args: argparse.Namespace) -> int:
             _flag(i.multicast, "MULTICAST") if not i.loopback else "LOOPBACK",
         ]
         mtu = f"mtu {i.mtu}" if i.mtu else ""
-        say(f"{i.index:>3}  {i.name:<16} {' '.join(flags):<26} {mtu}")
+        families = [f"IPv{f}" for f in (4, 6) if eligible_for_all(i, f)]
+        taken = f"  --iface all: {'/'.join(families)}" if families else ""
+        say(f"{i.index:>3}  {i.name:<16} {' '.join(flags):<26} {mtu}{taken}")
         for address in (*i.ipv4, *i.ipv6):
             say(f"       {address}")
         if not i.loopback and i.multicast is False:

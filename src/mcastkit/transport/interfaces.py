@@ -381,6 +381,18 @@ def choose_interfaces(
             )
         if spec.broadcast:
             raise InterfaceError("broadcast takes one interface; give one name")
+        if isinstance(chosen, str) and chosen.strip() == ALL:
+            interfaces = list_interfaces()
+            taken = [i for i in interfaces if eligible_for_all(i, spec.family)]
+            if taken:
+                return taken, None
+            # Nothing up yet (a laptop before its network): loopback until one comes up.
+            loopback = _loopback(interfaces)
+            return [loopback], (
+                f"no interface is up with MULTICAST and an IPv{spec.family} address yet: on "
+                f"{loopback.name} meanwhile, so only this host takes part until one comes up "
+                "(see `mcast ifaces`)"
+            )
         return resolve_interfaces(chosen, spec.family, group=target), None
     assert not isinstance(chosen, (list, tuple))
     interface = resolve_interface(
