@@ -270,6 +270,13 @@ def test_a_silent_listener_behind_a_router_is_told_about_the_ttl(lab: Lab) -> No
     assert f"mcast ping {group} --ttl 8" in err
     link_local = b1.mcast("listen", "[ff02::7:9]:6009", "--iface", "eth0", "--timeout", "0.5")
     assert "(fd90:2::fe), but ff02::7:9 is link-local" in link_local.stderr
+    alone = b1.mcast("peers", "--group", group, "--once", "--wait", "0.5")
+    assert "0 peer(s)" in alone.stderr and "A router is on this link (10.90.2.254)" in alone.stderr
+    assert f"mcast peers --group {group} --ttl 4" in alone.stderr
+    waited = b1.mcast("recv-file", "--group", group, "--wait", "0.5", "--dir", "/tmp")
+    said = waited.stdout + waited.stderr
+    assert waited.returncode == 1 and "no transfer announced" in said
+    assert "A router is on this link" in said and "send-file --ttl 4" in said, said
 
 
 def test_a_silent_listener_without_a_router_is_not_sent_after_one(lab: Lab) -> None:

@@ -23,6 +23,7 @@ from ..events import (
     Updated,
 )
 from ..security import write_key_file
+from ..transport.interfaces import router_hint
 from . import argtypes, signals
 from .node_options import make_node, node_options
 from .output import emit_json, note, say
@@ -186,6 +187,13 @@ async def _run_peers(args: argparse.Namespace) -> int:
                         f"loss {peer.loss:5.1%}  host {peer.meta.get('host', '?')}"
                     )
                 note(f"{len(peers)} peer(s) besides this node")
+            if not peers:
+                fix = (
+                    f"every member needs --ttl 4 or more (mcast peers --group {node.spec} --ttl 4)"
+                )
+                hint = router_hint(node.spec, node.interfaces, fix)
+                if hint:
+                    note(hint)
             return 0
         note(f"watching {node.spec} via {_where(node)}; Ctrl-C to stop")
         if not args.json and sys.stdout.isatty():

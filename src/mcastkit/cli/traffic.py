@@ -23,7 +23,7 @@ from ..transport import (
     open_sender,
     open_senders,
 )
-from ..transport.interfaces import ALL, device_exists, gateways
+from ..transport.interfaces import ALL, device_exists, router_hint
 from ..transport.netlink import LinkWatch
 from . import argtypes
 from .output import emit_json, note, preview, say
@@ -387,21 +387,8 @@ def _show_interface_event(args: argparse.Namespace, event: InterfaceEvent) -> No
 def _silence_hint(spec: GroupSpec, receiver: GroupSocket) -> str:
     """Why a listener may hear nothing: a router on the link makes a sender's TTL the first
     suspect (TTL 1, the default, stops at the router); then interface, firewall, doctor."""
-    routers = [router for i in receiver.interfaces for router in gateways(i.name, spec.family)]
-    rest = "Check the sender's interface, firewalls, and `mcast doctor`."
-    if not routers:
-        return (
-            "Is a sender on this link? Check its TTL and interface, firewalls, and `mcast doctor`."
-        )
-    where = ", ".join(dict.fromkeys(routers))
-    if not classify(spec.group).routable:
-        return (
-            f"A router is on this link ({where}), but {spec.group} is link-local and never "
-            f"crosses one: a sender must be on this link. {rest}"
-        )
-    return (
-        f"A router is on this link ({where}): a sender on another subnet is heard here only "
-        "if the routers forward the group and its TTL is above the number of routers in "
-        f"between (TTL 1, the default, stops at the first): mcast send {spec} TEXT --ttl 4. "
-        f"From the sender, `mcast ping {spec} --ttl 8` shows the hops. {rest}"
-    )
+    fix = f"mcast send {spec} TEXT --ttl 4"
+    hint = router_hint(spec, [i.name for i in receiver.interfaces], fix)
+    if hint is None:
+        return "Is a sender on this link? Check its TTL and interface, firewalls, `mcast doctor`."
+    return f"{hint} Check the sender's interface, firewalls, and `mcast doctor`."

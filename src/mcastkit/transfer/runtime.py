@@ -17,6 +17,7 @@ from ..addr import GroupSpec
 from ..events import ReceiveState, SendPhase, TransferEvent
 from ..transport import Packet, open_receiver, open_sender
 from ..transport.batch import BatchReceiver, BatchSender
+from ..transport.interfaces import router_hint
 from ..units import Rate
 from .engine import DEFAULT_MAX_SIZE, Address, ReceiveSession, SendSession
 from .protocol import BLOCK_SIZE, EMPTY_SHA256, HEAD, PENDING_DIGEST, FileInfo, check_tree
@@ -455,7 +456,11 @@ def receive_files(
                 break
             if session.state == ReceiveState.WAITING and wait is not None and now - started > wait:
                 session.reason = f"no transfer announced on {spec} within {wait}s"
-                why = _why_nothing(guard, session)
+                why = _why_nothing(guard, session) or router_hint(
+                    spec,
+                    [i.name for i in group_socket.interfaces],
+                    "the sender needs send-file --ttl 4 or more",
+                )
                 if why:
                     session.reason += f": {why}"
                 break

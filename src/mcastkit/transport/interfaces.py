@@ -21,7 +21,7 @@ from typing import Any
 
 import ifaddr
 
-from ..addr import GroupSpec
+from ..addr import GroupSpec, classify
 from ..errors import InterfaceError
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "resolve_interface",
     "resolve_interfaces",
     "route_interface",
+    "router_hint",
 ]
 
 ALL = "all"
@@ -430,6 +431,27 @@ def parse_gateways(route_table: str, family: int, name: str) -> list[str]:
         if flags & _RTF_GATEWAY and gateway not in found and gateway not in ("0.0.0.0", "::"):
             found.append(gateway)
     return found
+
+
+def router_hint(spec: GroupSpec, names: list[str], fix: str) -> str | None:
+    """Why nothing from another subnet may arrive, when a router is on one of our links:
+    TTL 1 (the default) stops at it. ``fix`` says which TTL to raise where. None when no
+    router is on any of the interfaces ``names``."""
+    routers = [router for name in names for router in gateways(name, spec.family)]
+    if not routers:
+        return None
+    where = ", ".join(dict.fromkeys(routers))
+    if not classify(spec.group).routable:
+        return (
+            f"A router is on this link ({where}), but {spec.group} is link-local and never "
+            "crosses one: the others must be on this link."
+        )
+    return (
+        f"A router is on this link ({where}): a sender on another subnet is heard here only "
+        "if the routers forward the group and its TTL is above the number of routers in "
+        f"between (TTL 1, the default, stops at the first): {fix}. From the other side, "
+        f"`mcast ping {spec} --ttl 8` shows the hops."
+    )
 
 
 def gateways(name: str, family: int) -> list[str]:
