@@ -47,7 +47,6 @@ from .transport import (
     open_receiver,
 )
 from .transport.batch import BatchReceiver
-from .transport.interfaces import ALL
 from .transport.netlink import LinkWatch
 from .version import __version__
 
@@ -174,10 +173,9 @@ class Node(FollowsInterfaces):
         self._group_socket, self._paths = group_socket, paths
         chosen = self._iface if self._iface is not None else self.spec.iface
         several = is_multi(chosen)
-        # "all" takes any interface that comes; otherwise the ones in use now, by name.
-        every = isinstance(chosen, str) and chosen.strip() == ALL
-        wanted = ALL if every else [i.name for i in group_socket.interfaces]
-        self._tracker = InterfaceTracker(self.spec.family, wanted, group_socket.interfaces)
+        self._tracker = InterfaceTracker.for_choice(
+            self.spec.family, chosen, group_socket.interfaces
+        )
         for path in paths:
             path.down = path.interface.name not in self._tracker.in_use  # a stand-in
         keyring = None

@@ -27,12 +27,14 @@ TOPIC = "mcastkit/demo"
 HELLO = "hello"
 REPLY_PREFIX = "reply "
 REANNOUNCE_MAX = 8.0  # seconds between hellos repeated while expected nodes are missing
+PARTING = 0.2  # seconds between the parting answers and the goodbye
 
 
 @dataclass(frozen=True)
 class DemoEvent:
     """What a demo node saw: ``greeted`` (another's hello), ``answered`` (a reply to us),
-    ``overheard`` (a reply to someone else), ``invalid`` (not a demo message)."""
+    ``repeated`` (either of those again), ``overheard`` (a reply to someone else),
+    ``invalid`` (not a demo message)."""
 
     node: str
     node_name: str
@@ -66,16 +68,18 @@ class DemoPeer:
     ) -> tuple[DemoEvent, str | None]:
         """Handle another node's message; return what happened and the reply to send, if any."""
         if text == HELLO:
+            # A hello again (our answer was lost, or theirs): answered again, told once.
+            kind = "repeated" if sender in self.greeted_by else "greeted"
             self.greeted_by[sender] = sender_name
-            event = self._event("greeted", sender, sender_name, source)
-            return event, REPLY_PREFIX + sender
+            return self._event(kind, sender, sender_name, source), REPLY_PREFIX + sender
         if not text.startswith(REPLY_PREFIX):
             self.invalid += 1
             return self._event("invalid", sender, sender_name, source), None
         if text[len(REPLY_PREFIX) :] != self.node_id:
             return self._event("overheard", sender, sender_name, source), None
+        kind = "repeated" if sender in self.answered_by else "answered"
         self.answered_by[sender] = sender_name
-        event = self._event("answered", sender, sender_name, source)
+        event = self._event(kind, sender, sender_name, source)
         if sender in self.greeted_by:
             return event, None
         # The sender started before us and its hello never reached us: its reply is its
@@ -89,6 +93,12 @@ class DemoPeer:
     def heard_at_least(self, count: int) -> bool:
         """Greeted and answered by at least ``count`` others."""
         return len(self.greeted_by) >= count and len(self.answered_by) >= count
+
+    def parting_replies(self) -> list[str]:
+        """Our answers once more, to everyone who greeted us, as we stop: across a router an
+        earlier answer may have been lost while the route was being learnt, and a node that
+        has left cannot answer the other's next hello."""
+        return [REPLY_PREFIX + sender for sender in self.greeted_by]
 
 
 @dataclass
@@ -196,6 +206,11 @@ async def run_demo_async(
         # Interrupted: the result so far is the answer (the nodes still say goodbye).
         with contextlib.suppress(asyncio.CancelledError):
             await _announce_until(done, members, duration, wanted is not None)
+            if done.is_set():
+                for member, peer in zip(members, peers, strict=True):
+                    for reply in peer.parting_replies():
+                        await member.publish(TOPIC, reply)
+                await asyncio.sleep(PARTING)  # let them leave before the goodbye
         for task in tasks:
             task.cancel()
         own = [m.counters.get("own", 0) for m in members]

@@ -12,7 +12,10 @@ from collections.abc import Iterable
 from .events import AddressChanged, InterfaceDown, InterfaceEvent, InterfaceUp
 from .transport.interfaces import ALL, Interface, eligible_for_all
 
-__all__ = ["InterfaceTracker"]
+__all__ = ["POLL_INTERFACES", "SETTLE", "InterfaceTracker"]
+
+SETTLE = 0.25  # seconds of quiet after a link/address notice before the interfaces are read
+POLL_INTERFACES = 2.0  # seconds between reads of the interfaces where netlink is missing
 
 
 def _addresses(interface: Interface, family: int) -> tuple[str, ...]:
@@ -34,6 +37,16 @@ class InterfaceTracker:
         # Only what is usable counts as in use: loopback standing in for "all" until a real
         # interface comes, or a named one without carrier yet, comes up later.
         self.in_use: dict[str, Interface] = {i.name: i for i in current if self.usable(i)}
+
+    @classmethod
+    def for_choice(
+        cls, family: int, chosen: object, current: Iterable[Interface]
+    ) -> InterfaceTracker:
+        """The tracker for what a user chose: "all" takes any interface that comes; any
+        other choice keeps to the interfaces in ``current``, by name."""
+        current = list(current)
+        every = isinstance(chosen, str) and chosen.strip() == ALL
+        return cls(family, ALL if every else [i.name for i in current], current)
 
     def usable(self, interface: Interface) -> bool:
         """True when the group should be joined on ``interface`` now."""

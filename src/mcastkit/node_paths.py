@@ -18,20 +18,16 @@ from dataclasses import dataclass, field
 from .addr import GroupSpec
 from .errors import MulticastError
 from .events import AddressChanged, Event, InterfaceDown, InterfaceEvent, InterfaceUp
-from .ifwatch import InterfaceTracker
+from .ifwatch import POLL_INTERFACES, SETTLE, InterfaceTracker
 from .peers import Address
 from .session import Session
 from .transport import GroupSocket, Interface, list_interfaces, open_sender
 from .transport.batch import BatchReceiver, BatchSender, Destination
-from .transport.interfaces import device_exists
-from .transport.netlink import LinkWatch
+from .transport.netlink import LinkWatch, follow
 
 __all__ = ["FollowsInterfaces", "Path", "Paths"]
 
 log = logging.getLogger("mcastkit")
-SETTLE = 0.25  # seconds of quiet after a link/address notice before the interfaces are read
-POLL_INTERFACES = 2.0  # seconds between reads of the interfaces where netlink is missing
-
 MAX_REMEMBERED = 4096  # peer hosts whose arrival interface is kept (oldest forgotten first)
 Outgoing = tuple[bytes, Destination | None]
 
@@ -217,11 +213,7 @@ class FollowsInterfaces:
         session = self.session
         assert session is not None
         if isinstance(event, InterfaceDown):
-            gone = next((i for i in group.interfaces if i.name == event.name), None)
-            if gone is not None and not device_exists(gone.index):
-                group.leave_interface(gone)
-            # A device still there (a cable pull) keeps its membership in the kernel, so
-            # reception resumes the instant the link is back, not after the next notice.
+            follow(group, event, None)
             path = paths.by_name.get(event.name)
             if path is not None and len(paths) > 1:
                 self._drop_path(path)
@@ -232,8 +224,7 @@ class FollowsInterfaces:
             return False
         interface = tracker.in_use[event.name]
         try:
-            if isinstance(event, InterfaceUp):
-                group.join_interface(interface)
+            follow(group, event, interface)
             old = paths.by_name.get(event.name)
             v6 = group.spec.family == 6
             same = (

@@ -206,8 +206,7 @@ class Session(ReliableFrames):
     def update_meta(self, now: float, **values: Any) -> None:
         """Change our metadata and tell the group."""
         self.meta.update(values)
-        if self._started:
-            self._send_hello(now, flags=Flag.HELLO_ANSWER, to=None)
+        self.announce(now)
 
     def publish(self, topic: str, payload: bytes, now: float, *, reliable: bool = False) -> None:
         """Send a message on ``topic`` to the group.

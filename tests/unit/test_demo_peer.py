@@ -55,3 +55,17 @@ def test_invalid_messages_are_counted_not_answered() -> None:
         assert event.kind == "invalid" and reply is None
     assert peer.invalid == 6
     assert peer.greeted_by == {} and peer.answered_by == {}
+
+
+def test_repeats_are_answered_but_told_once_and_parting_answers_go_to_every_greeter() -> None:
+    a, b = DemoPeer("aaaa", "a"), DemoPeer("bbbb", "b")
+    first, reply = a.receive("bbbb", "b", "hello", "10.0.0.2:1")
+    again, reply_again = a.receive("bbbb", "b", "hello", "10.0.0.2:1")
+    assert (first.kind, again.kind) == ("greeted", "repeated")
+    assert reply == reply_again == "reply bbbb"  # a lost answer is answered again
+    assert [b.receive("aaaa", "a", reply, "10.0.0.1:1")[0].kind for _ in range(2)] == [
+        "answered",
+        "repeated",
+    ]
+    assert a.parting_replies() == ["reply bbbb"]
+    assert DemoPeer("cccc", "c").parting_replies() == []

@@ -14,7 +14,7 @@ from typing import Any
 from ..addr import GroupSpec, classify, format_endpoint, parse_group
 from ..errors import MulticastError
 from ..events import InterfaceDown, InterfaceEvent, InterfaceUp
-from ..ifwatch import InterfaceTracker
+from ..ifwatch import POLL_INTERFACES, SETTLE, InterfaceTracker
 from ..transport import (
     GroupSocket,
     is_multi,
@@ -23,13 +23,12 @@ from ..transport import (
     open_sender,
     open_senders,
 )
-from ..transport.interfaces import ALL, device_exists, router_hint
-from ..transport.netlink import LinkWatch
+from ..transport.interfaces import router_hint
+from ..transport.netlink import LinkWatch, follow
 from . import argtypes
 from .output import emit_json, note, preview, say
 
 SILENCE_HINT_AFTER = 5.0
-SETTLE = 0.25  # seconds of quiet after a link/address notice before the interfaces are read
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -340,10 +339,12 @@ class _Follower:
 
     def __init__(self, receiver: GroupSocket, iface: str | None) -> None:
         self.receiver = receiver
-        wanted: str | list[str] = ALL if iface == ALL else [i.name for i in receiver.interfaces]
-        self.tracker = InterfaceTracker(receiver.spec.family, wanted, receiver.interfaces)
+        family = receiver.spec.family
+        self.tracker = InterfaceTracker.for_choice(family, iface, receiver.interfaces)
         self.watch = LinkWatch()
-        self.due: float | None = None if self.watch.available else time.monotonic() + 2.0
+        self.due: float | None = (
+            None if self.watch.available else time.monotonic() + POLL_INTERFACES
+        )
 
     def poll(self) -> list[InterfaceEvent]:
         """What changed since the last call (never waits: the receive loop comes back here
@@ -353,18 +354,13 @@ class _Follower:
             self.due = now + SETTLE
         if self.due is None or now < self.due:
             return []
-        self.due = None if self.watch.available else now + 2.0
+        self.due = None if self.watch.available else now + POLL_INTERFACES
         events = self.tracker.update(list_interfaces())
         for event in events:
-            if isinstance(event, InterfaceDown):
-                gone = next((i for i in self.receiver.interfaces if i.name == event.name), None)
-                if gone is not None and not device_exists(gone.index):
-                    self.receiver.leave_interface(gone)  # a pulled cable keeps its membership
-            elif isinstance(event, InterfaceUp):
-                try:
-                    self.receiver.join_interface(self.tracker.in_use[event.name])
-                except MulticastError as exc:
-                    note(f"warning: cannot join on {event.name}: {exc}")
+            try:
+                follow(self.receiver, event, self.tracker.in_use.get(event.name))
+            except MulticastError as exc:
+                note(f"warning: cannot join on {event.name}: {exc}")
         return events
 
     def close(self) -> None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import socket
 
+from ..events import InterfaceDown, InterfaceEvent, InterfaceUp
+from .interfaces import Interface, device_exists
 from .joinreq import LINUX
+from .sockets import GroupSocket
 
-__all__ = ["LinkWatch"]
+__all__ = ["LinkWatch", "follow"]
 
 # linux/rtnetlink.h multicast groups (the legacy bit masks bind() takes)
 RTMGRP_LINK = 0x1
@@ -70,3 +73,17 @@ class LinkWatch:
             with contextlib.suppress(OSError):
                 self.sock.close()
             self.sock = None
+
+
+def follow(group: GroupSocket, event: InterfaceEvent, interface: Interface | None) -> None:
+    """Keep ``group``'s joins right after one interface event: join on an interface that
+    came up (``interface``: its fresh description); leave one that went down only when its
+    device is gone. A pulled cable keeps the kernel's membership, so reception resumes the
+    instant the link is back, not after the next notice. A join the kernel refuses raises
+    SocketSetupError."""
+    if isinstance(event, InterfaceDown):
+        gone = next((i for i in group.interfaces if i.name == event.name), None)
+        if gone is not None and not device_exists(gone.index):
+            group.leave_interface(gone)
+    elif isinstance(event, InterfaceUp) and interface is not None:
+        group.join_interface(interface)
