@@ -84,6 +84,14 @@ class InterfaceEvent(Event):
     index: int
     addresses: tuple[str, ...]
 
+    def describe(self) -> str:
+        """One line for people."""
+        if isinstance(self, InterfaceUp):
+            return f"interface {self.name} is up: joined there"
+        if isinstance(self, InterfaceDown):
+            return f"interface {self.name} is down: nothing arrives there until it is back"
+        return f"interface {self.name} now has {', '.join(self.addresses) or 'no address'}"
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
         kind = {InterfaceUp: "up", InterfaceDown: "down"}.get(type(self), "address")

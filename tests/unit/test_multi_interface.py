@@ -243,3 +243,18 @@ def test_a_named_interface_without_carrier_comes_up_later() -> None:
     tracker = InterfaceTracker(4, ["eth0"], [unplugged])
     assert tracker.in_use == {}
     assert tracker.update([_iface("eth0", 2)]) == [InterfaceUp("eth0", 2, ("10.0.0.1",))]
+
+
+def test_interface_events_read_as_one_line_and_as_json() -> None:
+    down = InterfaceDown("eth1", 3, ("10.1.0.1",))
+    assert down.describe() == "interface eth1 is down: nothing arrives there until it is back"
+    assert down.to_dict() == {
+        "event": "interface-down",
+        "iface": "eth1",
+        "index": 3,
+        "addresses": ["10.1.0.1"],
+    }
+    moved = AddressChanged("eth0", 2, ("10.0.0.9",), ("10.0.0.9",), ("10.0.0.1",))
+    assert moved.describe() == "interface eth0 now has 10.0.0.9"
+    assert moved.to_dict()["added"] == ["10.0.0.9"] and moved.to_dict()["removed"] == ["10.0.0.1"]
+    assert InterfaceUp("eth2", 4, ()).to_dict()["event"] == "interface-up"

@@ -14,9 +14,7 @@ from ..events import (
     Event,
     Failed,
     IdRenewed,
-    InterfaceDown,
     InterfaceEvent,
-    InterfaceUp,
     Joined,
     Left,
     PeerEvent,
@@ -100,14 +98,7 @@ def _address(peer: Any) -> str:
 
 def _describe(event: Event) -> tuple[str, dict[str, Any]]:
     if isinstance(event, InterfaceEvent):
-        if isinstance(event, InterfaceUp):
-            text = f"interface {event.name} is up: joined and announced there"
-        elif isinstance(event, InterfaceDown):
-            text = f"interface {event.name} is down: left there"
-        else:
-            text = f"interface {event.name} now has {', '.join(event.addresses) or 'none'}: "
-            text += "announced from it"
-        return text, event.to_dict()
+        return event.describe(), event.to_dict()
     if isinstance(event, IdRenewed):
         return (
             f"our id clashed with another node: now {event.new_id:016x}",

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..addr import GroupSpec, classify, format_endpoint, parse_group
 from ..errors import MulticastError
-from ..events import InterfaceDown, InterfaceEvent, InterfaceUp
+from ..events import InterfaceEvent
 from ..ifwatch import POLL_INTERFACES, SETTLE, InterfaceTracker
 from ..transport import (
     GroupSocket,
@@ -371,13 +371,8 @@ class _Follower:
 def _show_interface_event(args: argparse.Namespace, event: InterfaceEvent) -> None:
     if args.json:
         emit_json(event.to_dict())
-        return
-    if isinstance(event, InterfaceUp):
-        note(f"interface {event.name} is up: joined there")
-    elif isinstance(event, InterfaceDown):
-        note(f"interface {event.name} is down: left there")
     else:
-        note(f"interface {event.name} now has {', '.join(event.addresses) or 'no address'}")
+        note(event.describe())
 
 
 def _silence_hint(spec: GroupSpec, receiver: GroupSocket) -> str:
