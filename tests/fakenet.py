@@ -23,7 +23,14 @@ class FakeNet:
         # Called with each datagram and its target; True drops it (targeted loss in tests).
         self.drop_if: Callable[[bytes, tuple[str, int]], bool] | None = None
 
-    def add(self, name: str, *, key: GroupKey | None = None, **options: object) -> Session:
+    def add(
+        self,
+        name: str,
+        *,
+        key: GroupKey | None = None,
+        heartbeat: float = 1.0,
+        **options: object,
+    ) -> Session:
         address = (f"10.0.0.{len(self.sessions) + 1}", 5000)
         rng = self.rng
         session = Session(
@@ -32,7 +39,7 @@ class FakeNet:
             name=name,
             now=self.now,
             random_bytes=lambda n: rng.randbytes(n),
-            heartbeat=1.0,
+            heartbeat=heartbeat,
             keyring=KeyRing([key], lambda n: rng.randbytes(n)) if key else None,
             **options,  # type: ignore[arg-type]
         )

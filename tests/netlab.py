@@ -107,6 +107,38 @@ class Lab:
         """The bridge device's name (at most 15 characters)."""
         return f"{self.tag}br"[-15:]
 
+    def _no_dad(self, *netns: str) -> None:
+        """No duplicate address detection, so IPv6 addresses (link-local included) are
+        usable at once: on the host (for the bridge ports) or in ``netns``."""
+        where = ["ip", "netns", "exec", *netns] if netns else []
+        for key in ("all", "default"):
+            sh(*where, "sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0")
+
+    def _namespace(self, name: str) -> None:
+        """A network namespace of this lab, loopback up, without DAD."""
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        self._no_dad(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def _bridge(self, name: str) -> str:
+        """A bridge (no IGMP snooping: it floods multicast like a plain switch), up."""
+        sh("ip", "link", "add", name, "type", "bridge", "mcast_snooping", "0")
+        self.links.append(name)
+        sh("ip", "link", "set", name, "up")
+        return name
+
+    def _plug(self, bridge: str, port: str, netns: str, inner: str, ipv4: str, ipv6: str) -> None:
+        """A veth pair: ``port`` on ``bridge``, ``inner`` in ``netns`` with the addresses
+        (CIDR), both up."""
+        sh("ip", "link", "add", port, "type", "veth", "peer", "name", inner, "netns", netns)
+        self.links.append(port)
+        sh("ip", "link", "set", port, "master", bridge)
+        sh("ip", "link", "set", port, "up")
+        sh("ip", "-n", netns, "addr", "add", ipv4, "dev", inner)
+        sh("ip", "-n", netns, "addr", "add", ipv6, "dev", inner, "nodad")
+        sh("ip", "-n", netns, "link", "set", inner, "up")
+
     def lan(self, count: int, *, wire: bool = True) -> list[Host]:
         """Make ``count`` hosts 10.88.0.N / fd88::N on one bridge, default route out of eth0.
 
@@ -114,41 +146,19 @@ class Lab:
         puts them on the wire, so the bridge (and an nftables loss rule) sees one packet per
         datagram. Without it, a GSO batch crosses whole (same-host containers).
         """
-        # No DAD, so IPv6 addresses (link-local included) are usable at once.
-        for key in ("all", "default"):
-            sh("sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0")
-        sh("ip", "link", "add", self.bridge, "type", "bridge", "mcast_snooping", "0")
-        self.links.append(self.bridge)
-        sh("ip", "link", "set", self.bridge, "up")
+        self._no_dad()
+        self._bridge(self.bridge)
         for number in range(1, count + 1):
-            name = f"{self.tag}h{number}"
-            sh("ip", "netns", "add", name)
-            self.namespaces.append(name)
-            for key in ("all", "default"):
-                sh(
-                    "ip",
-                    "netns",
-                    "exec",
-                    name,
-                    "sysctl",
-                    "-qw",
-                    f"net.ipv6.conf.{key}.accept_dad=0",
-                )
+            host = Host(f"{self.tag}h{number}", f"10.88.0.{number}", f"fd88::{number}")
+            self._namespace(host.name)
             port = f"{self.tag}p{number}"[-15:]
-            sh("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", name)
-            self.links.append(port)
-            sh("ip", "link", "set", port, "master", self.bridge)
-            sh("ip", "link", "set", port, "up")
-            host = Host(name, f"10.88.0.{number}", f"fd88::{number}")
-            sh("ip", "-n", name, "link", "set", "lo", "up")
-            sh("ip", "-n", name, "addr", "add", f"{host.ipv4}/24", "dev", "eth0")
-            sh("ip", "-n", name, "addr", "add", f"{host.ipv6}/64", "dev", "eth0", "nodad")
-            sh("ip", "-n", name, "link", "set", "eth0", "up")
+            self._plug(self.bridge, port, host.name, "eth0", f"{host.ipv4}/24", f"{host.ipv6}/64")
             if wire:
                 ethtool = require_tool("ethtool")
-                sh("ip", "netns", "exec", name, ethtool, "-K", "eth0", "tx-udp-segmentation", "off")
+                sh("ip", "netns", "exec", host.name, ethtool, "-K", "eth0",
+                   "tx-udp-segmentation", "off")  # fmt: skip
             # A LAN host's default route points at its only interface: multicast follows it.
-            sh("ip", "-n", name, "route", "add", "default", "dev", "eth0")
+            sh("ip", "-n", host.name, "route", "add", "default", "dev", "eth0")
             self.hosts.append(host)
         return self.hosts
 
@@ -157,59 +167,31 @@ class Lab:
         10.90.2.N, fd90:1::N and fd90:2::N, their default route via the router), and the
         router (.254 / ::fe on both, forwarding on, its links ``ra`` and ``rb``). Nothing
         routes multicast until a daemon on the router does (``smcroute``)."""
-        for key in ("all", "default"):
-            sh("sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0")
+        self._no_dad()
         router = Host(f"{self.tag}r", "10.90.1.254", "fd90:1::fe")
-        sh("ip", "netns", "add", router.name)
-        self.namespaces.append(router.name)
-        sh("ip", "-n", router.name, "link", "set", "lo", "up")
+        self._namespace(router.name)
         for key, value in (
             ("net.ipv4.ip_forward", "1"),
             ("net.ipv6.conf.all.forwarding", "1"),
             ("net.ipv4.conf.all.rp_filter", "0"),
             ("net.ipv4.conf.default.rp_filter", "0"),
-            ("net.ipv6.conf.all.accept_dad", "0"),
-            ("net.ipv6.conf.default.accept_dad", "0"),
         ):
             sh("ip", "netns", "exec", router.name, "sysctl", "-qw", f"{key}={value}")
         sides: list[list[Host]] = []
         for subnet, link in ((1, "ra"), (2, "rb")):
-            bridge = f"{self.tag}b{subnet}"[-15:]
-            sh("ip", "link", "add", bridge, "type", "bridge", "mcast_snooping", "0")
-            self.links.append(bridge)
-            sh("ip", "link", "set", bridge, "up")
-            port = f"{self.tag}r{subnet}"[-15:]
-            sh("ip", "link", "add", port, "type", "veth", "peer", "name", link, "netns",
-               router.name)  # fmt: skip
-            self.links.append(port)
-            sh("ip", "link", "set", port, "master", bridge)
-            sh("ip", "link", "set", port, "up")
-            sh("ip", "-n", router.name, "addr", "add", f"10.90.{subnet}.254/24", "dev", link)
-            sh("ip", "-n", router.name, "addr", "add", f"fd90:{subnet}::fe/64", "dev", link,
-               "nodad")  # fmt: skip
-            sh("ip", "-n", router.name, "link", "set", link, "up")
+            bridge = self._bridge(f"{self.tag}b{subnet}"[-15:])
+            self._plug(bridge, f"{self.tag}r{subnet}"[-15:], router.name, link,
+                       f"10.90.{subnet}.254/24", f"fd90:{subnet}::fe/64")  # fmt: skip
             side = []
             for number in range(1, per_subnet + 1):
                 name = f"{self.tag}s{subnet}h{number}"
-                sh("ip", "netns", "add", name)
-                self.namespaces.append(name)
                 host = Host(name, f"10.90.{subnet}.{number}", f"fd90:{subnet}::{number}")
-                for key in ("all", "default"):
-                    sh("ip", "netns", "exec", name, "sysctl", "-qw",
-                       f"net.ipv6.conf.{key}.accept_dad=0")  # fmt: skip
-                veth = f"{self.tag}v{subnet}{number}"[-15:]
-                sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns",
-                   name)  # fmt: skip
-                self.links.append(veth)
-                sh("ip", "link", "set", veth, "master", bridge)
-                sh("ip", "link", "set", veth, "up")
-                sh("ip", "-n", name, "link", "set", "lo", "up")
-                sh("ip", "-n", name, "addr", "add", f"{host.ipv4}/24", "dev", "eth0")
-                sh("ip", "-n", name, "addr", "add", f"{host.ipv6}/64", "dev", "eth0", "nodad")
-                sh("ip", "-n", name, "link", "set", "eth0", "up")
+                self._namespace(name)
+                self._plug(bridge, f"{self.tag}v{subnet}{number}"[-15:], name, "eth0",
+                           f"{host.ipv4}/24", f"{host.ipv6}/64")  # fmt: skip
+                # Multicast leaves by eth0: the default route is via the router.
                 sh("ip", "-n", name, "route", "add", "default", "via", f"10.90.{subnet}.254")
                 sh("ip", "-n", name, "-6", "route", "add", "default", "via", f"fd90:{subnet}::fe")
-                # Multicast leaves by eth0 (the default route is via the router already).
                 side.append(host)
             sides.append(side)
         return sides[0], router, sides[1]
@@ -219,33 +201,14 @@ class Lab:
         ``Host.ipv4``/``ipv6``), eth1 on another (10.91.2.N, fd91:2::N). No default route:
         which interface a group uses is the program's choice. Bridge ports are
         ``{tag}aN`` and ``{tag}bN`` (``dual_port``), to cut one host's link from outside."""
-        for key in ("all", "default"):
-            sh("sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0")
-        bridges = [f"{self.tag}d{side}"[-15:] for side in (1, 2)]
-        for bridge in bridges:
-            sh("ip", "link", "add", bridge, "type", "bridge", "mcast_snooping", "0")
-            self.links.append(bridge)
-            sh("ip", "link", "set", bridge, "up")
+        self._no_dad()
+        bridges = [self._bridge(f"{self.tag}d{side}"[-15:]) for side in (1, 2)]
         for number in range(1, count + 1):
             host = Host(f"{self.tag}m{number}", f"10.91.1.{number}", f"fd91:1::{number}")
-            sh("ip", "netns", "add", host.name)
-            self.namespaces.append(host.name)
-            for key in ("all", "default"):
-                sh("ip", "netns", "exec", host.name, "sysctl", "-qw",
-                   f"net.ipv6.conf.{key}.accept_dad=0")  # fmt: skip
-            sh("ip", "-n", host.name, "link", "set", "lo", "up")
-            sides = zip(bridges, ("eth0", "eth1"), strict=True)
-            for side, (bridge, inner) in enumerate(sides, start=1):
-                port = self.dual_port(side, number)
-                sh("ip", "link", "add", port, "type", "veth", "peer", "name", inner, "netns",
-                   host.name)  # fmt: skip
-                self.links.append(port)
-                sh("ip", "link", "set", port, "master", bridge)
-                sh("ip", "link", "set", port, "up")
-                sh("ip", "-n", host.name, "addr", "add", f"10.91.{side}.{number}/24", "dev", inner)
-                sh("ip", "-n", host.name, "addr", "add", f"fd91:{side}::{number}/64", "dev",
-                   inner, "nodad")  # fmt: skip
-                sh("ip", "-n", host.name, "link", "set", inner, "up")
+            self._namespace(host.name)
+            for side, (bridge, inner) in enumerate(zip(bridges, ("eth0", "eth1"), strict=True), 1):
+                self._plug(bridge, self.dual_port(side, number), host.name, inner,
+                           f"10.91.{side}.{number}/24", f"fd91:{side}::{number}/64")  # fmt: skip
             self.hosts.append(host)
         return self.hosts
 

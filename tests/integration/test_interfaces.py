@@ -9,10 +9,12 @@ lost; a new address is announced and peers move to it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,25 @@ def _send(host: Host, iface: str, text: str, count: int = 1) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
+@contextlib.contextmanager
+def _listening(
+    host: Host, group: str, iface: str, seconds: float
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``mcast listen --json`` on ``host`` for ``seconds``: the process and its "listening
+    on" line (killed on the way out)."""
+    proc = host.start_mcast("listen", group, "--iface", iface, "--json", "--timeout", str(seconds))
+    try:
+        yield proc, wait_for_line(proc.stderr, "listening on")
+    finally:
+        proc.kill()
+
+
+def _heard(proc: subprocess.Popen[str]) -> tuple[list[dict[str, Any]], str]:
+    """Once a listener is done: the datagrams it printed, and its stderr."""
+    out, err = proc.communicate(timeout=30)
+    return [r for r in _records(out) if "text" in r], err
+
+
 def _cut(lab: Lab, side: int, number: int, state: str) -> None:
     """Pull (down) or plug (up) the cable of host ``number``'s eth0 (side 1) or eth1."""
     sh("ip", "link", "set", lab.dual_port(side, number), state)
@@ -38,18 +59,14 @@ def _cut(lab: Lab, side: int, number: int, state: str) -> None:
 
 def test_listen_on_all_interfaces_tells_the_arrival_interface(lab: Lab) -> None:
     sender, listener = lab.dual(2)
-    proc = listener.start_mcast("listen", GROUP, "--iface", "all", "--json", "--timeout", "6")
-    try:
-        assert "via eth0, eth1" in wait_for_line(proc.stderr, "listening on")
+    with _listening(listener, GROUP, "all", 6) as (proc, started):
+        assert "via eth0, eth1" in started
         time.sleep(0.3)
         _send(sender, "eth0", "by-eth0")
         _send(sender, "eth1", "by-eth1")
         both = _send(sender, "all", "by-both")
         assert both["interfaces"] == ["eth0", "eth1"]
-        out, err = proc.communicate(timeout=15)
-    finally:
-        proc.kill()
-    packets = [r for r in _records(out) if "text" in r]
+        packets, err = _heard(proc)
     arrivals = sorted((r["text"], r["iface"], r["source"]) for r in packets)
     assert arrivals == [
         ("by-both", "eth0", "10.91.1.1"),
@@ -71,23 +88,17 @@ def test_ifaces_says_what_all_takes(lab: Lab) -> None:
 
 def test_listen_on_one_interface_hears_only_that_one(lab: Lab) -> None:
     sender, listener = lab.dual(2)
-    proc = listener.start_mcast("listen", GROUP, "--iface", "eth1", "--json", "--timeout", "4")
-    try:
-        wait_for_line(proc.stderr, "listening on")
+    with _listening(listener, GROUP, "eth1", 4) as (proc, _):
         time.sleep(0.3)
         _send(sender, "eth0", "by-eth0")
         _send(sender, "eth1", "by-eth1")
-        out, _ = proc.communicate(timeout=10)
-    finally:
-        proc.kill()
-    assert [(r["text"], r["iface"]) for r in _records(out) if "text" in r] == [("by-eth1", "eth1")]
+        packets, _ = _heard(proc)
+    assert [(r["text"], r["iface"]) for r in packets] == [("by-eth1", "eth1")]
 
 
 def test_listen_follows_an_interface_that_goes_down_and_comes_back(lab: Lab) -> None:
     sender, listener = lab.dual(2)
-    proc = listener.start_mcast("listen", GROUP, "--iface", "all", "--json", "--timeout", "12")
-    try:
-        wait_for_line(proc.stderr, "listening on")
+    with _listening(listener, GROUP, "all", 12) as (proc, _):
         _cut(lab, 2, 2, "down")
         wait_for_line(proc.stdout, '"interface-down"', timeout=5)
         _send(sender, "eth1", "while-down")  # the link is cut: nothing can arrive
@@ -96,10 +107,8 @@ def test_listen_follows_an_interface_that_goes_down_and_comes_back(lab: Lab) -> 
         time.sleep(0.3)
         _send(sender, "eth1", "after-up")
         _send(sender, "eth0", "on-eth0")
-        out, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-    heard = sorted((r["text"], r["iface"]) for r in _records(out) if "text" in r)
+        packets, err = _heard(proc)
+    heard = sorted((r["text"], r["iface"]) for r in packets)
     assert heard == [("after-up", "eth1"), ("on-eth0", "eth0")], err
 
 
@@ -107,38 +116,30 @@ def test_listen_on_all_before_any_interface_is_up_waits_for_one(lab: Lab) -> Non
     sender, listener = lab.dual(2)
     for iface in ("eth0", "eth1"):
         listener.run("ip", "link", "set", iface, "down", check=True)
-    proc = listener.start_mcast("listen", GROUP, "--iface", "all", "--json", "--timeout", "8")
-    try:
-        assert "via lo" in wait_for_line(proc.stderr, "listening on")
+    with _listening(listener, GROUP, "all", 8) as (proc, started):
+        assert "via lo" in started
         wait_for_line(proc.stderr, "no interface is up with MULTICAST")
         listener.run("ip", "link", "set", "eth1", "up", check=True)
         up = json.loads(wait_for_line(proc.stdout, "interface-up", timeout=5))
         time.sleep(0.3)
         _send(sender, "eth1", "first-light")
-        out, err = proc.communicate(timeout=15)
-    finally:
-        proc.kill()
+        packets, err = _heard(proc)
     assert up["iface"] == "eth1"
-    heard = [(r["text"], r["iface"]) for r in _records(out) if "text" in r]
-    assert heard == [("first-light", "eth1")], err
+    assert [(r["text"], r["iface"]) for r in packets] == [("first-light", "eth1")], err
 
 
 def test_ipv6_link_scope_group_on_both_interfaces(lab: Lab) -> None:
     sender, listener = lab.dual(2)
     group = "[ff12::77:1]:6101"
-    proc = listener.start_mcast("listen", group, "--iface", "all", "--json", "--timeout", "4")
-    try:
-        wait_for_line(proc.stderr, "listening on")
+    with _listening(listener, group, "all", 4) as (proc, _):
         time.sleep(0.3)
         for iface in ("eth0", "eth1"):
             result = sender.mcast("send", group, f"six-{iface}", "--iface", iface)
             assert result.returncode == 0, result.stderr
-        out, err = proc.communicate(timeout=10)
-    finally:
-        proc.kill()
-    heard = sorted((r["text"], r["iface"]) for r in _records(out) if "text" in r)
+        packets, err = _heard(proc)
+    heard = sorted((r["text"], r["iface"]) for r in packets)
     assert heard == [("six-eth0", "eth0"), ("six-eth1", "eth1")], err
-    sources = {r["source"] for r in _records(out) if "text" in r}
+    sources = {r["source"] for r in packets}
     assert all(s.startswith("fe80::") for s in sources)  # link-local senders, each link
 
 

@@ -15,6 +15,7 @@ import itertools
 import random
 
 import pytest
+from fakenet import FakeNet
 
 from mcastkit.reliable import ACK_ECHO, RDATA_HEAD, RSTATE_TIMED, ReliableConfig
 from mcastkit.reliable.codec import MAX_GRTT
@@ -24,35 +25,23 @@ from mcastkit.session import Session
 from mcastkit.wire import Flag, FrameType, decode_frame_untrusted
 
 
-class DelayNet:
-    """Sessions on a link with a fixed one-way delay; ``lose`` holds RDATA seqs whose first
-    (non-repair) copy is dropped on the way to every receiver."""
+class DelayNet(FakeNet):
+    """FakeNet's sessions on a link with a fixed one-way delay; ``lose`` holds RDATA seqs
+    whose first (non-repair) copy is dropped on the way to every receiver."""
 
     def __init__(self, one_way: float, receivers: int, seed: int = 3) -> None:
+        super().__init__(seed=seed)
         self.one_way = one_way
-        self.now = 0.0
-        self.rng = random.Random(seed)
         self.lose: set[int] = set()
         # (arrival time, order, target, datagram, source): the order keeps ties first-in first
         self.queue: list[tuple[float, int, tuple[str, int], bytes, tuple[str, int]]] = []
         self.order = itertools.count()
-        self.sessions: dict[tuple[str, int], Session] = {}
         self.sent: dict[str, int] = {"nacks": 0, "repairs": 0, "echoes": 0}
         self.sender = self._add("sender")
         self.receivers = [self._add(f"r{n}") for n in range(receivers)]
 
     def _add(self, name: str) -> Session:
-        rng = self.rng
-        session = Session(
-            node_id=rng.getrandbits(64),
-            incarnation=rng.getrandbits(32),
-            name=name,
-            now=self.now,
-            random_bytes=lambda n: rng.randbytes(n),
-            heartbeat=0.5,
-            reliable=ReliableConfig(adaptive_rate=False),
-        )
-        self.sessions[(f"10.0.0.{len(self.sessions) + 1}", 5000)] = session
+        session = self.add(name, heartbeat=0.5, reliable=ReliableConfig(adaptive_rate=False))
         session.start(self.now)
         return session
 
