@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from .addr import GroupSpec, parse_group
@@ -303,27 +303,43 @@ class Node(FollowsInterfaces):
         session.publish(topic, _as_bytes(payload), self._now(), reliable=reliable)
         self._pump()
 
-    async def flush(self, timeout: float | None = None) -> bool:
+    async def flush(self, timeout: float | None = None, *, acknowledged: bool = False) -> bool:
         """Wait until every reliable message went out once and no repair is pending.
 
-        Returns False at the timeout. Repairs asked for later are still served while the
-        node runs: stop the node only after receivers had time to ask.
+        ``acknowledged``: wait too until every member known now has acknowledged the whole
+        stream (delivered it, or reported its loss to its application); one that leaves or
+        fails meanwhile is not waited for. Returns False at the timeout; ``unacknowledged``
+        then names who did not. Repairs asked for later are served while the node runs.
         """
         session = self._live()
         loop = self._loop
         assert loop is not None
         deadline = None if timeout is None else loop.time() + timeout
-        while self.session is session and not (
-            session.reliable_settled() and not (self._paths and self._paths.pending())
-        ):
-            if deadline is not None and loop.time() >= deadline:
-                return False
-            left = None if deadline is None else max(0.0, deadline - loop.time())
-            try:
-                await asyncio.wait_for(self._wait_drained(), left)
-            except asyncio.TimeoutError:
-                return False
-        return True
+        waiting_for = list(session.peers) if acknowledged else []
+        session.confirm_reliable(acknowledged)
+        try:
+            while self.session is session and not (
+                session.reliable_settled()
+                and not (self._paths and self._paths.pending())
+                and not session.reliable_awaited(waiting_for)
+            ):
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    return False
+                self._pump()  # a confirming probe may be due
+                try:
+                    await asyncio.wait_for(self._wait_drained(), left)
+                except asyncio.TimeoutError:
+                    return False
+            return True
+        finally:
+            session.confirm_reliable(False)
+
+    def unacknowledged(self, among: Iterable[int] | None = None) -> list[int]:
+        """Members (of ``among``, default all) that did not acknowledge all our reliable
+        stream: still awaited, or failed before they did (one that said goodbye is not)."""
+        session = self._live()
+        return session.reliable_unacknowledged(session.peers if among is None else among)
 
     def run_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run ``coroutine`` beside the node; it is cancelled when the node stops."""

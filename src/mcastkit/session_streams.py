@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter, deque
+from collections.abc import Iterable
 from typing import Any
 
 from .events import UNKNOWN_END, Event, Message, Unrecoverable
@@ -76,6 +77,34 @@ class ReliableFrames:
     def reliable_settled(self) -> bool:
         """True when every reliable message went out and no repair is pending."""
         return self._stream is None or self._stream.idle
+
+    def confirm_reliable(self, on: bool) -> None:
+        """While ``on``, our idle stream's probes ask every receiver to acknowledge."""
+        if self._stream is not None:
+            self._stream.confirm(on, self._now)
+
+    def reliable_awaited(self, peers: Iterable[int]) -> list[int]:
+        """Those of ``peers`` still members that have not acknowledged all of our stream."""
+        stream = self._stream
+        if stream is None:
+            return []
+        return [p for p in peers if p in self.peers and not stream.acknowledged(p)]
+
+    def reliable_unacknowledged(self, peers: Iterable[int]) -> list[int]:
+        """Those of ``peers`` that did not acknowledge all of our stream: members still
+        awaited, and members that failed (silent) before they did. One that said goodbye
+        chose to leave and is not counted."""
+        stream = self._stream
+        if stream is None:
+            return []
+        missing = []
+        for peer in peers:
+            if peer in self.peers:
+                if not stream.acknowledged(peer):
+                    missing.append(peer)
+            elif stream.departed.get(peer) == (False, False):
+                missing.append(peer)
+        return missing
 
     def reliable_stats(self) -> dict[str, Any]:
         """Counters of the reliable stream we send and of those we receive."""
@@ -144,7 +173,7 @@ class ReliableFrames:
             self._events.append(Unrecoverable(peer.node_id, first, stream_next - 1, "sender-gone"))
             self.counters["reliable-unrecoverable"] += 1
         if self._stream is not None:
-            self._stream.forget_peer(peer.node_id)
+            self._stream.forget_peer(peer.node_id, said_goodbye)
         return position
 
     # --- streams in -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from .aio import DEFAULT_GROUP, GatherResult, Node, Request, Subscription
@@ -79,9 +79,18 @@ class SyncNode:
         # A reliable publish may wait for back-pressure: as long as the data takes to drain.
         self._call(self._node.publish(topic, payload, reliable=reliable), timeout=None)
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Block until every reliable message went out once (False at the timeout)."""
-        return self._call(self._node.flush(timeout), timeout=self._beyond(timeout))
+    def flush(self, timeout: float | None = None, *, acknowledged: bool = False) -> bool:
+        """Block until every reliable message went out once, and with ``acknowledged``
+        until every member acknowledged it (``Node.flush``); False at the timeout."""
+        flushed = self._node.flush(timeout, acknowledged=acknowledged)
+        return self._call(flushed, timeout=self._beyond(timeout))
+
+    def unacknowledged(self, among: Iterable[int] | None = None) -> list[int]:
+        """Members (of ``among``, default all) not acknowledging all our reliable stream."""
+        return self._call(self._unacknowledged(among))
+
+    async def _unacknowledged(self, among: Iterable[int] | None) -> list[int]:
+        return self._node.unacknowledged(among)
 
     def recv(self, timeout: float | None = None) -> Message | None:
         """The next message matching the subscription given to ``connect``; None at timeout."""

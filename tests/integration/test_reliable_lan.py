@@ -217,9 +217,61 @@ def test_sixty_four_mebibytes_from_the_command_line_under_loss(lab: Lab, tmp_pat
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["bytes"] == 64 << 20 and summary["repairs_sent"] > 0
+    assert summary["unacknowledged"] == []  # it stayed until both had it all
     for proc in subs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, (out[-3000:], err, summary)
         (line,) = out.splitlines()
         record = json.loads(line)
         assert record["size"] == 64 << 20 and record["sha256"] == digest and record["reliable"]
+
+
+def test_publish_names_a_subscriber_that_never_acknowledged_and_exits_partial(lab: Lab) -> None:
+    sender, good_host, stuck_host = lab.lan(3)
+    args = ("--group", GROUP)
+    good = good_host.start_mcast("subscribe", "t", "--count", "3", "--timeout", "60", *args)
+    stuck = stuck_host.start_mcast("subscribe", "t", "--name", "frozen", *args)
+    for proc in (good, stuck):
+        wait_for_line(proc.stderr, "subscribed")
+    publisher = subprocess.Popen(
+        sender.exec_args(
+            PYTHON,
+            "-m",
+            "mcastkit",
+            "publish",
+            "t",
+            "-",
+            "--reliable",
+            "--wait",
+            "20",
+            "--peers",
+            "2",
+            "--ack-timeout",
+            "2",
+            "--linger",
+            "0",
+            "--json",
+            *args,
+        ),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(3)  # both subscribers answer its hello within milliseconds
+        os.kill(stuck.pid, signal.SIGSTOP)  # then one member hears nothing and says nothing
+        started = time.monotonic()
+        out, err = publisher.communicate("x" * 5000 + "\n" + "y\nz\n", timeout=60)
+        took = time.monotonic() - started
+    finally:
+        os.kill(stuck.pid, signal.SIGKILL)
+        stuck.communicate()
+    assert publisher.returncode == 3, (out, err)  # partial: one member did not confirm
+    summary = json.loads(out)
+    assert summary["peers"] >= 1 and len(summary["unacknowledged"]) == 1
+    assert "did not acknowledge within 2 s" in err and "(frozen)" in err
+    assert took < 30
+    received, err = good.communicate(timeout=30)
+    assert good.returncode == 0, err
+    assert len(received.splitlines()) == 3

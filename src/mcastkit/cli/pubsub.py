@@ -68,6 +68,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=1.0,
         help="seconds to stay and serve repairs after a reliable publish (default 1)",
     )
+    publish.add_argument(
+        "--ack-timeout",
+        type=argtypes.seconds(allow_zero=True),
+        default=30.0,
+        help="with --reliable: wait this long at most for every peer to acknowledge the whole "
+        "stream; exit 3 naming those that did not (default 30, 0: do not wait)",
+    )
     publish.add_argument("--json", action="store_true", help="JSON summary")
     reliable_options(publish)
     publish.set_defaults(handler=cmd_publish)
@@ -107,6 +114,7 @@ async def _run_publish(args: argparse.Namespace) -> int:
         _watch(node, SlowReceiver, slow.append)
         started = time.monotonic()
         size = sent = 0
+        unacknowledged: list[int] = []
         try:
             for number, payload in enumerate(payloads):
                 if number and args.interval:
@@ -120,6 +128,10 @@ async def _run_publish(args: argparse.Namespace) -> int:
             if args.reliable:
                 await node.flush()
             elapsed = time.monotonic() - started
+            if args.reliable and args.ack_timeout > 0:
+                members = list(node.peers)
+                await node.flush(args.ack_timeout, acknowledged=True)
+                unacknowledged = node.unacknowledged(members)
             if args.reliable and args.linger > 0:
                 await asyncio.sleep(args.linger)  # receivers may still ask for repairs
         except asyncio.CancelledError:
@@ -138,6 +150,8 @@ async def _run_publish(args: argparse.Namespace) -> int:
             "nacks_received": stats.get("nacks-received", 0),
             "slow_receivers": [f"{e.peer:016x}" for e in slow],
         }
+        if args.reliable and args.ack_timeout > 0:
+            summary["unacknowledged"] = [f"{peer:016x}" for peer in unacknowledged]
         if args.json:
             emit_json(summary)
         else:
@@ -151,7 +165,19 @@ async def _run_publish(args: argparse.Namespace) -> int:
                 note(
                     f"slow receiver {event.peer:016x} dropped (acknowledged through {event.acked})"
                 )
+        if unacknowledged:
+            names = ", ".join(_peer_label(node, peer) for peer in unacknowledged)
+            note(
+                f"partial: {len(unacknowledged)} of {summary['peers']} peer(s) did not "
+                f"acknowledge within {args.ack_timeout:g} s: {names}"
+            )
+            return 3
     return 0
+
+
+def _peer_label(node: Node, peer: int) -> str:
+    info = node.peers.get(peer)
+    return f"{peer:016x} ({info.name})" if info is not None and info.name else f"{peer:016x}"
 
 
 def _watch(node: Node, kind: type[T], handle: Callable[[T], None]) -> None:

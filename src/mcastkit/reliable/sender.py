@@ -15,6 +15,8 @@ PROBE_FIRST = 0.005  # tail probes (RSTATE) after the queue drains: 5 ms, doubli
 PROBE_LAST = 1.0
 BLOCKED_PROBE = 0.02  # under "wait", how often a held sender asks for acknowledgements
 RTT_PROBE_EVERY = 1.0  # while sending, a probe (RSTATE) a second measures the round trip
+MAX_DEPARTED = 4096  # departures remembered while confirming (members are bounded anyway)
+CONFIRM_PROBE = 0.05  # while confirming, how often an idle sender asks for acknowledgements
 ADAPTIVE_START_BPS = 1e9
 
 
@@ -70,6 +72,12 @@ class StreamSender:
         self._probe_at: float | None = None
         self._probe_gap = PROBE_FIRST
         self._blocked_since: float | None = None
+        # Set while the application waits for every receiver to acknowledge (flush):
+        # idle probes then ask for acknowledgements, at least a round trip apart.
+        self.confirming = False
+        self._confirm_at: float | None = None
+        # Receivers gone while confirming: peer -> (said goodbye, had acknowledged everything)
+        self.departed: dict[int, tuple[bool, bool]] = {}
         self.state_wanted = False  # a NACK asked for seqs we no longer have: tell the window
         # Round trips measured from echoed probes, per receiver (smoothed); the group's
         # (GRTT) is the largest: repairs wait for it, receivers' NACKs scale with it.
@@ -89,7 +97,20 @@ class StreamSender:
 
     @property
     def wants_acks(self) -> bool:
-        return self.config.slow_receiver == "wait"
+        return self.config.slow_receiver == "wait" or self.confirming
+
+    def confirm(self, on: bool, now: float) -> None:
+        """Ask receivers to acknowledge (``on``) until told to stop: see ``acknowledged``."""
+        if on and not self.confirming:
+            self.departed.clear()
+        self.confirming = on
+        self._confirm_at = now if on else None
+
+    def acknowledged(self, peer: int) -> bool:
+        """True when ``peer``, a member, acknowledged everything sent so far (settled on its
+        side: delivered, or reported lost to its application)."""
+        tracked = self._tracked.get(peer)
+        return self.next_seq == 1 or (tracked is not None and tracked.acked >= self.next_seq - 1)
 
     def enqueue(self, topic: str, payload: bytes, chunk: int) -> None:
         """Queue one message, to be cut into fragments of ``chunk`` bytes as it is sent."""
@@ -129,7 +150,7 @@ class StreamSender:
                 self._repairs.append(seq)
 
     def on_ack(self, peer: int, seq: int, now: float) -> None:
-        """A receiver has everything through ``seq`` (only used under ``wait``)."""
+        """A receiver has everything through ``seq`` (for ``wait`` and ``acknowledged``)."""
         if seq >= self.next_seq:
             return  # acknowledges what we never sent: hostile or stale, ignore
         tracked = self._tracked.get(peer)
@@ -159,8 +180,10 @@ class StreamSender:
         self.grtt = max(self.rtts.values())
         self._bump("rtt-samples")
 
-    def forget_peer(self, peer: int) -> None:
+    def forget_peer(self, peer: int, said_goodbye: bool = False) -> None:
         """A receiver left or failed: stop waiting for it."""
+        if self.confirming and len(self.departed) < MAX_DEPARTED:
+            self.departed[peer] = (said_goodbye, self.acknowledged(peer))
         self._tracked.pop(peer, None)
         self.rtts.pop(peer, None)
         self.grtt = max(self.rtts.values(), default=0.0)
@@ -229,6 +252,9 @@ class StreamSender:
         if self._blocked_since is not None and (self._probe_at is None or now >= self._probe_at):
             self._probe_at = now + BLOCKED_PROBE  # ask the receivers we wait for to acknowledge
             return True
+        if self._confirm_due(now):
+            self._confirm_at = now + max(CONFIRM_PROBE, self.grtt)
+            return True
         if self._probe_at is None or now < self._probe_at or not self.idle:
             return False
         self._probe_gap *= 2
@@ -244,12 +270,22 @@ class StreamSender:
         probing = self.idle or self._blocked_since is not None
         if probing and self._probe_at is not None:
             soonest = self._probe_at if soonest is None else min(soonest, self._probe_at)
+        if self.confirming and self.idle and self._confirm_at is not None:
+            soonest = self._confirm_at if soonest is None else min(soonest, self._confirm_at)
         if self._blocked_since is not None and self._tracked:
             since = self._blocked_since
             stall = min(max(t.progressed_at, since) for t in self._tracked.values())
             stall += self.config.slow_timeout
             soonest = stall if soonest is None else min(soonest, stall)
         return soonest
+
+    def _confirm_due(self, now: float) -> bool:
+        return (
+            self.confirming
+            and self.idle
+            and self._confirm_at is not None
+            and now >= self._confirm_at
+        )
 
     def take_slow_events(self) -> list[SlowReceiver]:
         events, self.slow_events = self.slow_events, []
