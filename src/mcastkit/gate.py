@@ -8,6 +8,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .pacing import TokenBucket
 from .peers import PeerInfo
 from .wire import Frame, FrameType
 
@@ -56,8 +57,7 @@ class MembershipGate:
         self._wall_us = wall_clock_us
         self._started_us = 0
         self._seen_requests: OrderedDict[tuple[int, int], float] = OrderedDict()
-        self._answer_tokens = ANSWER_BURST
-        self._answer_refilled = now
+        self._answers = TokenBucket(ANSWER_RATE, ANSWER_BURST, now, full=True)
 
     def start(self) -> None:
         """From now on, sealed frames stamped earlier are refused."""
@@ -86,14 +86,10 @@ class MembershipGate:
 
     def may_answer_unknown(self, now: float) -> bool:
         """Token bucket for unicast hellos to peers we do not know yet."""
-        self._answer_tokens = min(
-            ANSWER_BURST, self._answer_tokens + (now - self._answer_refilled) * ANSWER_RATE
-        )
-        self._answer_refilled = now
-        if self._answer_tokens < 1:
+        self._answers.refill(now)
+        if not self._answers.spend(1):
             self._counters["answers-rate-limited"] += 1
             return False
-        self._answer_tokens -= 1
         return True
 
     def bury(self, peer: PeerInfo, stream_next: int, now: float) -> None:

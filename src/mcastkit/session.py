@@ -387,10 +387,13 @@ class Session(ReliableFrames):
             window = ReplayWindow()
         verdict = window.check_and_mark(frame.seq)
         if verdict is not None:
-            if self.multipath and verdict == "replay" and peer is not None and iface:
-                # The same datagram by another interface: one delivery, one more path.
+            if self.multipath and verdict == "replay" and peer is not None:
+                # The same datagram by another interface: one delivery, one more path. One with
+                # no arrival interface (a replay drop once in CI) is counted apart too.
                 self.counters["duplicates"] += 1
-                if iface not in peer.paths and len(peer.paths) < MAX_PATHS:
+                if not iface:
+                    self.counters["duplicates-interface-unknown"] += 1
+                elif iface not in peer.paths and len(peer.paths) < MAX_PATHS:
                     peer.paths[iface] = source
                 return
             self._drop(verdict)

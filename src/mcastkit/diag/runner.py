@@ -1,15 +1,16 @@
-"""Socket runtimes for the diagnostics: a select loop drives each sans-I/O core."""
+"""Socket runtimes for the diagnostics: the one driver (transport/driver.py) runs each core."""
 
 from __future__ import annotations
 
+import functools
 import os
-import select
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from ..addr import GroupSpec
+from ..pacing import TokenBucket
 from ..transport import (
     GroupSocket,
     IfaceChoice,
@@ -20,6 +21,7 @@ from ..transport import (
     set_unicast_ttl,
 )
 from ..transport.batch import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, BatchReceiver, BatchSender
+from ..transport.driver import STOP, Driver
 from .bench import HEAD as BENCH_HEAD
 from .bench import MAGIC as BENCH_MAGIC
 from .bench import MIN_SIZE, BenchStats, Rate, make_payload
@@ -97,7 +99,6 @@ def run_ping(
     end = None if duration is None else now + int(duration * 1e9)
     last_round_ns: int | None = None
     last_update = now
-    sockets = {s.fileno(): s for s in (group_socket, *unicasts)}
 
     def send(datagrams: list[tuple[bytes, Address | None]]) -> None:
         for data, destination in datagrams:
@@ -108,40 +109,44 @@ def run_ping(
                 except OSError:
                     session.counters["send-errors"] += 1
 
+    def drain(sock: GroupSocket) -> None:
+        while (packet := sock.recv_nowait()) is not None:
+            arrived = time.monotonic_ns()
+            way = sock if sock is not group_socket else by_index.get(packet.ifindex or 0)
+            if way is not None and len(heard_on) < MAX_PEERS_HEARD:
+                heard_on[packet.source] = way
+            send(
+                session.receive(
+                    packet.data, (packet.source, packet.source_port), packet.ttl, arrived
+                )
+            )
+
+    def turn(_: float) -> float | None:
+        nonlocal last_round_ns, last_update
+        now = time.monotonic_ns()
+        if (end is not None and now >= end) or (stop is not None and stop()):
+            return STOP
+        finished = count is not None and min(session.rounds, session.unicast_rounds) >= count
+        if finished:
+            # Every probe is out: wait one more interval for the answers, then stop.
+            last_round_ns = last_round_ns or now
+            if now >= last_round_ns + session.interval_ns:
+                return STOP
+        elif now >= session.next_due_ns():
+            send(session.tick(now))
+        if on_update is not None and now - last_update >= 500_000_000:
+            last_update = now
+            on_update(session, now)
+        wait_ns = session.next_due_ns() - now
+        if end is not None:
+            wait_ns = min(wait_ns, end - now)
+        return wait_ns / 1e9
+
     try:
-        while True:
-            now = time.monotonic_ns()
-            if end is not None and now >= end:
-                break
-            if stop is not None and stop():
-                break
-            finished = count is not None and min(session.rounds, session.unicast_rounds) >= count
-            if finished:
-                # Every probe is out: wait one more interval for the answers, then stop.
-                last_round_ns = last_round_ns or now
-                if now >= last_round_ns + session.interval_ns:
-                    break
-            elif now >= session.next_due_ns():
-                send(session.tick(now))
-            wait_ns = session.next_due_ns() - now
-            if end is not None:
-                wait_ns = min(wait_ns, end - now)
-            ready, _, _ = select.select(list(sockets), [], [], max(0.0, min(wait_ns / 1e9, 0.25)))
-            for fd in ready:
-                sock = sockets[fd]
-                while (packet := sock.recv_nowait()) is not None:
-                    arrived = time.monotonic_ns()
-                    way = sock if sock is not group_socket else by_index.get(packet.ifindex or 0)
-                    if way is not None and len(heard_on) < MAX_PEERS_HEARD:
-                        heard_on[packet.source] = way
-                    send(
-                        session.receive(
-                            packet.data, (packet.source, packet.source_port), packet.ttl, arrived
-                        )
-                    )
-            if on_update is not None and now - last_update >= 500_000_000:
-                last_update = now
-                on_update(session, now)
+        with Driver() as driver:
+            for sock in (group_socket, *unicasts):
+                driver.on_readable(sock.sock, functools.partial(drain, sock))
+            driver.run(turn)
     finally:
         group_socket.close()
         for opened in unicasts:
@@ -191,20 +196,19 @@ def run_bench_send(
     start = time.monotonic_ns()
     end = start + int(duration * 1e9)
     second_start, second_sent = start, 0
+    # 2 ms of the rate at most (a sleep overshoots by a fraction of that), 256 datagrams.
+    depth = 256.0 if pps is None else max(1.0, min(256.0, pps * 0.002))
+    bucket = TokenBucket(pps, depth, start / 1e9, full=True)
     try:
         while True:
             now = time.monotonic_ns()
             if now >= end:
                 break
-            if pps is None:
-                owed = 256
-            else:
-                owed = min(int((now - start) * pps / 1e9) + 1 - sent, 256)
-                if owed <= 0:
-                    ahead = (sent / pps) * 1e9 + start - now
-                    if ahead > 200_000:
-                        time.sleep(ahead / 2e9)  # sleep overshoots; aim for half
-                    continue
+            bucket.refill(now / 1e9)
+            owed = bucket.take(1, 256)
+            if not owed:
+                time.sleep(bucket.wait(1))
+                continue
             if batch.gso:
                 count = min(owed, per_call)
                 for n in range(count):
@@ -279,23 +283,24 @@ def run_bench_recv(
     start = time.monotonic_ns()
     hard_end = None if duration is None else start + int(duration * 1e9)
     first_wait_end = None if wait is None else start + int(wait * 1e9)
+
+    def turn(_: float) -> float | None:
+        now = time.monotonic_ns()
+        if (hard_end is not None and now >= hard_end) or (stop is not None and stop()):
+            return STOP
+        if stats.packets == 0 and first_wait_end is not None and now >= first_wait_end:
+            return STOP
+        if stats.packets and now - stats.last_ns > idle * 1e9:
+            return STOP
+        for interval in stats.tick(now):
+            if on_second is not None:
+                on_second(interval)
+        return 0.1
+
     try:
-        while True:
-            now = time.monotonic_ns()
-            if hard_end is not None and now >= hard_end:
-                break
-            if stop is not None and stop():
-                break
-            if stats.packets == 0 and first_wait_end is not None and now >= first_wait_end:
-                break
-            if stats.packets and now - stats.last_ns > idle * 1e9:
-                break
-            ready, _, _ = select.select([receiver.sock], [], [], 0.1)
-            if ready:
-                batch.receive_runs(measure, 4096)
-            for interval in stats.tick(time.monotonic_ns()):
-                if on_second is not None:
-                    on_second(interval)
+        with Driver() as driver:
+            driver.read_runs(batch, measure, 4096)
+            driver.run(turn)
     finally:
         receiver.close()
     summary = stats.summary()

@@ -6,6 +6,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..events import SlowReceiver
+from ..pacing import TokenBucket
 from .codec import MAX_GRTT, RDATA_HEAD
 from .config import ReliableConfig
 from .rate import NackRateControl
@@ -60,15 +61,10 @@ class StreamSender:
             if rate is None:
                 rate, self._per_byte = ADAPTIVE_START_BPS / 8, True
             self.control = NackRateControl(rate, now)
-        self._rate: float | None = None
-        self._depth = 0.0
-        if rate is not None:
-            self._set_rate(rate)
+        self._bucket = TokenBucket(rate, self._depth_for(rate), now, full=True)
         self._sent_new = self._sent_bytes = 0
         self._nacked_new = 0
         self._app_limited = True
-        self._tokens = self._depth
-        self._refilled = now
         self._probe_at: float | None = None
         self._probe_gap = PROBE_FIRST
         self._blocked_since: float | None = None
@@ -265,7 +261,7 @@ class StreamSender:
         """When ``pull`` or ``probe_due`` has work again."""
         soonest: float | None = None
         if self._repairs or (self._queue and self._blocked_since is None):
-            soonest = now if self._rate is None else self._refilled + self._deficit() / self._rate
+            soonest = self._bucket.ready_at(1500.0 if self._per_byte else 1.0)
         # A tail probe only matters once idle (or held): a busy sender would spin on it.
         probing = self.idle or self._blocked_since is not None
         if probing and self._probe_at is not None:
@@ -315,33 +311,23 @@ class StreamSender:
     @property
     def rate(self) -> float | None:
         """The current sending rate in bits/s (or packets/s with ``rate_pps``); None: no cap."""
-        if self._rate is None:
+        rate = self._bucket.rate
+        if rate is None:
             return None
-        return self._rate * 8 if self._per_byte else self._rate
+        return rate * 8 if self._per_byte else rate
+
+    def _depth_for(self, rate: float | None) -> float:
+        # 5 ms of sending (at least 8 datagrams), so a timer wake-up sends a burst.
+        return max((rate or 0.0) * 0.005, 8 * (1500 if self._per_byte else 1))
 
     def _set_rate(self, rate: float) -> None:
-        # Bucket depth: 5 ms of sending (at least 8 datagrams), so a timer wake-up sends a burst.
-        self._rate = rate
-        self._depth = max(rate * 0.005, 8 * (1500 if self._per_byte else 1))
+        self._bucket.set_rate(rate, self._depth_for(rate))
 
     def _refill(self, now: float) -> None:
-        if self._rate is None:
-            return
-        self._tokens = min(self._depth, self._tokens + (now - self._refilled) * self._rate)
-        self._refilled = now
-
-    def _deficit(self) -> float:
-        need = 1500.0 if self._per_byte else 1.0
-        return max(0.0, need - self._tokens)
+        self._bucket.refill(now)
 
     def _spend(self, size: int) -> bool:
-        if self._rate is None:
-            return True
-        cost = float(size) if self._per_byte else 1.0
-        if self._tokens < min(cost, self._depth):
-            return False
-        self._tokens -= cost
-        return True
+        return self._bucket.spend(float(size) if self._per_byte else 1.0)
 
     def _make_room(self, now: float) -> bool:
         """Slide the window until the next fragment fits; False when ``wait`` must hold."""

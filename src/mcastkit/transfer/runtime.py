@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import resource
-import select
 import stat
 import threading
 import time
@@ -15,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..addr import GroupSpec
 from ..events import ReceiveState, SendPhase, TransferEvent
+from ..pacing import TokenBucket
 from ..transport import Packet, open_receiver, open_sender
 from ..transport.batch import BatchReceiver, BatchSender
+from ..transport.driver import STOP, Driver
 from ..transport.interfaces import router_hint
 from ..units import Rate
 from .engine import DEFAULT_MAX_SIZE, Address, ReceiveSession, SendSession
@@ -152,11 +153,6 @@ class _FileSource:
                 os.close(fd)
 
 
-def _drain(receiver: BatchReceiver, handle: Callable[[Packet], None]) -> None:
-    for packet in receiver.receive(256):
-        handle(packet)
-
-
 def batch_bounds(pps: float) -> tuple[float, float]:
     """The fewest datagrams a paced sender waits for before a batch (1 ms of the rate, 1 to
     MIN_BURST) and the most its bucket holds (10 ms of the rate, up to BURST)."""
@@ -263,7 +259,13 @@ def send_files(
         pps: float | None = controller.pps
     else:
         pps = None if rate is None else rate.packets_per_second(BLOCK_SIZE + DATA_OVERHEAD)
-    tokens, last_fill = 0.0, now
+    # Spent in batches: one GSO call carries many datagrams, so the sender waits for a
+    # batch's worth (waking at once for a receiver's reply). A batch never holds more than
+    # 1 ms of the rate, nor the bucket 10 ms (batch_bounds): at a slow rate, for a receiver
+    # with a small buffer, 16 datagrams at once were an overflow every time, and the rate
+    # never rose off its floor.
+    least, most = batch_bounds(pps) if pps is not None else (1.0, float(BURST))
+    bucket = TokenBucket(pps, most, now)
     next_sample, sent_at_sample = now + SAMPLE_EVERY, 0
     last_progress = 0.0
     batch = BatchSender(sender.sock, gso=gso)
@@ -278,56 +280,52 @@ def send_files(
             transmit(session.receive(bytes(opened), source, time.monotonic()))
 
     unreadable: OSError | None = None
-    try:
-        while session.phase != SendPhase.DONE:
-            now = time.monotonic()
-            if hasher is not None and not hasher.is_alive():
-                if hasher.digests is not None:
-                    session.set_digests(hasher.digests)
-                else:
-                    unreadable = hasher.error
-                    transmit(session.abort("the sender could not read its files"))
-                hasher = None
-            transmit(session.tick(now))
-            _drain(replies, handle)
-            if session.phase == SendPhase.DATA:
-                if controller is not None and now >= next_sample:
-                    pps = controller.on_sample(
-                        session.receiver_drops(),
-                        session.blocks_sent - sent_at_sample,
-                        session.receiver_fill(),
-                    )
-                    sent_at_sample, next_sample = session.blocks_sent, now + SAMPLE_EVERY
-                    transmit(session.progress_request())
-                if pps is None:
-                    budget = BURST
-                else:
-                    # A token bucket (the rate may change between two calls), spent in
-                    # batches: one GSO call carries many datagrams, so wait for a batch's
-                    # worth, waking at once for a receiver's reply. A batch never holds
-                    # more than 1 ms (nor the bucket 10 ms) of the current rate: at a slow
-                    # rate, for a receiver with a small buffer, 16 datagrams at once were
-                    # an overflow every time, and the rate never rose off its floor.
-                    least, most = batch_bounds(pps)
-                    tokens = min(tokens + (now - last_fill) * pps, most)
-                    last_fill = now
-                    if tokens < least:
-                        select.select([sender.sock], [], [], (least - tokens) / pps)
-                        continue
-                    budget = int(tokens)
-                    tokens -= budget
+
+    def turn(now: float) -> float | None:
+        nonlocal hasher, unreadable, pps, least, next_sample, sent_at_sample, last_progress
+        if session.phase == SendPhase.DONE:
+            return STOP
+        if hasher is not None and not hasher.is_alive():
+            if hasher.digests is not None:
+                session.set_digests(hasher.digests)
+            else:
+                unreadable = hasher.error
+                transmit(session.abort("the sender could not read its files"))
+            hasher = None
+        transmit(session.tick(now))
+        bucket.refill(now)
+        wait = 0.02
+        if session.phase == SendPhase.DATA:
+            if controller is not None and now >= next_sample:
+                pps = controller.on_sample(
+                    session.receiver_drops(),
+                    session.blocks_sent - sent_at_sample,
+                    session.receiver_fill(),
+                )
+                least, most = batch_bounds(pps)
+                bucket.set_rate(pps, most)
+                sent_at_sample, next_sample = session.blocks_sent, now + SAMPLE_EVERY
+                transmit(session.progress_request())
+            budget = bucket.take(least, BURST)
+            if budget:
                 parts = session.next_block_parts(budget)
                 if guard.ring is None:
                     batch.send_parts(parts, group)
                 else:
                     batch.send(guard.seal_parts(parts), group)
+                wait = 0.0
             else:
-                last_fill = now
-                select.select([sender.sock], [], [], 0.02)
-            if on_progress is not None and now - last_progress >= 0.25:
-                last_progress = now
-                on_progress(session)
-            _report(session.events(), on_event)
+                wait = bucket.wait(least)
+        if on_progress is not None and now - last_progress >= 0.25:
+            last_progress = now
+            on_progress(session)
+        _report(session.events(), on_event)
+        return wait
+
+    try:
+        with Driver() as driver:
+            driver.read_packets(replies, handle)
+            driver.run(turn)
     finally:
         source.close()
         sender.close()
@@ -448,34 +446,36 @@ def receive_files(
         buffer, spans = guard.open_runs(buffer, spans)
         transmit(session.receive_many(buffer, spans, source, time.monotonic()))
 
+    def turn(now: float) -> float | None:
+        nonlocal finished_at, last_progress
+        if session.finished or (stop is not None and stop()):
+            return STOP
+        if session.state == ReceiveState.WAITING and wait is not None and now - started > wait:
+            session.reason = f"no transfer announced on {spec} within {wait}s"
+            why = _why_nothing(guard, session) or router_hint(
+                spec,
+                [i.name for i in group_socket.interfaces],
+                "the sender needs send-file --ttl 4 or more",
+            )
+            if why:
+                session.reason += f": {why}"
+            return STOP
+        if session.state in (ReceiveState.COMPLETE, ReceiveState.FAILED):
+            finished_at = finished_at or now
+            if now - finished_at > ACK_WAIT:
+                return STOP  # the result stands; the sender just did not acknowledge it
+        transmit(session.tick(now))
+        if on_progress is not None and now - last_progress >= 0.25:
+            last_progress = now
+            on_progress(session)
+        _report(session.events(), on_event)
+        return 0.05
+
     try:
-        sockets = [group_socket.sock, unicast.sock]
-        while not session.finished:
-            now = time.monotonic()
-            if stop is not None and stop():
-                break
-            if session.state == ReceiveState.WAITING and wait is not None and now - started > wait:
-                session.reason = f"no transfer announced on {spec} within {wait}s"
-                why = _why_nothing(guard, session) or router_hint(
-                    spec,
-                    [i.name for i in group_socket.interfaces],
-                    "the sender needs send-file --ttl 4 or more",
-                )
-                if why:
-                    session.reason += f": {why}"
-                break
-            if session.state in (ReceiveState.COMPLETE, ReceiveState.FAILED):
-                finished_at = finished_at or now
-                if now - finished_at > ACK_WAIT:
-                    break  # the result stands; the sender just did not acknowledge it
-            transmit(session.tick(now))
-            ready, _, _ = select.select(sockets, [], [], 0.05)
-            for sock in ready:
-                incoming[sock].receive_runs(handle)
-            if on_progress is not None and now - last_progress >= 0.25:
-                last_progress = now
-                on_progress(session)
-            _report(session.events(), on_event)
+        with Driver() as driver:
+            for receiver in incoming.values():
+                driver.read_runs(receiver, handle)
+            driver.run(turn)
     finally:
         if session.sink is not None and session.state == ReceiveState.RECEIVING:
             # Interrupted: keep what a later transfer can resume from, or leave nothing.

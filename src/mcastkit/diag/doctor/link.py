@@ -8,11 +8,13 @@ on crafted bytes. Nothing is sent.
 from __future__ import annotations
 
 import contextlib
-import select
+import functools
 import socket
 import struct
 import time
 from dataclasses import dataclass
+
+from ...transport.driver import STOP, Driver
 
 __all__ = ["Heard", "listen", "parse_igmp", "parse_mld", "parse_pim"]
 
@@ -107,16 +109,19 @@ def listen(family: int, iface: str, index: int, seconds: float) -> list[Heard] |
         return f"cannot listen on {iface}: {exc.strerror}"
     heard: dict[tuple[str, str], Heard] = {}
     deadline = time.monotonic() + seconds
+
+    def read(sock: socket.socket, kind: str) -> None:
+        data, address = sock.recvfrom(65535)
+        source = address[0].split("%")[0]
+        parsed = _parse(kind, family, data, source)
+        if parsed is not None:
+            heard.setdefault((parsed.kind, source), parsed)
+
     try:
-        while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([s for s, _ in sockets], [], [], left)
-            for sock in ready:
-                kind = dict(sockets)[sock]
-                data, address = sock.recvfrom(65535)
-                source = address[0].split("%")[0]
-                parsed = _parse(kind, family, data, source)
-                if parsed is not None:
-                    heard.setdefault((parsed.kind, source), parsed)
+        with Driver() as driver:
+            for sock, kind in sockets:
+                driver.on_readable(sock, functools.partial(read, sock, kind))
+            driver.run(lambda now: deadline - now if now < deadline else STOP)
     finally:
         for sock, _ in sockets:
             sock.close()

@@ -1,0 +1,75 @@
+"""The one blocking event loop of the runtimes that do not run on asyncio (file transfer,
+ping, bench recv, the doctor's listeners).
+
+Each runtime hosts a sans-I/O core: it registers the sockets to read (drained in batches,
+see batch.py) and gives one ``turn(now)`` that does the core's timed work and says when it
+wants to run again. The loop sleeps in the kernel (epoll) until a socket is readable or
+that time comes: no busy waits, no sleeps that ignore arriving datagrams. Sending goes
+through ``BatchSender``, whose policy is the same everywhere (a full buffer waits for
+room, errors are counted).
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import time
+from collections.abc import Callable
+
+from .ancillary import Packet
+from .batch import BatchReceiver, RunHandler
+
+__all__ = ["STOP", "Driver"]
+
+STOP = None  # what ``turn`` returns when the work is done
+MAX_WAIT = 0.25  # a turn runs at least this often, so stop flags and deadlines are seen
+
+
+class Driver:
+    """Readable sockets and one turn function, on one thread."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self.turns = 0
+
+    def on_readable(self, sock: socket.socket, callback: Callable[[], object]) -> None:
+        """Call ``callback`` whenever ``sock`` has something to read."""
+        self._selector.register(sock, selectors.EVENT_READ, callback)
+
+    def read_runs(self, receiver: BatchReceiver, handle: RunHandler, limit: int = 256) -> None:
+        """Drain ``receiver`` in batches (GRO runs, ``recvmmsg``) into ``handle``."""
+        self.on_readable(receiver.sock, lambda: receiver.receive_runs(handle, limit))
+
+    def read_packets(
+        self, receiver: BatchReceiver, handle: Callable[[Packet], None], limit: int = 256
+    ) -> None:
+        """Drain ``receiver`` into ``handle`` one ``Packet`` at a time."""
+
+        def drain() -> None:
+            for packet in receiver.receive(limit):
+                handle(packet)
+
+        self.on_readable(receiver.sock, drain)
+
+    def run(self, turn: Callable[[float], float | None]) -> None:
+        """Until ``turn(now)`` returns ``STOP``: run it, then wait for readable sockets at
+        most the seconds it returned (0: poll and go on) and read them."""
+        select = self._selector.select
+        clock = time.monotonic
+        while True:
+            wait = turn(clock())
+            self.turns += 1
+            if wait is None:
+                return
+            for key, _ in select(min(max(wait, 0.0), MAX_WAIT)):
+                key.data()
+
+    def close(self) -> None:
+        """Forget the sockets (the caller closes them)."""
+        self._selector.close()
+
+    def __enter__(self) -> Driver:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
