@@ -54,7 +54,7 @@ SENDER = r"""
 import asyncio, hashlib, json, random, sys
 from mcastkit import Node, ReliableConfig, SlowReceiver
 
-async def main(count, peers, seed, options, interval, linger):
+async def main(count, peers, seed, options, interval, linger, ack_wait):
     rng = random.Random(seed)
     sizes = [10, 1000, 1500, 5000, 60000, 300000]
     payloads = [rng.randbytes(rng.choice(sizes)) for _ in range(count)]
@@ -80,7 +80,10 @@ async def main(count, peers, seed, options, interval, linger):
                 await asyncio.sleep(interval)
         await node.flush()
         seconds = loop.time() - started
-        await asyncio.sleep(linger)  # receivers may still ask for repairs
+        members = list(node.peers)
+        if ack_wait:  # stay until every receiver has it all (20 % loss can take a while)
+            await node.flush(ack_wait, acknowledged=True)
+        await asyncio.sleep(linger)  # receivers we do not know may still ask for repairs
         print(json.dumps({
             "digests": [hashlib.sha256(p).hexdigest() for p in payloads],
             "bytes": sum(map(len, payloads)),
@@ -88,6 +91,7 @@ async def main(count, peers, seed, options, interval, linger):
             "stats": node.reliable_stats(),
             "slow": slow,
             "peers": {f"{p.node_id:016x}": p.name for p in node.peers.values()},
+            "unacknowledged": [f"{p:016x}" for p in node.unacknowledged(members)],
         }))
 
 asyncio.run(main(*[json.loads(a) if i != 3 else a for i, a in enumerate(sys.argv[1:])]))
@@ -108,10 +112,11 @@ def _sender(
     seed: int = 1,
     options: dict[str, object] | None = None,
     interval: float = 0.0,
-    linger: float = 2.0,
+    linger: float = 0.5,
+    ack_wait: float = 30.0,
 ) -> subprocess.Popen[str]:
     args = [str(count), str(peers), str(seed), json.dumps(options or {}), str(interval)]
-    return host.start(PYTHON, "-c", SENDER, *args, str(linger))
+    return host.start(PYTHON, "-c", SENDER, *args, str(linger), str(ack_wait))
 
 
 def _result(proc: subprocess.Popen[str], timeout: float = 120) -> dict:
@@ -132,6 +137,7 @@ def test_messages_arrive_whole_in_order_under_real_loss(
     sent = _result(_sender(sender_host, count, receivers))
     results = [_result(p) for p in procs]
     assert sent["stats"]["sender"]["repairs-sent"] > 0  # loss happened and was repaired
+    assert sent["unacknowledged"] == []  # the sender stayed until every receiver had it all
     for result in results:
         assert [digest for _, digest in result["got"]] == sent["digests"]
         assert result["lost"] == []
@@ -168,7 +174,7 @@ def test_wait_policy_drops_a_stalled_receiver_and_the_others_complete(lab: Lab) 
         2,
         options={"slow_receiver": "wait", "slow_timeout": 1.0, "window_bytes": 1_000_000},
         interval=0.002,
-        linger=0.5,
+        ack_wait=0,  # the stalled one never acknowledges: do not wait for it
     )
     wait_for_line(sender.stderr, "sending")
     time.sleep(0.3)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import bisect
-import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..events import Unrecoverable
 from .codec import MAX_GAP, MAX_GRTT, MAX_NACK_RANGES, RDATA_HEAD
 from .config import ReliableConfig
+from .gaps import Gaps
 
 
 def _message_start(seq: int, length: int, offset: int, size: int) -> int:
@@ -36,180 +36,27 @@ def _message_start(seq: int, length: int, offset: int, size: int) -> int:
 FRAGMENT_COST = 200
 GAP_COST = 240
 LOST_COST = 160
+CHUNK_COST = 64  # a fragment of the message being assembled: its bytes object and list slot
 ECHO_EVERY = 0.25  # seconds between echoes of the sender's probes (one stream)
-
-
-class _Gap:
-    """Missing seqs first..end-1, seen at ``seen``; next NACK at ``due``."""
-
-    __slots__ = ("due", "end", "first", "quiet_until", "seen")
-
-    def __init__(self, first: int, end: int, seen: float, due: float) -> None:
-        self.first, self.end, self.seen, self.due = first, end, seen, due
-        self.quiet_until = 0.0
-
-
-class _Gaps:
-    """Missing seqs as sorted ranges: a jump of a million seqs costs one entry, not a million.
-
-    Each range carries its own NACK schedule (a heap with lazy deletion); an arrival inside a
-    range splits it.
-    """
-
-    def __init__(self) -> None:
-        self.starts: list[int] = []  # sorted firsts
-        self.by_first: dict[int, _Gap] = {}
-        self.heap: list[tuple[float, int]] = []
-        self.count = 0  # seqs missing
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def clear(self) -> None:
-        self.starts.clear()
-        self.by_first.clear()
-        self.heap.clear()
-        self.count = 0
-
-    def add(self, first: int, end: int, seen: float, due: float) -> None:
-        gap = _Gap(first, end, seen, due)
-        bisect.insort(self.starts, first)
-        self.by_first[first] = gap
-        self.count += end - first
-        self._schedule(gap)
-
-    def append_range(self, first: int, end: int, seen: float, due: float) -> None:
-        """Mark first..end-1, above every range, missing (extending the last when adjacent)."""
-        if self.starts:
-            last = self.by_first[self.starts[-1]]
-            if last.end == first:
-                last.end = end
-                self.count += end - first
-                return
-        self.add(first, end, seen, due)
-
-    def find(self, seq: int) -> _Gap | None:
-        index = bisect.bisect_right(self.starts, seq) - 1
-        if index < 0:
-            return None
-        gap = self.by_first[self.starts[index]]
-        return gap if seq < gap.end else None
-
-    def __contains__(self, seq: int) -> bool:
-        return self.find(seq) is not None
-
-    def lowest(self) -> int | None:
-        return self.starts[0] if self.starts else None
-
-    def highest(self) -> int | None:
-        return self.by_first[self.starts[-1]].end - 1 if self.starts else None
-
-    def remove_seq(self, seq: int) -> bool:
-        """``seq`` arrived: True when it was missing."""
-        gap = self.find(seq)
-        if gap is None:
-            return False
-        self.count -= 1
-        if gap.end - gap.first == 1:
-            self._drop(gap)
-        elif seq == gap.first:
-            self._rekey(gap, seq + 1)
-        elif seq == gap.end - 1:
-            gap.end = seq
-        else:
-            right = _Gap(seq + 1, gap.end, gap.seen, gap.due)
-            right.quiet_until = gap.quiet_until
-            gap.end = seq
-            bisect.insort(self.starts, right.first)
-            self.by_first[right.first] = right
-            self._schedule(right)
-        return True
-
-    def cut_below(self, limit: int) -> list[tuple[int, int]]:
-        """Remove every missing seq below ``limit``; returns the (first, end) ranges removed."""
-        removed: list[tuple[int, int]] = []
-        while self.starts and self.starts[0] < limit:
-            gap = self.by_first[self.starts[0]]
-            stop = min(gap.end, limit)
-            removed.append((gap.first, stop))
-            self.count -= stop - gap.first
-            if stop == gap.end:
-                self._drop(gap)
-            else:
-                self._rekey(gap, stop)
-        return removed
-
-    def take(self, gap: _Gap) -> None:
-        """Remove a whole range (given up)."""
-        self.count -= gap.end - gap.first
-        self._drop(gap)
-
-    def suppress(self, runs: list[tuple[int, int]], until: float, budget: int = 256) -> None:
-        """Ranges wholly inside a run someone else asked for: hold our NACK for them back."""
-        for first, count in runs:
-            end = first + count
-            index = bisect.bisect_left(self.starts, first)
-            while index < len(self.starts) and budget > 0:
-                gap = self.by_first[self.starts[index]]
-                if gap.first >= end:
-                    break
-                budget -= 1  # bounded work per NACK, whatever its runs span
-                if gap.end <= end:
-                    gap.quiet_until = until
-                index += 1
-
-    def due(self, now: float) -> list[_Gap]:
-        """Ranges whose NACK time has come (each once; the caller reschedules)."""
-        out: list[_Gap] = []
-        heap = self.heap
-        while heap and heap[0][0] <= now:
-            when, first = heapq.heappop(heap)
-            gap = self.by_first.get(first)
-            if gap is not None and gap.due == when and gap not in out:
-                out.append(gap)
-        return out
-
-    def reschedule(self, gap: _Gap, due: float) -> None:
-        gap.due = due
-        self._schedule(gap)
-
-    def next_due(self) -> float | None:
-        heap = self.heap
-        while heap:
-            when, first = heap[0]
-            gap = self.by_first.get(first)
-            if gap is not None and gap.due == when:
-                return when
-            heapq.heappop(heap)  # stale: the range moved, split or went
-        return None
-
-    def _schedule(self, gap: _Gap) -> None:
-        heapq.heappush(self.heap, (gap.due, gap.first))
-        if len(self.heap) > 4 * len(self.starts) + 64:
-            self.heap = [(g.due, g.first) for g in self.by_first.values()]
-            heapq.heapify(self.heap)
-
-    def _drop(self, gap: _Gap) -> None:
-        index = bisect.bisect_left(self.starts, gap.first)
-        del self.starts[index]
-        del self.by_first[gap.first]
-
-    def _rekey(self, gap: _Gap, first: int) -> None:
-        """Move a range's start up (its place in the sorted list stays the same)."""
-        index = bisect.bisect_left(self.starts, gap.first)
-        del self.by_first[gap.first]
-        self.starts[index] = gap.first = first
-        self.by_first[first] = gap
-        self._schedule(gap)
 
 
 @dataclass
 class _Partial:
+    """A message being assembled: its fragments in order, joined once when whole (a
+    bytearray grown by += copied the message again at each of its ~90 reallocations)."""
+
     topic: str
     first_seq: int
     length: int
     started: float
-    data: bytearray = field(default_factory=bytearray)
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0  # bytes in chunks
+    held: int = 0  # what they cost: bytes plus each chunk's object
+
+    def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        self.held += len(chunk) + CHUNK_COST
 
 
 class StreamReceiver:
@@ -237,7 +84,7 @@ class StreamReceiver:
         self.resync = True  # discard fragments until a message starts
         self.buffer: dict[int, tuple[str, int, int, bytes]] = {}
         self.buffered_bytes = 0
-        self.gaps = _Gaps()
+        self.gaps = Gaps()
         # Given-up ranges not yet passed by delivery: first -> (end, reason)
         self._lost: dict[int, tuple[int, str]] = {}
         self._lost_starts: list[int] = []  # the same firsts, sorted
@@ -277,6 +124,16 @@ class StreamReceiver:
             # first fragment of the message under way (its earlier fragments are recent, so
             # still repairable), like NORM syncing to the object it sees.
             self._restart(_message_start(seq, length, offset, len(chunk)))
+        elif seq == self.next_deliver == self.highest + 1:
+            # The common case: the next fragment, nothing outstanding (no gap, nothing
+            # buffered or lost lies between next_deliver and highest). Only the message
+            # being assembled must fit.
+            partial = self._partial
+            if (partial.held if partial else 0) + len(chunk) <= self._limit(room):
+                self.highest = seq
+                self._take(seq, topic, length, offset, chunk, now)
+                self.next_deliver = seq + 1
+                return True
         elif seq - self.highest > MAX_GAP:
             self._restart(seq)  # a jump no window could span: the next whole message
         if seq < self.next_deliver or seq in self.buffer or self._is_lost(seq):
@@ -453,16 +310,17 @@ class StreamReceiver:
     def memory(self) -> int:
         """Bytes held for this sender, structures included: out-of-order fragments, gap and
         loss ranges, a half-received message."""
+        partial = self._partial
         return (
             self.buffered_bytes
             + FRAGMENT_COST * len(self.buffer)
-            + GAP_COST * len(self.gaps)
+            + GAP_COST * len(self.gaps.starts)
             + LOST_COST * len(self._lost)
-            + self._partial_bytes()
+            + (partial.held if partial else 0)
         )
 
     def _partial_bytes(self) -> int:
-        return len(self._partial.data) if self._partial else 0
+        return self._partial.held if self._partial else 0
 
     # --- internals -----------------------------------------------------------------------
 
@@ -581,20 +439,21 @@ class StreamReceiver:
             if len(chunk) == length:
                 self.delivered.append((topic, chunk, seq))
                 return
-            self._partial = _Partial(topic, seq, length, now, bytearray(chunk))
+            self._partial = _Partial(topic, seq, length, now)
+            self._partial.add(chunk)
             return
         if self.resync:
             self._bump("skipped-to-message-start")
             return
         partial = self._partial
-        if partial is None or offset != len(partial.data) or length != partial.length:
+        if partial is None or offset != partial.size or length != partial.length:
             self.events.append(Unrecoverable(self.sender, seq, seq, "inconsistent", True))
             self._partial = None
             self.resync = True
             return
-        partial.data += chunk
+        partial.add(chunk)
         partial.started = now  # the timeout counts from the last progress, not the start
-        if len(partial.data) == partial.length:
-            # One copy to immutable bytes: the peak is about twice the message for a moment.
-            self.delivered.append((partial.topic, bytes(partial.data), partial.first_seq))
+        if partial.size == partial.length:
+            # One copy, joined: the peak is about twice the message for a moment.
+            self.delivered.append((partial.topic, b"".join(partial.chunks), partial.first_seq))
             self._partial = None
