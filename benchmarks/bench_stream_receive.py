@@ -1,0 +1,104 @@
+"""Microseconds a receiving Session spends per reliable fragment, with no socket and no clock.
+
+One session publishes a large reliable message; its frames are captured, then fed to a
+second session as fast as Python can (``Session.receive_opened``, what the Node calls per
+datagram). This is the receive path's share of a reliable publish: the kernel's own cost
+(about 1.5 µs a datagram through ``recvmmsg`` here) comes on top. ``--profile`` prints where
+the time goes (cProfile; it slows everything by about 2x).
+
+    python benchmarks/bench_stream_receive.py [--size-mib 32] [--repeat 3] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import random
+import statistics
+import time
+
+from mcastkit.events import Message
+from mcastkit.reliable import ReliableConfig
+from mcastkit.session import Session
+
+SOURCE = ("10.0.0.1", 5000)
+
+
+def _session(rng: random.Random, name: str, config: ReliableConfig) -> Session:
+    return Session(
+        node_id=rng.getrandbits(64),
+        incarnation=rng.getrandbits(32),
+        name=name,
+        now=0.0,
+        random_bytes=rng.randbytes,
+        reliable=config,
+    )
+
+
+def frames_of(payload: bytes) -> tuple[Session, Session, list[bytes]]:
+    """A sender and a receiver that know each other, and the sender's frames for
+    ``payload`` published once, reliably, at no rate limit."""
+    rng = random.Random(1)
+    config = ReliableConfig(max_message=max(len(payload), 1 << 20), adaptive_rate=False)
+    sender, receiver = _session(rng, "tx", config), _session(rng, "rx", config)
+    sender.start(0.0)
+    receiver.start(0.0)
+    for data, _ in sender.datagrams_to_send(0.0):
+        receiver.receive_datagram(data, SOURCE, 0.0)
+    for data, _ in receiver.datagrams_to_send(0.0):
+        sender.receive_datagram(data, ("10.0.0.2", 5000), 0.0)
+    sender.publish("big", payload, 0.1, reliable=True)
+    frames: list[bytes] = []
+    now = 0.1
+    while not sender.reliable_settled() or frames == []:
+        out = sender.datagrams_to_send(now)
+        frames.extend(data for data, _ in out)
+        if not out:
+            now += 0.001
+            sender.handle_timer(now)
+    return sender, receiver, frames
+
+
+def run(size: int, profile: bool) -> float:
+    payload = os.urandom(size)
+    _, receiver, frames = frames_of(payload)
+    receive = receiver.receive_opened
+
+    def feed() -> None:
+        for data in frames:
+            receive(data, SOURCE, 0.2)
+
+    started = time.perf_counter()
+    if profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(feed)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+    else:
+        feed()
+    elapsed = time.perf_counter() - started
+    got = [e for e in iter(receiver.next_event, None) if isinstance(e, Message) and e.reliable]
+    if [m.payload == payload for m in got] != [True]:
+        raise SystemExit("the message did not arrive whole")
+    return elapsed / len(frames) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    if args.profile:
+        run(args.size_mib << 20, True)
+        return
+    each = [run(args.size_mib << 20, False) for _ in range(args.repeat)]
+    print(
+        f"{args.size_mib} MiB reliable message: {statistics.median(each):.2f} µs a fragment "
+        f"(median of {args.repeat}: {', '.join(f'{x:.2f}' for x in each)})"
+    )
+
+
+if __name__ == "__main__":
+    main()
