@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 import time
 import zlib
 from pathlib import Path
@@ -98,3 +99,40 @@ def test_an_interrupted_receiver_says_what_it_kept_and_no_resume_keeps_nothing(
             assert names[-1] == ".payload.bin.mcastkit-state" and len(names) == 2, names
         else:
             assert list(target.iterdir()) == []
+
+
+def test_a_nearly_full_disk_still_resumes_into_the_space_its_partial_holds(
+    lab: Lab, tmp_path: Path
+) -> None:
+    sender, receiver = lab.lan(2)
+    data = os.urandom(8 << 20)
+    source = tmp_path / "payload.bin"
+    source.write_bytes(data)
+    target = tmp_path / "small"
+    target.mkdir()
+    # 12 MiB: room for the 8 MiB file once, not for a second 8 MiB beside its partial.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(target)], check=True)
+    try:
+        proc = _receiver(receiver, target)
+        first = sender.start_mcast(
+            "send-file", str(source), "--json", "--receivers", "1", "--rate", "20M",
+            "--receiver-timeout", "2",
+        )  # fmt: skip
+        _wait_for(target / ".payload.bin.mcastkit-state")
+        time.sleep(0.8)  # well before the 3.4 s the file takes at 20 Mbit/s
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        first.communicate(timeout=60)
+        held = _held(target)
+        assert held > 0
+        free = os.statvfs(target).f_bavail * os.statvfs(target).f_frsize
+        assert free < len(data)  # a fresh copy would not fit now
+
+        proc = _receiver(receiver, target)
+        done = sender.mcast("send-file", str(source), "--json", "--receivers", "1", timeout=60)
+        result = json.loads(proc.communicate(timeout=30)[0])
+        assert done.returncode == 0, done.stdout
+        assert result["state"] == "complete" and result["resumed_blocks"] == held
+        assert (target / "payload.bin").read_bytes() == data
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=False)

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 from .partial import find_partial, part_name, recorded_part, remove_state, save_state
@@ -46,10 +47,14 @@ class DirectoryStorage:
         """A sink for the announced files; OSError when they cannot be written here."""
         total = sum(f.size for f in files)
         free = free_space(self.directory)
-        if free is not None and total + SPACE_MARGIN > free:
+        # A partial kept for resume already holds its file's space (allocated up front):
+        # only the rest is needed, or a nearly full disk could never finish a transfer.
+        held = self._held_by_partials(files) if self.resume and free is not None else 0
+        if free is not None and total - held + SPACE_MARGIN > free:
+            kept = f" ({held:,} of them already held by partial files)" if held else ""
             raise OSError(
                 errno.ENOSPC,
-                f"not enough space: {total:,} bytes announced, {free:,} free",
+                f"not enough space: {total:,} bytes announced{kept}, {free:,} free",
                 str(self.directory),
             )
         return FileSink(
@@ -60,6 +65,29 @@ class DirectoryStorage:
             sync=sync,
             preserve=self.preserve,
         )
+
+
+    def _held_by_partials(self, files: list[FileInfo]) -> int:
+        """Bytes of disk the partial files kept for ``files`` already hold."""
+        held = 0
+        for info in files:
+            if info.is_dir or not info.size:
+                continue
+            try:
+                parts = safe_path(info.name)
+            except ValueError:
+                continue
+            parent = self.directory.joinpath(*parts[:-1])
+            part = recorded_part(parent, parts[-1])
+            if part is None or not (part.startswith(f".{parts[-1]}.") and "/" not in part):
+                continue
+            try:
+                facts = os.lstat(parent / part)
+            except OSError:
+                continue
+            if stat.S_ISREG(facts.st_mode):
+                held += min(info.size, facts.st_blocks * 512)
+        return held
 
 
 class FileSink:
