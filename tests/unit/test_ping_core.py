@@ -123,3 +123,26 @@ def test_hostile_datagrams_never_raise(data: bytes) -> None:
     for payload in (data, b"MKP1" + data):
         assert isinstance(a.receive(payload, ("10.9.9.9", 1), 3, 0), list)
     assert a.peers == {} or all(p.node_id != 0 for p in a.peers.values())
+
+
+def test_a_peer_gone_silent_stays_with_its_figures_and_is_shown_silent() -> None:
+    from rich.console import Console
+
+    from mcastkit.cli.diag import ping_table
+
+    a, b = _pair()
+    _run(a, b, 10)  # ~1 s together, at 100 ms a probe
+    heard = a.summary(10 * 100 * MS)["peers"][0]
+    assert heard["silent_s"] < 0.2
+    for step in range(10 * 100, 20 * 100):  # then b is gone: a keeps probing, hears nothing
+        a.tick(step * MS)
+    gone = a.summary(20 * 100 * MS)
+    (peer,) = gone["peers"]
+    assert 0.9 < peer["silent_s"] < 1.1 and gone["interval_s"] == 0.1
+    assert peer["unicast"]["answered"] == heard["unicast"]["answered"]  # history kept
+    console = Console(width=240, record=True)
+    console.print(ping_table(gone))
+    assert "silent 1 s" in console.export_text()
+    console = Console(width=240, record=True)
+    console.print(ping_table(a.summary(10 * 100 * MS + 1)))
+    assert "silent" not in console.export_text()

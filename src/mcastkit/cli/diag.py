@@ -119,12 +119,17 @@ def ping_table(summary: dict[str, Any]) -> Any:
         "ttl/hops",
     ):
         table.add_column(column, justify="left" if column in ("peer", "path") else "right")
+    interval = summary.get("interval_s") or 1.0
     for peer in summary["peers"]:
+        label = f"{peer['address']} [{peer['id'][:8]}]"
+        silent = peer.get("silent_s") or 0.0
+        if silent > 3 * interval:  # gone, or cut off: its figures are history
+            label += f" silent {silent:.0f} s"
         for path in ("multicast", "unicast"):
             stats = peer[path]
             rtt = stats["rtt_ms"]
             table.add_row(
-                escape(f"{peer['address']} [{peer['id'][:8]}]") if path == "multicast" else "",
+                escape(label) if path == "multicast" else "",
                 path,
                 str(stats["sent"]),
                 str(stats["answered"]),

@@ -371,10 +371,13 @@ class PingSession:
         window = min(self.answer_timeout_ns, self.interval_ns) if final else self.answer_timeout_ns
         return {
             "elapsed_s": round((now_ns - self.started_ns) / 1e9, 3),
+            "interval_s": self.interval_ns / 1e9,
             "peers": [
                 {
                     "id": f"{peer.node_id:016x}",
                     "address": format_endpoint(*peer.address),
+                    # A path that went away stays in the table with its figures: say so.
+                    "silent_s": round(max(0, now_ns - peer.last_heard_ns) / 1e9, 3),
                     "multicast": peer.multicast.summary(now_ns, window),
                     "unicast": peer.unicast.summary(now_ns, window),
                 }

@@ -66,7 +66,6 @@ class DirectoryStorage:
             preserve=self.preserve,
         )
 
-
     def _held_by_partials(self, files: list[FileInfo]) -> int:
         """Bytes of disk the partial files kept for ``files`` already hold."""
         held = 0
