@@ -426,3 +426,26 @@ def test_a_half_received_message_is_dropped_after_message_timeout() -> None:
     sender.publish("t", b"next", net.now, reliable=True)
     net.run(0.5, step=STEP)
     assert [m.payload for m in _messages(net, receiver)] == [b"next"]
+
+
+def test_a_message_larger_than_the_window_is_held_whole_while_it_is_sent() -> None:
+    net = FakeNet(seed=31)
+    config = ReliableConfig(window_bytes=10_000, max_message=1 << 20)
+    sender, (steady, lagging) = _group(net, 2, reliable=config)
+    big = random.Random(3).randbytes(200_000)  # twenty windows
+    lagging_address = net.address_of(lagging)
+    net.drop_if = lambda data, to: to == lagging_address and _kind(data) == FrameType.RDATA
+    sender.publish("t", big, net.now, reliable=True)
+    net.run(0.05, step=STEP)  # every fragment went out once; the lagging one heard none
+    assert sender.reliable_settled()
+    window = sender.reliable_stats()["sender"]["window_bytes"]
+    assert 200_000 <= window <= 200_000 + 200 * 40  # the whole message, headers included
+    net.drop_if = None
+    net.run(2.0, step=STEP)
+    for receiver in (steady, lagging):
+        assert [m.payload for m in _messages(net, receiver)] == [big]
+        assert not net.of(receiver, Unrecoverable)
+    sender.publish("t", b"next", net.now, reliable=True)  # the next message frees it
+    net.run(0.5, step=STEP)
+    assert sender.reliable_stats()["sender"]["window_bytes"] < 10_000 + 1500
+    assert [m.payload for m in _messages(net, lagging)] == [big, b"next"]

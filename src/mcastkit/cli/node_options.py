@@ -59,7 +59,8 @@ def reliable_options(parser: argparse.ArgumentParser) -> None:
         type=argtypes.size(64 << 10),
         default="32M",
         metavar="SIZE",
-        help="retransmit window the sender keeps for repairs (default 32M)",
+        help="retransmit window the sender keeps for repairs (default 32M; a larger message is "
+        "kept whole while it is sent)",
     )
     group.add_argument(
         "--rate",
