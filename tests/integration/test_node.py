@@ -364,6 +364,8 @@ def test_blocking_api_reliable_messages_large_and_small_in_order() -> None:
         for payload in payloads:
             sender.publish("bulk", payload, reliable=True)
         assert sender.flush(timeout=10)
+        assert sender.flush(timeout=10, acknowledged=True)  # the receiver has them all
+        assert sender.unacknowledged() == []
         got = [receiver.recv(timeout=10) for _ in payloads]
     assert [m.payload if m else None for m in got] == payloads
     assert all(m is not None and m.reliable and m.sender_name == "tx" for m in got)
