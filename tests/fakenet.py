@@ -90,5 +90,14 @@ class FakeNet:
                     session.handle_timer(self.now)
             self.flush()
 
+    def group(self, receivers: int, **options: object) -> tuple[Session, list[Session]]:
+        """A started sender and ``receivers`` started receivers that know each other."""
+        sender = self.add("sender", **options)
+        others = [self.add(f"r{i}", **options) for i in range(receivers)]
+        for session in [sender, *others]:
+            session.start(self.now)
+        self.flush()
+        return sender, others
+
     def of(self, session: Session, kind: type) -> list:
         return [e for e in self.events[self.address_of(session)] if isinstance(e, kind)]

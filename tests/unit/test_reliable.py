@@ -25,15 +25,6 @@ from mcastkit.wire import HEADER, FrameType
 STEP = 0.001
 
 
-def _group(net: FakeNet, receivers: int, **options: object) -> tuple[Session, list[Session]]:
-    sender = net.add("sender", **options)
-    others = [net.add(f"r{i}", **options) for i in range(receivers)]
-    for session in [sender, *others]:
-        session.start(net.now)
-    net.flush()
-    return sender, others
-
-
 def _messages(net: FakeNet, session: Session) -> list[Message]:
     return [m for m in net.of(session, Message) if m.reliable]
 
@@ -60,7 +51,7 @@ def _sent(session: Session, kind: FrameType) -> int:
 @pytest.mark.parametrize(("loss", "seed"), [(0.0, 1), (0.05, 2), (0.2, 3)])
 def test_every_receiver_gets_every_message_in_order(loss: float, seed: int) -> None:
     net = FakeNet(seed=seed)
-    sender, receivers = _group(net, 3)
+    sender, receivers = net.group(3)
     net.loss = loss
     payloads = _payloads(120, seed)
     for index, payload in enumerate(payloads):
@@ -96,7 +87,7 @@ def _slow_repair_of_seq_five(net: FakeNet, hide_nacks_from: set[tuple[str, int]]
 
 def test_a_gap_seen_by_twenty_receivers_costs_about_one_nack() -> None:
     net = FakeNet(seed=5)
-    sender, receivers = _group(net, 20)
+    sender, receivers = net.group(20)
     net.drop_if = _slow_repair_of_seq_five(net, set())
     payloads = _payloads(10, 9, largest=1000)
     for payload in payloads:
@@ -117,7 +108,7 @@ def test_a_gap_seen_by_twenty_receivers_costs_about_one_nack() -> None:
 def test_without_suppression_every_receiver_asks() -> None:
     """The control: the same gap, but receivers cannot hear each other's NACKs."""
     net = FakeNet(seed=5)
-    sender, receivers = _group(net, 20)
+    sender, receivers = net.group(20)
     net.drop_if = _slow_repair_of_seq_five(net, {net.address_of(r) for r in receivers})
     payloads = _payloads(10, 9, largest=1000)
     for payload in payloads:
@@ -130,7 +121,7 @@ def test_without_suppression_every_receiver_asks() -> None:
 
 def test_tail_loss_is_found_by_the_senders_probe() -> None:
     net = FakeNet(seed=2)
-    sender, (receiver,) = _group(net, 1)
+    sender, (receiver,) = net.group(1)
     first = [True]
 
     def drop_last(data: bytes, address: tuple[str, int]) -> bool:
@@ -151,7 +142,7 @@ def test_tail_loss_is_found_by_the_senders_probe() -> None:
 def test_data_beyond_the_window_is_reported_unrecoverable_and_delivery_goes_on() -> None:
     net = FakeNet(seed=4)
     config = ReliableConfig(window_bytes=20_000)
-    sender, (steady, lagging) = _group(net, 2, reliable=config)
+    sender, (steady, lagging) = net.group(2, reliable=config)
     lagging_address = net.address_of(lagging)
     payloads = [bytes([i]) * 1000 for i in range(100)]
     for payload in payloads[:10]:
@@ -179,7 +170,7 @@ def test_data_beyond_the_window_is_reported_unrecoverable_and_delivery_goes_on()
 
 def test_a_member_that_misses_the_first_fragment_still_gets_the_first_message() -> None:
     net = FakeNet(seed=6)
-    sender, (receiver,) = _group(net, 1)  # the hello told it: the stream starts at seq 1
+    sender, (receiver,) = net.group(1)  # the hello told it: the stream starts at seq 1
     net.drop_if = lambda data, _: _kind(data) == FrameType.RDATA and _stream_seq(data) == 1
     sender.publish("t", b"x" * 5000, net.now, reliable=True)
     net.flush()
@@ -192,7 +183,7 @@ def _late_join(from_fragment: int) -> tuple[FakeNet, Session, Session, bytes]:
     """A late joiner that hears no hello and meets the stream at fragment ``from_fragment``
     (0-based) of a 10 KiB message, after an earlier message it never hears."""
     net = FakeNet(seed=6)
-    sender, (early,) = _group(net, 1)
+    sender, (early,) = net.group(1)
     big = bytes(range(256)) * 40  # 10 KiB: several fragments
     sender.publish("t", b"before", net.now, reliable=True)
     net.flush()
@@ -231,7 +222,7 @@ def test_late_joiner_that_meets_a_last_fragment_starts_at_the_next_message() -> 
 def test_wait_policy_holds_the_sender_for_a_slow_receiver_and_loses_nothing() -> None:
     net = FakeNet(seed=8)
     config = ReliableConfig(window_bytes=10_000, slow_receiver="wait", slow_timeout=5.0)
-    sender, (fast, slow) = _group(net, 2, reliable=config)
+    sender, (fast, slow) = net.group(2, reliable=config)
     payloads = [bytes([i]) * 1000 for i in range(60)]
     sender.publish("t", payloads[0], net.now, reliable=True)
     net.run(0.1, step=STEP)  # both acknowledge once: both are waited for
@@ -253,7 +244,7 @@ def test_wait_policy_holds_the_sender_for_a_slow_receiver_and_loses_nothing() ->
 def test_wait_policy_drops_a_receiver_that_stays_stalled() -> None:
     net = FakeNet(seed=9)
     config = ReliableConfig(window_bytes=10_000, slow_receiver="wait", slow_timeout=0.5)
-    sender, (fast, stuck) = _group(net, 2, reliable=config, failure_timeout=100.0)
+    sender, (fast, stuck) = net.group(2, reliable=config, failure_timeout=100.0)
     payloads = [bytes([i]) * 1000 for i in range(40)]
     sender.publish("t", payloads[0], net.now, reliable=True)
     net.run(0.1, step=STEP)
@@ -268,7 +259,7 @@ def test_wait_policy_drops_a_receiver_that_stays_stalled() -> None:
 
 def test_a_message_of_several_mebibytes_survives_loss() -> None:
     net = FakeNet(seed=10)
-    sender, receivers = _group(net, 2)
+    sender, receivers = net.group(2)
     net.loss = 0.05
     big = random.Random(1).randbytes(3 << 20)
     sender.publish("big", big, net.now, reliable=True)
@@ -283,7 +274,7 @@ def test_a_message_of_several_mebibytes_survives_loss() -> None:
 def test_a_message_above_max_message_is_refused_by_the_sender_and_reported_by_receivers() -> None:
     net = FakeNet(seed=11)
     small = ReliableConfig(max_message=10_000)
-    sender, (receiver,) = _group(net, 1)
+    sender, (receiver,) = net.group(1)
     receiver.reliable = small
     with pytest.raises(ValueError, match="max_message"):
         Session(
@@ -298,7 +289,7 @@ def test_a_message_above_max_message_is_refused_by_the_sender_and_reported_by_re
 
 def test_receiver_memory_limit_holds_but_loses_nothing() -> None:
     net = FakeNet(seed=12)
-    sender, (receiver,) = _group(net, 1)
+    sender, (receiver,) = net.group(1)
     receiver.reliable = ReliableConfig(receiver_memory=50_000)
     net.loss = 0.1
     payloads = [bytes([i % 256]) * 1400 for i in range(300)]
@@ -312,7 +303,7 @@ def test_receiver_memory_limit_holds_but_loses_nothing() -> None:
 
 def test_a_sender_that_fails_mid_message_is_reported() -> None:
     net = FakeNet(seed=13)
-    sender, (receiver,) = _group(net, 1)
+    sender, (receiver,) = net.group(1)
     sender.publish("t", b"z" * 20_000, net.now, reliable=True)
     pulled = sender.datagrams_to_send()
     for data, _ in pulled[:5]:
@@ -330,7 +321,7 @@ def test_a_sender_that_fails_mid_message_is_reported() -> None:
 def test_no_repair_within_repair_timeout_gives_up() -> None:
     net = FakeNet(seed=14)
     config = ReliableConfig(repair_timeout=0.3)
-    sender, (receiver,) = _group(net, 1, reliable=config)
+    sender, (receiver,) = net.group(1, reliable=config)
 
     def drop_seq_two(data: bytes, address: tuple[str, int]) -> bool:
         return _kind(data) == FrameType.RDATA and _stream_seq(data) == 2
@@ -347,7 +338,7 @@ def test_no_repair_within_repair_timeout_gives_up() -> None:
 def test_rate_limit_spaces_the_fragments() -> None:
     net = FakeNet(seed=15)
     config = ReliableConfig(rate_pps=1000, adaptive_rate=False)
-    sender, (receiver,) = _group(net, 1, reliable=config)
+    sender, (receiver,) = net.group(1, reliable=config)
     for _ in range(200):
         sender.publish("t", b"x" * 100, net.now, reliable=True)
     net.run(0.1, step=STEP)
@@ -409,7 +400,7 @@ def test_hostile_stream_inputs_are_refused_without_raising() -> None:
 def test_a_half_received_message_is_dropped_after_message_timeout() -> None:
     net = FakeNet(seed=17)
     config = ReliableConfig(message_timeout=0.5)
-    sender, (receiver,) = _group(net, 1, reliable=config, failure_timeout=100.0)
+    sender, (receiver,) = net.group(1, reliable=config, failure_timeout=100.0)
     sender.publish("t", b"m" * 20_000, net.now, reliable=True)
     pulled = sender.datagrams_to_send()
     for data, _ in pulled[:5]:
@@ -431,7 +422,7 @@ def test_a_half_received_message_is_dropped_after_message_timeout() -> None:
 def test_a_message_larger_than_the_window_is_held_whole_while_it_is_sent() -> None:
     net = FakeNet(seed=31)
     config = ReliableConfig(window_bytes=10_000, max_message=1 << 20)
-    sender, (steady, lagging) = _group(net, 2, reliable=config)
+    sender, (steady, lagging) = net.group(2, reliable=config)
     big = random.Random(3).randbytes(200_000)  # twenty windows
     lagging_address = net.address_of(lagging)
     net.drop_if = lambda data, to: to == lagging_address and _kind(data) == FrameType.RDATA
