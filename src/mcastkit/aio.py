@@ -317,6 +317,8 @@ class Node(FollowsInterfaces):
         deadline = None if timeout is None else loop.time() + timeout
         waiting_for = list(session.peers) if acknowledged else []
         session.confirm_reliable(acknowledged)
+        if acknowledged:
+            self._pump()  # the first confirming probe is due now; the timer brings the rest
         try:
             while self.session is session and not (
                 session.reliable_settled()
@@ -326,7 +328,6 @@ class Node(FollowsInterfaces):
                 left = None if deadline is None else deadline - loop.time()
                 if left is not None and left <= 0:
                     return False
-                self._pump()  # a confirming probe may be due
                 try:
                     await asyncio.wait_for(self._wait_drained(), left)
                 except asyncio.TimeoutError:

@@ -88,7 +88,11 @@ class ReliableFrames:
         stream = self._stream
         if stream is None:
             return []
-        return [p for p in peers if p in self.peers and not stream.acknowledged(p)]
+        return [
+            p
+            for p in peers
+            if p in self.peers and not stream.acknowledged(p) and not _left(stream, p)
+        ]
 
     def reliable_unacknowledged(self, peers: Iterable[int]) -> list[int]:
         """Those of ``peers`` that did not acknowledge all of our stream: members still
@@ -99,6 +103,8 @@ class ReliableFrames:
             return []
         missing = []
         for peer in peers:
+            if _left(stream, peer):
+                continue
             if peer in self.peers:
                 if not stream.acknowledged(peer):
                     missing.append(peer)
@@ -320,3 +326,11 @@ class ReliableFrames:
             return
         self.streams.fed(stream, stream.on_state, 0, next_seq, now)
         self._collect(stream, now)
+
+
+def _left(stream: StreamSender, peer: int) -> bool:
+    """It said goodbye while we waited: not waited for, even if a frame it sent before its
+    goodbye arrives after it (a unicast copy overtaken by the multicast goodbye) and makes
+    it look like a member again."""
+    departed = stream.departed.get(peer)
+    return departed is not None and departed[0]

@@ -7,17 +7,9 @@ import random
 from fakenet import FakeNet
 
 from mcastkit.session import Message, Session
+from mcastkit.wire import FrameType
 
 STEP = 0.001
-
-
-def _group(net: FakeNet, receivers: int, **options: object) -> tuple[Session, list[Session]]:
-    sender = net.add("sender", **options)
-    others = [net.add(f"r{i}", **options) for i in range(receivers)]
-    for session in [sender, *others]:
-        session.start(net.now)
-    net.flush()
-    return sender, others
 
 
 def _delivered(net: FakeNet, session: Session) -> list[bytes]:
@@ -32,7 +24,7 @@ def _settle(net: FakeNet, sender: Session, limit: float = 10.0) -> None:
 
 def test_acknowledged_only_once_each_receiver_has_everything_under_loss() -> None:
     net = FakeNet(loss=0.2, seed=21)
-    sender, receivers = _group(net, 3)
+    sender, receivers = net.group(3)
     rng = random.Random(5)
     payloads = [rng.randbytes(rng.choice([10, 1400, 9000])) for _ in range(40)]
     for payload in payloads:
@@ -54,7 +46,7 @@ def test_acknowledged_only_once_each_receiver_has_everything_under_loss() -> Non
 
 def test_a_deaf_receiver_is_waited_for_until_it_fails_and_then_reported() -> None:
     net = FakeNet(seed=22)
-    sender, (hearing, deaf) = _group(net, 2, failure_timeout=3.0)
+    sender, (hearing, deaf) = net.group(2, failure_timeout=3.0)
     net.deaf.add(net.address_of(deaf))
     sender.publish("t", b"x" * 5000, net.now, reliable=True)
     _settle(net, sender)
@@ -71,7 +63,7 @@ def test_a_deaf_receiver_is_waited_for_until_it_fails_and_then_reported() -> Non
 
 def test_a_receiver_that_says_goodbye_is_neither_awaited_nor_reported() -> None:
     net = FakeNet(seed=26)
-    sender, (staying, leaving) = _group(net, 2)
+    sender, (staying, leaving) = net.group(2)
     net.deaf.add(net.address_of(leaving))
     sender.publish("t", b"x" * 5000, net.now, reliable=True)
     _settle(net, sender)
@@ -87,7 +79,7 @@ def test_a_receiver_that_says_goodbye_is_neither_awaited_nor_reported() -> None:
 
 def test_confirming_probes_are_paced_and_stop_when_told() -> None:
     net = FakeNet(seed=23)
-    sender, (receiver,) = _group(net, 1)
+    sender, (receiver,) = net.group(1)
     net.deaf.add(net.address_of(receiver))  # never answers: the sender keeps asking
     sender.publish("t", b"y" * 3000, net.now, reliable=True)
     _settle(net, sender)
@@ -105,7 +97,7 @@ def test_confirming_probes_are_paced_and_stop_when_told() -> None:
 
 def test_a_member_that_came_after_the_stream_acknowledges_without_history() -> None:
     net = FakeNet(seed=24)
-    sender, (early,) = _group(net, 1)
+    sender, (early,) = net.group(1)
     for number in range(5):
         sender.publish("t", bytes([number]) * 2000, net.now, reliable=True)
     _settle(net, sender)
@@ -121,7 +113,7 @@ def test_a_member_that_came_after_the_stream_acknowledges_without_history() -> N
 
 def test_an_ack_for_seqs_never_sent_does_not_count() -> None:
     net = FakeNet(seed=25)
-    sender, (receiver,) = _group(net, 1)
+    sender, (receiver,) = net.group(1)
     net.deaf.add(net.address_of(receiver))
     sender.publish("t", b"z" * 4000, net.now, reliable=True)
     _settle(net, sender)
@@ -129,3 +121,32 @@ def test_an_ack_for_seqs_never_sent_does_not_count() -> None:
     assert stream is not None
     stream.on_ack(receiver.node_id, stream.next_seq + 100, net.now)  # a forged future ack
     assert sender.reliable_unacknowledged([receiver.node_id]) == [receiver.node_id]
+
+
+def test_a_frame_overtaken_by_the_goodbye_does_not_bring_the_member_back() -> None:
+    net = FakeNet(seed=27)
+    sender, (staying, leaving) = net.group(2)
+    leaving_address = net.address_of(leaving)
+    held: list[bytes] = []
+
+    def hold_back(data: bytes, to: tuple[str, int]) -> bool:
+        # leaving's ACKs to the sender are held back: they will arrive after its goodbye
+        if data[3] == FrameType.ACK and int.from_bytes(data[8:16], "big") == leaving.node_id:
+            held.append(data)
+            return True
+        return False
+
+    sender.publish("t", b"x" * 5000, net.now, reliable=True)
+    _settle(net, sender)
+    members = [staying.node_id, leaving.node_id]
+    net.drop_if = hold_back
+    sender.confirm_reliable(True)
+    net.run(0.3, step=STEP)
+    leaving.close(net.now)
+    net.flush()
+    assert leaving.node_id not in sender.peers
+    for data in held:  # sent before the goodbye, they arrive after it
+        sender.receive_datagram(data, leaving_address, net.now)
+    assert held and leaving.node_id in sender.peers  # a phantom member again (session)
+    assert sender.reliable_awaited(members) == []  # but not waited for
+    assert sender.reliable_unacknowledged(members) == []  # nor reported
