@@ -35,22 +35,31 @@ def _wait_for(path: Path, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def _killed_partway(
+    sender: Host, receiver: Host, source: Path, target: Path, rate: str, after: float
+) -> dict:
+    """Send ``source`` at ``rate`` to a receiver killed ``after`` seconds into the data (its
+    partial and record stay); the sender's summary."""
+    proc = _receiver(receiver, target)
+    first = sender.start_mcast(
+        "send-file", str(source), "--json", "--receivers", "1", "--rate", rate,
+        "--receiver-timeout", "2",
+    )  # fmt: skip
+    _wait_for(target / ".payload.bin.mcastkit-state")
+    time.sleep(after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    return json.loads(first.communicate(timeout=60)[0])
+
+
 def test_a_receiver_killed_halfway_gets_only_the_missing_blocks(lab: Lab, tmp_path: Path) -> None:
     sender, receiver = lab.lan(2)
     data = os.urandom(40_000_000)
     source = tmp_path / "payload.bin"
     source.write_bytes(data)
     target = tmp_path / "in"
-    proc = _receiver(receiver, target)
-    first = sender.start_mcast(
-        "send-file", str(source), "--json", "--receivers", "1", "--rate", "100M",
-        "--receiver-timeout", "2",
-    )  # fmt: skip
-    _wait_for(target / ".payload.bin.mcastkit-state")
-    time.sleep(1.0)  # about half of the 3.2 s the file takes at 100 Mbit/s
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    summary = json.loads(first.communicate(timeout=60)[0])
+    # killed after about half of the 3.2 s the file takes at 100 Mbit/s
+    summary = _killed_partway(sender, receiver, source, target, "100M", 1.0)
     assert not summary["ok"] and summary["receivers"][0]["failed"] == "stopped answering"
     held = _held(target)
     blocks = summary["blocks"]
@@ -113,16 +122,8 @@ def test_a_nearly_full_disk_still_resumes_into_the_space_its_partial_holds(
     # 12 MiB: room for the 8 MiB file once, not for a second 8 MiB beside its partial.
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(target)], check=True)
     try:
-        proc = _receiver(receiver, target)
-        first = sender.start_mcast(
-            "send-file", str(source), "--json", "--receivers", "1", "--rate", "20M",
-            "--receiver-timeout", "2",
-        )  # fmt: skip
-        _wait_for(target / ".payload.bin.mcastkit-state")
-        time.sleep(0.8)  # well before the 3.4 s the file takes at 20 Mbit/s
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        first.communicate(timeout=60)
+        # killed well before the 3.4 s the file takes at 20 Mbit/s
+        _killed_partway(sender, receiver, source, target, "20M", 0.8)
         held = _held(target)
         assert held > 0
         free = os.statvfs(target).f_bavail * os.statvfs(target).f_frsize
