@@ -190,7 +190,7 @@ class StreamSender:
         """Fragments to send now, repairs first: (topic, RDATA payload, is_repair)."""
         if self.control is not None and now >= self.control.next_sample:
             self._sample(now)
-        self._refill(now)
+        self._bucket.refill(now)
         out: list[tuple[str, bytes, bool]] = []
         while self._repairs and len(out) < SEND_BATCH:
             seq = self._repairs[0]
@@ -325,9 +325,6 @@ class StreamSender:
 
     def _set_rate(self, rate: float) -> None:
         self._bucket.set_rate(rate, self._depth_for(rate))
-
-    def _refill(self, now: float) -> None:
-        self._bucket.refill(now)
 
     def _spend(self, size: int) -> bool:
         return self._bucket.spend(float(size) if self._per_byte else 1.0)
