@@ -57,6 +57,9 @@ DEFAULT_GROUP = "239.255.77.78:5078"
 READ_BATCH = 256
 DEFAULT_RCVBUF = 4 << 20  # absorbs bursts; the kernel caps it at net.core.rmem_max (not root)
 BACKLOG_LIMIT = 8 << 20  # reliable bytes queued before publish() waits for the sender to drain
+# Publishes within one turn of the loop leave together (runs of equal size in one GSO call);
+# a burst that never yields is sent every this many, so it is never held long nor piles up.
+PUBLISH_BATCH = 64
 MembershipEvent = Joined | Left | Failed | Updated | IdRenewed
 Handler = Callable[["Request"], "bytes | str | Awaitable[bytes | str]"]
 
@@ -129,6 +132,8 @@ class Node(FollowsInterfaces):
         self._refresh: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._pump_soon: asyncio.Handle | None = None  # a pump at the end of this loop turn
+        self._unpumped = 0  # publishes queued since the last pump
         self._subscriptions: set[Subscription] = set()
         # Listeners of events(): each queue with the event types it wants.
         self._listeners: dict[asyncio.Queue[Event | None], tuple[type, ...]] = {}
@@ -223,6 +228,9 @@ class Node(FollowsInterfaces):
             return
         self.session.close(self._loop.time())
         self._pump()
+        if self._pump_soon is not None:
+            self._pump_soon.cancel()
+            self._pump_soon = None
         if self._timer is not None:
             self._timer.cancel()
         if self._refresh is not None:
@@ -301,7 +309,12 @@ class Node(FollowsInterfaces):
             while session.reliable_backlog > BACKLOG_LIMIT and self.session is session:
                 await self._wait_drained()
         session.publish(topic, _as_bytes(payload), self._now(), reliable=reliable)
-        self._pump()
+        self._unpumped += 1
+        if self._unpumped >= PUBLISH_BATCH:
+            self._pump()
+        elif self._pump_soon is None:
+            assert self._loop is not None
+            self._pump_soon = self._loop.call_soon(self._pump_deferred)
 
     async def flush(self, timeout: float | None = None, *, acknowledged: bool = False) -> bool:
         """Wait until every reliable message went out once and no repair is pending.
@@ -439,7 +452,7 @@ class Node(FollowsInterfaces):
         if session is None or paths is None:
             return
         now = self._now()
-        receive = session.receive_opened
+        receive = session.receive_run
         several = len(paths) > 1
         keyring = session.keyring
         opened = self._opened
@@ -454,8 +467,7 @@ class Node(FollowsInterfaces):
                 for reason in refused:
                     session.refuse_datagram(reason)
                 buffer = opened
-            for begin, end in spans:
-                receive(bytes(buffer[begin:end]), source, now, iface)
+            receive(buffer, spans, source, now, iface)
 
         try:
             reader.receive_runs(take, READ_BATCH)
@@ -480,7 +492,12 @@ class Node(FollowsInterfaces):
         self._loop.remove_writer(path.fileno())
         self._pump()
 
+    def _pump_deferred(self) -> None:
+        self._pump_soon = None
+        self._pump()
+
     def _pump(self) -> None:
+        self._unpumped = 0
         session = self.session
         paths = self._paths
         loop = self._loop
@@ -509,8 +526,9 @@ class Node(FollowsInterfaces):
         if waiting and (session.reliable_backlog <= BACKLOG_LIMIT or session.reliable_settled()):
             assert drained is not None
             drained.set()
-        while (event := session.next_event()) is not None:
-            self._dispatch(event)
+        while events := session.take_events():
+            for event in events:
+                self._dispatch(event)
         deadline = session.next_timer()
         if self._timer is not None and self._timer.when() == deadline:
             return  # already armed for that moment: re-arming per datagram is costly
@@ -521,10 +539,11 @@ class Node(FollowsInterfaces):
             self._timer = loop.call_at(deadline, self._on_timer)
 
     def _dispatch(self, event: Event) -> None:
-        if isinstance(event, Message):
+        if type(event) is Message:
             overflowed = False
-            for subscription in list(self._subscriptions):
-                if subscription.matches(event.topic) and not subscription._offer(event):
+            topic = event.topic
+            for subscription in self._subscriptions:  # offering never adds nor removes one
+                if subscription.matches(topic) and not subscription._offer(event):
                     overflowed = True
             if overflowed and event.reliable:
                 # Delivered by the stream but not taken by a subscriber that fell 10,000

@@ -73,6 +73,14 @@ class MembershipGate:
         stamp = frame.timestamp_us
         return abs(ours - stamp) <= self.max_skew_us and stamp >= self._started_us
 
+    def fresh_range(self) -> tuple[int, int]:
+        """The stamps ``fresh`` accepts now, as (lowest, highest): a batch checks each frame
+        against it without reading the clock per frame."""
+        ours = self._wall_us()
+        if not ours:
+            return (-1 << 64, 1 << 64)
+        return (max(ours - self.max_skew_us, self._started_us), ours + self.max_skew_us)
+
     def admit(self, frame: Frame, unicast: bool, peer_count: int) -> str | None:
         """Why a frame from a sender we do not know is refused, or None to accept it."""
         tomb = self.tombstones.get((frame.sender, frame.incarnation))

@@ -1,9 +1,8 @@
 """The group session: membership, messaging, request/gather and security, with no I/O.
 
-Inputs: ``receive_datagram(data, source, now)``, ``handle_timer(now)`` and the API calls.
-Outputs: ``datagrams_to_send(now)`` (bytes and a destination: None for the group, else a unicast
-address), ``next_event()`` and ``next_timer()``. Time and randomness are passed in, so tests
-run it with a fake clock and a fake lossy link.
+Inputs: ``receive_datagram`` (or a batch: ``receive_run``), ``handle_timer(now)``, the API calls.
+Outputs: ``datagrams_to_send(now)`` (destination None: the group), ``next_event()``, ``next_timer``.
+Time and randomness are passed in, so tests run it with a fake clock and a fake lossy link.
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ from .peers import MAX_PATHS, Address, PeerInfo, topic_matches
 from .reliable import ReliableConfig, StreamSender
 from .reliable.inbound import InboundStreams
 from .security import KeyRing, ReplayWindow
+from .session_fast import FastReceive
 from .session_streams import POSITION, ReliableFrames
 from .wire import Flag, Frame, FrameType, decode_frame_untrusted, is_sealed
 
@@ -77,7 +77,7 @@ STREAM_KEY = "_rs"  # in a hello: the sender's next reliable seq (not part of th
 _SENT_KEY = {kind: f"sent:{kind.name.lower()}" for kind in FrameType}
 
 
-class Session(ReliableFrames):
+class Session(ReliableFrames, FastReceive):
     """One member of a group, as a pure state machine."""
 
     def __init__(
@@ -346,8 +346,8 @@ class Session(ReliableFrames):
     def receive_opened(
         self, data: bytes, source: Address, now: float, iface: str | None = None
     ) -> None:
-        """Take one frame a sealed group's runtime opened itself (a whole receive batch at a
-        time, with ``KeyRing.open_spans_into``); in an open group, any datagram."""
+        """Take one datagram of an open group, or a sealed one's runtime opened (a run: see
+        ``receive_run``; sealed runs open in one call with ``KeyRing.open_spans_into``)."""
         if self._closed:
             return
         self._now = now

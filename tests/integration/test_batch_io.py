@@ -53,6 +53,28 @@ def _collect(receiver: BatchReceiver, want: int, timeout: float = 5.0) -> list[b
     return got
 
 
+@pytest.mark.parametrize("multi", [True, False])
+def test_a_drain_is_bounded_by_datagrams_not_by_coalesced_buffers(multi: bool) -> None:
+    # A GRO buffer holds up to 64 datagrams: a limit counted in buffers let one drain hand
+    # over 16,000 messages, and a Node's subscribers (10,000 deep) lost them.
+    sender, raw_receiver, address = _pair(socket.AF_INET)
+    batch = BatchSender(sender)
+    receiver = BatchReceiver(raw_receiver, multi=multi)
+    for _ in range(3):
+        assert batch.send(_datagrams(64, 100, short_last=False), address) == 64
+    select.select([raw_receiver], [], [], 2.0)
+    time.sleep(0.05)
+    handed: list[int] = []
+    drains = []
+    while sum(handed) < 192 and len(drains) < 100:
+        drains.append(receiver.receive_runs(lambda b, spans, s, d: handed.append(len(spans)), 10))
+    assert sum(handed) == 192 == sum(drains)  # what a drain returns is what it handed over
+    if batch.gso and receiver.gro:
+        assert max(drains) <= 10 + 64 * (32 if multi else 1)  # stops once past the limit
+    sender.close()
+    raw_receiver.close()
+
+
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
 @pytest.mark.parametrize(("gro", "multi"), [(True, True), (True, False), (False, True)])
 def test_gso_batches_arrive_as_the_same_datagrams(family: int, gro: bool, multi: bool) -> None:

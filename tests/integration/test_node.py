@@ -381,3 +381,40 @@ def test_reliable_message_above_max_message_is_refused_at_publish() -> None:
                 await node.publish("t", b"x" * 5000)  # unreliable: one datagram at most
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("sealed", [False, True])
+def test_a_burst_of_publishes_leaves_in_batches_and_arrives_whole_in_order(sealed: bool) -> None:
+    """Publishes that never yield leave in GSO batches (the receiver takes them as GRO runs
+    on the short path); a lone publish still leaves within the loop turn."""
+
+    async def scenario() -> None:
+        key = GroupKey(bytes(range(32))) if sealed else None
+        group = "239.255.90.8:5908"
+        async with (
+            Node(group, iface=LO, name="rx", key=key) as receiver,
+            Node(group, iface=LO, name="tx", key=key) as sender,
+        ):
+            inbox = receiver.subscribe("burst")
+            deadline = time.monotonic() + 5
+            while sender.node_id not in receiver.peers and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            payloads = [n.to_bytes(4, "big") * 25 for n in range(3000)]
+            for payload in payloads:
+                await sender.publish("burst", payload)
+            got = [await inbox.get(5) for _ in payloads]
+            assert [m.payload if m else None for m in got] == payloads
+            assert all(m is not None and m.sender_name == "tx" for m in got)
+            assert sender._paths is not None
+            batch = sender._paths.first.batch
+            if batch.gso:
+                # 3,000 equal datagrams in runs of 64: about 47 calls, not 3,000.
+                assert 40 <= batch.counters["gso-calls"] <= 300
+            assert receiver.counters["frames"] >= 3000
+            assert receiver.counters.get("dropped", 0) == 0
+
+            await sender.publish("burst", b"alone")
+            message = await inbox.get(2)
+            assert message is not None and message.payload == b"alone"
+
+    asyncio.run(scenario())

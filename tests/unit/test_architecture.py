@@ -23,6 +23,7 @@ RUNTIMES = {
 CORES = {
     "session",
     "session_streams",
+    "session_fast",
     "gate",
     "framing",
     "gather",

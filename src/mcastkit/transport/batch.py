@@ -345,6 +345,7 @@ class BatchReceiver:
         multi = self._multi
         assert multi is not None
         count = 0
+        before = self.counters["datagrams"]
         drops = self.kernel_drops() if self.watch_load else None
         while count < limit:
             received = multi.receive()
@@ -380,10 +381,10 @@ class BatchReceiver:
                     spans.extend(
                         (base + o, base + min(o + segment, size)) for o in range(0, size, segment)
                     )
-            count += received
             if spans:
                 self.counters["datagrams"] += len(spans)
                 handle(self._multi_view, spans, source, drops)
+            count = self.counters["datagrams"] - before  # a GRO slot holds many datagrams
             multi.finish()
             if received < multi.slots:
                 break

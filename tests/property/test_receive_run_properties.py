@@ -1,0 +1,188 @@
+"""The session's short receive path (``receive_run``) decides exactly as the full one.
+
+Two receivers with the same id, randomness and clocks take the same datagrams: one a datagram
+at a time through ``receive_datagram`` (the full path), the other in runs through
+``receive_run``, as the Node does (sealed runs opened first with ``open_spans_into``). Real
+frames from three senders (hellos, messages on two topics, unicast, heartbeats, goodbyes, a
+restart) arrive duplicated, reordered, truncated, bit-flipped and in runs of any length; the
+events, counters, peer table and what each receiver sends must be identical.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mcastkit.security import GroupKey, KeyRing
+from mcastkit.session import Message, Session
+from mcastkit.wire import FrameType
+
+KEY = GroupKey(bytes(range(32)))
+WALL_US = 1_800_000_000_000_000
+SOURCES = [("10.0.0.1", 5000), ("10.0.0.2", 5000), ("10.0.0.3", 5000)]
+IFACES = ["eth0", None, "eth1"]  # the arrival interface of run n is IFACES[n % 3]
+
+
+def _session(seed: int, name: str, sealed: bool, clock: list[int] | None = None) -> Session:
+    rng = random.Random(seed)
+    wall = clock or [WALL_US]
+    session = Session(
+        node_id=rng.getrandbits(64),
+        incarnation=rng.getrandbits(32),
+        name=name,
+        now=0.0,
+        random_bytes=rng.randbytes,
+        keyring=KeyRing([KEY], random.Random(seed + 1).randbytes) if sealed else None,
+        wall_clock_us=lambda: wall[0],  # set, not ticking: the paths read it unequally often
+    )
+    session.start(0.0)
+    session.datagrams_to_send(0.0)
+    return session
+
+
+def _frames(sealed: bool) -> list[tuple[bytes, int]]:
+    """Datagrams from three senders, each with the index of its source address."""
+    out: list[tuple[bytes, int]] = []
+    clock = [WALL_US]
+    senders = [_session(10 + n, f"s{n}", sealed, clock if n == 0 else None) for n in range(3)]
+    for index, sender in enumerate(senders):
+        sender.announce(0.0)
+        if index == 0:
+            # Unicast seqs 1 to 3: the message's is the next one on the group channel too.
+            for _ in range(2):
+                sender._send_hello(0.0, flags=0, to=SOURCES[0])
+            sender._send(FrameType.DATA, "news", b"direct", 0.0, to=SOURCES[0])
+        for n in range(6):
+            sender.publish("news" if n % 3 else "other/é", bytes([index, n]) * (n + 1), 0.0)
+            if index == 0 and n == 2:
+                sender.update_meta(0.0, name="renamed")  # a new name in the middle of a run
+        if index == 0:
+            clock[0] += 60_000_000  # its clock jumps past the allowed skew: stale if sealed
+            sender.publish("news", b"late", 0.0)
+        sender.handle_timer(5.0)  # a heartbeat
+        out.extend((data, index) for data, _ in sender.datagrams_to_send(5.0))
+    senders[1].incarnation += 1  # a restart of the same id
+    senders[1].publish("news", b"again", 6.0)
+    senders[2].close(7.0)  # a goodbye
+    for index in (1, 2):
+        out.extend((data, index) for data, _ in senders[index].datagrams_to_send(7.0))
+    return out
+
+
+FRAMES = {sealed: _frames(sealed) for sealed in (False, True)}
+
+
+@st.composite
+def _arrivals(draw: st.DrawFn, sealed: bool) -> list[list[tuple[bytes, int]]]:
+    """Runs of datagrams, each run from one source."""
+    frames = FRAMES[sealed]
+    picks: list[int] = []
+    for _ in range(draw(st.integers(1, 60))):
+        # Mostly the next frame (in order: the short path's case), else any frame again.
+        follow = picks and picks[-1] + 1 < len(frames) and draw(st.integers(0, 3))
+        picks.append(picks[-1] + 1 if follow else draw(st.integers(0, len(frames) - 1)))
+    runs: list[list[tuple[bytes, int]]] = []
+    for pick in picks:
+        data, source = frames[pick]
+        damage = draw(st.sampled_from(["none", "none", "none", "flip", "cut"]))
+        if damage == "flip":
+            position = draw(st.integers(0, len(data) - 1))
+            bit = 1 << draw(st.integers(0, 7))
+            data = data[:position] + bytes([data[position] ^ bit]) + data[position + 1 :]
+        elif damage == "cut":
+            data = data[: draw(st.integers(0, len(data) - 1))]
+        if runs and runs[-1][-1][1] == source and draw(st.booleans()):
+            runs[-1].append((data, source))
+        else:
+            runs.append([(data, source)])
+    return runs
+
+
+def _state(session: Session) -> Any:
+    peers = {
+        node_id: (
+            repr(peer),
+            sorted((channel, w.highest, w.bitmap) for channel, w in peer.windows.items()),
+        )
+        for node_id, peer in session.peers.items()
+    }
+    events = [repr(event) for event in session.take_events()]
+    sent = session.datagrams_to_send(9.0)
+    counters = {name: count for name, count in session.counters.items() if count}
+    return events, counters, peers, sent
+
+
+def _by_runs(session: Session, runs: list[list[tuple[bytes, int]]], sealed: bool) -> None:
+    for number, run in enumerate(runs):
+        source = SOURCES[run[0][1]]
+        now = 8.0 + number / 1000
+        if not sealed:
+            buffer = b"".join(data for data, _ in run)
+            spans, start = [], 0
+            for data, _ in run:
+                spans.append((start, start + len(data)))
+                start += len(data)
+            session.receive_run(memoryview(buffer), spans, source, now, IFACES[number % 3])
+            continue
+        assert session.keyring is not None
+        sealed_spans, start = [], 0
+        for data, _ in run:
+            sealed_spans.append((start, start + len(data)))
+            start += len(data)
+        joined = memoryview(b"".join(data for data, _ in run))
+        opened = memoryview(bytearray(len(joined)))
+        spans, refused = session.keyring.open_spans_into(joined, sealed_spans, opened)
+        for reason in refused:
+            session.refuse_datagram(reason)
+        session.receive_run(opened, spans, source, now, IFACES[number % 3])
+
+
+def _one_by_one(session: Session, runs: list[list[tuple[bytes, int]]]) -> None:
+    for number, run in enumerate(runs):
+        for data, index in run:
+            session.receive_datagram(data, SOURCES[index], 8.0 + number / 1000, IFACES[number % 3])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_runs_and_single_datagrams_end_the_same(data: st.DataObject) -> None:
+    sealed = data.draw(st.booleans())
+    runs = data.draw(_arrivals(sealed))
+    single, batched = _session(1, "r", sealed), _session(1, "r", sealed)
+    _one_by_one(single, runs)
+    _by_runs(batched, runs, sealed)
+    assert _state(batched) == _state(single)
+
+
+def test_the_short_path_is_taken_and_delivers_in_order() -> None:
+    """In-order messages from a known member are the short path's (no full decode)."""
+    receiver = _session(1, "r", False)
+    frames = FRAMES[False]
+    run = [data for data, source in frames if source == 0]
+    buffer = b"".join(run)
+    spans, start = [], 0
+    for data in run:
+        spans.append((start, start + len(data)))
+        start += len(data)
+    full_calls = 0
+    full_path = receiver.receive_opened
+
+    def counting(*args: Any) -> None:
+        nonlocal full_calls
+        full_calls += 1
+        full_path(*args)
+
+    receiver.receive_opened = counting  # type: ignore[method-assign]
+    receiver.receive_run(memoryview(buffer), spans, SOURCES[0], 1.0, None)
+    messages = [e for e in receiver.take_events() if isinstance(e, Message)]
+    payloads = [b"direct"] + [bytes([0, n]) * (n + 1) for n in range(6)] + [b"late"]
+    assert [m.payload for m in messages] == payloads
+    assert [m.topic for m in messages][:3] == ["news", "other/é", "news"]
+    assert [m.sender_name for m in messages] == ["s0"] * 4 + ["renamed"] * 4
+    # Two hellos, the unicast hellos and message, and the heartbeat take the full path; the
+    # 7 group messages do not.
+    assert full_calls == len(run) - 7
+    assert receiver.counters["frames"] == len(run)
