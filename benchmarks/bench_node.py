@@ -126,6 +126,7 @@ def _median(results: list[dict[str, float]]) -> dict[str, float]:
     middle = dict(ranked[len(ranked) // 2])
     middle["runs"] = len(results)
     middle["send_rates"] = [round(cell["send_rate"]) for cell in results]  # type: ignore[assignment]
+    middle["delivered_min"] = min(cell["delivered"] for cell in results)
     return middle
 
 
@@ -162,8 +163,8 @@ def main() -> int:
                 print(
                     f"{size:>5} B {mode:<10} sent {cell['send_rate']:>9,.0f}/s "
                     f"({cell['send_ratio']:5.0%} of raw)  received {cell['received']:>7} "
-                    f"({cell['delivered']:5.1%}) at {cell['recv_rate']:>9,.0f}/s "
-                    f"({cell['recv_ratio']:5.0%} of raw)",
+                    f"({cell['delivered']:5.1%}, worst run {cell['delivered_min']:5.1%}) at "
+                    f"{cell['recv_rate']:>9,.0f}/s ({cell['recv_ratio']:5.0%} of raw)",
                     flush=True,
                 )
     if args.json:
