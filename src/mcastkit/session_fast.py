@@ -1,8 +1,9 @@
 """The short path of a group session's receive, with no I/O: a run of datagrams from one
-source (one receive batch), where the usual frame (multicast DATA, next in sequence, from a
-member whose incarnation we know) becomes a message without a ``Frame`` or a copy of the
-datagram. Anything else takes the full path (``Session.receive_opened``), which decides
-exactly as before: the short path only ever takes frames the full one would deliver.
+source (one receive batch), where the usual frame (multicast, next in sequence, fresh, from a
+member whose incarnation we know) is taken without a copy of the datagram: a message
+(DATA) becomes a ``Message`` at once, a reliable fragment (RDATA) goes to its stream as
+before. Anything else takes the full path (``Session.receive_opened``), which decides
+exactly as before: the short path only ever takes frames the full one would take.
 
 ``Session`` (session.py) inherits it; this class only uses what the session has.
 """
@@ -16,9 +17,12 @@ from .events import Event, Message
 from .gate import MembershipGate
 from .peers import MAX_PATHS, Address, PeerInfo
 from .security import KeyRing, ReplayWindow
-from .wire import HEADER, MAGIC, MAX_DATAGRAM, VERSION, FrameType
+from .wire import HEADER, MAGIC, MAX_DATAGRAM, VERSION, Flag, Frame, FrameType
 
 _DATA = int(FrameType.DATA)
+_RDATA = int(FrameType.RDATA)
+_RDATA_TYPE = FrameType.RDATA
+_UNICAST = int(Flag.UNICAST)
 _WINDOW_MASK = (1 << ReplayWindow.SIZE) - 1
 _HEAD = HEADER.size
 _unpack_header = HEADER.unpack_from
@@ -41,6 +45,9 @@ class FastReceive:
     def receive_opened(
         self, data: bytes, source: Address, now: float, iface: str | None = None
     ) -> None:
+        raise NotImplementedError
+
+    def _on_rdata(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
         raise NotImplementedError
 
     def take_events(self) -> deque[Event]:
@@ -83,8 +90,7 @@ class FastReceive:
                 if (
                     peer is not None
                     and window is not None
-                    and kind == _DATA
-                    and not flags
+                    and (kind == _DATA and not flags or kind == _RDATA and not flags & _UNICAST)
                     and seq == window.highest + 1  # in order: no gap, no replay to judge
                     and peer.incarnation == incarnation
                     and magic == MAGIC
@@ -112,9 +118,15 @@ class FastReceive:
                         peer.received += 1
                         if stamp > peer.last_stamp:
                             peer.last_stamp = stamp
+                        payload = bytes(buffer[topic_end:end])
+                        if kind == _RDATA:  # a reliable fragment: to the stream, as before
+                            frame = Frame(
+                                _RDATA_TYPE, flags, sender, incarnation, seq, stamp, topic, payload
+                            )
+                            self._on_rdata(frame, peer, source, now)
+                            continue
                         if peer is not named:  # a run is mostly one sender's
                             named, name = peer, peer.name
-                        payload = bytes(buffer[topic_end:end])
                         events.append(
                             Message(sender, name, topic, payload, source, stamp, seq, iface=iface)
                         )

@@ -3,8 +3,8 @@
 Two receivers with the same id, randomness and clocks take the same datagrams: one a datagram
 at a time through ``receive_datagram`` (the full path), the other in runs through
 ``receive_run``, as the Node does (sealed runs opened first with ``open_spans_into``). Real
-frames from three senders (hellos, messages on two topics, unicast, heartbeats, goodbyes, a
-restart) arrive duplicated, reordered, truncated, bit-flipped and in runs of any length; the
+frames from three senders (hellos, messages on two topics, reliable fragments, unicast,
+heartbeats, goodbyes, a restart) arrive duplicated, reordered, truncated, bit-flipped and in runs of any length; the
 events, counters, peer table and what each receiver sends must be identical.
 """
 
@@ -59,6 +59,9 @@ def _frames(sealed: bool) -> list[tuple[bytes, int]]:
             sender.publish("news" if n % 3 else "other/é", bytes([index, n]) * (n + 1), 0.0)
             if index == 0 and n == 2:
                 sender.update_meta(0.0, name="renamed")  # a new name in the middle of a run
+        if index < 2:  # reliable messages: one fragment, and five
+            sender.publish("bulk", bytes([index]) * 100, 0.0, reliable=True)
+            sender.publish("bulk", bytes(range(256)) * 25, 0.0, reliable=True)
         if index == 0:
             clock[0] += 60_000_000  # its clock jumps past the allowed skew: stale if sealed
             sender.publish("news", b"late", 0.0)
@@ -179,10 +182,26 @@ def test_the_short_path_is_taken_and_delivers_in_order() -> None:
     receiver.receive_run(memoryview(buffer), spans, SOURCES[0], 1.0, None)
     messages = [e for e in receiver.take_events() if isinstance(e, Message)]
     payloads = [b"direct"] + [bytes([0, n]) * (n + 1) for n in range(6)] + [b"late"]
-    assert [m.payload for m in messages] == payloads
+    assert [m.payload for m in messages if not m.reliable] == payloads
     assert [m.topic for m in messages][:3] == ["news", "other/é", "news"]
-    assert [m.sender_name for m in messages] == ["s0"] * 4 + ["renamed"] * 4
-    # Two hellos, the unicast hellos and message, and the heartbeat take the full path; the
-    # 7 group messages do not.
-    assert full_calls == len(run) - 7
+    assert [m.sender_name for m in messages if not m.reliable] == ["s0"] * 4 + ["renamed"] * 4
+    reliable = [m.payload for m in messages if m.reliable]
+    assert reliable == [bytes([0]) * 100, bytes(range(256)) * 25]
+    # Hellos, the unicast hellos and message, the heartbeat and stream states take the full
+    # path; the 7 group messages and the 6 reliable fragments do not.
+    assert full_calls == len(run) - 7 - 6
     assert receiver.counters["frames"] == len(run)
+
+
+def test_a_fragment_marked_unicast_is_judged_on_its_own_channel() -> None:
+    """The UNICAST flag puts a frame on the unicast replay window: not the short path's."""
+    frames = FRAMES[False]
+    run = [(data, source) for data, source in frames if source == 0]
+    first_rdata = next(i for i, (data, _) in enumerate(run) if data[3] == FrameType.RDATA)
+    data = bytearray(run[first_rdata][0])
+    data[4] |= 0x01  # flags: UNICAST
+    run[first_rdata] = (bytes(data), 0)
+    single, batched = _session(1, "r", False), _session(1, "r", False)
+    _one_by_one(single, [run])
+    _by_runs(batched, [run], False)
+    assert _state(batched) == _state(single)
