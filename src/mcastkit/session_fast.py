@@ -90,7 +90,7 @@ class FastReceive:
                 if (
                     peer is not None
                     and window is not None
-                    and (kind == _DATA and not flags or kind == _RDATA and not flags & _UNICAST)
+                    and ((kind == _DATA and not flags) or (kind == _RDATA and not flags & _UNICAST))
                     and seq == window.highest + 1  # in order: no gap, no replay to judge
                     and peer.incarnation == incarnation
                     and magic == MAGIC

@@ -4,8 +4,9 @@ Two receivers with the same id, randomness and clocks take the same datagrams: o
 at a time through ``receive_datagram`` (the full path), the other in runs through
 ``receive_run``, as the Node does (sealed runs opened first with ``open_spans_into``). Real
 frames from three senders (hellos, messages on two topics, reliable fragments, unicast,
-heartbeats, goodbyes, a restart) arrive duplicated, reordered, truncated, bit-flipped and in runs of any length; the
-events, counters, peer table and what each receiver sends must be identical.
+heartbeats, goodbyes, a restart) arrive duplicated, reordered, truncated, bit-flipped and in
+runs of any length; the events, counters, peer table and what each receiver sends must be
+identical.
 """
 
 from __future__ import annotations
