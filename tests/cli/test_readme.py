@@ -55,3 +55,8 @@ def test_readme_reliable_example_runs() -> None:
     output = _run_example("reliable=True")
     assert "True 8388608 True" in output
     assert "that was all" in output
+
+
+def test_readme_burst_example_runs() -> None:
+    output = _run_example("async def burst(")
+    assert "5000 of 5000" in output
