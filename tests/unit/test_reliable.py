@@ -450,8 +450,9 @@ def test_a_message_larger_than_the_window_is_held_whole_while_it_is_sent() -> No
 def test_a_fragment_whose_repairs_keep_being_lost_gets_enough_rounds(seed: int) -> None:
     """At 20 % loss a few fragments in thousands lose their original and several repairs in a
     row; each must get more NACK rounds than that before the window passes it. Here the
-    window (2 MiB at 64 Mbit/s) lives about 0.26 s: with a 50 ms repeat, 1 message in 400
-    was lost (window-passed) for seeds 1 and 2; with the 20 ms default, none."""
+    window (2 MiB at 64 Mbit/s) lives about 0.26 s: with every repeat at 50-100 ms, 1 message
+    in 400 was lost (window-passed) for seeds 1 and 2; with old gaps asked for again at the
+    pace of a repair round, none."""
     net = FakeNet(loss=0.2, seed=seed)
     config = ReliableConfig(rate_bps=64e6, adaptive_rate=False, window_bytes=2 << 20)
     sender, (receiver,) = net.group(1, reliable=config)

@@ -31,7 +31,7 @@ class ReliableConfig:
     """
 
     nack_backoff: float = 0.01
-    nack_repeat: float = 0.02
+    nack_repeat: float = 0.05
     repair_timeout: float = 5.0
     max_message: int = 64 << 20
     receiver_memory: int = 160 << 20

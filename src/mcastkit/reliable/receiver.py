@@ -37,6 +37,9 @@ FRAGMENT_COST = 200
 GAP_COST = 240
 LOST_COST = 160
 CHUNK_COST = 64  # a fragment of the message being assembled: its bytes object and list slot
+# A gap still open after this many repeats is asked for at the pace of a repair round.
+URGENT_ROUNDS = 2
+URGENT_FLOOR = 0.01  # seconds: the fastest urgent repeat, whatever the round trip
 ECHO_EVERY = 0.25  # seconds between echoes of the sender's probes (one stream)
 
 
@@ -198,6 +201,15 @@ class StreamReceiver:
         trip after the NACK's back-off, or every NACK would be sent twice."""
         return max(self.config.nack_repeat, 2 * self.grtt + self.nack_backoff)
 
+    @property
+    def urgent_repeat(self) -> float:
+        """The repeat for a gap that outlived ``URGENT_ROUNDS`` rounds: the least a repair round
+        can take (our back-off and a round trip), not the configured pause. Such gaps are rare
+        (at 20 % loss, 4 % of them) and the window may pass them: in a 32 MiB window that
+        lives 0.4 s, 50-100 ms rounds left about five, and a few fragments in 50,000 lost
+        their original and five repairs in a row."""
+        return min(self.nack_repeat, max(URGENT_FLOOR, 2 * self.grtt + self.nack_backoff))
+
     def on_foreign_nack(self, runs: list[tuple[int, int]], now: float) -> None:
         """Another receiver asked for these seqs: hold our own NACK for them back."""
         self.gaps.suppress(runs, now + self.nack_repeat)
@@ -207,6 +219,7 @@ class StreamReceiver:
         """Due NACKs, give-ups and message timeouts; returns NACKs to multicast."""
         ask: list[tuple[int, int]] = []
         given_up = suppressed = False
+        repeat, urgent = self.nack_repeat, self.urgent_repeat
         for gap in self.gaps.due(now):
             if now - gap.seen >= self.config.repair_timeout:
                 self.gaps.take(gap)
@@ -217,7 +230,9 @@ class StreamReceiver:
                 suppressed = True
             else:
                 ask.append((gap.first, gap.end - gap.first))
-            self.gaps.reschedule(gap, now + self.nack_repeat * (1 + self._random()))
+            old = now - gap.seen > URGENT_ROUNDS * repeat
+            wait = urgent if old else repeat
+            self.gaps.reschedule(gap, now + wait * (1 + self._random()))
         if suppressed:
             self._bump("nacks-suppressed")
         nacks: list[list[tuple[int, int]]] = []
