@@ -21,6 +21,7 @@ DEFAULT_MAX_SKEW = 30.0
 MAX_TOMBSTONES = 4096
 TOMBSTONE_SECONDS = 600.0
 SEEN_REQUESTS = 4096
+GOODBYE_REACH_US = 1_000_000  # a goodbye refuses frames stamped up to 1 s past the last one
 # Unicast hellos to ids we do not know (answers to a newcomer, HELLO_WANTED): a spoofed flood
 # must not turn every member into a reflector. Bucket: 200 at once, 100 a second.
 ANSWER_BURST = 200.0
@@ -29,11 +30,14 @@ ANSWER_RATE = 100.0
 
 @dataclass
 class Tombstone:
-    """A departed incarnation: its highest seqs per channel and where its stream stood."""
+    """A departed incarnation: its highest seqs per channel, where its stream stood, and for
+    one that said goodbye, the stamp (µs) at and before which its frames were sent before it
+    left (0: none)."""
 
     highest: dict[bool, int]
     stream_next: int
     expires: float
+    left_at: int = 0
 
 
 class MembershipGate:
@@ -84,7 +88,12 @@ class MembershipGate:
     def admit(self, frame: Frame, unicast: bool, peer_count: int) -> str | None:
         """Why a frame from a sender we do not know is refused, or None to accept it."""
         tomb = self.tombstones.get((frame.sender, frame.incarnation))
-        if tomb is not None and frame.seq <= tomb.highest.get(unicast, 0):
+        if tomb is not None and (
+            frame.seq <= tomb.highest.get(unicast, 0)
+            # Sent before its goodbye and overtaken by it (a unicast copy, another path):
+            # not a member coming back.
+            or (tomb.left_at and frame.timestamp_us <= tomb.left_at)
+        ):
             return "departed"  # a replay (or another path's copy) of a peer that left or failed
         if frame.type == FrameType.GOODBYE:
             return "goodbye-from-unknown"
@@ -100,11 +109,17 @@ class MembershipGate:
             return False
         return True
 
-    def bury(self, peer: PeerInfo, stream_next: int, now: float) -> None:
-        """Remember a departed peer: its replays are refused, its stream can resume."""
+    def bury(self, peer: PeerInfo, stream_next: int, now: float, goodbye_stamp: int = 0) -> None:
+        """Remember a departed peer: its replays are refused, its stream can resume.
+
+        ``goodbye_stamp``: the timestamp of its goodbye; what it sent before is refused too.
+        A goodbye reaches at most ``GOODBYE_REACH`` past the last frame we had from it, so a
+        forged one with a future stamp (an open group) cannot shut a member out for long.
+        """
         key = (peer.node_id, peer.incarnation)
         highest = {unicast: window.highest for unicast, window in peer.windows.items()}
-        self.tombstones[key] = Tombstone(highest, stream_next, now + TOMBSTONE_SECONDS)
+        left_at = min(goodbye_stamp, peer.last_stamp + GOODBYE_REACH_US) if peer.last_stamp else 0
+        self.tombstones[key] = Tombstone(highest, stream_next, now + TOMBSTONE_SECONDS, left_at)
         self.tombstones.move_to_end(key)
         while len(self.tombstones) > MAX_TOMBSTONES:
             self.tombstones.popitem(last=False)

@@ -388,8 +388,7 @@ class Session(ReliableFrames, FastReceive):
         verdict = window.check_and_mark(frame.seq)
         if verdict is not None:
             if self.multipath and verdict == "replay" and peer is not None:
-                # The same datagram by another interface: one delivery, one more path. One with
-                # no arrival interface (a replay drop once in CI) is counted apart too.
+                # Another interface's copy: one delivery, one more path (no interface: apart).
                 self.counters["duplicates"] += 1
                 if not iface:
                     self.counters["duplicates-interface-unknown"] += 1
@@ -403,10 +402,9 @@ class Session(ReliableFrames, FastReceive):
         if peer is None:
             return
         peer.windows.setdefault(unicast, window)
-        if frame.timestamp_us > peer.last_stamp:
+        _HANDLERS[frame.type](self, frame, peer, source, now)
+        if frame.timestamp_us > peer.last_stamp:  # after: a goodbye is judged by what came before
             peer.last_stamp = frame.timestamp_us
-        handler = _HANDLERS[frame.type]
-        handler(self, frame, peer, source, now)
 
     # --- internals -----------------------------------------------------------------------
 
@@ -501,13 +499,15 @@ class Session(ReliableFrames, FastReceive):
             peer.received += 1
         return peer
 
-    def _forget(self, peer: PeerInfo, *, said_goodbye: bool, stream_next: int = 0) -> None:
-        """Drop a peer in O(1); keep a tombstone so replays of it are refused."""
+    def _forget(
+        self, peer: PeerInfo, *, said_goodbye: bool, stream_next: int = 0, stamp: int = 0
+    ) -> None:
+        """Drop a peer in O(1); a tombstone refuses its replays and what preceded its goodbye."""
         self.peers.pop(peer.node_id, None)
         # Where its stream will resume if it comes back: where we were, or where its hello
         # said the stream stood (it may publish while we cannot hear it).
         position = self._close_stream(peer, said_goodbye, stream_next)
-        self.gate.bury(peer, position, self._now)
+        self.gate.bury(peer, position, self._now, stamp)
 
     def _on_hello(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
         try:
@@ -537,7 +537,7 @@ class Session(ReliableFrames, FastReceive):
         stream_next = 0
         if len(frame.payload) == POSITION.size:
             (stream_next,) = POSITION.unpack(frame.payload)
-        self._forget(peer, said_goodbye=True, stream_next=stream_next)
+        self._forget(peer, said_goodbye=True, stream_next=stream_next, stamp=frame.timestamp_us)
         self._events.append(Left(peer))
 
     def _on_data(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:

@@ -331,6 +331,7 @@ class ReliableFrames:
 def _left(stream: StreamSender, peer: int) -> bool:
     """It said goodbye while we waited: not waited for, even if a frame it sent before its
     goodbye arrives after it (a unicast copy overtaken by the multicast goodbye) and makes
-    it look like a member again."""
+    it look like a member again (the gate refuses such frames by their stamp; this covers
+    peers whose frames carry none)."""
     departed = stream.departed.get(peer)
     return departed is not None and departed[0]

@@ -17,6 +17,7 @@ from mcastkit.session import (
     RequestReceived,
     Session,
 )
+from mcastkit.wire import Frame, FrameType, encode_frame
 
 
 def _start(net: FakeNet, count: int, **options: object) -> list[Session]:
@@ -238,3 +239,60 @@ def test_hostile_bytes_never_raise() -> None:
         a.receive_datagram(junk, ("10.9.9.9", 1), net.now)
     assert a.counters["dropped"] == 6
     assert a.peers == {}
+
+
+def _clocked(net: FakeNet, count: int) -> list[Session]:
+    """Started sessions whose frames carry timestamps (the fake clock, as wall time)."""
+    base = 1_800_000_000_000_000
+    sessions = [
+        net.add(f"n{i}", wall_clock_us=lambda: base + int(net.now * 1e6)) for i in range(count)
+    ]
+    for session in sessions:
+        session.start(net.now)
+    net.flush()
+    return sessions
+
+
+def test_a_frame_sent_before_a_goodbye_and_overtaken_by_it_is_not_a_new_member() -> None:
+    # A unicast frame can arrive after the multicast goodbye sent after it. It is stamped
+    # before the goodbye: the member is gone, not back (no Joined, no failure 3 s later).
+    net = FakeNet()
+    a, b = _clocked(net, 2)
+    b._send_hello(net.now, flags=0, to=net.address_of(a))
+    held = b.datagrams_to_send(net.now)
+    net.now += 0.01
+    b.close(net.now)
+    net.flush()
+    assert [e.peer.node_id for e in net.of(a, Left)] == [b.node_id]
+    for data, _ in held:
+        a.receive_datagram(data, net.address_of(b), net.now)
+    net.flush()
+    assert b.node_id not in a.peers
+    assert a.counters["dropped:departed"] == 1
+    assert [e.peer.name for e in net.of(a, Joined)] == ["n1"]  # the first join only
+    net.run(5.0)
+    assert not net.of(a, Failed)
+
+
+def test_a_forged_goodbye_shuts_a_member_out_for_a_second_at_most() -> None:
+    # In an open group anyone can forge a goodbye (docs/security.md). Stamped an hour ahead,
+    # it must not silence the member for an hour: it reaches 1 s past the member's last frame.
+    net = FakeNet()
+    a, b = _clocked(net, 2)
+    net.run(1.0)
+    seq = b.framer._group_seq + 1  # a jump in seqs is another attack (docs/security.md)
+    forged = Frame(
+        FrameType.GOODBYE,
+        0,
+        b.node_id,
+        b.incarnation,
+        seq,
+        a.peers[b.node_id].last_stamp + 3_600_000_000,
+        "",
+        b"",
+    )
+    a.receive_datagram(encode_frame(forged), ("10.9.9.9", 5000), net.now)
+    assert b.node_id not in a.peers
+    net.run(3.5)  # b's heartbeats, one a second
+    assert b.node_id in a.peers
+    assert a.counters["dropped:departed"] >= 1  # what b sent in the second after: refused
