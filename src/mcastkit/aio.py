@@ -298,7 +298,9 @@ class Node(FollowsInterfaces):
         return dict(self._live().counters)
 
     async def publish(self, topic: str, payload: bytes | str, *, reliable: bool = False) -> None:
-        """Send a message on ``topic`` to the group.
+        """Send a message on ``topic`` to the group. It leaves at the end of this turn of
+        the event loop, with whatever else was published in it (runs of equal size in one
+        GSO call); a loop that never yields sends every 64 publishes.
 
         ``reliable=True``: any size up to ``ReliableConfig.max_message``; receivers get it
         whole, in order per sender, repaired on loss, or an ``Unrecoverable`` event. Waits

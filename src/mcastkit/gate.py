@@ -30,9 +30,9 @@ ANSWER_RATE = 100.0
 
 @dataclass
 class Tombstone:
-    """A departed incarnation: its highest seqs per channel, where its stream stood, and for
-    one that said goodbye, the stamp (µs) at and before which its frames were sent before it
-    left (0: none)."""
+    """A departed incarnation: its highest seqs per channel, where its stream stood, and
+    for one that said goodbye, its goodbye's stamp in µs (0: none): frames stamped at or
+    before it were sent before it left."""
 
     highest: dict[bool, int]
     stream_next: int
@@ -113,8 +113,8 @@ class MembershipGate:
         """Remember a departed peer: its replays are refused, its stream can resume.
 
         ``goodbye_stamp``: the timestamp of its goodbye; what it sent before is refused too.
-        A goodbye reaches at most ``GOODBYE_REACH`` past the last frame we had from it, so a
-        forged one with a future stamp (an open group) cannot shut a member out for long.
+        It reaches at most ``GOODBYE_REACH_US`` past the last frame we had from the peer, so
+        a forged one with a future stamp (an open group) cannot shut a member out for long.
         """
         key = (peer.node_id, peer.incarnation)
         highest = {unicast: window.highest for unicast, window in peer.windows.items()}
