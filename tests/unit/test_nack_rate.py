@@ -103,3 +103,17 @@ def test_noisy_small_samples_under_random_loss_do_not_ratchet_the_rate_down(
         control.on_sample(sent, max(0, min(sent, nacked)), now)
         lowest = min(lowest, control.rate) if now > 5 else lowest
     assert lowest >= 0.5 * cap, (lowest, cap)
+
+
+def test_until_the_first_nack_the_rate_starts_fast_then_grows_slowly() -> None:
+    control = NackRateControl(START, 0.0)
+    now = 0.0
+    rates = []
+    for nacked in (0, 0, 0, 0, 30, 0, 0):  # the first sample only warms up
+        now += NackRateControl.SAMPLE
+        rates.append(control.on_sample(int(control.rate * NackRateControl.SAMPLE), nacked, now))
+    assert rates[0] == START
+    assert rates[1:4] == pytest.approx([START * 1.5, START * 1.5**2, START * 1.5**3])
+    # A NACK (30 of ~30,000 fragments: noise, not a back-off) ends the fast start for good.
+    assert rates[4] == pytest.approx(rates[3] * NackRateControl.SPEED_UP)
+    assert rates[6] == pytest.approx(rates[3] * NackRateControl.SPEED_UP**3)
