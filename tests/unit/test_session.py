@@ -244,13 +244,7 @@ def test_hostile_bytes_never_raise() -> None:
 def _clocked(net: FakeNet, count: int) -> list[Session]:
     """Started sessions whose frames carry timestamps (the fake clock, as wall time)."""
     base = 1_800_000_000_000_000
-    sessions = [
-        net.add(f"n{i}", wall_clock_us=lambda: base + int(net.now * 1e6)) for i in range(count)
-    ]
-    for session in sessions:
-        session.start(net.now)
-    net.flush()
-    return sessions
+    return _start(net, count, wall_clock_us=lambda: base + int(net.now * 1e6))
 
 
 def test_a_frame_sent_before_a_goodbye_and_overtaken_by_it_is_not_a_new_member() -> None:
