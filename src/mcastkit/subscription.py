@@ -61,16 +61,20 @@ class Subscription:
                 return None
             waiter = loop.create_future()
             self._waiters.append(waiter)
+            # A timer, not wait_for: wait_for returns a result that came with a cancellation,
+            # and the message would go to a getter that gave up.
+            timer = None if left is None else loop.call_later(left, _expire, waiter)
             try:
-                await asyncio.wait_for(waiter, left)
-            except (asyncio.TimeoutError, asyncio.CancelledError) as stopped:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                await waiter
+            except asyncio.CancelledError:
                 if messages:
                     self._wake_one()  # what woke us goes to the next getter
-                if isinstance(stopped, asyncio.CancelledError):
-                    raise
-                return None
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
         return messages.popleft()
 
     def close(self) -> None:
@@ -86,3 +90,8 @@ class Subscription:
             if message is None:
                 return
             yield message
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
