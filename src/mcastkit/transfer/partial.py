@@ -33,6 +33,7 @@ from .protocol import PENDING_DIGEST, FileInfo
 __all__ = [
     "Partial",
     "find_partial",
+    "is_part_name",
     "recorded_part",
     "remove_state",
     "save_state",
@@ -81,11 +82,8 @@ def find_partial(directory: Path, name: str, info: FileInfo) -> Partial | None:
         packed = base64.b64decode(state["held"], validate=True)
     except (KeyError, TypeError, ValueError, binascii.Error):
         return None
-    token = part[len(name) + 2 : -len(PART_SUFFIX)]
     if (
-        not part.startswith(f".{name}.")
-        or not part.endswith(PART_SUFFIX)
-        or not _TOKEN.fullmatch(token)
+        not is_part_name(part, name)
         or size != info.size
         or not _HEX64.fullmatch(sha256)
         or sha256 == PENDING_DIGEST
@@ -115,6 +113,16 @@ def find_partial(directory: Path, name: str, info: FileInfo) -> Partial | None:
         os.close(fd)
         return None
     return Partial(path, fd, sha256, block_size, held)
+
+
+def is_part_name(part: str, name: str) -> bool:
+    """True when ``part`` is a name ``part_name(name)`` could have made (in this directory)."""
+    token = part[len(name) + 2 : -len(PART_SUFFIX)]
+    return (
+        part.startswith(f".{name}.")
+        and part.endswith(PART_SUFFIX)
+        and _TOKEN.fullmatch(token) is not None
+    )
 
 
 def recorded_part(directory: Path, name: str) -> str | None:

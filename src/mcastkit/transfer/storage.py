@@ -18,7 +18,14 @@ import os
 import stat
 from pathlib import Path
 
-from .partial import find_partial, part_name, recorded_part, remove_state, save_state
+from .partial import (
+    find_partial,
+    is_part_name,
+    part_name,
+    recorded_part,
+    remove_state,
+    save_state,
+)
 from .protocol import Buffer, FileInfo, safe_path
 
 __all__ = ["DirectoryStorage", "FileSink", "MemorySink", "MemoryStorage", "free_space"]
@@ -78,7 +85,7 @@ class DirectoryStorage:
                 continue
             parent = self.directory.joinpath(*parts[:-1])
             part = recorded_part(parent, parts[-1])
-            if part is None or not (part.startswith(f".{parts[-1]}.") and "/" not in part):
+            if part is None or not is_part_name(part, parts[-1]):
                 continue
             try:
                 facts = os.lstat(parent / part)
