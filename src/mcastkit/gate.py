@@ -71,11 +71,8 @@ class MembershipGate:
         """A sealed frame's (authenticated) timestamp is within the allowed skew of ours, and
         not from before we started: no frame captured earlier reaches a newcomer or a
         restarted node, whose replay windows are still empty."""
-        ours = self._wall_us()
-        if not ours:
-            return True
-        stamp = frame.timestamp_us
-        return abs(ours - stamp) <= self.max_skew_us and stamp >= self._started_us
+        lowest, highest = self.fresh_range()
+        return lowest <= frame.timestamp_us <= highest
 
     def fresh_range(self) -> tuple[int, int]:
         """The stamps ``fresh`` accepts now, as (lowest, highest): a batch checks each frame
