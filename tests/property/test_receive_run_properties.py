@@ -119,29 +119,28 @@ def _state(session: Session) -> Any:
     return events, counters, peers, sent
 
 
+def _laid_end_to_end(datagrams: list[bytes]) -> tuple[memoryview, list[tuple[int, int]]]:
+    """One buffer holding ``datagrams`` and their (start, end) spans, as a receive batch."""
+    spans, start = [], 0
+    for data in datagrams:
+        spans.append((start, start + len(data)))
+        start += len(data)
+    return memoryview(b"".join(datagrams)), spans
+
+
 def _by_runs(session: Session, runs: list[list[tuple[bytes, int]]], sealed: bool) -> None:
     for number, run in enumerate(runs):
         source = SOURCES[run[0][1]]
         now = 8.0 + number / 1000
-        if not sealed:
-            buffer = b"".join(data for data, _ in run)
-            spans, start = [], 0
-            for data, _ in run:
-                spans.append((start, start + len(data)))
-                start += len(data)
-            session.receive_run(memoryview(buffer), spans, source, now, IFACES[number % 3])
-            continue
-        assert session.keyring is not None
-        sealed_spans, start = [], 0
-        for data, _ in run:
-            sealed_spans.append((start, start + len(data)))
-            start += len(data)
-        joined = memoryview(b"".join(data for data, _ in run))
-        opened = memoryview(bytearray(len(joined)))
-        spans, refused = session.keyring.open_spans_into(joined, sealed_spans, opened)
-        for reason in refused:
-            session.refuse_datagram(reason)
-        session.receive_run(opened, spans, source, now, IFACES[number % 3])
+        buffer, spans = _laid_end_to_end([data for data, _ in run])
+        if sealed:
+            assert session.keyring is not None
+            opened = memoryview(bytearray(len(buffer)))
+            spans, refused = session.keyring.open_spans_into(buffer, spans, opened)
+            for reason in refused:
+                session.refuse_datagram(reason)
+            buffer = opened
+        session.receive_run(buffer, spans, source, now, IFACES[number % 3])
 
 
 def _one_by_one(session: Session, runs: list[list[tuple[bytes, int]]]) -> None:
@@ -166,11 +165,7 @@ def test_the_short_path_is_taken_and_delivers_in_order() -> None:
     receiver = _session(1, "r", False)
     frames = FRAMES[False]
     run = [data for data, source in frames if source == 0]
-    buffer = b"".join(run)
-    spans, start = [], 0
-    for data in run:
-        spans.append((start, start + len(data)))
-        start += len(data)
+    buffer, spans = _laid_end_to_end(run)
     full_calls = 0
     full_path = receiver.receive_opened
 
@@ -180,7 +175,7 @@ def test_the_short_path_is_taken_and_delivers_in_order() -> None:
         full_path(*args)
 
     receiver.receive_opened = counting  # type: ignore[method-assign]
-    receiver.receive_run(memoryview(buffer), spans, SOURCES[0], 1.0, None)
+    receiver.receive_run(buffer, spans, SOURCES[0], 1.0, None)
     messages = [e for e in receiver.take_events() if isinstance(e, Message)]
     payloads = [b"direct"] + [bytes([0, n]) * (n + 1) for n in range(6)] + [b"late"]
     assert [m.payload for m in messages if not m.reliable] == payloads
