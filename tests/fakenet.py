@@ -20,6 +20,9 @@ class FakeNet:
         self.events: dict[tuple[str, int], list[object]] = {}
         self.muted: set[tuple[str, int]] = set()  # these send nothing
         self.deaf: set[tuple[str, int]] = set()  # these receive nothing
+        # Multicast neither reaches these nor leaves them (a cloud host): unicast still does.
+        self.beyond_multicast: set[tuple[str, int]] = set()
+        self.multicast_cut: set[tuple[tuple[str, int], tuple[str, int]]] = set()  # (from, to)
         # Called with each datagram and its target; True drops it (targeted loss in tests).
         self.drop_if: Callable[[bytes, tuple[str, int]], bool] | None = None
 
@@ -61,19 +64,30 @@ class FakeNet:
                     progress = True
                     if source in self.muted:
                         continue
-                    targets = (
-                        list(self.sessions.items())
-                        if destination is None
-                        else [(destination, self.sessions[destination])]
-                    )
+                    group = destination is None
+                    if group:
+                        targets = list(self.sessions.items())
+                    elif destination in self.sessions:
+                        targets = [(destination, self.sessions[destination])]
+                    else:
+                        targets = []  # nobody there (a seed not started)
                     for address, target in targets:
+                        if (
+                            group
+                            and address != source
+                            and (
+                                self.beyond_multicast & {address, source}
+                                or (source, address) in self.multicast_cut
+                            )
+                        ):
+                            continue
                         if address != source and (
                             address in self.deaf
                             or self.rng.random() < self.loss
                             or (self.drop_if is not None and self.drop_if(data, address))
                         ):
                             continue
-                        target.receive_datagram(data, source, self.now)
+                        target.receive_datagram(data, source, self.now, via_group=group)
                         moved += 1
             for address, session in self.sessions.items():
                 while (event := session.next_event()) is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -50,6 +51,18 @@ class Host:
     def mcast(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run ``mcast ARGS`` on this host and wait for it."""
         return self.run(PYTHON, "-m", "mcastkit", *args, timeout=timeout)
+
+    def mcast_fed(
+        self, text: str, *args: str, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``mcast ARGS`` on this host with ``text`` on its stdin, and wait for it."""
+        return subprocess.run(
+            self.exec_args(PYTHON, "-m", "mcastkit", *args),
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def start(self, *args: str) -> subprocess.Popen[str]:
         """Start a command on this host in the background (stdout and stderr piped)."""
@@ -101,6 +114,7 @@ class Lab:
     hosts: list[Host] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
 
     @property
     def bridge(self) -> str:
@@ -196,6 +210,32 @@ class Lab:
             sides.append(side)
         return sides[0], router, sides[1]
 
+    def sites(self, count: int, per_site: int = 1) -> list[list[Host]]:
+        """``count`` LANs (10.92.S.N, fd92:S::N, a bridge each) joined by one router (.254 /
+        ::fe on every LAN, forwarding on), which routes unicast between them and no
+        multicast: sites a relay must join."""
+        self._no_dad()
+        router = Host(f"{self.tag}x", "10.92.1.254", "fd92:1::fe")
+        self._namespace(router.name)
+        for key in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
+            sh("ip", "netns", "exec", router.name, "sysctl", "-qw", f"{key}=1")
+        sites: list[list[Host]] = []
+        for site in range(1, count + 1):
+            bridge = self._bridge(f"{self.tag}s{site}"[-15:])
+            self._plug(bridge, f"{self.tag}x{site}"[-15:], router.name, f"r{site}",
+                       f"10.92.{site}.254/24", f"fd92:{site}::fe/64")  # fmt: skip
+            hosts = []
+            for number in range(1, per_site + 1):
+                host = Host(f"{self.tag}t{site}h{number}", f"10.92.{site}.{number}",
+                            f"fd92:{site}::{number}")  # fmt: skip
+                self._namespace(host.name)
+                self._plug(bridge, f"{self.tag}y{site}{number}"[-15:], host.name, "eth0",
+                           f"{host.ipv4}/24", f"{host.ipv6}/64")  # fmt: skip
+                sh("ip", "-n", host.name, "route", "add", "default", "via", f"10.92.{site}.254")
+                hosts.append(host)
+            sites.append(hosts)
+        return sites
+
     def dual(self, count: int = 2) -> list[Host]:
         """``count`` hosts on two LANs at once: eth0 on one bridge (10.91.1.N, fd91:1::N, and
         ``Host.ipv4``/``ipv6``), eth1 on another (10.91.2.N, fd91:2::N). No default route:
@@ -216,8 +256,36 @@ class Lab:
         """The bridge port (outside the hosts) of host ``number``'s eth0 (side 1) or eth1."""
         return f"{self.tag}{'ab'[side - 1]}{number}"[-15:]
 
+    def block_multicast(self, *ports: str) -> None:
+        """Drop IPv4 multicast on the lab's bridges, as a cloud or overlay network does
+        (unicast still passes): every frame, or only those into or out of ``ports``."""
+        require_tool("nft")
+        table = f"{self.tag}mc"
+        if table not in self.tables:
+            sh("nft", "add", "table", "bridge", table)
+            sh("nft", "add", "chain", "bridge", table, "mcdrop",
+               "{ type filter hook forward priority 0; }")  # fmt: skip
+            self.tables.append(table)
+        matches = [f"iifname {p}" for p in ports] + [f"oifname {p}" for p in ports] or [""]
+        for match in matches:
+            sh("nft", f"add rule bridge {table} mcdrop {match} ip daddr 224.0.0.0/4 counter drop")
+
+    def multicast_dropped(self) -> int:
+        """Packets the ``block_multicast`` rules dropped so far."""
+        total = 0
+        for table in self.tables:
+            listing = sh("nft", "list", "table", "bridge", table).stdout
+            total += sum(int(n) for n in re.findall(r"counter packets (\d+)", listing))
+        return total
+
+    def port(self, number: int) -> str:
+        """The bridge port (outside the host) of ``lan`` host ``number``."""
+        return f"{self.tag}p{number}"[-15:]
+
     def close(self) -> None:
-        """Remove every namespace and link this lab made."""
+        """Remove every namespace, link and table this lab made."""
+        for table in self.tables:
+            sh("nft", "delete", "table", "bridge", table, check=False)
         for name in self.namespaces:
             for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
                 sh("kill", "-9", pid, check=False)

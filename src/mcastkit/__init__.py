@@ -15,7 +15,22 @@ if TYPE_CHECKING:
     from .addr import GroupInfo, GroupSpec, classify, groups_sharing_mac, mac_for_group, parse_group
     from .aio import DEFAULT_GROUP, GatherResult, Node, Request, Subscription
     from .errors import AddressError, InterfaceError, MulticastError, SocketSetupError
-    from .events import AddressChanged, InterfaceDown, InterfaceEvent, InterfaceUp
+    from .events import (
+        AddressChanged,
+        Failed,
+        Gathered,
+        IdRenewed,
+        InterfaceDown,
+        InterfaceEvent,
+        InterfaceUp,
+        Joined,
+        Left,
+        Message,
+        RequestReceived,
+        Updated,
+    )
+    from .framing import MessageTooLarge
+    from .peers import PeerInfo
     from .reliable import ReliableConfig, SlowReceiver, Unrecoverable
     from .security import (
         GroupKey,
@@ -24,19 +39,7 @@ if TYPE_CHECKING:
         load_key_file,
         write_key_file,
     )
-    from .session import (
-        Failed,
-        Gathered,
-        IdRenewed,
-        Joined,
-        Left,
-        Message,
-        MessageTooLarge,
-        PeerInfo,
-        RequestReceived,
-        Session,
-        Updated,
-    )
+    from .session import Session
     from .sync import SyncNode, connect
     from .transport import (
         GroupSocket,

@@ -31,23 +31,19 @@ from .events import (
     Unrecoverable,
     Updated,
 )
-from .gather import GatherResult, Request
+from .gate import DEFAULT_MAX_PEERS, DEFAULT_MAX_SKEW
+from .gather import GatherResult, Request, Want
 from .ifwatch import InterfaceTracker
-from .node_paths import FollowsInterfaces, Path, Paths
+from .node_paths import FollowsInterfaces, Path, Paths, open_ways
 from .peers import PeerInfo, topic_matches
 from .reliable import ReliableConfig
-from .security import GroupKey, KeyRing, key_from_passphrase
-from .session import DEFAULT_MAX_PEERS, DEFAULT_MAX_SKEW, Session, Want
+from .security import OPEN_GROUP_WARNING, GroupKey, KeyRing, key_from_passphrase
+from .session import Session
 from .subscription import Subscription
-from .transport import (
-    GroupSocket,
-    IfaceChoice,
-    interface_name,
-    is_multi,
-    open_receiver,
-)
+from .transport import GroupSocket, IfaceChoice, interface_name, is_multi
 from .transport.batch import BatchReceiver
 from .transport.netlink import LinkWatch
+from .transport.unicast import resolve_seeds
 from .version import __version__
 
 __all__ = ["DEFAULT_GROUP", "GatherResult", "Node", "Request", "Subscription"]
@@ -95,8 +91,17 @@ class Node(FollowsInterfaces):
         reliable: ReliableConfig | None = None,
         max_peers: int = DEFAULT_MAX_PEERS,
         max_skew: float = DEFAULT_MAX_SKEW,
+        peers: Iterable[str] = (),
+        multicast: bool = True,
+        unicast_port: int | None = None,
     ) -> None:
         self.spec = group if isinstance(group, GroupSpec) else parse_group(group)
+        # Seeds: unicast addresses (names resolved now) that hear our hello where multicast
+        # is not carried; members found through them tell us the rest (docs/protocol.md).
+        self._seeds = resolve_seeds(peers, self.spec, multicast=multicast)
+        self._multicast = multicast
+        # The first path listens here for unicast (seeds name it); None: the group's port.
+        self._unicast_port = self.spec.port if unicast_port is None else unicast_port
         if max_datagram is None:
             # One datagram in a 1500-byte Ethernet frame: minus IPv4 (20) or IPv6 (40), UDP (8).
             max_datagram = 1472 if self.spec.family == 4 else 1452
@@ -122,6 +127,8 @@ class Node(FollowsInterfaces):
             "reliable": reliable,
             "max_peers": max_peers,
             "max_skew": max_skew,
+            "multicast": multicast,
+            "seeds": self._seeds,
         }
         self.session: Session | None = None
         self._group_socket: GroupSocket | None = None
@@ -155,72 +162,55 @@ class Node(FollowsInterfaces):
     async def start(self) -> Node:
         """Open the sockets, announce ourselves, start heartbeats."""
         loop = self._loop = asyncio.get_running_loop()
-        group_socket = open_receiver(
-            self.spec,
-            iface=self._iface,
-            ttl=self._ttl,
-            loopback=self._loopback,
-            blocking=False,
-            rcvbuf=self._rcvbuf,
-        )
-        for warning in group_socket.warnings:
-            log.info("%s", warning)  # a capped default buffer is normal without root
-        if group_socket.fallback:
-            log.warning("%s", group_socket.fallback)
-        paths = Paths(self.spec, ttl=self._ttl, loopback=self._loopback)
-        try:
-            for interface in group_socket.interfaces:
-                paths.open(interface)
-        except BaseException:
-            paths.close_all()
-            group_socket.close()
-            raise
-        self._group_socket, self._paths = group_socket, paths
         chosen = self._iface if self._iface is not None else self.spec.iface
         several = is_multi(chosen)
-        self._tracker = InterfaceTracker.for_choice(
-            self.spec.family, chosen, group_socket.interfaces
+        group_socket, paths, self._tracker = open_ways(
+            self.spec,
+            chosen,
+            ttl=self._ttl,
+            loopback=self._loopback,
+            rcvbuf=self._rcvbuf,
+            multicast=self._multicast,
+            port=self._unicast_port,
         )
-        for path in paths:
-            path.down = path.interface.name not in self._tracker.in_use  # a stand-in
-        keyring = None
-        if self.key is not None:
-            keyring = KeyRing([self.key], os.urandom)
-            self._opened = memoryview(bytearray(32 << 16))  # a batch: 32 slots of 64 KiB
-        else:
-            log.warning(
-                "group %s is open: with no key any host on the path can read every message, "
-                "inject messages and requests in any member's name, answer requests for it, "
-                "evict a member with one forged goodbye, silence it with a forged sequence "
-                "jump and force it to renew its id; give a key (docs/security.md)",
-                self.spec,
-            )
+        self._group_socket, self._paths = group_socket, paths
+        own = {path.socket.sock.getsockname()[:2] for path in paths}
+        # The same --peer list serves every member: a seed that is this node is left out.
+        self._session_args["seeds"] = tuple(s for s in self._seeds if s not in own)
         random_id = int.from_bytes(os.urandom(8), "big") or 1  # 0 is reserved
         self.session = Session(
             node_id=random_id,
             incarnation=int.from_bytes(os.urandom(4), "big"),
             now=loop.time(),
             random_bytes=os.urandom,
-            keyring=keyring,
+            keyring=self._keyring(),
             wall_clock_us=lambda: time.time_ns() // 1000,
             **self._session_args,
         )
         self.session.multipath = several
         for topic in self._handlers:
             self.session.serve(topic, loop.time())
-        # Datagrams arrive in recvmmsg or GRO batches; on several interfaces each batch is
-        # also one arrival interface.
-        self._group_reader = BatchReceiver(
-            group_socket.sock, slots=32, watch_load=False, arrival=several
-        )
-        label = None if several else group_socket.interface.name
-        loop.add_reader(group_socket.fileno(), self._on_readable, self._group_reader, label)
+        if group_socket is not None:
+            # Datagrams arrive in recvmmsg or GRO batches; on several interfaces each batch
+            # is also one arrival interface.
+            reader = self._group_reader = BatchReceiver(
+                group_socket.sock, slots=32, watch_load=False, arrival=several
+            )
+            label = None if several else group_socket.interface.name
+            loop.add_reader(group_socket.fileno(), self._on_readable, reader, label, True)
+            self._watch_interfaces()
         for path in paths:
             self._add_path_reader(path)
-        self._watch_interfaces()
         self.session.start(loop.time())
         self._pump()
         return self
+
+    def _keyring(self) -> KeyRing | None:
+        if self.key is not None:
+            self._opened = memoryview(bytearray(32 << 16))  # a batch: 32 slots of 64 KiB
+            return KeyRing([self.key], os.urandom)
+        log.warning(OPEN_GROUP_WARNING, self.spec)
+        return None
 
     async def stop(self) -> None:
         """Say goodbye and close."""
@@ -276,16 +266,24 @@ class Node(FollowsInterfaces):
 
     @property
     def interface(self) -> str:
-        """The (first) interface the node joined on."""
-        return self._group_socket.interface.name if self._group_socket else ""
+        """The (first) interface the node joined on (sends on, with multicast off)."""
+        if self._group_socket is not None:
+            return self._group_socket.interface.name
+        return self._paths.first.interface.name if self._paths else ""
 
     @property
     def interfaces(self) -> list[str]:
         """Every interface the node is joined on and using now (not those that are down)."""
         if self._group_socket is None:
-            return []
+            return [path.interface.name for path in self._paths or ()]
         usable = self._tracker.in_use if self._tracker is not None else {}
         return [i.name for i in self._group_socket.interfaces if i.name in usable]
+
+    @property
+    def unicast_address(self) -> tuple[str, int] | None:
+        """Where this node hears unicast (on its first interface): what others give as
+        ``peers`` to reach it where multicast is not carried."""
+        return self._paths.first.address() if self._paths else None
 
     @property
     def peers(self) -> dict[int, PeerInfo]:
@@ -448,7 +446,7 @@ class Node(FollowsInterfaces):
         assert self._loop is not None
         return self._loop.time()
 
-    def _on_readable(self, reader: BatchReceiver, label: str | None) -> None:
+    def _on_readable(self, reader: BatchReceiver, label: str | None, via_group: bool) -> None:
         session = self.session
         paths = self._paths
         if session is None or paths is None:
@@ -469,7 +467,7 @@ class Node(FollowsInterfaces):
                 for reason in refused:
                     session.refuse_datagram(reason)
                 buffer = opened
-            receive(buffer, spans, source, now, iface)
+            receive(buffer, spans, source, now, iface, via_group)
 
         try:
             reader.receive_runs(take, READ_BATCH)

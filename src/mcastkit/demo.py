@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .addr import GroupSpec, format_endpoint
 from .aio import Node
+from .events import Message
 from .security import GroupKey
-from .session import Message
 from .transport import IfaceChoice
 
 __all__ = ["DemoEvent", "DemoPeer", "DemoResult", "run_demo"]
@@ -156,8 +156,12 @@ async def run_demo_async(
     on_event: Callable[[DemoEvent], None] | None = None,
     expect_peers: int | None = None,
     key: GroupKey | None = None,
+    peers: Iterable[str] = (),
+    multicast: bool = True,
+    unicast_port: int | None = None,
 ) -> DemoResult:
-    """Run ``nodes`` demo nodes on the running event loop (see ``run_demo``)."""
+    """Run ``nodes`` demo nodes on the running event loop (see ``run_demo``). ``peers``,
+    ``multicast``, ``unicast_port``: as for ``Node`` (members beyond multicast)."""
     if nodes < 1:
         raise ValueError("nodes must be at least 1")
     wanted = expect_peers if expect_peers is not None else (nodes - 1 if nodes > 1 else None)
@@ -168,6 +172,9 @@ async def run_demo_async(
             ttl=ttl,
             key=key,
             name=names[n] if names and n < len(names) else f"node-{n + 1}",
+            peers=peers,
+            multicast=multicast,
+            unicast_port=unicast_port,
         )
         for n in range(nodes)
     ]
@@ -177,11 +184,11 @@ async def run_demo_async(
     try:
         for member in members:
             started.append(await member.start())
-        peers = [DemoPeer(f"{m.node_id:016x}", m.name) for m in members]
+        demo_peers = [DemoPeer(f"{m.node_id:016x}", m.name) for m in members]
         inboxes = [m.subscribe(TOPIC) for m in members]
 
         def finished() -> bool:
-            return wanted is not None and all(p.heard_at_least(wanted) for p in peers)
+            return wanted is not None and all(p.heard_at_least(wanted) for p in demo_peers)
 
         async def serve(member: Node, peer: DemoPeer, inbox: Any) -> None:
             message: Message
@@ -198,7 +205,7 @@ async def run_demo_async(
 
         tasks = [
             asyncio.ensure_future(serve(m, p, i))
-            for m, p, i in zip(members, peers, inboxes, strict=True)
+            for m, p, i in zip(members, demo_peers, inboxes, strict=True)
         ]
         # Every node joined before anyone speaks, so local nodes cannot miss a hello.
         for member in members:
@@ -207,7 +214,7 @@ async def run_demo_async(
         with contextlib.suppress(asyncio.CancelledError):
             await _announce_until(done, members, duration, wanted is not None)
             if done.is_set():
-                for member, peer in zip(members, peers, strict=True):
+                for member, peer in zip(members, demo_peers, strict=True):
                     for reply in peer.parting_replies():
                         await member.publish(TOPIC, reply)
                 await asyncio.sleep(PARTING)  # let them leave before the goodbye
@@ -218,7 +225,7 @@ async def run_demo_async(
     finally:
         for member in started:
             await member.stop()
-    return DemoResult(peers, own, str(group), interface, time.monotonic() - start)
+    return DemoResult(demo_peers, own, str(group), interface, time.monotonic() - start)
 
 
 async def _announce_until(

@@ -14,6 +14,7 @@ __all__ = [
     "FRAME_MAGIC",
     "MAGICS",
     "PING_MAGIC",
+    "RELAY_MAGIC",
     "SEALED_GCM_TYPE",
     "SEALED_TYPE",
     "SEALED_TYPES",
@@ -37,16 +38,19 @@ class DatagramKind(Enum):
     TRANSFER = "mcast-transfer"  # file distribution (transfer/protocol.py)
     PING = "mcast-ping"  # diag/ping.py
     BENCH = "mcast-bench"  # diag/bench.py
+    RELAY = "mcast-relay"  # relay.py: between relays, by unicast
     OTHER = "raw"
 
 
 TRANSFER_MAGIC = b"MKT1"
 PING_MAGIC = b"MKP1"
 BENCH_MAGIC = b"MKB1"
+RELAY_MAGIC = b"MKR1"
 MAGICS: dict[bytes, DatagramKind] = {
     TRANSFER_MAGIC: DatagramKind.TRANSFER,
     PING_MAGIC: DatagramKind.PING,
     BENCH_MAGIC: DatagramKind.BENCH,
+    RELAY_MAGIC: DatagramKind.RELAY,
 }
 
 

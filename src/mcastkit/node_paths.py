@@ -21,9 +21,18 @@ from .events import AddressChanged, Event, InterfaceDown, InterfaceEvent, Interf
 from .ifwatch import POLL_INTERFACES, SETTLE, InterfaceTracker
 from .peers import Address
 from .session import Session
-from .transport import GroupSocket, Interface, list_interfaces, open_sender
+from .transport import (
+    GroupSocket,
+    IfaceChoice,
+    Interface,
+    list_interfaces,
+    open_receiver,
+    open_sender,
+    resolve_interfaces,
+)
 from .transport.batch import BatchReceiver, BatchSender, Destination
 from .transport.netlink import LinkWatch, follow
+from .transport.unicast import bind_unicast, open_unicast
 
 __all__ = ["FollowsInterfaces", "Path", "Paths"]
 
@@ -46,6 +55,16 @@ class Path:
     def fileno(self) -> int:
         """The socket's descriptor."""
         return self.socket.fileno()
+
+    def address(self) -> Address:
+        """Where this path hears unicast: its interface's address where the kernel bound the
+        wildcard (at the first send), and the port."""
+        host, port = self.socket.sock.getsockname()[:2]
+        if host in ("0.0.0.0", "::"):
+            v4, v6 = self.interface.ipv4_address, self.interface.ipv6
+            ip = v4 if self.socket.spec.family == 4 else (v6[0].ip if v6 else None)
+            host = host if ip is None else str(ip)
+        return (str(host), int(port))
 
 
 class Paths:
@@ -76,10 +95,19 @@ class Paths:
     def _changed(self) -> None:
         self._only = next(iter(self.by_name.values())) if len(self.by_name) == 1 else None
 
-    def open(self, interface: Interface) -> Path:
+    def open(self, interface: Interface, *, port: int = 0, multicast: bool = True) -> Path:
         """A path out of ``interface``; it replaces one of the same name (a new device or
-        address). Raises what ``open_sender`` raises."""
-        sock = open_sender(self.spec, iface=interface.index, ttl=self.ttl, loopback=self.loopback)
+        address). ``port``: listen for unicast there, on the interface's address, if no other
+        socket has it (seeds name it; another node on this host keeps it, and this path takes
+        any port). ``multicast`` False: a plain unicast socket. Raises what ``open_sender``
+        raises."""
+        if multicast:
+            sock = open_sender(
+                self.spec, iface=interface.index, ttl=self.ttl, loopback=self.loopback
+            )
+        else:
+            sock = open_unicast(self.spec, interface)
+        bind_unicast(sock.sock, self.spec.family, interface, port)
         sock.sock.setblocking(False)
         path = Path(
             interface,
@@ -140,6 +168,47 @@ class Paths:
                 self.for_peer((host, port)).unsent.append(item)
 
 
+def open_ways(
+    spec: GroupSpec,
+    chosen: IfaceChoice,
+    *,
+    ttl: int,
+    loopback: bool,
+    rcvbuf: int,
+    multicast: bool,
+    port: int,
+) -> tuple[GroupSocket | None, Paths, InterfaceTracker]:
+    """A node's sockets: the group socket (joined on the ``chosen`` interfaces; None with
+    ``multicast`` off, where nothing is joined and the interfaces need no MULTICAST flag),
+    one path per interface (the first to get ``port`` listens there for unicast), and the
+    tracker of the interfaces in use."""
+    group_socket = None
+    if multicast:
+        group_socket = open_receiver(
+            spec, iface=chosen, ttl=ttl, loopback=loopback, blocking=False, rcvbuf=rcvbuf
+        )
+        for warning in group_socket.warnings:
+            log.info("%s", warning)  # a capped default buffer is normal without root
+        if group_socket.fallback:
+            log.warning("%s", group_socket.fallback)
+        interfaces = group_socket.interfaces
+    else:
+        interfaces = resolve_interfaces(chosen, spec.family, require_multicast=False)
+    paths = Paths(spec, ttl=ttl, loopback=loopback)
+    try:
+        for interface in interfaces:
+            paths.open(interface, port=port, multicast=multicast)
+    except BaseException:
+        paths.close_all()
+        if group_socket is not None:
+            group_socket.close()
+        raise
+    tracker = InterfaceTracker.for_choice(spec.family, chosen, interfaces)
+    for path in paths:
+        path.down = path.interface.name not in tracker.in_use  # a stand-in
+    return group_socket, paths, tracker
+
+
 class FollowsInterfaces:
     """The Node's part that follows the kernel's link and address notices (a base of Node):
     join on an interface that came up, leave one that went down, reopen a path whose address
@@ -153,14 +222,15 @@ class FollowsInterfaces:
     _tracker: InterfaceTracker | None
     _watch: LinkWatch | None
     _refresh: asyncio.TimerHandle | None
-    _on_readable: Callable[[BatchReceiver, str | None], None]
+    _on_readable: Callable[[BatchReceiver, str | None, bool], None]
     _notify: Callable[[Event | None], None]
     _pump: Callable[[], None]
     _now: Callable[[], float]
 
     def _add_path_reader(self, path: Path) -> None:
         assert self._loop is not None
-        self._loop.add_reader(path.fileno(), self._on_readable, path.reader, path.interface.name)
+        name = path.interface.name
+        self._loop.add_reader(path.fileno(), self._on_readable, path.reader, name, False)
 
     def _drop_path(self, path: Path) -> None:
         assert self._loop is not None and self._paths is not None

@@ -38,6 +38,18 @@ class PeerInfo:
     windows: dict[bool, ReplayWindow] = field(default_factory=dict, repr=False)
     # Each interface it was heard on, with its address there (several paths: one member).
     paths: dict[str, Address] = field(default_factory=dict)
+    # Reach (reach.py): when its multicast last arrived, whether we judge that (it was met by
+    # unicast), whether we ask it for unicast copies, and until when it asked us for ours.
+    heard_multicast: float = float("-inf")
+    watched: bool = False
+    asking: bool = False
+    copies_until: float = 0.0
+
+    @property
+    def path(self) -> str:
+        """How its group datagrams reach us: 'multicast', or 'unicast' (copies it sends us
+        because its multicast does not arrive)."""
+        return "unicast" if self.asking else "multicast"
 
     @property
     def name(self) -> str:
@@ -66,6 +78,7 @@ class PeerInfo:
             "loss": round(self.loss, 4),
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
             "paths": {name: format_endpoint(*where) for name, where in self.paths.items()},
+            "path": self.path,
         }
 
 

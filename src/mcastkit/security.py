@@ -39,6 +39,7 @@ from .wire import ENVELOPE, MAGIC, TAG_SIZE, VERSION
 
 __all__ = [
     "CIPHERS",
+    "OPEN_GROUP_WARNING",
     "GroupKey",
     "KeyRing",
     "ReplayWindow",
@@ -57,6 +58,12 @@ _AEADS: dict[int, type[ChaCha20Poly1305] | type[AESGCM]] = {
 }
 
 KEY_SIZE = 32
+OPEN_GROUP_WARNING = (  # %s: the group
+    "group %s is open: with no key any host on the path can read every message, inject "
+    "messages and requests in any member's name, answer requests for it, evict a member with "
+    "one forged goodbye, silence it with a forged sequence jump and force it to renew its id; "
+    "give a key (docs/security.md)"
+)
 _SCRYPT_SALT = b"mcastkit group key v2|"
 _SCRYPT_N = 2**15
 

@@ -12,31 +12,12 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
-from .events import (
-    Event,
-    Failed,
-    Gathered,
-    IdRenewed,
-    Joined,
-    Left,
-    Message,
-    PeerEvent,
-    RequestReceived,
-    SlowReceiver,
-    Unrecoverable,
-    Updated,
-)
+from .events import Event, Failed, IdRenewed, Joined, Left, Message, RequestReceived, Updated
 from .framing import Framer, MessageTooLarge
-from .gate import (
-    ANSWER_BURST,
-    ANSWER_RATE,
-    DEFAULT_MAX_PEERS,
-    DEFAULT_MAX_SKEW,
-    MAX_TOMBSTONES,
-    MembershipGate,
-)
+from .gate import DEFAULT_MAX_PEERS, DEFAULT_MAX_SKEW, MembershipGate
 from .gather import REQUEST_ID, Gatherer, Want, check_want
 from .peers import MAX_PATHS, Address, PeerInfo, topic_matches
+from .reach import Reach
 from .reliable import ReliableConfig, StreamSender
 from .reliable.inbound import InboundStreams
 from .security import KeyRing, ReplayWindow
@@ -44,30 +25,7 @@ from .session_fast import FastReceive
 from .session_streams import POSITION, ReliableFrames
 from .wire import Flag, Frame, FrameType, decode_frame_untrusted, is_sealed
 
-__all__ = [
-    "ANSWER_BURST",
-    "ANSWER_RATE",
-    "DEFAULT_MAX_PEERS",
-    "DEFAULT_MAX_SKEW",
-    "MAX_TOMBSTONES",
-    "Event",
-    "Failed",
-    "Gathered",
-    "IdRenewed",
-    "Joined",
-    "Left",
-    "Message",
-    "MessageTooLarge",
-    "PeerEvent",
-    "PeerInfo",
-    "RequestReceived",
-    "Session",
-    "SlowReceiver",
-    "Unrecoverable",
-    "Updated",
-    "Want",
-    "topic_matches",
-]
+__all__ = ["Session"]
 
 # JGroups FD_ALL3 and similar detectors use a few missed heartbeats; 3 intervals is our default.
 DEFAULT_HEARTBEAT = 1.0
@@ -99,6 +57,8 @@ class Session(ReliableFrames, FastReceive):
         max_peers: int = DEFAULT_MAX_PEERS,
         max_skew: float = DEFAULT_MAX_SKEW,
         receive_budget: int | None = None,
+        multicast: bool = True,
+        seeds: tuple[Address, ...] = (),
     ) -> None:
         if heartbeat <= 0:
             raise ValueError("heartbeat must be positive")
@@ -138,6 +98,10 @@ class Session(ReliableFrames, FastReceive):
         self._started = False
         self._closed = False
         self._arrival: str | None = None  # interface of the datagram being taken
+        self._via_group = True  # the datagram being taken came in on the group socket
+        # Unicast seeds, gossip, and copies for members our multicast does not reach.
+        self.reach = Reach(multicast, seeds, heartbeat, self.failure_timeout)
+        self.reach.connect(self._send, self._send_hello, self.gate.may_answer_unknown)
         # Set by a runtime on several interfaces: a frame seen again is a copy that took
         # another path (counted as a duplicate), not a replay.
         self.multipath = False
@@ -188,6 +152,7 @@ class Session(ReliableFrames, FastReceive):
         self._started = True
         self.gate.start()
         self._send_hello(now, flags=0, to=None)
+        self.reach.greet_seeds(now)
 
     def close(self, now: float) -> None:
         """Say goodbye; the session sends nothing after this."""
@@ -262,7 +227,7 @@ class Session(ReliableFrames, FastReceive):
             self._pull_stream(self._now)
         out = list(self._outgoing)
         self._outgoing.clear()
-        return out
+        return self.reach.expand(out) if self.reach.active else out
 
     def next_event(self) -> Event | None:
         """The next event, or None."""
@@ -293,6 +258,7 @@ class Session(ReliableFrames, FastReceive):
             if self._stream is not None:
                 self._send_state(now)
             self._next_heartbeat = now + self.heartbeat
+            self.reach.round(self.peers.values(), self._position(), now)
         self._stream_timers(now)
         if now - self._last_timer > max(3 * self._check_every, self.failure_timeout / 2):
             # We did not run (stopped, suspended, starved): the silence was ours, not the
@@ -321,10 +287,15 @@ class Session(ReliableFrames, FastReceive):
             peer.paths.pop(iface, None)
 
     def receive_datagram(
-        self, data: bytes, source: Address, now: float, iface: str | None = None
+        self,
+        data: bytes,
+        source: Address,
+        now: float,
+        iface: str | None = None,
+        via_group: bool = True,
     ) -> None:
-        """Take one datagram from the network: hostile input is counted and dropped.
-        ``iface``: the interface it arrived on, when the runtime knows it."""
+        """Take one datagram from the network: hostile input is counted and dropped. ``iface``:
+        the interface it arrived on, if known; ``via_group``: it came in on the group socket."""
         if self._closed:
             return
         if self.keyring is not None:
@@ -336,7 +307,7 @@ class Session(ReliableFrames, FastReceive):
                 self.refuse_datagram(opened)
                 return
             data = opened
-        self.receive_opened(data, source, now, iface)
+        self.receive_opened(data, source, now, iface, via_group)
 
     def refuse_datagram(self, reason: str) -> None:
         """A datagram the runtime could not open (``KeyRing.open_spans_into``'s reasons)."""
@@ -344,7 +315,12 @@ class Session(ReliableFrames, FastReceive):
         self._drop(reason)
 
     def receive_opened(
-        self, data: bytes, source: Address, now: float, iface: str | None = None
+        self,
+        data: bytes,
+        source: Address,
+        now: float,
+        iface: str | None = None,
+        via_group: bool = True,
     ) -> None:
         """Take one datagram of an open group, or a sealed one's runtime opened (a run: see
         ``receive_run``; sealed runs open in one call with ``KeyRing.open_spans_into``)."""
@@ -352,6 +328,7 @@ class Session(ReliableFrames, FastReceive):
             return
         self._now = now
         self._arrival = iface
+        self._via_group = via_group
         self.counters["datagrams"] += 1
         if data[8:20] == self.framer.own_key and not self.deliver_own:
             self.counters["own"] += 1  # our own datagram looped back: skip the full decode
@@ -386,7 +363,12 @@ class Session(ReliableFrames, FastReceive):
         if window is None:
             window = ReplayWindow()
         verdict = window.check_and_mark(frame.seq)
+        if peer is not None and via_group and not unicast and verdict in (None, "replay"):
+            peer.heard_multicast = now  # before the replay check: a copy may have come first
         if verdict is not None:
+            if peer is not None and peer.watched and verdict in ("replay", "too-old"):
+                self.counters["duplicates"] += 1  # a unicast copy and its multicast original
+                return
             if self.multipath and verdict == "replay" and peer is not None:
                 # Another interface's copy: one delivery, one more path (no interface: apart).
                 self.counters["duplicates"] += 1
@@ -402,6 +384,11 @@ class Session(ReliableFrames, FastReceive):
         if peer is None:
             return
         peer.windows.setdefault(unicast, window)
+        wants = frame.flags & Flag.WANT_COPIES and unicast
+        if wants and self.reach.wants_copies(peer, source, now):
+            self._send(FrameType.HEARTBEAT, "", self._position(), now, to=source)  # heard you
+        elif source in self.reach.contacted:
+            peer.watched = True  # it answers a unicast hello of ours: judge its multicast
         _HANDLERS[frame.type](self, frame, peer, source, now)
         if frame.timestamp_us > peer.last_stamp:  # after: a goodbye is judged by what came before
             peer.last_stamp = frame.timestamp_us
@@ -529,9 +516,21 @@ class Session(ReliableFrames, FastReceive):
             self._events.append(Joined(peer))
         elif changed:
             self._events.append(Updated(peer))
+        direct = not self._via_group and not frame.flags & Flag.HELLO_ANSWER
+        if direct:
+            peer.watched = True  # it found us by unicast (a seed, gossip): maybe no multicast
+        ask = Flag.WANT_COPIES if self.reach.asks(peer, now) else 0
         if not frame.flags & Flag.HELLO_ANSWER and self.gate.may_answer_unknown(now):
             # A newcomer (or one that asked): tell it who we are, directly.
-            self._send_hello(now, flags=Flag.HELLO_ANSWER, to=source)
+            self._send_hello(now, flags=Flag.HELLO_ANSWER | ask, to=source)
+            if direct:  # and whom else it may contact, so one seed leads to all
+                self.reach.send_peers(self.peers.values(), source, now)
+
+    def _on_peers(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
+        if not peer.hello_seen:
+            self._drop("peers-from-non-member")
+        elif not self.reach.on_peers(frame.payload, self.node_id, self.peers, now):
+            self._drop("bad-peers")
 
     def _on_goodbye(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
         stream_next = 0
@@ -597,4 +596,5 @@ _HANDLERS: dict[FrameType, Callable[[Session, Frame, PeerInfo, Address, float], 
     FrameType.NACK: Session._on_nack,
     FrameType.RSTATE: Session._on_rstate,
     FrameType.ACK: Session._on_ack,
+    FrameType.PEERS: Session._on_peers,
 }

@@ -43,7 +43,12 @@ class FastReceive:
     _arrival: str | None
 
     def receive_opened(
-        self, data: bytes, source: Address, now: float, iface: str | None = None
+        self,
+        data: bytes,
+        source: Address,
+        now: float,
+        iface: str | None = None,
+        via_group: bool = True,
     ) -> None:
         raise NotImplementedError
 
@@ -63,9 +68,11 @@ class FastReceive:
         source: Address,
         now: float,
         iface: str | None = None,
+        via_group: bool = True,
     ) -> None:
         """Take the datagrams at ``spans`` (start, end) of ``buffer``, all from ``source``, as
-        ``receive_opened`` takes each (a sealed group's runtime opened them already)."""
+        ``receive_opened`` takes each (a sealed group's runtime opened them already).
+        ``via_group``: they came in on the group socket (False: a unicast one)."""
         if self._closed:
             return
         self._now = now
@@ -108,6 +115,8 @@ class FastReceive:
                         window.highest = seq
                         taken += 1
                         peer.last_seen = now
+                        if via_group:
+                            peer.heard_multicast = now
                         peer.address = source
                         paths = peer.paths
                         if iface is not None and (iface in paths or len(paths) < MAX_PATHS):
@@ -132,7 +141,7 @@ class FastReceive:
                         )
                         continue
             named = None  # the full path may change a member (its name, its incarnation)
-            full_path(bytes(buffer[begin:end]), source, now, iface)
+            full_path(bytes(buffer[begin:end]), source, now, iface, via_group)
         if taken:
             counters = self.counters
             counters["datagrams"] += taken

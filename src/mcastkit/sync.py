@@ -12,7 +12,9 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from .aio import DEFAULT_GROUP, GatherResult, Node, Request, Subscription
-from .session import Message, PeerInfo, Want
+from .events import Message
+from .gather import Want
+from .peers import PeerInfo
 
 __all__ = ["SyncNode", "connect"]
 

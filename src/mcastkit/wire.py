@@ -52,6 +52,7 @@ class FrameType(IntEnum):
     NACK = 8  # a receiver asks a sender to repair seqs (multicast: others hear it)
     RSTATE = 9  # a sender's window: oldest repairable seq and next seq
     ACK = 10  # a receiver has a sender's stream through a seq (only under "wait")
+    PEERS = 11  # members' unicast addresses (gossip to members met by unicast: reach.py)
 
 
 class Flag:
@@ -62,6 +63,7 @@ class Flag:
     HELLO_WANTED = 0x04  # the receiver does not know us: please send a HELLO
     REPAIR = 0x08  # RDATA: a retransmission answering a NACK
     ACK_WANTED = 0x10  # RDATA / RSTATE: the sender waits for slow receivers: acknowledge
+    WANT_COPIES = 0x20  # unicast: your multicast does not reach me, send me unicast copies
 
 
 class Frame(NamedTuple):

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 import craft
 from fakenet import FakeNet
 
+from mcastkit.events import Failed, Joined, Left, Message, RequestReceived
+from mcastkit.gate import ANSWER_BURST, ANSWER_RATE, MAX_TOMBSTONES
 from mcastkit.reliable import (
     GAP_COST,
     UNKNOWN_END,
@@ -23,17 +25,7 @@ from mcastkit.reliable import (
     Unrecoverable,
 )
 from mcastkit.security import GroupKey
-from mcastkit.session import (
-    ANSWER_BURST,
-    ANSWER_RATE,
-    MAX_TOMBSTONES,
-    Failed,
-    Joined,
-    Left,
-    Message,
-    RequestReceived,
-    Session,
-)
+from mcastkit.session import Session
 
 ATTACKER = ("10.0.0.66", 4444)
 

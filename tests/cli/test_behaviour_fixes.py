@@ -15,7 +15,7 @@ from conftest import ISOLATED
 from mcastkit.addr import format_endpoint
 from mcastkit.diag.bench import BenchStats, make_payload
 from mcastkit.diag.ping import verdict
-from mcastkit.session import PeerInfo
+from mcastkit.peers import PeerInfo
 from mcastkit.transfer.protocol import FileInfo
 from mcastkit.transfer.storage import FileSink
 

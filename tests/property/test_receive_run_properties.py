@@ -17,8 +17,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mcastkit.events import Message
 from mcastkit.security import GroupKey, KeyRing
-from mcastkit.session import Message, Session
+from mcastkit.session import Session
 from mcastkit.wire import FrameType
 
 KEY = GroupKey(bytes(range(32)))

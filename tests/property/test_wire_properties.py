@@ -7,8 +7,9 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mcastkit.events import Message
 from mcastkit.security import GroupKey, KeyRing
-from mcastkit.session import Message, Session
+from mcastkit.session import Session
 from mcastkit.wire import Flag, Frame, FrameType, decode_frame_untrusted, encode_frame
 
 GOLDEN = [

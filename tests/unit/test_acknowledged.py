@@ -6,7 +6,8 @@ import random
 
 from fakenet import FakeNet
 
-from mcastkit.session import Message, Session
+from mcastkit.events import Message
+from mcastkit.session import Session
 from mcastkit.wire import FrameType
 
 STEP = 0.001

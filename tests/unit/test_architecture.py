@@ -18,6 +18,7 @@ RUNTIMES = {
     "transfer.partial",
     "diag.runner",
     "node_paths",
+    "relaying",
     "subscription",
 }
 CORES = {
@@ -27,6 +28,8 @@ CORES = {
     "gate",
     "framing",
     "gather",
+    "reach",
+    "relay",
     "ifwatch",
     "transfer.states",
     "transfer.engine",

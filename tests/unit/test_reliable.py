@@ -7,6 +7,7 @@ import random
 import pytest
 from fakenet import FakeNet
 
+from mcastkit.events import Message
 from mcastkit.reliable import (
     RDATA_HEAD,
     UNKNOWN_END,
@@ -19,7 +20,7 @@ from mcastkit.reliable import (
     encode_nack,
     ranges_of,
 )
-from mcastkit.session import Message, Session
+from mcastkit.session import Session
 from mcastkit.wire import HEADER, FrameType
 
 STEP = 0.001

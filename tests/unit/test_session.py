@@ -5,18 +5,10 @@ from __future__ import annotations
 import pytest
 from fakenet import FakeNet
 
+from mcastkit.events import Failed, Gathered, IdRenewed, Joined, Left, Message, RequestReceived
+from mcastkit.framing import MessageTooLarge
 from mcastkit.security import GroupKey
-from mcastkit.session import (
-    Failed,
-    Gathered,
-    IdRenewed,
-    Joined,
-    Left,
-    Message,
-    MessageTooLarge,
-    RequestReceived,
-    Session,
-)
+from mcastkit.session import Session
 from mcastkit.wire import Frame, FrameType, encode_frame
 
 

@@ -13,6 +13,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ..addr import parse_port, split_host_port
+from ..errors import AddressError
 from ..units import parse_rate, parse_size
 
 NON_NUMBERS = ("nan", "inf", "-inf", "ten", "")
@@ -177,3 +179,36 @@ def interfaces(*, several: bool = True) -> OptionType:
 
     bad = ("", ",", "eth0,", "all,eth0") if several else ("", "all", "eth0,eth1")
     return OptionType("interface", convert, bad)
+
+
+def peer() -> OptionType:
+    """A unicast peer, HOST, HOST:PORT or [V6ADDR]:PORT: the form and the port are checked
+    here; the name is resolved (DNS) when the node starts, for the group's address family."""
+
+    def convert(text: str) -> str:
+        host, port = split_host_port(text)
+        if not host or (text.strip().startswith("[") and "]" not in text):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give HOST, HOST:PORT or [IPV6]:PORT (a member's unicast address)"
+            )
+        if port:
+            try:
+                parse_port(port)
+            except AddressError as error:
+                raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+        return text.strip()
+
+    return OptionType("peer", convert, ("", ":5000", "host:0", "host:99999", "[::1", "h:x"))
+
+
+def add_peer_option(parser: argparse.ArgumentParser, dest: str, help_text: str) -> None:
+    """``--peer HOST[:PORT]``, repeatable, collected in ``dest``."""
+    parser.add_argument(
+        "--peer",
+        dest=dest,
+        action="append",
+        default=[],
+        type=peer(),
+        metavar="HOST[:PORT]",
+        help=help_text,
+    )

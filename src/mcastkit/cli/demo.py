@@ -7,6 +7,7 @@ import argparse
 from ..addr import parse_group
 from ..demo import DemoEvent, run_demo_async
 from . import argtypes, signals
+from .node_options import reach_arguments, reach_options
 from .output import add_key_options, emit_json, group_key, note, say
 
 DEFAULT_GROUP = "239.255.77.77:5077"
@@ -48,6 +49,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="stop once this many other nodes greeted and answered",
     )
     add_key_options(demo)
+    reach_options(demo)
     demo.add_argument("--json", action="store_true", help="NDJSON events, then a JSON summary")
     demo.set_defaults(handler=cmd_demo)
 
@@ -91,6 +93,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             on_event=show,
             expect_peers=args.expect,
             key=key,
+            **reach_arguments(args),
         )
     )
     if args.json:

@@ -140,7 +140,7 @@ async def _run_chat(args: argparse.Namespace) -> int:
                     break
                 if line == "/peers":
                     for peer in node.peers.values():
-                        say(f"  {peer.name} [{peer.node_id:016x}] loss {peer.loss:.1%}")
+                        say(f"  {peer.name} [{peer.node_id:016x}] {peer.path} loss {peer.loss:.1%}")
                     continue
                 if line:
                     # A line longer than one datagram goes on the reliable stream (any size).
@@ -175,7 +175,7 @@ async def _run_peers(args: argparse.Namespace) -> int:
                 for peer in peers:
                     say(
                         f"{peer.name:<20} {peer.node_id:016x}  {_address(peer):<22} "
-                        f"loss {peer.loss:5.1%}  host {peer.meta.get('host', '?')}"
+                        f"{peer.path:<9} loss {peer.loss:5.1%}  host {peer.meta.get('host', '?')}"
                     )
                 note(f"{len(peers)} peer(s) besides this node")
             if not peers:
@@ -205,7 +205,8 @@ def _peer_table(node: Node) -> Any:
     table = Table(
         title=f"{node.spec} via {_where(node)}: {len(node.peers)} peer(s)", title_justify="left"
     )
-    for column in ("name", "id", "address", "host", "last seen", "received", "loss", "rtt"):
+    columns = ("name", "id", "address", "path", "host", "last seen", "received", "loss", "rtt")
+    for column in columns:
         table.add_column(column, justify="right" if column in ("received", "loss") else "left")
     loop_now = asyncio.get_running_loop().time()
     for peer in sorted(node.peers.values(), key=lambda p: p.name):
@@ -215,6 +216,7 @@ def _peer_table(node: Node) -> Any:
             peer.name,
             f"{peer.node_id:016x}",
             where,
+            peer.path,
             str(peer.meta.get("host", "?")),
             f"{loop_now - peer.last_seen:.1f}s ago",
             str(peer.received),

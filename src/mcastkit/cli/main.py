@@ -32,6 +32,7 @@ COMMAND_MODULES = {
     "subscribe": "pubsub",
     "request": "rpc",
     "serve": "rpc",
+    "relay": "relay",
     "addr": "info",
     "ifaces": "info",
     "send": "traffic",

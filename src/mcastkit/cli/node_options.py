@@ -4,6 +4,7 @@ streams), and the Node they describe."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..aio import DEFAULT_GROUP, Node
 from ..reliable import ReliableConfig
@@ -36,6 +37,7 @@ def node_options(parser: argparse.ArgumentParser) -> None:
         type=argtypes.seconds(),
         help="seconds of silence before a peer is failed (default 3 heartbeats)",
     )
+    reach_options(parser)
     parser.add_argument(
         "--max-skew",
         type=argtypes.seconds(),
@@ -43,6 +45,34 @@ def node_options(parser: argparse.ArgumentParser) -> None:
         help="sealed groups: refuse frames stamped further than this from our clock "
         "(default 30 s; the hosts' clocks must agree this well)",
     )
+
+
+def reach_options(parser: argparse.ArgumentParser) -> None:
+    """Members beyond multicast: unicast seeds, multicast off, the port seeds name."""
+    argtypes.add_peer_option(
+        parser,
+        "seeds",
+        "a member to say hello to by unicast, where multicast is not carried (cloud, "
+        "overlay, VPN); repeatable; PORT defaults to the group's. Members found through it "
+        "tell us the rest, and members we do not hear by multicast get unicast copies",
+    )
+    parser.add_argument(
+        "--no-multicast",
+        dest="multicast",
+        action="store_false",
+        help="send and receive by unicast only (no join, nothing sent to the group); needs --peer",
+    )
+    parser.add_argument(
+        "--unicast-port",
+        type=argtypes.integer(0, 65535, "port"),
+        help="port to hear unicast on, which --peer names (default: the group's; taken by "
+        "another node of this host: any; 0: any)",
+    )
+
+
+def reach_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The Node's keyword arguments for the options of ``reach_options``."""
+    return {"peers": args.seeds, "multicast": args.multicast, "unicast_port": args.unicast_port}
 
 
 def reliable_options(parser: argparse.ArgumentParser) -> None:
@@ -114,4 +144,5 @@ def make_node(args: argparse.Namespace) -> Node:
         failure_timeout=args.failure_timeout,
         reliable=reliable_config(args),
         max_skew=args.max_skew,
+        **reach_arguments(args),
     )

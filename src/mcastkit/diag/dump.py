@@ -11,7 +11,9 @@ import struct
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, BinaryIO
 
+from ..addr import format_endpoint
 from ..magics import DatagramKind, kind_of
+from ..relay import decode_relay
 from ..security import KeyRing
 from ..transfer.protocol import TransferKind
 from ..transfer.protocol import decode_untrusted as decode_transfer
@@ -25,6 +27,9 @@ _FLAG_NAMES = {
     Flag.UNICAST: "unicast",
     Flag.HELLO_ANSWER: "hello-answer",
     Flag.HELLO_WANTED: "hello-wanted",
+    Flag.REPAIR: "repair",
+    Flag.ACK_WANTED: "ack-wanted",
+    Flag.WANT_COPIES: "want-copies",
 }
 
 
@@ -73,6 +78,19 @@ def describe_untrusted(data: bytes, keyring: KeyRing | None = None) -> dict[str,
             "type": TransferKind(message.kind).name.lower(),
             "session": f"{message.session:016x}",
             "size": len(message.body),
+        }
+    if kind is DatagramKind.RELAY:
+        relayed = decode_relay(bytes(data))
+        if relayed is None:
+            return {"kind": kind.value, "error": "malformed"}
+        what, hop, relay_id, endpoints, inner = relayed
+        return {
+            "kind": kind.value,
+            "type": what.name.lower(),
+            "relay": f"{relay_id:016x}",
+            "hop": hop,
+            "endpoints": [format_endpoint(*e) for e in endpoints],
+            "size": len(inner),
         }
     return {"kind": DatagramKind.OTHER.value}
 

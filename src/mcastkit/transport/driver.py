@@ -36,6 +36,10 @@ class Driver:
         """Call ``callback`` whenever ``sock`` has something to read."""
         self._selector.register(sock, selectors.EVENT_READ, callback)
 
+    def forget(self, sock: socket.socket) -> None:
+        """Stop watching ``sock`` (before it is closed)."""
+        self._selector.unregister(sock)
+
     def read_runs(self, receiver: BatchReceiver, handle: RunHandler, limit: int = 256) -> None:
         """Drain ``receiver`` in batches (GRO runs, ``recvmmsg``) into ``handle``."""
         self.on_readable(receiver.sock, lambda: receiver.receive_runs(handle, limit))

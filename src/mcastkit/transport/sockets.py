@@ -293,7 +293,7 @@ def _spec_and_interfaces(
     return spec, interfaces, fallback
 
 
-def _new_socket(family: int) -> socket.socket:
+def new_socket(family: int) -> socket.socket:
     af = socket.AF_INET if family == 4 else socket.AF_INET6
     sock = socket.socket(af, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
     if family == 6:
@@ -432,7 +432,7 @@ def open_receiver(
     excluded = _source_list(exclude, family, "excluded source")
     if source_list and excluded:
         raise AddressError("give either sources (include mode) or exclude, not both")
-    sock = _new_socket(family)
+    sock = new_socket(family)
     try:
         result = GroupSocket(
             sock, spec, interface, source_list, excluded, fallback=fallback, interfaces=interfaces
@@ -532,7 +532,7 @@ def open_sender(
     """
     spec, interface, fallback = _spec_and_interface(group, iface, broadcast)
     family = spec.family
-    sock = _new_socket(family)
+    sock = new_socket(family)
     try:
         if sndbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)

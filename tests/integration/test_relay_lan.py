@@ -1,0 +1,136 @@
+"""`mcast relay` between sites: LANs joined by a router that routes unicast and no multicast."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from netlab import PYTHON, Host, Lab, wait_for_line
+
+GROUP = "239.255.61.1:5610"
+
+
+def _relay(host: Host, *others: Host, extra: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    peers = [arg for other in others for arg in ("--peer", other.ipv4)]
+    proc = host.start_mcast("relay", GROUP, *peers, "--duration", "90", "--json", *extra)
+    wait_for_line(proc.stderr, "relaying")
+    return proc
+
+
+def _summary(proc: subprocess.Popen[str]) -> dict:
+    proc.terminate()
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 143, err  # SIGTERM: the summary, then 128 + 15
+    return json.loads(out.splitlines()[-1])["summary"]
+
+
+def _listen(host: Host, count: int = 10_000, timeout: float = 6) -> subprocess.Popen[str]:
+    proc = host.start_mcast("listen", GROUP, "--count", str(count), "--timeout", str(timeout),
+                            "--quiet", "--json")  # fmt: skip
+    wait_for_line(proc.stderr, "listening")
+    return proc
+
+
+def _heard(proc: subprocess.Popen[str]) -> int:
+    out, _err = proc.communicate(timeout=30)
+    return int(json.loads(out.splitlines()[-1])["summary"]["datagrams"])
+
+
+def test_members_on_two_sites_request_publish_and_repair_through_relays(
+    lab: Lab, tmp_path: Path
+) -> None:
+    (a_relay, a_member), (b_relay, b_member) = lab.sites(2, per_site=2)
+    relays = [_relay(a_relay, b_relay), _relay(b_relay, a_relay)]
+    server = a_member.start_mcast("serve", "who", "--reply", "site-a", "--name", "a",
+                                  "--group", GROUP, "--timeout", "60")  # fmt: skip
+    wait_for_line(server.stderr, "serving")
+    try:
+        asked = b_member.mcast("request", "who", "--json", "--wait", "3", "--group", GROUP)
+        assert asked.returncode == 0, asked.stderr
+        assert [r["payload"] for r in json.loads(asked.stdout)["replies"]] == ["site-a"]
+        sub = a_member.start_mcast("subscribe", "t", "--count", "101", "--timeout", "30",
+                                   "--json", "--group", GROUP)  # fmt: skip
+        wait_for_line(sub.stderr, "subscribed")
+        lines = "".join(f"m{i}\n" for i in range(100))
+        done = b_member.mcast_fed(lines, "publish", "t", "-", "--wait", "5", "--peers", "2",
+                                  "--group", GROUP)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        payload = tmp_path / "big.bin"
+        payload.write_bytes(os.urandom(4 << 20))
+        big = b_member.mcast("publish", "t", "--reliable", "--file", str(payload), "--wait",
+                             "5", "--peers", "2", "--group", GROUP, "--json",
+                             timeout=60)  # fmt: skip
+        assert big.returncode == 0, big.stderr
+        out, err = sub.communicate(timeout=40)
+        assert sub.returncode == 0, err
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert [r["text"] for r in lines[:100]] == [f"m{i}" for i in range(100)]
+        assert lines[100]["size"] == json.loads(big.stdout)["bytes"]
+    finally:
+        server.terminate()
+        server.communicate(timeout=20)
+    a_stats, b_stats = (_summary(p) for p in relays)
+    # Replies and acknowledgements of site A's member went back through both relays.
+    assert a_stats["counters"].get("unicast-out", 0) > 0, a_stats
+    assert b_stats["counters"].get("unicast-in", 0) > 0, b_stats
+    for stats in (a_stats, b_stats):
+        assert not any(k.startswith("dropped:") for k in stats["counters"]), stats
+
+
+def test_a_triangle_of_relays_delivers_each_datagram_once_per_site(lab: Lab) -> None:
+    sites = lab.sites(3, per_site=2)
+    relays = [sites[i][0] for i in range(3)]
+    # Each relay names only one other: they tell each other the rest (a full mesh).
+    procs = [_relay(relays[i], relays[(i + 1) % 3]) for i in range(3)]
+    time.sleep(2.5)
+    listeners = [_listen(site[1]) for site in sites[1:]]
+    local = _listen(relays[0])  # the sending site too: no echo comes back to it
+    sent = sites[0][1].mcast("send", GROUP, "x", "--count", "300", "--interval", "0.002")
+    assert sent.returncode == 0, sent.stderr
+    heard = [_heard(p) for p in listeners]
+    stats = [_summary(p) for p in procs]
+    assert heard == [300, 300], stats
+    assert _heard(local) == 300
+    assert stats[0]["counters"]["forwarded"] == 600  # 300 to each of the two others
+    assert [s["counters"].get("emitted", 0) for s in stats] == [0, 300, 300]
+    assert all(len(s["relays"]) == 2 for s in stats)
+
+
+def test_a_sealed_relay_link_refuses_a_relay_without_the_key(lab: Lab) -> None:
+    (a,), (b,), (c,) = lab.sites(3)
+    key = ("--passphrase", "relay secret")
+    good = [_relay(a, b, extra=key), _relay(b, a, extra=key)]
+    intruder = _relay(c, a, extra=("--passphrase", "wrong"))
+    time.sleep(3)
+    stats = [_summary(p) for p in good]
+    assert all(len(s["relays"]) == 1 for s in stats), stats
+    assert (
+        stats[0]["counters"].get("dropped:forged", 0)
+        + stats[0]["counters"].get("dropped:unknown-key", 0)
+        > 0
+    )
+    _summary(intruder)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--peer", "host:0"), "port"),
+        (("--rate", "10kpps"), "bits/s"),
+        (("--port", "0"), "port"),
+        (("--iface", "eth0,eth1"), "one interface"),
+    ],
+)
+def test_relay_bad_input_exits_2_with_one_line(args: tuple[str, ...], needle: str) -> None:
+    done = subprocess.run(
+        [PYTHON, "-m", "mcastkit", "relay", GROUP, *args, "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert needle in done.stderr and "Traceback" not in done.stderr
