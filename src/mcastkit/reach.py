@@ -46,7 +46,7 @@ class SendHello(Protocol):
     def __call__(self, now: float, *, flags: int, to: Address | None) -> None: ...
 
 
-__all__ = ["GOSSIP_ENTRIES", "Reach", "decode_peers", "encode_peers"]
+__all__ = ["GOSSIP_ENTRIES", "CopyTargets", "Reach", "decode_peers", "encode_peers"]
 
 # PEERS payload: entry count (2), then per entry: node id (8), family (1: 4 or 6), port (2),
 # address (4 or 16). 48 IPv6 entries fit one 1,472-byte datagram with room for the header.
@@ -241,3 +241,31 @@ class Reach:
         for peer in peers:
             if peer.hello_seen and peer.address is not None:
                 yield peer.node_id, peer.address
+
+
+class CopyTargets:
+    """Where a sender that is not a group member (``send-file``) sends unicast copies of
+    what it sends the group: receivers it was given, and those that asked (until their asks
+    stop for ``hold`` seconds; at most ``MAX_ASKERS`` of them)."""
+
+    MAX_ASKERS = 256
+
+    def __init__(self, named: Iterable[Address] = (), hold: float = 5.0) -> None:
+        self.named = list(dict.fromkeys(named))
+        self.hold = hold
+        self._asked: dict[Address, float] = {}
+
+    def want(self, source: Address, now: float) -> bool:
+        """``source`` asked for copies; False when the table is full of live askers."""
+        if source not in self._asked and len(self._asked) >= self.MAX_ASKERS:
+            self.current(now)  # make room from the expired first
+            if len(self._asked) >= self.MAX_ASKERS:
+                return False
+        self._asked[source] = now + self.hold
+        return True
+
+    def current(self, now: float) -> list[Address]:
+        """Every target now (expired askers forgotten)."""
+        for address in [a for a, until in self._asked.items() if until <= now]:
+            del self._asked[address]
+        return self.named + [a for a in self._asked if a not in self.named]

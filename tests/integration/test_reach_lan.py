@@ -156,3 +156,35 @@ def test_a_mixed_group_sends_multicast_to_the_lan_and_copies_to_the_remote_membe
     assert to_group >= 200  # the LAN pair: by multicast
     assert to_h3 >= 200  # the remote one: a unicast copy of each
     assert to_h2 < 20, to_h2  # no copies for h2: hellos and acknowledgements only
+
+
+def test_send_file_reaches_receivers_beyond_multicast_named_or_asking(
+    lab: Lab, tmp_path: Path
+) -> None:
+    sender, named, asking = lab.lan(3)
+    lab.block_multicast()
+    for host in (named, asking):
+        nft_drop(host, "meta l4proto udp numgen random mod 100 < 5 drop")
+    data = os.urandom(8 << 20)
+    source = tmp_path / "payload.bin"
+    source.write_bytes(data)
+    receivers = []
+    for host, extra in ((named, ()), (asking, ("--peer", sender.ipv4))):
+        target = tmp_path / host.name
+        proc = host.start_mcast("recv-file", "--dir", str(target), "--parents", "--name",
+                                host.name, "--json", "--wait", "30", "--group", GROUP,
+                                *extra)  # fmt: skip
+        wait_for_line(proc.stderr, "waiting for a transfer")
+        receivers.append((proc, target))
+    done = sender.mcast("send-file", str(source), "--json", "--group", GROUP, "--receivers",
+                        "2", "--wait", "5", "--peer", named.ipv4, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert sorted(r["name"] for r in summary["receivers"]) == sorted([named.name, asking.name])
+    for proc, target in receivers:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (out, err)
+        assert hashlib.sha256((target / "payload.bin").read_bytes()).digest() == (
+            hashlib.sha256(data).digest()
+        )
+    assert lab.multicast_dropped() > 0

@@ -6,9 +6,10 @@ import argparse
 import sys
 from typing import Any
 
-from ..addr import parse_address, parse_group, parse_port, split_host_port
+from ..addr import parse_group
 from ..diag.ping import PingSession, verdict
 from ..diag.runner import run_ping
+from ..transport.unicast import resolve_peers
 from . import argtypes
 from .output import emit_json, note
 from .signals import CtrlC
@@ -46,8 +47,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--peer",
         action="append",
         default=[],
-        metavar="ADDR[:PORT]",
-        help="also probe this host by unicast (found even if multicast fails)",
+        type=argtypes.peer(),
+        metavar="HOST[:PORT]",
+        help="also probe this host by unicast (found even if multicast fails: a cloud, a VPN); "
+        "a name is resolved by DNS",
     )
     ping.add_argument(
         "--unicast-port",
@@ -73,12 +76,6 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="a JSON snapshot line every 0.5 s while running, then the summary",
     )
     ping.set_defaults(handler=cmd_ping)
-
-
-def _pin(text: str, default_port: int) -> tuple[str, int]:
-    host, port_text = split_host_port(text)
-    port = parse_port(port_text) if port_text else default_port
-    return str(parse_address(host)), port
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -150,7 +147,7 @@ def ping_table(summary: dict[str, Any]) -> Any:
 def cmd_ping(args: argparse.Namespace) -> int:
     """Ping until --count, --duration or Ctrl-C; then summarise."""
     spec = parse_group(args.group)
-    pinned = [_pin(text, spec.port) for text in args.peer]
+    pinned = list(resolve_peers(args.peer, spec.family, spec.port))
     interrupted = CtrlC().install()
     live = None
     on_update = None

@@ -16,6 +16,7 @@ from ..events import (
 )
 from ..transfer import receive_files, send_files
 from ..transfer.engine import DEFAULT_MAX_SIZE, ReceiveSession, SendSession
+from ..transport.unicast import resolve_peers
 from ..units import parse_rate
 from . import argtypes
 from .output import ProgressBar, UsageError, add_key_options, emit_json, group_key, note, say
@@ -93,6 +94,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="sign every announce with this Ed25519 key (`mcast keygen --sign FILE`), for "
         "receivers that --trust its public key",
     )
+    argtypes.add_peer_option(
+        send,
+        "peers",
+        "a receiver multicast does not reach (cloud, VPN): sent a unicast copy of every "
+        "datagram; repeatable; PORT defaults to the group's (receivers can also ask, with "
+        "recv-file --peer)",
+    )
     send.add_argument("--json", action="store_true", help="a JSON summary")
     send.set_defaults(handler=cmd_send_file)
 
@@ -169,6 +177,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="sealed or trusted transfers: refuse an announce stamped further than this from "
         "our clock (default 30 s; a replay, or clocks that disagree)",
     )
+    argtypes.add_peer_option(
+        recv,
+        "peers",
+        "a sender whose multicast may not reach this host: asked every second for unicast "
+        "copies; repeatable; PORT defaults to the group's",
+    )
     recv.add_argument("--json", action="store_true", help="a JSON summary")
     recv.set_defaults(handler=cmd_recv_file)
 
@@ -235,6 +249,7 @@ def cmd_send_file(args: argparse.Namespace) -> int:
             key=key,
             sign_key=sign_key,
             sync=args.sync,
+            peers=resolve_peers(args.peers, spec.family, spec.port),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -327,6 +342,7 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
             sync=args.sync,
             preserve=args.preserve,
+            peers=resolve_peers(args.peers, spec.family, spec.port),
         )
     finally:
         interrupted.restore()

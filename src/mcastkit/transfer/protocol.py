@@ -59,6 +59,7 @@ class TransferKind(IntEnum):
     PROGRESS_REQ = 10  # rate feedback during a pass
     PROGRESS = 11
     MISSING_MAP = 12  # like STATUS, as a bitmap: for dense loss, where ranges would not fit
+    WANT_COPIES = 13  # a receiver multicast does not reach asks the sender for unicast copies
 
 
 ANNOUNCE, REGISTER, REG_ACK, DATA, STATUS_REQ, STATUS, COMPLETE, DONE_ACK, ABORT = (
@@ -167,7 +168,7 @@ def decode_untrusted(data: bytes) -> Message | None:
     if len(data) < HEAD.size or data[:4] != MAGIC:
         return None
     _magic, kind, session = HEAD.unpack_from(data)
-    if not ANNOUNCE <= kind <= MISSING_MAP:
+    if not ANNOUNCE <= kind <= TransferKind.WANT_COPIES:
         return None
     return Message(kind, session, data[HEAD.size :])
 

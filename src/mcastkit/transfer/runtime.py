@@ -15,13 +15,24 @@ from typing import TYPE_CHECKING, Any
 from ..addr import GroupSpec
 from ..events import ReceiveState, SendPhase, TransferEvent
 from ..pacing import TokenBucket
+from ..reach import CopyTargets
 from ..transport import Packet, open_receiver, open_sender
 from ..transport.batch import BatchReceiver, BatchSender
 from ..transport.driver import STOP, Driver
 from ..transport.interfaces import router_hint
+from ..transport.unicast import bind_unicast
 from ..units import Rate
 from .engine import DEFAULT_MAX_SIZE, Address, ReceiveSession, SendSession
-from .protocol import BLOCK_SIZE, EMPTY_SHA256, HEAD, PENDING_DIGEST, FileInfo, check_tree
+from .protocol import (
+    BLOCK_SIZE,
+    EMPTY_SHA256,
+    HEAD,
+    MAGIC,
+    PENDING_DIGEST,
+    FileInfo,
+    TransferKind,
+    check_tree,
+)
 from .rate import AdaptiveRate
 from .sealing import Guard
 from .storage import DirectoryStorage, sha256_of
@@ -169,10 +180,14 @@ def _guard(key: GroupKey | None) -> Guard:
 
 
 def _transmitter(
-    batch: BatchSender, default: tuple[str, int] | tuple[str, int, int, int], guard: Guard
+    batch: BatchSender,
+    default: tuple[str, int] | tuple[str, int, int, int],
+    guard: Guard,
+    copies: Callable[[], list[Address]] = list,
 ) -> Callable[[list[tuple[bytes, Address | None]]], None]:
     """Send an engine's output, sealed when keyed: each run to one destination as one
-    batch (GSO)."""
+    batch (GSO); what goes to the group goes again to each of ``copies()`` (receivers
+    multicast does not reach)."""
     seal = guard.seal
 
     def transmit(out: list[tuple[bytes, Address | None]]) -> None:
@@ -182,10 +197,17 @@ def _transmitter(
             end = start + 1
             while end < len(out) and out[end][1] == destination:
                 end += 1
-            batch.send([seal(data) for data, _ in out[start:end]], destination or default)
+            run = [seal(data) for data, _ in out[start:end]]
+            batch.send(run, destination or default)
+            for target in copies() if destination is None else ():
+                batch.send(run, target)
             start = end
 
     return transmit
+
+
+WANT_COPIES_KIND = bytes([TransferKind.WANT_COPIES])
+WANT_COPIES_DATAGRAM = HEAD.pack(MAGIC, TransferKind.WANT_COPIES, 0)
 
 
 def _report(events: list[TransferEvent], on_event: Callable[[TransferEvent], None] | None) -> None:
@@ -213,8 +235,13 @@ def send_files(
     key: GroupKey | None = None,
     sign_key: Ed25519PrivateKey | None = None,
     sync: bool = False,
+    peers: tuple[Address, ...] = (),
 ) -> dict[str, Any]:
     """Distribute ``paths`` to the receivers on the group; return the outcome.
+
+    ``peers``: receivers multicast does not reach, sent a unicast copy of every datagram
+    (at the port they listen on, the group's by default); receivers may also ask for copies
+    themselves (``receive_files(peers=...)``).
 
     ``adaptive`` starts at 2 Gbit/s and follows the receivers' buffers and kernel drop
     counters (see rate.py); otherwise ``rate`` is fixed (None: as fast as possible). ``gso``
@@ -237,7 +264,10 @@ def send_files(
     source = _FileSource(sources)
     sender = open_sender(spec, iface=iface, ttl=ttl, sndbuf=4 << 20)
     sender.sock.setblocking(False)
+    # At the group's port, where it is free: receivers beyond multicast name it to ask.
+    bind_unicast(sender.sock, spec.family, sender.interface, spec.port)
     now = time.monotonic()
+    copies = CopyTargets(peers)
     session = SendSession(
         int.from_bytes(os.urandom(8), "big") or 1,
         files,
@@ -271,20 +301,27 @@ def send_files(
     batch = BatchSender(sender.sock, gso=gso)
     replies = BatchReceiver(sender.sock, gro=False, multi=False)
     group = sender.destination
-    transmit = _transmitter(batch, group, guard)
+    targets = copies.current(now)
+    transmit = _transmitter(batch, group, guard, lambda: targets)
 
     def handle(packet: Packet) -> None:
+        nonlocal targets
         opened = guard.open(packet.data, packet.source)
         if opened is not None:
             source = (packet.source, packet.source_port)
+            if bytes(opened[4:5]) == WANT_COPIES_KIND and copies.want(source, time.monotonic()):
+                targets = copies.current(time.monotonic())
+                return
             transmit(session.receive(bytes(opened), source, time.monotonic()))
 
     unreadable: OSError | None = None
 
     def turn(now: float) -> float | None:
         nonlocal hasher, unreadable, pps, least, next_sample, sent_at_sample, last_progress
+        nonlocal targets
         if session.phase == SendPhase.DONE:
             return STOP
+        targets = copies.current(now)
         if hasher is not None and not hasher.is_alive():
             if hasher.digests is not None:
                 session.set_digests(hasher.digests)
@@ -309,10 +346,11 @@ def send_files(
             budget = bucket.take(least, BURST)
             if budget:
                 parts = session.next_block_parts(budget)
-                if guard.ring is None:
-                    batch.send_parts(parts, group)
-                else:
-                    batch.send(guard.seal_parts(parts), group)
+                for destination in (group, *targets):
+                    if guard.ring is None:
+                        batch.send_parts(parts, destination)
+                    else:
+                        batch.send(guard.seal_parts(parts), destination)
                 wait = 0.0
             else:
                 wait = bucket.wait(least)
@@ -378,8 +416,13 @@ def receive_files(
     resume: bool = True,
     sync: bool = False,
     preserve: bool = False,
+    peers: tuple[Address, ...] = (),
 ) -> dict[str, Any]:
     """Receive one transfer into ``directory``; ``wait`` bounds the wait for an announce.
+
+    ``peers``: senders whose multicast may not reach this host, asked every second for
+    unicast copies (sent to the group's port here, where this receiver listens when no
+    other program does).
 
     A transfer announcing more than ``max_size`` bytes, or more than the directory's free
     space, is refused before anything is written. ``gro`` takes coalesced runs of datagrams
@@ -411,6 +454,8 @@ def receive_files(
         group_socket.close()
         raise
     unicast.sock.setblocking(False)
+    bind_unicast(unicast.sock, spec.family, group_socket.interface, spec.port)
+    next_ask = 0.0
     now = time.monotonic()
     session = ReceiveSession(
         int.from_bytes(os.urandom(8), "big") or 1,
@@ -447,9 +492,12 @@ def receive_files(
         transmit(session.receive_many(buffer, spans, source, time.monotonic()))
 
     def turn(now: float) -> float | None:
-        nonlocal finished_at, last_progress
+        nonlocal finished_at, last_progress, next_ask
         if session.finished or (stop is not None and stop()):
             return STOP
+        if peers and now >= next_ask and session.state != ReceiveState.COMPLETE:
+            next_ask = now + 1.0  # until done: a sender's copies stop 5 s after the last ask
+            transmit([(WANT_COPIES_DATAGRAM, peer) for peer in peers])
         if session.state == ReceiveState.WAITING and wait is not None and now - started > wait:
             session.reason = f"no transfer announced on {spec} within {wait}s"
             why = _why_nothing(guard, session) or router_hint(
