@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
-from .addr import GroupSpec, parse_group
+from .addr import GroupSpec, format_endpoint, parse_group
 from .events import (
     Event,
     Failed,
@@ -36,6 +36,7 @@ from .gather import GatherResult, Request, Want
 from .ifwatch import InterfaceTracker
 from .node_paths import FollowsInterfaces, Path, Paths, open_ways
 from .peers import PeerInfo, topic_matches
+from .reach import ADDRESSES_KEY
 from .reliable import ReliableConfig
 from .security import OPEN_GROUP_WARNING, GroupKey, KeyRing, key_from_passphrase
 from .session import Session
@@ -174,9 +175,11 @@ class Node(FollowsInterfaces):
             port=self._unicast_port,
         )
         self._group_socket, self._paths = group_socket, paths
-        own = {path.socket.sock.getsockname()[:2] for path in paths}
+        own = [path.address() for path in paths]
         # The same --peer list serves every member: a seed that is this node is left out.
         self._session_args["seeds"] = tuple(s for s in self._seeds if s not in own)
+        # Where we hear unicast: a peer that hears us from elsewhere knows a relay is between.
+        self._session_args["meta"][ADDRESSES_KEY] = [format_endpoint(*a) for a in own]
         random_id = int.from_bytes(os.urandom(8), "big") or 1  # 0 is reserved
         self.session = Session(
             node_id=random_id,

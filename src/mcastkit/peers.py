@@ -44,12 +44,14 @@ class PeerInfo:
     watched: bool = False
     asking: bool = False
     copies_until: float = 0.0
+    relayed: bool = False  # it speaks from an address its hello does not claim: a relay
 
     @property
     def path(self) -> str:
-        """How its group datagrams reach us: 'multicast', or 'unicast' (copies it sends us
-        because its multicast does not arrive)."""
-        return "unicast" if self.asking else "multicast"
+        """How its group datagrams reach us: 'multicast', 'unicast' (copies it sends us
+        because its multicast does not arrive), or 'relay' (through ``mcast relay``, or a
+        NAT: it speaks from an address it does not claim)."""
+        return "relay" if self.relayed else "unicast" if self.asking else "multicast"
 
     @property
     def name(self) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from .addr import format_endpoint
 from .peers import Address, PeerInfo
 from .wire import Flag, FrameType
 
@@ -53,6 +54,7 @@ __all__ = ["GOSSIP_ENTRIES", "CopyTargets", "Reach", "decode_peers", "encode_pee
 _COUNT = struct.Struct("!H")
 _ENTRY = struct.Struct("!QBH")
 GOSSIP_ENTRIES = 48
+ADDRESSES_KEY = "_ua"  # in a hello: where the sender hears unicast ("host:port", each path)
 SILENT_HEARTBEATS = 1.5  # a watched peer whose multicast was not heard for this long: ask
 MAX_CONTACTED = 4096
 GOSSIP_EVERY = 10  # heartbeats between two member lists sent to each unicast-reached peer
@@ -151,9 +153,13 @@ class Reach:
         peer.copies_until = now + self.failure_timeout
         return started
 
-    def watch(self, peer: PeerInfo) -> None:
-        """Judge ``peer``'s multicast from now on (met by unicast)."""
-        peer.watched = True
+    @staticmethod
+    def claims(peer: PeerInfo, meta: dict[str, object], source: Address) -> None:
+        """Take the addresses a hello's ``meta`` says its sender hears unicast on (the key is
+        removed): heard from none of them, the peer is behind a relay (or a NAT)."""
+        claimed = meta.pop(ADDRESSES_KEY, None)
+        if isinstance(claimed, list) and claimed:
+            peer.relayed = format_endpoint(*source) not in claimed
 
     def asks(self, peer: PeerInfo, now: float) -> bool:
         """True when we ask ``peer`` for copies: multicast off, or a watched peer whose

@@ -505,6 +505,7 @@ class Session(ReliableFrames, FastReceive):
         if not isinstance(meta, dict):
             self._drop("bad-hello")
             return
+        self.reach.claims(peer, meta, source)
         stream_next = meta.pop(STREAM_KEY, None)
         if type(stream_next) is int and stream_next > 0:
             peer.stream_start = stream_next
@@ -516,8 +517,7 @@ class Session(ReliableFrames, FastReceive):
             self._events.append(Joined(peer))
         elif changed:
             self._events.append(Updated(peer))
-        direct = not self._via_group and not frame.flags & Flag.HELLO_ANSWER
-        if direct:
+        if direct := not self._via_group and not frame.flags & Flag.HELLO_ANSWER:
             peer.watched = True  # it found us by unicast (a seed, gossip): maybe no multicast
         ask = Flag.WANT_COPIES if self.reach.asks(peer, now) else 0
         if not frame.flags & Flag.HELLO_ANSWER and self.gate.may_answer_unknown(now):

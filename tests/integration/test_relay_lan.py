@@ -52,6 +52,10 @@ def test_members_on_two_sites_request_publish_and_repair_through_relays(
         asked = b_member.mcast("request", "who", "--json", "--wait", "3", "--group", GROUP)
         assert asked.returncode == 0, asked.stderr
         assert [r["payload"] for r in json.loads(asked.stdout)["replies"]] == ["site-a"]
+        seen = b_member.mcast("peers", "--once", "--wait", "2", "--json", "--group", GROUP)
+        assert [(p["name"], p["path"]) for p in json.loads(seen.stdout)["peers"]] == [
+            ("a", "relay")
+        ], seen.stdout
         sub = a_member.start_mcast("subscribe", "t", "--count", "101", "--timeout", "30",
                                    "--json", "--group", GROUP)  # fmt: skip
         wait_for_line(sub.stderr, "subscribed")

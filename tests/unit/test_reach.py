@@ -164,3 +164,17 @@ def test_decode_peers_never_raises(data: bytes) -> None:
 def test_peers_payload_round_trips(entries: list[tuple[int, object, int]]) -> None:
     pairs = [(node_id, (str(address), port)) for node_id, address, port in entries]
     assert decode_peers(encode_peers(pairs)) == pairs
+
+
+def test_a_peer_heard_from_an_address_it_does_not_claim_is_behind_a_relay() -> None:
+    net = FakeNet()
+    direct = net.add("direct", meta={"_ua": ["10.0.0.1:5000"]})  # its FakeNet address
+    proxied = net.add("proxied", meta={"_ua": ["192.0.2.7:5000"]})  # elsewhere: relayed
+    plain = net.add("plain")  # claims nothing (an older member): never called relayed
+    watcher = net.add("watcher")
+    for member in (direct, proxied, plain, watcher):
+        member.start(net.now)
+    net.flush()
+    paths = {peer.name: peer.path for peer in watcher.peers.values()}
+    assert paths == {"direct": "multicast", "proxied": "relay", "plain": "multicast"}
+    assert all("_ua" not in peer.meta for peer in watcher.peers.values())

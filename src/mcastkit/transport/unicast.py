@@ -3,6 +3,7 @@ through DNS), sockets for unicast only, and the port a node listens on for unica
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -65,11 +66,9 @@ def open_unicast(group: GroupSpec, interface: Interface) -> GroupSocket:
 
 
 def bind_unicast(sock: socket.socket, family: int, interface: Interface, port: int) -> bool:
-    """Bind ``sock`` to ``interface``'s address and ``port`` (0: leave it to the kernel).
+    """Bind ``sock`` to ``interface``'s address and ``port`` (0: any port there).
     Exclusive (no SO_REUSEADDR while binding), so of several nodes on one host the first gets
-    the port and the others any free one. False when it did not get the port."""
-    if not port:
-        return False
+    the port and the others any free one. False when it did not get ``port``."""
     where: tuple[str, int] | tuple[str, int, int, int] | None = None
     if family == 4:
         if interface.ipv4_address is not None:
@@ -82,7 +81,10 @@ def bind_unicast(sock: socket.socket, family: int, interface: Interface, port: i
     try:
         sock.bind(where)
     except OSError:
-        return False  # another node of this host listens there: any port will do
+        # Another node of this host listens there: any port of that address will do.
+        with contextlib.suppress(OSError):
+            sock.bind((*where[:1], 0, *where[2:]))
+        return False
     # Set after the bind: a later group socket binding the wildcard on this port (with
     # SO_REUSEADDR, as every receiver here does) is not refused because of us, and unicast to
     # our address still comes to us (the more specific bind wins).
