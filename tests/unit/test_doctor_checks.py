@@ -376,3 +376,18 @@ def test_query_and_hello_parsers() -> None:
     for junk in (b"", b"\x45", bytes(19), bytes([0x4F]) + bytes(10)):
         assert parse_igmp(junk, "x") is None and parse_mld(junk, "x") is None
         assert parse_pim(junk, "x") is None
+
+
+def test_where_multicast_is_not_carried_the_doctor_names_peer_and_relay_commands() -> None:
+    views = {
+        "container": _view(container="kubernetes"),
+        "tunnel": _view(kinds={"wg0": "wireguard"}),
+        "overlay": _view(kinds={"flannel.1": "vxlan"}),
+        "cloud": _view(virtualization="Google Compute Engine"),
+    }
+    for name, view in views.items():
+        hints = " ".join(f.hint for f in _by_check(diagnose(view), "environment"))
+        assert "mcast chat --group 239.1.2.3:5000 --peer OTHER_HOST" in hints, name
+        assert "mcast relay 239.1.2.3:5000 --peer OTHER_SITE_RELAY" in hints, name
+    plain = " ".join(f.hint for f in _by_check(diagnose(_view()), "environment"))
+    assert "--peer" not in plain  # a plain LAN host is not told to give up on multicast

@@ -107,6 +107,8 @@ def test_multicast_dead_unicast_alive_fails_the_verdict() -> None:
     assert summary["peers"] and summary["peers"][0]["unicast"]["answered"] > 0
     code, reasons = verdict(summary, None)
     assert code == 1 and "no multicast arrives" in reasons[0]
+    host = summary["peers"][0]["address"].rsplit(":", 1)[0]
+    assert f"--peer {host}" in reasons[0] and "mcast relay" in reasons[0]  # the way out
 
 
 def test_max_loss_verdict_and_no_peers() -> None:

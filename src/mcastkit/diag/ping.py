@@ -397,7 +397,9 @@ def verdict(summary: dict[str, Any], max_loss: float | None) -> tuple[int, list[
         if mc["received"] == 0 and (uc["received"] > 0 or uc["answered"] > 0):
             reasons.append(
                 f"{name}: unicast works but no multicast arrives (TTL, IGMP snooping without a "
-                "querier, firewall, or routing; try `mcast doctor` on both hosts)"
+                "querier, firewall, or routing; try `mcast doctor` on both hosts). Where the "
+                f"network carries no multicast (a cloud, a VPN), give members --peer "
+                f"{peer['address'].rsplit(':', 1)[0]} or join sites with `mcast relay`"
             )
             continue
         if max_loss is not None:

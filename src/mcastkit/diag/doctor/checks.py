@@ -453,8 +453,20 @@ def _check_link(view: SystemView) -> list[Finding]:
     return found
 
 
+def beyond_multicast(group: object) -> str:
+    """The exact commands that work where multicast is not carried (docs: README's
+    "No multicast here?")."""
+    return (
+        f"members reach each other by unicast with --peer: `mcast chat --group {group} --peer "
+        f"OTHER_HOST` (any group command; one member's address is enough, the rest is learned); "
+        f"or join whole sites with a relay on one host of each: `mcast relay {group} --peer "
+        f"OTHER_SITE_RELAY`"
+    )
+
+
 def _check_environment(view: SystemView) -> list[Finding]:
     found = []
+    unicast_way = beyond_multicast(view.group)
     if view.container:
         found.append(
             Finding(
@@ -464,7 +476,7 @@ def _check_environment(view: SystemView) -> list[Finding]:
                 "a container's bridge network (Docker, Kubernetes CNI) does not carry "
                 "multicast to other hosts, and often not between containers",
                 hint="run with host networking (docker run --network host) or a macvlan "
-                "network on the LAN interface",
+                f"network on the LAN interface; where neither is possible, {unicast_way}",
             )
         )
     bridges = sorted(
@@ -483,7 +495,9 @@ def _check_environment(view: SystemView) -> list[Finding]:
             )
         )
     tunnels = sorted(
-        name for name, kind in view.kinds.items() if kind in ("wireguard", "tun", "ipip", "gre")
+        name
+        for name, kind in view.kinds.items()
+        if kind in ("wireguard", "tun", "ipip", "gre", "vxlan", "geneve")
     )
     if tunnels:
         found.append(
@@ -492,9 +506,10 @@ def _check_environment(view: SystemView) -> list[Finding]:
                 "environment",
                 f"tunnels here: {', '.join(f'{n} ({view.kinds[n]})' for n in tunnels)}",
                 "WireGuard and most VPN tunnels carry no multicast (WireGuard routes by "
-                "destination to one peer; no IGMP crosses it)",
-                hint="run a relay at each end (unicast between them), or a GRE/VXLAN tunnel "
-                "that carries multicast, with smcroute routing the group into it",
+                "destination to one peer; no IGMP crosses it), nor do the VXLAN overlays of "
+                "container networks (flannel, Swarm, most CNIs)",
+                hint=f"{unicast_way}; or a GRE/VXLAN tunnel that carries multicast, with "
+                "smcroute routing the group into it",
             )
         )
     if view.virtualization:
@@ -517,8 +532,8 @@ def _check_environment(view: SystemView) -> list[Finding]:
                 "environment",
                 f"running under virtualisation: {view.virtualization}",
                 why,
-                hint="where the network has no multicast, relay the group over unicast "
-                "(a relay on each subnet) or use an overlay (VXLAN) that carries it",
+                hint=f"where the network has no multicast, {unicast_way}; or an overlay "
+                "(VXLAN) that carries it",
             )
         )
     return found

@@ -80,6 +80,8 @@ def _sysctls(names: list[str]) -> dict[str, str]:
 
 
 def _container() -> str | None:
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return "kubernetes"
     if os.path.exists("/.dockerenv"):
         return "docker"
     if os.path.exists("/run/.containerenv"):
