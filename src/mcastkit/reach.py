@@ -145,7 +145,11 @@ class Reach:
 
     def wants_copies(self, peer: PeerInfo, source: Address, now: float) -> bool:
         """``peer`` asked for copies (it does not hear our multicast): copies to where it
-        speaks from, until it stops asking for a failure timeout. True when this starts them."""
+        speaks from, until it stops asking for a failure timeout. True when this starts them.
+        Only a member (its hello seen) is copied to: one forged frame from a stranger draws
+        nothing (in an open group a forged hello first still does: docs/security.md)."""
+        if not peer.hello_seen:
+            return False
         peer.watched = True  # it is beyond our multicast: likely we are beyond its too
         started = peer.copies_until <= now
         if started:

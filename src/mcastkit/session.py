@@ -384,12 +384,12 @@ class Session(ReliableFrames, FastReceive):
         if peer is None:
             return
         peer.windows.setdefault(unicast, window)
-        wants = frame.flags & Flag.WANT_COPIES and unicast
+        _HANDLERS[frame.type](self, frame, peer, source, now)
+        wants = frame.flags & Flag.WANT_COPIES and unicast and frame.sender in self.peers
         if wants and self.reach.wants_copies(peer, source, now):
             self._send(FrameType.HEARTBEAT, "", self._position(), now, to=source)  # heard you
         elif source in self.reach.contacted:
             peer.watched = True  # it answers a unicast hello of ours: judge its multicast
-        _HANDLERS[frame.type](self, frame, peer, source, now)
         if frame.timestamp_us > peer.last_stamp:  # after: a goodbye is judged by what came before
             peer.last_stamp = frame.timestamp_us
 

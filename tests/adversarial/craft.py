@@ -50,3 +50,6 @@ def nack(
 
 def hello(sender: int, seq: int, name: str = "intruder", *, flags: int = 0) -> bytes:
     return frame(HELLO, sender, seq, f'{{"name":"{name}"}}'.encode(), flags=flags)
+
+
+WANT_COPIES = 0x20  # docs/protocol.md: "your multicast does not reach me, send me copies"

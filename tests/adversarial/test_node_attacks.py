@@ -216,3 +216,38 @@ def test_prlimit_is_really_in_force() -> None:
         ["prlimit", f"--as={ADDRESS_SPACE}", sys.executable, "-c", code], capture_output=True
     )
     assert done.returncode != 0 and b"MemoryError" in done.stderr
+
+
+def _drain(sock: socket.socket, seconds: float) -> list[tuple[float, bytes]]:
+    """What reaches ``sock`` within ``seconds``, with arrival times."""
+    got: list[tuple[float, bytes]] = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            got.append((time.monotonic(), sock.recv(65535)))
+        except TimeoutError:
+            break
+    return got
+
+
+def test_a_strangers_ask_for_copies_draws_nothing_and_a_members_ask_stops() -> None:
+    victim = Victim("--seconds", "4")
+    unicast = ("127.0.0.1", victim.address[1])  # the first node on a host hears here
+    stranger = _attacker("127.0.0.2")
+    ask = craft.frame(craft.HEARTBEAT, 0xA5C, 1, flags=craft.UNICAST | craft.WANT_COPIES)
+    stranger.sendto(ask, unicast)
+    from_stranger = _drain(stranger, 1.2)  # 4 heartbeats of the victim's meanwhile
+    # At most the hello it asks of an unknown sender: no copy of its group traffic.
+    assert len(from_stranger) <= 1, from_stranger
+    member = _attacker("127.0.0.3")
+    member.sendto(craft.hello(0xA5D, 1, flags=craft.UNICAST), unicast)
+    member.sendto(craft.frame(craft.HEARTBEAT, 0xA5D, 2, flags=craft.UNICAST | craft.WANT_COPIES),
+                  unicast)  # fmt: skip
+    asked_at = time.monotonic()
+    got = _drain(member, 2.2)
+    result = victim.result()
+    copies = [at - asked_at for at, data in got if data[4] & craft.UNICAST == 0]
+    # Copies (its heartbeats, 0.3 s apart) for one failure timeout (0.9 s), then none.
+    assert copies and max(copies) < 0.9 + 0.35, copies
+    assert result["counters"].get("sent:heartbeat", 0) >= 10

@@ -60,3 +60,28 @@ def test_readme_reliable_example_runs() -> None:
 def test_readme_burst_example_runs() -> None:
     output = _run_example("async def burst(")
     assert "5000 of 5000" in output
+
+
+def test_readme_unicast_only_example_runs() -> None:
+    output = _run_example("multicast=False")
+    assert "over unicast [('late', 'unicast')]" in output
+
+
+def test_readme_no_multicast_shell_example_runs() -> None:
+    """The one-host try of "No multicast here?": the two commands as written."""
+    text = README.read_text()
+    block = next(b for b in re.findall(r"```sh\n(.*?)```", text, re.S) if "--no-multicast" in b)
+    lines = [line.split("#")[0].strip() for line in block.splitlines()]
+    subscribe = next(line for line in lines if line.startswith("mcast subscribe"))
+    publish = next(line for line in lines if line.startswith("mcast publish"))
+    mcast = [sys.executable, "-m", "mcastkit"]
+    receiver = subprocess.Popen(
+        mcast + subscribe.rstrip("&").split()[1:], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        sent = subprocess.run(mcast + publish.split()[1:], capture_output=True, timeout=30)
+        assert sent.returncode == 0, sent.stderr
+        out, _ = receiver.communicate(timeout=30)
+    finally:
+        receiver.kill()
+    assert receiver.returncode == 0 and "hello" in out
