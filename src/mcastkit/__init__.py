@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     )
     from .framing import MessageTooLarge
     from .peers import PeerInfo
+    from .relaying import RelayOptions, run_relay
     from .reliable import ReliableConfig, SlowReceiver, Unrecoverable
     from .security import (
         GroupKey,
@@ -58,30 +59,31 @@ _HOMES = {
     "AddressChanged": "events",
     "AddressError": "errors",
     "DEFAULT_GROUP": "aio",
-    "Failed": "session",
+    "Failed": "events",
     "GatherResult": "aio",
-    "Gathered": "session",
+    "Gathered": "events",
     "GroupInfo": "addr",
     "GroupKey": "security",
     "GroupSocket": "transport",
     "GroupSpec": "addr",
-    "IdRenewed": "session",
+    "IdRenewed": "events",
     "Interface": "transport",
     "InterfaceDown": "events",
     "InterfaceError": "errors",
     "InterfaceEvent": "events",
     "InterfaceUp": "events",
-    "Joined": "session",
-    "Left": "session",
-    "Message": "session",
-    "MessageTooLarge": "session",
+    "Joined": "events",
+    "Left": "events",
+    "Message": "events",
+    "MessageTooLarge": "framing",
     "MulticastError": "errors",
     "Node": "aio",
     "Packet": "transport",
-    "PeerInfo": "session",
+    "PeerInfo": "peers",
+    "RelayOptions": "relaying",
     "ReliableConfig": "reliable",
     "Request": "aio",
-    "RequestReceived": "session",
+    "RequestReceived": "events",
     "SecurityError": "security",
     "Session": "session",
     "SlowReceiver": "reliable",
@@ -89,7 +91,7 @@ _HOMES = {
     "Subscription": "aio",
     "SyncNode": "sync",
     "Unrecoverable": "reliable",
-    "Updated": "session",
+    "Updated": "events",
     "classify": "addr",
     "connect": "sync",
     "default_interface": "transport",
@@ -104,6 +106,7 @@ _HOMES = {
     "parse_group": "addr",
     "resolve_interface": "transport",
     "resolve_interfaces": "transport",
+    "run_relay": "relaying",
     "write_key_file": "security",
 }
 
@@ -132,6 +135,7 @@ __all__ = [
     "Node",
     "Packet",
     "PeerInfo",
+    "RelayOptions",
     "ReliableConfig",
     "Request",
     "RequestReceived",
@@ -158,6 +162,7 @@ __all__ = [
     "parse_group",
     "resolve_interface",
     "resolve_interfaces",
+    "run_relay",
     "write_key_file",
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from netlab import PYTHON, Host, Lab, wait_for_line
+from netlab import PYTHON, Host, Lab, nft_drop, wait_for_line
 
 GROUP = "239.255.61.1:5610"
 
@@ -138,3 +139,54 @@ def test_relay_bad_input_exits_2_with_one_line(args: tuple[str, ...], needle: st
     )
     assert done.returncode == 2
     assert needle in done.stderr and "Traceback" not in done.stderr
+
+
+def test_demo_send_file_and_32_mib_under_loss_cross_relays(lab: Lab, tmp_path: Path) -> None:
+    (a_relay, a1, _), (b_relay, b1, b2) = lab.sites(2, per_site=3)
+    relays = [_relay(a_relay, b_relay), _relay(b_relay, a_relay)]
+    for host in (b1, b2):  # 5 % of every datagram the remote site's receivers get
+        nft_drop(host, "meta l4proto udp numgen random mod 100 < 5 drop")
+    demo = [h.start_mcast("demo", GROUP, "--expect", "2", "--duration", "20") for h in (a1, b1, b2)]
+    for proc in demo:
+        out, err = proc.communicate(timeout=40)
+        assert proc.returncode == 0, (out, err)
+        assert "greeted by 2, answered by 2" in out
+    payload = tmp_path / "big.bin"
+    data = os.urandom(32 << 20)
+    payload.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    subs = [
+        h.start_mcast(
+            "subscribe", "big", "--count", "1", "--timeout", "120", "--json", "--group", GROUP
+        )
+        for h in (b1, b2)
+    ]
+    for proc in subs:
+        wait_for_line(proc.stderr, "subscribed")
+    done = a1.mcast("publish", "big", "--reliable", "--file", str(payload), "--wait", "10",
+                    "--peers", "2", "--json", "--group", GROUP, timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["repairs_sent"] > 0
+    for proc in subs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        record = json.loads(out.splitlines()[-1])
+        assert record["size"] == 32 << 20 and record["sha256"] == digest
+    small = tmp_path / "file.bin"
+    small.write_bytes(data[: 8 << 20])
+    receivers = []
+    for host in (b1, b2):
+        target = tmp_path / host.name
+        proc = host.start_mcast("recv-file", "--dir", str(target), "--parents", "--name",
+                                host.name, "--json", "--wait", "30", "--group", GROUP)  # fmt: skip
+        wait_for_line(proc.stderr, "waiting for a transfer")
+        receivers.append((proc, target))
+    sent = a1.mcast("send-file", str(small), "--json", "--group", GROUP, "--receivers", "2",
+                    "--wait", "5", timeout=120)  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    for proc, target in receivers:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (out, err)
+        assert (target / "file.bin").read_bytes() == data[: 8 << 20]
+    for stats in (_summary(p) for p in relays):
+        assert not any(k.startswith("dropped:") for k in stats["counters"]), stats

@@ -141,3 +141,13 @@ def test_no_module_is_past_what_one_person_holds() -> None:
         if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert not long, f"over {MAX_LINES} lines: {long}"
+
+
+def test_every_public_name_of_the_package_resolves() -> None:
+    """``mcastkit.X`` loads lazily from a home module: each home must really hold its name."""
+    import subprocess
+    import sys
+
+    code = "import mcastkit\nfor name in mcastkit.__all__:\n    getattr(mcastkit, name)\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
