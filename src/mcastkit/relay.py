@@ -7,8 +7,10 @@ form a full mesh) and ignores its own emissions coming back on the group (their 
 of its proxies). So with one relay per site, every site gets each datagram exactly once,
 whatever the number of sites. Datagrams are never told apart by content: a sender may repeat
 the same bytes on purpose. Two relays on one site are a mistake the protocol bounds but does
-not hide: each datagram reaches the other sites twice (group members drop the second copy by
-their replay windows; raw traffic sees it twice), never more.
+not hide: each tells the other its site addresses, so neither forwards the other's
+emissions (no loop) nor sends it anything (their site's subnet is one); the other sites get
+each datagram twice (group members drop the second copy by their replay windows; raw
+traffic sees it twice), never more.
 
 A datagram from a remote member is sent on the local group from a *proxy*: a socket of the
 runtime that stands for that member here, so unicast to it (a reply, a repair request, a
@@ -17,7 +19,8 @@ a proxy that stands for the local member there. Members never know a relay is in
 
 Relay datagrams (``RELAY_MAGIC``; sealed whole with the group key when there is one):
 ``"MKR1" | kind (1) | hop (1) | reserved (2) | relay id (8)`` then, by kind:
-HELLO: the relays this one knows (count (2), endpoints); GROUP: origin endpoint, datagram;
+HELLO: the relays this one knows (count (2), endpoints), then the addresses its proxies send
+from on its site (count (2), endpoints with port 0); GROUP: origin endpoint, datagram;
 UNICAST: origin endpoint, destination endpoint, datagram. An endpoint is family (1: 4 or 6),
 port (2), address (4 or 16). A relay that says hello is a relay (at most ``MAX_RELAYS``):
 with a key, only one that holds it can; without, any host that reaches the relay port, so an
@@ -72,13 +75,13 @@ def _endpoint(address: Address) -> bytes:
     return _ENDPOINT.pack(ip.version, address[1]) + ip.packed
 
 
-def _read_endpoint(data: bytes, offset: int) -> tuple[Address, int] | None:
+def _read_endpoint(data: bytes, offset: int, any_port: bool = False) -> tuple[Address, int] | None:
     if offset + _ENDPOINT.size > len(data):
         return None
     family, port = _ENDPOINT.unpack_from(data, offset)
     size = {4: 4, 6: 16}.get(family)
     offset += _ENDPOINT.size
-    if size is None or offset + size > len(data) or not port:
+    if size is None or offset + size > len(data) or not (port or any_port):
         return None
     raw = data[offset : offset + size]
     ip = ipaddress.IPv4Address(raw) if family == 4 else ipaddress.IPv6Address(raw)
@@ -90,11 +93,38 @@ def encode_relay(kind: RelayKind, relay_id: int, *parts: bytes, hop: int = 1) ->
     return HEAD.pack(RELAY_MAGIC, kind, hop, 0, relay_id) + b"".join(parts)
 
 
+def _read_list(data: bytes, offset: int, any_port: bool) -> tuple[list[Address], int] | None:
+    """A count (2) and that many endpoints (at most ``MAX_RELAYS``)."""
+    if offset + _COUNT.size > len(data):
+        return None
+    (count,) = _COUNT.unpack_from(data, offset)
+    offset += _COUNT.size
+    if count > MAX_RELAYS:
+        return None
+    found: list[Address] = []
+    for _ in range(count):
+        read = _read_endpoint(data, offset, any_port)
+        if read is None:
+            return None
+        address, offset = read
+        found.append(address)
+    return found, offset
+
+
+def decode_hello_sites(rest: bytes) -> list[str] | None:
+    """The site addresses at the end of a HELLO (``decode_relay``'s last item), or None."""
+    read = _read_list(rest, 0, any_port=True)
+    if read is None or read[1] != len(rest):
+        return None
+    return [host for host, _ in read[0]]
+
+
 def decode_relay(
     data: bytes,
 ) -> tuple[RelayKind, int, int, list[Address], bytes] | None:
     """(kind, hop, relay id, endpoints, datagram) of a relay datagram, or None if it is
-    malformed (never raises). HELLO: the endpoints are the relays it knows."""
+    malformed (never raises). HELLO: the endpoints are the relays it knows, and the last item
+    its site addresses (``decode_hello_sites``)."""
     if len(data) < HEAD.size:
         return None
     magic, kind, hop, _, relay_id = HEAD.unpack_from(data)
@@ -103,23 +133,19 @@ def decode_relay(
     offset = HEAD.size
     endpoints: list[Address] = []
     if kind == RelayKind.HELLO:
-        if offset + _COUNT.size > len(data):
+        read = _read_list(data, offset, any_port=False)
+        if read is None:
             return None
-        (count,) = _COUNT.unpack_from(data, offset)
-        offset += _COUNT.size
-        if count > MAX_RELAYS:
+        endpoints, offset = read
+        if decode_hello_sites(data[offset:]) is None:
             return None
-        wanted = count
-    else:
-        wanted = 1 if kind == RelayKind.GROUP else 2
-    for _ in range(wanted):
+        return RelayKind.HELLO, hop, relay_id, endpoints, data[offset:]
+    for _ in range(1 if kind == RelayKind.GROUP else 2):
         found = _read_endpoint(data, offset)
         if found is None:
             return None
         address, offset = found
         endpoints.append(address)
-    if kind == RelayKind.HELLO and offset != len(data):
-        return None
     return RelayKind(kind), hop, relay_id, endpoints, data[offset:]
 
 
@@ -128,6 +154,7 @@ class _Relay:
     added: float
     relay_id: int = 0
     last_heard: float = float("-inf")
+    same_site: bool = False  # its site addresses are on our site's subnet: never forward to it
 
 
 @dataclass
@@ -147,6 +174,11 @@ class RelayCore:
         # (relay, origin) -> last use: the runtime keeps a socket for each.
         self.proxies: OrderedDict[tuple[Address, Address], float] = OrderedDict()
         self.own_sources: set[Address] = set()  # our proxies' addresses: echoes to ignore
+        # Our site addresses (the runtime sets them), told to the other relays; theirs: a
+        # relay on our own site (a mistake) is then heard on our group, and never forwarded.
+        self.site_addresses: list[str] = []
+        self.site_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.foreign_sites: dict[str, Address] = {}
         self._bucket = (
             None
             if self.rate_bytes is None
@@ -160,8 +192,27 @@ class RelayCore:
         return data if self.keyring is None else self.keyring.seal(data)
 
     def live_relays(self, now: float) -> list[Address]:
-        """The relays datagrams go to now: heard within ``RELAY_TIMEOUT``."""
-        return [a for a, r in self.relays.items() if now - r.last_heard <= RELAY_TIMEOUT]
+        """The relays datagrams go to now: heard within ``RELAY_TIMEOUT``, on other sites."""
+        return [
+            a
+            for a, r in self.relays.items()
+            if now - r.last_heard <= RELAY_TIMEOUT and not r.same_site
+        ]
+
+    def _on_site(self, host: str) -> bool:
+        """True for an address of this site: ours, or on our site's subnet (with no subnet
+        known, as on loopback, any: the runtime did not say)."""
+        if not self.site_addresses or host in self.site_addresses:
+            return True
+        ip = ipaddress.ip_address(host)
+        return any(ip in network for network in self.site_networks)
+
+    def _on_our_site(self, sites: list[str]) -> bool:
+        for site in sites:
+            ip = ipaddress.ip_address(site)
+            if site not in self.site_addresses and any(ip in n for n in self.site_networks):
+                return True
+        return False
 
     def _proxy(self, relay: Address, origin: Address, now: float) -> tuple[Address, Address] | None:
         key = (relay, origin)
@@ -179,6 +230,10 @@ class RelayCore:
         self.counters["group-in"] += 1
         if source in self.own_sources:
             self.counters["own-echo"] += 1
+            return []
+        if source[0] in self.foreign_sites:
+            # Another relay's emission on our site: forwarding it would loop between us.
+            self.counters["dropped:relay-on-this-site"] += 1
             return []
         relays = self.live_relays(now)
         if not relays:
@@ -237,6 +292,11 @@ class RelayCore:
             known = self.relays[source] = _Relay(now)
         known.relay_id, known.last_heard = relay_id, now
         if kind == RelayKind.HELLO:
+            sites = decode_hello_sites(datagram) or []
+            known.same_site = self._on_our_site(sites)
+            for site in sites:
+                if site not in self.site_addresses and len(self.foreign_sites) < 4 * MAX_RELAYS:
+                    self.foreign_sites[site] = source
             for address in endpoints:  # relays it knows: a full mesh from any --peer list
                 new = address not in self.relays and address not in self.own_addresses
                 if new and len(self.relays) < MAX_RELAYS:
@@ -245,6 +305,9 @@ class RelayCore:
         if hop != 1:
             self.counters["dropped:hops"] += 1
             return []
+        if known.same_site:
+            self.counters["dropped:same-site"] += 1  # its site is ours: members heard it there
+            return []
         if kind == RelayKind.GROUP:
             proxy = self._proxy(source, endpoints[0], now)
             if proxy is None:
@@ -252,6 +315,10 @@ class RelayCore:
             self.counters["emitted"] += 1
             return [Emit(datagram, None, proxy)]
         origin, destination = endpoints
+        if not self._on_site(destination[0]):
+            # Only to members of this site: a relay is no way to send anywhere else.
+            self.counters["dropped:not-on-site"] += 1
+            return []
         proxy = self._proxy(source, origin, now)
         if proxy is None:
             return []
@@ -265,8 +332,16 @@ class RelayCore:
         if now >= self._next_hello:
             self._next_hello = now + HELLO_EVERY
             known = [_endpoint(a) for a in list(self.relays)[:MAX_RELAYS]]
+            sites = [_endpoint((a, 0)) for a in self.site_addresses[:MAX_RELAYS]]
             hello = self._seal(
-                encode_relay(RelayKind.HELLO, self.relay_id, _COUNT.pack(len(known)), *known)
+                encode_relay(
+                    RelayKind.HELLO,
+                    self.relay_id,
+                    _COUNT.pack(len(known)),
+                    *known,
+                    _COUNT.pack(len(sites)),
+                    *sites,
+                )
             )
             out = [Emit(hello, relay) for relay in self.relays]
             for address, relay in list(self.relays.items()):

@@ -118,6 +118,10 @@ def run_relay(
         keyring=keyring,
         rate_bytes=options.rate_bytes,
     )
+    interface = group.interface
+    addresses = interface.ipv4 if spec.family == 4 else interface.ipv6
+    core.site_addresses = [str(a.ip) for a in addresses]
+    core.site_networks = [a.network for a in addresses if not a.ip.is_loopback]
     relay = Relay(options, core, group, link)
     link_out = BatchSender(link)
     driver = Driver()

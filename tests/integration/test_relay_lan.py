@@ -190,3 +190,19 @@ def test_demo_send_file_and_32_mib_under_loss_cross_relays(lab: Lab, tmp_path: P
         assert (target / "file.bin").read_bytes() == data[: 8 << 20]
     for stats in (_summary(p) for p in relays):
         assert not any(k.startswith("dropped:") for k in stats["counters"]), stats
+
+
+def test_two_relays_on_one_site_never_loop(lab: Lab) -> None:
+    (a1, a2, sender), (b, listener, _) = lab.sites(2, per_site=3)
+    procs = [_relay(a1, b), _relay(a2, b), _relay(b, a1, a2)]
+    time.sleep(2.5)  # hellos: each relay learns the others' site addresses
+    far, near = _listen(listener), _listen(a1)
+    sent = sender.mcast("send", GROUP, "x", "--count", "200", "--interval", "0.002")
+    assert sent.returncode == 0, sent.stderr
+    # A mistake bounded, not hidden: the far site hears each datagram twice (once per
+    # relay of the near site), never more; the near site hears no echo at all.
+    assert _heard(far) == 400
+    assert _heard(near) == 200
+    stats = [_summary(p) for p in procs]
+    # Each near relay sent to the far one only: it knows the other is on its own site.
+    assert [s["counters"]["forwarded"] for s in stats[:2]] == [200, 200], stats
