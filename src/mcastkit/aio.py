@@ -179,7 +179,7 @@ class Node(FollowsInterfaces):
         # The same --peer list serves every member: a seed that is this node is left out.
         self._session_args["seeds"] = tuple(s for s in self._seeds if s not in own)
         # Where we hear unicast: a peer that hears us from elsewhere knows a relay is between.
-        self._session_args["meta"][ADDRESSES_KEY] = [format_endpoint(*a) for a in own]
+        self._session_args["meta"][ADDRESSES_KEY] = [format_endpoint(*a) for a in own[:8]]
         random_id = int.from_bytes(os.urandom(8), "big") or 1  # 0 is reserved
         self.session = Session(
             node_id=random_id,

@@ -19,6 +19,7 @@ import ipaddress
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Protocol
 
 from .addr import format_endpoint
@@ -242,7 +243,7 @@ class Reach:
             return out
         result = out if self.multicast else [item for item in out if item[1] is not None]
         for target in self.targets:
-            result.extend((data, target) for data in group)
+            result.extend(zip(group, repeat(target)))  # tuples made in C: this runs per message
         return result
 
     @staticmethod

@@ -43,6 +43,7 @@ from .security import KeyRing
 __all__ = ["Emit", "RelayCore", "RelayKind", "decode_relay", "encode_relay"]
 
 HEAD = struct.Struct("!4sBBHQ")
+_ID = struct.Struct("!Q")
 _ENDPOINT = struct.Struct("!BH")
 _COUNT = struct.Struct("!H")
 MAX_RELAYS = 64
@@ -60,12 +61,16 @@ class RelayKind(IntEnum):
     UNICAST = 3
 
 
+_GROUP_HOP1 = RELAY_MAGIC + bytes([RelayKind.GROUP, 1])  # a member datagram's first 6 bytes
+
+
 @dataclass(frozen=True)
 class Emit:
-    """An output of the core. ``via`` None: the relay socket; else the proxy standing for
-    that (relay, origin) pair. ``to`` None: the local group."""
+    """An output of the core: ``datagrams`` to one destination (a run: one GSO call).
+    ``via`` None: the relay socket; else the proxy standing for that (relay, origin) pair.
+    ``to`` None: the local group."""
 
-    data: bytes
+    datagrams: list[bytes]
     to: Address | None
     via: tuple[Address, Address] | None = None
 
@@ -185,6 +190,10 @@ class RelayCore:
             else TokenBucket(self.rate_bytes, max(self.rate_bytes / 10, 1 << 16), self.now)
         )
         self._next_hello = self.now
+        # Per source: the GROUP header and origin endpoint every datagram of it starts with;
+        # per endpoint bytes: the address (a run from one origin costs one parse). Bounded.
+        self._prefixes: dict[Address, bytes] = {}
+        self._origins: dict[bytes, Address] = {}
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -227,26 +236,96 @@ class RelayCore:
 
     def from_group(self, data: bytes, source: Address, now: float) -> list[Emit]:
         """A datagram heard on the local group: to every live relay, once."""
-        self.counters["group-in"] += 1
+        return self.group_run([data], source, now)
+
+    def group_run(self, datagrams: list[bytes], source: Address, now: float) -> list[Emit]:
+        """Datagrams heard on the local group from one source: each to every live relay,
+        once (one run per relay)."""
+        count = len(datagrams)
+        self.counters["group-in"] += count
         if source in self.own_sources:
-            self.counters["own-echo"] += 1
+            self.counters["own-echo"] += count
             return []
         if source[0] in self.foreign_sites:
             # Another relay's emission on our site: forwarding it would loop between us.
-            self.counters["dropped:relay-on-this-site"] += 1
+            self.counters["dropped:relay-on-this-site"] += count
             return []
         relays = self.live_relays(now)
         if not relays:
-            self.counters["no-relay"] += 1
+            self.counters["no-relay"] += count
             return []
-        packet = self._seal(encode_relay(RelayKind.GROUP, self.relay_id, _endpoint(source), data))
+        prefix = self._prefixes.get(source)
+        if prefix is None:
+            if len(self._prefixes) >= MAX_PROXIES:
+                self._prefixes.clear()
+            prefix = self._prefixes[source] = encode_relay(
+                RelayKind.GROUP, self.relay_id, _endpoint(source)
+            )
+        packets = [prefix + data for data in datagrams]
+        if self.keyring is not None:
+            packets = [self.keyring.seal(packet) for packet in packets]
         if self._bucket is not None:
             self._bucket.refill(now)
-            if not self._bucket.spend(len(packet) * len(relays)):
-                self.counters["dropped:rate-limited"] += 1
+            if not self._bucket.spend(sum(map(len, packets)) * len(relays)):
+                self.counters["dropped:rate-limited"] += count
                 return []
-        self.counters["forwarded"] += len(relays)
-        return [Emit(packet, relay) for relay in relays]
+        self.counters["forwarded"] += count * len(relays)
+        return [Emit(packets, relay) for relay in relays]
+
+    def relay_run(self, datagrams: list[bytes], source: Address, now: float) -> list[Emit]:
+        """Datagrams from one relay: a member datagram of a known relay (the common case)
+        is taken without a full decode, one proxy lookup per origin in the run; anything
+        else goes through ``from_relay``."""
+        if self.keyring is not None:
+            opened: list[bytes] = []
+            for data in datagrams:
+                plain = self.keyring.open_untrusted(data)
+                if isinstance(plain, str):
+                    self.counters["relay-in"] += 1
+                    self.counters[f"dropped:{plain}"] += 1
+                else:
+                    opened.append(plain)
+            datagrams = opened
+        known = self.relays.get(source)
+        out: list[Emit] = []
+        runs: dict[Address, list[bytes]] = {}
+        origins = self._origins
+        for data in datagrams:
+            head = data[: HEAD.size + 1]
+            family = head[-1] if len(head) == HEAD.size + 1 else 0
+            end = HEAD.size + _ENDPOINT.size + (4 if family == 4 else 16)
+            if (
+                known is not None
+                and not known.same_site
+                and family in (4, 6)
+                and len(data) >= end
+                and data[:6] == _GROUP_HOP1
+                and data[8:16] == _ID.pack(known.relay_id)
+            ):
+                raw = data[HEAD.size : end]
+                origin = origins.get(raw)
+                if origin is None:
+                    parsed = _read_endpoint(data, HEAD.size)
+                    if parsed is not None:
+                        if len(origins) >= MAX_PROXIES:
+                            origins.clear()
+                        origin = origins[raw] = parsed[0]
+                if origin is not None:
+                    runs.setdefault(origin, []).append(data[end:])
+                    continue
+            out.extend(self._from_relay_opened(data, source, now))
+        if runs:
+            known_relay = known
+            assert known_relay is not None
+            known_relay.last_heard = now
+            taken = sum(len(run) for run in runs.values())
+            self.counters["relay-in"] += taken
+            for origin, run in runs.items():
+                proxy = self._proxy(source, origin, now)
+                if proxy is not None:
+                    self.counters["emitted"] += len(run)
+                    out.append(Emit(run, None, proxy))
+        return out
 
     def from_proxy(self, key: tuple[Address, Address], data: bytes, source: Address,
                    now: float) -> list[Emit]:  # fmt: skip
@@ -259,17 +338,21 @@ class RelayCore:
         packet = encode_relay(
             RelayKind.UNICAST, self.relay_id, _endpoint(source), _endpoint(origin), data
         )
-        return [Emit(self._seal(packet), relay)]
+        return [Emit([self._seal(packet)], relay)]
 
     def from_relay(self, data: bytes, source: Address, now: float) -> list[Emit]:
         """A datagram on the relay socket (hostile input: dropped and counted, never raised)."""
-        self.counters["relay-in"] += 1
         if self.keyring is not None:
             opened = self.keyring.open_untrusted(data)
             if isinstance(opened, str):
+                self.counters["relay-in"] += 1
                 self.counters[f"dropped:{opened}"] += 1
                 return []
             data = opened
+        return self._from_relay_opened(data, source, now)
+
+    def _from_relay_opened(self, data: bytes, source: Address, now: float) -> list[Emit]:
+        self.counters["relay-in"] += 1
         decoded = decode_relay(data)
         if decoded is None:
             self.counters["dropped:malformed"] += 1
@@ -313,7 +396,7 @@ class RelayCore:
             if proxy is None:
                 return []
             self.counters["emitted"] += 1
-            return [Emit(datagram, None, proxy)]
+            return [Emit([datagram], None, proxy)]
         origin, destination = endpoints
         if not self._on_site(destination[0]):
             # Only to members of this site: a relay is no way to send anywhere else.
@@ -323,7 +406,7 @@ class RelayCore:
         if proxy is None:
             return []
         self.counters["unicast-in"] += 1
-        return [Emit(datagram, destination, proxy)]
+        return [Emit([datagram], destination, proxy)]
 
     def tick(self, now: float) -> list[Emit]:
         """Hellos to every relay (seeds too: they may start later); learned relays gone for
@@ -343,7 +426,7 @@ class RelayCore:
                     *sites,
                 )
             )
-            out = [Emit(hello, relay) for relay in self.relays]
+            out = [Emit([hello], relay) for relay in self.relays]
             for address, relay in list(self.relays.items()):
                 heard = max(relay.last_heard, relay.added)
                 if address not in self.seeds and now - heard > 60 * RELAY_TIMEOUT:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,30 +127,14 @@ def run_relay(
     destination = group.destination
 
     def send_all(emits: list[Emit]) -> None:
-        to_relays: dict[Address, list[bytes]] = defaultdict(list)
-        from_proxies: dict[tuple[Address, Address], list[bytes | tuple[bytes, Address]]] = (
-            defaultdict(list)
-        )
         for emit in emits:
             if emit.via is None:
                 assert emit.to is not None
-                to_relays[emit.to].append(emit.data)
-            else:
-                from_proxies[emit.via].append(
-                    emit.data if emit.to is None else (emit.data, emit.to)
-                )
-        for address, datagrams in to_relays.items():
-            link_out.send(datagrams, address)
-        for key, items in from_proxies.items():
-            proxy = relay.proxies.get(key) or _open_proxy(key)
-            if proxy is None:
+                link_out.send(emit.datagrams, emit.to)  # runs of one size: one GSO call
                 continue
-            group_run = [item for item in items if isinstance(item, bytes)]
-            if group_run:
-                proxy.sender.send(group_run, destination)
-            for item in items:
-                if not isinstance(item, bytes):
-                    proxy.sender.send([item[0]], item[1])
+            proxy = relay.proxies.get(emit.via) or _open_proxy(emit.via)
+            if proxy is not None:
+                proxy.sender.send(emit.datagrams, destination if emit.to is None else emit.to)
 
     def _open_proxy(key: tuple[Address, Address]) -> _Proxy | None:
         interface = group.interface
@@ -184,18 +167,12 @@ def run_relay(
         return proxy
 
     def from_group(buffer: memoryview, spans: list[tuple[int, int]], source: Any, _: Any) -> None:
-        now = time.monotonic()
-        out: list[Emit] = []
-        for begin, end in spans:
-            out.extend(core.from_group(bytes(buffer[begin:end]), source, now))
-        send_all(out)
+        datagrams = [bytes(buffer[begin:end]) for begin, end in spans]
+        send_all(core.group_run(datagrams, (source[0], source[1]), time.monotonic()))
 
     def from_relay(buffer: memoryview, spans: list[tuple[int, int]], source: Any, _: Any) -> None:
-        now = time.monotonic()
-        out: list[Emit] = []
-        for begin, end in spans:
-            out.extend(core.from_relay(bytes(buffer[begin:end]), (source[0], source[1]), now))
-        send_all(out)
+        datagrams = [bytes(buffer[begin:end]) for begin, end in spans]
+        send_all(core.relay_run(datagrams, (source[0], source[1]), time.monotonic()))
 
     end = None if options.duration is None else relay.started + options.duration
     next_stats = None if options.stats_every is None else relay.started + options.stats_every

@@ -144,13 +144,13 @@ def test_relay_bad_input_exits_2_with_one_line(args: tuple[str, ...], needle: st
 def test_demo_send_file_and_32_mib_under_loss_cross_relays(lab: Lab, tmp_path: Path) -> None:
     (a_relay, a1, _), (b_relay, b1, b2) = lab.sites(2, per_site=3)
     relays = [_relay(a_relay, b_relay), _relay(b_relay, a_relay)]
-    for host in (b1, b2):  # 5 % of every datagram the remote site's receivers get
-        nft_drop(host, "meta l4proto udp numgen random mod 100 < 5 drop")
     demo = [h.start_mcast("demo", GROUP, "--expect", "2", "--duration", "20") for h in (a1, b1, b2)]
     for proc in demo:
         out, err = proc.communicate(timeout=40)
         assert proc.returncode == 0, (out, err)
         assert "greeted by 2, answered by 2" in out
+    for host in (b1, b2):  # from here: 5 % of every datagram the far receivers get
+        nft_drop(host, "meta l4proto udp numgen random mod 100 < 5 drop")
     payload = tmp_path / "big.bin"
     data = os.urandom(32 << 20)
     payload.write_bytes(data)

@@ -34,7 +34,7 @@ def _mesh(*cores: RelayCore, addresses: list[tuple[str, int]]) -> None:
             for emit in core.tick(now):
                 if emit.to in addresses:
                     target = cores[addresses.index(emit.to)]
-                    target.from_relay(emit.data, address, now)
+                    target.relay_run(emit.datagrams, address, now)
 
 
 def test_a_datagram_goes_to_every_other_site_once_and_never_further() -> None:
@@ -44,8 +44,8 @@ def test_a_datagram_goes_to_every_other_site_once_and_never_further() -> None:
     assert sorted(e.to for e in out) == sorted([B, C])  # type: ignore[type-var]
     for emit in out:
         target = b if emit.to == B else c
-        emitted = target.from_relay(emit.data, A, 2.5)
-        assert [(e.data, e.to) for e in emitted] == [(b"payload", None)]  # its group only
+        emitted = target.relay_run(emit.datagrams, A, 2.5)
+        assert [(e.datagrams, e.to) for e in emitted] == [([b"payload"], None)]  # group only
         assert emitted[0].via == (A, MEMBER)  # from the proxy standing for the member
 
 
@@ -73,13 +73,14 @@ def test_unicast_from_a_member_to_a_proxy_goes_back_to_the_origin() -> None:
     a, b = _core(1, B), _core(2, A)
     _mesh(a, b, addresses=[A, B])
     (emit,) = a.from_group(b"hello", MEMBER, 2.5)
-    (shown,) = b.from_relay(emit.data, A, 2.5)
+    (shown,) = b.relay_run(emit.datagrams, A, 2.5)
     reply_from = ("10.2.0.5", 41000)
     assert shown.via is not None
     (back,) = b.from_proxy(shown.via, b"reply", reply_from, 2.6)
     assert back.to == A
-    (delivered,) = a.from_relay(back.data, B, 2.6)
-    assert (delivered.data, delivered.to, delivered.via) == (b"reply", MEMBER, (B, reply_from))
+    (delivered,) = a.relay_run(back.datagrams, B, 2.6)
+    assert (delivered.datagrams, delivered.to) == ([b"reply"], MEMBER)
+    assert delivered.via == (B, reply_from)
 
 
 def test_data_from_a_relay_that_never_said_hello_is_dropped() -> None:
@@ -95,7 +96,7 @@ def test_a_sealed_relay_refuses_another_key() -> None:
     intruder = _core(3, A, key=GroupKey(bytes(32)))
     _mesh(a, b, addresses=[A, B])
     for emit in intruder.tick(5.0):
-        assert a.from_relay(emit.data, C, 5.0) == []
+        assert a.relay_run(emit.datagrams, C, 5.0) == []
     assert a.counters["dropped:forged"] + a.counters["dropped:unknown-key"] >= 1
     assert C not in a.relays
 
@@ -128,6 +129,7 @@ def test_any_relay_datagram_is_taken_or_dropped_never_raised(
     a = _core(1, B)
     a.from_relay(encode_relay(RelayKind.HELLO, 2, b"\0\0", b"\0\0"), B, 0.0)
     a.from_relay(encode_relay(RelayKind(kind), 2, body, hop=hop), B, 0.0)
+    a.relay_run([encode_relay(RelayKind(kind), 2, body, hop=hop), b"MKR1" + body], B, 0.0)
 
 
 def test_unicast_goes_only_to_members_of_the_site() -> None:
@@ -144,3 +146,36 @@ def test_unicast_goes_only_to_members_of_the_site() -> None:
     assert a.counters["dropped:not-on-site"] == 1
     here = encode_relay(RelayKind.UNICAST, 2, _endpoint(("10.2.0.5", 1)), _endpoint(MEMBER), b"x")
     assert [e.to for e in a.from_relay(here, B, 2.5)] == [MEMBER]
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("group"), st.integers(0, 3), st.binary(max_size=40)),
+            st.tuples(st.just("raw"), st.integers(0, 3), st.binary(max_size=40)),
+        ),
+        max_size=30,
+    )
+)
+def test_the_run_path_emits_what_the_one_by_one_path_emits(items: list) -> None:
+    """``relay_run`` (the fast path) and ``from_relay`` per datagram agree on any input."""
+    origins = [("10.2.0.5", 1000), ("10.2.0.6", 1001), ("fd00::7", 1002), ("10.2.0.5", 1003)]
+    datagrams = []
+    for kind, index, body in items:
+        if kind == "group":
+            datagrams.append(encode_relay(RelayKind.GROUP, 2, _endpoint(origins[index]), body))
+        else:
+            datagrams.append(b"MKR1" + bytes([2, 1, 0, 0]) + (2).to_bytes(8, "big") + body)
+    cores = []
+    for _ in range(2):
+        core = _core(1, B)
+        core.relay_run([encode_relay(RelayKind.HELLO, 2, b"\0\0", b"\0\0")], B, 0.0)
+        cores.append(core)
+    fast = cores[0].relay_run(datagrams, B, 0.5)
+    slow = [e for d in datagrams for e in cores[1].from_relay(d, B, 0.5)]
+
+    def flat(emits: list) -> list:
+        return sorted((e.via, e.to, d) for e in emits for d in e.datagrams)
+
+    assert flat(fast) == flat(slow)
+    assert cores[0].counters["emitted"] == cores[1].counters["emitted"]
