@@ -43,7 +43,6 @@ from .security import KeyRing
 __all__ = ["Emit", "RelayCore", "RelayKind", "decode_relay", "encode_relay"]
 
 HEAD = struct.Struct("!4sBBHQ")
-_ID = struct.Struct("!Q")
 _ENDPOINT = struct.Struct("!BH")
 _COUNT = struct.Struct("!H")
 MAX_RELAYS = 64
@@ -61,7 +60,9 @@ class RelayKind(IntEnum):
     UNICAST = 3
 
 
-_GROUP_HOP1 = RELAY_MAGIC + bytes([RelayKind.GROUP, 1])  # a member datagram's first 6 bytes
+def _group_head(relay_id: int) -> bytes:
+    """The first 16 bytes of a member datagram (GROUP, hop 1) from relay ``relay_id``."""
+    return HEAD.pack(RELAY_MAGIC, RelayKind.GROUP, 1, 0, relay_id)
 
 
 @dataclass(frozen=True)
@@ -290,19 +291,14 @@ class RelayCore:
         out: list[Emit] = []
         runs: dict[Address, list[bytes]] = {}
         origins = self._origins
+        # A member datagram of this relay starts with these 16 bytes (reserved bytes 0).
+        expected = b"" if known is None or known.same_site else _group_head(known.relay_id)
+        at = HEAD.size
         for data in datagrams:
-            head = data[: HEAD.size + 1]
-            family = head[-1] if len(head) == HEAD.size + 1 else 0
-            end = HEAD.size + _ENDPOINT.size + (4 if family == 4 else 16)
-            if (
-                known is not None
-                and not known.same_site
-                and family in (4, 6)
-                and len(data) >= end
-                and data[:6] == _GROUP_HOP1
-                and data[8:16] == _ID.pack(known.relay_id)
-            ):
-                raw = data[HEAD.size : end]
+            family = data[at] if len(data) > at else 0
+            end = at + _ENDPOINT.size + (4 if family == 4 else 16)
+            if expected and family in (4, 6) and len(data) >= end and data.startswith(expected):
+                raw = data[at:end]
                 origin = origins.get(raw)
                 if origin is None:
                     parsed = _read_endpoint(data, HEAD.size)
