@@ -510,7 +510,8 @@ class Node(FollowsInterfaces):
         if only is not None:  # one interface (the common case): no fan-out to build
             unsent = only.unsent
             if not unsent:
-                unsent.extend(session.datagrams_to_send(loop.time()))
+                out = session.datagrams_to_send(loop.time(), copies=False)
+                unsent.extend(only.fan_out(out, session.reach))
             if unsent and only.batch.send_queue(unsent, only.socket.destination):
                 # Socket buffer full: wait until it drains rather than drop what is queued.
                 loop.add_writer(only.fileno(), self._on_writable, only)

@@ -20,6 +20,7 @@ from .errors import MulticastError
 from .events import AddressChanged, Event, InterfaceDown, InterfaceEvent, InterfaceUp
 from .ifwatch import POLL_INTERFACES, SETTLE, InterfaceTracker
 from .peers import Address
+from .reach import Reach
 from .session import Session
 from .transport import (
     GroupSocket,
@@ -55,6 +56,20 @@ class Path:
     def fileno(self) -> int:
         """The socket's descriptor."""
         return self.socket.fileno()
+
+    def fan_out(self, out: list[tuple[bytes, Address | None]], reach: Reach) -> list[Outgoing]:
+        """Send each run of ``out``'s group datagrams to every copy target of ``reach`` now,
+        a whole run per GSO call (no per-copy bookkeeping); return what still goes out by
+        the queue: ``out`` (without the group's datagrams when multicast is off) and any
+        copies the socket did not take."""
+        if not reach.active:
+            return list(out)
+        group = [data for data, to in out if to is None]
+        rest: list[Outgoing] = [item for item in out if reach.multicast or item[1] is not None]
+        for target in reach.targets if group else ():
+            done = self.batch.send_nowait(group, target)
+            rest.extend((data, target) for data in group[done:])
+        return rest
 
     def address(self) -> Address:
         """Where this path hears unicast: its interface's address where the kernel bound the

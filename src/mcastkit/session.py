@@ -215,19 +215,19 @@ class Session(ReliableFrames, FastReceive):
 
     # --- outputs -------------------------------------------------------------------------
 
-    def datagrams_to_send(self, now: float | None = None) -> list[tuple[bytes, Address | None]]:
-        """Datagrams due at ``now``; None as destination means the group.
-
-        Runtimes pass the time: the reliable stream's rate budget refills up to it. Without
-        it, the time of the last input is used (fine for tests that step time themselves).
-        """
+    def datagrams_to_send(
+        self, now: float | None = None, copies: bool = True
+    ) -> list[tuple[bytes, Address | None]]:
+        """Datagrams due at ``now`` (runtimes pass it: the stream's budget refills to it); None
+        as destination means the group. ``copies`` False: the runtime sends the unicast copies
+        itself, a whole run to each target, and nothing to the group with multicast off."""
         if now is not None and now > self._now:
             self._now = now
         if self._stream is not None and not self._closed:
             self._pull_stream(self._now)
         out = list(self._outgoing)
         self._outgoing.clear()
-        return self.reach.expand(out) if self.reach.active else out
+        return self.reach.expand(out) if copies and self.reach.active else out
 
     def next_event(self) -> Event | None:
         """The next event, or None."""
