@@ -188,3 +188,28 @@ def test_send_file_reaches_receivers_beyond_multicast_named_or_asking(
             hashlib.sha256(data).digest()
         )
     assert lab.multicast_dropped() > 0
+
+
+def test_files_by_unicast_only_where_nothing_is_joined(lab: Lab, tmp_path: Path) -> None:
+    sender, receiver = lab.lan(2)
+    tcpdump = require_tool("tcpdump")
+    capture = sender.start(tcpdump, "-l", "-n", "-i", "eth0", "-c", "1", "ip multicast")
+    data = os.urandom(2 << 20)
+    source = tmp_path / "payload.bin"
+    source.write_bytes(data)
+    target = tmp_path / "in"
+    proc = receiver.start_mcast("recv-file", "--dir", str(target), "--parents", "--json",
+                                "--wait", "30", "--group", GROUP, "--no-multicast", "--peer",
+                                sender.ipv4)  # fmt: skip
+    wait_for_line(proc.stderr, "waiting for a transfer")
+    done = sender.mcast("send-file", str(source), "--json", "--group", GROUP, "--receivers",
+                        "1", "--wait", "5", "--no-multicast", timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, (out, err)
+    assert (target / "payload.bin").read_bytes() == data
+    capture.terminate()
+    seen, _ = capture.communicate(timeout=10)
+    assert "239.255.60.1" not in seen and "224.0.0" not in seen, seen  # no join, no send
+    alone = receiver.mcast("recv-file", "--dir", str(target), "--no-multicast", "--wait", "1")
+    assert alone.returncode == 2 and "--peer SENDER" in alone.stderr

@@ -101,6 +101,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "datagram; repeatable; PORT defaults to the group's (receivers can also ask, with "
         "recv-file --peer)",
     )
+    send.add_argument(
+        "--no-multicast",
+        dest="multicast",
+        action="store_false",
+        help="send only the unicast copies (to --peer receivers and those that ask)",
+    )
     send.add_argument("--json", action="store_true", help="a JSON summary")
     send.set_defaults(handler=cmd_send_file)
 
@@ -183,6 +189,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "a sender whose multicast may not reach this host: asked every second for unicast "
         "copies; repeatable; PORT defaults to the group's",
     )
+    recv.add_argument(
+        "--no-multicast",
+        dest="multicast",
+        action="store_false",
+        help="join nothing: hear only the copies --peer senders send (a tunnel, a cloud)",
+    )
     recv.add_argument("--json", action="store_true", help="a JSON summary")
     recv.set_defaults(handler=cmd_recv_file)
 
@@ -250,6 +262,7 @@ def cmd_send_file(args: argparse.Namespace) -> int:
             sign_key=sign_key,
             sync=args.sync,
             peers=resolve_peers(args.peers, spec.family, spec.port),
+            multicast=args.multicast,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -343,6 +356,7 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
             sync=args.sync,
             preserve=args.preserve,
             peers=resolve_peers(args.peers, spec.family, spec.port),
+            multicast=args.multicast,
         )
     finally:
         interrupted.restore()

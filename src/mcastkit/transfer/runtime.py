@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import socket
 import stat
 import threading
 import time
@@ -13,14 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..addr import GroupSpec
+from ..errors import AddressError
 from ..events import ReceiveState, SendPhase, TransferEvent
 from ..pacing import TokenBucket
 from ..reach import CopyTargets
 from ..transport import Packet, open_receiver, open_sender
 from ..transport.batch import BatchReceiver, BatchSender
 from ..transport.driver import STOP, Driver
-from ..transport.interfaces import router_hint
-from ..transport.unicast import bind_unicast
+from ..transport.interfaces import resolve_interface, router_hint
+from ..transport.unicast import bind_unicast, open_unicast
 from ..units import Rate
 from .engine import DEFAULT_MAX_SIZE, Address, ReceiveSession, SendSession
 from .protocol import (
@@ -184,10 +186,11 @@ def _transmitter(
     default: tuple[str, int] | tuple[str, int, int, int],
     guard: Guard,
     copies: Callable[[], list[Address]] = list,
+    to_group: bool = True,
 ) -> Callable[[list[tuple[bytes, Address | None]]], None]:
     """Send an engine's output, sealed when keyed: each run to one destination as one
     batch (GSO); what goes to the group goes again to each of ``copies()`` (receivers
-    multicast does not reach)."""
+    multicast does not reach), and only there without ``to_group``."""
     seal = guard.seal
 
     def transmit(out: list[tuple[bytes, Address | None]]) -> None:
@@ -198,7 +201,8 @@ def _transmitter(
             while end < len(out) and out[end][1] == destination:
                 end += 1
             run = [seal(data) for data, _ in out[start:end]]
-            batch.send(run, destination or default)
+            if destination is not None or to_group:
+                batch.send(run, destination or default)
             for target in copies() if destination is None else ():
                 batch.send(run, target)
             start = end
@@ -236,12 +240,14 @@ def send_files(
     sign_key: Ed25519PrivateKey | None = None,
     sync: bool = False,
     peers: tuple[Address, ...] = (),
+    multicast: bool = True,
 ) -> dict[str, Any]:
     """Distribute ``paths`` to the receivers on the group; return the outcome.
 
     ``peers``: receivers multicast does not reach, sent a unicast copy of every datagram
     (at the port they listen on, the group's by default); receivers may also ask for copies
-    themselves (``receive_files(peers=...)``).
+    themselves (``receive_files(peers=...)``). ``multicast`` off: only those copies, nothing
+    to the group (the interface needs no MULTICAST flag).
 
     ``adaptive`` starts at 2 Gbit/s and follows the receivers' buffers and kernel drop
     counters (see rate.py); otherwise ``rate`` is fixed (None: as fast as possible). ``gso``
@@ -262,7 +268,10 @@ def send_files(
     files, sources, skipped = list_files(paths)
     hasher: _Hasher | None = _Hasher(sources)
     source = _FileSource(sources)
-    sender = open_sender(spec, iface=iface, ttl=ttl, sndbuf=4 << 20)
+    if multicast:
+        sender = open_sender(spec, iface=iface, ttl=ttl, sndbuf=4 << 20)
+    else:
+        sender = open_unicast(spec, resolve_interface(iface, spec.family, require_multicast=False))
     sender.sock.setblocking(False)
     # At the group's port, where it is free: receivers beyond multicast name it to ask.
     bind_unicast(sender.sock, spec.family, sender.interface, spec.port)
@@ -302,7 +311,8 @@ def send_files(
     replies = BatchReceiver(sender.sock, gro=False, multi=False)
     group = sender.destination
     targets = copies.current(now)
-    transmit = _transmitter(batch, group, guard, lambda: targets)
+    transmit = _transmitter(batch, group, guard, lambda: targets, multicast)
+    to_group = (group,) if multicast else ()
 
     def handle(packet: Packet) -> None:
         nonlocal targets
@@ -346,7 +356,7 @@ def send_files(
             budget = bucket.take(least, BURST)
             if budget:
                 parts = session.next_block_parts(budget)
-                for destination in (group, *targets):
+                for destination in (*to_group, *targets):
                     if guard.ring is None:
                         batch.send_parts(parts, destination)
                     else:
@@ -417,12 +427,14 @@ def receive_files(
     sync: bool = False,
     preserve: bool = False,
     peers: tuple[Address, ...] = (),
+    multicast: bool = True,
 ) -> dict[str, Any]:
     """Receive one transfer into ``directory``; ``wait`` bounds the wait for an announce.
 
     ``peers``: senders whose multicast may not reach this host, asked every second for
     unicast copies (sent to the group's port here, where this receiver listens when no
-    other program does).
+    other program does). ``multicast`` off: nothing is joined, only those copies are heard
+    (``peers`` is then needed; the interface needs no MULTICAST flag).
 
     A transfer announcing more than ``max_size`` bytes, or more than the directory's free
     space, is refused before anything is written. ``gro`` takes coalesced runs of datagrams
@@ -447,14 +459,24 @@ def receive_files(
         raise FileNotFoundError(
             errno.ENOENT, "no such directory (create it, or give --parents)", str(directory)
         )
-    group_socket = open_receiver(spec, iface=iface, rcvbuf=rcvbuf, blocking=False)
-    try:
-        unicast = open_sender(spec, iface=group_socket.interface.index)
-    except BaseException:
-        group_socket.close()
-        raise
+    group_socket = None
+    if multicast:
+        group_socket = open_receiver(spec, iface=iface, rcvbuf=rcvbuf, blocking=False)
+        interface = group_socket.interface
+        try:
+            unicast = open_sender(spec, iface=interface.index)
+        except BaseException:
+            group_socket.close()
+            raise
+    elif not peers:
+        raise AddressError("with multicast off a receiver hears only copies: give --peer SENDER")
+    else:
+        interface = resolve_interface(iface, spec.family, require_multicast=False)
+        unicast = open_unicast(spec, interface)
+        unicast.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     unicast.sock.setblocking(False)
-    bind_unicast(unicast.sock, spec.family, group_socket.interface, spec.port)
+    bind_unicast(unicast.sock, spec.family, interface, spec.port)
+    data_sock = group_socket.sock if group_socket is not None else unicast.sock
     next_ask = 0.0
     now = time.monotonic()
     session = ReceiveSession(
@@ -471,11 +493,10 @@ def receive_files(
     last_progress = 0.0
 
     batch = BatchSender(unicast.sock, gso=False)
-    incoming = {
-        group_socket.sock: BatchReceiver(group_socket.sock, gro=gro),
-        # Only the group socket's drops and fill say whether the sender is too fast.
-        unicast.sock: BatchReceiver(unicast.sock, gro=False, slots=8, watch_load=False),
-    }
+    # Only the data socket's drops and fill say whether the sender is too fast.
+    incoming = {data_sock: BatchReceiver(data_sock, gro=gro)}
+    if group_socket is not None:
+        incoming[unicast.sock] = BatchReceiver(unicast.sock, gro=False, slots=8, watch_load=False)
 
     def transmit(out: list[tuple[bytes, Address | None]]) -> None:
         for data, destination in out:
@@ -487,7 +508,7 @@ def receive_files(
     ) -> None:
         if drops is not None:  # the adaptive sender's signals
             session.kernel_drops = drops
-        session.queue_fill = incoming[group_socket.sock].fill
+        session.queue_fill = incoming[data_sock].fill
         buffer, spans = guard.open_runs(buffer, spans)
         transmit(session.receive_many(buffer, spans, source, time.monotonic()))
 
@@ -502,7 +523,7 @@ def receive_files(
             session.reason = f"no transfer announced on {spec} within {wait}s"
             why = _why_nothing(guard, session) or router_hint(
                 spec,
-                [i.name for i in group_socket.interfaces],
+                [interface.name],
                 "the sender needs send-file --ttl 4 or more",
             )
             if why:
@@ -531,13 +552,14 @@ def receive_files(
                 session.suspend()
             else:
                 session.sink.discard()
-        group_socket.close()
+        if group_socket is not None:
+            group_socket.close()
         unicast.close()
     _report(session.events(), on_event)
     summary = session.summary()
     summary["seconds"] = round(time.monotonic() - started, 3)
     summary["directory"] = str(directory)
-    summary["io"] = {"gro": incoming[group_socket.sock].gro, **incoming[group_socket.sock].counters}
+    summary["io"] = {"gro": incoming[data_sock].gro, **incoming[data_sock].counters}
     summary["peak_rss_mb"] = peak_rss_mb()
     summary["sealed"] = guard.ring is not None
     summary["dropped"] = guard.dropped
