@@ -38,7 +38,7 @@ from .node_paths import FollowsInterfaces, Path, Paths, open_ways
 from .peers import PeerInfo, topic_matches
 from .reach import ADDRESSES_KEY
 from .reliable import ReliableConfig
-from .security import OPEN_GROUP_WARNING, GroupKey, KeyRing, key_from_passphrase
+from .security import GroupKey, KeyRing, key_from_passphrase, warn_open_group
 from .session import Session
 from .subscription import Subscription
 from .transport import GroupSocket, IfaceChoice, interface_name, is_multi
@@ -212,7 +212,7 @@ class Node(FollowsInterfaces):
         if self.key is not None:
             self._opened = memoryview(bytearray(32 << 16))  # a batch: 32 slots of 64 KiB
             return KeyRing([self.key], os.urandom)
-        log.warning(OPEN_GROUP_WARNING, self.spec)
+        warn_open_group(self.spec)
         return None
 
     async def stop(self) -> None:

@@ -195,7 +195,8 @@ async def run_demo_async(
             async for message in inbox:
                 sender = f"{message.sender:016x}"
                 source = format_endpoint(*message.source)
-                event, reply = peer.receive(sender, message.sender_name, message.text(), source)
+                name = await _name_of(member, message)
+                event, reply = peer.receive(sender, name, message.text(), source)
                 if reply is not None:
                     await member.publish(TOPIC, reply)
                 if on_event is not None:
@@ -226,6 +227,20 @@ async def run_demo_async(
         for member in started:
             await member.stop()
     return DemoResult(demo_peers, own, str(group), interface, time.monotonic() - start)
+
+
+async def _name_of(member: Node, message: Message, wait: float = 0.5) -> str:
+    """The sender's name. A message can overtake its sender's hello (a node that joined
+    later hears the group before the answers to its own hello): then wait a little for the
+    hello, which the session asked for, instead of showing "?"."""
+    deadline = time.monotonic() + wait
+    while True:
+        peer = member.peers.get(message.sender)
+        if peer is not None and peer.hello_seen:
+            return peer.name
+        if time.monotonic() >= deadline:
+            return message.sender_name
+        await asyncio.sleep(0.01)
 
 
 async def _announce_until(

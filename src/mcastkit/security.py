@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import stat
 from collections.abc import Callable
@@ -47,6 +48,7 @@ __all__ = [
     "default_cipher",
     "key_from_passphrase",
     "load_key_file",
+    "warn_open_group",
     "write_key_file",
 ]
 
@@ -58,12 +60,20 @@ _AEADS: dict[int, type[ChaCha20Poly1305] | type[AESGCM]] = {
 }
 
 KEY_SIZE = 32
-OPEN_GROUP_WARNING = (  # %s: the group
-    "group %s is open: with no key any host on the path can read every message, inject "
-    "messages and requests in any member's name, answer requests for it, evict a member with "
-    "one forged goodbye, silence it with a forged sequence jump and force it to renew its id; "
-    "give a key (docs/security.md)"
+OPEN_GROUP_WARNING = (  # %s: the group; said once per group and process
+    "group %s is open (no key): anyone on the path can read, forge and evict; see docs/security.md"
 )
+_WARNED_OPEN: set[str] = set()
+
+
+def warn_open_group(group: object) -> None:
+    """Log ``OPEN_GROUP_WARNING`` for ``group``, once per process (three nodes of a demo in
+    one process: one line, not three)."""
+    if str(group) not in _WARNED_OPEN:
+        _WARNED_OPEN.add(str(group))
+        logging.getLogger("mcastkit").warning(OPEN_GROUP_WARNING, group)
+
+
 _SCRYPT_SALT = b"mcastkit group key v2|"
 _SCRYPT_N = 2**15
 

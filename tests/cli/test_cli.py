@@ -45,6 +45,18 @@ def test_demo_human_output_shows_who_greeted_whom() -> None:
     assert "hello from node-2" in result.stdout and "answered our hello" in result.stdout
 
 
+def test_demo_first_run_is_quiet_and_names_every_node() -> None:
+    """The first hour (issue 25, item 8): one short open-group line per process, not one
+    300-character warning per node, and names from the first line on, never "?"."""
+    result = mcast("demo", "--nodes", "3")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "is open" in line]
+    assert len(warnings) == 1 and len(warnings[0]) < 120, warnings
+    assert "docs/security.md" in warnings[0]
+    events = [line for line in result.stdout.splitlines() if "->" in line or "answered" in line]
+    assert len(events) >= 12 and not any("? [" in line for line in events), result.stdout
+
+
 def test_demo_fails_loudly_when_peers_never_answer() -> None:
     # One node expecting a peer that never comes: exit 1 after the deadline, not a hang.
     result = mcast("demo", "--iface", "lo", "--expect", "1", "--duration", "0.5")
