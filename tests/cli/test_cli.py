@@ -57,6 +57,32 @@ def test_demo_first_run_is_quiet_and_names_every_node() -> None:
     assert len(events) >= 12 and not any("? [" in line for line in events), result.stdout
 
 
+def test_a_too_long_serve_reply_is_named_as_serve() -> None:
+    """Issue 25, item 9: it said "mcast None: error" (the --command option hid the name)."""
+    result = mcast("serve", "t", "--reply", "x" * 2000, "--iface", "lo", "--timeout", "1")
+    assert result.returncode == 2
+    assert "mcast serve: error: --reply is 2000 bytes" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("send", "[ff02::1]:5000", "hi", "--broadcast"), "IPv6 has no broadcast"),
+        (("listen", "[ff02::1]:5000", "--broadcast"), "IPv6 has no broadcast"),
+        (("doctor", "--source", "notanip"), "not an IPv4 or IPv6 address"),
+        (("publish", "", "hi"), "the topic is empty"),
+        (("subscribe", ""), "the topic is empty"),
+        (("request", "t" * 256), "the limit is 255"),
+        (("serve", "", "--reply", "x"), "the topic is empty"),
+    ],
+)
+def test_values_refused_where_they_are_parsed(args: tuple[str, ...], needle: str) -> None:
+    """Issue 25, item 9: each was accepted (and failed later, or silently matched nothing)."""
+    result = mcast(*args)
+    assert result.returncode == 2 and needle in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_demo_fails_loudly_when_peers_never_answer() -> None:
     # One node expecting a peer that never comes: exit 1 after the deadline, not a hang.
     result = mcast("demo", "--iface", "lo", "--expect", "1", "--duration", "0.5")

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ..addr import parse_port, split_host_port
+from ..addr import parse_address, parse_port, split_host_port
 from ..errors import AddressError
 from ..units import parse_rate, parse_size
 
@@ -212,3 +212,38 @@ def add_peer_option(parser: argparse.ArgumentParser, dest: str, help_text: str) 
         metavar="HOST[:PORT]",
         help=help_text,
     )
+
+
+MAX_TOPIC_BYTES = 255  # wire.MAX_TOPIC (not imported: argument types stay light)
+
+
+def topic(*, pattern: bool = False) -> OptionType:
+    """A topic: 1-255 bytes of UTF-8. With ``pattern`` also ``prefix*`` or ``*`` (all)."""
+
+    def convert(text: str) -> str:
+        size = len(text.encode("utf-8", "surrogateescape"))
+        if not text:
+            raise argparse.ArgumentTypeError(
+                "the topic is empty; give a name" + (" or * for every topic" if pattern else "")
+            )
+        if size > MAX_TOPIC_BYTES:
+            raise argparse.ArgumentTypeError(
+                f"the topic is {size} bytes; the limit is {MAX_TOPIC_BYTES}"
+            )
+        return text
+
+    return OptionType("topic", convert, ("", "t" * 256))
+
+
+def address() -> OptionType:
+    """An IPv4 or IPv6 address literal (a source to join, to check)."""
+
+    def convert(text: str) -> str:
+        try:
+            return str(parse_address(text))
+        except AddressError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not an IPv4 or IPv6 address; give the source's address"
+            ) from None
+
+    return OptionType("address", convert, ("", "notanip", "300.1.1.1", "239.1.1.1:5"))

@@ -39,7 +39,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="interface to check (default: the route's)",
     )
     doctor.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL your application uses")
-    doctor.add_argument("--source", action="append", default=[], help="SSM source you join")
+    doctor.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        type=argtypes.address(),
+        help="SSM source you join (an address)",
+    )
     doctor.add_argument("--no-self-test", action="store_true", help="skip the live send/receive")
     doctor.add_argument(
         "--wait",

@@ -30,7 +30,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     """Register the commands of this module."""
     publish = commands.add_parser("publish", help="publish a message on a topic")
     node_options(publish)
-    publish.add_argument("topic")
+    publish.add_argument("topic", type=argtypes.topic())
     publish.add_argument("message", nargs="?", help="payload; absent or '-': stdin lines")
     publish.add_argument(
         "--count",
@@ -81,7 +81,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
     subscribe = commands.add_parser("subscribe", help="print messages on a topic (prefix*)")
     node_options(subscribe)
-    subscribe.add_argument("topic", nargs="?", default="*", help="topic or prefix* (default all)")
+    subscribe.add_argument(
+        "topic",
+        nargs="?",
+        default="*",
+        type=argtypes.topic(pattern=True),
+        help="topic or prefix* (default all)",
+    )
     subscribe.add_argument(
         "--count", type=argtypes.count("messages"), help="exit after this many messages"
     )

@@ -18,7 +18,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     """Register the commands of this module."""
     request = commands.add_parser("request", help="ask the group and gather replies")
     node_options(request)
-    request.add_argument("topic")
+    request.add_argument("topic", type=argtypes.topic())
     request.add_argument("message", nargs="?", default="")
     request.add_argument(
         "--timeout", type=argtypes.seconds(), default=1.0, help="seconds to gather"
@@ -37,11 +37,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
     serve = commands.add_parser("serve", help="answer requests on a topic")
     node_options(serve)
-    serve.add_argument("topic")
+    serve.add_argument("topic", type=argtypes.topic(pattern=True))
     how = serve.add_mutually_exclusive_group(required=True)
     how.add_argument("--reply", help="answer with this fixed text")
     how.add_argument(
         "--command",
+        dest="shell_command",  # not "command": that names the mcast command in messages
         help="answer with this shell command's output (the request payload on its stdin)",
     )
     serve.add_argument("--timeout", type=argtypes.seconds(), help="exit after this many seconds")
@@ -82,7 +83,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
             return str(args.reply).encode()
         # Not subprocess.run: the node keeps its heartbeats (and other requests) going.
         proc = await asyncio.create_subprocess_shell(
-            args.command,
+            args.shell_command,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

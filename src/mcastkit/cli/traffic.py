@@ -26,7 +26,7 @@ from ..transport import (
 from ..transport.interfaces import router_hint
 from ..transport.netlink import LinkWatch, follow
 from . import argtypes
-from .output import emit_json, note, preview, say
+from .output import UsageError, emit_json, note, preview, say
 
 SILENCE_HINT_AFTER = 5.0
 
@@ -106,7 +106,7 @@ def _payloads(args: argparse.Namespace) -> Iterator[bytes]:
 
 def cmd_send(args: argparse.Namespace) -> int:
     """Send datagrams."""
-    spec = parse_group(args.group, allow_broadcast=args.broadcast)
+    spec = _group(args)
     senders = _open_senders(spec, args)
     names = ", ".join(sender.interface.name for sender in senders)
     sent = sent_bytes = 0
@@ -167,9 +167,17 @@ class _SourceCount:
     last: float = 0.0
 
 
+def _group(args: argparse.Namespace) -> GroupSpec:
+    """The group of send and listen; --broadcast only where broadcast exists (IPv4)."""
+    spec = parse_group(args.group, allow_broadcast=args.broadcast)
+    if args.broadcast and spec.family == 6:
+        raise UsageError("IPv6 has no broadcast: drop --broadcast (ff02::1 is the all-nodes group)")
+    return spec
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     """Receive datagrams until --count, --timeout or Ctrl-C."""
-    spec = parse_group(args.group, allow_broadcast=args.broadcast)
+    spec = _group(args)
     receiver = open_receiver(spec, iface=args.iface, sources=args.source, exclude=args.exclude)
     per_source: dict[str, _SourceCount] = defaultdict(_SourceCount)
     total = 0
