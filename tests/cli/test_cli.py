@@ -299,3 +299,33 @@ def test_reliable_publish_bad_input_is_a_clear_error(args: list[str], message: s
     result = mcast("publish", "t", *args, "--group", "239.255.90.9:5909", "--linger", "0")
     assert result.returncode == 2  # bad input, always 2 (was: anything but 0)
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(("signum", "code"), [(2, 130), (15, 143)])
+def test_publish_from_an_open_stdin_ends_on_a_signal_with_its_code(signum: int, code: int) -> None:
+    """Issue 25, item 9: ``publish t -`` read all of stdin first, so a signal waited for EOF
+    and the command then exited 0. Lines now go out as they come."""
+    import signal as signals
+    import time
+
+    group = "239.255.59.1:5590"
+    sub = subprocess.Popen(
+        [sys.executable, "-m", "mcastkit", "subscribe", "t", "--count", "1", "--group", group,
+         "--iface", "lo", "--timeout", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    pub = subprocess.Popen(
+        [sys.executable, "-m", "mcastkit", "publish", "t", "-", "--group", group, "--iface",
+         "lo", "--wait", "5", "--peers", "1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert pub.stdin is not None
+    pub.stdin.write("first line\n")
+    pub.stdin.flush()
+    out, _ = sub.communicate(timeout=30)  # arrived while the publisher's stdin is still open
+    assert "first line" in out
+    time.sleep(0.2)
+    pub.send_signal(signals.Signals(signum))
+    _, err = pub.communicate(timeout=10)
+    assert pub.returncode == code, err
+    assert "published 1 message(s)" in err

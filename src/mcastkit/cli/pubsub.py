@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import hashlib
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from ..addr import format_endpoint
@@ -99,6 +100,28 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     subscribe.set_defaults(handler=cmd_subscribe)
 
 
+async def _given(payloads: list[bytes | str]) -> AsyncIterator[bytes | str]:
+    for payload in payloads:
+        yield payload
+
+
+async def _stdin_lines() -> AsyncIterator[bytes | str]:
+    """Stdin's lines as they come (``tail -f | mcast publish t -`` publishes each at once),
+    read on a thread so the loop stays free: SIGINT and SIGTERM end the command with its
+    summary and 130 or 143 even while stdin is silent."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\n"))
+        loop.call_soon_threadsafe(lines.put_nowait, None)
+
+    threading.Thread(target=read, name="stdin", daemon=True).start()
+    while (line := await lines.get()) is not None:
+        yield line
+
+
 async def _run_publish(args: argparse.Namespace) -> int:
     if args.file is not None and not args.reliable:
         raise UsageError("--file needs --reliable (a file is one large message)")
@@ -109,21 +132,23 @@ async def _run_publish(args: argparse.Namespace) -> int:
         if args.file is not None:
             try:
                 with open(args.file, "rb") as handle:
-                    payloads: list[bytes | str] = [handle.read()]
+                    payloads: AsyncIterator[bytes | str] = _given([handle.read()])
             except OSError as error:
                 raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
         elif args.message is not None and args.message != "-":
-            payloads = [args.message] * args.count
+            payloads = _given([args.message] * args.count)
         else:
-            payloads = [line.rstrip("\n") for line in sys.stdin]
+            payloads = _stdin_lines()
         slow: list[SlowReceiver] = []
         _watch(node, SlowReceiver, slow.append)
         started = time.monotonic()
         size = sent = 0
         unacknowledged: list[int] = []
         try:
-            for number, payload in enumerate(payloads):
-                if number and args.interval:
+            number = 0
+            async for payload in payloads:
+                number += 1
+                if number > 1 and args.interval:
                     await asyncio.sleep(args.interval)
                 try:
                     await node.publish(args.topic, payload, reliable=args.reliable)
