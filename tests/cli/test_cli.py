@@ -329,3 +329,29 @@ def test_publish_from_an_open_stdin_ends_on_a_signal_with_its_code(signum: int, 
     _, err = pub.communicate(timeout=10)
     assert pub.returncode == code, err
     assert "published 1 message(s)" in err
+
+
+def test_rich_output_into_a_closed_pipe_is_a_broken_pipe_not_an_exit_1() -> None:
+    """Issue 25, item 9: rich ends a program with exit 1 when its stdout closes (its own
+    broken-pipe handling); the tables of doctor and ping go through ``output.console``,
+    which hands the entry point a BrokenPipeError instead (exit 0: a closed stdout is not an
+    error). More than a pipe's buffer is written, so the pipe really is found closed."""
+    import os
+
+    code = (
+        "import sys\n"
+        "from mcastkit.cli.output import console\n"
+        "out = console(width=200)\n"
+        "try:\n"
+        "    for _ in range(4000):\n"
+        "        out.print('x' * 150)\n"
+        "except BrokenPipeError:\n"
+        "    sys.exit(0)\n"
+    )
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-c", code], stdout=write_end, timeout=30)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0

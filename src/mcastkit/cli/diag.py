@@ -11,7 +11,7 @@ from ..diag.ping import PingSession, verdict
 from ..diag.runner import run_ping
 from ..transport.unicast import resolve_peers
 from . import argtypes
-from .output import emit_json, note
+from .output import console, emit_json, note
 from .signals import CtrlC
 
 DEFAULT_PING_GROUP = "239.255.77.80:5080"
@@ -196,12 +196,10 @@ def cmd_ping(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(summary)
     else:
-        from rich.console import Console
-
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=170)  # logs and pipes: one row per path, never wrapped
-        console.print(ping_table(summary))
+        out = console()
+        if not out.is_terminal:
+            out = console(width=170)  # logs and pipes: one row per path, never wrapped
+        out.print(ping_table(summary))
     for reason in reasons:
         note(f"problem: {reason}")
     return code

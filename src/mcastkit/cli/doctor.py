@@ -8,7 +8,7 @@ import shlex
 from ..addr import parse_group
 from ..diag.doctor import collect, diagnose, exit_code, report, self_test
 from . import argtypes
-from .output import emit_json, say
+from .output import console, emit_json, say
 
 DEFAULT_DOCTOR_GROUP = "239.255.77.82:5082"
 _MARK = {
@@ -66,20 +66,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(report(findings))
         return exit_code(findings)
-    from rich.console import Console
     from rich.markup import escape
 
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, soft_wrap=True)  # pipes and logs: one line each
+    out = console(highlight=False)
+    if not out.is_terminal:
+        out = console(highlight=False, soft_wrap=True)  # pipes and logs: one line each
     where = view.chosen.name if view.chosen else "no interface"
     say(f"mcast doctor: {spec} on {where}")
     for finding in findings:
-        console.print(f"{_MARK[finding.severity]} {finding.check:<13} {escape(finding.what)}")
+        out.print(f"{_MARK[finding.severity]} {finding.check:<13} {escape(finding.what)}")
         if finding.why:
-            console.print(f"      {'why':<13} {escape(finding.why)}")
+            out.print(f"      {'why':<13} {escape(finding.why)}")
         for command in finding.commands:
-            console.print(f"      {'fix':<13} [bold]{escape(shlex.join(command))}[/]")
+            out.print(f"      {'fix':<13} [bold]{escape(shlex.join(command))}[/]")
         if finding.hint:
-            console.print(f"      {'hint':<13} {escape(finding.hint)}")
+            out.print(f"      {'hint':<13} {escape(finding.hint)}")
     return exit_code(findings)

@@ -18,6 +18,21 @@ if TYPE_CHECKING:
 PASSPHRASE_ENV = "MCAST_PASSPHRASE"
 
 
+def console(**options: Any) -> Any:
+    """A rich Console for stdout whose closed pipe is a closed pipe: rich's own handling
+    exits 1 (``mcast doctor | head -1`` did), where a closed stdout is not an error here
+    (the entry point exits 0 on ``BrokenPipeError``)."""
+    from rich.console import Console
+
+    made = Console(**options)
+
+    def closed() -> None:
+        raise BrokenPipeError
+
+    made.on_broken_pipe = closed  # type: ignore[method-assign]
+    return made
+
+
 class UsageError(MulticastError):
     """A bad value or a bad combination of options found after parsing: exit 2."""
 
