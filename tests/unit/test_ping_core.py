@@ -148,3 +148,20 @@ def test_a_peer_gone_silent_stays_with_its_figures_and_is_shown_silent() -> None
     console = Console(width=240, record=True)
     console.print(ping_table(a.summary(10 * 100 * MS + 1)))
     assert "silent" not in console.export_text()
+
+
+def test_multicast_probes_that_go_unanswered_fail_the_verdict() -> None:
+    """Issue 25, item 9: our multicast probes never reach the peer (its own reach us, and
+    unicast works both ways): that is multicast failing too, not exit 0."""
+    a, b = _pair()
+
+    def ours_lost(_n: int, data: bytes) -> bool:
+        probe = decode_untrusted(data)
+        return probe is not None and probe.path == 1 and probe.kind == 1 and probe.sender == 1
+
+    _run(a, b, 20, drop=ours_lost)
+    summary = a.summary(20 * 100 * MS, final=True)
+    (peer,) = summary["peers"]
+    assert peer["multicast"]["received"] > 0 and peer["multicast"]["answered"] == 0
+    code, reasons = verdict(summary, None)
+    assert code == 1 and "multicast probes go unanswered" in reasons[0], reasons

@@ -402,6 +402,14 @@ def verdict(summary: dict[str, Any], max_loss: float | None) -> tuple[int, list[
                 f"{peer['address'].rsplit(':', 1)[0]} or join sites with `mcast relay`"
             )
             continue
+        if mc["answer_loss"] == 1.0 and (mc["received"] > 0 or uc["answered"] > 0):
+            # It reaches us, but none of our multicast probes reached it: one direction only.
+            reasons.append(
+                f"{name}: our multicast probes go unanswered while it reaches us (a one-way "
+                "path: our TTL, our firewall or the switch's snooping on our port; try `mcast "
+                "doctor` here)"
+            )
+            continue
         if max_loss is not None:
             for path_name, stats in (("multicast", mc), ("unicast", uc)):
                 # Loss of the peer's probes to us, and of its answers to our probes: either
