@@ -355,3 +355,22 @@ def test_rich_output_into_a_closed_pipe_is_a_broken_pipe_not_an_exit_1() -> None
     finally:
         os.close(write_end)
     assert done.returncode == 0
+
+
+def test_small_truths_of_the_first_hour() -> None:
+    """Issue 25, item 10: what the commands say is what they do."""
+    from mcastkit.cli.bench import _article, _count
+    from mcastkit.cli.dump import _line
+
+    assert _count(1, "datagram") == "1 datagram" and _count(1200, "datagram") == "1,200 datagrams"
+    assert f"{_article('iperf2')} iperf2" == "an iperf2" and _article("raw") == "a"
+    record = {
+        "time": 0.0, "source": "fd00::1", "source_port": 5000, "destination": "ff15::1",
+        "size": 3, "ttl": 1, "decoded": {"kind": "raw"},
+    }  # fmt: skip
+    assert "[fd00::1]:5000 -> [ff15::1] " in _line(record, b"abc")
+    excluded = mcast("listen", "239.255.58.1:5580", "--iface", "lo", "--exclude", "127.0.0.9",
+                     "--timeout", "0.3")  # fmt: skip
+    assert "any source but 127.0.0.9" in excluded.stderr
+    too_long = mcast("send", "239.255.58.1:5580", "-", "--iface", "lo", stdin="x" * 70000)
+    assert too_long.returncode == 2 and "65,507" in too_long.stderr, too_long.stderr

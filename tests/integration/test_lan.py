@@ -228,13 +228,17 @@ def test_broadcast_reaches_every_host_on_the_segment(lab: Lab) -> None:
         for h in (h2, h3)
     ]
     sent = h1.mcast(
-        "send", f"10.88.0.255:{PORT}", "to-all", "--broadcast", "--iface", "eth0", "--count", "2"
-    )
+        "send", f"10.88.0.255:{PORT}", "to-all", "--broadcast", "--iface", "eth0", "--count", "2",
+        "--ttl", "3",
+    )  # fmt: skip
     assert sent.returncode == 0, sent.stderr
+    assert "ttl 3" in sent.stderr
     for receiver in receivers:
         datagrams, _ = _records(receiver.communicate(timeout=20)[0])
         assert [d["source"] for d in datagrams] == [h1.ipv4, h1.ipv4]
         assert {d["destination"] for d in datagrams} == {"10.88.0.255"}
+        # What it says is what it sends (issue 25, item 10: it said ttl 1 and sent 64).
+        assert {d["ttl"] for d in datagrams} == {3}
 
 
 def test_socat_sends_to_mcast_listen_and_receives_from_mcast_send(lab: Lab) -> None:

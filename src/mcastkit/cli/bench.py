@@ -16,6 +16,16 @@ from .signals import CtrlC
 DEFAULT_BENCH_GROUP = "239.255.77.81:5081"
 
 
+def _count(number: int, noun: str) -> str:
+    """``1 datagram``, ``1,200 datagrams``."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+def _article(word: str) -> str:
+    """``an iperf2``, ``an mcast``, ``a raw``: by the sound, which for these is the letter."""
+    return "an" if word[:1].lower() in "aeiomx" else "a"
+
+
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``mcast bench``."""
     bench = commands.add_parser("bench", help="throughput test: bench send / bench recv")
@@ -129,7 +139,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         emit_json({"summary": summary})
     else:
         say(
-            f"sent {summary['packets']:,} datagrams in {summary['seconds']:.2f}s: "
+            f"sent {_count(summary['packets'], 'datagram')} in {summary['seconds']:.2f}s: "
             f"{summary['pps']:,.0f} pps, {summary['mbps']:,.1f} Mbit/s"
             + (
                 f" ({summary['send_errors']} send errors: queue full)"
@@ -166,7 +176,8 @@ def cmd_recv(args: argparse.Namespace) -> int:
             else f": {summary['pps']:,.0f} pps, {summary['mbps']:,.1f} Mbit/s"
         )
         say(
-            f"received {summary['packets']:,} datagrams from a {summary['sender']} sender in "
+            f"received {_count(summary['packets'], 'datagram')} from "
+            f"{_article(summary['sender'])} {summary['sender']} sender in "
             f"{summary['seconds']:.2f}s{rate}; lost {summary['lost']} ({loss}), "
             f"dup {summary['duplicates']}, reordered {summary['reordered']}, "
             f"jitter {summary['jitter_ms']:.3f} ms"

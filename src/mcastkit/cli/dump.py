@@ -42,11 +42,17 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     dump.set_defaults(handler=cmd_dump)
 
 
+def _bracketed(address: str) -> str:
+    """An IPv6 address in brackets, as next to a port: ``[ff15::1]``."""
+    return f"[{address}]" if ":" in address else address
+
+
 def _line(record: dict[str, Any], data: bytes) -> str:
     info = record["decoded"]
     head = (
         f"{time.strftime('%H:%M:%S', time.localtime(record['time']))} "
-        f"{record['source']}:{record['source_port']} -> {record['destination']} "
+        f"{format_endpoint(record['source'], record['source_port'])} -> "
+        f"{_bracketed(record['destination'])} "
         f"{record['size']:>5} B ttl={record['ttl']}"
         + (f" via {record['iface']}" if record.get("iface") else "")
     )

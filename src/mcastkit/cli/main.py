@@ -126,6 +126,11 @@ def _explain_os_error(exc: OSError) -> str:
             f"{text}: no route for this group out of the chosen interface "
             "(IPv6 multicast does not run over lo on Linux; give a real interface with --iface)"
         )
+    if exc.errno == errno.EMSGSIZE:
+        return (
+            f"{text}: a UDP datagram holds at most 65,507 bytes over IPv4 (65,527 over IPv6); "
+            "send less, or use publish --reliable, which fragments"
+        )
     if exc.errno == errno.EPERM:
         return f"{text}: a firewall rule refused the datagram (see nft list ruleset)"
     if exc.filename:

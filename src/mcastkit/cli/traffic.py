@@ -187,6 +187,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
     several = is_multi(args.iface)
     follower = None if spec.broadcast else _Follower(receiver, args.iface)
     mode = "SSM from " + ", ".join(args.source) if args.source else "any source"
+    if args.exclude:
+        mode = "any source but " + ", ".join(args.exclude)
     names = ", ".join(i.name for i in receiver.interfaces)
     note(f"listening on {spec} via {names} ({mode}); Ctrl-C to stop")
     warnings = [

@@ -538,6 +538,7 @@ def open_sender(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         if spec.broadcast:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            set_unicast_ttl(sock, family, ttl)  # broadcast is not multicast: IP_TTL applies
             if not _bind_to_device(sock, interface) and interface.ipv4_address:
                 source = source or str(interface.ipv4_address)
         else:

@@ -20,7 +20,7 @@ def self_test(view: SystemView, *, count: int = 3, timeout: float = 1.0) -> Find
             "error",
             "self-test",
             "self-test skipped: no interface to test",
-            "the checks above say why",
+            "the interface findings say why",
             hint="give --iface",
         )
     where = view.chosen.name
@@ -43,7 +43,7 @@ def self_test(view: SystemView, *, count: int = 3, timeout: float = 1.0) -> Find
             "error",
             "self-test",
             f"could not send and receive on {where}: {exc}",
-            "the socket layer refused; see the findings above",
+            "the socket layer refused; see the other findings",
         )
     if got == 0:
         return Finding(
@@ -52,7 +52,7 @@ def self_test(view: SystemView, *, count: int = 3, timeout: float = 1.0) -> Find
             f"sent {count} datagrams to {view.group} on {where} (TTL 0, loopback on) "
             "and received none",
             "this host drops its own multicast: a firewall rule or the interface",
-            hint="see the firewall findings above",
+            hint="see the firewall findings",
         )
     return Finding(
         "ok", "self-test", f"sent {count} datagrams to {view.group} on {where} and received {got}"
