@@ -108,7 +108,16 @@ def _describe(event: Event) -> tuple[str, dict[str, Any]]:
     kind = type(event).__name__.lower()
     peer = event.peer
     text = f"{peer.name} [{peer.node_id:016x}] {kind} ({_address(peer)})"
-    return text, {"event": kind, **peer.to_dict()}
+    return text, {"event": kind, **_with_wall_clock(peer.to_dict())}
+
+
+def _with_wall_clock(data: dict[str, Any]) -> dict[str, Any]:
+    """``last_seen`` is the event loop's clock (for intervals); scripts also want the time of
+    day: ``last_seen_unix``, seconds since the epoch (issue 25, item 10)."""
+    if data.get("last_seen") is not None:
+        age = asyncio.get_running_loop().time() - data["last_seen"]
+        data["last_seen_unix"] = round(time.time() - age, 3)
+    return data
 
 
 async def _run_chat(args: argparse.Namespace) -> int:
@@ -168,7 +177,7 @@ async def _run_peers(args: argparse.Namespace) -> int:
                 emit_json(
                     {
                         "self": {"id": f"{node.node_id:016x}", "name": node.name},
-                        "peers": [p.to_dict() for p in peers],
+                        "peers": [_with_wall_clock(p.to_dict()) for p in peers],
                     }
                 )
             else:
