@@ -144,10 +144,11 @@ def run_relay(
             core.counters["proxy-errors"] += 1
             return None
         sock.sock.setblocking(False)
-        bind_unicast(sock.sock, spec.family, interface, 0)
-        if sock.sock.getsockname()[1] == 0:
-            ip = interface.ipv4_address if spec.family == 4 else interface.ipv6[0].ip
-            sock.sock.bind((str(ip), 0) if spec.family == 4 else (str(ip), 0, 0, 0))
+        bind_unicast(sock.sock, spec.family, interface, 0)  # any port of the site address
+        if sock.sock.getsockname()[1] == 0:  # the interface has no address to stand on
+            sock.close()
+            core.counters["proxy-errors"] += 1
+            return None
         proxy = _Proxy(
             sock, BatchSender(sock.sock), BatchReceiver(sock.sock, slots=8, watch_load=False)
         )
