@@ -144,6 +144,7 @@ async def _run_publish(args: argparse.Namespace) -> int:
         started = time.monotonic()
         size = sent = 0
         unacknowledged: list[int] = []
+        names_of: dict[int, str] = {}
         try:
             number = 0
             async for payload in payloads:
@@ -161,6 +162,8 @@ async def _run_publish(args: argparse.Namespace) -> int:
             elapsed = time.monotonic() - started
             if args.reliable and args.ack_timeout > 0:
                 members = list(node.peers)
+                # Named as they were: one that fails while we wait is still named after.
+                names_of = {peer: info.name for peer, info in node.peers.items()}
                 await node.flush(args.ack_timeout, acknowledged=True)
                 unacknowledged = node.unacknowledged(members)
             if args.reliable and args.linger > 0:
@@ -197,18 +200,18 @@ async def _run_publish(args: argparse.Namespace) -> int:
                     f"slow receiver {event.peer:016x} dropped (acknowledged through {event.acked})"
                 )
         if unacknowledged:
-            names = ", ".join(_peer_label(node, peer) for peer in unacknowledged)
+            names = ", ".join(_peer_label(names_of, peer) for peer in unacknowledged)
             note(
-                f"partial: {len(unacknowledged)} of {summary['peers']} peer(s) did not "
+                f"partial: {len(unacknowledged)} of {len(names_of)} peer(s) did not "
                 f"acknowledge within {args.ack_timeout:g} s: {names}"
             )
             return 3
     return 0
 
 
-def _peer_label(node: Node, peer: int) -> str:
-    info = node.peers.get(peer)
-    return f"{peer:016x} ({info.name})" if info is not None and info.name else f"{peer:016x}"
+def _peer_label(names: dict[int, str], peer: int) -> str:
+    name = names.get(peer)
+    return f"{peer:016x} ({name})" if name else f"{peer:016x}"
 
 
 def _watch(node: Node, kind: type[T], handle: Callable[[T], None]) -> None:
