@@ -24,7 +24,7 @@ from ..security import write_key_file
 from ..transport.interfaces import router_hint
 from . import argtypes, signals
 from .node_options import make_node, node_options
-from .output import emit_json, note, say
+from .output import emit_json, note, say, stdin_lines
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -124,15 +124,6 @@ async def _run_chat(args: argparse.Namespace) -> int:
     async with make_node(args) as node:
         inbox = node.subscribe(args.topic)
         note(f"chat on {node.spec} via {_where(node)} as {node.name}; /peers, /quit")
-        loop = asyncio.get_running_loop()
-        lines: asyncio.Queue[str | None] = asyncio.Queue()
-
-        def read_stdin() -> None:
-            for line in sys.stdin:
-                loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\n"))
-            loop.call_soon_threadsafe(lines.put_nowait, None)
-
-        loop.run_in_executor(None, read_stdin)
 
         async def show_messages() -> None:
             async for message in inbox:
@@ -144,7 +135,7 @@ async def _run_chat(args: argparse.Namespace) -> int:
 
         tasks = [asyncio.ensure_future(show_messages()), asyncio.ensure_future(show_membership())]
         try:
-            while (line := await lines.get()) is not None:
+            async for line in stdin_lines():
                 if line == "/quit":
                     break
                 if line == "/peers":

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MulticastError
@@ -16,6 +17,26 @@ if TYPE_CHECKING:
     from ..security import GroupKey
 
 PASSPHRASE_ENV = "MCAST_PASSPHRASE"
+
+
+async def stdin_lines() -> AsyncIterator[str]:
+    """Stdin's lines as they come, read on a daemon thread so the event loop stays free:
+    SIGINT and SIGTERM end the command with its summary (130, 143) even while stdin is
+    silent, and leaving early never waits for stdin to close."""
+    import asyncio
+    import threading
+
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\n"))
+        loop.call_soon_threadsafe(lines.put_nowait, None)
+
+    threading.Thread(target=read, name="stdin", daemon=True).start()
+    while (line := await lines.get()) is not None:
+        yield line
 
 
 def console(**options: Any) -> Any:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -21,7 +19,7 @@ from ..events import (
 )
 from . import argtypes, signals
 from .node_options import make_node, node_options, reliable_options
-from .output import UsageError, emit_json, note, preview, say
+from .output import UsageError, emit_json, note, preview, say, stdin_lines
 
 T = TypeVar("T")
 TEXT_LIMIT = 64 << 10  # larger payloads are shown by size and sha256, not as text
@@ -105,23 +103,6 @@ async def _given(payloads: list[bytes | str]) -> AsyncIterator[bytes | str]:
         yield payload
 
 
-async def _stdin_lines() -> AsyncIterator[bytes | str]:
-    """Stdin's lines as they come (``tail -f | mcast publish t -`` publishes each at once),
-    read on a thread so the loop stays free: SIGINT and SIGTERM end the command with its
-    summary and 130 or 143 even while stdin is silent."""
-    loop = asyncio.get_running_loop()
-    lines: asyncio.Queue[str | None] = asyncio.Queue()
-
-    def read() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\n"))
-        loop.call_soon_threadsafe(lines.put_nowait, None)
-
-    threading.Thread(target=read, name="stdin", daemon=True).start()
-    while (line := await lines.get()) is not None:
-        yield line
-
-
 async def _run_publish(args: argparse.Namespace) -> int:
     if args.file is not None and not args.reliable:
         raise UsageError("--file needs --reliable (a file is one large message)")
@@ -138,7 +119,7 @@ async def _run_publish(args: argparse.Namespace) -> int:
         elif args.message is not None and args.message != "-":
             payloads = _given([args.message] * args.count)
         else:
-            payloads = _stdin_lines()
+            payloads = stdin_lines()  # each line as it comes (tail -f | mcast publish t -)
         slow: list[SlowReceiver] = []
         _watch(node, SlowReceiver, slow.append)
         started = time.monotonic()
