@@ -295,8 +295,8 @@ class Node(FollowsInterfaces):
 
     @property
     def counters(self) -> dict[str, int]:
-        """Datagrams, frames, drops by reason, sends by type."""
-        return dict(self._live().counters)
+        """Datagrams, frames, drops by reason, sends by type; kernel-drops: the sockets'."""
+        return {**self._live().counters, "kernel-drops": self.kernel_drops()}
 
     async def publish(self, topic: str, payload: bytes | str, *, reliable: bool = False) -> None:
         """Send a message on ``topic`` to the group. It leaves at the end of this turn of

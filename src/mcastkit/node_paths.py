@@ -242,6 +242,13 @@ class FollowsInterfaces:
     _pump: Callable[[], None]
     _now: Callable[[], float]
 
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped for a full receive buffer on this node's open sockets
+        (the group's and each path's) since they opened: loss before any protocol saw it."""
+        sockets = [self._group_socket] if self._group_socket is not None else []
+        sockets += [path.socket for path in self._paths or ()]
+        return sum(load.drops for sock in sockets if (load := sock.load()) is not None)
+
     def _add_path_reader(self, path: Path) -> None:
         assert self._loop is not None
         name = path.interface.name

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..aio import DEFAULT_GROUP, Node
+from ..aio import DEFAULT_GROUP, DEFAULT_RCVBUF, Node
 from ..reliable import ReliableConfig
 from ..units import parse_rate
 from . import argtypes
@@ -28,6 +28,13 @@ def node_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--name", help="this node's name (default host-pid)")
     parser.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1)")
+    parser.add_argument(
+        "--rcvbuf",
+        type=argtypes.size(1024),
+        default=DEFAULT_RCVBUF,
+        help=f"receive buffer bytes (default {DEFAULT_RCVBUF >> 20} MiB; without root at most "
+        "net.core.rmem_max)",
+    )
     add_key_options(parser)
     parser.add_argument(
         "--heartbeat", type=argtypes.seconds(), default=1.0, help="seconds between heartbeats"
@@ -139,6 +146,7 @@ def make_node(args: argparse.Namespace) -> Node:
         iface=args.iface,
         name=args.name,
         ttl=args.ttl,
+        rcvbuf=args.rcvbuf,
         key=group_key(args, args.group),
         heartbeat=args.heartbeat,
         failure_timeout=args.failure_timeout,

@@ -235,7 +235,13 @@ async def _run_subscribe(args: argparse.Namespace) -> int:
                 _print_message(message, args.json)
         except asyncio.CancelledError:
             pass  # SIGINT / SIGTERM: the summary below, then goodbye as the node stops
+        kernel_drops = node.kernel_drops()
     note(f"{received} message(s) received, {len(losses)} loss report(s)")
+    if kernel_drops:
+        note(
+            f"warning: the kernel dropped {kernel_drops} datagram(s) for a full receive "
+            "buffer: raise --rcvbuf (beyond net.core.rmem_max needs root)"
+        )
     if losses:
         return 3
     return 0 if received else 1

@@ -29,6 +29,7 @@ from . import argtypes
 from .output import UsageError, emit_json, note, preview, say
 
 SILENCE_HINT_AFTER = 5.0
+LISTEN_RCVBUF = 4 << 20  # a burst of thousands of datagrams while the terminal scrolls
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -90,6 +91,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     listen.add_argument("--timeout", type=argtypes.seconds(), help="stop after this many seconds")
     listen.add_argument("--broadcast", action="store_true", help="receive IPv4 broadcast instead")
+    listen.add_argument(
+        "--rcvbuf",
+        type=argtypes.size(1024),
+        help=f"receive buffer bytes (default {LISTEN_RCVBUF >> 20} MiB; without root at most "
+        "net.core.rmem_max)",
+    )
     listen.add_argument("--quiet", action="store_true", help="only the summary")
     listen.add_argument("--json", action="store_true", help="NDJSON: one object per datagram")
     listen.set_defaults(handler=cmd_listen)
@@ -178,13 +185,14 @@ def _group(args: argparse.Namespace) -> GroupSpec:
 def cmd_listen(args: argparse.Namespace) -> int:
     """Receive datagrams until --count, --timeout or Ctrl-C."""
     spec = _group(args)
-    receiver = open_receiver(spec, iface=args.iface, sources=args.source, exclude=args.exclude)
+    receiver = open_receiver(
+        spec, iface=args.iface, sources=args.source, exclude=args.exclude, rcvbuf=args.rcvbuf
+    )
+    if args.rcvbuf is None:
+        receiver.grow_rcvbuf(LISTEN_RCVBUF)  # what the kernel grants: drops will say if short
+    kernel_drops = 0
     per_source: dict[str, _SourceCount] = defaultdict(_SourceCount)
-    total = 0
     start = time.monotonic()
-    last_activity = start
-    hinted = False
-    several = is_multi(args.iface)
     follower = None if spec.broadcast else _Follower(receiver, args.iface)
     mode = "SSM from " + ", ".join(args.source) if args.source else "any source"
     if args.exclude:
@@ -202,49 +210,17 @@ def cmd_listen(args: argparse.Namespace) -> int:
             note(f"warning: {warning}")
     try:
         with receiver:
-            while args.count is None or total < args.count:
-                now = time.monotonic()
-                if args.timeout is not None and now - start >= args.timeout:
-                    break
-                wait = 0.5 if args.timeout is None else min(0.5, args.timeout - (now - start))
-                if follower is not None:
-                    for event in follower.poll():
-                        _show_interface_event(args, event)
-                packet = receiver.recv(timeout=wait)
-                if packet is None:
-                    if not hinted and time.monotonic() - last_activity > SILENCE_HINT_AFTER:
-                        hinted = True
-                        note(
-                            f"nothing received for {SILENCE_HINT_AFTER:.0f}s. "
-                            + _silence_hint(spec, receiver)
-                        )
-                    continue
-                wall = time.time()
-                last_activity = time.monotonic()
-                total += 1
-                key = format_endpoint(packet.source, packet.source_port)
-                counter = per_source[key]
-                counter.datagrams += 1
-                counter.bytes += len(packet.data)
-                counter.first = counter.first or wall
-                counter.last = wall
-                if args.quiet:
-                    continue
-                if args.json:
-                    emit_json(_packet_record(packet, wall))
-                else:
-                    stamp = time.strftime("%H:%M:%S", time.localtime(wall))
-                    ttl = f" ttl={packet.ttl}" if packet.ttl is not None else ""
-                    via = f" via {packet.iface}" if several and packet.iface else ""
-                    say(
-                        f"{stamp}.{int(wall * 1000) % 1000:03d}  {key:<22} "
-                        f"{len(packet.data):>5} B{ttl}{via}  {preview(packet.data)}"
-                    )
+            try:
+                _listen_loop(args, spec, receiver, follower, per_source)
+            finally:
+                load = receiver.load()
+                kernel_drops = load.drops if load is not None else 0
     except KeyboardInterrupt:
         pass
     finally:
         if follower is not None:
             follower.close()
+    total = sum(c.datagrams for c in per_source.values())
     hint = "" if total or spec.broadcast else _silence_hint(spec, receiver)
     _summary(
         args,
@@ -252,12 +228,77 @@ def cmd_listen(args: argparse.Namespace) -> int:
         per_source=per_source,
         elapsed=time.monotonic() - start,
         hint=hint,
+        kernel_drops=kernel_drops,
+        rcvbuf=receiver.rcvbuf,
     )
     if total == 0:
         return 1
     if args.count is not None and total < args.count:
         return 3
     return 0
+
+
+def _listen_loop(
+    args: argparse.Namespace,
+    spec: GroupSpec,
+    receiver: GroupSocket,
+    follower: _Follower | None,
+    per_source: dict[str, _SourceCount],
+) -> None:
+    """Receive, count and show datagrams until --count or --timeout (Ctrl-C raises)."""
+    total = 0
+    start = last_activity = time.monotonic()
+    hinted = warned_drops = False
+    several = is_multi(args.iface)
+    while args.count is None or total < args.count:
+        now = time.monotonic()
+        if args.timeout is not None and now - start >= args.timeout:
+            break
+        wait = 0.5 if args.timeout is None else min(0.5, args.timeout - (now - start))
+        if follower is not None:
+            for event in follower.poll():
+                _show_interface_event(args, event)
+        packet = receiver.recv(timeout=wait)
+        if packet is None:
+            if not hinted and time.monotonic() - last_activity > SILENCE_HINT_AFTER:
+                hinted = True
+                note(
+                    f"nothing received for {SILENCE_HINT_AFTER:.0f}s. "
+                    + _silence_hint(spec, receiver)
+                )
+            continue
+        if packet.drops and not warned_drops:  # the counter rides on the next datagram
+            warned_drops = True
+            note("warning: " + _drop_warning(packet.drops, receiver.rcvbuf) + " (so far)")
+        wall = time.time()
+        last_activity = time.monotonic()
+        total += 1
+        key = format_endpoint(packet.source, packet.source_port)
+        counter = per_source[key]
+        counter.datagrams += 1
+        counter.bytes += len(packet.data)
+        counter.first = counter.first or wall
+        counter.last = wall
+        if args.quiet:
+            continue
+        if args.json:
+            emit_json(_packet_record(packet, wall))
+        else:
+            stamp = time.strftime("%H:%M:%S", time.localtime(wall))
+            ttl = f" ttl={packet.ttl}" if packet.ttl is not None else ""
+            via = f" via {packet.iface}" if several and packet.iface else ""
+            say(
+                f"{stamp}.{int(wall * 1000) % 1000:03d}  {key:<22} "
+                f"{len(packet.data):>5} B{ttl}{via}  {preview(packet.data)}"
+            )
+
+
+def _drop_warning(drops: int, rcvbuf: int | None) -> str:
+    size = f" ({rcvbuf} bytes)" if rcvbuf else ""
+    return (
+        f"the kernel dropped {drops} datagram(s): the receive buffer{size} was full; raise "
+        "--rcvbuf (beyond net.core.rmem_max needs root) or slow the sender"
+    )
 
 
 def _ssm_warning(spec: GroupSpec, sources: list[str]) -> list[str]:
@@ -318,6 +359,8 @@ def _summary(
     per_source: dict[str, _SourceCount],
     elapsed: float,
     hint: str = "",
+    kernel_drops: int = 0,
+    rcvbuf: int | None = None,
 ) -> None:
     total = sum(c.datagrams for c in per_source.values())
     if args.json:
@@ -326,6 +369,8 @@ def _summary(
                 "summary": {
                     "group": spec_text,
                     "datagrams": total,
+                    "kernel_drops": kernel_drops,
+                    "rcvbuf": rcvbuf,
                     "elapsed": round(elapsed, 3),
                     "sources": {
                         key: {"datagrams": c.datagrams, "bytes": c.bytes}
@@ -338,6 +383,8 @@ def _summary(
     note(f"{total} datagram(s) from {len(per_source)} source(s) in {elapsed:.1f}s")
     for key, c in sorted(per_source.items(), key=lambda kv: -kv[1].datagrams):
         note(f"  {key:<22} {c.datagrams:>7} datagrams {c.bytes:>10} bytes")
+    if kernel_drops:
+        note("warning: " + _drop_warning(kernel_drops, rcvbuf))
     if total == 0:
         note(f"nothing arrived. {hint or 'Is a sender running on this interface?'}")
 

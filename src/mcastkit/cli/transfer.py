@@ -383,4 +383,9 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
                 f"kept {summary['kept_blocks']} of {summary['blocks']} blocks in {args.dir}: "
                 "receive the same files again there and only the rest is sent"
             )
+    if summary["kernel_drops"] and not args.json:
+        note(
+            f"the kernel dropped {summary['kernel_drops']} datagram(s) for a full receive "
+            "buffer (repaired, at the cost of repairs): raise --rcvbuf"
+        )
     return 0 if ok else 1

@@ -555,5 +555,6 @@ class ReceiveSession:
             "refused_announces": dict(self.refused),
             "resumed_blocks": self.resumed,
             "kept_blocks": self.kept,
+            "kernel_drops": self.kernel_drops,  # repaired like any loss, but said
             "up_to_date": list(self.up_to_date),
         }

@@ -19,6 +19,7 @@ from ..events import ReceiveState, SendPhase, TransferEvent
 from ..pacing import TokenBucket
 from ..reach import CopyTargets
 from ..transport import Packet, open_receiver, open_sender
+from ..transport.ancillary import queue_load
 from ..transport.batch import BatchReceiver, BatchSender
 from ..transport.driver import STOP, Driver
 from ..transport.interfaces import resolve_interface, router_hint
@@ -552,6 +553,9 @@ def receive_files(
                 session.suspend()
             else:
                 session.sink.discard()
+        load = queue_load(data_sock)  # also the drops after the last datagram read
+        if load is not None:
+            session.kernel_drops = load.drops
         if group_socket is not None:
             group_socket.close()
         unicast.close()

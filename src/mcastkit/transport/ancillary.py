@@ -1,5 +1,6 @@
 """What the kernel tells about each received datagram: destination, arrival interface, TTL
-and its drop counter, from recvmsg's control messages (Linux layouts)."""
+and its drop counter, from recvmsg's control messages (Linux layouts); and about a receiving
+socket's queue: its fill and the datagrams it dropped (SO_MEMINFO)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from .interfaces import interface_name
 
-__all__ = ["CMSG_BUFSIZE", "Packet", "parse_ancillary"]
+__all__ = ["CMSG_BUFSIZE", "Packet", "QueueLoad", "parse_ancillary", "queue_load"]
 
 # Linux-only options Python does not name.
 IP_MULTICAST_ALL = 49
@@ -25,6 +26,39 @@ IPV6_RECVHOPLIMIT = getattr(socket, "IPV6_RECVHOPLIMIT", 51)
 IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
 
 CMSG_BUFSIZE = 256  # room for pktinfo, TTL and the drop counter
+SO_MEMINFO = 55
+SK_MEMINFO_RMEM_ALLOC, SK_MEMINFO_RCVBUF, SK_MEMINFO_DROPS = 0, 1, 8
+_MEMINFO = struct.Struct("=9I")
+
+
+@dataclass(frozen=True)
+class QueueLoad:
+    """A receiving socket's queue as the kernel keeps it."""
+
+    drops: int  # datagrams dropped for a full buffer since the socket opened
+    queued: int  # bytes waiting (with the kernel's per-datagram overhead)
+    capacity: int  # the receive buffer's size in bytes
+
+    @property
+    def fill(self) -> int:
+        """The share of the buffer in use, in percent."""
+        return self.queued * 100 // max(1, self.capacity)
+
+
+def queue_load(sock: socket.socket) -> QueueLoad | None:
+    """The socket's drop counter and fill (``SO_MEMINFO``, Linux), or None where not known.
+
+    Unlike SO_RXQ_OVFL, which rides on the next datagram, this also counts the drops after
+    the last datagram that arrived: a summary that reads it misses none."""
+    try:
+        info = _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))
+    except (OSError, struct.error):
+        return None
+    return QueueLoad(
+        drops=int(info[SK_MEMINFO_DROPS]),
+        queued=int(info[SK_MEMINFO_RMEM_ALLOC]),
+        capacity=int(info[SK_MEMINFO_RCVBUF]),
+    )
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from .ancillary import (
     SO_RXQ_OVFL,
     Packet,
     parse_ancillary,
+    queue_load,
 )
 from .joinreq import LINUX
 from .mmsg import MultiReceive
@@ -48,9 +49,6 @@ _GRO_SIZE = struct.Struct("=i")
 _DROPS = struct.Struct("=I")
 _IFINDEX = struct.Struct("=i")
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: the enum's & costs a microsecond
-SO_MEMINFO = 55
-SK_MEMINFO_RMEM_ALLOC, SK_MEMINFO_RCVBUF, SK_MEMINFO_DROPS = 0, 1, 8
-_MEMINFO = struct.Struct("=9I")
 # The kernel refuses a GSO send with these when the path cannot do it (no checksum offload,
 # SO_NO_CHECK, xfrm, an old kernel): fall back to one datagram per call, for good.
 _GSO_REFUSALS = {errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EPROTO}
@@ -393,14 +391,11 @@ class BatchReceiver:
     def kernel_drops(self) -> int | None:
         """Datagrams the kernel dropped on this socket so far (``SO_MEMINFO``), or None.
         Also updates ``fill``: the share of the receive buffer in use, in percent."""
-        try:
-            info = _MEMINFO.unpack(
-                self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size)
-            )
-        except OSError:
+        load = queue_load(self.sock)
+        if load is None:
             return None
-        self.fill = info[SK_MEMINFO_RMEM_ALLOC] * 100 // max(1, info[SK_MEMINFO_RCVBUF])
-        return int(info[SK_MEMINFO_DROPS])
+        self.fill = load.fill
+        return load.drops
 
     def _control(
         self, ancillary: list[tuple[int, int, bytes]], size: int

@@ -46,7 +46,9 @@ from .ancillary import (
     SO_RCVBUFFORCE,
     SO_RXQ_OVFL,
     Packet,
+    QueueLoad,
     parse_ancillary,
+    queue_load,
 )
 from .interfaces import IfaceChoice, Interface, choose_interfaces, is_multi
 from .joinreq import (
@@ -185,6 +187,17 @@ class GroupSocket:
             return Packet(data, str(address[0]), int(address[1]))
         data, ancillary, _flags, address = self.sock.recvmsg(bufsize, CMSG_BUFSIZE)
         return parse_ancillary(data, address, ancillary)
+
+    def load(self) -> QueueLoad | None:
+        """The receive queue now: the kernel's drops for a full buffer since the socket
+        opened, and the buffer's fill (None where the kernel does not say)."""
+        return queue_load(self.sock)
+
+    def grow_rcvbuf(self, size: int) -> int:
+        """Ask for a ``size``-byte receive buffer; the bytes granted (root may exceed
+        net.core.rmem_max, others get at most it)."""
+        self.rcvbuf = _set_rcvbuf(self.sock, size)
+        return self.rcvbuf
 
     def recv_nowait(self, bufsize: int = 65535) -> Packet | None:
         """Receive one datagram if one is queued (socket must be non-blocking)."""
