@@ -231,10 +231,14 @@ class GroupSocket:
 
     def join_interface(self, interface: Interface) -> bool:
         """Join the group on one more interface (one that came up); False when it already
-        was. A join the kernel refuses raises SocketSetupError."""
+        was: then join again, as a returning carrier sends no report and a snooping switch
+        waits for its next query (125 s). A refused join raises SocketSetupError."""
         known = next((i for i in self.interfaces if i.name == interface.name), None)
         if known is not None:
             if known.index == interface.index:
+                with contextlib.suppress(SocketSetupError):
+                    self._leave_on(known)
+                _join_on(self, interface)  # a fresh report, repeated by the kernel
                 return False
             self.leave_interface(known)  # the same name, a new device: join the new one
         _join_on(self, interface)
