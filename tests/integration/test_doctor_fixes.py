@@ -193,6 +193,27 @@ def test_listen_with_a_source_warns_when_igmp_is_forced_old(lab: Lab) -> None:
         listener.communicate(timeout=10)
 
 
+@pytest.mark.parametrize("group", [V4, V6], ids=["ipv4", "ipv6"])
+def test_a_route_fix_moves_the_group_alone(lab: Lab, group: str) -> None:
+    # doctor --iface docker0 once prescribed 'ip route replace 224.0.0.0/4 dev docker0',
+    # moving every program's multicast onto the container bridge.
+    host, _ = lab.dual(2)
+    six = group.startswith("[")
+    if six:
+        host.run("ip", "-6", "route", "add", "ff00::/8", "dev", "eth0", "table", "local", "metric", "1", check=True)  # fmt: skip
+    else:
+        host.run("ip", "route", "add", "224.0.0.0/4", "dev", "eth0", check=True)
+    args = (group, "--iface", "eth1")
+    (finding,) = _findings(_doctor(host, *args), "route")
+    assert "routes" in finding["what"] and "alone" in finding["why"]
+    prefix = finding["commands"][0][4 if six else 3]
+    assert prefix == ("ff15::77/128" if six else "239.255.77.82/32")
+    _fixed(host, "route", *args)
+    other = "ff15::78" if six else "239.255.77.83"
+    route = host.run("ip", "-6" if six else "-4", "route", "get", other).stdout
+    assert "dev eth0" in route, route  # every other group stays where it was
+
+
 def test_interface_without_multicast(lab: Lab) -> None:
     (host,) = lab.lan(1)
     host.run("ip", "link", "set", "eth0", "multicast", "off", check=True)

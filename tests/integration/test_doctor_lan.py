@@ -40,9 +40,10 @@ def test_no_multicast_route(lab: Lab) -> None:
     code, report = _doctor(h1)
     assert code == 2
     (finding,) = _find(report, "route", "error")
-    assert finding["fix"] == "ip route add 224.0.0.0/4 dev eth0"
+    assert finding["fix"] == "ip route add 239.255.77.82/32 dev eth0"  # the group alone
+    assert "ip route add 224.0.0.0/4 dev eth0" in finding["why"]  # every group: said, not done
     # With the fix applied, the route check passes.
-    h1.run("ip", "route", "add", "224.0.0.0/4", "dev", "eth0", check=True)
+    h1.run("ip", "route", "add", "239.255.77.82/32", "dev", "eth0", check=True)
     assert _find(_doctor(h1)[1], "route", "ok")
 
 

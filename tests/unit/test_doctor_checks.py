@@ -236,8 +236,8 @@ def test_iptables_legacy_rules() -> None:
 
 def test_no_route_is_an_error_naming_the_interface() -> None:
     (finding,) = _by_check(diagnose(_view(route=None)), "route")
-    assert finding.severity == "error" and finding.fix == "ip route add 224.0.0.0/4 dev eth0"
-    assert finding.to_dict()["commands"] == [["ip", "route", "add", "224.0.0.0/4", "dev", "eth0"]]
+    assert finding.severity == "error" and finding.fix == "ip route add 239.1.2.3/32 dev eth0"
+    assert finding.to_dict()["commands"] == [["ip", "route", "add", "239.1.2.3/32", "dev", "eth0"]]
     assert exit_code(diagnose(_view(route=None))) == 2
 
 

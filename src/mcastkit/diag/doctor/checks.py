@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,15 +53,15 @@ def _check_interfaces(view: SystemView) -> list[Finding]:
             )
         )
     if chosen.loopback and not view.iface_given:
-        prefix = "224.0.0.0/4" if view.group.family == 4 else "ff00::/8"
         lan = _a_lan_interface(view)
         found.append(
             Finding(
                 "warning",
                 "interface",
                 "multicast would go out of loopback only",
-                "the route for the group points at lo: other hosts hear nothing",
-                () if lan is None else (_route_command(view, "replace", prefix, lan),),
+                "the route for the group points at lo: other hosts hear nothing"
+                + ("" if lan is None else _only_the_group(view, "lo")),
+                () if lan is None else (_route_command(view, "replace", _host_prefix(view), lan),),
                 hint="" if lan else "give --iface, or bring up a LAN interface",
             )
         )
@@ -113,6 +114,20 @@ def _a_lan_interface(view: SystemView) -> str | None:
     )
 
 
+def _host_prefix(view: SystemView) -> str:
+    """The group alone: a fix routes what was asked about, never every program's groups."""
+    group = view.group.group
+    return f"{group}/{32 if group.version == 4 else 128}"
+
+
+def _only_the_group(view: SystemView, device: str) -> str:
+    every = "224.0.0.0/4" if view.group.family == 4 else "ff00::/8"
+    return (
+        f". The fix routes {view.group.group} alone: every other group (and every other "
+        f"program's) keeps its route via {device}; to move them all, route {every} instead"
+    )
+
+
 def _route_command(view: SystemView, verb: str, prefix: str, device: str) -> tuple[str, ...]:
     if view.group.family == 4:
         return ("ip", "route", verb, prefix, "dev", device)
@@ -125,14 +140,18 @@ def _check_route(view: SystemView) -> list[Finding]:
     if view.route is None:
         severity = "warning" if view.iface_given else "error"
         device = view.chosen.name if view.chosen else None
+        every = _route_command(view, "add", prefix, device or "IFACE")
         return [
             Finding(
                 severity,
                 "route",
                 f"no route for {view.group.group} ({prefix})",
                 "without --iface, joins fail with 'No such device' and sends with "
-                "'Network is unreachable'",
-                () if device is None else (_route_command(view, "add", prefix, device),),
+                "'Network is unreachable'. The fix routes this group alone; "
+                f"to route every group, {shlex.join(every)}",
+                ()
+                if device is None
+                else (_route_command(view, "add", _host_prefix(view), device),),
                 hint="" if device else "bring up an interface, then add a route to it",
             )
         ]
@@ -143,8 +162,9 @@ def _check_route(view: SystemView) -> list[Finding]:
                 "route",
                 f"the kernel routes {view.group.group} out of {view.route.name}, "
                 f"not {view.chosen.name}",
-                "programs that do not pick an interface use the route, as most do",
-                (_route_command(view, "replace", prefix, view.chosen.name),),
+                "programs that do not pick an interface use the route, as most do"
+                + _only_the_group(view, view.route.name),
+                (_route_command(view, "replace", _host_prefix(view), view.chosen.name),),
             )
         ]
     return [Finding("ok", "route", f"{view.group.group} is routed out of {view.route.name}")]
