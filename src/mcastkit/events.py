@@ -39,6 +39,7 @@ __all__ = [
     "TransferAnnounced",
     "TransferEvent",
     "TransferFinished",
+    "TransferRefused",
     "Unrecoverable",
     "Updated",
 ]
@@ -274,3 +275,12 @@ class TransferFinished(TransferEvent):
 
     state: ReceiveState
     reason: str | None
+
+
+@dataclass(frozen=True)
+class TransferRefused(TransferEvent):
+    """A waiting receiver refused what it heard (sealed without its key, another key, an
+    announce it does not trust): said at the first such datagram, not when the wait ends.
+    ``session`` is 0; ``reason`` names the fix."""
+
+    reason: str

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ISOLATED
+from netlab import wait_for_line
 
 from mcastkit import Node
 
@@ -107,3 +108,62 @@ def test_recv_file_reports_the_drops_it_had_repaired(tmp_path: Path) -> None:
     assert summary["state"] == "complete", err
     assert summary["kernel_drops"] > 0  # a buffer of a few blocks overflows: said, repaired
     assert (into / "data.bin").read_bytes() == source.read_bytes()
+
+
+def _keygen(path: Path, *flags: str) -> str:
+    done = subprocess.run(
+        [*MCAST, "keygen", *flags, str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@net
+def test_a_member_without_the_key_says_so_at_the_first_sealed_datagram(tmp_path: Path) -> None:
+    key = tmp_path / "group.key"
+    _keygen(key)
+    group = ("--group", "239.255.96.5:5965", "--iface", "lo", "--heartbeat", "0.3")
+    listener = _start("subscribe", "t", *group, "--timeout", "30")
+    sealed = _start("peers", *group, "--key-file", str(key))
+    try:
+        # Before: nothing until --timeout ended (or Ctrl-C, which printed "interrupted").
+        line = wait_for_line(listener.stderr, "sealed datagram", timeout=5)
+        assert "--key-file" in line
+    finally:
+        sealed.kill()
+        listener.kill()
+        sealed.communicate(timeout=10)
+        listener.communicate(timeout=10)
+
+
+@net
+@pytest.mark.parametrize("missing", ["key", "trust"])
+def test_recv_file_says_at_once_why_it_refuses_a_transfer(tmp_path: Path, missing: str) -> None:
+    source = tmp_path / "data.bin"
+    source.write_bytes(os.urandom(100_000))
+    (tmp_path / "into").mkdir()
+    group = ("--group", "239.255.96.6:5966", "--iface", "lo")
+    sender_args: tuple[str, ...]
+    if missing == "key":
+        _keygen(tmp_path / "group.key")
+        sender_args, receiver_args = ("--key-file", str(tmp_path / "group.key")), ()
+        expected = "the group is sealed"
+    else:
+        _keygen(tmp_path / "sign.key", "--sign")
+        other = _keygen(tmp_path / "other.key", "--sign")
+        sender_args = ("--sign-key", str(tmp_path / "sign.key"))
+        receiver_args = ("--trust", other)
+        expected = "refused an announce"
+    receiver = _start(
+        "recv-file", *group, "--dir", str(tmp_path / "into"), "--wait", "30", *receiver_args
+    )
+    sender = _start("send-file", str(source), *group, "--wait", "20", *sender_args)
+    try:
+        started = time.monotonic()
+        line = wait_for_line(receiver.stderr, "warning:", timeout=8)
+        assert expected in line and time.monotonic() - started < 8
+        assert receiver.poll() is None  # said while it still waits, not when the wait ends
+    finally:
+        for proc in (sender, receiver):
+            proc.kill()
+            proc.communicate(timeout=10)

@@ -23,7 +23,7 @@ from ..events import (
 from ..security import write_key_file
 from ..transport.interfaces import router_hint
 from . import argtypes, signals
-from .node_options import make_node, node_options
+from .node_options import member, node_options
 from .output import emit_json, note, say, stdin_lines
 
 
@@ -121,7 +121,7 @@ def _with_wall_clock(data: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _run_chat(args: argparse.Namespace) -> int:
-    async with make_node(args) as node:
+    async with member(args) as node:
         inbox = node.subscribe(args.topic)
         note(f"chat on {node.spec} via {_where(node)} as {node.name}; /peers, /quit")
 
@@ -160,7 +160,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 async def _run_peers(args: argparse.Namespace) -> int:
-    async with make_node(args) as node:
+    async with member(args) as node:
         if args.once:
             await asyncio.sleep(args.wait)
             peers = sorted(node.peers.values(), key=lambda p: p.name)

@@ -4,13 +4,17 @@ streams), and the Node they describe."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ..aio import DEFAULT_GROUP, DEFAULT_RCVBUF, Node
 from ..reliable import ReliableConfig
+from ..security import why_refused
 from ..units import parse_rate
 from . import argtypes
-from .output import UsageError, add_key_options, group_key
+from .output import UsageError, add_key_options, group_key, note
 
 
 def node_options(parser: argparse.ArgumentParser) -> None:
@@ -154,3 +158,27 @@ def make_node(args: argparse.Namespace) -> Node:
         max_skew=args.max_skew,
         **reach_arguments(args),
     )
+
+
+@contextlib.asynccontextmanager
+async def member(args: argparse.Namespace) -> AsyncIterator[Node]:
+    """The command's node, started, that says at once why it refuses what it hears."""
+    async with make_node(args) as node:
+        node.run_task(_say_refusals(node))
+        yield node
+
+
+async def _say_refusals(node: Node, every: float = 0.25) -> None:
+    """The first time the node drops datagrams for a reason the user fixes (no key, another
+    key, a sender without the key), say so and how: not an unexplained silence."""
+    while True:
+        await asyncio.sleep(every)
+        dropped = {
+            name.removeprefix("dropped:"): count
+            for name, count in node.counters.items()
+            if name.startswith("dropped:")
+        }
+        why = why_refused(dropped)
+        if why is not None:
+            note(f"warning: {why}")
+            return

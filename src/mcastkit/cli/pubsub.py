@@ -18,7 +18,7 @@ from ..events import (
     Unrecoverable,
 )
 from . import argtypes, signals
-from .node_options import make_node, node_options, reliable_options
+from .node_options import member, node_options, reliable_options
 from .output import UsageError, emit_json, note, preview, say, stdin_lines
 
 T = TypeVar("T")
@@ -106,7 +106,7 @@ async def _given(payloads: list[bytes | str]) -> AsyncIterator[bytes | str]:
 async def _run_publish(args: argparse.Namespace) -> int:
     if args.file is not None and not args.reliable:
         raise UsageError("--file needs --reliable (a file is one large message)")
-    async with make_node(args) as node:
+    async with member(args) as node:
         deadline = time.monotonic() + args.wait
         while time.monotonic() < deadline and not (args.peers and len(node.peers) >= args.peers):
             await asyncio.sleep(0.02)
@@ -213,7 +213,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 async def _run_subscribe(args: argparse.Namespace) -> int:
     received = 0
     losses: list[Unrecoverable] = []
-    async with make_node(args) as node:
+    async with member(args) as node:
         inbox = node.subscribe(args.topic)
         note(f"subscribed to {args.topic!r} on {node.spec} via {node.interface}")
 

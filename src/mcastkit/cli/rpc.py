@@ -8,7 +8,7 @@ import time
 
 from ..aio import Request
 from . import argtypes, signals
-from .node_options import make_node, node_options
+from .node_options import member, node_options
 from .output import UsageError, emit_json, note, say
 
 COMMAND_TIMEOUT = 30.0  # seconds a serve --command may take per request
@@ -51,7 +51,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 async def _run_request(args: argparse.Namespace) -> int:
     want = args.want
-    async with make_node(args) as node:
+    async with member(args) as node:
         # Peers announce what they serve in their hello; give them time to be heard.
         deadline = time.monotonic() + args.wait
         while time.monotonic() < deadline and not any(
@@ -100,7 +100,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
             return f"error: the command exited {proc.returncode}: {detail[0]}".encode()
         return out
 
-    async with make_node(args) as node:
+    async with member(args) as node:
         assert node.session is not None
         limit = node.session.max_reply(args.topic)
         if args.reply is not None and len(args.reply.encode()) > limit:

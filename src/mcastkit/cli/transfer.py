@@ -13,6 +13,7 @@ from ..events import (
     ReceiveState,
     TransferAnnounced,
     TransferEvent,
+    TransferRefused,
 )
 from ..transfer import receive_files, send_files
 from ..transfer.engine import DEFAULT_MAX_SIZE, ReceiveSession, SendSession
@@ -315,6 +316,8 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
     bars: list[ProgressBar] = []
 
     def news(event: TransferEvent) -> None:
+        if isinstance(event, TransferRefused):
+            note(f"warning: {event.reason}")  # also under --json: a wait that says why
         if not args.json and isinstance(event, TransferAnnounced):
             names = ", ".join(event.files[:3]) + (", ..." if len(event.files) > 3 else "")
             note(

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..addr import GroupSpec
 from ..errors import AddressError
-from ..events import ReceiveState, SendPhase, TransferEvent
+from ..events import ReceiveState, SendPhase, TransferEvent, TransferRefused
 from ..pacing import TokenBucket
 from ..reach import CopyTargets
+from ..security import why_refused
 from ..transport import Packet, open_receiver, open_sender
 from ..transport.ancillary import queue_load
 from ..transport.batch import BatchReceiver, BatchSender
@@ -492,6 +493,7 @@ def receive_files(
     started = now
     finished_at: float | None = None
     last_progress = 0.0
+    refusal_said = False  # the first refused datagram is said at once, once
 
     batch = BatchSender(unicast.sock, gso=False)
     # Only the data socket's drops and fill say whether the sender is too fast.
@@ -514,12 +516,17 @@ def receive_files(
         transmit(session.receive_many(buffer, spans, source, time.monotonic()))
 
     def turn(now: float) -> float | None:
-        nonlocal finished_at, last_progress, next_ask
+        nonlocal finished_at, last_progress, next_ask, refusal_said
         if session.finished or (stop is not None and stop()):
             return STOP
         if peers and now >= next_ask and session.state != ReceiveState.COMPLETE:
             next_ask = now + 1.0  # until done: a sender's copies stop 5 s after the last ask
             transmit([(WANT_COPIES_DATAGRAM, peer) for peer in peers])
+        if session.state == ReceiveState.WAITING and not refusal_said:
+            why = _why_nothing(guard, session)
+            if why is not None and on_event is not None:
+                refusal_said = True
+                on_event(TransferRefused(0, why))
         if session.state == ReceiveState.WAITING and wait is not None and now - started > wait:
             session.reason = f"no transfer announced on {spec} within {wait}s"
             why = _why_nothing(guard, session) or router_hint(
@@ -572,21 +579,9 @@ def receive_files(
 
 def _why_nothing(guard: Guard, session: ReceiveSession) -> str | None:
     """What a receiver that took no transfer heard instead, as a hint."""
-    dropped = guard.dropped
-    if dropped.get("sealed-without-key"):
-        return (
-            f"heard {dropped['sealed-without-key']} sealed datagram(s): the transfer is "
-            "sealed, give its --key-file or passphrase"
-        )
+    if guard.dropped.get("sealed-without-key"):
+        return why_refused(guard.dropped)
     if session.refused_last is not None:
         (host, _port), reason = session.refused_last
         return f"refused an announce from {host}: {reason}"
-    wrong = dropped.get("unknown-key", 0) + dropped.get("forged", 0)
-    if wrong:
-        return f"heard {wrong} datagram(s) sealed with another key"
-    if dropped.get("unsealed"):
-        return (
-            f"heard {dropped['unsealed']} unsealed datagram(s): the sender does not use "
-            "the group key"
-        )
-    return None
+    return why_refused(guard.dropped)
