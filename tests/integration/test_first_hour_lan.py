@@ -3,6 +3,8 @@ report when a carrier returns (seen with tcpdump on the wire), ..."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import time
 
@@ -57,3 +59,54 @@ def test_a_returning_carrier_sends_a_membership_report(
         capture.kill()
     finally:
         member.kill()
+
+
+def _link_local(host: Host) -> str:
+    shown = host.run("ip", "-6", "addr", "show", "dev", "eth0", "scope", "link", check=True)
+    found = re.search(r"inet6 (fe80::[0-9a-f:]+)/", shown.stdout)
+    assert found, shown.stdout
+    return found.group(1)
+
+
+@pytest.mark.parametrize("form", ["{}%eth0", "{}", "[{}%eth0]:7777"])
+def test_send_from_a_link_local_source(lab: Lab, form: str) -> None:
+    sender, receiver = lab.lan(2)
+    source = _link_local(sender)
+    group = "[ff15::77:6]:6152"
+    listener = receiver.start_mcast("listen", group, "--iface", "eth0", "--json", "--count", "1")
+    wait_for_line(listener.stderr, "listening on")
+    # Before: "binding source fe80::...%eth0 failed: Invalid argument; it must be an address
+    # of this host" (the zone was dropped, and a link-local bind needs one)
+    sent = sender.mcast("send", group, "hi", "--iface", "eth0", "--source", form.format(source))
+    assert sent.returncode == 0, sent.stderr
+    out, err = listener.communicate(timeout=20)
+    record = json.loads(out.splitlines()[0])
+    assert record["source"] == f"{source}%eth0", err  # the zone a reply needs, by name
+    assert record["source_port"] == (7777 if "7777" in form else record["source_port"])
+
+
+def test_ping_a_link_local_peer_where_multicast_is_dropped(lab: Lab) -> None:
+    prober, peer = lab.lan(2)
+    table = f"{lab.tag}v6"
+    sh("nft", "add", "table", "bridge", table)
+    lab.tables.append(table)
+    sh("nft", "add", "chain", "bridge", table, "c", "{ type filter hook forward priority 0; }")
+    # The group's UDP only: neighbour discovery (multicast too) must pass for unicast to work.
+    sh("nft", f"add rule bridge {table} c ip6 daddr ff00::/8 udp dport 6153 counter drop")
+    address = _link_local(peer)
+    group = "[ff15::77:7]:6153"
+    answering = peer.start_mcast("ping", group, "--iface", "eth0", "--duration", "7")
+    time.sleep(0.5)
+    done = prober.mcast(
+        "ping", group, "--iface", "eth0", "--duration", "4", "--json",
+        "--peer", f"[{address}%eth0]",
+    )  # fmt: skip
+    answering.kill()
+    answering.communicate(timeout=10)
+    summary = json.loads(done.stdout)
+    # Before: no peers, "no peers answered" (the probes went out without their zone).
+    (found,) = summary["peers"]
+    assert found["address"] == f"[{address}%eth0]:6153"
+    assert found["unicast"]["answered"] >= 2
+    assert found["multicast"]["received"] == 0 and done.returncode == 1  # the verdict stands
+    assert lab.multicast_dropped() > 0

@@ -7,6 +7,7 @@ import struct
 from ipaddress import IPv4Address, IPv6Address
 
 from mcastkit.transport import ancillary, joinreq
+from mcastkit.transport.interfaces import scoped, zoned
 
 
 def test_ipv4_pktinfo_and_ttl() -> None:
@@ -46,3 +47,16 @@ def test_group_source_req_layout_on_linux() -> None:
     assert struct.unpack_from("=H", req, group_at)[0] == socket.AF_INET
     assert req[group_at + 4 : group_at + 8] == IPv4Address("232.1.1.1").packed
     assert req[group_at + 128 + 4 : group_at + 128 + 8] == IPv4Address("10.0.0.1").packed
+
+
+def test_a_link_local_source_keeps_its_zone_by_name_and_sends_with_its_scope() -> None:
+    # Python gives the host without its zone and the scope id apart; a 2-tuple sent back
+    # loses it (sendto's scope id defaults to 0), which the kernel refuses for fe80::/10.
+    lo = socket.if_nametoindex("lo")
+    packet = ancillary.parse_ancillary(b"", ("fe80::1", 4000, 0, lo), [])
+    assert (packet.source, packet.source_port) == ("fe80::1%lo", 4000)
+    assert scoped((packet.source, 4000)) == ("fe80::1", 4000, 0, lo)
+    assert scoped(("fe80::1%" + str(lo), 4000)) == ("fe80::1", 4000, 0, lo)
+    assert zoned(("fd00::1", 1, 0, 0)) == ("fd00::1", 1)  # no scope: unchanged
+    assert scoped(("10.0.0.1", 5)) == ("10.0.0.1", 5)
+    assert scoped(("fd00::1", 5, 0, 0)) == ("fd00::1", 5, 0, 0)

@@ -10,6 +10,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from ..addr import GroupSpec
+from ..errors import MulticastError
 from ..pacing import TokenBucket
 from ..transport import (
     GroupSocket,
@@ -53,6 +54,28 @@ def _unicast_socket(
     return sender
 
 
+def _link_local_socket(
+    spec: GroupSpec, interface: Interface, ttl: int, port: int, loopback: bool
+) -> GroupSocket | None:
+    """Where an IPv6 interface also has a global address (the probes' source), a socket on
+    its link-local address: a peer pinned as ``[fe80::...%eth0]`` probes there, and is
+    answered from there."""
+    if spec.family != 6 or not any(not a.ip.is_link_local for a in interface.ipv6):
+        return None
+    local = next((a.ip for a in interface.ipv6 if a.ip.is_link_local), None)
+    if local is None:
+        return None
+    source = f"[{local}%{interface.index}]:{port}"
+    try:
+        sender = open_sender(spec, iface=interface.index, ttl=ttl, source=source, loopback=loopback)
+    except MulticastError:
+        return None  # the probes still leave from the global address; only this is lost
+    set_unicast_ttl(sender.sock, spec.family, ttl)
+    enable_packet_info(sender.sock, spec.family)
+    sender.sock.setblocking(False)
+    return sender
+
+
 def run_ping(
     spec: GroupSpec,
     *,
@@ -81,6 +104,12 @@ def run_ping(
         port = spec.port if unicast_port is None else unicast_port
         for interface in group_socket.interfaces:
             unicasts.append(_unicast_socket(spec, interface, ttl, port, loopback))
+        # Only heard on (and answered from): probes go out of the sockets above.
+        link_locals = [
+            opened
+            for interface in group_socket.interfaces
+            if (opened := _link_local_socket(spec, interface, ttl, port, loopback)) is not None
+        ]
     except BaseException:
         for opened in unicasts:
             opened.close()
@@ -144,12 +173,12 @@ def run_ping(
 
     try:
         with Driver() as driver:
-            for sock in (group_socket, *unicasts):
+            for sock in (group_socket, *unicasts, *link_locals):
                 driver.on_readable(sock.sock, functools.partial(drain, sock))
             driver.run(turn)
     finally:
         group_socket.close()
-        for opened in unicasts:
+        for opened in (*unicasts, *link_locals):
             opened.close()
     summary = session.summary(time.monotonic_ns(), final=True)
     summary.update(

@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
-from .interfaces import interface_name
+from .interfaces import interface_name, zoned
 
 __all__ = ["CMSG_BUFSIZE", "Packet", "QueueLoad", "parse_ancillary", "queue_load"]
 
@@ -100,4 +100,5 @@ def parse_ancillary(
             ttl = struct.unpack_from("=i", payload, 0)[0]
         elif level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(payload) >= 4:
             drops = struct.unpack_from("=I", payload, 0)[0]
-    return Packet(data, str(address[0]), int(str(address[1])), destination, ifindex, ttl, drops)
+    host, port = zoned(address)  # a link-local sender keeps its zone: it can be answered
+    return Packet(data, host, port, destination, ifindex, ttl, drops)

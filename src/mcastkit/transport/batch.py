@@ -34,6 +34,7 @@ from .ancillary import (
     parse_ancillary,
     queue_load,
 )
+from .interfaces import scoped, zoned
 from .joinreq import LINUX
 from .mmsg import MultiReceive
 
@@ -152,7 +153,7 @@ class BatchSender:
         while len(queue) == 1:  # the common case (one message): no batch to build
             data, destination = queue[0]
             try:
-                self.sock.sendto(data, destination or default)
+                self.sock.sendto(data, scoped(destination or default))
             except BlockingIOError:
                 return True
             except OSError as exc:
@@ -188,6 +189,7 @@ class BatchSender:
     ) -> int:
         """Datagrams given as their pieces, and their sizes; each run of same-size ones (the
         last may be shorter, within the GSO limits) goes as one GSO call."""
+        destination = scoped(destination)
         sent = 0
         count = len(datagrams)
         start = 0
@@ -450,7 +452,7 @@ class BatchReceiver:
             if flags & _MSG_TRUNC:
                 self.counters["truncated"] += 1
                 continue
-            return size, ancillary, _scoped(address)
+            return size, ancillary, zoned(address)
 
 
 def _want_arrival(sock: socket.socket) -> None:
@@ -468,14 +470,3 @@ def _arrival_index(ancillary: list[tuple[int, int, bytes]]) -> int | None:
         if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(payload) >= 20:
             return int(_IFINDEX.unpack_from(payload, 16)[0])
     return None
-
-
-def _scoped(address: tuple[object, ...]) -> tuple[str, int]:
-    """(host, port) from a socket address; a link-local IPv6 host keeps its scope
-    (``fe80::1%2``), or an answer to it could not be sent."""
-    host = str(address[0])
-    if len(address) == 4 and address[3] and "%" not in host:
-        host = f"{host}%{address[3]}"
-    port = address[1]
-    assert isinstance(port, int)
-    return host, port

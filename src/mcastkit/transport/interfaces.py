@@ -41,6 +41,8 @@ __all__ = [
     "resolve_interfaces",
     "route_interface",
     "router_hint",
+    "scoped",
+    "zoned",
 ]
 
 ALL = "all"
@@ -110,6 +112,29 @@ def _linux_flags_mtu(name: str) -> tuple[int | None, int | None]:
         except OSError:
             return None, None
     return flags & 0xFFFF, mtu
+
+
+@functools.lru_cache(maxsize=1024)
+def scoped(destination: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``destination`` as sendto and bind keep it. Python drops the zone of a 2-tuple's host
+    ("fe80::1%eth0": the scope id argument defaults to 0) and the kernel refuses a link-local
+    address without one, silently for a caller that counts send errors; so a zoned host
+    becomes (address, port, 0, index). Anything else is returned as it is."""
+    host = destination[0]
+    if len(destination) != 2 or "%" not in host:
+        return destination
+    address, zone = host.split("%", 1)
+    index = int(zone) if zone.isdigit() else _index_of(zone)
+    return (address, destination[1], 0, index)
+
+
+def zoned(address: tuple[Any, ...]) -> tuple[str, int]:
+    """(host, port) of a received socket address. A link-local IPv6 host keeps its zone, by
+    name (``fe80::1%eth0``): shown as a user writes it, and ``scoped`` can answer it."""
+    host = str(address[0])
+    if len(address) == 4 and address[3] and "%" not in host:
+        host = f"{host}%{interface_name(address[3])}"
+    return host, int(address[1])
 
 
 def _index_of(name: str) -> int:

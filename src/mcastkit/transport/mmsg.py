@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 
+from .interfaces import zoned
 from .joinreq import LINUX
 
 _MSG_DONTWAIT = 0x40
@@ -153,8 +154,7 @@ class MultiReceive:
             raw = bytes(self.names[base + 8 : base + 24])
             host = socket.inet_ntop(socket.AF_INET6, raw)
             scope = int.from_bytes(self.names[base + 24 : base + 28], "little")
-            # A link-local sender keeps its scope, or an answer to it could not be sent.
-            return (f"{host}%{scope}" if scope else host), port
+            return zoned((host, port, 0, scope))  # a link-local sender keeps its zone
         return socket.inet_ntop(socket.AF_INET, bytes(self.names[base + 4 : base + 8])), port
 
     def control(self, index: int) -> list[tuple[int, int, bytes]]:

@@ -50,7 +50,7 @@ from .ancillary import (
     parse_ancillary,
     queue_load,
 )
-from .interfaces import IfaceChoice, Interface, choose_interfaces, is_multi
+from .interfaces import IfaceChoice, Interface, choose_interfaces, is_multi, scoped
 from .joinreq import (
     BSD_LIKE,
     LINUX,
@@ -168,7 +168,7 @@ class GroupSocket:
 
     def send(self, data: bytes, destination: tuple[str, int] | None = None) -> int:
         """Send one datagram to the group (or to ``destination``)."""
-        return self.sock.sendto(data, destination or self.destination)
+        return self.sock.sendto(data, scoped(destination) if destination else self.destination)
 
     def recv(self, timeout: float | None = None, bufsize: int = 65535) -> Packet | None:
         """Receive one datagram; None when ``timeout`` seconds pass first."""
@@ -189,13 +189,11 @@ class GroupSocket:
         return parse_ancillary(data, address, ancillary)
 
     def load(self) -> QueueLoad | None:
-        """The receive queue now: the kernel's drops for a full buffer since the socket
-        opened, and the buffer's fill (None where the kernel does not say)."""
+        """The receive queue's drops (since the socket opened) and fill, or None."""
         return queue_load(self.sock)
 
     def grow_rcvbuf(self, size: int) -> int:
-        """Ask for a ``size``-byte receive buffer; the bytes granted (root may exceed
-        net.core.rmem_max, others get at most it)."""
+        """Ask for a receive buffer of ``size`` bytes (beyond rmem_max as root); the grant."""
         self.rcvbuf = _set_rcvbuf(self.sock, size)
         return self.rcvbuf
 
@@ -561,7 +559,7 @@ def open_sender(
         else:
             configure_sending(sock, family, interface, ttl=ttl, loopback=loopback)
         if source:
-            _bind_source(sock, source, family)
+            _bind_source(sock, source, family, interface)
     except BaseException:
         sock.close()
         raise
@@ -585,14 +583,16 @@ def open_senders(
     return senders
 
 
-def _bind_source(sock: socket.socket, source: str, family: int) -> None:
+def _bind_source(sock: socket.socket, source: str, family: int, interface: Interface) -> None:
     host, port_text = split_host_port(source)
     address = parse_address(host.split("%", 1)[0])
     if address.version != family:
         raise AddressError(f"source {address} is IPv{address.version}; the group is IPv{family}")
     port = 0 if port_text in ("", "0") else parse_port(port_text)  # 0: any free port
+    if address.is_link_local and family == 6 and "%" not in host:
+        host = f"{address}%{interface.index}"  # a link-local address is one link's: ours
     try:
-        sock.bind((str(address), port) if family == 4 else (str(address), port, 0, 0))
+        sock.bind(scoped((host, port)) if family == 6 else (str(address), port))
     except OSError as exc:
         hint = "it must be an address of this host (see `mcast ifaces`)"
         if exc.errno == errno.EADDRINUSE:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from ..addr import GroupSpec, parse_port, split_host_port
 from ..errors import AddressError
 from ..peers import Address
-from .interfaces import Interface
+from .interfaces import Interface, interface_name
 from .sockets import GroupSocket, new_socket
 
 __all__ = ["bind_unicast", "open_unicast", "resolve_peer", "resolve_peers", "resolve_seeds"]
@@ -36,7 +36,9 @@ def resolve_peer(text: str, family: int, default_port: int) -> tuple[str, int]:
     if ip.is_multicast or ip.is_unspecified:
         raise AddressError(f"peer {text!r} is {ip}, not a unicast address of a host")
     if family == 6 and len(address) >= 4 and address[3]:
-        return (f"{ip}%{address[3]}", port)  # a link-local peer keeps its scope
+        # A link-local peer keeps its zone, by name: as the kernel names our sources, so
+        # its answers match it (transport.scoped turns it back into a scope id to send).
+        return (f"{ip}%{interface_name(address[3]) or address[3]}", port)
     return (str(ip), port)
 
 
