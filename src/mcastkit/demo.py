@@ -28,13 +28,15 @@ HELLO = "hello"
 REPLY_PREFIX = "reply "
 REANNOUNCE_MAX = 8.0  # seconds between hellos repeated while expected nodes are missing
 PARTING = 0.2  # seconds between the parting answers and the goodbye
+ALONE_AFTER = 5.0  # seconds without another node before a node says it is alone
 
 
 @dataclass(frozen=True)
 class DemoEvent:
     """What a demo node saw: ``greeted`` (another's hello), ``answered`` (a reply to us),
     ``repeated`` (either of those again), ``overheard`` (a reply to someone else),
-    ``invalid`` (not a demo message)."""
+    ``invalid`` (not a demo message), ``alone`` (no other node heard in ``ALONE_AFTER``
+    seconds; ``interface`` is where it listens, for a hint)."""
 
     node: str
     node_name: str
@@ -42,6 +44,7 @@ class DemoEvent:
     peer: str | None = None
     peer_name: str | None = None
     source: str | None = None
+    interface: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
@@ -204,10 +207,19 @@ async def run_demo_async(
                 if finished():
                     done.set()
 
+        async def alone() -> None:
+            await asyncio.sleep(ALONE_AFTER)
+            for member, peer in zip(members, demo_peers, strict=True):
+                if not peer.greeted_by and not peer.answered_by and on_event is not None:
+                    on_event(
+                        DemoEvent(peer.node_id, peer.name, "alone", interface=member.interface)
+                    )
+
         tasks = [
             asyncio.ensure_future(serve(m, p, i))
             for m, p, i in zip(members, demo_peers, inboxes, strict=True)
         ]
+        tasks.append(asyncio.ensure_future(alone()))
         # Every node joined before anyone speaks, so local nodes cannot miss a hello.
         for member in members:
             await member.publish(TOPIC, DemoPeer.announcement())

@@ -279,6 +279,32 @@ def test_a_silent_listener_behind_a_router_is_told_about_the_ttl(lab: Lab) -> No
     assert "A router is on this link" in said and "send-file --ttl 4" in said, said
 
 
+def test_a_lone_demo_and_a_sender_nobody_took_behind_a_router_are_told_about_the_ttl(
+    lab: Lab, tmp_path: Path
+) -> None:
+    (a1,), _router, (b1,) = lab.routed(per_subnet=1)
+    group = "239.7.1.10:6010"
+    # Before: the demo ran on in silence, and send-file said "start recv-file first" only.
+    lone = b1.start_mcast("demo", group, "--duration", "7")
+    other = a1.start_mcast("demo", group, "--duration", "7")  # TTL 1: never crosses
+    said = wait_for_line(lone.stderr, "no other node heard yet", timeout=10)
+    assert "A router is on this link (10.90.2.254)" in said
+    assert "mcast demo --ttl 4 on every host" in said
+    for proc in (lone, other):
+        proc.communicate(timeout=20)
+    data = tmp_path / "f.bin"
+    data.write_bytes(b"x" * 10_000)
+    sent = b1.mcast("send-file", str(data), "--group", group, "--wait", "0.5")
+    assert sent.returncode == 1
+    assert "nothing delivered: no receiver registered within 0.5s" in sent.stdout
+    assert "A router is on this link" in sent.stderr and "send-file --ttl 4" in sent.stderr
+    assert "MB/s" not in sent.stdout  # no rate for nothing delivered
+    as_json = json.loads(
+        b1.mcast("send-file", str(data), "--group", group, "--wait", "0.5", "--json").stdout
+    )
+    assert as_json["mb_per_s"] == 0 and "--ttl 4" in as_json["hint"]
+
+
 def test_a_silent_listener_without_a_router_is_not_sent_after_one(lab: Lab) -> None:
     _sender, listener = lab.lan(2)
     result = listener.mcast("listen", "239.7.1.9:6009", "--timeout", "0.5")

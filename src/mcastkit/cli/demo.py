@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..addr import parse_group
+from ..addr import GroupSpec, parse_group
 from ..demo import DemoEvent, run_demo_async
+from ..transport.interfaces import router_hint
 from . import argtypes, signals
 from .node_options import reach_arguments, reach_options
 from .output import add_key_options, emit_json, group_key, note, say
@@ -78,6 +79,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             say(f"{me}: {who} answered our hello")
         elif event.kind == "invalid":
             say(f"{me}: ignored a datagram that is not a demo message from {event.source}")
+        elif event.kind == "alone":
+            note(f"{me}: no other node heard yet. {_alone_hint(spec, event.interface, args)}")
 
     where = f"via {iface}" if iface else "on the default interface"
     note(f"demo on {spec} {where}: {nodes} node(s); own messages are recognised by id")
@@ -108,5 +111,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     wanted = args.expect if args.expect is not None else (nodes - 1 if nodes > 1 else 0)
     if wanted and not result.heard_at_least(wanted):
         note(f"not every node was greeted and answered by {wanted} other(s) in time")
+        if not result.heard_at_least(1):
+            note(_alone_hint(spec, result.interface, args))
         return 1
     return 0
+
+
+def _alone_hint(spec: GroupSpec, interface: str | None, args: argparse.Namespace) -> str:
+    """Why a node hears no other: across a router, the TTL first (1 stops at it)."""
+    beyond = None
+    if args.ttl <= 1 and interface is not None:
+        beyond = router_hint(spec, [interface], "mcast demo --ttl 4 on every host")
+    return beyond or (
+        "Start `mcast demo` with the same group on another host of this link, or try "
+        "`mcast demo --nodes 3` here; `mcast doctor` checks this host."
+    )

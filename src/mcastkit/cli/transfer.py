@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..addr import format_endpoint, parse_group
+from ..addr import GroupSpec, format_endpoint, parse_group
 from ..events import (
     ReceiverFinished,
     ReceiverRegistered,
@@ -17,6 +17,7 @@ from ..events import (
 )
 from ..transfer import receive_files, send_files
 from ..transfer.engine import DEFAULT_MAX_SIZE, ReceiveSession, SendSession
+from ..transport.interfaces import router_hint
 from ..transport.unicast import resolve_peers
 from ..units import parse_rate
 from . import argtypes
@@ -280,10 +281,22 @@ def cmd_send_file(args: argparse.Namespace) -> int:
     ok = bool(receivers) and not failed and not short
     summary.update({"ok": ok, "never_registered": missing_names})
     megabytes = summary["bytes"] / 1e6
-    rate_text = megabytes / summary["seconds"] if summary["seconds"] else 0.0
-    summary["mb_per_s"] = round(rate_text, 2)
+    rate_text = megabytes / summary["seconds"] if summary["seconds"] and receivers else 0.0
+    summary["mb_per_s"] = round(rate_text, 2)  # delivered: nothing, without a receiver
+    hint = "" if receivers else _no_receiver_hint(spec, summary, args)
+    if hint:
+        summary["hint"] = hint
     if args.json:
         emit_json(summary)
+    elif not receivers:
+        say(
+            f"\nnothing delivered: no receiver registered within {args.wait:g}s "
+            f"({summary['blocks_sent']} blocks went out to no one)"
+        )
+        for refused in summary["refused"]:
+            reasons = ", ".join(f"{why} x{count}" for why, count in refused["dropped"].items())
+            say(f"  {'(refused)':<24} {refused['host']:<22} not admitted: {reasons}")
+        note(hint)
     else:
         say(
             f"\nsent {megabytes:.1f} MB in {summary['seconds']:.2f}s ({rate_text:.1f} MB/s), "
@@ -298,9 +311,18 @@ def cmd_send_file(args: argparse.Namespace) -> int:
         for refused in summary["refused"]:
             reasons = ", ".join(f"{why} x{count}" for why, count in refused["dropped"].items())
             say(f"  {'(refused)':<24} {refused['host']:<22} not admitted: {reasons}")
-        if not receivers:
-            note("no receiver registered: start `mcast recv-file` first, or raise --wait")
     return 0 if ok else 1
+
+
+def _no_receiver_hint(spec: GroupSpec, summary: dict[str, Any], args: argparse.Namespace) -> str:
+    """What to try when nobody registered: start one, wait longer, and where a router is on
+    the link, the TTL (1, the default, stops at it)."""
+    text = "start `mcast recv-file` first, or raise --wait"
+    if args.ttl <= 1:
+        beyond = router_hint(spec, [summary["interface"]], "send-file --ttl 4 (or more)")
+        if beyond is not None:
+            text += f". {beyond}"
+    return text
 
 
 def cmd_recv_file(args: argparse.Namespace) -> int:

@@ -390,6 +390,7 @@ def send_files(
     summary["skipped"] = skipped
     summary["bytes"] = sum(f.size for f in files)
     summary["group"] = str(spec)
+    summary["interface"] = sender.interface.name
     summary["peak_rss_mb"] = peak_rss_mb()
     summary["io"] = {"gso": batch.gso, **batch.counters}
     summary["sealed"] = None if guard.ring is None else guard.ring.cipher
