@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
 
+import pytest
 from netlab import Host, Lab, nft_drop, require_tool, wait_for_line
 
 GROUP = "239.255.77.81:5081"
@@ -84,6 +87,43 @@ def test_bench_recv_counts_an_iperf2_sender(lab: Lab) -> None:
     assert summary["sender"] == "iperf2"
     assert 900 <= summary["packets"] <= 1100  # 8 Mbit/s of 1000-byte datagrams for 1 s
     assert summary["lost"] == 0
+
+
+def _iperf_final(report: str) -> tuple[int, int, str]:
+    """iperf2 server's last Lost/Total line: lost, total, the whole output."""
+    totals = re.findall(r"(\d+)/\s*(\d+) \(", report)
+    assert totals, report
+    lost, total = totals[-1]
+    return int(lost), int(total), report
+
+
+@pytest.mark.parametrize(
+    ("drop", "gso"), [(0, False), (0, True), (5, False)], ids=["clean", "gso", "5%-loss"]
+)
+def test_bench_send_feeds_an_iperf2_receiver(lab: Lab, drop: int, gso: bool) -> None:
+    # Before: iperf2 read our own header as its id and saw 100 % loss, all out of order.
+    require_tool("iperf")
+    h1, h2 = lab.lan(2)
+    if drop:
+        nft_drop(h2, f"ip daddr 239.0.0.0/8 numgen random mod 100 < {drop} drop")
+    group, port = GROUP.split(":")
+    server = h2.start("iperf", "-s", "-u", "-B", group, "-p", port)  # one report, at the end
+    wait_for_line(server.stdout, "Server listening")
+    args = ("--rate", "4000pps", "--size", "1000", "--duration", "1.5", "--json", "--iperf2")
+    sent = h1.mcast("bench", "send", GROUP, *args, *(["--gso"] if gso else []))
+    assert sent.returncode == 0, sent.stderr
+    packets = json.loads(sent.stdout.splitlines()[-1])["summary"]["packets"]
+    final = wait_for_line(server.stdout, "%)", timeout=10)  # printed on our closing datagram
+    time.sleep(0.3)  # an out-of-order count would follow it
+    server.kill()
+    rest, _ = server.communicate(timeout=10)
+    lost, total, report = _iperf_final(final + rest)
+    assert "out-of-order" not in report, report
+    assert packets <= total <= packets + 1, report
+    if drop:
+        assert 0.02 < lost / total < 0.09, report  # 5 % dropped by nftables on h2
+    else:
+        assert lost == 0, report
 
 
 def test_overrun_warning_with_a_tiny_buffer() -> None:

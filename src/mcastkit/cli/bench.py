@@ -56,6 +56,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     send.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1)")
     send.add_argument(
+        "--iperf2",
+        action="store_true",
+        help="iperf2's datagrams (its UDP header and closing datagram), for an "
+        "`iperf -s -u -B GROUP` receiver",
+    )
+    send.add_argument(
         "--gso",
         action="store_true",
         help="send in UDP GSO batches (up to 64 datagrams per system call) where the kernel "
@@ -121,7 +127,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     """Send."""
     spec = parse_group(args.group)
     rate = parse_rate(args.rate)
-    note(f"bench send to {spec}: {args.rate}, {args.size} B datagrams for {args.duration}s")
+    kind = "iperf2 " if args.iperf2 else ""
+    note(f"bench send to {spec}: {args.rate}, {args.size} B {kind}datagrams for {args.duration}s")
     try:
         summary = run_bench_send(
             spec,
@@ -132,6 +139,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             ttl=args.ttl,
             on_second=_second_printer(args.json, "send"),
             gso=args.gso,
+            iperf2=args.iperf2,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -22,7 +22,9 @@ __all__ = ["BenchStats", "Rate", "make_payload", "parse_rate"]
 
 MAGIC = BENCH_MAGIC
 HEAD = struct.Struct("!4sQQ")
-IPERF_HEAD = struct.Struct("!iII")
+IPERF_READ = struct.Struct("!iII")  # id, tv_sec, tv_usec
+IPERF_HEAD = struct.Struct("!0siQ")  # written: nothing, id, tv_sec << 32 | tv_usec
+IPERF_CLOSE = struct.Struct("!iIIi")  # the closing datagram: -id, tv_sec, tv_usec, id2 -1
 MIN_SIZE = HEAD.size
 DUP_WINDOW = 4096
 
@@ -82,7 +84,7 @@ class BenchStats:
             _magic, seq, sent_ns = HEAD.unpack_from(data)
             transit = now_ns - sent_ns
         elif len(data) >= IPERF_HEAD.size:
-            ident, seconds, micros = IPERF_HEAD.unpack_from(data)
+            ident, seconds, micros = IPERF_READ.unpack_from(data)
             if ident < 0:
                 return  # iperf2's closing datagrams
             self.iperf = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -24,8 +25,8 @@ from ..transport import (
 from ..transport.batch import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, BatchReceiver, BatchSender
 from ..transport.driver import STOP, Driver
 from .bench import HEAD as BENCH_HEAD
+from .bench import IPERF_CLOSE, IPERF_HEAD, MIN_SIZE, BenchStats, Rate, make_payload
 from .bench import MAGIC as BENCH_MAGIC
-from .bench import MIN_SIZE, BenchStats, Rate, make_payload
 from .ping import Address, PingSession
 
 __all__ = ["run_bench_recv", "run_bench_send", "run_ping"]
@@ -203,11 +204,20 @@ def run_bench_send(
     ttl: int = 1,
     on_second: Callable[[dict[str, Any]], None] | None = None,
     gso: bool = False,
+    iperf2: bool = False,
 ) -> dict[str, Any]:
     """Send bench datagrams at ``rate`` (None: as fast as possible) for ``duration`` s;
-    ``gso`` sends them in UDP GSO batches (one system call per batch) where the kernel can."""
+    ``gso`` sends them in UDP GSO batches (one system call per batch) where the kernel can.
+    ``iperf2``: iperf2's UDP header instead of ours (ids from 1, the wall clock's seconds and
+    microseconds) and its closing datagram (the next id, negated), as ``iperf -c GROUP -u``
+    sends them: an ``iperf -s -u -B GROUP`` receiver measures loss and jitter."""
     if size < MIN_SIZE or size > 65507:
         raise ValueError(f"--size must be {MIN_SIZE}-65507 bytes")
+    # Both heads take (tag, sequence number, time): ours (magic, seq, monotonic ns), iperf2's
+    # (nothing, id, seconds << 32 | microseconds: the two 32-bit fields it reads).
+    head, tag, first, mask = (
+        (IPERF_HEAD, b"", 1, 0x7FFFFFFF) if iperf2 else (BENCH_HEAD, BENCH_MAGIC, 0, (1 << 64) - 1)
+    )
     sender = open_sender(spec, iface=iface, ttl=ttl, sndbuf=4 << 20)
     pps = None if rate is None else rate.packets_per_second(size)
     batch = BatchSender(sender.sock, gso=gso)
@@ -215,7 +225,9 @@ def run_bench_send(
     buffer = bytearray(make_payload(0, 0, size) * per_call)
     view = memoryview(buffer)
     segments = [view[n * size : (n + 1) * size] for n in range(per_call)]
-    pack_into = BENCH_HEAD.pack_into
+    if iperf2:
+        buffer[:] = bytes(len(buffer))  # after iperf2's 16-byte header, zeros: no options
+    pack_into = head.pack_into
     # A connected socket skips the address conversion sendto() does per call (iperf2 connects
     # too), which is most of Python's own cost per datagram here.
     sender.sock.connect(sender.destination)
@@ -238,15 +250,16 @@ def run_bench_send(
             if not owed:
                 time.sleep(bucket.wait(1))
                 continue
+            stamp = now if not iperf2 else _iperf_time()
             if batch.gso:
                 count = min(owed, per_call)
                 for n in range(count):
-                    pack_into(buffer, n * size, BENCH_MAGIC, sent + n, now)
+                    pack_into(buffer, n * size, tag, (sent + n + first) & mask, stamp)
                 sent += batch.send(segments[:count], destination)
             else:
                 try:
-                    for seq in range(sent, sent + owed):
-                        pack_into(buffer, 0, BENCH_MAGIC, seq, now)
+                    for seq in range(sent + first, sent + first + owed):
+                        pack_into(buffer, 0, tag, seq & mask, stamp)
                         send(segments[0])
                         sent += 1
                 except OSError:
@@ -262,6 +275,10 @@ def run_bench_send(
                         }
                     )
                 second_start, second_sent = now, sent
+        if iperf2:  # the end of the test: the next id, negated (iperf2 sends one)
+            closing = IPERF_CLOSE.pack(-((sent + 1) & mask), *divmod(_iperf_time(), 1 << 32), -1)
+            with contextlib.suppress(OSError):
+                send(closing + bytes(size - len(closing)))
     finally:
         sender.close()
     elapsed = (time.monotonic_ns() - start) / 1e9
@@ -277,7 +294,14 @@ def run_bench_send(
         "mbps": round(sent * size * 8 / elapsed / 1e6, 3),
         "offered_pps": None if pps is None else round(pps, 1),
         "gso": batch.gso,
+        "format": "iperf2" if iperf2 else "mcastkit",
     }
+
+
+def _iperf_time() -> int:
+    """The wall clock as iperf2 stamps it: seconds in the high 32 bits, microseconds low."""
+    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    return (seconds & 0xFFFFFFFF) << 32 | micros
 
 
 def run_bench_recv(
