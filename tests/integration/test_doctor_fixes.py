@@ -175,6 +175,9 @@ def test_forced_old_igmp_or_mld_with_a_live_ssm_join(
         report = _doctor(host, group)  # any group: the live SSM join is what matters
         (finding,) = _findings(report, "igmp")
         assert finding["severity"] == "error" and "source-specific join is live" in finding["what"]
+        # Plain doctor (its IPv4 default group) finds a live IPv6 join's forced MLDv1 too.
+        (plain,) = _findings(_doctor(host), "igmp")
+        assert plain["what"] == finding["what"] and plain["commands"] == finding["commands"]
         _fixed(host, "igmp", group)
     finally:
         listener.terminate()

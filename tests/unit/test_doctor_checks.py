@@ -264,7 +264,7 @@ def test_forced_igmp_v2_is_an_error_for_ssm_only() -> None:
         ),
     )
     assert _by_check(diagnose(_view(sysctl=sysctl)), "igmp")[0].severity == "info"
-    live = _view(sysctl=sysctl, ssm_interfaces={"eth0"})  # any group, an SSM join live
+    live = _view(sysctl=sysctl, ssm_joins={(4, "eth0")})  # any group, an SSM join live
     (finding,) = _by_check(diagnose(live), "igmp")
     assert finding.severity == "error" and "source-specific join is live" in finding.what
 

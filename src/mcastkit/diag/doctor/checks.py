@@ -324,20 +324,32 @@ def forced_old_version(
 
 
 def _check_igmp_version(view: SystemView) -> list[Finding]:
-    if view.chosen is None:
-        return []
-    name = view.chosen.name
-    forced = forced_old_version(view.group.family, name, lambda key: _sysctl_int(view, key))
+    """Forced old IGMP/MLD on the chosen interface, and wherever a source-specific join of
+    either family is live (an IPv6 SSM join is broken by forced MLDv1 whatever group the
+    doctor was asked about)."""
+    found: list[Finding] = []
+    checked: set[tuple[int, str]] = set()
+    if view.chosen is not None:
+        checked.add((view.group.family, view.chosen.name))
+        found += _forced_version(view, view.group.family, view.chosen.name, asked=True)
+    for family, name in sorted(view.ssm_joins - checked):
+        found += _forced_version(view, family, name, asked=False)
+    return found
+
+
+def _forced_version(view: SystemView, family: int, name: str, *, asked: bool) -> list[Finding]:
+    forced = forced_old_version(family, name, lambda key: _sysctl_int(view, key))
     if forced is None:
         return []
-    live = name in view.ssm_interfaces
     reasons = []
-    if live:
+    if (family, name) in view.ssm_joins:
         reasons.append(f"a source-specific join is live on {name}")
-    if classify(view.group.group).ssm:
+    if asked and classify(view.group.group).ssm:
         reasons.append(f"{view.group.group} is a source-specific group")
-    if view.sources:
+    if asked and view.sources:
         reasons.append("you named a source")
+    if not reasons and not asked:
+        return []
     protocol = forced.protocol
     return [
         Finding(
@@ -382,13 +394,10 @@ def _check_limits_and_memberships(view: SystemView) -> list[Finding]:
                     "info", "memberships", f"groups joined on {view.chosen.name}: {', '.join(mine)}"
                 )
             )
-    if view.ssm_interfaces:
+    if view.ssm_joins:
+        where = sorted({name for _family, name in view.ssm_joins})
         found.append(
-            Finding(
-                "info",
-                "memberships",
-                f"source-specific joins live on {', '.join(sorted(view.ssm_interfaces))}",
-            )
+            Finding("info", "memberships", f"source-specific joins live on {', '.join(where)}")
         )
     return found
 

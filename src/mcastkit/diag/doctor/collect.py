@@ -118,15 +118,15 @@ def _virtualization() -> str | None:
     return "a hypervisor (cpu flag)" if " hypervisor" in cpuinfo else None
 
 
-def _ssm_interfaces() -> set[str]:
-    """Interfaces with a source-specific join live (/proc/net/mcfilter, mcfilter6)."""
-    names = set()
-    for path in ("/proc/net/mcfilter", "/proc/net/mcfilter6"):
+def _ssm_joins() -> set[tuple[int, str]]:
+    """(family, interface) of the source-specific joins live (/proc/net/mcfilter, mcfilter6)."""
+    joins = set()
+    for family, path in ((4, "/proc/net/mcfilter"), (6, "/proc/net/mcfilter6")):
         for line in (_read(path) or "").splitlines()[1:]:
             parts = line.split()
             if len(parts) > 2:
-                names.add(parts[1])
-    return names
+                joins.add((family, parts[1]))
+    return joins
 
 
 def _route_to(source: str) -> str | None:
@@ -227,7 +227,7 @@ def collect(
         iptables_legacy=legacy,
         container=_container(),
         virtualization=_virtualization(),
-        ssm_interfaces=_ssm_interfaces(),
+        ssm_joins=_ssm_joins(),
         source_routes={source: _route_to(source) for source in sources or []},
         bridges=_bridges(),
         heard=heard,

@@ -67,7 +67,8 @@ class SystemView:
     iptables_legacy: dict[int, str] = field(default_factory=dict)  # family -> *-legacy-save
     container: str | None = None
     virtualization: str | None = None
-    ssm_interfaces: set[str] = field(default_factory=set)  # source filters joined there
+    # (family, interface) of every source-specific join live on the host, of any program
+    ssm_joins: set[tuple[int, str]] = field(default_factory=set)
     source_routes: dict[str, str | None] = field(default_factory=dict)  # source -> dev
     bridges: list[tuple[str, bool, bool]] = field(default_factory=list)  # snooping, querier
     heard: list[Heard] | str = field(default_factory=list)  # queriers and routers, or why not
