@@ -167,3 +167,23 @@ def test_recv_file_says_at_once_why_it_refuses_a_transfer(tmp_path: Path, missin
         for proc in (sender, receiver):
             proc.kill()
             proc.communicate(timeout=10)
+
+
+@net
+def test_chat_lines_arrive_in_the_order_typed() -> None:
+    group = ("--group", "239.255.96.7:5967", "--iface", "lo")
+    listener = _start("subscribe", "chat", *group, "--count", "5", "--timeout", "15", "--json")
+    wait_for_line(listener.stderr, "subscribed")
+    lines = ["first", "long " * 2000, "third", "fourth", "fifth"]  # the 2nd is 10 kB
+    chat = subprocess.run(
+        [*MCAST, "chat", *group],
+        input="".join(line + "\n" for line in lines),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    out, err = listener.communicate(timeout=30)
+    assert chat.returncode == 0, chat.stderr
+    heard = [json.loads(line) for line in out.splitlines()]
+    # Before: "third" and on went plainly and overtook the long line on the reliable stream.
+    assert [m["size"] for m in heard] == [len(line) for line in lines], err
