@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +49,6 @@ __all__ = [
     "key_from_passphrase",
     "load_key_file",
     "warn_open_group",
-    "why_refused",
     "write_key_file",
 ]
 
@@ -98,21 +97,6 @@ class GroupKey:
         """32-bit id derived from the key (never reveals it)."""
         digest = hashlib.blake2s(self.secret, digest_size=4, person=b"mk-kid").digest()
         return int.from_bytes(digest, "big")
-
-
-def why_refused(dropped: Mapping[str, int]) -> str | None:
-    """Why a receiver refused what it heard, naming the fix, from its drop counts by reason
-    (those a user fixes: no key, another key, a sender without the key); None when none."""
-    if without := dropped.get("sealed-without-key", 0):
-        return (
-            f"heard {without} sealed datagram(s): the group is sealed; give its --key-file "
-            "(or --passphrase-file)"
-        )
-    if wrong := dropped.get("unknown-key", 0) + dropped.get("forged", 0):
-        return f"heard {wrong} datagram(s) sealed with another key (or forged): check --key-file"
-    if plain := dropped.get("unsealed", 0):
-        return f"heard {plain} unsealed datagram(s): the sender does not use the group key"
-    return None
 
 
 def key_from_passphrase(passphrase: str, *, group: object) -> GroupKey:

@@ -187,3 +187,28 @@ def test_chat_lines_arrive_in_the_order_typed() -> None:
     heard = [json.loads(line) for line in out.splitlines()]
     # Before: "third" and on went plainly and overtook the long line on the reliable stream.
     assert [m["size"] for m in heard] == [len(line) for line in lines], err
+
+
+@net
+def test_a_sync_with_nothing_to_send_says_so(tmp_path: Path) -> None:
+    source = tmp_path / "data.bin"
+    source.write_bytes(os.urandom(300_000))
+    into = tmp_path / "into"
+    into.mkdir()
+    (into / "data.bin").write_bytes(source.read_bytes())
+    group = ("--group", "239.255.96.8:5968", "--iface", "lo")
+    receiver = _start("recv-file", *group, "--dir", str(into))
+    wait_for_line(receiver.stderr, "waiting for a transfer")
+    sent = subprocess.run(
+        [*MCAST, "send-file", str(source), *group, "--receivers", "1", "--sync"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out, _ = receiver.communicate(timeout=30)
+    # Before: "sent 0.3 MB in 0.03s (10.2 MB/s), 0 pass(es), 0 blocks for 221", and the
+    # receiver said "received and verified data.bin" after "up to date already".
+    assert sent.returncode == 0, sent.stderr
+    assert "nothing to send: every receiver had the files already" in sent.stdout
+    assert "MB/s" not in sent.stdout
+    assert "up to date already: 1 file(s)" in out and "received" not in out

@@ -90,7 +90,7 @@ def test_sealed_transfer_reaches_key_holders_only_and_shows_no_plaintext(
     assert summary["blocks_sent"] > summary["blocks"]  # the lossy one was repaired, sealed
     keyless_result, wrong_result = shut_out
     assert keyless_result["state"] == "waiting" and keyless_result["files"] == []
-    assert "the transfer is sealed" in keyless_result["reason"]
+    assert "the group is sealed; give its --key-file" in keyless_result["reason"]
     assert keyless_result["dropped"]["sealed-without-key"] > 1000
     assert "sealed with another key" in wrong_result["reason"]
     assert not list((tmp_path / "outsider").iterdir())

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ..aio import DEFAULT_GROUP, DEFAULT_RCVBUF, Node
+from ..refusals import why_refused
 from ..reliable import ReliableConfig
-from ..security import why_refused
 from ..units import parse_rate
 from . import argtypes
 from .output import UsageError, add_key_options, group_key, note

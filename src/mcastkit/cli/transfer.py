@@ -281,43 +281,45 @@ def cmd_send_file(args: argparse.Namespace) -> int:
     ok = bool(receivers) and not failed and not short
     summary.update({"ok": ok, "never_registered": missing_names})
     megabytes = summary["bytes"] / 1e6
-    rate_text = megabytes / summary["seconds"] if summary["seconds"] and receivers else 0.0
-    summary["mb_per_s"] = round(rate_text, 2)  # delivered: nothing, without a receiver
+    moved = receivers and summary["blocks_sent"]  # a rate only for data that went somewhere
+    rate_text = megabytes / summary["seconds"] if summary["seconds"] and moved else 0.0
+    summary["mb_per_s"] = round(rate_text, 2)
     hint = "" if receivers else _no_receiver_hint(spec, summary, args)
     if hint:
         summary["hint"] = hint
     if args.json:
         emit_json(summary)
-    elif not receivers:
+        return 0 if ok else 1
+    if not receivers:
         say(
             f"\nnothing delivered: no receiver registered within {args.wait:g}s "
             f"({summary['blocks_sent']} blocks went out to no one)"
         )
-        for refused in summary["refused"]:
-            reasons = ", ".join(f"{why} x{count}" for why, count in refused["dropped"].items())
-            say(f"  {'(refused)':<24} {refused['host']:<22} not admitted: {reasons}")
-        note(hint)
+    elif not summary["blocks_sent"]:
+        say("\nnothing to send: every receiver had the files already (same sha256)")
     else:
         say(
             f"\nsent {megabytes:.1f} MB in {summary['seconds']:.2f}s ({rate_text:.1f} MB/s), "
             f"{summary['passes']} pass(es), {summary['blocks_sent']} blocks for "
             f"{summary['blocks']}"
         )
-        for r in receivers:
-            state = "complete" if r["complete"] else f"FAILED: {r['failed'] or 'incomplete'}"
-            say(f"  {r['name']:<24} {r['address']:<22} {state}")
-        for name in missing_names:
-            say(f"  {name:<24} {'-':<22} FAILED: never registered")
-        for refused in summary["refused"]:
-            reasons = ", ".join(f"{why} x{count}" for why, count in refused["dropped"].items())
-            say(f"  {'(refused)':<24} {refused['host']:<22} not admitted: {reasons}")
+    for r in receivers:
+        state = "complete" if r["complete"] else f"FAILED: {r['failed'] or 'incomplete'}"
+        say(f"  {r['name']:<24} {r['address']:<22} {state}")
+    for name in missing_names:
+        say(f"  {name:<24} {'-':<22} FAILED: never registered")
+    for refused in summary["refused"]:
+        reasons = ", ".join(f"{why} x{count}" for why, count in refused["dropped"].items())
+        say(f"  {'(refused)':<24} {refused['host']:<22} not admitted: {reasons}")
+    if hint:
+        note(hint)
     return 0 if ok else 1
 
 
 def _no_receiver_hint(spec: GroupSpec, summary: dict[str, Any], args: argparse.Namespace) -> str:
     """What to try when nobody registered: start one, wait longer, and where a router is on
     the link, the TTL (1, the default, stops at it)."""
-    text = "start `mcast recv-file` first, or raise --wait"
+    text = "no receiver registered: start `mcast recv-file` first, or raise --wait"
     if args.ttl <= 1:
         beyond = router_hint(spec, [summary["interface"]], "send-file --ttl 4 (or more)")
         if beyond is not None:
@@ -394,13 +396,18 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
         resumed = summary["resumed_blocks"] if not summary["up_to_date"] else 0
         if summary["up_to_date"]:
             say(f"\nup to date already: {len(summary['up_to_date'])} file(s)")
-        names = summary["files"]
+        names = [name for name in summary["files"] if name not in summary["up_to_date"]]
         listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        say(
-            f"\nreceived and verified {listed} "
-            f"({summary['bytes'] / 1e6:.1f} MB) in {summary['seconds']:.2f}s"
-            + (f", {resumed} of {summary['blocks']} blocks from an earlier try" if resumed else "")
-        )
+        if names:  # not "received" for files that were here already
+            say(
+                f"\nreceived and verified {listed} "
+                f"({summary['bytes'] / 1e6:.1f} MB) in {summary['seconds']:.2f}s"
+                + (
+                    f", {resumed} of {summary['blocks']} blocks from an earlier try"
+                    if resumed
+                    else ""
+                )
+            )
     else:
         say(f"\ntransfer {summary['state']}: {summary['reason'] or 'interrupted'}")
         if summary["kept_blocks"]:

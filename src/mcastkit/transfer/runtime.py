@@ -18,7 +18,7 @@ from ..errors import AddressError
 from ..events import ReceiveState, SendPhase, TransferEvent, TransferRefused
 from ..pacing import TokenBucket
 from ..reach import CopyTargets
-from ..security import why_refused
+from ..refusals import why_refused
 from ..transport import Packet, open_receiver, open_sender
 from ..transport.ancillary import queue_load
 from ..transport.batch import BatchReceiver, BatchSender
