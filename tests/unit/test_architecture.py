@@ -42,6 +42,7 @@ CORES = {
     "diag.ping",
     "diag.bench",
     "diag.dump",
+    "diag.top",
 }
 
 

@@ -1,4 +1,5 @@
-"""Diagnostics commands: ``mcast ping`` (and friends, registered from their own modules)."""
+"""Diagnostics commands: ``mcast ping`` and ``mcast top`` (and friends, registered from their
+own modules)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from ..addr import parse_group
 from ..diag.ping import PingSession, verdict
-from ..diag.runner import run_ping
+from ..diag.runner import run_ping, run_top
 from ..transport.unicast import resolve_peers
 from . import argtypes
 from .output import console, emit_json, note
@@ -76,6 +77,32 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="a JSON snapshot line every 0.5 s while running, then the summary",
     )
     ping.set_defaults(handler=cmd_ping)
+
+    top = commands.add_parser(
+        "top",
+        help="a live view of the groups on an interface: rates, loss, joins, the querier",
+        description=(
+            "Capture passively on IFACE (root: AF_PACKET, all-multicast mode; nothing is "
+            "sent or joined) and show each group and port: senders, members that reported, "
+            "packets/s, Mbit/s, loss estimated from mcastkit's sequence numbers (group "
+            "frames, bench, ping), what the datagrams are; IGMP/MLD joins and leaves as they "
+            "happen, and the querier. A snooping switch shows a port only what it forwards."
+        ),
+    )
+    top.add_argument(
+        "iface",
+        nargs="?",
+        type=argtypes.interfaces(several=False),
+        metavar="IFACE",
+        help="interface name, index or address (default: the multicast route's)",
+    )
+    top.add_argument(
+        "--interval", type=argtypes.seconds(), default=1.0, help="seconds between views (1)"
+    )
+    top.add_argument("--count", type=argtypes.count("views"), help="stop after this many views")
+    top.add_argument("--duration", type=argtypes.seconds(), help="stop after this many seconds")
+    top.add_argument("--json", action="store_true", help="NDJSON: one snapshot per interval")
+    top.set_defaults(handler=cmd_top)
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -203,3 +230,86 @@ def cmd_ping(args: argparse.Namespace) -> int:
     for reason in reasons:
         note(f"problem: {reason}")
     return code
+
+
+def top_table(view: dict[str, Any]) -> Any:
+    """The view as a rich table, the querier and capture drops in its title."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    queriers = ", ".join(
+        f"{q['address']} ({q['protocol']}, {q['heard_s_ago']:.0f}s ago)"
+        for q in view["queriers"].values()
+    )
+    title = (
+        f"mcast top {view['interface']}: {len(view['groups'])} group(s); "
+        f"querier {queriers or 'none heard'}; capture drops {view['capture_drops']}"
+    )
+    table = Table(title=escape(title), title_justify="left")
+    for column in ("group", "senders", "members", "kind", "pps", "Mbit/s", "loss", "packets"):
+        table.add_column(column, justify="left" if column in ("group", "kind") else "right")
+    for row in view["groups"]:
+        senders = row["sources"]
+        table.add_row(
+            escape(row["group"]),
+            escape(senders[0] + (f" +{len(senders) - 1}" if len(senders) > 1 else ""))
+            if senders
+            else "-",
+            str(row["members"]),
+            row["kind"],
+            _fmt(row.get("pps")),
+            _fmt(row.get("mbps")),
+            _pct(row.get("loss")),
+            str(row.get("packets", 0)),
+        )
+    return table
+
+
+def _describe_event(event: dict[str, Any]) -> str:
+    if event["event"] == "querier":
+        return f"querier {event['host']} ({event['protocol']})"
+    return f"{event['host']} {'joined' if event['event'] == 'join' else 'left'} {event['group']}"
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    """Show the link's groups until --count, --duration or Ctrl-C."""
+    interrupted = CtrlC().install()
+    live = None
+    log: list[str] = []
+    out = console()
+
+    def show(view: dict[str, Any]) -> None:
+        if args.json:
+            emit_json(view)
+            return
+        lines = [_describe_event(e) for e in view["events"]]
+        if live is not None:
+            from rich.console import Group
+
+            log.extend(lines)
+            del log[:-8]
+            live.update(Group(top_table(view), *log))
+            return
+        for line in lines:
+            note(line)
+        console(width=170).print(top_table(view))
+
+    if not args.json and out.is_terminal:
+        from rich.live import Live
+
+        live = Live(refresh_per_second=2, console=out)
+        live.start()
+    try:
+        run_top(
+            args.iface,
+            interval=args.interval,
+            duration=args.duration,
+            count=args.count,
+            on_snapshot=show,
+            stop=interrupted,
+        )
+    finally:
+        if live is not None:
+            live.stop()
+        interrupted.restore()
+    return 0

@@ -38,6 +38,7 @@ COMMAND_MODULES = {
     "send": "traffic",
     "listen": "traffic",
     "ping": "diag",
+    "top": "diag",
     "bench": "bench",
     "doctor": "doctor",
     "dump": "dump",

@@ -23,13 +23,16 @@ from ..transport import (
     set_unicast_ttl,
 )
 from ..transport.batch import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, BatchReceiver, BatchSender
+from ..transport.capture import open_capture
 from ..transport.driver import STOP, Driver
+from ..transport.interfaces import resolve_interface
 from .bench import HEAD as BENCH_HEAD
 from .bench import IPERF_CLOSE, IPERF_HEAD, MIN_SIZE, BenchStats, Rate, make_payload
 from .bench import MAGIC as BENCH_MAGIC
 from .ping import Address, PingSession
+from .top import TopView
 
-__all__ = ["run_bench_recv", "run_bench_send", "run_ping"]
+__all__ = ["run_bench_recv", "run_bench_send", "run_ping", "run_top"]
 
 MAX_PEERS_HEARD = 1024  # peer hosts whose interface ping remembers (it answers by it)
 
@@ -367,3 +370,67 @@ def run_bench_recv(
             "or lower the rate"
         )
     return summary
+
+
+def run_top(
+    iface: str | int | None = None,
+    *,
+    interval: float = 1.0,
+    duration: float | None = None,
+    count: int | None = None,
+    on_snapshot: Callable[[dict[str, Any]], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Capture on ``iface`` (default: the interface of the multicast route) and hand a
+    snapshot of its groups to ``on_snapshot`` every ``interval`` s, until ``count``
+    snapshots, ``duration`` s, or ``stop()``; the last snapshot is returned."""
+    interface = resolve_interface(iface, 4, require_multicast=False)
+    capture = open_capture(interface)
+    view = TopView()
+    start = time.monotonic()
+    end = None if duration is None else start + duration
+    due = start + interval
+    shown = taken = 0
+    last: dict[str, Any] = {}
+
+    def drain() -> None:
+        now = time.monotonic()
+        for packet in capture.read():
+            view.on_packet(packet, now)
+
+    def take(now: float) -> None:
+        nonlocal shown, taken, last
+        last = view.snapshot(now, events_after=shown)
+        if last["events"]:
+            shown = last["events"][-1]["n"]
+        for event in last["events"]:  # the loop's clock to seconds ago, for people
+            event["seconds_ago"] = round(now - event.pop("time"), 1)
+        last.update(
+            {
+                "interface": interface.name,
+                "time": round(time.time(), 3),
+                "capture_drops": capture.update_drops(),
+            }
+        )
+        taken += 1
+        if on_snapshot is not None:
+            on_snapshot(last)
+
+    def turn(_: float) -> float | None:
+        nonlocal due
+        now = time.monotonic()
+        finished = (end is not None and now >= end) or (stop is not None and stop())
+        if now >= due or finished:
+            due = now + interval
+            take(now)
+        if finished or (count is not None and taken >= count):
+            return STOP
+        return max(0.0, min(due, end or due) - now)
+
+    try:
+        with Driver() as driver:
+            driver.on_readable(capture.sock, drain)
+            driver.run(turn)
+    finally:
+        capture.close()
+    return last
