@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import time
 from collections import Counter, defaultdict
 from typing import Any, BinaryIO
@@ -25,7 +26,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="Join GROUP:PORT and show each datagram with its mcastkit frame fields "
         "(type, sender, seq, topic, encrypted or not). --pcap writes a capture tshark reads.",
     )
-    dump.add_argument("group", metavar="GROUP:PORT")
+    dump.add_argument("group", nargs="?", metavar="GROUP:PORT")
     dump.add_argument(
         "--iface",
         type=argtypes.interfaces(),
@@ -38,6 +39,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     dump.add_argument("--timeout", type=argtypes.seconds(), help="stop after this many seconds")
     dump.add_argument("--pcap", metavar="FILE", help="also write a pcap file (LINKTYPE_RAW)")
     add_key_options(dump)
+    dump.add_argument(
+        "--wireshark-plugin",
+        action="store_true",
+        help="say where mcastkit's Wireshark dissector is and how to install it (no capture)",
+    )
     dump.add_argument("--json", action="store_true", help="NDJSON: one object per datagram")
     dump.set_defaults(handler=cmd_dump)
 
@@ -78,6 +84,10 @@ def _line(record: dict[str, Any], data: bytes) -> str:
 
 def cmd_dump(args: argparse.Namespace) -> int:
     """Dump until --count, --timeout or Ctrl-C."""
+    if args.wireshark_plugin:
+        return _show_wireshark_plugin(args.json)
+    if args.group is None:
+        raise UsageError("give the GROUP:PORT to dump (or --wireshark-plugin)")
     spec = parse_group(args.group)
     key = group_key(args, args.group)
     keyring = None if key is None else KeyRing([key], os.urandom)
@@ -180,3 +190,43 @@ def cmd_dump(args: argparse.Namespace) -> int:
         note(f"error: {pcap_error}; the datagrams above were shown but not all saved")
         return 2
     return 0 if total else 1
+
+
+def _show_wireshark_plugin(as_json: bool) -> int:
+    """Where the dissector shipped in the package is, and where Wireshark looks for it."""
+    from importlib import resources
+
+    plugin = resources.files("mcastkit") / "data" / "mcastkit.lua"
+    path = str(plugin)
+    if not plugin.is_file():
+        raise UsageError(f"the dissector is missing from this install ({path}): reinstall mcastkit")
+    folder = _personal_lua_folder()
+    install = [["mkdir", "-p", folder], ["cp", path, folder + "/"]]
+    once = ["tshark", "-X", f"lua_script:{path}", "-r", "CAPTURE.pcap"]
+    if as_json:
+        emit_json({"plugin": path, "folder": folder, "install": install, "once": once})
+        return 0
+    say(f"mcastkit's Wireshark dissector: {path}")
+    say("install it for Wireshark and tshark (then restart Wireshark):")
+    say("  " + " && ".join(shlex.join(command) for command in install))
+    say("or load it for one run:")
+    say("  " + shlex.join(once))
+    say('then filter on: mcastkit, mcastkit.type == 7, mcastkit.topic == "chat", ...')
+    return 0
+
+
+def _personal_lua_folder() -> str:
+    """Wireshark's personal Lua plugin folder, as tshark names it (its default otherwise)."""
+    import subprocess
+
+    try:
+        listed = subprocess.run(
+            ["tshark", "-G", "folders"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        listed = ""
+    for line in listed.splitlines():
+        name, _, folder = line.partition(":")
+        if name.strip() == "Personal Lua Plugins" and folder.strip():
+            return folder.strip()
+    return os.path.expanduser("~/.local/lib/wireshark/plugins")
