@@ -21,6 +21,15 @@ def _count(number: int, noun: str) -> str:
     return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
+def _send_errors(by_name: dict[str, int]) -> str:
+    """``393 send errors: EPERM (a firewall drops them)``: what each errno means here."""
+    meaning = {"ENOBUFS": "queue full", "EAGAIN": "queue full", "EPERM": "a firewall drops them"}
+    parts = [
+        f"{name} x{count} ({meaning.get(name, 'see errno')})" for name, count in by_name.items()
+    ]
+    return f"{_count(sum(by_name.values()), 'send error')}: {', '.join(parts)}"
+
+
 def _article(word: str) -> str:
     """``an iperf2``, ``an mcast``, ``a raw``: by the sound, which for these is the letter."""
     return "an" if word[:1].lower() in "aeiomx" else "a"
@@ -149,11 +158,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         say(
             f"sent {_count(summary['packets'], 'datagram')} in {summary['seconds']:.2f}s: "
             f"{summary['pps']:,.0f} pps, {summary['mbps']:,.1f} Mbit/s"
-            + (
-                f" ({summary['send_errors']} send errors: queue full)"
-                if summary["send_errors"]
-                else ""
-            )
+            + (f" ({_send_errors(summary['send_errors_by'])})" if summary["send_errors"] else "")
         )
     return 0
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -236,7 +238,8 @@ def run_bench_send(
     sender.sock.connect(sender.destination)
     send = sender.sock.send
     destination = sender.destination
-    sent = errors = 0
+    sent = 0
+    errors: Counter[str] = Counter()  # by errno name: a full queue is not a firewall
     start = time.monotonic_ns()
     end = start + int(duration * 1e9)
     second_start, second_sent = start, 0
@@ -265,8 +268,8 @@ def run_bench_send(
                         pack_into(buffer, 0, tag, seq & mask, stamp)
                         send(segments[0])
                         sent += 1
-                except OSError:
-                    errors += 1  # ENOBUFS and friends: the queue is full, keep pacing
+                except OSError as exc:  # ENOBUFS: the queue is full; EPERM: a firewall
+                    errors[errno.errorcode.get(exc.errno or 0, "?")] += 1  # keep pacing
             if now - second_start >= 1_000_000_000:
                 if on_second is not None:
                     seconds = (now - second_start) / 1e9
@@ -285,13 +288,16 @@ def run_bench_send(
     finally:
         sender.close()
     elapsed = (time.monotonic_ns() - start) / 1e9
-    errors += sum(n for key, n in batch.counters.items() if key.startswith("dropped:"))
+    for key, count in batch.counters.items():
+        if key.startswith("dropped:"):
+            errors[key.removeprefix("dropped:")] += count
     return {
         "group": str(spec),
         "interface": sender.interface.name,
         "size": size,
         "packets": sent,
-        "send_errors": errors,
+        "send_errors": sum(errors.values()),
+        "send_errors_by": dict(errors),
         "seconds": round(elapsed, 4),
         "pps": round(sent / elapsed, 1),
         "mbps": round(sent * size * 8 / elapsed / 1e6, 3),
