@@ -212,3 +212,33 @@ def test_a_sync_with_nothing_to_send_says_so(tmp_path: Path) -> None:
     assert "nothing to send: every receiver had the files already" in sent.stdout
     assert "MB/s" not in sent.stdout
     assert "up to date already: 1 file(s)" in out and "received" not in out
+
+
+def _flood(group: tuple[str, int], count: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood:
+        flood.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        for _ in range(count):
+            flood.sendto(b"x" * 200, group)
+
+
+@net
+def test_dump_and_subscribe_report_their_kernel_drops() -> None:
+    dump = _start(
+        "dump", "239.255.96.12:5972", "--iface", "lo", "--rcvbuf", "4096", "--json",
+        "--timeout", "3",
+    )  # fmt: skip
+    subscriber = _start(
+        "subscribe", "t", "--group", "239.255.96.13:5973", "--iface", "lo", "--rcvbuf", "4096",
+        "--json", "--timeout", "3",
+    )  # fmt: skip
+    wait_for_line(dump.stderr, "dumping")
+    wait_for_line(subscriber.stderr, "subscribed")
+    _flood(("239.255.96.12", 5972), 2000)
+    _flood(("239.255.96.13", 5973), 2000)
+    out, _ = dump.communicate(timeout=30)
+    summary = json.loads(out.splitlines()[-1])["summary"]
+    assert summary["kernel_drops"] > 0
+    assert summary["datagrams"] + summary["kernel_drops"] == 2000
+    out, err = subscriber.communicate(timeout=30)
+    (drops,) = [json.loads(line) for line in out.splitlines() if "kernel-drops" in line]
+    assert drops["count"] > 0 and "--rcvbuf" in err

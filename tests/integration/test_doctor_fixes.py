@@ -203,7 +203,8 @@ def test_a_route_fix_moves_the_group_alone(lab: Lab, group: str) -> None:
     host, _ = lab.dual(2)
     six = group.startswith("[")
     if six:
-        host.run("ip", "-6", "route", "add", "ff00::/8", "dev", "eth0", "table", "local", "metric", "1", check=True)  # fmt: skip
+        route = ("ff00::/8", "dev", "eth0", "table", "local", "metric", "1")
+        host.run("ip", "-6", "route", "add", *route, check=True)
     else:
         host.run("ip", "route", "add", "224.0.0.0/4", "dev", "eth0", check=True)
     args = (group, "--iface", "eth1")

@@ -16,6 +16,7 @@ from ..transport import open_receiver
 from . import argtypes
 from .output import UsageError, add_key_options, emit_json, group_key, note, preview, say
 from .signals import CtrlC
+from .traffic import LISTEN_RCVBUF
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,6 +39,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     dump.add_argument("--timeout", type=argtypes.seconds(), help="stop after this many seconds")
     dump.add_argument("--pcap", metavar="FILE", help="also write a pcap file (LINKTYPE_RAW)")
+    dump.add_argument(
+        "--rcvbuf",
+        type=argtypes.size(1024),
+        default=LISTEN_RCVBUF,
+        help=f"receive buffer bytes (default {LISTEN_RCVBUF >> 20} MiB)",
+    )
     add_key_options(dump)
     dump.add_argument(
         "--wireshark-plugin",
@@ -92,6 +99,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
     key = group_key(args, args.group)
     keyring = None if key is None else KeyRing([key], os.urandom)
     receiver = open_receiver(spec, iface=args.iface, sources=args.source)
+    receiver.grow_rcvbuf(args.rcvbuf)  # what the kernel grants; its drops are reported
+    kernel_drops = 0
     pcap_file: BinaryIO | None = None
     writer: PcapWriter | None = None
     if args.pcap:
@@ -160,6 +169,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
                             f"writing {args.pcap} failed after {total - 1} "
                             f"datagram(s): {exc.strerror}"
                         )
+            load = receiver.load()  # also the drops after the last datagram read
+            kernel_drops = load.drops if load is not None else 0
     finally:
         interrupted.restore()
         if pcap_file is not None:
@@ -170,6 +181,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     summary = {
         "group": str(spec),
         "datagrams": total,
+        "kernel_drops": kernel_drops,
         "sources": {k: dict(v) for k, v in per_source.items()},
         "pcap": args.pcap,
         "pcap_error": pcap_error,
@@ -185,6 +197,11 @@ def cmd_dump(args: argparse.Namespace) -> int:
             note(
                 f"  {sender:<24} {counts['datagrams']:>7} datagrams {counts['bytes']:>10} bytes"
                 f"  ({kinds})"
+            )
+        if kernel_drops:
+            note(
+                f"warning: the kernel dropped {kernel_drops} datagram(s) for a full receive "
+                f"buffer ({receiver.rcvbuf} bytes): not shown, not saved"
             )
     if pcap_error:
         note(f"error: {pcap_error}; the datagrams above were shown but not all saved")

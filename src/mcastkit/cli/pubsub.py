@@ -238,6 +238,8 @@ async def _run_subscribe(args: argparse.Namespace) -> int:
         kernel_drops = node.kernel_drops()
     note(f"{received} message(s) received, {len(losses)} loss report(s)")
     if kernel_drops:
+        if args.json:  # one more object in the stream, as an unrecoverable is
+            emit_json({"event": "kernel-drops", "count": kernel_drops})
         note(
             f"warning: the kernel dropped {kernel_drops} datagram(s) for a full receive "
             "buffer: raise --rcvbuf (beyond net.core.rmem_max needs root)"
