@@ -317,7 +317,9 @@ class ReplayWindow:
         """None if ``seq`` is new (and remember it); otherwise 'replay' or 'too-old'."""
         if seq > self.highest:
             shift = seq - self.highest
-            self.bitmap = ((self.bitmap << shift) | 1) & ((1 << self.SIZE) - 1)
+            # O(1) for any jump: shifting by 2^32 built a 2^32-bit integer (512 MiB, seconds).
+            kept = (self.bitmap << shift) & ((1 << self.SIZE) - 1) if shift < self.SIZE else 0
+            self.bitmap = kept | 1
             self.highest = seq
             return None
         offset = self.highest - seq

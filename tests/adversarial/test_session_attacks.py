@@ -83,6 +83,23 @@ def test_one_rdata_with_a_huge_offset_costs_almost_nothing() -> None:
     assert stats["missing"] == 0 and stats["memory"] < 4096
 
 
+def test_a_frame_seq_jump_shifts_the_replay_window_in_constant_time_and_memory() -> None:
+    # Before (issue 22, class 2): one frame with seq 2**32 - 1 built a 2**32-bit integer in
+    # the replay window, about 1.1 GiB and a 1.7-2 s stall; ten stalled 7.3 s.
+    victim = _victim()
+    with _traced() as peak:
+        started = time.perf_counter()
+        for sender in range(0xB01, 0xB0B):  # ten members, each one huge jump
+            victim.receive_datagram(craft.hello(sender, 1), ATTACKER, 0.1)
+            victim.receive_datagram(craft.frame(craft.HEARTBEAT, sender, 2**32 - 1), ATTACKER, 0.2)
+            victim.receive_datagram(craft.frame(craft.HEARTBEAT, sender, 2), ATTACKER, 0.3)
+        elapsed = time.perf_counter() - started
+        assert peak() < 1 << 20
+    assert elapsed < 0.1
+    dropped = victim.counters["dropped:too-old"]
+    assert dropped == 10  # seq 2 is far behind the jump: refused as too old, not a replay
+
+
 def test_repeated_maximal_jumps_cost_one_range_each_and_stay_bounded() -> None:
     # Before: every jump of 2**17 cost ~10 MiB (one dict entry per missing seq).
     victim = _victim()
