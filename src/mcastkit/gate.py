@@ -110,12 +110,16 @@ class MembershipGate:
         """Remember a departed peer: its replays are refused, its stream can resume.
 
         ``goodbye_stamp``: the timestamp of its goodbye; what it sent before is refused too.
-        It reaches at most ``GOODBYE_REACH_US`` past the last frame we had from the peer, so
-        a forged one with a future stamp (an open group) cannot shut a member out for long.
+        It reaches at most ``GOODBYE_REACH_US`` past the last frame we had from the peer and
+        past our own clock, so a forged one with a future stamp (an open group), even after a
+        forged future-stamped heartbeat, shuts a member out for a second at most.
         """
         key = (peer.node_id, peer.incarnation)
         highest = {unicast: window.highest for unicast, window in peer.windows.items()}
         left_at = min(goodbye_stamp, peer.last_stamp + GOODBYE_REACH_US) if peer.last_stamp else 0
+        ours = self._wall_us()
+        if ours and left_at:
+            left_at = min(left_at, ours + GOODBYE_REACH_US)
         self.tombstones[key] = Tombstone(highest, stream_next, now + TOMBSTONE_SECONDS, left_at)
         self.tombstones.move_to_end(key)
         while len(self.tombstones) > MAX_TOMBSTONES:

@@ -306,15 +306,25 @@ class KeyRing:
 class ReplayWindow:
     """Sliding window over one sender's sequence numbers (RFC 4303 3.4.3 style, 64 wide)."""
 
-    __slots__ = ("bitmap", "highest")
+    __slots__ = ("behind", "behind_run", "bitmap", "highest")
     SIZE = 64
+    # Open groups: a forged frame can jump the window far ahead of its sender. This many
+    # frames in a row, this far behind, are the real sender: the window follows it back.
+    RECOVER_AFTER = 3
+    RECOVER_GAP = 4096
 
     def __init__(self) -> None:
         self.highest = -1
         self.bitmap = 0
+        self.behind = 0
+        self.behind_run = 0
 
-    def check_and_mark(self, seq: int) -> str | None:
-        """None if ``seq`` is new (and remember it); otherwise 'replay' or 'too-old'."""
+    def check_and_mark(self, seq: int, recover: bool = False) -> str | None:
+        """None if ``seq`` is new (and remember it); otherwise 'replay' or 'too-old'.
+
+        ``recover`` (open groups only, where anyone can forge a frame and a replay is no
+        attack): a run of frames far behind a jump moves the window back to them, so one
+        forged seq cannot shut a member out. Sealed groups never move back."""
         if seq > self.highest:
             shift = seq - self.highest
             # O(1) for any jump: shifting by 2^32 built a 2^32-bit integer (512 MiB, seconds).
@@ -324,8 +334,21 @@ class ReplayWindow:
             return None
         offset = self.highest - seq
         if offset >= self.SIZE:
+            if recover and offset >= self.RECOVER_GAP and self._follows(seq):
+                self.highest, self.bitmap = seq, 1
+                return None
             return "too-old"
         if self.bitmap & (1 << offset):
             return "replay"
         self.bitmap |= 1 << offset
         return None
+
+    def _follows(self, seq: int) -> bool:
+        """One more frame of a run far behind the window; True once the run is long enough."""
+        consecutive = self.behind_run and 0 < seq - self.behind <= self.SIZE
+        self.behind_run = self.behind_run + 1 if consecutive else 1
+        self.behind = seq
+        if self.behind_run < self.RECOVER_AFTER:
+            return False
+        self.behind = self.behind_run = 0
+        return True

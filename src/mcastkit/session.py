@@ -362,7 +362,7 @@ class Session(ReliableFrames, FastReceive):
             window = peer.windows.get(unicast)
         if window is None:
             window = ReplayWindow()
-        verdict = window.check_and_mark(frame.seq)
+        verdict = window.check_and_mark(frame.seq, self.keyring is None)
         if peer is not None and via_group and not unicast and verdict in (None, "replay"):
             peer.heard_multicast = now  # before the replay check: a copy may have come first
         if verdict is not None:

@@ -100,6 +100,45 @@ def test_a_frame_seq_jump_shifts_the_replay_window_in_constant_time_and_memory()
     assert dropped == 10  # seq 2 is far behind the jump: refused as too old, not a replay
 
 
+def test_a_future_stamped_heartbeat_then_goodbye_shuts_a_member_out_a_second_at_most() -> None:
+    # Before (issue 22, class 7): the goodbye's reach followed the forged heartbeat's stamp,
+    # 600 s in the future: the real member was refused as "departed" for 600 s.
+    clock = [1_800_000_000_000_000]
+    victim = _victim(wall_clock_us=lambda: clock[0])
+    member = 0xC01
+    at = clock[0]
+    victim.receive_datagram(craft.frame(craft.HELLO, member, 1, b"{}", stamp=at), ATTACKER, 0.1)
+    forged_future = at + 600_000_000
+    victim.receive_datagram(
+        craft.frame(craft.HEARTBEAT, member, 2, stamp=forged_future), ATTACKER, 0.2
+    )
+    victim.receive_datagram(
+        craft.frame(craft.GOODBYE, member, 3, stamp=forged_future), ATTACKER, 0.3
+    )
+    assert any(isinstance(e, Left) for e in _drain(victim))
+    clock[0] += 2_000_000  # two seconds later the real member speaks again
+    victim.receive_datagram(
+        craft.frame(craft.HELLO, member, 4, b"{}", stamp=clock[0]), ATTACKER, 2.3
+    )
+    assert any(isinstance(e, Joined) for e in _drain(victim))
+    assert victim.counters["dropped:departed"] == 0
+
+
+def test_an_open_group_seq_jump_shuts_a_member_out_for_two_frames_at_most() -> None:
+    # Before (issue 22, class 7): one forged frame with seq 2**32 - 1 in the member's name
+    # made every later frame of the real member "too-old" (for 600 s after a goodbye).
+    victim = _victim()
+    member = 0xC02
+    victim.receive_datagram(craft.hello(member, 1), ATTACKER, 0.1)
+    victim.receive_datagram(craft.frame(craft.HEARTBEAT, member, 2**32 - 1), ATTACKER, 0.2)
+    for seq in range(2, 6):  # the real member goes on: heartbeats, then a message
+        victim.receive_datagram(craft.frame(craft.HEARTBEAT, member, seq), ATTACKER, 0.2 + seq)
+    victim.receive_datagram(craft.frame(craft.DATA, member, 6, b"hi", topic="t"), ATTACKER, 7.0)
+    assert victim.counters["dropped:too-old"] == 2  # two frames refused, then followed
+    assert any(isinstance(e, Message) and e.payload == b"hi" for e in _drain(victim))
+    assert member in victim.peers
+
+
 def test_repeated_maximal_jumps_cost_one_range_each_and_stay_bounded() -> None:
     # Before: every jump of 2**17 cost ~10 MiB (one dict entry per missing seq).
     victim = _victim()
@@ -309,6 +348,27 @@ def test_frames_captured_before_a_node_started_never_reach_it() -> None:
     assert not [e for e in _drain(newcomer) if isinstance(e, (Joined, Message))]
     assert newcomer.counters["dropped:stale"] == len(wire)
     assert server is not None
+
+
+def test_a_sealed_group_never_follows_a_run_of_replays_far_behind() -> None:
+    # The open-group recovery (a run of frames far behind a jump) is off where frames are
+    # sealed: there a run far behind is a replay of captured frames, refused however long.
+    net, add = _sealed_net()
+    server, member = add("server"), add("member")
+    wire = _capture(net, member)
+    net.run(0.5)
+    for n in range(5000):  # more than RECOVER_GAP frames within the skew
+        member.publish("news", b"%d" % n, net.now)
+        if n % 500 == 0:
+            net.flush()
+    net.flush()
+    early = [data for data in wire[:40]]
+    delivered = len(net.of(server, Message))
+    for data in early:
+        server.receive_datagram(data, ATTACKER, net.now)
+    net.flush()
+    assert len(net.of(server, Message)) == delivered
+    assert server.counters["dropped:too-old"] >= 30
 
 
 def test_frames_older_than_the_skew_are_refused() -> None:
