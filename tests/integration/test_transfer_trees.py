@@ -96,7 +96,7 @@ def test_sync_skips_files_already_there_and_replaces_changed_ones(lab: Lab, tmp_
     (target / "data" / "same.bin").write_bytes(same)
     (target / "data" / "changed.bin").write_bytes(os.urandom(1_000_000))  # same size, other
     before = (target / "data" / "same.bin").stat().st_ino
-    proc = _receiver(receiver, target)
+    proc = _receiver(receiver, target, "--sync")  # the receiver lets changed files go
     done = sender.mcast("send-file", str(tree), "--sync", "--json", "--receivers", "1")
     summary = json.loads(done.stdout)
     result = json.loads(proc.communicate(timeout=30)[0])
@@ -161,3 +161,26 @@ for _ in range(20):
             assert result["state"] == "waiting", result
         assert not (tmp_path / "escape.txt").exists()
         assert _tree(target) == {}, _tree(target)
+
+
+def test_a_senders_sync_keeps_what_is_the_same_and_replaces_nothing(
+    lab: Lab, tmp_path: Path
+) -> None:
+    # Before (issue 22, class 4): a sender's --sync made the receiver replace a file that
+    # differed, without --overwrite or --sync of its own.
+    sender, receiver = lab.lan(2)
+    tree = tmp_path / "src" / "data"  # a directory goes under its own name: data/...
+    tree.mkdir(parents=True)
+    (tree / "changed.bin").write_bytes(os.urandom(300_000))
+    target = tmp_path / "dst"
+    (target / "data").mkdir(parents=True)
+    mine = os.urandom(300_000)
+    (target / "data" / "changed.bin").write_bytes(mine)
+    proc = _receiver(receiver, target)
+    done = sender.mcast("send-file", str(tree), "--sync", "--json", "--receivers", "1")
+    result = json.loads(proc.communicate(timeout=30)[0])
+    assert result["state"] == "failed", (done.stdout, result)
+    assert done.returncode == 1, done.stdout
+    assert "exists with other content" in result["reason"] and "--sync" in result["reason"]
+    assert (target / "data" / "changed.bin").read_bytes() == mine
+    assert sorted(p.name for p in (target / "data").iterdir()) == ["changed.bin"]  # no debris

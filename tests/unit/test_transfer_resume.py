@@ -48,6 +48,7 @@ def _run(
     pending_until: float | None = None,
     session: int = 7,
     sync: bool = False,
+    replace: bool = False,
 ) -> tuple[SendSession, ReceiveSession]:
     """One transfer of ``blob`` as f.bin; the receiver stops (interrupted) once it holds
     ``stop_after`` blocks. With ``pending_until`` the digest follows the announce then."""
@@ -62,7 +63,8 @@ def _run(
         register_wait=0.5,
         sync=sync,
     )
-    receiver = ReceiveSession(9, "r", DirectoryStorage(directory, resume=True), now=0.0)
+    storage = DirectoryStorage(directory, resume=True, overwrite=replace)
+    receiver = ReceiveSession(9, "r", storage, now=0.0)
     now = 0.0
     while sender.phase != SendPhase.DONE and now < 30:
         if pending_until is not None and now >= pending_until:
@@ -220,7 +222,22 @@ def test_sync_with_everything_in_place_sends_nothing(tmp_path: Path) -> None:
 def test_sync_sends_only_the_files_that_changed(tmp_path: Path) -> None:
     blob = os.urandom(100 * BLOCK)
     (tmp_path / "f.bin").write_bytes(os.urandom(100 * BLOCK))  # same size, other content
-    sender, receiver = _run(tmp_path, blob, sync=True)
+    sender, receiver = _run(tmp_path, blob, sync=True, replace=True)  # recv-file --sync
     assert receiver.state == ReceiveState.COMPLETE and receiver.up_to_date == []
     assert sender.first_pass_blocks == 100
     assert (tmp_path / "f.bin").read_bytes() == blob
+
+
+def test_a_senders_sync_never_replaces_a_file_the_receiver_did_not_give_up(
+    tmp_path: Path,
+) -> None:
+    # Before (issue 22, class 4): the sender's --sync made every receiver replace files
+    # that differed, --overwrite or not (a replayed old transfer rolled a file back).
+    blob = os.urandom(100 * BLOCK)
+    mine = os.urandom(100 * BLOCK)
+    (tmp_path / "f.bin").write_bytes(mine)
+    _sender, receiver = _run(tmp_path, blob, sync=True)
+    assert receiver.state == ReceiveState.FAILED
+    assert "exists with other content" in (receiver.reason or "")
+    assert (tmp_path / "f.bin").read_bytes() == mine
+    assert _hidden(tmp_path) == ["f.bin"]  # nothing left behind

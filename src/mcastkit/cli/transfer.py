@@ -87,7 +87,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--sync",
         action="store_true",
         help="receivers keep the files they already hold with the same sha256 (reported as "
-        "up to date; the first pass skips them) and replace those that differ",
+        "up to date; the first pass skips them); a file that differs is replaced only by a "
+        "receiver with --sync or --overwrite (the receiver decides)",
     )
     add_key_options(send)
     send.add_argument(
@@ -156,7 +157,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--sync",
         action="store_true",
         help="keep files already in --dir with the announced sha256, replace those that "
-        "differ (as if the sender gave --sync)",
+        "differ (a sender's --sync only keeps; what is replaced is the receiver's choice)",
     )
     recv.add_argument(
         "--preserve",

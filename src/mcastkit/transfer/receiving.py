@@ -99,7 +99,8 @@ class Storage(Protocol):
 
     def open(self, files: list[FileInfo], *, sync: bool = False) -> Sink:
         """``sync``: files already in place with the same content may be kept as they are
-        (offered through ``Sink.resumable``) and others of the same name replaced."""
+        (offered through ``Sink.resumable``); others of the same name are replaced only
+        where the receiver allowed it (its overwrite), never because a sender asked."""
         ...
 
 
@@ -355,7 +356,7 @@ class ReceiveSession:
                 return []  # more parts to come
             decoded.files = gathered
         files, block_size = decoded.files, decoded.block_size
-        self.sync = self.sync or decoded.sync
+        keep = self.sync or decoded.sync  # the sender may ask to keep; never to replace
         total = sum(f.size for f in files)
         problem = None
         blocks = sum(f.blocks(block_size) for f in files)
@@ -369,7 +370,7 @@ class ReceiveSession:
         if problem is None:
             try:
                 check_tree(files)
-                self.sink = self.storage.open(files, sync=self.sync)
+                self.sink = self.storage.open(files, sync=keep)
             except OSError as exc:
                 where = f"{exc.filename}: " if exc.filename else ""
                 problem = f"cannot prepare files: {where}{exc.strerror}"

@@ -485,7 +485,8 @@ def receive_files(
     session = ReceiveSession(
         int.from_bytes(os.urandom(8), "big") or 1,
         name or f"{os.uname().nodename}-{os.getpid()}",
-        DirectoryStorage(directory, overwrite=overwrite, resume=resume, preserve=preserve),
+        # The receiver decides what is replaced: its --overwrite, or its --sync.
+        DirectoryStorage(directory, overwrite=overwrite or sync, resume=resume, preserve=preserve),
         now=now,
         max_size=max_size,
         check_announce=check,

@@ -33,6 +33,9 @@ __all__ = ["DirectoryStorage", "FileSink", "MemorySink", "MemoryStorage", "free_
 SPACE_MARGIN = 1 << 20  # free space kept beyond the announced size
 
 
+_KEPT = "exists with other content: kept it (recv-file --sync or --overwrite replaces it)"
+
+
 class DirectoryStorage:
     """Files in ``directory`` (see the module docstring). ``preserve``: give each file and
     directory the mode and modification time the sender announced."""
@@ -118,7 +121,8 @@ class FileSink:
     ) -> None:
         self.directory = directory
         self.files = files
-        self.overwrite = overwrite or sync  # sync replaces files that changed
+        # The receiver's word only: a sender's sync keeps identical files, replaces nothing.
+        self.overwrite = overwrite
         self.resume = resume
         self.preserve = preserve
         self.paths: list[Path] = []
@@ -153,10 +157,12 @@ class FileSink:
         if final.is_symlink() or (final.exists() and not final.is_file()):
             raise FileExistsError(errno.EEXIST, "exists and is not a regular file", str(final))
         if not self.overwrite and final.exists():
-            raise FileExistsError(
-                errno.EEXIST, "exists; give --overwrite to replace it", str(final)
-            )
-        if sync and final.exists() and final.stat().st_size == info.size:
+            same = sync and final.stat().st_size == info.size
+            digest = sha256_of(final) if same else ""
+            if not same or (not info.digest_pending and digest != info.sha256):
+                raise FileExistsError(errno.EEXIST, _KEPT, str(final))
+            self.found[index] = (digest, 0, None)  # the same, or the end will tell
+        elif sync and final.exists() and final.stat().st_size == info.size:
             self.found[index] = (sha256_of(final), 0, None)
         partial = find_partial(parent, parts[-1], info) if self.resume else None
         if partial is not None and index not in self.found:
@@ -266,7 +272,7 @@ class FileSink:
                 os.link(temp, self.paths[index])
             except FileExistsError:
                 self.discard()
-                return f"{self.paths[index]} appeared during the transfer; kept it (--overwrite)"
+                return f"{self.paths[index]}: {_KEPT}"
             os.unlink(temp)
             self.temps[index] = None
         if self.preserve:  # directories last, deepest first: making files changes mtimes
