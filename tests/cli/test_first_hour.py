@@ -17,6 +17,8 @@ from conftest import ISOLATED
 from netlab import wait_for_line
 
 from mcastkit import Node
+from mcastkit.security import KeyRing, load_key_file
+from mcastkit.wire import Frame, FrameType, encode_frame
 
 MCAST = [sys.executable, "-m", "mcastkit"]
 net = pytest.mark.skipif(not ISOLATED, reason="needs the private network namespace")
@@ -242,3 +244,29 @@ def test_dump_and_subscribe_report_their_kernel_drops() -> None:
     out, err = subscriber.communicate(timeout=30)
     (drops,) = [json.loads(line) for line in out.splitlines() if "kernel-drops" in line]
     assert drops["count"] > 0 and "--rcvbuf" in err
+
+
+@net
+def test_a_member_whose_clock_is_off_is_said_not_silently_dropped(tmp_path: Path) -> None:
+    # Before (issue 22, class 10): frames stamped beyond --max-skew were dropped as stale
+    # with no word: the member was simply never seen.
+    key_file = tmp_path / "group.key"
+    _keygen(key_file)
+    ring = KeyRing([load_key_file(key_file)], os.urandom)
+    listener = _start(
+        "subscribe", "t", "--group", "239.255.96.14:5974", "--iface", "lo",
+        "--key-file", str(key_file), "--timeout", "20",
+    )  # fmt: skip
+    wait_for_line(listener.stderr, "subscribed")
+    behind = time.time_ns() // 1000 - 120_000_000  # a clock two minutes slow
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        for seq in range(1, 6):
+            frame = encode_frame(Frame(FrameType.HEARTBEAT, 0, 0xC10C, 1, seq, behind, "", b""))
+            sock.sendto(ring.seal(frame), ("239.255.96.14", 5974))
+    try:
+        line = wait_for_line(listener.stderr, "--max-skew", timeout=5)
+        assert "clock is off" in line and "NTP" in line
+    finally:
+        listener.kill()
+        listener.communicate(timeout=10)
