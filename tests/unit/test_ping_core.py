@@ -165,3 +165,38 @@ def test_multicast_probes_that_go_unanswered_fail_the_verdict() -> None:
     assert peer["multicast"]["received"] > 0 and peer["multicast"]["answered"] == 0
     code, reasons = verdict(summary, None)
     assert code == 1 and "multicast probes go unanswered" in reasons[0], reasons
+
+
+def _forged_answers(victim: PingSession, probes: list[bytes], count: int) -> int:
+    """Answers to ``victim``'s multicast probe from ``count`` made-up peers, each at its own
+    (spoofed) address, as any host that hears the group can forge them."""
+    from mcastkit.diag.ping import ANSWER, ANSWER_TAIL, HEAD, MAGIC, MULTICAST
+
+    probe = next(p for p in map(decode_untrusted, probes) if p is not None and p.path == 1)
+    for n in range(count):
+        answer = HEAD.pack(MAGIC, ANSWER, MULTICAST, 64, 0xF00 + n, 1, 0) + ANSWER_TAIL.pack(
+            victim.node_id, probe.seq, probe.sent_ns, 64
+        )
+        victim.receive(answer, (f"10.9.{n // 250}.{n % 250}", 5080), 64, probe.sent_ns + MS)
+    return count
+
+
+def test_forged_answers_cannot_keep_a_ping_probing_victims_or_fill_its_table() -> None:
+    # Before (issue 22, class 6): 256 forged answers made 256 spoofed peers confirmed for
+    # good: 2,560 unicast probes/s to victim addresses after the attacker stopped, and a
+    # real ping arriving later was refused (table full).
+    ping = PingSession(1, now_ns=0, interval_ns=100 * MS, ttl=64)
+    _forged_answers(ping, [data for data, _ in ping.tick(0)], 256)  # they exist ...
+    _forged_answers(ping, [data for data, _ in ping.tick(100 * MS)], 256)  # ... and "answer"
+    assert len(ping.peers) == 256 and all(p.confirmed for p in ping.peers.values())
+    to_victims = 0
+    for step in range(2, 400):  # 40 s without a word from the forged peers
+        sent = ping.tick(step * 100 * MS)
+        if step * 100 * MS > 31_000 * MS:
+            to_victims += sum(1 for _, to in sent if to is not None and to[0].startswith("10.9."))
+    assert to_victims == 0  # silent for 30 s: no more probes to the spoofed addresses
+    real = PingSession(2, now_ns=0, interval_ns=100 * MS, ttl=64)
+    newcomer = [data for data, _ in real.tick(40_000 * MS)]
+    ping.receive(newcomer[0], ("10.0.0.2", 5080), 64, 40_000 * MS)
+    assert any(key[0] == 2 for key in ping.peers)  # the table made room for a live one
+    assert ping.counters["peers-evicted"] == 1

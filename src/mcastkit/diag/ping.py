@@ -52,6 +52,12 @@ MAX_PEERS = 256  # peers tracked at once; more are refused (counted), never an u
 # after this much silence. A spoofed flood so draws at most MAX_PEERS / 8 probes a round.
 UNCONFIRMED_SILENCE_NS = 5_000_000_000
 UNCONFIRMED_EVERY = 8
+# A confirmed peer silent this long (and 30 intervals) is no longer probed: forged answers
+# that stopped cannot keep us probing a victim address; a real peer that comes back (it
+# pings too) is probed again at once. A full table gives the slot of a peer silent for 3
+# intervals to a newcomer.
+CONFIRMED_SILENCE_NS = 30_000_000_000
+EVICTABLE_ROUNDS = 3
 
 
 @dataclass
@@ -309,6 +315,8 @@ class PingSession:
                     and (seq - peer.found_round - 1) % UNCONFIRMED_EVERY
                 ):
                     continue  # a forged probe names any source: few probes until it answers
+                if self._retired(peer, now_ns) and peer.address not in self.pinned:
+                    continue  # silent for good: no more probes until it is heard again
                 peer.unicast.on_sent(seq, now_ns)
                 out.append((probe, peer.address))
                 known.add(peer.address)
@@ -330,7 +338,7 @@ class PingSession:
         key = (packet.sender, source[0])
         peer = self.peers.get(key)
         if peer is None:
-            if len(self.peers) >= self.max_peers:
+            if len(self.peers) >= self.max_peers and not self._evict_silent(now_ns):
                 self.counters["peers-refused"] += 1
                 return []
             peer = self.peers[key] = PeerPaths(packet.sender, source, now_ns)
@@ -349,6 +357,20 @@ class PingSession:
         if packet.to == self.node_id:
             peer.path(packet.path).on_answer(packet.echo_seq, now_ns)
         return []
+
+    def _evict_silent(self, now_ns: int) -> bool:
+        """Make room for a newcomer: drop the longest-silent peer, if silent long enough."""
+        key, peer = min(self.peers.items(), key=lambda item: item[1].last_heard_ns)
+        if now_ns - peer.last_heard_ns <= EVICTABLE_ROUNDS * self.interval_ns:
+            return False
+        del self.peers[key]
+        self.counters["peers-evicted"] += 1
+        return True
+
+    def _retired(self, peer: PeerPaths, now_ns: int) -> bool:
+        """A confirmed peer silent so long that probing it would only feed a victim."""
+        silence = max(CONFIRMED_SILENCE_NS, 30 * self.interval_ns)
+        return peer.confirmed and now_ns - peer.last_heard_ns > silence
 
     def _expire(self, now_ns: int) -> None:
         """Forget unconfirmed peers gone silent: spoofed ids do not pile up."""
