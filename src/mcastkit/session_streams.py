@@ -164,7 +164,9 @@ class ReliableFrames:
         stream = self.streams.close(peer.node_id, "sender-gone", stream_next)
         if stream is not None:
             if stream.position:
-                position = max(stream.position, stream.highest + 1, stream_next)
+                # Past the data seen, never past a claim (a goodbye's position, a heartbeat's):
+                # a forged one must not make the stream resume past data yet to come.
+                position = max(stream.position, stream.seen + 1)
                 if not said_goodbye:
                     # Silent, not gone: whatever it sent after what we saw never arrived.
                     # Said now (never silent); if it comes back, its stream resumes here and

@@ -7,12 +7,14 @@ datagrams sent per forged datagram, replays delivered, losses unreported.
 
 from __future__ import annotations
 
+import struct
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import craft
+import pytest
 from fakenet import FakeNet
 
 from mcastkit.events import Failed, Joined, Left, Message, RequestReceived
@@ -500,3 +502,54 @@ def test_a_member_restarted_under_the_same_id_is_heard_and_its_old_run_is_not() 
     assert server.peers[member.node_id].incarnation == old_incarnation + 1
     dropped = server.counters["dropped:stale-incarnation"] + server.counters["dropped:departed"]
     assert dropped == len(old_wire)
+
+
+def _in_the_name_of(sender: Session, kind: int, payload: bytes) -> bytes:
+    """A frame in ``sender``'s name (its id, incarnation, a seq just ahead of its own):
+    anyone on an open group can send this."""
+    seq = sender.framer._group_seq + 2
+    return craft.frame(kind, sender.node_id, seq, payload, incarnation=sender.incarnation)
+
+
+@pytest.mark.parametrize(
+    ("kind", "claim"),
+    [(craft.HEARTBEAT, struct.pack("!Q", 2**40)), (craft.RSTATE, struct.pack("!QQ", 2**40, 2**40))],
+    ids=["heartbeat", "rstate"],
+)
+def test_a_forged_stream_position_discards_nothing_that_arrives(kind: int, claim: bytes) -> None:
+    # Before (issue 22, class 1): one forged HEARTBEAT with a live member's id and a huge
+    # next seq made the receiver skip its later messages: 89 of 400 delivered, one loss
+    # report up to seq 2**40.
+    net = FakeNet(seed=21)
+    sender, receiver = _pair(net)
+    total = 400
+    for index in range(total):
+        sender.publish("t", b"%d" % index, net.now, reliable=True)
+        net.run(0.005, step=0.001)
+        if index == 100:
+            receiver.receive_datagram(_in_the_name_of(sender, kind, claim), ATTACKER, net.now)
+    net.run(5.0, step=0.01)
+    delivered = [m for m in net.of(receiver, Message) if m.reliable]
+    assert [m.payload for m in delivered] == [b"%d" % n for n in range(total)]  # all, in order
+    assert not net.of(receiver, Unrecoverable)
+    stats = receiver.reliable_stats()["receivers"][f"{sender.node_id:016x}"]
+    assert stats["claims-clamped"] >= 1, stats
+
+
+def test_a_forged_goodbye_with_a_huge_position_discards_nothing_either() -> None:
+    # The goodbye evicts the member for a second (an open group's residual) and its stream
+    # is closed with an open-ended report (not one "up to 2**40"); the member's frames bring
+    # it back and its stream resumes past the data seen, not at the forged position.
+    net = FakeNet(seed=21)
+    sender, receiver = _pair(net)
+    total = 400
+    for index in range(total):
+        sender.publish("t", b"%d" % index, net.now, reliable=True)
+        net.run(0.005, step=0.001)
+        if index == 100:
+            goodbye = _in_the_name_of(sender, craft.GOODBYE, struct.pack("!Q", 2**40))
+            receiver.receive_datagram(goodbye, ATTACKER, net.now)
+    net.run(5.0, step=0.01)
+    delivered = [m for m in net.of(receiver, Message) if m.reliable]
+    assert [m.payload for m in delivered] == [b"%d" % n for n in range(total)]
+    assert [lost.last_seq for lost in net.of(receiver, Unrecoverable)] == [UNKNOWN_END]

@@ -252,7 +252,8 @@ def test_reliable_publish_across_with_loss(routed, tmp_path: Path) -> None:
     assert summary["repairs_sent"] > 0  # NACKs crossed back, repairs crossed over
     out, err = sub.communicate(timeout=120)
     assert sub.returncode == 0, err
-    (record,) = [json.loads(line) for line in out.splitlines()]
+    # The message, and a kernel-drops event when the socket's buffer overflowed.
+    (record,) = [r for r in map(json.loads, out.splitlines()) if "event" not in r]
     assert record["size"] == 32 << 20
     assert record["sha256"] == hashlib.sha256(data).hexdigest()
 

@@ -6,7 +6,7 @@ import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..events import Unrecoverable
+from ..events import UNKNOWN_END, Unrecoverable
 from .codec import MAX_GAP, MAX_GRTT, MAX_NACK_RANGES, RDATA_HEAD
 from .config import ReliableConfig
 from .gaps import Gaps
@@ -39,6 +39,13 @@ LOST_COST = 160
 CHUNK_COST = 64  # a fragment of the message being assembled: its bytes object and list slot
 # A gap still open after this many repeats is asked for at the pace of a repair round.
 URGENT_ROUNDS = 2
+# A position claim (heartbeat, goodbye, RSTATE: frames anyone can forge in an open group)
+# is believed this far past the highest seq of data actually seen, no further: about three
+# 32 MiB windows of full fragments, so a receiver back from an outage asks for the whole
+# window at once. A longer real tail is found in steps as repairs come in. A forged claim
+# costs a NACK range, and the seqs it claimed are retracted, never lost: data arriving
+# later is delivered.
+CLAIM_AHEAD = 1 << 16
 URGENT_FLOOR = 0.01  # seconds: the fastest urgent repeat, whatever the round trip
 ECHO_EVERY = 0.25  # seconds between echoes of the sender's probes (one stream)
 
@@ -83,7 +90,8 @@ class StreamReceiver:
         self.config = config
         self._random = random
         self.next_deliver = 0  # 0: not synchronised yet (a late joiner starts at a message)
-        self.highest = 0
+        self.highest = 0  # the highest seq known to exist: data seen, or a believed claim
+        self.seen = 0  # the highest seq of data actually received (or where we started)
         self.resync = True  # discard fragments until a message starts
         self.buffer: dict[int, tuple[str, int, int, bytes]] = {}
         self.buffered_bytes = 0
@@ -133,7 +141,7 @@ class StreamReceiver:
             # being assembled must fit.
             partial = self._partial
             if (partial.held if partial else 0) + len(chunk) <= self._limit(room):
-                self.highest = seq
+                self.highest = self.seen = seq
                 self._take(seq, topic, length, offset, chunk, now)
                 self.next_deliver = seq + 1
                 return True
@@ -144,6 +152,7 @@ class StreamReceiver:
             return True
         if seq > self.highest:
             self._note_highest(seq, now, room)
+        self.seen = max(self.seen, seq)
         # In order, a fragment is progress (it frees the buffer behind it): only the message
         # being assembled must fit. Out of order, everything held counts.
         held = self._partial_bytes() if seq == self.next_deliver else self.memory + FRAGMENT_COST
@@ -166,18 +175,26 @@ class StreamReceiver:
     def start_at(self, seq: int) -> None:
         """Expect the stream from ``seq`` (the sender's hello said so); only before data."""
         if self.next_deliver == 0 and seq > 0:
-            self.next_deliver, self.highest = seq, seq - 1
+            self.next_deliver, self.highest, self.seen = seq, seq - 1, seq - 1
 
     def on_state(self, oldest: int, next_seq: int, now: float, room: int | None = None) -> None:
-        """The sender's window: seqs below ``oldest`` are gone; ``next_seq`` reveals tail loss."""
-        if next_seq == 0 or oldest > next_seq:
+        """The sender's window: seqs below ``oldest`` are gone; ``next_seq`` reveals tail loss.
+
+        A claim, not data: it never starts or restarts the stream (data does), its tail is
+        believed ``CLAIM_AHEAD`` past the data seen, and ``oldest`` gives up only gaps below
+        data seen (a claimed tail that goes unrepaired is retracted, not lost)."""
+        if next_seq == 0 or oldest > next_seq or self.next_deliver == 0:
             return
-        if self.next_deliver == 0 or next_seq - self.highest > MAX_GAP:
-            self._restart(next_seq)
-            return
-        if next_seq - 1 > self.highest:
-            self._note_highest(next_seq - 1, now, room, inclusive=True)
-        self._give_up_below(oldest, "window-passed", now)
+        tail = min(next_seq - 1, self.seen + CLAIM_AHEAD)
+        if tail < next_seq - 1:
+            self._bump("claims-clamped")
+        if tail > self.highest:
+            self._note_highest(tail, now, room, inclusive=True)
+        self._give_up_below(min(oldest, self.seen + 1), "window-passed", now)
+
+    def believable(self, next_seq: int) -> int:
+        """``next_seq`` as far as a claim is believed here (see ``on_state``)."""
+        return min(next_seq, self.seen + CLAIM_AHEAD + 1) if self.next_deliver else next_seq
 
     def on_probe(self, grtt_us: int, now: float) -> bool:
         """A probe of the sender's: its group round trip (our NACK timing scales with it, as
@@ -223,6 +240,10 @@ class StreamReceiver:
         for gap in self.gaps.due(now):
             if now - gap.seen >= self.config.repair_timeout:
                 self.gaps.take(gap)
+                if gap.first > self.seen:  # only claimed: nothing after it ever arrived
+                    self._bump("claims-retracted")
+                    self.highest = max(self.seen, self.gaps.highest() or 0)
+                    continue
                 self._lose(gap.first, gap.end, "repair-timeout")
                 given_up = True
                 continue
@@ -288,6 +309,10 @@ class StreamReceiver:
         highs = [s for s in (self.gaps.highest(), *self.buffer) if s is not None]
         if self.buffer:
             lows.append(min(self.buffer))
+        # A tail claimed beyond what is believed: lost from there, its end not known (a
+        # forged goodbye cannot make us report 2^40 seqs; a real long tail is still said).
+        beyond = next_seq > self.believable(next_seq)
+        next_seq = self.believable(next_seq)
         if self.next_deliver and next_seq > self.highest + 1:
             lows.append(self.highest + 1)
             highs.append(next_seq - 1)
@@ -296,6 +321,7 @@ class StreamReceiver:
             last = max(
                 [*highs, *(end - 1 for end, _ in self._lost.values()), self.next_deliver - 1]
             )
+            last = UNKNOWN_END if beyond else last
             self.events.append(
                 Unrecoverable(self.sender, first, last, reason, self._partial is not None)
             )
@@ -400,6 +426,7 @@ class StreamReceiver:
             self.buffered_bytes = 0
             self._partial = None
         self.next_deliver, self.highest, self.resync = seq, seq - 1, True
+        self.seen = seq - 1
         self._lost.clear()
         self._lost_starts.clear()
         self._loss_start = None
