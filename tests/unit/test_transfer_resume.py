@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from mcastkit.events import ReceiveState, SendPhase
 from mcastkit.transfer.engine import ReceiveSession, SendSession
-from mcastkit.transfer.partial import find_partial, state_path
+from mcastkit.transfer.partial import PARTIAL_MAX_AGE, find_partial, state_path
 from mcastkit.transfer.protocol import PENDING_DIGEST, FileInfo
 from mcastkit.transfer.storage import DirectoryStorage
 
@@ -49,6 +50,7 @@ def _run(
     session: int = 7,
     sync: bool = False,
     replace: bool = False,
+    trust: str = "",
 ) -> tuple[SendSession, ReceiveSession]:
     """One transfer of ``blob`` as f.bin; the receiver stops (interrupted) once it holds
     ``stop_after`` blocks. With ``pending_until`` the digest follows the announce then."""
@@ -63,7 +65,7 @@ def _run(
         register_wait=0.5,
         sync=sync,
     )
-    storage = DirectoryStorage(directory, resume=True, overwrite=replace)
+    storage = DirectoryStorage(directory, resume=True, overwrite=replace, trust=trust)
     receiver = ReceiveSession(9, "r", storage, now=0.0)
     now = 0.0
     while sender.phase != SendPhase.DONE and now < 30:
@@ -241,3 +243,41 @@ def test_a_senders_sync_never_replaces_a_file_the_receiver_did_not_give_up(
     assert "exists with other content" in (receiver.reason or "")
     assert (tmp_path / "f.bin").read_bytes() == mine
     assert _hidden(tmp_path) == ["f.bin"]  # nothing left behind
+
+
+def test_a_partial_is_never_taken_over_across_trust_levels(tmp_path: Path) -> None:
+    # Before (issue 22, class 9): a partial written by an unauthenticated transfer was
+    # adopted by a later sealed, signed one (its blocks then fed the authenticated file).
+    blob = os.urandom(100 * BLOCK)
+    _, first = _run(tmp_path, blob, stop_after=50, trust="open")
+    assert first.kept >= 50
+    sender, second = _run(tmp_path, blob, session=8, trust="sealed/signed")
+    assert second.state == ReceiveState.COMPLETE and second.resumed == 0
+    assert sender.blocks_sent >= 100  # everything sent again, nothing adopted
+    assert (tmp_path / "f.bin").read_bytes() == blob
+    (tmp_path / "again").mkdir()
+    _, third = _run(tmp_path / "again", blob, stop_after=50, trust="sealed/signed")
+    _, fourth = _run(tmp_path / "again", blob, session=9, trust="sealed/signed")
+    assert fourth.resumed == third.kept  # the same level resumes as before
+
+
+def test_a_kept_partial_holds_only_the_space_of_what_arrived(tmp_path: Path) -> None:
+    # Before (issue 22, class 5): a partial kept for resume stayed allocated at its full
+    # announced size (an announce sized to the free space, a few blocks sent, then silence).
+    blob = os.urandom(2000 * BLOCK)
+    _, first = _run(tmp_path, blob, stop_after=20)
+    (part,) = [p for p in tmp_path.iterdir() if p.name.endswith(".mcastkit-part")]
+    facts = part.stat()
+    assert facts.st_size == len(blob)  # the size stays: a later transfer resumes into it
+    assert facts.st_blocks * 512 < 3 * first.kept * BLOCK + (64 << 10)  # not 2,000 blocks
+
+
+def test_partials_not_resumed_for_a_week_are_removed(tmp_path: Path) -> None:
+    blob = os.urandom(100 * BLOCK)
+    _run(tmp_path, blob, stop_after=50)
+    record = tmp_path / ".f.bin.mcastkit-state"
+    week_ago = time.time() - PARTIAL_MAX_AGE - 60
+    os.utime(record, (week_ago, week_ago))
+    other = [_info("g.bin", os.urandom(10 * BLOCK))]  # any later transfer there looks
+    DirectoryStorage(tmp_path, resume=True).open(other).discard()
+    assert _hidden(tmp_path) == []  # record and partial gone: nothing kept for good

@@ -31,7 +31,9 @@ from typing import Any
 from .protocol import PENDING_DIGEST, FileInfo
 
 __all__ = [
+    "PARTIAL_MAX_AGE",
     "Partial",
+    "expire_partials",
     "find_partial",
     "is_part_name",
     "recorded_part",
@@ -43,6 +45,7 @@ __all__ = [
 STATE_SUFFIX = ".mcastkit-state"
 PART_SUFFIX = ".mcastkit-part"
 MAX_STATE_BYTES = 4 << 20
+PARTIAL_MAX_AGE = 7 * 86400.0  # a partial not resumed for a week is removed when next seen
 _TOKEN = re.compile(r"[0-9a-f]{16}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -69,10 +72,14 @@ class Partial:
     held: bytearray  # a byte per block: 1 = on disk
 
 
-def find_partial(directory: Path, name: str, info: FileInfo) -> Partial | None:
-    """The partial kept for ``info`` (same name and size) in ``directory``, or None."""
+def find_partial(directory: Path, name: str, info: FileInfo, trust: str = "") -> Partial | None:
+    """The partial kept for ``info`` (same name and size) in ``directory``, or None.
+
+    ``trust``: how this transfer is authenticated (receive_files says: sealed or open,
+    signed or not). A partial written under another level is never taken over: blocks an
+    unauthenticated transfer wrote would otherwise feed an authenticated one."""
     state = _read_state(state_path(directory, name))
-    if state is None:
+    if state is None or state.get("trust", "") != trust:
         return None
     try:
         part = str(state["part"])
@@ -155,11 +162,12 @@ def _read_state(path: Path) -> dict[str, Any] | None:
 
 
 def save_state(directory: Path, name: str, part: Path, info: FileInfo, block_size: int,
-               held: bytearray) -> None:  # fmt: skip
+               held: bytearray, trust: str = "") -> None:  # fmt: skip
     """Record which blocks of ``part`` are on disk (atomically: a new file renamed over)."""
     body = json.dumps(
         {
             "mcastkit-partial": 1,
+            "trust": trust,
             "part": part.name,
             "name": info.name,
             "size": info.size,
@@ -185,3 +193,32 @@ def remove_state(directory: Path, name: str) -> None:
     """Forget a partial's state (the transfer finished, or its data is no use)."""
     with contextlib.suppress(OSError):
         state_path(directory, name).unlink()
+
+
+def expire_partials(directory: Path, now: float, max_age: float = PARTIAL_MAX_AGE) -> int:
+    """Remove the records in ``directory`` (not below it) older than ``max_age`` seconds, and
+    the partial files they name: a transfer never resumed leaves nothing for good. Only
+    regular files of our own names are touched. How many records went."""
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith(STATE_SUFFIX)):
+            continue
+        try:
+            facts = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(facts.st_mode) or now - facts.st_mtime <= max_age:
+            continue
+        name = entry.name[1 : -len(STATE_SUFFIX)]
+        part = recorded_part(directory, name)
+        if part is not None and is_part_name(part, name):
+            with contextlib.suppress(OSError):
+                (directory / part).unlink()
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+        removed += 1
+    return removed

@@ -485,8 +485,15 @@ def receive_files(
     session = ReceiveSession(
         int.from_bytes(os.urandom(8), "big") or 1,
         name or f"{os.uname().nodename}-{os.getpid()}",
-        # The receiver decides what is replaced: its --overwrite, or its --sync.
-        DirectoryStorage(directory, overwrite=overwrite or sync, resume=resume, preserve=preserve),
+        # The receiver decides what is replaced: its --overwrite, or its --sync. Partials
+        # resume only under the same protection they were written under.
+        DirectoryStorage(
+            directory,
+            overwrite=overwrite or sync,
+            resume=resume,
+            preserve=preserve,
+            trust=("sealed" if key is not None else "open") + ("/signed" if trust else ""),
+        ),
         now=now,
         max_size=max_size,
         check_announce=check,

@@ -12,13 +12,18 @@ it over.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import hashlib
 import os
 import stat
+import time
 from pathlib import Path
+from typing import Any
 
 from .partial import (
+    expire_partials,
     find_partial,
     is_part_name,
     part_name,
@@ -47,14 +52,17 @@ class DirectoryStorage:
         overwrite: bool = False,
         resume: bool = False,
         preserve: bool = False,
+        trust: str = "",
     ) -> None:
         self.directory = directory
         self.overwrite = overwrite
         self.resume = resume
         self.preserve = preserve
+        self.trust = trust  # partials are resumed only by transfers of the same level
 
     def open(self, files: list[FileInfo], *, sync: bool = False) -> FileSink:
         """A sink for the announced files; OSError when they cannot be written here."""
+        _expire_where(self.directory, files)
         total = sum(f.size for f in files)
         free = free_space(self.directory)
         # A partial kept for resume already holds its file's space (allocated up front):
@@ -74,6 +82,7 @@ class DirectoryStorage:
             resume=self.resume,
             sync=sync,
             preserve=self.preserve,
+            trust=self.trust,
         )
 
     def _held_by_partials(self, files: list[FileInfo]) -> int:
@@ -118,9 +127,12 @@ class FileSink:
         resume: bool = False,
         sync: bool = False,
         preserve: bool = False,
+        trust: str = "",
     ) -> None:
         self.directory = directory
         self.files = files
+        self.trust = trust
+        self._held: dict[int, tuple[bytearray, int]] = {}  # the last checkpoint's, per file
         # The receiver's word only: a sender's sync keeps identical files, replaces nothing.
         self.overwrite = overwrite
         self.resume = resume
@@ -164,7 +176,7 @@ class FileSink:
             self.found[index] = (digest, 0, None)  # the same, or the end will tell
         elif sync and final.exists() and final.stat().st_size == info.size:
             self.found[index] = (sha256_of(final), 0, None)
-        partial = find_partial(parent, parts[-1], info) if self.resume else None
+        partial = find_partial(parent, parts[-1], info, self.trust) if self.resume else None
         if partial is not None and index not in self.found:
             self.found[index] = (partial.sha256, partial.block_size, partial.held)
             self.handles.append(partial.fd)
@@ -208,7 +220,11 @@ class FileSink:
         for index, info in enumerate(self.files):
             temp = self.temps[index]
             if temp is not None and not info.digest_pending and 1 in bitmaps[index]:
-                save_state(temp.parent, temp_name_of(info), temp, info, block_size, bitmaps[index])
+                save_state(
+                    temp.parent, temp_name_of(info), temp, info, block_size, bitmaps[index],
+                    self.trust,
+                )  # fmt: skip
+                self._held[index] = (bitmaps[index], block_size)
 
     def keep(self) -> None:
         """Stop, keeping each partial file that has a record for a later transfer; the
@@ -216,6 +232,8 @@ class FileSink:
         for index, info in enumerate(self.files):
             temp = self.temps[index]
             if temp is not None and self.handles[index] >= 0:
+                if index in self._held:  # kept: it holds the space of what arrived, no more
+                    _release_unheld(self.handles[index], info.size, *self._held[index])
                 with contextlib.suppress(OSError):
                     os.close(self.handles[index])
                 self.handles[index] = -1
@@ -298,6 +316,47 @@ class FileSink:
             temp = self.temps[index]
             if temp is not None and _points_to(temp.parent, temp_name_of(info), temp):
                 remove_state(temp.parent, temp_name_of(info))
+
+
+def _expire_where(directory: Path, files: list[FileInfo]) -> None:
+    """Expire old partials where this transfer's files go (the directories that exist and
+    are reached without a link): a week-old partial never resumed is space given back."""
+    now = time.time()
+    places = {tuple(safe_path(f.name)[:-1]) for f in files if not f.is_dir}
+    for parts in places:
+        path = directory
+        for part in parts:
+            path = path / part
+            if path.is_symlink() or not path.is_dir():
+                break
+        else:
+            expire_partials(path, now)
+
+
+_PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+_libc: Any = None
+
+
+def _release_unheld(fd: int, size: int, held: bytearray, block_size: int) -> None:
+    """Give back the space of the blocks not received (allocated up front): a kept partial
+    of a transfer that stopped early (or an announce sized to the free disk) holds only
+    what really arrived. Best effort: where the kernel cannot punch holes, nothing changes."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        except OSError:
+            _libc = False
+    if not _libc or not hasattr(_libc, "fallocate"):
+        return
+    start = held.find(0)
+    while start >= 0:
+        end = held.find(1, start)
+        end = len(held) if end < 0 else end
+        offset, length = start * block_size, min(size, end * block_size) - start * block_size
+        if length > 0 and _libc.fallocate(fd, _PUNCH, ctypes.c_long(offset), ctypes.c_long(length)):
+            return  # not supported here (or failed): keep what is allocated
+        start = held.find(0, end)
 
 
 def temp_name_of(info: FileInfo) -> str:
