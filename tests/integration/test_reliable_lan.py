@@ -283,3 +283,24 @@ def test_publish_names_a_subscriber_that_never_acknowledged_and_exits_partial(la
     received, err = good.communicate(timeout=30)
     assert good.returncode == 0, err
     assert len(received.splitlines()) == 3
+
+
+def test_publish_is_partial_when_a_receiver_asked_for_what_the_window_no_longer_held(
+    lab: Lab, tmp_path: Path
+) -> None:
+    # Before (issue 22, class 10): publish exited 0 while a receiver it could not repair got
+    # a fraction of the data (it reported its loss; the publisher said nothing).
+    sender, receiver = lab.lan(2)
+    nft_drop(receiver, "ip daddr 239.0.0.0/8 numgen random mod 100 < 20 drop")
+    args = ("--group", GROUP, "--json")
+    sub = receiver.start_mcast("subscribe", "big", "--timeout", "20", *args)
+    wait_for_line(sub.stderr, "subscribed")
+    done = sender.mcast(
+        "publish", "big", "x" * 1000, "--count", "4000", "--reliable", "--window", "64K",
+        "--rate", "400M", "--linger", "2", "--ack-timeout", "0", *args, timeout=60,
+    )  # fmt: skip
+    sub.kill()
+    sub.communicate(timeout=20)
+    summary = json.loads(done.stdout)
+    assert summary["nacked_gone"] > 0, summary
+    assert done.returncode == 3 and "left the window" in done.stderr

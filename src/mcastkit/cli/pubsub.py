@@ -163,6 +163,8 @@ async def _run_publish(args: argparse.Namespace) -> int:
             "peers": len(node.peers),
             "repairs_sent": stats.get("repairs-sent", 0),
             "nacks_received": stats.get("nacks-received", 0),
+            # Seqs receivers asked for after they left our window: lost there (and reported).
+            "nacked_gone": stats.get("nacked-gone", 0),
             "slow_receivers": [f"{e.peer:016x}" for e in slow],
         }
         if args.reliable and args.ack_timeout > 0:
@@ -180,12 +182,24 @@ async def _run_publish(args: argparse.Namespace) -> int:
                 note(
                     f"slow receiver {event.peer:016x} dropped (acknowledged through {event.acked})"
                 )
+        partial = False
         if unacknowledged:
             names = ", ".join(_peer_label(names_of, peer) for peer in unacknowledged)
             note(
                 f"partial: {len(unacknowledged)} of {len(names_of)} peer(s) did not "
                 f"acknowledge within {args.ack_timeout:g} s: {names}"
             )
+            partial = True
+        if slow or summary["nacked_gone"]:
+            # A receiver dropped as slow, or one asking for what the window no longer held,
+            # lost messages (it reported them): not a success, whatever else went well.
+            note(
+                f"partial: {len(slow)} receiver(s) dropped as slow, "
+                f"{summary['nacked_gone']} seq(s) asked for after they left the window "
+                "(raise --window or --linger, or slow down with --rate)"
+            )
+            partial = True
+        if partial:
             return 3
     return 0
 

@@ -134,6 +134,7 @@ class StreamSender:
             last = min(first + count, self.next_seq)
             if first < oldest:
                 self.state_wanted = True
+                self._bump("nacked-gone", min(oldest, first + count) - first)  # lost there
                 first = oldest
             for seq in range(first, last):
                 if seq in self._repair_set:
@@ -292,8 +293,8 @@ class StreamSender:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _bump(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
+    def _bump(self, name: str, by: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + by
 
     def _sample(self, now: float) -> None:
         """Feed the adaptive rate. A sample in which the queue ran dry says nothing about the
