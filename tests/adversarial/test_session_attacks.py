@@ -26,6 +26,7 @@ from mcastkit.reliable import (
     StreamReceiver,
     Unrecoverable,
 )
+from mcastkit.reliable.sender import StreamSender
 from mcastkit.security import GroupKey
 from mcastkit.session import Session
 
@@ -553,3 +554,22 @@ def test_a_forged_goodbye_with_a_huge_position_discards_nothing_either() -> None
     delivered = [m for m in net.of(receiver, Message) if m.reliable]
     assert [m.payload for m in delivered] == [b"%d" % n for n in range(total)]
     assert [lost.last_seq for lost in net.of(receiver, Unrecoverable)] == [UNKNOWN_END]
+
+
+def test_a_nack_repeating_a_whole_window_run_64_times_costs_one_run() -> None:
+    # Before (issue 22, class 3): each of the 64 runs was walked seq by seq, so NACKs of 64
+    # whole-window runs stalled the sender (100 of them, 1 ms apart: 5.9 s here; 16.9 s in
+    # the issue's run). Overlapping runs are now joined before the walk (0.15 s).
+    sender = StreamSender(ReliableConfig(), 0.0)
+    for _ in range(200):
+        sender.enqueue("t", b"x" * 140_000, 1400)
+    now = 0.0
+    while not sender.idle and now < 100:
+        now += 0.001
+        sender.pull(now)
+    runs = [(sender.oldest, sender.next_seq - sender.oldest)] * 64
+    started = time.perf_counter()
+    for k in range(100):
+        sender.on_nack(runs, now + k * 0.001)
+        sender.pull(now + k * 0.001)
+    assert time.perf_counter() - started < 1.5

@@ -130,7 +130,7 @@ class StreamSender:
         # repair was sent before its receiver could have seen that repair.
         oldest, holdoff = self.oldest, max(self.config.nack_backoff, self.grtt)
         self._bump("nacks-received")
-        for first, count in runs:
+        for first, count in _merged(runs):  # 64 copies of a whole-window run cost one
             last = min(first + count, self.next_seq)
             if first < oldest:
                 self.state_wanted = True
@@ -361,3 +361,14 @@ class StreamSender:
             _, payload = self.window.popleft()
             self.window_bytes -= len(payload)
         return True
+
+
+def _merged(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Runs (first, count) sorted, the overlapping ones joined."""
+    merged: list[list[int]] = []
+    for first, count in sorted(runs):
+        if merged and first <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], first + count)
+        else:
+            merged.append([first, first + count])
+    return [(first, end - first) for first, end in merged]
