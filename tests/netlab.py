@@ -256,6 +256,12 @@ class Lab:
         """The bridge port (outside the hosts) of host ``number``'s eth0 (side 1) or eth1."""
         return f"{self.tag}{'ab'[side - 1]}{number}"[-15:]
 
+    def snooping_querier(self) -> None:
+        """Make the ``lan`` bridge a snooping switch with a querier, querying every second."""
+        sh("ip", "link", "set", self.bridge, "type", "bridge", "mcast_snooping", "1",
+           "mcast_querier", "1", "mcast_query_interval", "100",
+           "mcast_startup_query_interval", "100")  # fmt: skip
+
     def block_multicast(self, *ports: str) -> None:
         """Drop IPv4 multicast on the lab's bridges, as a cloud or overlay network does
         (unicast still passes): every frame, or only those into or out of ``ports``."""

@@ -512,6 +512,23 @@ def _in_the_name_of(sender: Session, kind: int, payload: bytes) -> bytes:
     return craft.frame(kind, sender.node_id, seq, payload, incarnation=sender.incarnation)
 
 
+def _stream_with_a_forgery(kind: int, body: bytes) -> tuple[FakeNet, Session, Session]:
+    """400 reliable messages; after the 101st, one forged frame in the sender's name. Every
+    message must still be delivered, in order (asserted here)."""
+    net = FakeNet(seed=21)
+    sender, receiver = _pair(net)
+    total = 400
+    for index in range(total):
+        sender.publish("t", b"%d" % index, net.now, reliable=True)
+        net.run(0.005, step=0.001)
+        if index == 100:
+            receiver.receive_datagram(_in_the_name_of(sender, kind, body), ATTACKER, net.now)
+    net.run(5.0, step=0.01)
+    delivered = [m for m in net.of(receiver, Message) if m.reliable]
+    assert [m.payload for m in delivered] == [b"%d" % n for n in range(total)]  # all, in order
+    return net, sender, receiver
+
+
 @pytest.mark.parametrize(
     ("kind", "claim"),
     [(craft.HEARTBEAT, struct.pack("!Q", 2**40)), (craft.RSTATE, struct.pack("!QQ", 2**40, 2**40))],
@@ -521,17 +538,7 @@ def test_a_forged_stream_position_discards_nothing_that_arrives(kind: int, claim
     # Before (issue 22, class 1): one forged HEARTBEAT with a live member's id and a huge
     # next seq made the receiver skip its later messages: 89 of 400 delivered, one loss
     # report up to seq 2**40.
-    net = FakeNet(seed=21)
-    sender, receiver = _pair(net)
-    total = 400
-    for index in range(total):
-        sender.publish("t", b"%d" % index, net.now, reliable=True)
-        net.run(0.005, step=0.001)
-        if index == 100:
-            receiver.receive_datagram(_in_the_name_of(sender, kind, claim), ATTACKER, net.now)
-    net.run(5.0, step=0.01)
-    delivered = [m for m in net.of(receiver, Message) if m.reliable]
-    assert [m.payload for m in delivered] == [b"%d" % n for n in range(total)]  # all, in order
+    net, sender, receiver = _stream_with_a_forgery(kind, claim)
     assert not net.of(receiver, Unrecoverable)
     stats = receiver.reliable_stats()["receivers"][f"{sender.node_id:016x}"]
     assert stats["claims-clamped"] >= 1, stats
@@ -541,18 +548,7 @@ def test_a_forged_goodbye_with_a_huge_position_discards_nothing_either() -> None
     # The goodbye evicts the member for a second (an open group's residual) and its stream
     # is closed with an open-ended report (not one "up to 2**40"); the member's frames bring
     # it back and its stream resumes past the data seen, not at the forged position.
-    net = FakeNet(seed=21)
-    sender, receiver = _pair(net)
-    total = 400
-    for index in range(total):
-        sender.publish("t", b"%d" % index, net.now, reliable=True)
-        net.run(0.005, step=0.001)
-        if index == 100:
-            goodbye = _in_the_name_of(sender, craft.GOODBYE, struct.pack("!Q", 2**40))
-            receiver.receive_datagram(goodbye, ATTACKER, net.now)
-    net.run(5.0, step=0.01)
-    delivered = [m for m in net.of(receiver, Message) if m.reliable]
-    assert [m.payload for m in delivered] == [b"%d" % n for n in range(total)]
+    net, _sender, receiver = _stream_with_a_forgery(craft.GOODBYE, struct.pack("!Q", 2**40))
     assert [lost.last_seq for lost in net.of(receiver, Unrecoverable)] == [UNKNOWN_END]
 
 

@@ -8,7 +8,6 @@ is gone and the live self-test passes.
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 from netlab import Host, Lab, require_tool, wait_for_line
@@ -241,12 +240,7 @@ def test_local_bridge_snooping_without_querier(lab: Lab) -> None:
 def test_querier_and_pim_router_heard_on_the_link(lab: Lab) -> None:
     host, router = lab.lan(2)
     # The lab's bridge becomes a snooping switch with a querier, querying every second.
-    subprocess.run(
-        ["ip", "link", "set", lab.bridge, "type", "bridge", "mcast_snooping", "1",
-         "mcast_querier", "1", "mcast_query_interval", "100",
-         "mcast_startup_query_interval", "100"],
-        check=True,
-    )  # fmt: skip
+    lab.snooping_querier()
     hello = router.start("python3", "-c", PIM_HELLOS)
     try:
         wait_for_line(hello.stdout, "hello")

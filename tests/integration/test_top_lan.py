@@ -5,7 +5,6 @@ leaves as they happen, and the querier of a snooping bridge."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from typing import Any
 
@@ -64,12 +63,7 @@ def test_top_sees_rates_loss_and_memberships_it_took_no_part_in(lab: Lab) -> Non
 
 def test_top_names_the_querier_of_a_snooping_bridge(lab: Lab) -> None:
     (watcher, _other) = lab.lan(2)
-    subprocess.run(
-        ["ip", "link", "set", lab.bridge, "type", "bridge", "mcast_snooping", "1",
-         "mcast_querier", "1", "mcast_query_interval", "100",
-         "mcast_startup_query_interval", "100"],
-        check=True,
-    )  # fmt: skip
+    lab.snooping_querier()
     done = watcher.mcast("top", "eth0", "--json", "--count", "3", "--interval", "1")
     assert done.returncode == 0, done.stderr
     last = _views(done.stdout)[-1]
