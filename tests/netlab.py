@@ -8,6 +8,7 @@ conftest.py): nothing here can reach a real interface.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import select
@@ -298,6 +299,13 @@ class Lab:
             sh("ip", "netns", "del", name, check=False)
         for link in self.links:
             sh("ip", "link", "del", link, check=False)
+
+
+def the_message(out: str) -> dict:
+    """The one message ``mcast subscribe --count 1 --json`` printed: events it adds (a
+    kernel-drops count when its buffer overflowed) are not messages."""
+    (record,) = [r for r in map(json.loads, out.splitlines()) if "event" not in r]
+    return record
 
 
 def require_tool(name: str) -> str:

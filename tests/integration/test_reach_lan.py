@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from netlab import Host, Lab, nft_drop, require_tool, wait_for_line
+from netlab import Host, Lab, nft_drop, require_tool, the_message, wait_for_line
 
 GROUP = "239.255.60.1:5600"
 SEED = "10.88.0.1"
@@ -100,7 +100,7 @@ def test_publish_subscribe_and_a_reliable_32_mib_under_loss_without_multicast(
     for proc in subs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, (out[-2000:], err[-2000:])
-        record = json.loads(out.splitlines()[-1])
+        record = the_message(out)
         assert record["size"] == 32 << 20 and record["sha256"] == digest
 
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from netlab import PYTHON, Host, Lab, nft_drop, wait_for_line
+from netlab import PYTHON, Host, Lab, nft_drop, the_message, wait_for_line
 
 GROUP = "239.255.61.1:5610"
 
@@ -170,7 +170,7 @@ def test_demo_send_file_and_32_mib_under_loss_cross_relays(lab: Lab, tmp_path: P
     for proc in subs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err[-2000:]
-        record = json.loads(out.splitlines()[-1])
+        record = the_message(out)
         assert record["size"] == 32 << 20 and record["sha256"] == digest
     small = tmp_path / "file.bin"
     small.write_bytes(data[: 8 << 20])
