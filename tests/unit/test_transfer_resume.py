@@ -281,3 +281,15 @@ def test_partials_not_resumed_for_a_week_are_removed(tmp_path: Path) -> None:
     other = [_info("g.bin", os.urandom(10 * BLOCK))]  # any later transfer there looks
     DirectoryStorage(tmp_path, resume=True).open(other).discard()
     assert _hidden(tmp_path) == []  # record and partial gone: nothing kept for good
+
+
+def test_a_record_half_written_by_a_killed_receiver_is_cleaned_up(tmp_path: Path) -> None:
+    # A receiver killed inside save_state leaves its temporary copy of the record (seen in
+    # CI: '.payload.bin.mcastkit-state.9547e5de.tmp' beside the finished file).
+    blob = os.urandom(100 * BLOCK)
+    _run(tmp_path, blob, stop_after=50)  # interrupted: a record kept
+    (tmp_path / ".f.bin.mcastkit-state.9547e5de.tmp").write_text("{")  # then killed mid-save
+    (tmp_path / ".f.bin.mcastkit-state.notours.tmp").write_text("kept: not our name")
+    _, receiver = _run(tmp_path, blob, session=8)  # resumed to the end
+    assert receiver.state == ReceiveState.COMPLETE and receiver.resumed
+    assert _hidden(tmp_path) == [".f.bin.mcastkit-state.notours.tmp", "f.bin"]

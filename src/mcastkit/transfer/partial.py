@@ -47,6 +47,7 @@ PART_SUFFIX = ".mcastkit-part"
 MAX_STATE_BYTES = 4 << 20
 PARTIAL_MAX_AGE = 7 * 86400.0  # a partial not resumed for a week is removed when next seen
 _TOKEN = re.compile(r"[0-9a-f]{16}")
+_STATE_TOKEN = re.compile(r"[0-9a-f]{8}")  # save_state's temporary copies
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -190,9 +191,22 @@ def save_state(directory: Path, name: str, part: Path, info: FileInfo, block_siz
 
 
 def remove_state(directory: Path, name: str) -> None:
-    """Forget a partial's state (the transfer finished, or its data is no use)."""
+    """Forget a partial's state (the transfer finished, or its data is no use), and the
+    half-written copies of it a receiver killed in the middle of ``save_state`` left."""
     with contextlib.suppress(OSError):
         state_path(directory, name).unlink()
+    prefix = state_path(directory, name).name + "."
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            token = entry.name[len(prefix) : -len(".tmp")]
+            if (
+                entry.name.startswith(prefix)
+                and entry.name.endswith(".tmp")
+                and _STATE_TOKEN.fullmatch(token)
+                and entry.is_file(follow_symlinks=False)
+            ):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 def expire_partials(directory: Path, now: float, max_age: float = PARTIAL_MAX_AGE) -> int:
