@@ -30,15 +30,14 @@ def _start(*args: str) -> subprocess.Popen[str]:
     )
 
 
+def _mcast(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``mcast ARGS`` to its end (60 s at most), its output captured."""
+    return subprocess.run([*MCAST, *args], input=stdin, capture_output=True, text=True, timeout=60)
+
+
 def _send_lines(group: str, count: int) -> None:
     lines = "".join(f"{n}\n" for n in range(count))
-    done = subprocess.run(
-        [*MCAST, "send", group, "-", "--iface", "lo", "--json"],
-        input=lines,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = _mcast("send", group, "-", "--iface", "lo", "--json", stdin=lines)
     assert json.loads(done.stdout)["datagrams"] == count, done.stderr
 
 
@@ -98,12 +97,7 @@ def test_recv_file_reports_the_drops_it_had_repaired(tmp_path: Path) -> None:
     group = ("--group", "239.255.96.4:5964", "--iface", "lo")
     receiver = _start("recv-file", *group, "--dir", str(into), "--rcvbuf", "8192", "--json")
     time.sleep(1.0)
-    sent = subprocess.run(
-        [*MCAST, "send-file", str(source), *group, "--receivers", "1", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    sent = _mcast("send-file", str(source), *group, "--receivers", "1", "--json")
     out, err = receiver.communicate(timeout=60)
     assert sent.returncode == 0, sent.stderr
     summary = json.loads(out)
@@ -113,9 +107,7 @@ def test_recv_file_reports_the_drops_it_had_repaired(tmp_path: Path) -> None:
 
 
 def _keygen(path: Path, *flags: str) -> str:
-    done = subprocess.run(
-        [*MCAST, "keygen", *flags, str(path)], capture_output=True, text=True, timeout=30
-    )
+    done = _mcast("keygen", *flags, str(path))
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -177,13 +169,7 @@ def test_chat_lines_arrive_in_the_order_typed() -> None:
     listener = _start("subscribe", "chat", *group, "--count", "5", "--timeout", "15", "--json")
     wait_for_line(listener.stderr, "subscribed")
     lines = ["first", "long " * 2000, "third", "fourth", "fifth"]  # the 2nd is 10 kB
-    chat = subprocess.run(
-        [*MCAST, "chat", *group],
-        input="".join(line + "\n" for line in lines),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    chat = _mcast("chat", *group, stdin="".join(line + "\n" for line in lines))
     out, err = listener.communicate(timeout=30)
     assert chat.returncode == 0, chat.stderr
     heard = [json.loads(line) for line in out.splitlines()]
@@ -201,12 +187,7 @@ def test_a_sync_with_nothing_to_send_says_so(tmp_path: Path) -> None:
     group = ("--group", "239.255.96.8:5968", "--iface", "lo")
     receiver = _start("recv-file", *group, "--dir", str(into))
     wait_for_line(receiver.stderr, "waiting for a transfer")
-    sent = subprocess.run(
-        [*MCAST, "send-file", str(source), *group, "--receivers", "1", "--sync"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    sent = _mcast("send-file", str(source), *group, "--receivers", "1", "--sync")
     out, _ = receiver.communicate(timeout=30)
     # Before: "sent 0.3 MB in 0.03s (10.2 MB/s), 0 pass(es), 0 blocks for 221", and the
     # receiver said "received and verified data.bin" after "up to date already".
