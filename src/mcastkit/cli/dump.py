@@ -14,7 +14,16 @@ from ..diag.dump import PcapWriter, describe_untrusted
 from ..security import KeyRing
 from ..transport import open_receiver
 from . import argtypes
-from .output import UsageError, add_key_options, emit_json, group_key, note, preview, say
+from .output import (
+    UsageError,
+    add_key_options,
+    drop_warning,
+    emit_json,
+    group_key,
+    note,
+    preview,
+    say,
+)
 from .signals import CtrlC
 from .traffic import LISTEN_RCVBUF
 
@@ -199,10 +208,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
                 f"  ({kinds})"
             )
         if kernel_drops:
-            note(
-                f"warning: the kernel dropped {kernel_drops} datagram(s) for a full receive "
-                f"buffer ({receiver.rcvbuf} bytes): not shown, not saved"
-            )
+            note(drop_warning(kernel_drops, receiver.rcvbuf, "not shown, not saved"))
     if pcap_error:
         note(f"error: {pcap_error}; the datagrams above were shown but not all saved")
         return 2

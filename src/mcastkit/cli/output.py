@@ -76,6 +76,17 @@ def note(text: str) -> None:
     sys.stderr.flush()
 
 
+def drop_warning(drops: int, rcvbuf: int | None = None, meaning: str = "") -> str:
+    """The one line every receiving command gives when the kernel dropped datagrams for a
+    full receive buffer: how many, the buffer, what it meant here, and the fix."""
+    size = f" ({rcvbuf} bytes)" if rcvbuf else ""
+    meaning = f"{meaning}; " if meaning else ""
+    return (
+        f"warning: the kernel dropped {drops} datagram(s) for a full receive buffer{size}: "
+        f"{meaning}raise --rcvbuf (beyond net.core.rmem_max needs root) or slow the sender"
+    )
+
+
 def preview(data: bytes, width: int = 60) -> str:
     """A printable, bounded view of a payload."""
     try:

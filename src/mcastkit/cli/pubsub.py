@@ -19,7 +19,7 @@ from ..events import (
 )
 from . import argtypes, signals
 from .node_options import member, node_options, reliable_options
-from .output import UsageError, emit_json, note, preview, say, stdin_lines
+from .output import UsageError, drop_warning, emit_json, note, preview, say, stdin_lines
 
 T = TypeVar("T")
 TEXT_LIMIT = 64 << 10  # larger payloads are shown by size and sha256, not as text
@@ -254,10 +254,7 @@ async def _run_subscribe(args: argparse.Namespace) -> int:
     if kernel_drops:
         if args.json:  # one more object in the stream, as an unrecoverable is
             emit_json({"event": "kernel-drops", "count": kernel_drops})
-        note(
-            f"warning: the kernel dropped {kernel_drops} datagram(s) for a full receive "
-            "buffer: raise --rcvbuf (beyond net.core.rmem_max needs root)"
-        )
+        note(drop_warning(kernel_drops, meaning="repaired if reliable, lost if not"))
     if losses:
         return 3
     return 0 if received else 1

@@ -26,7 +26,7 @@ from ..transport import (
 from ..transport.interfaces import router_hint
 from ..transport.netlink import LinkWatch, follow
 from . import argtypes
-from .output import UsageError, emit_json, note, preview, say
+from .output import UsageError, drop_warning, emit_json, note, preview, say
 
 SILENCE_HINT_AFTER = 5.0
 LISTEN_RCVBUF = 4 << 20  # a burst of thousands of datagrams while the terminal scrolls
@@ -269,7 +269,7 @@ def _listen_loop(
             continue
         if packet.drops and not warned_drops:  # the counter rides on the next datagram
             warned_drops = True
-            note("warning: " + _drop_warning(packet.drops, receiver.rcvbuf) + " (so far)")
+            note(drop_warning(packet.drops, receiver.rcvbuf, "so far, more may follow"))
         wall = time.time()
         last_activity = time.monotonic()
         total += 1
@@ -291,14 +291,6 @@ def _listen_loop(
                 f"{stamp}.{int(wall * 1000) % 1000:03d}  {key:<22} "
                 f"{len(packet.data):>5} B{ttl}{via}  {preview(packet.data)}"
             )
-
-
-def _drop_warning(drops: int, rcvbuf: int | None) -> str:
-    size = f" ({rcvbuf} bytes)" if rcvbuf else ""
-    return (
-        f"the kernel dropped {drops} datagram(s): the receive buffer{size} was full; raise "
-        "--rcvbuf (beyond net.core.rmem_max needs root) or slow the sender"
-    )
 
 
 def _ssm_warning(spec: GroupSpec, sources: list[str]) -> list[str]:
@@ -384,7 +376,7 @@ def _summary(
     for key, c in sorted(per_source.items(), key=lambda kv: -kv[1].datagrams):
         note(f"  {key:<22} {c.datagrams:>7} datagrams {c.bytes:>10} bytes")
     if kernel_drops:
-        note("warning: " + _drop_warning(kernel_drops, rcvbuf))
+        note(drop_warning(kernel_drops, rcvbuf, "not shown"))
     if total == 0:
         note(f"nothing arrived. {hint or 'Is a sender running on this interface?'}")
 

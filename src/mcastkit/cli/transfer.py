@@ -21,7 +21,16 @@ from ..transport.interfaces import router_hint
 from ..transport.unicast import resolve_peers
 from ..units import parse_rate
 from . import argtypes
-from .output import ProgressBar, UsageError, add_key_options, emit_json, group_key, note, say
+from .output import (
+    ProgressBar,
+    UsageError,
+    add_key_options,
+    drop_warning,
+    emit_json,
+    group_key,
+    note,
+    say,
+)
 from .signals import CtrlC
 
 DEFAULT_FILE_GROUP = "239.255.77.83:5083"
@@ -417,8 +426,5 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
                 "receive the same files again there and only the rest is sent"
             )
     if summary["kernel_drops"] and not args.json:
-        note(
-            f"the kernel dropped {summary['kernel_drops']} datagram(s) for a full receive "
-            "buffer (repaired, at the cost of repairs): raise --rcvbuf"
-        )
+        note(drop_warning(summary["kernel_drops"], meaning="repaired, at the cost of repairs"))
     return 0 if ok else 1

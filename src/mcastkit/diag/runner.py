@@ -51,8 +51,17 @@ def _unicast_socket(
     source = None
     if local is not None:
         source = f"{local}:{port}" if spec.family == 4 else f"[{local}]:{port}"
+    return _ping_socket(spec, interface, ttl, loopback, source, port)
+
+
+def _ping_socket(
+    spec: GroupSpec, interface: Interface, ttl: int, loopback: bool, source: str | None, port: int
+) -> GroupSocket:
+    """A non-blocking socket out of ``interface`` bound to ``source`` (None: the wildcard,
+    for an interface with only link-local IPv6), with the unicast TTL and the packet info
+    ping reads."""
     sender = open_sender(spec, iface=interface.index, ttl=ttl, source=source, loopback=loopback)
-    if source is None:  # an interface with only link-local IPv6: bind the wildcard
+    if source is None:
         sender.sock.bind(("::", port, 0, 0))
     set_unicast_ttl(sender.sock, spec.family, ttl)
     enable_packet_info(sender.sock, spec.family)
@@ -73,13 +82,9 @@ def _link_local_socket(
         return None
     source = f"[{local}%{interface.index}]:{port}"
     try:
-        sender = open_sender(spec, iface=interface.index, ttl=ttl, source=source, loopback=loopback)
+        return _ping_socket(spec, interface, ttl, loopback, source, port)
     except MulticastError:
         return None  # the probes still leave from the global address; only this is lost
-    set_unicast_ttl(sender.sock, spec.family, ttl)
-    enable_packet_info(sender.sock, spec.family)
-    sender.sock.setblocking(False)
-    return sender
 
 
 def run_ping(
