@@ -105,3 +105,21 @@ def test_env_and_file_passphrases_seal_the_group_and_argv_warns(tmp_path: Path) 
     assert stranger.returncode == 1 and "sealed hello" not in out
     warned = _mcast("publish", "news", "x", *common, "--passphrase", "argv words", "--wait", "0.2")
     assert "visible to every local user" in warned.stderr
+
+
+@pytest.mark.parametrize("form", ["separate", "equals"])
+def test_a_passphrase_on_the_command_line_is_wiped_from_ps(form: str) -> None:
+    # Before: `ps` showed --passphrase's value for as long as the member ran (issue 22, 10).
+    secret = "argv words 7d1f"
+    given = ["--passphrase", secret] if form == "separate" else [f"--passphrase={secret}"]
+    member = _subscribe("--group", GROUP, "--iface", "lo", *given)
+    try:
+        assert member.stderr is not None
+        line = member.stderr.readline()
+        assert "visible to every local user" in line and "until mcast started" in line, line
+        shown = Path(f"/proc/{member.pid}/cmdline").read_bytes()
+        assert secret.encode() not in shown, shown
+        assert b"x" * len(secret) in shown and b"--passphrase" in shown
+    finally:
+        member.terminate()
+        member.communicate(timeout=30)

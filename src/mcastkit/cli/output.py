@@ -109,8 +109,9 @@ def add_key_options(parser: argparse.ArgumentParser) -> None:
     )
     keys.add_argument(
         "--passphrase",
-        help=f"derive the key from this passphrase (visible to local users in `ps`: prefer "
-        f"${PASSPHRASE_ENV}, --passphrase-file or --ask-passphrase)",
+        help=f"derive the key from this passphrase (wiped from `ps` once mcast starts, visible "
+        f"to local users until then: prefer ${PASSPHRASE_ENV}, --passphrase-file or "
+        f"--ask-passphrase)",
     )
 
 
@@ -136,7 +137,19 @@ def group_key(args: argparse.Namespace, group: object) -> GroupKey | None:
             passphrase = ""
     elif getattr(args, "passphrase", None) is not None:
         passphrase = args.passphrase
-        note(f"warning: --passphrase is visible to every local user in `ps`; use ${PASSPHRASE_ENV}")
+        from .hide import hide_from_ps
+
+        if hide_from_ps(passphrase):  # gone from `ps` now; it was there while mcast started
+            note(
+                f"warning: --passphrase was visible to every local user in `ps` until mcast "
+                f"started, and stays in your shell history; use ${PASSPHRASE_ENV}, "
+                f"--passphrase-file or --ask-passphrase"
+            )
+        else:
+            note(
+                f"warning: --passphrase is visible to every local user in `ps`; use "
+                f"${PASSPHRASE_ENV}, --passphrase-file or --ask-passphrase"
+            )
     elif os.environ.get(PASSPHRASE_ENV) is not None:
         passphrase = os.environ[PASSPHRASE_ENV]
     if passphrase is None:
