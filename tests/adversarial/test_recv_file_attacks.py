@@ -138,3 +138,40 @@ def test_space_is_allocated_up_front_not_by_the_traffic(tmp_path: Path) -> None:
     finally:
         sink.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_what_a_killed_receiver_held_is_given_back_by_the_next_one(tmp_path: Path) -> None:
+    # Before (issue 22, class 5): a receiver killed before its first record kept every
+    # announced file's temporary file, allocated at its full size, for good.
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "mcastkit", "recv-file", "--group", f"{GROUP[0]}:{GROUP[1]}",
+         "--iface", "lo", "--dir", str(tmp_path), "--wait", "20"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert receiver.stderr is not None
+    assert "waiting for a transfer" in receiver.stderr.readline()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+    files = [(f"fill{n}.bin", 32 << 20) for n in range(3)]
+    deadline = time.monotonic() + 10
+    while len(list(tmp_path.glob(".fill*.mcastkit-part"))) < 3:
+        assert time.monotonic() < deadline, "the announce was never taken"
+        sock.sendto(_announce(11, files, 1450), GROUP)
+        time.sleep(0.1)
+    receiver.kill()
+    receiver.communicate(timeout=10)
+    orphans = list(tmp_path.glob(".fill*.mcastkit-part"))
+    assert sum(p.stat().st_blocks * 512 for p in orphans) >= 3 * (32 << 20)
+    then = time.time() - 120  # a couple of minutes later
+    for path in orphans:
+        os.utime(path, (then, then))
+    # The next announce looks at the directory before anything else (this one is then
+    # refused for space: the quickest way to an end).
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    size = free + (1 << 30)
+    code, summary, err = _recv_file(
+        tmp_path, _announce(12, [("next.bin", size)], 1450), extra=("--max-size", f"{size}")
+    )
+    assert code == 1 and "not enough space" in summary["reason"] and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # the killed run's 96 MiB went with this one
+    sock.close()

@@ -293,3 +293,74 @@ def test_a_record_half_written_by_a_killed_receiver_is_cleaned_up(tmp_path: Path
     _, receiver = _run(tmp_path, blob, session=8)  # resumed to the end
     assert receiver.state == ReceiveState.COMPLETE and receiver.resumed
     assert _hidden(tmp_path) == [".f.bin.mcastkit-state.notours.tmp", "f.bin"]
+
+
+def _as_if_killed(directory: Path, files: list[FileInfo], ago: float = 120.0) -> list[Path]:
+    """A receiver killed before its first record: its temporary files stay, nobody holds
+    them (the kernel drops a dead process's locks), last touched ``ago`` seconds back."""
+    sink = DirectoryStorage(directory, resume=True).open(files)
+    temps = [t for t in sink.temps if t is not None]
+    for fd in sink.handles:
+        os.close(fd)  # what the kernel does at the kill: no keep(), no discard()
+    then = time.time() - ago
+    for temp in temps:
+        os.utime(temp, (then, then))
+    return temps
+
+
+def test_a_killed_receivers_unrecorded_partials_go_with_the_next_transfer(tmp_path: Path) -> None:
+    # Before (issue 22, class 5): a receiver killed before its first checkpoint left every
+    # file's temporary file, allocated at its full size, for good.
+    files = [_info(f"f{n}.bin", os.urandom(50 * BLOCK)) for n in range(3)]
+    orphans = _as_if_killed(tmp_path, files)
+    assert len(orphans) == 3 and all(p.exists() for p in orphans)
+    running = DirectoryStorage(tmp_path, resume=True).open([_info("busy.bin", b"x" * 500)])
+    (busy,) = running.temps
+    assert busy is not None
+    old = time.time() - 3600
+    os.utime(busy, (old, old))  # old, but a live transfer holds it
+    young = _as_if_killed(tmp_path, [_info("young.bin", b"y" * 500)], ago=1.0)
+    _, receiver = _run(tmp_path, os.urandom(100 * BLOCK))
+    assert receiver.state == ReceiveState.COMPLETE
+    assert not any(p.exists() for p in orphans)
+    assert busy.exists() and young[0].exists()  # held, or just made: never taken
+    running.discard()
+
+
+def test_kept_partials_over_the_space_cap_go_oldest_first(tmp_path: Path) -> None:
+    blob = os.urandom(300 * BLOCK)
+    for number, age in ((1, 300.0), (2, 200.0), (3, 100.0)):
+        (tmp_path / f"d{number}").mkdir()
+        _run(tmp_path / f"d{number}", blob, stop_after=150, session=number)
+        record = tmp_path / f"d{number}" / ".f.bin.mcastkit-state"
+        then = time.time() - age
+        os.utime(record, (then, then))
+        (tmp_path / f"d{number}" / ".f.bin.mcastkit-state").rename(
+            tmp_path / f".f{number}.bin.mcastkit-state"
+        )
+    # Three partials side by side in one directory, each holding what arrived.
+    for number in (1, 2, 3):
+        (part,) = (tmp_path / f"d{number}").glob("*.mcastkit-part")
+        record = tmp_path / f".f{number}.bin.mcastkit-state"
+        data = json.loads(record.read_text())
+        data["part"] = f".f{number}.bin.{part.name.split('.')[3]}.mcastkit-part"
+        part.rename(tmp_path / data["part"])
+        stamp = record.stat().st_mtime
+        record.write_text(json.dumps(data))
+        os.utime(record, (stamp, stamp))
+    held = sum(p.stat().st_blocks * 512 for p in tmp_path.glob("*.mcastkit-part"))
+    assert held >= 3 * 100 * BLOCK
+    storage = DirectoryStorage(tmp_path, resume=True, max_partials=held * 2 // 3)
+    storage.open([_info("g.bin", b"z" * 500)]).discard()
+    left = sorted(p.name.split(".")[1] for p in tmp_path.glob("*.mcastkit-part"))
+    assert left in (["f2", "f3"], ["f3"])  # the oldest went first, until under the cap
+    assert not (tmp_path / ".f1.bin.mcastkit-state").exists()
+
+
+def test_a_finished_file_takes_an_older_transfers_partial_of_it_along(tmp_path: Path) -> None:
+    blob = os.urandom(100 * BLOCK)
+    _run(tmp_path, blob, stop_after=50)  # a partial of f.bin kept
+    (tmp_path / "f.bin").write_bytes(blob)  # then the file came some other way
+    _, receiver = _run(tmp_path, blob, session=8, sync=True, replace=True)
+    assert receiver.state == ReceiveState.COMPLETE
+    assert _hidden(tmp_path) == ["f.bin"]  # before: the partial and its record stayed

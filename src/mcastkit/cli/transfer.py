@@ -17,6 +17,7 @@ from ..events import (
 )
 from ..transfer import receive_files, send_files
 from ..transfer.engine import DEFAULT_MAX_SIZE, ReceiveSession, SendSession
+from ..transfer.partial import PARTIALS_MAX_BYTES
 from ..transport.interfaces import router_hint
 from ..transport.unicast import resolve_peers
 from ..units import parse_rate
@@ -155,6 +156,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         type=argtypes.size(),
         default=DEFAULT_MAX_SIZE,
         help="refuse a transfer announcing more than this (default 16G; e.g. 500M, 2T)",
+    )
+    recv.add_argument(
+        "--max-partials",
+        type=argtypes.size(),
+        default=PARTIALS_MAX_BYTES,
+        help="disk that partial files kept for resume may hold in a directory; the oldest "
+        "are removed first (default 16G)",
     )
     recv.add_argument(
         "--overwrite", action="store_true", help="replace files of the same name in --dir"
@@ -384,6 +392,7 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
             rcvbuf=args.rcvbuf,
             gro=not args.no_gro,
             max_size=args.max_size,
+            max_partials=args.max_partials,
             overwrite=args.overwrite,
             parents=args.parents,
             key=key,

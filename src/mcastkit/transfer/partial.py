@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -31,10 +32,13 @@ from typing import Any
 from .protocol import PENDING_DIGEST, FileInfo
 
 __all__ = [
+    "PARTIALS_MAX_BYTES",
     "PARTIAL_MAX_AGE",
     "Partial",
+    "claim",
     "expire_partials",
     "find_partial",
+    "forget_partial",
     "is_part_name",
     "recorded_part",
     "remove_state",
@@ -46,6 +50,8 @@ STATE_SUFFIX = ".mcastkit-state"
 PART_SUFFIX = ".mcastkit-part"
 MAX_STATE_BYTES = 4 << 20
 PARTIAL_MAX_AGE = 7 * 86400.0  # a partial not resumed for a week is removed when next seen
+PARTIALS_MAX_BYTES = 16 << 30  # what kept partials in one directory may hold, oldest go first
+ORPHAN_GRACE = 60.0  # a partial nobody records or holds, this old, is a killed receiver's
 _TOKEN = re.compile(r"[0-9a-f]{16}")
 _STATE_TOKEN = re.compile(r"[0-9a-f]{8}")  # save_state's temporary copies
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -71,6 +77,16 @@ class Partial:
     sha256: str
     block_size: int
     held: bytearray  # a byte per block: 1 = on disk
+
+
+def claim(fd: int) -> bool:
+    """Hold ``fd``'s partial for this transfer: False when another process holds it. The
+    lock goes with the process, so a partial nobody holds is nobody's work in progress."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
 
 
 def find_partial(directory: Path, name: str, info: FileInfo, trust: str = "") -> Partial | None:
@@ -117,6 +133,7 @@ def find_partial(directory: Path, name: str, info: FileInfo, trust: str = "") ->
         or facts.st_nlink != 1
         or facts.st_uid != os.geteuid()
         or facts.st_size != info.size
+        or not claim(fd)  # another receiver is resuming it now
     ):
         os.close(fd)
         return None
@@ -209,30 +226,92 @@ def remove_state(directory: Path, name: str) -> None:
                     os.unlink(entry.path)
 
 
-def expire_partials(directory: Path, now: float, max_age: float = PARTIAL_MAX_AGE) -> int:
-    """Remove the records in ``directory`` (not below it) older than ``max_age`` seconds, and
-    the partial files they name: a transfer never resumed leaves nothing for good. Only
-    regular files of our own names are touched. How many records went."""
-    removed = 0
+def forget_partial(directory: Path, name: str) -> None:
+    """``name`` is complete in ``directory``: the partial its record names (when no other
+    transfer holds it) and the record go, whatever content they were for."""
+    part = recorded_part(directory, name)
+    if part is not None and is_part_name(part, name) and not _remove_free(directory / part):
+        return  # another receiver is resuming it: its record stays too
+    remove_state(directory, name)
+
+
+def _remove_free(path: Path) -> bool:
+    """Remove the partial ``path`` unless a transfer holds it (or it is not ours); True
+    when it is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        facts = os.fstat(fd)
+        if not stat.S_ISREG(facts.st_mode) or facts.st_uid != os.geteuid() or not claim(fd):
+            return False
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Kept:
+    name: str
+    record: str
+    part: str | None
+    age: float
+    holds: int  # bytes of disk
+
+
+def expire_partials(
+    directory: Path,
+    now: float,
+    max_age: float = PARTIAL_MAX_AGE,
+    max_bytes: int = PARTIALS_MAX_BYTES,
+) -> int:
+    """Give back what interrupted transfers hold in ``directory`` (not below it): records
+    older than ``max_age`` seconds and their partials; partials no record names and no
+    process holds (a receiver killed before its first record); and, while the kept partials
+    hold more than ``max_bytes`` of disk, the oldest. Only regular files of our own names
+    are touched, and never a partial a running transfer holds. How many partials went."""
     try:
         entries = list(os.scandir(directory))
     except OSError:
         return 0
+    kept: list[_Kept] = []
+    parts: dict[str, os.DirEntry[str]] = {}
     for entry in entries:
-        if not (entry.name.startswith(".") and entry.name.endswith(STATE_SUFFIX)):
-            continue
         try:
             facts = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        if not stat.S_ISREG(facts.st_mode) or now - facts.st_mtime <= max_age:
+        if not stat.S_ISREG(facts.st_mode) or not entry.name.startswith("."):
             continue
-        name = entry.name[1 : -len(STATE_SUFFIX)]
-        part = recorded_part(directory, name)
-        if part is not None and is_part_name(part, name):
+        if entry.name.endswith(STATE_SUFFIX):
+            name = entry.name[1 : -len(STATE_SUFFIX)]
+            part = recorded_part(directory, name)
+            part = part if part is not None and is_part_name(part, name) else None
+            kept.append(_Kept(name, entry.name, part, now - facts.st_mtime, 0))
+        elif entry.name.endswith(PART_SUFFIX):
+            parts[entry.name] = entry
+    for item in kept:
+        if item.part in parts:
             with contextlib.suppress(OSError):
-                (directory / part).unlink()
+                item.holds = parts.pop(item.part).stat(follow_symlinks=False).st_blocks * 512
+    removed = 0
+    for part, entry in parts.items():  # named by no record
+        name = part[1 : -len(PART_SUFFIX) - 17]
         with contextlib.suppress(OSError):
-            os.unlink(entry.path)
-        removed += 1
+            if is_part_name(part, name) and now - entry.stat().st_mtime > ORPHAN_GRACE:
+                removed += _remove_free(directory / part)
+    total = sum(item.holds for item in kept)
+    for item in sorted(kept, key=lambda k: -k.age):  # the oldest first
+        if item.age <= max_age and total <= max_bytes:
+            break
+        if item.part is None or _remove_free(directory / item.part):
+            remove_state(directory, item.name)
+            total -= item.holds
+            removed += item.part is not None
     return removed

@@ -27,6 +27,7 @@ from ..transport.interfaces import resolve_interface, router_hint
 from ..transport.unicast import bind_unicast, open_unicast
 from ..units import Rate
 from .engine import DEFAULT_MAX_SIZE, Address, ReceiveSession, SendSession
+from .partial import PARTIALS_MAX_BYTES
 from .protocol import (
     BLOCK_SIZE,
     EMPTY_SHA256,
@@ -420,6 +421,7 @@ def receive_files(
     on_event: Callable[[TransferEvent], None] | None = None,
     stop: Callable[[], bool] | None = None,
     max_size: int = DEFAULT_MAX_SIZE,
+    max_partials: int = PARTIALS_MAX_BYTES,
     overwrite: bool = False,
     parents: bool = False,
     gro: bool = True,
@@ -446,7 +448,8 @@ def receive_files(
     transfer. Either way an announce stamped further than ``max_skew`` seconds from this
     host's clock is refused (a replay). ``resume``: a transfer cut short (interrupted, the
     sender silent) keeps its partial files with a record of their blocks, and a later
-    transfer of the same content asks only for the rest (transfer/partial.py). ``sync``
+    transfer of the same content asks only for the rest (transfer/partial.py); the kept
+    partials of a directory hold at most ``max_partials`` bytes, the oldest go. ``sync``
     keeps files already here with the announced sha256 (as a sender's ``sync`` does) and
     replaces those that differ. ``preserve`` applies the announced modes and mtimes.
     """
@@ -493,6 +496,7 @@ def receive_files(
             resume=resume,
             preserve=preserve,
             trust=("sealed" if key is not None else "open") + ("/signed" if trust else ""),
+            max_partials=max_partials,
         ),
         now=now,
         max_size=max_size,

@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from .partial import (
+    PARTIALS_MAX_BYTES,
+    claim,
     expire_partials,
     find_partial,
+    forget_partial,
     is_part_name,
     part_name,
     recorded_part,
@@ -53,16 +56,18 @@ class DirectoryStorage:
         resume: bool = False,
         preserve: bool = False,
         trust: str = "",
+        max_partials: int = PARTIALS_MAX_BYTES,
     ) -> None:
         self.directory = directory
         self.overwrite = overwrite
         self.resume = resume
         self.preserve = preserve
         self.trust = trust  # partials are resumed only by transfers of the same level
+        self.max_partials = max_partials  # disk the kept partials of a directory may hold
 
     def open(self, files: list[FileInfo], *, sync: bool = False) -> FileSink:
         """A sink for the announced files; OSError when they cannot be written here."""
-        _expire_where(self.directory, files)
+        _expire_where(self.directory, files, self.max_partials)
         total = sum(f.size for f in files)
         free = free_space(self.directory)
         # A partial kept for resume already holds its file's space (allocated up front):
@@ -176,8 +181,11 @@ class FileSink:
             self.found[index] = (digest, 0, None)  # the same, or the end will tell
         elif sync and final.exists() and final.stat().st_size == info.size:
             self.found[index] = (sha256_of(final), 0, None)
-        partial = find_partial(parent, parts[-1], info, self.trust) if self.resume else None
-        if partial is not None and index not in self.found:
+        taken = index in self.found  # already here: a partial of it is not opened (nor held)
+        partial = (
+            find_partial(parent, parts[-1], info, self.trust) if self.resume and not taken else None
+        )
+        if partial is not None:
             self.found[index] = (partial.sha256, partial.block_size, partial.held)
             self.handles.append(partial.fd)
             self.temps.append(partial.path)
@@ -185,6 +193,7 @@ class FileSink:
         temp = parent / part_name(parts[-1])
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(temp, flags, 0o644)  # the final file's mode (less the umask)
+        claim(fd)  # ours while we run: no other receiver's clean-up takes it
         self.handles.append(fd)
         self.temps.append(temp)
         _allocate(fd, info.size)
@@ -272,7 +281,7 @@ class FileSink:
             if digest.hexdigest() != info.sha256:
                 self.discard()
                 return f"sha256 mismatch for {info.name}"
-        self._forget_states()  # verified: nothing left to resume
+        self._forget_states(done=True)  # verified: nothing left to resume
         for index, info in enumerate(self.files):
             temp = self.temps[index]
             if temp is None:
@@ -311,14 +320,18 @@ class FileSink:
                 path.rmdir()
         self.made = []
 
-    def _forget_states(self) -> None:
+    def _forget_states(self, done: bool = False) -> None:
+        """Remove our records; ``done``: every file is complete, so a partial of an older
+        transfer kept for any of them (one a file in place made us pass by) goes too."""
         for index, info in enumerate(self.files[: len(self.temps)]):
             temp = self.temps[index]
             if temp is not None and _points_to(temp.parent, temp_name_of(info), temp):
                 remove_state(temp.parent, temp_name_of(info))
+            elif done and not info.is_dir:
+                forget_partial(self.paths[index].parent, temp_name_of(info))
 
 
-def _expire_where(directory: Path, files: list[FileInfo]) -> None:
+def _expire_where(directory: Path, files: list[FileInfo], max_bytes: int) -> None:
     """Expire old partials where this transfer's files go (the directories that exist and
     are reached without a link): a week-old partial never resumed is space given back."""
     now = time.time()
@@ -330,7 +343,7 @@ def _expire_where(directory: Path, files: list[FileInfo]) -> None:
             if path.is_symlink() or not path.is_dir():
                 break
         else:
-            expire_partials(path, now)
+            expire_partials(path, now, max_bytes=max_bytes)
 
 
 _PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
