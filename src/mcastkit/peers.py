@@ -44,6 +44,7 @@ class PeerInfo:
     watched: bool = False
     asking: bool = False
     copies_until: float = 0.0
+    cookie: bytes = b""  # what our asks for its copies echo (reach.ReturnCookies)
     relayed: bool = False  # it speaks from an address its hello does not claim: a relay
 
     @property

@@ -15,7 +15,10 @@ arrives both ways is delivered once (the second counted as a duplicate).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
+import secrets
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -99,6 +102,29 @@ def decode_peers(payload: bytes) -> list[tuple[int, Address]] | None:
     return entries if offset == len(payload) else None
 
 
+COOKIE = 8  # bytes of a return-routability cookie
+_NO_POSITION = bytes(8)  # a challenge's or proof's position when there is no stream
+
+
+class ReturnCookies:
+    """Proof that an address hears what we send it (return routability), kept nowhere: a
+    cookie is a keyed hash of the address, with a secret of this process. Copies go only to
+    an address that echoed its cookie, so a forged ask from a spoofed address draws one
+    datagram of the ask's size to it (the challenge), never the group's traffic."""
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        self._secret = secret or secrets.token_bytes(16)
+
+    def of(self, address: Address) -> bytes:
+        """The cookie ``address`` must echo."""
+        where = f"{address[0]}|{address[1]}".encode()
+        return hmac.new(self._secret, where, hashlib.sha256).digest()[:COOKIE]
+
+    def proves(self, address: Address, proof: bytes) -> bool:
+        """True when ``proof`` is ``address``'s cookie."""
+        return len(proof) == COOKIE and hmac.compare_digest(proof, self.of(address))
+
+
 @dataclass
 class Reach:
     """The unicast side of one session's membership."""
@@ -107,6 +133,7 @@ class Reach:
     seeds: tuple[Address, ...] = ()
     heartbeat: float = 1.0
     failure_timeout: float = 3.0
+    secret: bytes | None = None  # the cookies' (the session's randomness; None: the OS's)
 
     def __post_init__(self) -> None:
         self.targets: list[Address] = []  # where copies go now (recomputed on each tick)
@@ -117,6 +144,7 @@ class Reach:
         self._send: SendFrame | None = None
         self._hello: SendHello | None = None
         self._budget: Callable[[float], bool] = lambda now: True
+        self.cookies = ReturnCookies(self.secret)
 
     def connect(self, send: SendFrame, hello: SendHello, budget: Callable[[float], bool]) -> None:
         """The session's port: how to send a frame or a hello, and the budget for unicast
@@ -144,19 +172,46 @@ class Reach:
 
     # --- what we learn -------------------------------------------------------------------
 
-    def wants_copies(self, peer: PeerInfo, source: Address, now: float) -> bool:
-        """``peer`` asked for copies (it does not hear our multicast): copies to where it
-        speaks from, until it stops asking for a failure timeout. True when this starts them.
-        Only a member (its hello seen) is copied to: one forged frame from a stranger draws
-        nothing (in an open group a forged hello first still does: docs/security.md)."""
+    def wants_copies(
+        self, peer: PeerInfo, source: Address, payload: bytes, position: bytes, now: float
+    ) -> bytes | None:
+        """``peer`` asked for copies (it does not hear our multicast) in a frame with
+        ``payload``: copies to where it speaks from, until it stops asking for a failure
+        timeout. Only a member (its hello seen) that proved it hears us at ``source`` (its
+        ask echoes the cookie we gave that address) is copied to. The payload of the
+        heartbeat to answer with (``position`` ours): a challenge carrying the cookie when
+        the ask proved nothing, a bare "heard you" when copies start; None: no answer."""
         if not peer.hello_seen:
-            return False
+            return None
+        if not self.cookies.proves(source, payload[len(_NO_POSITION) :]):
+            return (position or _NO_POSITION) + self.cookies.of(source)  # prove it first
         peer.watched = True  # it is beyond our multicast: likely we are beyond its too
         started = peer.copies_until <= now
         if started:
             self.targets.append(source)
         peer.copies_until = now + self.failure_timeout
-        return started
+        return position if started else None
+
+    @staticmethod
+    def challenged(peer: PeerInfo, payload: bytes, flags: int) -> tuple[bytes, bool]:
+        """A heartbeat from ``peer``: when it is a challenge (unicast, asking nothing), the
+        cookie it carries is what our asks to it echo from now on. The payload's position
+        part (an ask's too), and whether the cookie is new (then worth an ask at once; the
+        same one again waits for the next round, so challenges and asks never bounce)."""
+        if len(payload) != len(_NO_POSITION) + COOKIE:
+            return payload, False
+        new = False
+        if flags & (Flag.UNICAST | Flag.WANT_COPIES) == Flag.UNICAST:
+            cookie = payload[len(_NO_POSITION) :]
+            new, peer.cookie = cookie != peer.cookie, cookie
+        payload = payload[: len(_NO_POSITION)]
+        return (b"" if payload == _NO_POSITION else payload), new
+
+    @staticmethod
+    def ask(peer: PeerInfo, position: bytes) -> bytes:
+        """The payload of a heartbeat asking ``peer`` for copies: our position, and the
+        cookie it gave us (its proof that we hear it)."""
+        return (position or _NO_POSITION) + peer.cookie if peer.cookie else position
 
     @staticmethod
     def claims(peer: PeerInfo, meta: dict[str, object], source: Address) -> None:
@@ -186,8 +241,8 @@ class Reach:
         asking, gossip = self.tick(members, now)
         for peer in asking:
             assert peer.address is not None
-            self._send(FrameType.HEARTBEAT, "", position, now, flags=Flag.WANT_COPIES,
-                       to=peer.address)  # fmt: skip
+            self._send(FrameType.HEARTBEAT, "", self.ask(peer, position), now,
+                       flags=Flag.WANT_COPIES, to=peer.address)  # fmt: skip
         for peer in members if gossip else ():
             if peer.watched and peer.address is not None:
                 self.send_peers(members, peer.address, now)
@@ -257,17 +312,22 @@ class Reach:
 class CopyTargets:
     """Where a sender that is not a group member (``send-file``) sends unicast copies of
     what it sends the group: receivers it was given, and those that asked (until their asks
-    stop for ``hold`` seconds; at most ``MAX_ASKERS`` of them)."""
+    stop for ``hold`` seconds; at most ``MAX_ASKERS`` of them), once they proved they hear
+    us at the address they ask from."""
 
     MAX_ASKERS = 256
 
     def __init__(self, named: Iterable[Address] = (), hold: float = 5.0) -> None:
         self.named = list(dict.fromkeys(named))
         self.hold = hold
+        self.cookies = ReturnCookies()  # askers prove they hear us where they ask from
         self._asked: dict[Address, float] = {}
 
-    def want(self, source: Address, now: float) -> bool:
-        """``source`` asked for copies; False when the table is full of live askers."""
+    def want(self, source: Address, now: float, proof: bytes) -> bool:
+        """``source`` asked for copies, echoing ``proof``; False when that is not its cookie
+        (the caller then sends it one) or the table is full of live askers."""
+        if not self.cookies.proves(source, proof):
+            return False
         if source not in self._asked and len(self._asked) >= self.MAX_ASKERS:
             self.current(now)  # make room from the expired first
             if len(self._asked) >= self.MAX_ASKERS:

@@ -100,7 +100,7 @@ class Session(ReliableFrames, FastReceive):
         self._arrival: str | None = None  # interface of the datagram being taken
         self._via_group = True  # the datagram being taken came in on the group socket
         # Unicast seeds, gossip, and copies for members our multicast does not reach.
-        self.reach = Reach(multicast, seeds, heartbeat, self.failure_timeout)
+        self.reach = Reach(multicast, seeds, heartbeat, self.failure_timeout, random_bytes(16))
         self.reach.connect(self._send, self._send_hello, self.gate.may_answer_unknown)
         # Set by a runtime on several interfaces: a frame seen again is a copy that took
         # another path (counted as a duplicate), not a replay.
@@ -174,12 +174,9 @@ class Session(ReliableFrames, FastReceive):
         self.announce(now)
 
     def publish(self, topic: str, payload: bytes, now: float, *, reliable: bool = False) -> None:
-        """Send a message on ``topic`` to the group.
-
-        Reliable messages go on this node's stream: any size up to ``max_message``, repaired
-        on NACK, delivered in order; they leave at the configured rate through
-        ``datagrams_to_send``.
-        """
+        """Send a message on ``topic`` to the group. Reliable messages go on this node's
+        stream: any size up to ``max_message``, repaired on NACK, delivered in order; they
+        leave at the configured rate through ``datagrams_to_send``."""
         if not reliable:
             self.framer.check_size(topic, payload)
             self._send(FrameType.DATA, topic, payload, now)
@@ -385,9 +382,10 @@ class Session(ReliableFrames, FastReceive):
             return
         peer.windows.setdefault(unicast, window)
         _HANDLERS[frame.type](self, frame, peer, source, now)
-        wants = frame.flags & Flag.WANT_COPIES and unicast and frame.sender in self.peers
-        if wants and self.reach.wants_copies(peer, source, now):
-            self._send(FrameType.HEARTBEAT, "", self._position(), now, to=source)  # heard you
+        if frame.flags & Flag.WANT_COPIES and unicast and frame.sender in self.peers:
+            said = self.reach.wants_copies(peer, source, frame.payload, self._position(), now)
+            if said is not None:  # heard you, or prove it first
+                self._send(FrameType.HEARTBEAT, "", said, now, to=source)
         elif source in self.reach.contacted:
             peer.watched = True  # it answers a unicast hello of ours: judge its multicast
         if frame.timestamp_us > peer.last_stamp:  # after: a goodbye is judged by what came before

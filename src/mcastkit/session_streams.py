@@ -17,6 +17,7 @@ from typing import Any
 from .events import UNKNOWN_END, Event, Message, Unrecoverable
 from .framing import Framer
 from .peers import Address, PeerInfo
+from .reach import Reach
 from .reliable import (
     ACK,
     ACK_ECHO,
@@ -40,6 +41,7 @@ class ReliableFrames:
 
     # Provided by Session.
     framer: Framer
+    reach: Reach
     streams: InboundStreams
     peers: dict[int, PeerInfo]
     counters: Counter[str]
@@ -316,10 +318,15 @@ class ReliableFrames:
                 self._stream.on_echo(frame.sender, stamp, held_us, now)
 
     def _on_heartbeat(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
+        payload, new = self.reach.challenged(peer, frame.payload, frame.flags)
+        if new and self.reach.asks(peer, now):
+            # A cookie it gave us: prove we hear it at once, not a heartbeat later.
+            self._send(FrameType.HEARTBEAT, "", self.reach.ask(peer, self._position()), now,
+                       flags=Flag.WANT_COPIES, to=source)  # fmt: skip
         # Where its stream stands: a tail we never saw becomes a gap, asked for or reported.
-        if len(frame.payload) != POSITION.size:
+        if len(payload) != POSITION.size:
             return
-        (next_seq,) = POSITION.unpack(frame.payload)
+        (next_seq,) = POSITION.unpack(payload)
         stream = self.streams.get(frame.sender)
         start = peer.resume_from or peer.stream_start
         if stream is None and start and next_seq > start:

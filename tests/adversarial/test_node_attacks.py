@@ -231,6 +231,22 @@ def _drain(sock: socket.socket, seconds: float) -> list[tuple[float, bytes]]:
     return got
 
 
+def _cookie(sock: socket.socket) -> bytes:
+    """The return-routability cookie in the challenge heartbeat a member answers an unproven
+    ask with (docs/protocol.md: position or 8 zero bytes, then the 8-byte cookie)."""
+    deadline = time.monotonic() + 1.0
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65535)
+        except TimeoutError:
+            break
+        body = data[craft.HEADER.size + data[5] :]
+        if data[3] == craft.HEARTBEAT and data[4] & craft.UNICAST and len(body) == 16:
+            return body[8:]
+    raise AssertionError("no challenge came")
+
+
 def test_a_strangers_ask_for_copies_draws_nothing_and_a_members_ask_stops() -> None:
     victim = Victim("--seconds", "4")
     unicast = ("127.0.0.1", victim.address[1])  # the first node on a host hears here
@@ -242,8 +258,12 @@ def test_a_strangers_ask_for_copies_draws_nothing_and_a_members_ask_stops() -> N
     assert len(from_stranger) <= 1, from_stranger
     member = _attacker("127.0.0.3")
     member.sendto(craft.hello(0xA5D, 1, flags=craft.UNICAST), unicast)
-    member.sendto(craft.frame(craft.HEARTBEAT, 0xA5D, 2, flags=craft.UNICAST | craft.WANT_COPIES),
-                  unicast)  # fmt: skip
+    ask = craft.frame(craft.HEARTBEAT, 0xA5D, 2, flags=craft.UNICAST | craft.WANT_COPIES)
+    member.sendto(ask, unicast)
+    cookie = _cookie(member)  # copies only once it proves it hears the victim here
+    proven = craft.frame(craft.HEARTBEAT, 0xA5D, 3, bytes(8) + cookie,
+                         flags=craft.UNICAST | craft.WANT_COPIES)  # fmt: skip
+    member.sendto(proven, unicast)
     asked_at = time.monotonic()
     got = _drain(member, 2.2)
     result = victim.result()
@@ -251,3 +271,32 @@ def test_a_strangers_ask_for_copies_draws_nothing_and_a_members_ask_stops() -> N
     # Copies (its heartbeats, 0.3 s apart) for one failure timeout (0.9 s), then none.
     assert copies and max(copies) < 0.9 + 0.35, copies
     assert result["counters"].get("sent:heartbeat", 0) >= 10
+
+
+def test_asks_and_nacks_from_a_spoofed_address_reflect_nothing_to_it() -> None:
+    # Before (issue 22, class 8): a forged hello and asks for copies in a member's name from
+    # a victim's address, then NACKs, drew the sender's copies and repairs to the victim:
+    # about 62x the attacker's bytes, per member asked, for as long as it went on.
+    victim = Victim("--seconds", "5", "--publish-kib", "256")
+    unicast = ("127.0.0.1", victim.address[1])
+    spoofed = _attacker("127.0.0.4")  # the address the attacker writes as its source
+    spoofed.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    spent = 0
+    deadline = time.monotonic() + 3.0
+    seq = 1
+    while time.monotonic() < deadline:  # 3 s: a hello, then an ask and a NACK every 20 ms
+        frames = [
+            craft.frame(craft.HEARTBEAT, 0xBAD, seq + 1, flags=craft.UNICAST | craft.WANT_COPIES),
+            craft.nack(0xBAD, victim.node_id, victim.incarnation, [(1, 64)], seq=seq + 2),
+        ]
+        if seq == 1:
+            frames.insert(0, craft.hello(0xBAD, seq, flags=craft.UNICAST))
+        for data in frames:
+            spoofed.sendto(data, unicast)
+            spent += len(data)
+        seq += 3
+        time.sleep(0.02)
+    reflected = sum(len(data) for _at, data in _drain(spoofed, 0.5))  # what reached the victim
+    victim.result()
+    # Now: the hello's answer and a challenge per ask (each the ask's size, or near it).
+    assert reflected < 2 * spent, (reflected, spent)

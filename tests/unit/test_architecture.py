@@ -16,6 +16,7 @@ RUNTIMES = {
     "transfer.runtime",
     "transfer.storage",
     "transfer.partial",
+    "transfer.sources",
     "diag.runner",
     "node_paths",
     "relaying",

