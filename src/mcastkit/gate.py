@@ -13,6 +13,7 @@ from .peers import PeerInfo
 from .wire import Frame, FrameType
 
 DEFAULT_MAX_PEERS = 4096
+HOST_SHARE = 16  # a source host holds at most 1/16 of the peer table (256 of 4,096)
 # A sealed frame's timestamp must be within this of our clock: a captured frame is worthless
 # after it, to a newcomer or a restarted node too (whose replay windows are empty).
 DEFAULT_MAX_SKEW = 30.0
@@ -55,6 +56,11 @@ class MembershipGate:
         if max_peers < 1 or max_skew <= 0:
             raise ValueError("max_peers and max_skew must be positive")
         self.max_peers = max_peers
+        # One source host holds at most this share of the table: ids forged from a few hosts
+        # cannot fill it, so a newcomer from elsewhere always finds room.
+        self.host_share = max(1, max_peers // HOST_SHARE)
+        self._hosts: dict[str, dict[int, None]] = {}  # host -> its ids, oldest first
+        self._seated: dict[int, str] = {}  # id -> the host it took its seat from
         self.max_skew_us = int(max_skew * 1e6)
         self.tombstones: OrderedDict[tuple[int, int], Tombstone] = OrderedDict()
         self._counters = counters
@@ -98,6 +104,26 @@ class MembershipGate:
             return "peer-table-full"
         return None
 
+    def seat(self, peer: PeerInfo) -> int | None:
+        """A new peer takes a seat from its source host: the id to make room for it (that
+        host's oldest) when the host already holds its share, else None."""
+        host = str(peer.address[0]) if peer.address is not None else ""
+        ids = self._hosts.setdefault(host, {})
+        oldest = next(iter(ids)) if len(ids) >= self.host_share else None
+        if oldest is not None:
+            self._counters["evicted:host-share"] += 1
+        ids[peer.node_id] = None
+        self._seated[peer.node_id] = host
+        return oldest
+
+    def _unseat(self, node_id: int) -> None:
+        host = self._seated.pop(node_id, None)
+        ids = self._hosts.get(host) if host is not None else None
+        if ids is not None:
+            ids.pop(node_id, None)
+            if not ids:
+                del self._hosts[host]  # type: ignore[arg-type]
+
     def may_answer_unknown(self, now: float) -> bool:
         """Token bucket for unicast hellos to peers we do not know yet."""
         self._answers.refill(now)
@@ -114,6 +140,7 @@ class MembershipGate:
         past our own clock, so a forged one with a future stamp (an open group), even after a
         forged future-stamped heartbeat, shuts a member out for a second at most.
         """
+        self._unseat(peer.node_id)
         key = (peer.node_id, peer.incarnation)
         highest = {unicast: window.highest for unicast, window in peer.windows.items()}
         left_at = min(goodbye_stamp, peer.last_stamp + GOODBYE_REACH_US) if peer.last_stamp else 0

@@ -466,6 +466,8 @@ class Session(ReliableFrames, FastReceive):
                 peer.resume_from = tomb.stream_next
                 peer.highest_seq = tomb.highest.get(False, -1)
             self.peers[frame.sender] = peer
+            if (crowded := self.peers.get(self.gate.seat(peer) or 0)) is not None:
+                self._forget(crowded, said_goodbye=False)  # its host's share is full: its oldest
             if frame.type != FrameType.HELLO:
                 # We missed its hello (we joined later, or it was lost): ask for one.
                 peer.reported = True
@@ -484,9 +486,8 @@ class Session(ReliableFrames, FastReceive):
             peer.received += 1
         return peer
 
-    def _forget(
-        self, peer: PeerInfo, *, said_goodbye: bool, stream_next: int = 0, stamp: int = 0
-    ) -> None:
+    def _forget(self, peer: PeerInfo, *, said_goodbye: bool, stream_next: int = 0,
+                stamp: int = 0) -> None:  # fmt: skip
         """Drop a peer in O(1); a tombstone refuses its replays and what preceded its goodbye."""
         self.peers.pop(peer.node_id, None)
         # Where its stream will resume if it comes back: where we were, or where its hello
