@@ -327,3 +327,47 @@ def test_fake_ids_from_one_host_never_keep_a_newcomer_out() -> None:
     assert len(delivered) == 56, (len(delivered), result["counters"])
     assert result["peers"] <= 4096 // 16 + 1  # the flood's host holds its share, no more
     assert refreshed / 2.8 > 80_000  # the refresh rate of the issue, at least
+
+
+def test_frames_jumping_the_replay_window_cost_a_real_node_nothing() -> None:
+    # Before (issue 22, class 2): one frame with seq 2^32 - 1 in a member's name cost 1.1 GiB
+    # and a 1.7-2 s loop stall; ten stalled 7.3 s; under a 1 GiB limit: MemoryError.
+    victim = Victim("--seconds", "3")
+    member = _attacker("127.0.0.3")
+    member.sendto(craft.hello(0xFACE, 1, "member"), victim.address)
+    time.sleep(0.2)
+    for jump in range(10):  # each far past the last, as the window must shift each time
+        seq = (1 << 32) - 1 - 1000 * (9 - jump)
+        member.sendto(craft.frame(craft.DATA, 0xFACE, seq, b"x", topic="news"), victim.address)
+    result = victim.result()
+    assert result["stall_s"] < 0.25, result["stall_s"]
+    assert (result["rss_peak_kb"] - result["rss_start_kb"]) / 1024 < 20, result
+
+
+def test_a_future_stamped_heartbeat_then_a_goodbye_silence_a_member_a_second_at_most() -> None:
+    # Before (issue 22, class 7): both forged in a member's name (an open group), stamped
+    # 600 s ahead: every later frame of the member refused as departed for 600 s.
+    victim = Victim("--seconds", "4")
+    member = _attacker("127.0.0.3")
+    forger = _attacker("127.0.0.4")
+
+    def now_us() -> int:
+        return int(time.time() * 1e6)
+
+    member.sendto(craft.frame(craft.HELLO, 0xFEED, 1, b'{"name":"member"}', stamp=now_us()),
+                  victim.address)  # fmt: skip
+    time.sleep(0.2)
+    ahead = now_us() + 600_000_000
+    forger.sendto(craft.frame(craft.HEARTBEAT, 0xFEED, 2, stamp=ahead), victim.address)
+    forger.sendto(craft.frame(craft.GOODBYE, 0xFEED, 3, stamp=ahead), victim.address)
+    forged_at = time.monotonic()
+    sent_at = []
+    for seq in range(4, 34):  # 3 s of the member's messages
+        member.sendto(craft.frame(craft.DATA, 0xFEED, seq, b"hi", topic="news", stamp=now_us()),
+                      victim.address)  # fmt: skip
+        sent_at.append(time.monotonic() - forged_at)
+        time.sleep(0.1)
+    result = victim.result()
+    delivered = [m for m in result["messages"] if m["sender"] == f"{0xFEED:016x}"]
+    late = [at for at in sent_at if at > 1.2]  # what it sent more than a second later
+    assert len(delivered) >= len(late), (len(delivered), result["counters"])

@@ -112,3 +112,44 @@ def test_a_subscriber_that_falls_behind_is_told_what_it_dropped() -> None:
     assert len(overflow) == dropped
     covered = set(delivered) | {lost.first_seq for lost in overflow}
     assert covered >= set(range(1, count + 1))
+
+
+# An attacker on the LAN reads the publisher's id, incarnation and frame seq off the wire, then
+# sends one HEARTBEAT in its name (docs/protocol.md frame header) claiming position 2^40.
+FORGE = """
+import socket, struct, time
+HEADER = struct.Struct("!2sBBBBHQIIQ")
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("239.255.71.71", 7171))
+mreq = socket.inet_aton("239.255.71.71") + socket.inet_aton("0.0.0.0")
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+while True:
+    data = sock.recv(65535)
+    fields = HEADER.unpack_from(data)
+    if fields[0] == b"MK" and fields[2] == {rdata}:  # the publisher's stream
+        break
+_, version, _, _, _, _, sender, incarnation, seq, stamp = fields
+forged = HEADER.pack(b"MK", version, {heartbeat}, 0, 0, 0, sender, incarnation, seq + 50,
+                     stamp) + struct.pack("!Q", 1 << 40)
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+sock.sendto(forged, ("239.255.71.71", 7171))
+print("forged", hex(sender), seq + 50)
+"""
+
+
+def test_a_forged_stream_position_on_the_wire_discards_nothing(lab: Lab) -> None:
+    # Before (issue 22, class 1): one such heartbeat made the receiver skip the rest of the
+    # stream (89-101 of 400 delivered) and report a loss up to seq 2^40.
+    publisher_host, receiver_host, attacker = lab.lan(3)
+    receiver = _start(receiver_host, "subscribe", "40")
+    wait_for_line(receiver.stdout, "subscribed")
+    publisher = _start(publisher_host, "publish", "400", "100")
+    wait_for_line(publisher.stdout, "publishing")
+    time.sleep(1.0)  # a quarter of the stream delivered
+    forged = attacker.python(FORGE.format(rdata=7, heartbeat=2), timeout=20)
+    assert "forged" in forged.stdout, forged.stderr
+    _finish(publisher)
+    result = _finish(receiver)
+    assert sorted(result["delivered"]) == list(range(1, 401)), result["losses"]
+    assert not [loss for loss in result["losses"] if loss[1] is None or loss[1] > 400]
