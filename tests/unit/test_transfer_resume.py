@@ -127,19 +127,45 @@ def test_a_partial_of_other_content_is_not_taken(tmp_path: Path) -> None:
     assert _hidden(tmp_path) == ["f.bin"]
 
 
-def test_a_partial_with_corrupted_blocks_fails_the_check_and_is_dropped(tmp_path: Path) -> None:
+def test_a_partial_with_corrupted_blocks_is_received_again_never_a_wrong_file(
+    tmp_path: Path,
+) -> None:
     """A record that lies (the disk lost data, or someone wrote into the partial) costs the
-    transfer, never a wrong file; and the next try starts clean."""
+    file's blocks once more, never a wrong file. Before: the transfer failed."""
     blob = os.urandom(100 * BLOCK)
     _run(tmp_path, blob, stop_after=50)
     part = next(p for p in tmp_path.iterdir() if p.name.endswith(".mcastkit-part"))
     with part.open("r+b") as handle:
         handle.write(b"\xff" * BLOCK)  # block 0, recorded as held
     _, second = _run(tmp_path, blob, session=8)
-    assert second.state == ReceiveState.FAILED and "sha256 mismatch" in (second.reason or "")
+    assert second.state == ReceiveState.COMPLETE and second.refetched_blocks == 100
+    assert (tmp_path / "f.bin").read_bytes() == blob
+    assert _hidden(tmp_path) == ["f.bin"]
+
+
+def test_a_file_that_never_verifies_fails_after_three_more_tries(tmp_path: Path) -> None:
+    """A sender (or a forger) whose blocks never make the announced sha256: the file is
+    received again three times at most, then the transfer fails, nothing left behind."""
+    blob = os.urandom(100 * BLOCK)
+    files = [FileInfo("f.bin", len(blob), "ab" * 32)]  # a digest no content has
+    sender = SendSession(7, files, Blobs([blob]), now=0.0, block_size=BLOCK, expected=1,
+                         register_wait=0.5)  # fmt: skip
+    receiver = ReceiveSession(9, "r", DirectoryStorage(tmp_path, resume=True), now=0.0)
+    now = 0.0
+    while sender.phase != SendPhase.DONE and now < 60:
+        to_receiver = sender.tick(now) + sender.next_blocks(50)
+        to_sender = receiver.tick(now)
+        while to_receiver or to_sender:
+            for data, _ in to_receiver:
+                to_sender += receiver.receive(data, SENDER, now)
+            to_receiver = []
+            for reply, _ in to_sender:
+                to_receiver += sender.receive(reply, RECEIVER, now)
+            to_sender = []
+        now += 0.01
+    assert receiver.state == ReceiveState.FAILED and "sha256 mismatch" in (receiver.reason or "")
+    assert receiver.refetches == 3 and receiver.refetched_blocks == 300
     assert _hidden(tmp_path) == []
-    _, third = _run(tmp_path, blob, session=9)
-    assert third.state == ReceiveState.COMPLETE and (tmp_path / "f.bin").read_bytes() == blob
 
 
 @pytest.mark.parametrize(

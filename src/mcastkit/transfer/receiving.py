@@ -60,6 +60,7 @@ DENSE_RANGES = 4 * MAX_RANGES  # more missing ranges than this go as bitmaps (MI
 STATUS_CHUNKS = 32  # STATUS datagrams per request: up to 3,200 missing ranges per round
 GATHERED_SESSIONS = 2  # sessions whose announce parts are held at once
 CHECKPOINT_EVERY = 0.5  # seconds between records of the blocks on disk (for resume)
+MAX_REFETCHES = 3  # a file whose sha256 does not match is received again, this often at most
 
 
 class Sink(Protocol):
@@ -69,8 +70,14 @@ class Sink(Protocol):
         """Consecutive blocks from ``offset`` in one call."""
         ...
 
+    mismatched: list[int]  # after a failed finish: the files whose sha256 did not match
+
     def finish(self) -> str | None:
         """Verify every file and make it final; the reason when one fails."""
+        ...
+
+    def rewind(self, indices: list[int]) -> None:
+        """These files are received again from their first block."""
         ...
 
     def discard(self) -> None:
@@ -139,6 +146,8 @@ class ReceiveSession:
         self.sink: Sink | None = None
         self.bitmaps: list[bytearray] = []
         self.received = 0
+        self.refetches = 0  # rounds of files received again after a sha256 mismatch
+        self.refetched_blocks = 0
         self.duplicates = 0
         self.total_blocks = 0
         self.state = ReceiveState.WAITING
@@ -501,6 +510,16 @@ class ReceiveSession:
         except OSError as exc:
             self.sink.discard()
             problem = f"could not finish: {exc.strerror}"
+        if problem and self.sink.mismatched and self.refetches < MAX_REFETCHES:
+            # A block was forged, or damaged on the way or on disk: those files again.
+            self.refetches += 1
+            for index in self.sink.mismatched:
+                cleared = self.bitmaps[index].count(1)
+                self.bitmaps[index][:] = bytes(len(self.bitmaps[index]))
+                self.received -= cleared
+                self.refetched_blocks += cleared
+            self.sink.rewind(self.sink.mismatched)
+            return
         if problem:
             self._fail(problem)
             return
@@ -572,6 +591,7 @@ class ReceiveSession:
             "refused_announces": dict(self.refused),
             "resumed_blocks": self.resumed,
             "kept_blocks": self.kept,
+            "refetched_blocks": self.refetched_blocks,  # received again after a bad sha256
             "kernel_drops": self.kernel_drops,  # repaired like any loss, but said
             "up_to_date": list(self.up_to_date),
         }

@@ -153,6 +153,7 @@ class FileSink:
         # order (after a loss) is read back at the end.
         self._digests = [hashlib.sha256() for _ in files]
         self._hashed = [0 for _ in files]
+        self.mismatched: list[int] = []  # files whose sha256 did not match at finish
         try:
             for info in files:
                 self._open_one(info, sync)
@@ -264,7 +265,9 @@ class FileSink:
             self._hashed[file_index] += total
 
     def finish(self) -> str | None:
-        """Verify every file and rename it into place; the reason when one fails."""
+        """Verify every file and rename it into place; the reason when one fails (the
+        files whose sha256 did not match are then in ``mismatched``)."""
+        self.mismatched = []
         for index, info in enumerate(self.files):
             fd = self.handles[index]
             if fd < 0:
@@ -279,8 +282,9 @@ class FileSink:
                 digest.update(chunk)
                 offset += len(chunk)
             if digest.hexdigest() != info.sha256:
-                self.discard()
-                return f"sha256 mismatch for {info.name}"
+                self.mismatched.append(index)
+        if self.mismatched:  # the receiver decides: receive them again, or discard
+            return f"sha256 mismatch for {self.files[self.mismatched[0]].name}"
         self._forget_states(done=True)  # verified: nothing left to resume
         for index, info in enumerate(self.files):
             temp = self.temps[index]
@@ -309,6 +313,12 @@ class FileSink:
             ):
                 _apply(self.paths[index], self.files[index])
         return None
+
+    def rewind(self, indices: list[int]) -> None:
+        """Receive these files again from the start (their blocks are written anew)."""
+        for index in indices:
+            self._digests[index] = hashlib.sha256()
+            self._hashed[index] = 0
 
     def discard(self) -> None:
         """Remove the temporary files (nothing wrong is left behind)."""
@@ -453,6 +463,7 @@ class MemorySink:
         self.files = files
         self.data = [bytearray(f.size) for f in files]
         self.finished: dict[str, bytes] = {}
+        self.mismatched: list[int] = []
 
     def write(self, file_index: int, offset: int, data: Buffer) -> None:
         self.data[file_index][offset : offset + len(data)] = data
@@ -463,12 +474,18 @@ class MemorySink:
             offset += len(block)
 
     def finish(self) -> str | None:
-        for info, data in zip(self.files, self.data, strict=True):
-            if hashlib.sha256(data).hexdigest() != info.sha256:
-                self.discard()
-                return f"sha256 mismatch for {info.name}"
+        self.mismatched = [
+            index
+            for index, (info, data) in enumerate(zip(self.files, self.data, strict=True))
+            if hashlib.sha256(data).hexdigest() != info.sha256
+        ]
+        if self.mismatched:
+            return f"sha256 mismatch for {self.files[self.mismatched[0]].name}"
         self.finished = {f.name: bytes(d) for f, d in zip(self.files, self.data, strict=True)}
         return None
+
+    def rewind(self, indices: list[int]) -> None:
+        return None  # the blocks received again overwrite the bad ones
 
     def discard(self) -> None:
         self.data = []
