@@ -2,7 +2,8 @@
 
 ``publish N RATE [SIZE]``: N one-fragment reliable messages of SIZE bytes (default 32) at
 RATE messages/s, then linger and say goodbye. ``subscribe SECONDS``: record every delivered
-stream seq and every loss report until the publisher left and a second passed, or SECONDS;
+stream seq and every loss report until the publisher left (or failed) and a second passed,
+or SECONDS;
 print them as JSON.
 """
 
@@ -14,7 +15,7 @@ import json
 import sys
 import time
 
-from mcastkit import Left, Node, ReliableConfig, Unrecoverable
+from mcastkit import Failed, Left, Node, ReliableConfig, Unrecoverable
 from mcastkit.reliable import UNKNOWN_END
 
 GROUP = "239.255.71.71:7171"
@@ -41,6 +42,8 @@ async def subscribe(seconds: float) -> None:
     delivered: list[int] = []
     losses: list[tuple[int, int | None, str]] = []
     gone = asyncio.Event()
+    failed_at: list[float] = []
+    heard = [0]
     async with Node(GROUP, name="subscriber", heartbeat=0.3) as node:
         inbox = node.subscribe("t")
         print("subscribed", flush=True)
@@ -52,6 +55,8 @@ async def subscribe(seconds: float) -> None:
                     losses.append((event.first_seq, last, event.reason))
                 elif isinstance(event, Left) and event.peer.name == "publisher":
                     gone.set()
+                elif isinstance(event, Failed) and event.peer.name == "publisher":
+                    failed_at.append(time.monotonic())  # gone, or cut off for a while
 
         async def messages() -> None:
             async for message in inbox:
@@ -59,8 +64,18 @@ async def subscribe(seconds: float) -> None:
 
         node.run_task(events())
         node.run_task(messages())
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(gone.wait(), seconds)
+        # Until it left, or failed and stayed silent for 6 s (we slept through its goodbye;
+        # a link outage it comes back from delivers again), or SECONDS.
+        deadline = time.monotonic() + seconds
+        while not gone.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(gone.wait(), 0.5)
+            quiet = failed_at and len(delivered) == heard[0]
+            if quiet and time.monotonic() - failed_at[-1] > 6.0:
+                break
+            heard[0] = len(delivered)
+            if not quiet:
+                failed_at.clear()
         await asyncio.sleep(1.0)
     print(json.dumps({"delivered": delivered, "losses": losses}), flush=True)
 
