@@ -1,4 +1,5 @@
-"""A forged block in a signed, unsealed transfer (real CLI, three namespace hosts).
+"""Hostile senders of file transfers (real CLI, namespace hosts): a forged block in a signed,
+unsealed transfer; a sender's --sync against a receiver's own file.
 
 Before (issue 22, class 9): with ``recv-file --trust`` but no group key, one forged DATA
 datagram (the session id is in the clear) failed the whole transfer at the sha256 check. Now
@@ -71,3 +72,25 @@ def test_one_forged_block_in_a_signed_transfer_costs_a_pass_not_the_transfer(
     assert hashlib.sha256((inbox / "payload.bin").read_bytes()).digest() == (
         hashlib.sha256(data).digest()
     )
+
+
+def test_a_senders_sync_never_replaces_a_receivers_file(lab: Lab, tmp_path: Path) -> None:
+    # Before (issue 22, class 4): recv-file obeyed the sender's --sync and replaced a file
+    # that differed without --overwrite (a replayed --sync transfer rolled a file back).
+    sender, receiver = lab.lan(2)
+    source = tmp_path / "out" / "notes.txt"
+    source.parent.mkdir()
+    source.write_text("version 1, what the sender has\n")
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    (inbox / "notes.txt").write_text("version 2, the receiver's own\n")
+    got = receiver.start_mcast("recv-file", "--group", GROUP, "--dir", str(inbox), "--json",
+                               "--wait", "20")  # fmt: skip
+    wait_for_line(got.stderr, "waiting for a transfer")
+    sent = sender.mcast("send-file", str(source), "--group", GROUP, "--sync", "--receivers",
+                        "1", "--json", timeout=60)  # fmt: skip
+    result = json.loads(got.communicate(timeout=60)[0])
+    assert result["state"] == "failed" and "exists with other content" in result["reason"]
+    assert sent.returncode != 0
+    assert (inbox / "notes.txt").read_text() == "version 2, the receiver's own\n"
+    assert sorted(p.name for p in inbox.iterdir()) == ["notes.txt"]  # nothing hidden left
