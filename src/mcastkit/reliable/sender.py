@@ -147,17 +147,21 @@ class StreamSender:
                 self._bump("nacked-gone", min(oldest, first + count) - first)  # lost there
                 first = oldest
             for seq in range(first, last):
-                if seq in self._repair_set:
+                # A repair costs its asker the fragment; asking for one already queued or
+                # just sent costs a sixteenth of that, so a flood of NACKs for what is on its
+                # way walks no further than the budget, and honest repeats cost little.
+                cost = len(self.window[seq - oldest][1]) if self._per_byte else 1
+                wanted = seq not in self._repair_set
+                if wanted and now - self._repaired_at.get(seq, -1e9) < holdoff:
+                    self._bump("repairs-held-off")  # a repair just went out: NACKs crossed it
+                    wanted = False
+                if budget is not None and not budget.spend(cost if wanted else cost / 16):
+                    self._bump("repairs-over-budget", last - seq)
+                    break
+                if not wanted:
                     continue
                 if seq not in self._repaired_at:
                     self._nacked_new += 1  # first request for this seq: a loss, not a repeat
-                if now - self._repaired_at.get(seq, -1e9) < holdoff:
-                    self._bump("repairs-held-off")  # a repair just went out: NACKs crossed it
-                    continue
-                cost = len(self.window[seq - oldest][1]) if self._per_byte else 1
-                if budget is not None and not budget.spend(cost):
-                    self._bump("repairs-over-budget", last - seq)
-                    break
                 self._repair_set.add(seq)
                 self._repairs.append(seq)
 
