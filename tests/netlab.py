@@ -308,6 +308,20 @@ def the_message(out: str) -> dict:
     return record
 
 
+def joined_on_the_wire(group: str, port: int) -> str:
+    """The start of an attacker's script (Python source): ``sock``, a socket that joined
+    ``group`` on ``port`` and sends to it with TTL 1; ``socket``, ``struct`` and ``time``."""
+    return f"""
+import socket, struct, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("{group}", {port}))
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                socket.inet_aton("{group}") + socket.inet_aton("0.0.0.0"))
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+"""
+
+
 def require_tool(name: str) -> str:
     """Path of a third-party tool, or skip saying how to get it."""
     path = shutil.which(name)

@@ -118,11 +118,12 @@ class MembershipGate:
 
     def _unseat(self, node_id: int) -> None:
         host = self._seated.pop(node_id, None)
-        ids = self._hosts.get(host) if host is not None else None
-        if ids is not None:
-            ids.pop(node_id, None)
-            if not ids:
-                del self._hosts[host]  # type: ignore[arg-type]
+        if host is None:
+            return  # never seated (a peer of a table from before, or buried twice)
+        ids = self._hosts[host]
+        del ids[node_id]
+        if not ids:
+            del self._hosts[host]
 
     def may_answer_unknown(self, now: float) -> bool:
         """Token bucket for unicast hellos to peers we do not know yet."""

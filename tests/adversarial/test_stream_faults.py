@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from netlab import PYTHON, Host, Lab, wait_for_line
+from netlab import PYTHON, Host, Lab, joined_on_the_wire, wait_for_line
 
 from mcastkit import Node, ReliableConfig, Unrecoverable
 
@@ -116,14 +116,10 @@ def test_a_subscriber_that_falls_behind_is_told_what_it_dropped() -> None:
 
 # An attacker on the LAN reads the publisher's id, incarnation and frame seq off the wire, then
 # sends one HEARTBEAT in its name (docs/protocol.md frame header) claiming position 2^40.
-FORGE = """
-import socket, struct, time
+FORGE = (
+    joined_on_the_wire("239.255.71.71", 7171)
+    + """
 HEADER = struct.Struct("!2sBBBBHQIIQ")
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-sock.bind(("239.255.71.71", 7171))
-mreq = socket.inet_aton("239.255.71.71") + socket.inet_aton("0.0.0.0")
-sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
 while True:
     data = sock.recv(65535)
     fields = HEADER.unpack_from(data)
@@ -132,10 +128,10 @@ while True:
 _, version, _, _, _, _, sender, incarnation, seq, stamp = fields
 forged = HEADER.pack(b"MK", version, {heartbeat}, 0, 0, 0, sender, incarnation, seq + 50,
                      stamp) + struct.pack("!Q", 1 << 40)
-sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
 sock.sendto(forged, ("239.255.71.71", 7171))
 print("forged", hex(sender), seq + 50)
 """
+)
 
 
 def test_a_forged_stream_position_on_the_wire_discards_nothing(lab: Lab) -> None:
@@ -157,14 +153,10 @@ def test_a_forged_stream_position_on_the_wire_discards_nothing(lab: Lab) -> None
 
 # An insider (open group: anyone; sealed: a key holder) reads the publisher's id off the wire,
 # says hello, then NACKs the publisher's whole window 1,000 times a second for 8 s.
-NACK_FLOOD = """
-import socket, struct, time
+NACK_FLOOD = (
+    joined_on_the_wire("239.255.71.71", 7171)
+    + """
 HEADER = struct.Struct("!2sBBBBHQIIQ")
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-sock.bind(("239.255.71.71", 7171))
-mreq = socket.inet_aton("239.255.71.71") + socket.inet_aton("0.0.0.0")
-sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
 print("listening", flush=True)
 while True:
     fields = HEADER.unpack_from(sock.recv(65535))
@@ -182,6 +174,7 @@ while time.monotonic() < deadline:
     time.sleep(0.001)
 print("nacks", sent, flush=True)
 """
+)
 
 
 def _goodput(lab_hosts: list[Host], flood: bool, *rate: str) -> float:

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from netlab import Lab, wait_for_line
+from netlab import Lab, joined_on_the_wire, wait_for_line
 
 from mcastkit.transfer.trust import write_signing_key
 
@@ -23,14 +23,10 @@ GROUP = "239.255.75.75:7575"
 # The attacker joins the group, reads the session id, file index and block length off the
 # first DATA datagram (docs/protocol.md: "MKT1", kind 4, pad, session, file, block), and at
 # once sends a block far ahead of the sender's, full of garbage, so it arrives first.
-FORGE = """
-import socket, struct
+FORGE = (
+    joined_on_the_wire("239.255.75.75", 7575)
+    + """
 HEAD = struct.Struct("!4sB3xQHI")
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-sock.bind(("239.255.75.75", 7575))
-mreq = socket.inet_aton("239.255.75.75") + socket.inet_aton("0.0.0.0")
-sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
 print("listening", flush=True)
 while True:
     data = sock.recv(65535)
@@ -39,10 +35,10 @@ while True:
 _, _, session, file_index, block = HEAD.unpack_from(data)
 length = len(data) - HEAD.size
 forged = HEAD.pack(b"MKT1", 4, session, file_index, block + 1000) + b"\\xee" * length
-sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
 sock.sendto(forged, ("239.255.75.75", 7575))
 print("forged", block + 1000, flush=True)
 """
+)
 
 
 def test_one_forged_block_in_a_signed_transfer_costs_a_pass_not_the_transfer(
