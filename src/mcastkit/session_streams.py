@@ -293,7 +293,7 @@ class ReliableFrames:
                 self._drop("nack-from-non-member")
                 return
             if self._stream is not None:
-                self._stream.on_nack(runs, now, frame.sender)
+                self._stream.on_nack(runs, now)
                 if self._stream.probe_due(now):  # at once when the NACK asked for gone seqs
                     self._send_state(now)
             return

@@ -19,11 +19,6 @@ RTT_PROBE_EVERY = 1.0  # while sending, a probe (RSTATE) a second measures the r
 MAX_DEPARTED = 4096  # departures remembered while confirming (members are bounded anyway)
 CONFIRM_PROBE = 0.05  # while confirming, how often an idle sender asks for acknowledgements
 ADAPTIVE_START_BPS = 1e9
-# A member's repairs, beyond a window at once: this share of the rate. A receiver losing 20 %
-# needs 25 % of new data again; an insider's NACKs, whatever their shape, cost no more, so
-# the others keep 80 % of their goodput.
-REPAIR_SHARE = 0.25
-MAX_BUDGETS = 4096  # members with a budget (members are bounded anyway)
 
 
 @dataclass
@@ -55,7 +50,6 @@ class StreamSender:
         self._repairs: deque[int] = deque()
         self._repair_set: set[int] = set()
         self._repaired_at: dict[int, float] = {}
-        self._budgets: dict[int, TokenBucket] = {}  # each member's repair budget
         self._tracked: dict[int, _Tracked] = {}
         self.slow_events: list[SlowReceiver] = []
         rate = config.rate_pps
@@ -126,12 +120,8 @@ class StreamSender:
         self._queue.append(_Outgoing(topic, memoryview(payload), 0, chunk))
         self.queued_bytes += len(payload)
 
-    def on_nack(self, runs: list[tuple[int, int]], now: float, requester: int = 0) -> None:
-        """Queue repairs for the runs we still hold; note when some are gone. ``requester``
-        (a member's id; 0: not said) spends its own repair budget: a member may ask for a
-        window at once, then for REPAIR_SHARE of the sending rate (all a receiver losing 20 %
-        needs), however it shapes its NACKs; an asking over budget waits for its next NACK."""
-        budget = self._repair_budget(requester, now)
+    def on_nack(self, runs: list[tuple[int, int]], now: float) -> None:
+        """Queue repairs for the runs we still hold; note when some are gone."""
         # A seq is repaired at most once per hold-off (nack_backoff), however many NACKs ask:
         # the NACKs that crossed a repair are ignored. Longer, or growing, hold-offs were
         # tried: in a group where many receivers each lose some repairs, a seq legitimately
@@ -147,39 +137,15 @@ class StreamSender:
                 self._bump("nacked-gone", min(oldest, first + count) - first)  # lost there
                 first = oldest
             for seq in range(first, last):
-                # A repair costs its asker the fragment; asking for one already queued or
-                # just sent costs a sixteenth of that, so a flood of NACKs for what is on its
-                # way walks no further than the budget, and honest repeats cost little.
-                cost = len(self.window[seq - oldest][1]) if self._per_byte else 1
-                wanted = seq not in self._repair_set
-                if wanted and now - self._repaired_at.get(seq, -1e9) < holdoff:
-                    self._bump("repairs-held-off")  # a repair just went out: NACKs crossed it
-                    wanted = False
-                if budget is not None and not budget.spend(cost if wanted else cost / 16):
-                    self._bump("repairs-over-budget", last - seq)
-                    break
-                if not wanted:
+                if seq in self._repair_set:
                     continue
                 if seq not in self._repaired_at:
                     self._nacked_new += 1  # first request for this seq: a loss, not a repeat
+                if now - self._repaired_at.get(seq, -1e9) < holdoff:
+                    self._bump("repairs-held-off")  # a repair just went out: NACKs crossed it
+                    continue
                 self._repair_set.add(seq)
                 self._repairs.append(seq)
-
-    def _repair_budget(self, requester: int, now: float) -> TokenBucket | None:
-        rate = self._bucket.rate
-        if not requester or rate is None:
-            return None  # no rate to take a share of: repairs are bounded by the hold-off
-        depth = max(float(self.window_bytes if self._per_byte else len(self.window)), 1.0)
-        budget = self._budgets.get(requester)
-        if budget is None:
-            if len(self._budgets) >= MAX_BUDGETS:
-                self._budgets.pop(next(iter(self._budgets)))
-            budget = self._budgets[requester] = TokenBucket(rate * REPAIR_SHARE, depth, now,
-                                                             full=True)  # fmt: skip
-        else:
-            budget.set_rate(rate * REPAIR_SHARE, max(depth, budget.depth))
-            budget.refill(now)
-        return budget
 
     def on_ack(self, peer: int, seq: int, now: float) -> None:
         """A receiver has everything through ``seq`` (for ``wait`` and ``acknowledged``)."""
@@ -217,7 +183,6 @@ class StreamSender:
         if self.confirming and len(self.departed) < MAX_DEPARTED:
             self.departed[peer] = (said_goodbye, self.acknowledged(peer))
         self._tracked.pop(peer, None)
-        self._budgets.pop(peer, None)
         self.rtts.pop(peer, None)
         self.grtt = max(self.rtts.values(), default=0.0)
         self._blocked_since = None  # the next pull decides afresh whether to hold
