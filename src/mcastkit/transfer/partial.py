@@ -259,7 +259,6 @@ def _remove_free(path: Path) -> bool:
 @dataclass
 class _Kept:
     name: str
-    record: str
     part: str | None
     age: float
     holds: int  # bytes of disk
@@ -293,7 +292,7 @@ def expire_partials(
             name = entry.name[1 : -len(STATE_SUFFIX)]
             part = recorded_part(directory, name)
             part = part if part is not None and is_part_name(part, name) else None
-            kept.append(_Kept(name, entry.name, part, now - facts.st_mtime, 0))
+            kept.append(_Kept(name, part, now - facts.st_mtime, 0))
         elif entry.name.endswith(PART_SUFFIX):
             parts[entry.name] = entry
     for item in kept:

@@ -187,12 +187,6 @@ class ReceiveSession:
         if self.session is not None and message.session != self.session:
             return []
         kind, body = message.kind, message.body
-        if (
-            kind == TransferKind.WANT_COPIES
-        ):  # a sender's challenge: prove we hear it at this address
-            if len(body) == COPY_COOKIE and (source in self.cookies or len(self.cookies) < 64):
-                self.cookies[source] = bytes(body)
-            return []
         if kind == ANNOUNCE and self._refuse(message.session, body, source):
             return []
         if kind == ANNOUNCE and self.state == ReceiveState.WAITING:
