@@ -320,7 +320,7 @@ class Node(FollowsInterfaces):
             self._pump_soon = self._loop.call_soon(self._pump_deferred)
 
     async def flush(self, timeout: float | None = None, *, acknowledged: bool = False) -> bool:
-        """Wait until every reliable message went out once and no repair is pending.
+        """Wait until every reliable message went out once and no repair in its share is due.
 
         ``acknowledged``: wait too until every member known now has acknowledged the whole
         stream (delivered it, or reported its loss to its application); one that leaves or

@@ -77,8 +77,10 @@ class ReliableFrames:
         return 0 if self._stream is None else self._stream.queued_bytes
 
     def reliable_settled(self) -> bool:
-        """True when every reliable message went out and no repair is pending."""
-        return self._stream is None or self._stream.idle
+        """True when every reliable message went out and no repair within its asker's share
+        is pending (deferred ones go out later; ``flush(acknowledged=True)`` waits for the
+        receivers themselves)."""
+        return self._stream is None or self._stream.settled
 
     def confirm_reliable(self, on: bool) -> None:
         """While ``on``, our idle stream's probes ask every receiver to acknowledge."""
@@ -293,7 +295,7 @@ class ReliableFrames:
                 self._drop("nack-from-non-member")
                 return
             if self._stream is not None:
-                self._stream.on_nack(runs, now)
+                self._stream.on_nack(runs, now, frame.sender)
                 if self._stream.probe_due(now):  # at once when the NACK asked for gone seqs
                     self._send_state(now)
             return

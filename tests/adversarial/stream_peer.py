@@ -1,9 +1,10 @@
 """One end of a reliable stream for the fault tests, run on a namespace host.
 
-``publish N RATE [SIZE]``: N one-fragment reliable messages of SIZE bytes (default 32) at
-RATE messages/s (on a fixed rate of 1.5 x RATE), then linger and say goodbye.
-``subscribe SECONDS``: record every delivered stream seq and every loss report until the
-publisher left (or failed) and a second passed, or SECONDS; print them as JSON.
+``publish N RATE [SIZE [auto]]``: N one-fragment reliable messages of SIZE bytes (default
+32) at RATE messages/s (``auto``: on the stream's adaptive rate; else a fixed 1.5 x RATE),
+then linger and say goodbye. ``subscribe SECONDS``: record every delivered stream seq and
+every loss report until the publisher left (or failed) and a second passed, or SECONDS;
+print them as JSON, with the seconds from the first delivery to the last.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from mcastkit.reliable import UNKNOWN_END
 GROUP = "239.255.71.71:7171"
 
 
-async def publish(count: int, rate: float, size: int) -> None:
-    config = ReliableConfig(adaptive_rate=False, rate_pps=rate * 1.5)
+async def publish(count: int, rate: float, size: int, auto: bool = False) -> None:
+    config = ReliableConfig() if auto else ReliableConfig(adaptive_rate=False, rate_pps=rate * 1.5)
     async with Node(GROUP, name="publisher", heartbeat=0.3, reliable=config) as node:
         await asyncio.sleep(1.0)
         print("publishing", flush=True)
@@ -43,6 +44,7 @@ async def subscribe(seconds: float) -> None:
     gone = asyncio.Event()
     failed_at: list[float] = []
     heard = [0]
+    span: list[float] = []
     async with Node(GROUP, name="subscriber", heartbeat=0.3) as node:
         inbox = node.subscribe("t")
         print("subscribed", flush=True)
@@ -60,6 +62,8 @@ async def subscribe(seconds: float) -> None:
         async def messages() -> None:
             async for message in inbox:
                 delivered.append(message.seq)
+                span.append(time.monotonic())
+                del span[1:-1]  # the first delivery and the last
 
         node.run_task(events())
         node.run_task(messages())
@@ -76,12 +80,14 @@ async def subscribe(seconds: float) -> None:
             if not quiet:
                 failed_at.clear()
         await asyncio.sleep(1.0)
-    print(json.dumps({"delivered": delivered, "losses": losses}), flush=True)
+    seconds = span[-1] - span[0] if span else 0.0  # first delivery to last
+    print(json.dumps({"delivered": delivered, "losses": losses, "seconds": seconds}), flush=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "publish":
         size = int(sys.argv[4]) if len(sys.argv) > 4 else 32
-        asyncio.run(publish(int(sys.argv[2]), float(sys.argv[3]), size))
+        auto = sys.argv[5:] == ["auto"]  # the adaptive rate, RATE only paces the publishing
+        asyncio.run(publish(int(sys.argv[2]), float(sys.argv[3]), size, auto))
     else:
         asyncio.run(subscribe(float(sys.argv[2])))

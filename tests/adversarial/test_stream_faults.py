@@ -149,3 +149,58 @@ def test_a_forged_stream_position_on_the_wire_discards_nothing(lab: Lab) -> None
     result = _finish(receiver)
     assert sorted(result["delivered"]) == list(range(1, 401)), result["losses"]
     assert not [loss for loss in result["losses"] if loss[1] is None or loss[1] > 400]
+
+
+# An insider (open group: anyone; sealed: a key holder) reads the publisher's id off the wire,
+# says hello, then NACKs the publisher's whole window 1,000 times a second for 8 s.
+NACK_FLOOD = (
+    joined_on_the_wire("239.255.71.71", 7171)
+    + """
+HEADER = struct.Struct("!2sBBBBHQIIQ")
+print("listening", flush=True)
+while True:
+    fields = HEADER.unpack_from(sock.recv(65535))
+    if fields[0] == b"MK" and fields[2] == 7:
+        break
+target, incarnation = fields[6], fields[7]
+group = ("239.255.71.71", 7171)
+me = 0xBADBAD
+sock.sendto(HEADER.pack(b"MK", 1, 1, 0, 0, 0, me, 1, 1, 0) + b'{"name":"insider"}', group)
+nack = struct.pack("!QIH", target, incarnation, 1) + struct.pack("!QI", 1, 0xFFFFFFFF)
+sent, seq, deadline = 0, 2, time.monotonic() + 8.0
+while time.monotonic() < deadline:
+    sock.sendto(HEADER.pack(b"MK", 1, 8, 0, 0, 0, me, 1, seq, 0) + nack, group)
+    sent, seq = sent + 1, seq + 1
+    time.sleep(0.001)
+print("nacks", sent, flush=True)
+"""
+)
+
+
+def _goodput(lab_hosts: list[Host], flood: bool, *rate: str) -> float:
+    """Messages a second an honest subscriber gets of 6,000 x 1,000 bytes at 3,000/s."""
+    publisher_host, receiver_host, insider = lab_hosts
+    receiver = _start(receiver_host, "subscribe", "40")
+    wait_for_line(receiver.stdout, "subscribed")
+    attack = insider.start("python3", "-c", NACK_FLOOD) if flood else None
+    if attack is not None:
+        wait_for_line(attack.stdout, "listening")
+    publisher = _start(publisher_host, "publish", "6000", "3000", "1000", *rate)
+    _finish(publisher)
+    result = _finish(receiver)
+    if attack is not None:
+        assert "nacks" in attack.communicate(timeout=30)[0]
+    assert sorted(result["delivered"]) == list(range(1, 6001)), result["losses"]
+    return 6000 / result["seconds"]
+
+
+def test_an_insiders_nack_flood_costs_others_a_bounded_share_of_goodput(lab: Lab) -> None:
+    # Before (issue 22, class 3): whole-window NACKs from one member took the sender's rate
+    # for repairs (10 a second: 6.11 -> 1.41 MB/s). Now a member's repairs are budgeted:
+    # a window at once, then a quarter of the rate.
+    hosts = lab.lan(3)
+    for rate in ((), ("auto",)):  # a fixed rate, and the adaptive one
+        clean = _goodput(hosts, False, *rate)
+        flooded = _goodput(hosts, True, *rate)
+        print("goodput", rate, round(clean), round(flooded))
+        assert flooded >= 0.8 * clean, (rate, clean, flooded)

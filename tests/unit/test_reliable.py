@@ -463,3 +463,129 @@ def test_a_fragment_whose_repairs_keep_being_lost_gets_enough_rounds(seed: int) 
     net.run(1.5, step=0.001)
     assert not net.of(receiver, Unrecoverable)
     assert [m.payload for m in _messages(net, receiver)] == payloads
+
+
+def _streaming(rate: float, messages: int) -> tuple[StreamSender, float]:
+    """A sender at ``rate`` fragments/s with ``messages`` queued, 400 already sent."""
+    sender = StreamSender(ReliableConfig(adaptive_rate=False, rate_pps=rate), 0.0)
+    for index in range(messages):
+        sender.enqueue("t", index.to_bytes(4, "big"), 1000)
+    now, sent = 0.0, 0
+    while sent < 400:
+        sent += len(sender.pull(now))
+        now += 0.001
+    return sender, now
+
+
+def test_a_members_repairs_are_budgeted_whatever_its_nacks() -> None:
+    # Issue 22, class 3: one member NACKing the whole window every millisecond took the
+    # whole rate. Now, while new data waits: a window at once, then a quarter of the rate;
+    # another member's NACK is served from its own budget meanwhile.
+    sender, now = _streaming(1000.0, 4000)
+    repairs = fresh = honest_served = 0
+    for step in range(2000):  # 2 s of the flood
+        at = now + step * 0.001
+        sender.on_nack([(1, 2**31)], at, requester=0xBAD)
+        if step == 1500:
+            sender.on_nack([(1200, 1)], at, requester=0x600D)  # an honest single loss
+        for _topic, payload, repair in sender.pull(at):
+            repairs += repair
+            fresh += not repair
+            late = step >= 1500 and RDATA_HEAD.unpack_from(payload)[0] == 1200
+            honest_served += repair and late
+    assert repairs <= 400 + 0.25 * 1000 * 2.0 + 10, repairs  # a window, then a quarter
+    assert fresh >= 2000 - repairs - 10, fresh  # the rest of the rate went to new data
+    assert honest_served
+    assert sender.counters["repairs-deferred"] > 0
+
+
+def test_asks_over_budget_are_repaired_once_the_stream_pauses() -> None:
+    # A receiver losing more than its share is not refused: what it asked for over its
+    # budget goes out when no new data waits (the 32 MiB message at 5 % loss plus heavy
+    # kernel drops had a receiver give up when such asks were dropped).
+    sender, now = _streaming(1000.0, 800)
+    asked: set[int] = set()
+    repaired: set[int] = set()
+    step = 0
+    while sender.next_seq <= 800 or step < 100:
+        at = now + step * 0.001
+        if step % 10 == 0:  # it loses every seq again and again: far over its budget
+            sender.on_nack([(1, sender.next_seq - 1)], at, requester=0x10)
+            asked.update(range(1, sender.next_seq))
+        repaired.update(RDATA_HEAD.unpack_from(p)[0] for _t, p, r in sender.pull(at) if r)
+        step += 1
+    assert sender.counters["repairs-deferred"] > 0
+    in_budget = len(repaired)
+    for tail in range(3000):  # the queue is empty: the rest of the rate repairs it all
+        at = now + (step + tail) * 0.001
+        repaired.update(RDATA_HEAD.unpack_from(p)[0] for _t, p, r in sender.pull(at) if r)
+    assert asked <= repaired, sorted(asked - repaired)[:10]
+    assert len(repaired) - in_budget > len(asked) / 4  # the deferred ones went out at last
+    assert sender.idle
+
+
+def test_a_receiver_losing_more_than_its_share_gets_a_large_message_whole() -> None:
+    # One receiver loses 40 % of what reaches it, more than its repair share can cover while
+    # the message goes out; the other loses nothing. Its asks beyond the share wait for the
+    # rate to be spare, and it waits for them while repairs keep coming: nothing is lost
+    # (a gap-age timeout gave up on them, and dropped asks never came back).
+    net = FakeNet(seed=7)
+    config = ReliableConfig(rate_bps=64e6, adaptive_rate=False, repair_timeout=0.2)
+    sender, (lossy, clean) = net.group(2, reliable=config)
+    rng = random.Random(7)
+    lossy_address = net.address_of(lossy)
+
+    def drop(data: bytes, address: tuple[str, int]) -> bool:
+        return address == lossy_address and _kind(data) == FrameType.RDATA and rng.random() < 0.4
+
+    net.drop_if = drop
+    big = random.Random(1).randbytes(4 << 20)  # 0.5 s at the rate: its gaps outlive 0.2 s
+    sender.publish("b", big, net.now, reliable=True)
+    net.run(4.0, step=STEP)
+    for receiver in (lossy, clean):
+        assert not net.of(receiver, Unrecoverable)
+        assert [m.payload for m in _messages(net, receiver)] == [big]
+    assert sender.reliable_stats()["sender"]["repairs-deferred"] > 0
+
+
+def test_a_gap_is_given_up_after_the_timeout_repeated_at_most_while_others_are_repaired() -> None:
+    # Seq 2 never arrives, while the first copy of every fifth later seq is lost and repaired:
+    # repairs keep coming, so the receiver is patient, but not past GIVE_UP_ROUNDS timeouts.
+    net = FakeNet(seed=3)
+    config = ReliableConfig(repair_timeout=0.2, adaptive_rate=False, rate_pps=1000.0)
+    sender, (receiver,) = net.group(1, reliable=config)
+
+    def drop(data: bytes, address: tuple[str, int]) -> bool:
+        if _kind(data) != FrameType.RDATA:
+            return False
+        seq = _stream_seq(data)
+        return seq == 2 or (seq % 5 == 0 and not data[4] & 8)  # originals only (no REPAIR)
+
+    net.drop_if = drop
+    given_up_at = None
+    for index in range(1500):
+        if index % 2 == 0:
+            sender.publish("t", b"x", net.now, reliable=True)
+        net.run(0.002, step=STEP)
+        if given_up_at is None and net.of(receiver, Unrecoverable):
+            given_up_at = net.now
+    net.run(0.5, step=STEP)
+    (lost,) = net.of(receiver, Unrecoverable)
+    assert (lost.first_seq, lost.last_seq, lost.reason) == (2, 2, "repair-timeout")
+    assert given_up_at is not None and 0.4 < given_up_at <= 4 * 0.2 + 0.2, given_up_at
+    assert len(_messages(net, receiver)) == 749  # every other message, repaired
+
+
+def test_an_insiders_flood_never_keeps_a_flush_from_settling() -> None:
+    # Issue 22: under a whole-window NACK flood "the stream stopped and flush never
+    # completed" (repairs were always pending). Its asks within its share drain faster than
+    # they come; the rest are deferred and never hold a flush.
+    sender, now = _streaming(1000.0, 400)  # all 400 sent: the flood comes after
+    settled_at = None
+    for step in range(1000):
+        at = now + step * 0.001
+        sender.on_nack([(1, 2**31)], at, requester=0xBAD)
+        sender.pull(at)
+        if sender.settled and settled_at is None:
+            settled_at = step
+    assert settled_at is not None and settled_at < 200, settled_at

@@ -163,6 +163,8 @@ async def _run_publish(args: argparse.Namespace) -> int:
             "peers": len(node.peers),
             "repairs_sent": stats.get("repairs-sent", 0),
             "nacks_received": stats.get("nacks-received", 0),
+            # Repairs asked beyond the asker's share, sent when the rate was spare.
+            "repairs_deferred": stats.get("repairs-deferred", 0),
             # Seqs receivers asked for after they left our window: lost there (and reported).
             "nacked_gone": stats.get("nacked-gone", 0),
             "slow_receivers": [f"{e.peer:016x}" for e in slow],

@@ -37,6 +37,7 @@ FRAGMENT_COST = 200
 GAP_COST = 240
 LOST_COST = 160
 CHUNK_COST = 64  # a fragment of the message being assembled: its bytes object and list slot
+GIVE_UP_ROUNDS = 4  # a gap outlives repair_timeout this many times at most, repairs or not
 # A gap still open after this many repeats is asked for at the pace of a repair round.
 URGENT_ROUNDS = 2
 # A position claim (heartbeat, goodbye, RSTATE: frames anyone can forge in an open group)
@@ -110,6 +111,7 @@ class StreamReceiver:
         self._acked = 0
         self._ack_at: float | None = None
         self._loss_start: tuple[int, str, bool] | None = None
+        self._filled_at = -1e9  # when a missing fragment last arrived (repairs are coming)
 
     @property
     def missing(self) -> int:
@@ -162,7 +164,8 @@ class StreamReceiver:
             if seq not in self.gaps:
                 self.gaps.append_range(seq, seq + 1, now, self._backoff(now))
             return True
-        self.gaps.remove_seq(seq)
+        if self.gaps.remove_seq(seq):
+            self._filled_at = now
         if seq == self.next_deliver:
             self._take(seq, topic, length, offset, chunk, now)
             self.next_deliver += 1
@@ -237,8 +240,17 @@ class StreamReceiver:
         ask: list[tuple[int, int]] = []
         given_up = suppressed = False
         repeat, urgent = self.nack_repeat, self.urgent_repeat
+        # A gap is given up after repair_timeout with no repair coming for any of ours: a
+        # sender that repairs us at its pace (a member's share of its rate, the rest when
+        # the rate is spare) is waited for, up to GIVE_UP_ROUNDS timeouts at most.
+        timeout = self.config.repair_timeout
         for gap in self.gaps.due(now):
-            if now - gap.seen >= self.config.repair_timeout:
+            waited = now - gap.seen
+            if waited >= timeout and (
+                gap.first > self.seen  # only claimed: no patience for a claim
+                or now - self._filled_at >= timeout
+                or waited >= GIVE_UP_ROUNDS * timeout
+            ):
                 self.gaps.take(gap)
                 if gap.first > self.seen:  # only claimed: nothing after it ever arrived
                     self._bump("claims-retracted")

@@ -10,6 +10,7 @@ from ..pacing import TokenBucket
 from .codec import MAX_GRTT, RDATA_HEAD
 from .config import ReliableConfig
 from .rate import NackRateControl
+from .runs import SeqRuns
 
 SEND_BATCH = 256  # datagrams per pull: receive processing interleaves with long sends
 PROBE_FIRST = 0.005  # tail probes (RSTATE) after the queue drains: 5 ms, doubling to 1 s
@@ -19,6 +20,13 @@ RTT_PROBE_EVERY = 1.0  # while sending, a probe (RSTATE) a second measures the r
 MAX_DEPARTED = 4096  # departures remembered while confirming (members are bounded anyway)
 CONFIRM_PROBE = 0.05  # while confirming, how often an idle sender asks for acknowledgements
 ADAPTIVE_START_BPS = 1e9
+# A member's repairs go before new data up to this share of the rate (after a burst). A
+# receiver losing 20 % needs 25 % of new data again; an insider's NACKs, whatever their
+# shape, take no more of a busy sender. Beyond it, asks wait for spare rate.
+REPAIR_SHARE = 0.25
+REPAIR_BURST = 0.1  # seconds of the sending rate a member may ask for at once
+MAX_BUDGETS = 4096  # members with a budget (members are bounded anyway)
+MAX_DEFERRED = 4096  # runs of repairs deferred until the rate is spare
 
 
 @dataclass
@@ -50,6 +58,9 @@ class StreamSender:
         self._repairs: deque[int] = deque()
         self._repair_set: set[int] = set()
         self._repaired_at: dict[int, float] = {}
+        self._asked: set[int] = set()  # seqs NACKed at least once (the rate's loss signal)
+        self._budgets: dict[int, TokenBucket] = {}  # each member's repair budget
+        self._deferred = SeqRuns(MAX_DEFERRED)  # asked over budget: for when the rate is spare
         self._tracked: dict[int, _Tracked] = {}
         self.slow_events: list[SlowReceiver] = []
         rate = config.rate_pps
@@ -90,6 +101,12 @@ class StreamSender:
     @property
     def idle(self) -> bool:
         """Nothing queued and nothing to repair."""
+        return not self._queue and not self._repairs and not self._deferred
+
+    @property
+    def settled(self) -> bool:
+        """Nothing queued and no repair within its asker's share pending. Deferred asks are
+        left out: an insider keeps adding them, and flush must not wait on it for ever."""
         return not self._queue and not self._repairs
 
     @property
@@ -120,8 +137,15 @@ class StreamSender:
         self._queue.append(_Outgoing(topic, memoryview(payload), 0, chunk))
         self.queued_bytes += len(payload)
 
-    def on_nack(self, runs: list[tuple[int, int]], now: float) -> None:
-        """Queue repairs for the runs we still hold; note when some are gone."""
+    def on_nack(self, runs: list[tuple[int, int]], now: float, requester: int = 0) -> None:
+        """Queue repairs for the runs we still hold; note when some are gone. ``requester``
+        (a member's id; 0: not said) spends its own repair budget: a member's repairs go
+        before new data for REPAIR_BURST of the rate at once, then for REPAIR_SHARE of it (all a
+        receiver losing 20 % needs), however it shapes its NACKs. Beyond that they are
+        deferred, not refused: they go out when no new data is waiting (the rate is spare),
+        so one member's asks never take the others' goodput, and a receiver losing more than
+        its share is still repaired once the stream pauses or waits for it."""
+        budget = self._repair_budget(requester, now)
         # A seq is repaired at most once per hold-off (nack_backoff), however many NACKs ask:
         # the NACKs that crossed a repair are ignored. Longer, or growing, hold-offs were
         # tried: in a group where many receivers each lose some repairs, a seq legitimately
@@ -136,16 +160,56 @@ class StreamSender:
                 self.state_wanted = True
                 self._bump("nacked-gone", min(oldest, first + count) - first)  # lost there
                 first = oldest
+            if first >= last:
+                continue
+            if budget is not None and budget.tokens <= 0:
+                self._defer(first, last)  # a run, not a walk: an over-budget flood costs O(1)
+                continue
             for seq in range(first, last):
-                if seq in self._repair_set:
-                    continue
-                if seq not in self._repaired_at:
-                    self._nacked_new += 1  # first request for this seq: a loss, not a repeat
-                if now - self._repaired_at.get(seq, -1e9) < holdoff:
+                # A repair costs its asker the fragment; asking for one already queued or
+                # just sent costs a sixteenth of that, so a flood of NACKs for what is on its
+                # way walks no further than the budget, and honest repeats cost little.
+                cost = len(self.window[seq - oldest][1]) if self._per_byte else 1
+                wanted = seq not in self._repair_set
+                if wanted and now - self._repaired_at.get(seq, -1e9) < holdoff:
                     self._bump("repairs-held-off")  # a repair just went out: NACKs crossed it
+                    wanted = False
+                if budget is not None and not budget.spend(cost if wanted else cost / 16):
+                    self._defer(seq, last)
+                    break
+                if not wanted:
                     continue
+                if seq not in self._asked:  # first request for this seq: a loss, not a repeat
+                    self._asked.add(seq)  # (a deferred one asked again is no new loss either)
+                    self._nacked_new += 1
                 self._repair_set.add(seq)
                 self._repairs.append(seq)
+
+    def _defer(self, first: int, last: int) -> None:
+        """Keep asks over their budget for when the rate is spare (each seq once, however
+        often asked; past MAX_DEFERRED runs they are let go: their receiver asks again)."""
+        self._bump("repairs-deferred", last - first)
+        if not self._deferred.add(first, last):
+            self._bump("repairs-deferred-dropped", last - first)
+
+    def _repair_budget(self, requester: int, now: float) -> TokenBucket | None:
+        rate = self._bucket.rate
+        if not requester or rate is None:
+            return None  # no rate to take a share of: repairs are bounded by the hold-off
+        # A burst of REPAIR_BURST of the rate at once (a hiccup's losses): more, queued ahead
+        # of everyone's new data and of other members' repairs, would let one member's asks
+        # hold the others' repairs until the window passed them.
+        depth = max(rate * REPAIR_BURST, 64.0 * (1500 if self._per_byte else 1))
+        budget = self._budgets.get(requester)
+        if budget is None:
+            if len(self._budgets) >= MAX_BUDGETS:
+                self._budgets.pop(next(iter(self._budgets)))
+            budget = self._budgets[requester] = TokenBucket(rate * REPAIR_SHARE, depth, now,
+                                                             full=True)  # fmt: skip
+        else:
+            budget.set_rate(rate * REPAIR_SHARE, depth)
+            budget.refill(now)
+        return budget
 
     def on_ack(self, peer: int, seq: int, now: float) -> None:
         """A receiver has everything through ``seq`` (for ``wait`` and ``acknowledged``)."""
@@ -183,6 +247,7 @@ class StreamSender:
         if self.confirming and len(self.departed) < MAX_DEPARTED:
             self.departed[peer] = (said_goodbye, self.acknowledged(peer))
         self._tracked.pop(peer, None)
+        self._budgets.pop(peer, None)
         self.rtts.pop(peer, None)
         self.grtt = max(self.rtts.values(), default=0.0)
         self._blocked_since = None  # the next pull decides afresh whether to hold
@@ -205,6 +270,7 @@ class StreamSender:
                 return out
             self._repairs.popleft()
             self._repair_set.discard(seq)
+            self._deferred.discard(seq)
             self._repaired_at[seq] = now
             out.append((topic, payload, True))
             self._bump("repairs-sent")
@@ -233,13 +299,42 @@ class StreamSender:
             out.append((head.topic, payload, False))
         if not self._queue:
             self._app_limited = True
+        if (
+            self._deferred
+            and len(out) < SEND_BATCH
+            and (not self._queue or self._blocked_since is not None)
+        ):
+            self._pull_deferred(out, now)
         if out:
             self._probe_gap = PROBE_FIRST
             self._probe_at = now + PROBE_FIRST
         if len(self._repaired_at) > 4 * len(self.window) + 1024:
             oldest = self.oldest
             self._repaired_at = {s: t for s, t in self._repaired_at.items() if s >= oldest}
+        if len(self._asked) > 4 * len(self.window) + 1024:
+            oldest = self.oldest
+            self._asked = {s for s in self._asked if s >= oldest}
         return out
+
+    def _pull_deferred(self, out: list[tuple[str, bytes, bool]], now: float) -> None:
+        """Deferred repairs, while the rate is spare (no new data waits to go out)."""
+        holdoff = max(self.config.nack_backoff, self.grtt)
+        steps = 4 * SEND_BATCH  # seqs looked at per pull: skipping is bounded too
+        while len(out) < SEND_BATCH and steps:
+            steps -= 1
+            oldest = self.oldest
+            seq = self._deferred.pop_lowest(oldest)
+            if seq is None or seq >= self.next_seq:  # (asks are cut at next_seq when taken)
+                return
+            if seq in self._repair_set or now - self._repaired_at.get(seq, -1e9) < holdoff:
+                continue  # on its way already, or just sent
+            topic, payload = self.window[seq - oldest]
+            if not self._spend(len(payload)):
+                self._deferred.add(seq, seq + 1)  # next time
+                return
+            self._repaired_at[seq] = now
+            out.append((topic, payload, True))
+            self._bump("repairs-sent")
 
     def probe_due(self, now: float) -> bool:
         """True when a tail probe (RSTATE) should go out now, so receivers see tail loss."""
@@ -264,7 +359,11 @@ class StreamSender:
     def next_timer(self, now: float) -> float | None:
         """When ``pull`` or ``probe_due`` has work again."""
         soonest: float | None = None
-        if self._repairs or (self._queue and self._blocked_since is None):
+        if (
+            self._repairs
+            or (self._queue and self._blocked_since is None)
+            or (self._deferred and (not self._queue or self._blocked_since is not None))
+        ):
             soonest = self._bucket.ready_at(1500.0 if self._per_byte else 1.0)
         # A tail probe only matters once idle (or held): a busy sender would spin on it.
         probing = self.idle or self._blocked_since is not None
