@@ -45,6 +45,7 @@ class PeerInfo:
     asking: bool = False
     copies_until: float = 0.0
     cookie: bytes = b""  # what our asks for its copies echo (reach.ReturnCookies)
+    proving: bool = False  # it asked for copies; we challenged it and wait for its proof
     relayed: bool = False  # it speaks from an address its hello does not claim: a relay
 
     @property

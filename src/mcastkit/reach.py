@@ -184,7 +184,9 @@ class Reach:
         if not peer.hello_seen:
             return None
         if not self.cookies.proves(source, payload[len(_NO_POSITION) :]):
+            peer.proving = peer.copies_until <= now  # no copies yet: not reached yet
             return (position or _NO_POSITION) + self.cookies.of(source)  # prove it first
+        peer.proving = False
         peer.watched = True  # it is beyond our multicast: likely we are beyond its too
         started = peer.copies_until <= now
         if started:

@@ -35,7 +35,8 @@ async def publish(count: int, rate: float, size: int, auto: bool = False) -> Non
         await node.flush(timeout=30)
         print("published", flush=True)
         await asyncio.sleep(3.0)  # serve repairs
-    print(json.dumps({"published": count}), flush=True)
+        repairs = node.reliable_stats().get("sender", {}).get("repairs-sent", 0)
+    print(json.dumps({"published": count, "repairs_sent": repairs}), flush=True)
 
 
 async def subscribe(seconds: float) -> None:

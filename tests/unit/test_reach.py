@@ -178,3 +178,22 @@ def test_a_peer_heard_from_an_address_it_does_not_claim_is_behind_a_relay() -> N
     paths = {peer.name: peer.path for peer in watcher.peers.values()}
     assert paths == {"direct": "multicast", "proxied": "relay", "plain": "multicast"}
     assert all("_ua" not in peer.meta for peer in watcher.peers.values())
+
+
+def test_a_peer_asking_for_copies_is_proving_until_it_echoed_the_cookie() -> None:
+    # publish --peers counts a peer beyond multicast once its copies flow: between our
+    # challenge and its echo, a message published would not reach it (a CI run lost all 5).
+    net = FakeNet()
+    seed = net.add("seed")
+    late = net.add("late", seeds=(net.address_of(seed),))
+    net.beyond_multicast.update(net.sessions)
+    seed.start(net.now)
+    late.start(net.now)
+    hello = late.datagrams_to_send(net.now)  # its unicast hello, asking for copies
+    for data, _to in hello:
+        seed.receive_datagram(data, net.address_of(late), net.now, via_group=False)
+    peer = seed.peers[late.node_id]
+    assert peer.hello_seen and peer.proving and peer.copies_until <= net.now
+    net.flush()  # the challenge goes out, its echo comes back
+    net.run(0.1)
+    assert not peer.proving and peer.copies_until > net.now

@@ -108,7 +108,10 @@ async def _run_publish(args: argparse.Namespace) -> int:
         raise UsageError("--file needs --reliable (a file is one large message)")
     async with member(args) as node:
         deadline = time.monotonic() + args.wait
-        while time.monotonic() < deadline and not (args.peers and len(node.peers) >= args.peers):
+        # A peer beyond our multicast counts once its copies flow (it proved its address).
+        while time.monotonic() < deadline and not (
+            args.peers and sum(not p.proving for p in node.peers.values()) >= args.peers
+        ):
             await asyncio.sleep(0.02)
         if args.file is not None:
             try:
