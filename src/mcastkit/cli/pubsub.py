@@ -53,7 +53,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--peers",
         type=argtypes.count("peers", minimum=0),
         default=0,
-        help="with --wait: start as soon as this many peers are seen",
+        help="with --wait: start as soon as this many peers are reached (one beyond "
+        "multicast once its copies flow)",
     )
     publish.add_argument(
         "--reliable",
