@@ -49,6 +49,12 @@ class PeerInfo:
     relayed: bool = False  # it speaks from an address its hello does not claim: a relay
 
     @property
+    def reached(self) -> bool:
+        """What we send reaches it, as far as we know: it asked for no copies we still
+        withhold, or its multicast is heard (so ours is likely heard there too)."""
+        return not self.proving or self.heard_multicast != float("-inf")
+
+    @property
     def path(self) -> str:
         """How its group datagrams reach us: 'multicast', 'unicast' (copies it sends us
         because its multicast does not arrive), or 'relay' (through ``mcast relay``, or a

@@ -111,7 +111,7 @@ async def _run_publish(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + args.wait
         # A peer beyond our multicast counts once its copies flow (it proved its address).
         while time.monotonic() < deadline and not (
-            args.peers and sum(not p.proving for p in node.peers.values()) >= args.peers
+            args.peers and sum(p.reached for p in node.peers.values()) >= args.peers
         ):
             await asyncio.sleep(0.02)
         if args.file is not None:
