@@ -152,7 +152,7 @@ class StreamSender:
         # needs several repairs in quick succession, and the window passed them by.
         # The hold-off lasts a group round trip at least: a NACK that arrives sooner after a
         # repair was sent before its receiver could have seen that repair.
-        oldest, holdoff = self.oldest, max(self.config.nack_backoff, self.grtt)
+        oldest, holdoff = self.oldest, self._holdoff
         self._bump("nacks-received")
         for first, count in _merged(runs):  # 64 copies of a whole-window run cost one
             last = min(first + count, self.next_seq)
@@ -265,15 +265,10 @@ class StreamSender:
                 self._repairs.popleft()
                 self._repair_set.discard(seq)
                 continue
-            topic, payload = self.window[seq - oldest]
-            if not self._spend(len(payload)):
+            if not self._repair(seq, oldest, now, out):
                 return out
             self._repairs.popleft()
             self._repair_set.discard(seq)
-            self._deferred.discard(seq)
-            self._repaired_at[seq] = now
-            out.append((topic, payload, True))
-            self._bump("repairs-sent")
         while self._queue and len(out) < SEND_BATCH:
             head = self._queue[0]
             if head.offset == 0:
@@ -299,26 +294,20 @@ class StreamSender:
             out.append((head.topic, payload, False))
         if not self._queue:
             self._app_limited = True
-        if (
-            self._deferred
-            and len(out) < SEND_BATCH
-            and (not self._queue or self._blocked_since is not None)
-        ):
+        if self._deferred and len(out) < SEND_BATCH and self._rate_spare:
             self._pull_deferred(out, now)
         if out:
             self._probe_gap = PROBE_FIRST
             self._probe_at = now + PROBE_FIRST
-        if len(self._repaired_at) > 4 * len(self.window) + 1024:
-            oldest = self.oldest
+        if max(len(self._repaired_at), len(self._asked)) > 4 * len(self.window) + 1024:
+            oldest = self.oldest  # per-seq records of what left the window go
             self._repaired_at = {s: t for s, t in self._repaired_at.items() if s >= oldest}
-        if len(self._asked) > 4 * len(self.window) + 1024:
-            oldest = self.oldest
             self._asked = {s for s in self._asked if s >= oldest}
         return out
 
     def _pull_deferred(self, out: list[tuple[str, bytes, bool]], now: float) -> None:
         """Deferred repairs, while the rate is spare (no new data waits to go out)."""
-        holdoff = max(self.config.nack_backoff, self.grtt)
+        holdoff = self._holdoff
         steps = 4 * SEND_BATCH  # seqs looked at per pull: skipping is bounded too
         while len(out) < SEND_BATCH and steps:
             steps -= 1
@@ -328,13 +317,22 @@ class StreamSender:
                 return
             if seq in self._repair_set or now - self._repaired_at.get(seq, -1e9) < holdoff:
                 continue  # on its way already, or just sent
-            topic, payload = self.window[seq - oldest]
-            if not self._spend(len(payload)):
+            if not self._repair(seq, oldest, now, out):
                 self._deferred.add(seq, seq + 1)  # next time
                 return
-            self._repaired_at[seq] = now
-            out.append((topic, payload, True))
-            self._bump("repairs-sent")
+
+    def _repair(
+        self, seq: int, oldest: int, now: float, out: list[tuple[str, bytes, bool]]
+    ) -> bool:
+        """Send ``seq`` again (a repair) if the rate allows; False when it does not."""
+        topic, payload = self.window[seq - oldest]
+        if not self._spend(len(payload)):
+            return False
+        self._deferred.discard(seq)  # asked within a share too: once is enough
+        self._repaired_at[seq] = now
+        out.append((topic, payload, True))
+        self._bump("repairs-sent")
+        return True
 
     def probe_due(self, now: float) -> bool:
         """True when a tail probe (RSTATE) should go out now, so receivers see tail loss."""
@@ -362,7 +360,7 @@ class StreamSender:
         if (
             self._repairs
             or (self._queue and self._blocked_since is None)
-            or (self._deferred and (not self._queue or self._blocked_since is not None))
+            or (self._deferred and self._rate_spare)
         ):
             soonest = self._bucket.ready_at(1500.0 if self._per_byte else 1.0)
         # A tail probe only matters once idle (or held): a busy sender would spin on it.
@@ -391,6 +389,17 @@ class StreamSender:
         return events
 
     # --- internals ---------------------------------------------------------------------
+
+    @property
+    def _holdoff(self) -> float:
+        """How long after a repair NACKs for it are taken to have crossed it."""
+        return max(self.config.nack_backoff, self.grtt)
+
+    @property
+    def _rate_spare(self) -> bool:
+        """No new data waits to go out (none queued, or ``wait`` holds it): deferred
+        repairs may have the rate."""
+        return not self._queue or self._blocked_since is not None
 
     def _bump(self, name: str, by: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by
