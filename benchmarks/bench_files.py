@@ -14,9 +14,10 @@ MTU-sized frames as a real link does. --wire 0: GSO batches cross the bridge who
 same-host containers see (and where GRO hands them to the receiver whole).
 
     python benchmarks/bench_files.py [--size 256] [--receivers 1,3] [--loss 0,5,20]
-        [--repeat 3] [--wire 1,0] [--tools mcast,mcast-sealed,uftp,udpcast] [--json]
+        [--repeat 3] [--wire 1,0] [--tools mcast,mcast-max,mcast-sealed,uftp,udpcast] [--json]
 
-``mcast-sealed`` is mcast with a group key on both sides: every datagram sealed.
+``mcast-sealed`` is mcast with a group key on both sides: every datagram sealed. ``mcast-max``
+is mcast with ``--rate max`` (no rate control), the mark its default ``--rate auto`` is held to.
 
 The tools take turns in every round (interleaved); medians are reported, with mcast/uftp.
 """
@@ -89,7 +90,7 @@ def _stop(procs: list[subprocess.Popen[bytes]], wait: float) -> None:
 
 
 def run_mcast(
-    sender, receivers, source: Path, work: Path, *extra: str
+    sender, receivers, source: Path, work: Path, *extra: str, sending: tuple[str, ...] = ()
 ) -> tuple[float, int, list[Path]]:
     procs = [
         _spawn(
@@ -129,6 +130,7 @@ def run_mcast(
         str(len(receivers)),
         "--json",
         *extra,
+        *sending,
         str(source),
     )
     _stop(procs, 30)  # receivers finish on their own once the sender acknowledged them
@@ -239,13 +241,25 @@ def run_mcast_sealed(sender, receivers, source: Path, work: Path) -> tuple[float
     return run_mcast(sender, receivers, source, work, "--key-file", str(key))
 
 
+def run_mcast_max(sender, receivers, source: Path, work: Path) -> tuple[float, int, list[Path]]:
+    """mcast with no rate control at all (``--rate max``): what ``auto`` must keep up with."""
+    return run_mcast(sender, receivers, source, work, sending=("--rate", "max"))
+
+
 TOOLS = {
     "mcast": run_mcast,
+    "mcast-max": run_mcast_max,
     "mcast-sealed": run_mcast_sealed,
     "uftp": run_uftp,
     "udpcast": run_udpcast,
 }
-NEEDS = {"mcast": None, "mcast-sealed": None, "uftp": "uftp", "udpcast": "udp-sender"}
+NEEDS = {
+    "mcast": None,
+    "mcast-max": None,
+    "mcast-sealed": None,
+    "uftp": "uftp",
+    "udpcast": "udp-sender",
+}
 
 
 def _one_run(
@@ -317,11 +331,13 @@ def main() -> int:
                     for tool, results in runs.items():
                         good = [r["mb_per_s"] for r in results if r["correct"] == receivers]
                         medians[tool] = statistics.median(good) if good else None
-                    ratio = sealed = None
+                    ratio = sealed = auto_over_max = None
                     if medians.get("mcast") and medians.get("uftp"):
                         ratio = round(medians["mcast"] / medians["uftp"], 2)
                     if medians.get("mcast") and medians.get("mcast-sealed"):
                         sealed = round(medians["mcast-sealed"] / medians["mcast"], 2)
+                    if medians.get("mcast") and medians.get("mcast-max"):
+                        auto_over_max = round(medians["mcast"] / medians["mcast-max"], 2)
                     cell = {
                         "wire": int(wire),
                         "receivers": receivers,
@@ -329,6 +345,7 @@ def main() -> int:
                         "median_mb_per_s": medians,
                         "mcast_over_uftp": ratio,
                         "sealed_over_plain": sealed,
+                        "auto_over_max": auto_over_max,
                         "runs": runs,
                     }
                     if args.json:
@@ -343,7 +360,8 @@ def main() -> int:
                         print(
                             f"wire={int(wire)} {receivers} rcv {loss:>2}% loss  {text}  "
                             f"mcast/uftp {ratio}"
-                            + (f"  sealed/plain {sealed}" if sealed is not None else ""),
+                            + (f"  sealed/plain {sealed}" if sealed is not None else "")
+                            + (f"  auto/max {auto_over_max}" if auto_over_max is not None else ""),
                             flush=True,
                         )
     return 0

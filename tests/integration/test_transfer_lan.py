@@ -232,6 +232,12 @@ def test_auto_rate_backs_off_for_a_slow_receiver(tmp_path: Path) -> None:
     history = summary["rate_pps_history"]
     assert any(b < a for a, b in itertools.pairwise(history)), history  # it backed off
     assert min(history) > 500, history  # and never sank to the floor
+    cuts = summary["rate_cuts"]
+    # The receiver's reports measured how fast it takes blocks, and no single cut went
+    # below half of what was really sent.
+    assert any(cut["receiver_pps"] for cut in cuts), cuts
+    for cut in cuts:
+        assert cut["to_pps"] >= min(cut["from_pps"], cut["sent_pps"]) * 0.5 - 1, cut
     data = (tmp_path / "out" / "payload.bin").read_bytes()
     assert hashlib.sha256(data).hexdigest() == digest
 
@@ -239,14 +245,20 @@ def test_auto_rate_backs_off_for_a_slow_receiver(tmp_path: Path) -> None:
 def test_auto_rate_does_not_collapse_under_random_loss(lab: Lab, tmp_path: Path) -> None:
     sender, receiver = lab.lan(2)
     nft_drop(receiver, "ip daddr 239.0.0.0/8 numgen random mod 100 < 20 drop")
-    path, digest = _source(tmp_path, 20_000_000)
+    # Long enough for a first pass of several 50 ms samples at the start rate.
+    path, digest = _source(tmp_path, 64_000_000)
     proc = _receiver(receiver, tmp_path / "r")
     code, summary = _send(sender, path, "--receivers", "1", "--rate", "auto")
     assert json.loads(proc.communicate(timeout=60)[0])["state"] == "complete"
     assert code == 0
     history = summary["rate_pps_history"]
-    # 20 % of datagrams vanish on the path, but no receiver buffer overflows: never slower.
-    assert history == sorted(history), history
+    # 20 % of datagrams vanish on the path: the rate grows regardless, and falls only for a
+    # receiver whose socket buffer fills or overflows (the machine's load can make it so),
+    # which loss on the path never causes. Every cut says why.
+    assert max(history) > history[0], history
+    for cut in summary["rate_cuts"]:
+        assert cut["why"] in ("overflow", "filling"), cut
+        assert cut["dropped"] > 0 or cut["fill"] >= 50, cut
     data = (tmp_path / "r" / "payload.bin").read_bytes()
     assert hashlib.sha256(data).hexdigest() == digest
 

@@ -47,6 +47,7 @@ from .protocol import (
     head,
     missing_ranges,
 )
+from .rate import Load
 from .states import SEND_TRANSITIONS, advance
 
 ANNOUNCE_REUSE = 1.0  # seconds an encoded (stamped, signed) announce is sent again as is
@@ -74,6 +75,8 @@ class ReceiverState:
     failed: str | None = None
     drops: int = 0  # the receiver's kernel drop counter, from its last PROGRESS
     fill: int | None = None  # how full its socket buffer was then, in percent (if it says)
+    received: int = 0  # blocks it held at its last PROGRESS
+    reported_at: float | None = None  # when that PROGRESS came
     resuming: bool = False  # it holds part of the files from an earlier transfer
     lacks: list[tuple[int, int, int]] | None = None  # what it said it lacks, before pass 0
 
@@ -186,11 +189,12 @@ class SendSession:
                     state.missing.extend(ranges)
             return []
         if message.kind == PROGRESS and len(body) >= PROGRESS_BODY.size:
-            receiver, _received, drops = PROGRESS_BODY.unpack_from(body)
+            receiver, received, drops = PROGRESS_BODY.unpack_from(body)
             state = self.receivers.get(receiver)
             if state is not None:
                 state.last_heard = now
                 state.drops = drops
+                state.received, state.reported_at = received, now
                 if len(body) > PROGRESS_BODY.size:
                     state.fill = min(100, body[PROGRESS_BODY.size])
             return []
@@ -285,14 +289,11 @@ class SendSession:
             return [(request, None)]
         return [(request, r.address) for r in active]
 
-    def receiver_drops(self) -> dict[int, int]:
-        """Each active receiver's kernel drop counter as last reported."""
-        return {r.receiver_id: r.drops for r in self._active()}
-
-    def receiver_fill(self) -> int | None:
-        """The fullest socket buffer among the active receivers, in percent, as last
-        reported (None when none reported one)."""
-        return max((r.fill for r in self._active() if r.fill is not None), default=None)
+    def receiver_loads(self) -> dict[int, Load]:
+        """Each active receiver's last progress report: drops, fill, blocks held, when."""
+        return {
+            r.receiver_id: Load(r.drops, r.fill, r.received, r.reported_at) for r in self._active()
+        }
 
     def next_blocks(self, budget: int) -> Out:
         """Up to ``budget`` data blocks of the current pass, as whole datagrams."""
