@@ -1,0 +1,351 @@
+"""Publish/subscribe side by side: a Node (framed and sealed) vs LCM and pyzmq, same run.
+
+One publisher and one subscriber, separate processes, on loopback inside a private network
+namespace (as root the script re-executes itself under ``unshare --net``; multicast is routed
+on ``lo`` there, for LCM). Each system runs as its documentation says:
+- ``node``, ``node-sealed``: ``Node.publish`` / ``subscribe`` (sealed: a group key);
+- ``lcm``: ``lcm.LCM("udpm://...?ttl=0&recv_buf_size=...")``, its C core with the Python
+  binding, the same 4 MiB receive buffer a Node asks for (``pip install lcm``);
+- ``zmq``: pyzmq PUB/SUB over TCP on 127.0.0.1, default high-water marks (``pip install pyzmq``).
+
+Two measurements per system and payload size (64 B, 1 KiB):
+- **flood**: ``--count`` messages as fast as the publisher can; messages/s sent, the share
+  delivered and messages/s received;
+- **paced**: ``--rate`` messages/s for ``--seconds``; one-way latency p50/p99 (each payload
+  carries its send time from CLOCK_MONOTONIC, which both processes share; the first
+  ``--warmup`` seconds are not counted, for any system) and the share delivered. Every
+  publisher is paced the same way, a blocking sleep until each message is due.
+
+    python benchmarks/bench_pubsub.py [--count 200000] [--rate 10000] [--seconds 2]
+        [--warmup 0.25] [--repeat 3] [--systems node,node-sealed,lcm,zmq] [--json]
+
+Systems take turns in every round; medians of the runs are reported, with Node / LCM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import logging
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from _isolation import isolate
+
+GROUP, PORT = "239.255.92.1", 5920
+SPEC = f"{GROUP}:{PORT}"
+LCM_URL = "udpm://239.255.92.2:7667?ttl=0&recv_buf_size=4194304"
+ZMQ_ENDPOINT = "tcp://127.0.0.1:5921"
+KEY = bytes(range(32))
+STAMP = struct.Struct("<qI")  # send time (ns, CLOCK_MONOTONIC), sequence number
+IDLE_END = 1.0  # the subscriber stops after this long without a message
+SETTLE = 0.5  # after the subscriber is ready: joins, hellos, TCP connects
+NEEDS = {"node": None, "node-sealed": None, "lcm": "lcm", "zmq": "zmq"}
+
+
+class Tally:
+    """What a subscriber saw: count, first/last arrival, latencies (ns) when paced."""
+
+    def __init__(self, paced: bool, warmup: int = 0) -> None:
+        self.paced = paced
+        self.warmup = warmup  # messages whose latency is not counted
+        self.count = 0
+        self.first = self.last = 0
+        self.latencies: list[int] = []
+
+    def take(self, payload: bytes) -> None:
+        now = time.monotonic_ns()
+        self.first = self.first or now
+        self.last = now
+        self.count += 1
+        if self.paced:
+            sent, seq = STAMP.unpack_from(payload)
+            if seq >= self.warmup:
+                self.latencies.append(now - sent)
+
+    def result(self) -> dict[str, object]:
+        seconds = (self.last - self.first) / 1e9
+        out: dict[str, object] = {"received": self.count, "seconds": seconds}
+        if self.latencies:
+            ranked = sorted(self.latencies)
+            out["p50_us"] = ranked[len(ranked) // 2] / 1000
+            out["p99_us"] = ranked[min(len(ranked) - 1, int(len(ranked) * 0.99))] / 1000
+        return out
+
+
+# Subscribers: each returns its Tally once the stream went quiet.
+
+
+async def _sub_node(system: str, tally: Tally, ready: Callable[[], None]) -> None:
+    from mcastkit import GroupKey, Node
+
+    key = GroupKey(KEY) if system == "node-sealed" else None
+    async with Node(SPEC, iface="lo", name="sub", key=key, heartbeat=5) as node:
+        inbox = node.subscribe("bench")
+        ready()
+        while (message := await inbox.get(IDLE_END if tally.count else 30)) is not None:
+            tally.take(message.payload)
+
+
+def _sub_lcm(tally: Tally, ready: Callable[[], None]) -> None:
+    import lcm
+
+    bus = lcm.LCM(LCM_URL)
+    bus.subscribe("bench", lambda _channel, data: tally.take(data))
+    ready()
+    while bus.handle_timeout(int((IDLE_END if tally.count else 30) * 1000)) > 0:
+        pass
+
+
+def _sub_zmq(tally: Tally, ready: Callable[[], None]) -> None:
+    import zmq
+
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)
+    sub.connect(ZMQ_ENDPOINT)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    ready()
+    while sub.poll(int((IDLE_END if tally.count else 30) * 1000)):
+        tally.take(sub.recv())
+    sub.close(linger=0)
+    context.term()
+
+
+# Publishers: send() for one message, then pace or flood.
+
+
+def _schedule(count: int, rate: float | None) -> list[float] | None:
+    if rate is None:
+        return None
+    start = time.monotonic() + 0.01
+    return [start + n / rate for n in range(count)]
+
+
+def _payload(size: int, seq: int) -> bytes:
+    head = STAMP.pack(time.monotonic_ns(), seq)
+    return head + bytes(max(0, size - len(head)))
+
+
+async def _pub_node(system: str, size: int, count: int, rate: float | None) -> float:
+    from mcastkit import GroupKey, Node
+
+    key = GroupKey(KEY) if system == "node-sealed" else None
+    async with Node(SPEC, iface="lo", name="pub", key=key, heartbeat=5) as node:
+        await asyncio.sleep(SETTLE)
+        due = _schedule(count, rate)
+        filler = bytes(size)
+        start = time.monotonic()
+        for seq in range(count):
+            if due is not None:
+                # The same pacing as the blocking publishers: asyncio sleeps in whole
+                # milliseconds (epoll), which would send bursts of ten at 10k/s. The message
+                # leaves when the loop turns (sleep(0)).
+                wait = due[seq] - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                await node.publish("bench", _payload(size, seq))
+                await asyncio.sleep(0)
+            else:
+                await node.publish("bench", filler)
+        return time.monotonic() - start
+
+
+def _pub_blocking(
+    send: Callable[[bytes], object], size: int, count: int, rate: float | None
+) -> float:
+    time.sleep(SETTLE)
+    due = _schedule(count, rate)
+    filler = bytes(size)
+    start = time.monotonic()
+    for seq in range(count):
+        if due is not None:
+            wait = due[seq] - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            send(_payload(size, seq))
+        else:
+            send(filler)
+    return time.monotonic() - start
+
+
+def _pub_lcm(size: int, count: int, rate: float | None) -> float:
+    import lcm
+
+    bus = lcm.LCM(LCM_URL)
+    return _pub_blocking(lambda data: bus.publish("bench", data), size, count, rate)
+
+
+def _pub_zmq(size: int, count: int, rate: float | None) -> float:
+    import zmq
+
+    context = zmq.Context()
+    pub = context.socket(zmq.PUB)
+    pub.bind(ZMQ_ENDPOINT)
+    try:
+        return _pub_blocking(pub.send, size, count, rate)
+    finally:
+        time.sleep(0.2)  # let the queue reach the subscriber before the socket goes
+        pub.close(linger=1000)
+        context.term()
+
+
+def _subscribe(system: str, paced: bool, ready_file: str, warmup: int) -> dict[str, object]:
+    tally = Tally(paced, warmup)
+
+    def ready() -> None:
+        open(ready_file, "w").close()
+
+    if system.startswith("node"):
+        asyncio.run(_sub_node(system, tally, ready))
+    elif system == "lcm":
+        _sub_lcm(tally, ready)
+    else:
+        _sub_zmq(tally, ready)
+    return tally.result()
+
+
+def _publish(system: str, size: int, count: int, rate: float | None) -> float:
+    if system.startswith("node"):
+        return asyncio.run(_pub_node(system, size, count, rate))
+    if system == "lcm":
+        return _pub_lcm(size, count, rate)
+    return _pub_zmq(size, count, rate)
+
+
+def run_cell(
+    system: str, size: int, count: int, rate: float | None, warmup: int = 0
+) -> dict[str, object]:
+    ready = f"/tmp/mcastkit-bench-pubsub-{os.getpid()}-ready"
+    if os.path.exists(ready):
+        os.unlink(ready)
+    mode = ["--paced", "--warmup", str(warmup)] if rate is not None else []
+    subscriber = subprocess.Popen(
+        [sys.executable, __file__, "--role", "sub", "--system", system, "--ready", ready, *mode],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while not os.path.exists(ready) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    elapsed = _publish(system, size, count, rate)
+    out, _ = subscriber.communicate(timeout=120)
+    os.unlink(ready)
+    got = json.loads(out)
+    received = int(got["received"])
+    seconds = float(got["seconds"])
+    cell: dict[str, object] = {
+        "system": system,
+        "size": size,
+        "sent": count,
+        "sent_per_s": count / elapsed,
+        "received": received,
+        "delivered": received / count,
+        "received_per_s": received / seconds if seconds else 0.0,
+    }
+    for key in ("p50_us", "p99_us"):
+        if key in got:
+            cell[key] = got[key]
+    return cell
+
+
+def _median(cells: list[dict[str, object]], key: str) -> float | None:
+    values = [float(c[key]) for c in cells if key in c]  # type: ignore[arg-type]
+    return statistics.median(values) if values else None
+
+
+def _route_multicast_on_lo() -> None:
+    """In the private namespace only: LCM joins by the routing table, not by interface."""
+    if os.environ.get("MCASTKIT_BENCH_NETNS"):
+        subprocess.run(["ip", "link", "set", "lo", "multicast", "on"], check=True)
+        subprocess.run(["ip", "route", "replace", "224.0.0.0/4", "dev", "lo"], check=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=200_000, help="messages per flood")
+    parser.add_argument("--rate", type=float, default=10_000, help="messages/s when paced")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of a paced run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per cell; medians reported")
+    parser.add_argument("--sizes", default="64,1024")
+    parser.add_argument("--systems", default="node,node-sealed,lcm,zmq")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
+    parser.add_argument("--system", help=argparse.SUPPRESS)
+    parser.add_argument("--ready", help=argparse.SUPPRESS)
+    parser.add_argument("--paced", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.25,
+        help="seconds at the start of a paced run whose latencies are not counted (a first "
+        "contact, first calls): the same for every system",
+    )
+    args = parser.parse_args()
+    logging.getLogger("mcastkit").setLevel(logging.ERROR)  # an open group here is on purpose
+    if args.role == "sub":
+        print(json.dumps(_subscribe(args.system, args.paced, args.ready, int(args.warmup))))
+        return 0
+    isolate()
+    if os.geteuid() != 0:
+        print("needs root: it runs in a private network namespace", file=sys.stderr)
+        return 2
+    _route_multicast_on_lo()
+    systems = []
+    for system in args.systems.split(","):
+        module = NEEDS.get(system, "?")
+        if module == "?":
+            print(f"unknown system {system!r}: one of {', '.join(NEEDS)}", file=sys.stderr)
+            return 2
+        if module is None or importlib.util.find_spec(module) is not None:
+            systems.append(system)
+        else:
+            print(f"skipping {system}: pip install {'pyzmq' if module == 'zmq' else module}")
+    paced_count = int(args.rate * args.seconds)
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        for mode, count, rate in (("flood", args.count, None), ("paced", paced_count, args.rate)):
+            runs: dict[str, list[dict[str, object]]] = {s: [] for s in systems}
+            for _ in range(args.repeat):
+                for system in systems:  # interleaved: each sees the same machine state
+                    skip = int(args.rate * args.warmup) if rate is not None else 0
+                    runs[system].append(run_cell(system, size, count, rate, skip))
+            for system, cells in runs.items():
+                row = {
+                    "size": size,
+                    "mode": mode,
+                    "system": system,
+                    "sent_per_s": _median(cells, "sent_per_s"),
+                    "delivered": _median(cells, "delivered"),
+                    "delivered_min": min(float(c["delivered"]) for c in cells),  # type: ignore[arg-type]
+                    "received_per_s": _median(cells, "received_per_s"),
+                    "p50_us": _median(cells, "p50_us"),
+                    "p99_us": _median(cells, "p99_us"),
+                    "runs": cells,
+                }
+                rows.append(row)
+                if args.json:
+                    print(json.dumps(row), flush=True)
+                    continue
+                latency = (
+                    f"  p50 {row['p50_us']:7.1f} µs  p99 {row['p99_us']:8.1f} µs"
+                    if row["p50_us"] is not None
+                    else ""
+                )
+                print(
+                    f"{size:>5} B {mode:<5} {system:<11} sent {row['sent_per_s']:>9,.0f}/s  "
+                    f"delivered {row['delivered']:6.1%} (worst {row['delivered_min']:6.1%})  "
+                    f"received {row['received_per_s']:>9,.0f}/s{latency}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
