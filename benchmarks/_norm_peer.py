@@ -103,8 +103,8 @@ def send(group: str, port: int, iface: str, count: int, size: int, seed: int, ra
     instance, session = _session(norm, group, port, iface, 1)
     if rate.startswith("lan:"):
         # NORM's settings for a fast LAN and a small group, as its developer guide and
-        # examples give them: a low initial GRTT (the default is 0.5 s) and no receiver
-        # NACK back-off (the default factor is 4 GRTTs).
+        # examples give them: a low initial GRTT (the default is 0.25 s, 0.5 s in older
+        # releases) and no receiver NACK back-off (the default factor is 4).
         rate = rate.removeprefix("lan:")
         norm.NormSetGrttEstimate(session, 0.001)
         norm.NormSetBackoffFactor(session, 0.0)

@@ -36,7 +36,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from _isolation import isolate
 
@@ -122,16 +122,21 @@ def _sub_zmq(tally: Tally, ready: Callable[[], None]) -> None:
 # Publishers: send() for one message, then pace or flood.
 
 
-def _schedule(count: int, rate: float | None) -> list[float] | None:
-    if rate is None:
-        return None
-    start = time.monotonic() + 0.01
-    return [start + n / rate for n in range(count)]
-
-
 def _payload(size: int, seq: int) -> bytes:
     head = STAMP.pack(time.monotonic_ns(), seq)
     return head + bytes(max(0, size - len(head)))
+
+
+def _paced(size: int, count: int, rate: float) -> Iterator[tuple[bytes, bool]]:
+    """Each message when it is due (a blocking sleep until then, for every system: asyncio
+    sleeps in whole milliseconds, which would send bursts of ten at 10k/s), stamped as it
+    goes; with it, whether the next one is not due yet (a batching sender should send now)."""
+    start = time.monotonic() + 0.01
+    for seq in range(count):
+        wait = start + seq / rate - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        yield _payload(size, seq), start + (seq + 1) / rate > time.monotonic()
 
 
 async def _pub_node(system: str, size: int, count: int, rate: float | None) -> float:
@@ -140,23 +145,17 @@ async def _pub_node(system: str, size: int, count: int, rate: float | None) -> f
     key = GroupKey(KEY) if system == "node-sealed" else None
     async with Node(SPEC, iface="lo", name="pub", key=key, heartbeat=5) as node:
         await asyncio.sleep(SETTLE)
-        due = _schedule(count, rate)
-        filler = bytes(size)
         start = time.monotonic()
-        for seq in range(count):
-            if due is not None:
-                # The same pacing as the blocking publishers: asyncio sleeps in whole
-                # milliseconds (epoll), which would send bursts of ten at 10k/s. A message
-                # leaves when the loop turns (sleep(0)): at once when the next is not due
-                # yet; behind schedule, with the next ones (a publish batch).
-                wait = due[seq] - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-                await node.publish("bench", _payload(size, seq))
-                if seq + 1 == count or due[seq + 1] > time.monotonic():
-                    await asyncio.sleep(0)
-            else:
+        if rate is None:
+            filler = bytes(size)
+            for _ in range(count):
                 await node.publish("bench", filler)
+        else:
+            for payload, idle in _paced(size, count, rate):
+                await node.publish("bench", payload)
+                if idle:  # it leaves when the loop turns; behind schedule, with the next ones
+                    await asyncio.sleep(0)
+            await asyncio.sleep(0)
         return time.monotonic() - start
 
 
@@ -164,17 +163,14 @@ def _pub_blocking(
     send: Callable[[bytes], object], size: int, count: int, rate: float | None
 ) -> float:
     time.sleep(SETTLE)
-    due = _schedule(count, rate)
-    filler = bytes(size)
     start = time.monotonic()
-    for seq in range(count):
-        if due is not None:
-            wait = due[seq] - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            send(_payload(size, seq))
-        else:
+    if rate is None:
+        filler = bytes(size)
+        for _ in range(count):
             send(filler)
+    else:
+        for payload, _ in _paced(size, count, rate):
+            send(payload)
     return time.monotonic() - start
 
 

@@ -8,7 +8,7 @@ from the sender's first message to the last receiver's last message. Both tools 
 adaptive rate (mcast's default). NORM runs twice: at a fixed 400 Mbit/s ("norm", its classic
 NACK-only mode) and with its TFMCC-style congestion control ("norm-cc"); "norm-lan" and
 "norm-lan-cc" are the same with NORM's settings for a fast LAN and a small group (a 1 ms initial
-GRTT instead of 0.5 s, no NACK back-off), as its developer guide gives them, at 1 Gbit/s (where
+GRTT instead of 0.25-0.5 s, no NACK back-off), as its developer guide gives them, at 1 Gbit/s (where
 it did best with them). NORM (RFC 5740, NRL's
 libnorm, Debian package libnorm1) is C with its own thread; mcast is Python.
 
