@@ -50,6 +50,7 @@ from .protocol import (
 from .rate import Load
 from .states import SEND_TRANSITIONS, advance
 
+NO_REPORT = Load(0, None, 0, None)  # a receiver's load before its first PROGRESS
 ANNOUNCE_REUSE = 1.0  # seconds an encoded (stamped, signed) announce is sent again as is
 RESUME_HOLD = 2.0  # seconds pass 0 waits, once the digests are out, for resuming receivers
 UNICAST_REQUEST_LIMIT = 32  # receivers asked one by one; more are asked on the group
@@ -73,10 +74,8 @@ class ReceiverState:
     missing: list[tuple[int, int, int]] = field(default_factory=list)
     complete: bool = False
     failed: str | None = None
-    drops: int = 0  # the receiver's kernel drop counter, from its last PROGRESS
-    fill: int | None = None  # how full its socket buffer was then, in percent (if it says)
-    received: int = 0  # blocks it held at its last PROGRESS
-    reported_at: float | None = None  # when that PROGRESS came
+    # Its last PROGRESS: kernel drops, buffer fill (if it says), blocks held, when it came.
+    load: Load = NO_REPORT
     resuming: bool = False  # it holds part of the files from an earlier transfer
     lacks: list[tuple[int, int, int]] | None = None  # what it said it lacks, before pass 0
 
@@ -193,10 +192,10 @@ class SendSession:
             state = self.receivers.get(receiver)
             if state is not None:
                 state.last_heard = now
-                state.drops = drops
-                state.received, state.reported_at = received, now
+                fill = state.load.fill
                 if len(body) > PROGRESS_BODY.size:
-                    state.fill = min(100, body[PROGRESS_BODY.size])
+                    fill = min(100, body[PROGRESS_BODY.size])
+                state.load = Load(drops, fill, received, now)
             return []
         if message.kind == COMPLETE and len(body) >= RECEIVER.size + 1:
             (receiver,) = RECEIVER.unpack_from(body)
@@ -291,9 +290,7 @@ class SendSession:
 
     def receiver_loads(self) -> dict[int, Load]:
         """Each active receiver's last progress report: drops, fill, blocks held, when."""
-        return {
-            r.receiver_id: Load(r.drops, r.fill, r.received, r.reported_at) for r in self._active()
-        }
+        return {r.receiver_id: r.load for r in self._active()}
 
     def next_blocks(self, budget: int) -> Out:
         """Up to ``budget`` data blocks of the current pass, as whole datagrams."""
