@@ -204,8 +204,8 @@ class StreamSender:
         if budget is None:
             if len(self._budgets) >= MAX_BUDGETS:
                 self._budgets.pop(next(iter(self._budgets)))
-            budget = self._budgets[requester] = TokenBucket(rate * REPAIR_SHARE, depth, now,
-                                                             full=True)  # fmt: skip
+            budget = TokenBucket(rate * REPAIR_SHARE, depth, now, full=True)
+            self._budgets[requester] = budget
         else:
             budget.set_rate(rate * REPAIR_SHARE, depth)
             budget.refill(now)
