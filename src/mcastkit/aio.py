@@ -33,8 +33,7 @@ from .events import (
 )
 from .gate import DEFAULT_MAX_PEERS, DEFAULT_MAX_SKEW
 from .gather import GatherResult, Request, Want
-from .ifwatch import InterfaceTracker
-from .node_paths import FollowsInterfaces, Path, Paths, open_ways
+from .node_paths import NodeWays, Path, Paths, kernel_drops, open_ways
 from .peers import PeerInfo, topic_matches
 from .reach import ADDRESSES_KEY
 from .reliable import ReliableConfig
@@ -43,7 +42,6 @@ from .session import Session
 from .subscription import Subscription
 from .transport import GroupSocket, IfaceChoice, interface_name, is_multi
 from .transport.batch import BatchReceiver
-from .transport.netlink import LinkWatch
 from .transport.unicast import resolve_seeds
 from .version import __version__
 
@@ -67,7 +65,7 @@ def _as_bytes(payload: bytes | str) -> bytes:
     return payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
 
 
-class Node(FollowsInterfaces):
+class Node:
     """A member of a multicast group: membership, publish/subscribe, request/gather.
 
     Use ``async with Node("239.255.77.78:5078", name="a") as node: ...``.
@@ -133,11 +131,8 @@ class Node(FollowsInterfaces):
         }
         self.session: Session | None = None
         self._group_socket: GroupSocket | None = None
-        self._group_reader: BatchReceiver | None = None
         self._paths: Paths | None = None
-        self._tracker: InterfaceTracker | None = None
-        self._watch: LinkWatch | None = None
-        self._refresh: asyncio.TimerHandle | None = None
+        self._ways: NodeWays | None = None  # the sockets' readers, interfaces followed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._pump_soon: asyncio.Handle | None = None  # a pump at the end of this loop turn
@@ -165,7 +160,7 @@ class Node(FollowsInterfaces):
         loop = self._loop = asyncio.get_running_loop()
         chosen = self._iface if self._iface is not None else self.spec.iface
         several = is_multi(chosen)
-        group_socket, paths, self._tracker = open_ways(
+        group_socket, paths, tracker = open_ways(
             self.spec,
             chosen,
             ttl=self._ttl,
@@ -193,17 +188,17 @@ class Node(FollowsInterfaces):
         self.session.multipath = several
         for topic in self._handlers:
             self.session.serve(topic, loop.time())
-        if group_socket is not None:
-            # Datagrams arrive in recvmmsg or GRO batches; on several interfaces each batch
-            # is also one arrival interface.
-            reader = self._group_reader = BatchReceiver(
-                group_socket.sock, slots=32, watch_load=False, arrival=several
-            )
-            label = None if several else group_socket.interface.name
-            loop.add_reader(group_socket.fileno(), self._on_readable, reader, label, True)
-            self._watch_interfaces()
-        for path in paths:
-            self._add_path_reader(path)
+        self._ways = NodeWays(
+            loop,
+            group_socket,
+            paths,
+            tracker,
+            session=lambda: self.session,
+            on_readable=self._on_readable,
+            notify=self._notify,
+            pump=self._pump,
+        )
+        self._ways.start(several)
         self.session.start(loop.time())
         self._pump()
         return self
@@ -226,17 +221,8 @@ class Node(FollowsInterfaces):
             self._pump_soon = None
         if self._timer is not None:
             self._timer.cancel()
-        if self._refresh is not None:
-            self._refresh.cancel()
-        if self._watch is not None:
-            if self._watch.available:
-                self._loop.remove_reader(self._watch.fileno())
-            self._watch.close()
-        for path in list(self._paths or ()):
-            self._drop_path(path)
-        if self._group_socket is not None:
-            self._loop.remove_reader(self._group_socket.fileno())
-            self._group_socket.close()
+        if self._ways is not None:
+            self._ways.stop()
         if self._drained is not None:
             self._drained.set()
         for task in list(self._tasks):
@@ -279,7 +265,7 @@ class Node(FollowsInterfaces):
         """Every interface the node is joined on and using now (not those that are down)."""
         if self._group_socket is None:
             return [path.interface.name for path in self._paths or ()]
-        usable = self._tracker.in_use if self._tracker is not None else {}
+        usable = self._ways.tracker.in_use if self._ways is not None else {}
         return [i.name for i in self._group_socket.interfaces if i.name in usable]
 
     @property
@@ -287,6 +273,11 @@ class Node(FollowsInterfaces):
         """Where this node hears unicast (on its first interface): what others give as
         ``peers`` to reach it where multicast is not carried."""
         return self._paths.first.address() if self._paths else None
+
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped for a full receive buffer on this node's open sockets
+        (the group's and each path's) since they opened: loss before any protocol saw it."""
+        return kernel_drops(self._group_socket, self._paths or ())
 
     @property
     def peers(self) -> dict[int, PeerInfo]:
@@ -309,7 +300,7 @@ class Node(FollowsInterfaces):
         """
         session = self._live()
         if reliable:
-            while session.reliable_backlog > BACKLOG_LIMIT and self.session is session:
+            while session.streaming.backlog > BACKLOG_LIMIT and self.session is session:
                 await self._wait_drained()
         session.publish(topic, _as_bytes(payload), self._now(), reliable=reliable)
         self._unpumped += 1
@@ -332,14 +323,14 @@ class Node(FollowsInterfaces):
         assert loop is not None
         deadline = None if timeout is None else loop.time() + timeout
         waiting_for = list(session.peers) if acknowledged else []
-        session.confirm_reliable(acknowledged)
+        session.streaming.confirm(acknowledged)
         if acknowledged:
             self._pump()  # the first confirming probe is due now; the timer brings the rest
         try:
             while self.session is session and not (
-                session.reliable_settled()
+                session.streaming.settled()
                 and not (self._paths and self._paths.pending())
-                and not session.reliable_awaited(waiting_for)
+                and not session.streaming.awaited(waiting_for)
             ):
                 left = None if deadline is None else deadline - loop.time()
                 if left is not None and left <= 0:
@@ -350,13 +341,13 @@ class Node(FollowsInterfaces):
                     return False
             return True
         finally:
-            session.confirm_reliable(False)
+            session.streaming.confirm(False)
 
     def unacknowledged(self, among: Iterable[int] | None = None) -> list[int]:
         """Members (of ``among``, default all) that did not acknowledge all our reliable
         stream: still awaited, or failed before they did (one that said goodbye is not)."""
         session = self._live()
-        return session.reliable_unacknowledged(session.peers if among is None else among)
+        return session.streaming.unacknowledged(session.peers if among is None else among)
 
     def run_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run ``coroutine`` beside the node; it is cancelled when the node stops."""
@@ -527,7 +518,7 @@ class Node(FollowsInterfaces):
         # (NACKs, acknowledgements) because the session's timer asks for the next batch.
         drained = self._drained
         waiting = drained is not None and not pending
-        if waiting and (session.reliable_backlog <= BACKLOG_LIMIT or session.reliable_settled()):
+        if waiting and (session.streaming.backlog <= BACKLOG_LIMIT or session.streaming.settled()):
             assert drained is not None
             drained.set()
         while events := session.take_events():

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .pacing import TokenBucket
-from .peers import PeerInfo
-from .wire import Frame, FrameType
+from .peers import MAX_PATHS, Address, PeerInfo
+from .security import ReplayWindow
+from .wire import Flag, Frame, FrameType
 
 DEFAULT_MAX_PEERS = 4096
 HOST_SHARE = 16  # a source host holds at most 1/16 of the peer table (256 of 4,096)
@@ -103,6 +104,66 @@ class MembershipGate:
         if peer_count >= self.max_peers:
             return "peer-table-full"
         return None
+
+    def let_in(
+        self,
+        frame: Frame,
+        peer: PeerInfo | None,
+        peer_count: int,
+        sealed: bool,
+        multipath: bool,
+        source: Address,
+        iface: str | None,
+        via_group: bool,
+        now: float,
+    ) -> ReplayWindow | None:
+        """Whether a frame from ``peer`` (None: an unknown sender) gets in: the replay window
+        that took it (the peer keeps it), or None when it is dropped or a duplicate (counted).
+        ``multipath``: a frame seen again is a copy by another path, not a replay;
+        ``via_group``: it came in on the group socket."""
+        if sealed and not self.fresh(frame):
+            self._drop("stale")  # outside the clock skew: a replay of a captured frame
+            return None
+        unicast = bool(frame.flags & Flag.UNICAST)
+        if peer is not None and peer.incarnation != frame.incarnation:
+            if frame.timestamp_us and frame.timestamp_us < peer.last_stamp:
+                self._drop("stale-incarnation")  # an older run of a live peer: a replay
+                return None
+        elif peer is None:
+            verdict = self.admit(frame, unicast, peer_count)
+            if verdict == "departed" and multipath:
+                self._counters["duplicates"] += 1  # e.g. a goodbye's copy by another path
+                return None
+            if verdict is not None:
+                self._drop(verdict)
+                return None
+        window = None
+        if peer is not None and peer.incarnation == frame.incarnation:
+            window = peer.windows.get(unicast)
+        if window is None:
+            window = ReplayWindow()
+        verdict = window.check_and_mark(frame.seq, not sealed)
+        if peer is not None and via_group and not unicast and verdict in (None, "replay"):
+            peer.heard_multicast = now  # before the replay check: a copy may have come first
+        if verdict is None:
+            return window
+        if peer is not None and peer.watched and verdict in ("replay", "too-old"):
+            self._counters["duplicates"] += 1  # a unicast copy and its multicast original
+            return None
+        if multipath and verdict == "replay" and peer is not None:
+            # Another interface's copy: one delivery, one more path (no interface: apart).
+            self._counters["duplicates"] += 1
+            if not iface:
+                self._counters["duplicates-interface-unknown"] += 1
+            elif iface not in peer.paths and len(peer.paths) < MAX_PATHS:
+                peer.paths[iface] = source
+            return None
+        self._drop(verdict)
+        return None
+
+    def _drop(self, reason: str) -> None:
+        self._counters["dropped"] += 1
+        self._counters[f"dropped:{reason}"] += 1
 
     def seat(self, peer: PeerInfo) -> int | None:
         """A new peer takes a seat from its source host: the id to make room for it (that

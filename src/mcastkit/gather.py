@@ -1,12 +1,17 @@
-"""Requests this node asked and the replies it gathers, with no I/O."""
+"""Requests and replies, with no I/O: ours asked and the replies gathered, each request
+closed by one ``Gathered``; theirs handed to the application once and answered."""
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .events import Gathered
+from .events import Gathered, RequestReceived
+from .peers import Address, PeerInfo, topic_matches
+from .session_port import SessionPort
+from .wire import Frame, FrameType
 
 Want = Literal["all", "first"] | int
 REQUEST_ID = struct.Struct("!Q")  # first in a REQUEST or REPLY payload
@@ -94,6 +99,74 @@ class Gatherer:
     def next_deadline(self) -> float | None:
         """The earliest deadline of an open request."""
         return min((p.deadline for p in self.pending.values()), default=None)
+
+
+class Requests:
+    """REQUEST and REPLY frames of a session (owned by ``Session``)."""
+
+    def __init__(
+        self,
+        port: SessionPort,
+        *,
+        check_size: Callable[[str, bytes, int], None],
+        random_bytes: Callable[[int], bytes],
+        serves: Callable[[], list[str]],
+        first_request: Callable[[int, int, float], bool],
+    ) -> None:
+        self.gatherer = Gatherer()
+        self._port = port
+        self._check_size = check_size  # raises MessageTooLarge
+        self._random = random_bytes
+        self._serves = serves  # the topics we answer (``prefix*`` allowed)
+        self._first = first_request  # False: served once already (a replay)
+
+    def request(self, topic: str, payload: bytes, now: float, *, timeout: float, want: Want) -> int:
+        """Ask the group; a Gathered event follows when ``want`` is met or at the timeout."""
+        check_want(want)
+        self._check_size(topic, payload, REQUEST_ID.size)
+        request_id = int.from_bytes(self._random(8), "big")
+        expected = {p.node_id for p in self._port.peers.values() if p.serves(topic)}
+        self.gatherer.open(request_id, topic, now, timeout=timeout, want=want, expected=expected)
+        self._port.send(FrameType.REQUEST, topic, REQUEST_ID.pack(request_id) + payload, now)
+        return request_id
+
+    def max_reply(self, topic: str) -> int:
+        """The largest reply payload for ``topic`` that fits one datagram."""
+        return self._port.room(topic) - REQUEST_ID.size
+
+    def reply(self, request: RequestReceived, payload: bytes, now: float) -> None:
+        """Answer a request (unicast to the requester's address as seen)."""
+        self._check_size(request.topic, payload, REQUEST_ID.size)
+        body = REQUEST_ID.pack(request.request_id) + payload
+        self._port.send(FrameType.REPLY, request.topic, body, now, to=request.reply_to)
+
+    def on_request(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
+        if len(frame.payload) < REQUEST_ID.size:
+            self._port.drop("bad-request")
+            return
+        if not any(topic_matches(p, frame.topic) for p in self._serves()):
+            self._port.counters["requests-not-served"] += 1
+            return
+        (request_id,) = REQUEST_ID.unpack_from(frame.payload)
+        if not self._first(frame.sender, request_id, now):
+            self._port.drop("request-replay")  # served once already: a replay is never run again
+            return
+        asked = frame.payload[REQUEST_ID.size :]
+        self._port.emit(RequestReceived(request_id, frame.sender, frame.topic, asked, source))
+
+    def on_reply(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
+        if len(frame.payload) < REQUEST_ID.size:
+            self._port.drop("bad-reply")
+            return
+        (request_id,) = REQUEST_ID.unpack_from(frame.payload)
+        payload = frame.payload[REQUEST_ID.size :]
+        answered = self.gatherer.reply(request_id, frame.sender, payload, now)
+        if answered is None:
+            self._port.counters["late-replies"] += 1
+            return
+        peer.rtt, outcome = answered
+        if outcome is not None:
+            self._port.emit(outcome)
 
 
 @dataclass(frozen=True)

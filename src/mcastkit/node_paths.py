@@ -35,7 +35,7 @@ from .transport.batch import BatchReceiver, BatchSender, Destination
 from .transport.netlink import LinkWatch, follow
 from .transport.unicast import bind_unicast, open_unicast
 
-__all__ = ["FollowsInterfaces", "Path", "Paths"]
+__all__ = ["NodeWays", "Path", "Paths", "kernel_drops"]
 
 log = logging.getLogger("mcastkit")
 MAX_REMEMBERED = 4096  # peer hosts whose arrival interface is kept (oldest forgotten first)
@@ -224,86 +224,114 @@ def open_ways(
     return group_socket, paths, tracker
 
 
-class FollowsInterfaces:
-    """The Node's part that follows the kernel's link and address notices (a base of Node):
-    join on an interface that came up, leave one that went down, reopen a path whose address
-    changed, and tell peers with a hello."""
+class NodeWays:
+    """A Node's ways on its loop (owned by the Node): the group socket's reader and each
+    path's, and the kernel's link and address notices followed: join on an interface that
+    came up, leave one that went down, reopen a path whose address changed, and tell peers
+    with a hello."""
 
-    # Provided by Node.
-    session: Session | None
-    _loop: asyncio.AbstractEventLoop | None
-    _group_socket: GroupSocket | None
-    _paths: Paths | None
-    _tracker: InterfaceTracker | None
-    _watch: LinkWatch | None
-    _refresh: asyncio.TimerHandle | None
-    _on_readable: Callable[[BatchReceiver, str | None, bool], None]
-    _notify: Callable[[Event | None], None]
-    _pump: Callable[[], None]
-    _now: Callable[[], float]
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        group: GroupSocket | None,
+        paths: Paths,
+        tracker: InterfaceTracker,
+        *,
+        session: Callable[[], Session | None],
+        on_readable: Callable[[BatchReceiver, str | None, bool], None],
+        notify: Callable[[Event | None], None],
+        pump: Callable[[], None],
+    ) -> None:
+        self.tracker = tracker
+        self._loop = loop
+        self._group = group
+        self._paths = paths
+        self._session = session  # the Node's, while it runs
+        self._on_readable = on_readable  # a path's socket is readable
+        self._notify = notify  # an interface event for the Node's listeners
+        self._pump = pump  # the Node sends what is due and re-arms its timer
+        self._watch: LinkWatch | None = None
+        self._refresh: asyncio.TimerHandle | None = None
 
-    def kernel_drops(self) -> int:
-        """Datagrams the kernel dropped for a full receive buffer on this node's open sockets
-        (the group's and each path's) since they opened: loss before any protocol saw it."""
-        sockets = [self._group_socket] if self._group_socket is not None else []
-        sockets += [path.socket for path in self._paths or ()]
-        return sum(load.drops for sock in sockets if (load := sock.load()) is not None)
-
-    def _add_path_reader(self, path: Path) -> None:
-        assert self._loop is not None
-        name = path.interface.name
-        self._loop.add_reader(path.fileno(), self._on_readable, path.reader, name, False)
-
-    def _drop_path(self, path: Path) -> None:
-        assert self._loop is not None and self._paths is not None
-        if path.unsent and self.session is not None:
-            # Queued for an interface that went away: counted (the reliable layer repairs).
-            self.session.counters["unsent-interface-gone"] += len(path.unsent)
-        self._loop.remove_reader(path.fileno())
-        self._loop.remove_writer(path.fileno())
-        self._paths.close(path.interface.name)
-
-    def _watch_interfaces(self) -> None:
-        assert self._loop is not None
+    def start(self, several: bool) -> None:
+        """Read every way; with a group socket, follow the interfaces too. ``several``: the
+        group is joined on several interfaces (each receive batch names its arrival)."""
+        for path in self._paths:
+            self._add_reader(path)
+        group = self._group
+        if group is None:
+            return  # multicast off: the paths are fixed
+        # Datagrams arrive in recvmmsg or GRO batches; on several interfaces each batch is
+        # also one arrival interface.
+        reader = BatchReceiver(group.sock, slots=32, watch_load=False, arrival=several)
+        label = None if several else group.interface.name
+        self._loop.add_reader(group.fileno(), self._on_readable, reader, label, True)
         self._watch = LinkWatch()
         if self._watch.available:
             self._loop.add_reader(self._watch.fileno(), self._on_link_notice)
         else:
             self._refresh = self._loop.call_later(POLL_INTERFACES, self._refresh_interfaces)
 
+    def stop(self) -> None:
+        """Stop following and close every way."""
+        if self._refresh is not None:
+            self._refresh.cancel()
+            self._refresh = None
+        if self._watch is not None:
+            if self._watch.available:
+                self._loop.remove_reader(self._watch.fileno())
+            self._watch.close()
+            self._watch = None
+        for path in list(self._paths):
+            self._drop_path(path)
+        if self._group is not None:
+            self._loop.remove_reader(self._group.fileno())
+            self._group.close()
+
+    def _add_reader(self, path: Path) -> None:
+        name = path.interface.name
+        self._loop.add_reader(path.fileno(), self._on_readable, path.reader, name, False)
+
+    def _drop_path(self, path: Path) -> None:
+        session = self._session()
+        if path.unsent and session is not None:
+            # Queued for an interface that went away: counted (the reliable layer repairs).
+            session.counters["unsent-interface-gone"] += len(path.unsent)
+        self._loop.remove_reader(path.fileno())
+        self._loop.remove_writer(path.fileno())
+        self._paths.close(path.interface.name)
+
     def _on_link_notice(self) -> None:
-        assert self._loop is not None and self._watch is not None
+        assert self._watch is not None
         # Debounced: a DHCP renewal or a cable plug is a burst of notices; read once after.
         if self._watch.drain() and self._refresh is None:
             self._refresh = self._loop.call_later(SETTLE, self._refresh_interfaces)
 
     def _refresh_interfaces(self) -> None:
         self._refresh = None
-        session, tracker, loop = self.session, self._tracker, self._loop
-        if session is None or tracker is None or loop is None:
+        session = self._session()
+        if session is None:
             return
         if self._watch is None or not self._watch.available:
-            self._refresh = loop.call_later(POLL_INTERFACES, self._refresh_interfaces)
+            self._refresh = self._loop.call_later(POLL_INTERFACES, self._refresh_interfaces)
         try:
-            events = tracker.update(list_interfaces())
+            events = self.tracker.update(list_interfaces())
         except OSError as exc:
             log.warning("cannot read the interfaces: %s", exc)
             return
         announce = False
         for event in events:
-            announce |= self._apply(event)
+            announce |= self._apply(event, session)
             self._notify(event)
         if announce:
-            session.announce(self._now())
+            session.announce(self._loop.time())
         self._pump()
 
-    def _apply(self, event: InterfaceEvent) -> bool:
+    def _apply(self, event: InterfaceEvent, session: Session) -> bool:
         """Join, leave or reopen for one interface event; True when peers should hear a
         hello (a new path, or a new address on one)."""
-        group, paths, tracker = self._group_socket, self._paths, self._tracker
-        assert group is not None and paths is not None and tracker is not None
-        session = self.session
-        assert session is not None
+        group, paths = self._group, self._paths
+        assert group is not None
         if isinstance(event, InterfaceDown):
             follow(group, event, None)
             path = paths.by_name.get(event.name)
@@ -314,7 +342,7 @@ class FollowsInterfaces:
             session.forget_path(event.name)
             session.counters["interfaces-down"] += 1
             return False
-        interface = tracker.in_use[event.name]
+        interface = self.tracker.in_use[event.name]
         try:
             follow(group, event, interface)
             old = paths.by_name.get(event.name)
@@ -330,7 +358,8 @@ class FollowsInterfaces:
             else:
                 if old is not None:
                     self._drop_path(old)
-                self._add_path_reader(paths.open(interface))
+                new = paths.open(interface)
+                self._add_reader(new)
         except (MulticastError, OSError) as exc:
             log.warning("cannot use interface %s: %s", event.name, exc)
             session.counters["interface-errors"] += 1
@@ -341,3 +370,11 @@ class FollowsInterfaces:
         if isinstance(event, AddressChanged):
             log.info("interface %s now has %s", event.name, ", ".join(event.addresses))
         return True
+
+
+def kernel_drops(group: GroupSocket | None, paths: Iterable[Path]) -> int:
+    """Datagrams the kernel dropped for a full receive buffer on these sockets since they
+    opened: loss before any protocol saw it."""
+    sockets = [group] if group is not None else []
+    sockets += [path.socket for path in paths]
+    return sum(load.drops for sock in sockets if (load := sock.load()) is not None)

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import json
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .events import Event, Failed, IdRenewed, Joined, Left, Message, RequestReceived, Updated
 from .framing import Framer, MessageTooLarge
 from .gate import DEFAULT_MAX_PEERS, DEFAULT_MAX_SKEW, MembershipGate
-from .gather import REQUEST_ID, Gatherer, Want, check_want
-from .peers import MAX_PATHS, Address, PeerInfo, topic_matches
+from .gather import Requests, Want
+from .peers import MAX_PATHS, Address, PeerInfo
 from .reach import Reach
-from .reliable import ReliableConfig, StreamSender
+from .reliable import ReliableConfig
 from .reliable.inbound import InboundStreams
-from .security import KeyRing, ReplayWindow
+from .security import KeyRing
 from .session_fast import FastReceive
+from .session_port import SessionPort
 from .session_streams import POSITION, ReliableFrames
 from .wire import Flag, Frame, FrameType, decode_frame_untrusted, is_sealed
 
@@ -33,9 +34,11 @@ MISSED_HEARTBEATS = 3
 MAX_META_BYTES = 1024
 STREAM_KEY = "_rs"  # in a hello: the sender's next reliable seq (not part of the metadata)
 _SENT_KEY = {kind: f"sent:{kind.name.lower()}" for kind in FrameType}
+_ANY_STAMP = (-1 << 64, 1 << 64)  # an open group's frames carry no trusted stamp
+Handler = Callable[[Frame, PeerInfo, Address, float], None]
 
 
-class Session(ReliableFrames, FastReceive):
+class Session:
     """One member of a group, as a pure state machine."""
 
     def __init__(
@@ -88,7 +91,6 @@ class Session(ReliableFrames, FastReceive):
         self._random = random_bytes
         self._outgoing: deque[tuple[bytes, Address | None]] = deque()
         self._events: deque[Event] = deque()
-        self._gatherer = Gatherer()
         self._next_heartbeat = now
         # Peers are checked for silence on a short tick, not one timer per peer: detection is
         # late by at most one tick, and next_timer() stays O(1) on the send path.
@@ -105,13 +107,53 @@ class Session(ReliableFrames, FastReceive):
         # Set by a runtime on several interfaces: a frame seen again is a copy that took
         # another path (counted as a duplicate), not a replay.
         self.multipath = False
-        config = reliable or ReliableConfig()
-        self._stream: StreamSender | None = None
-        # Every sender's stream; their memory together within the budget (2x one stream's).
-        self.streams = InboundStreams(
-            config, random_bytes, receive_budget or 2 * config.receiver_memory
-        )
         self._now = now
+        config = reliable or ReliableConfig()
+        # Every sender's stream; their memory together within the budget (2x one stream's).
+        inbound = InboundStreams(config, random_bytes, receive_budget or 2 * config.receiver_memory)
+        port = SessionPort(
+            send=self._send,
+            drop=self._drop,
+            emit=self._events.append,
+            room=lambda topic: self.framer.topic_info(topic)[1],
+            peers=self.peers,
+            counters=self.counters,
+        )
+        self.streaming = ReliableFrames(
+            inbound,
+            port,
+            identity=lambda: (self.node_id, self.incarnation),
+            arrival=lambda: self._arrival,
+            clock=lambda: self._now,
+        )
+        self._fast = FastReceive(
+            port,
+            full_path=self.receive_opened,
+            reliable=self.streaming.on_rdata,
+            fresh=self.gate.fresh_range if keyring is not None else lambda: _ANY_STAMP,
+            own_id=lambda: self.node_id,
+        )
+        self.requests = Requests(
+            port,
+            check_size=self.framer.check_size,
+            random_bytes=random_bytes,
+            serves=lambda: list(self.meta.get("serves", [])),
+            first_request=self.gate.first_request,
+        )
+        streams = self.streaming
+        self._handlers: dict[FrameType, Handler] = {
+            FrameType.HELLO: self._on_hello,
+            FrameType.HEARTBEAT: self._on_heartbeat,
+            FrameType.GOODBYE: self._on_goodbye,
+            FrameType.DATA: self._on_data,
+            FrameType.REQUEST: self.requests.on_request,
+            FrameType.REPLY: self.requests.on_reply,
+            FrameType.RDATA: streams.on_rdata,
+            FrameType.NACK: streams.on_nack,
+            FrameType.RSTATE: streams.on_rstate,
+            FrameType.ACK: streams.on_ack,
+            FrameType.PEERS: self._on_peers,
+        }
 
     @property
     def node_id(self) -> int:
@@ -134,16 +176,16 @@ class Session(ReliableFrames, FastReceive):
     @property
     def reliable(self) -> ReliableConfig:
         """The reliable streams' knobs (ours, and those we receive from now on)."""
-        return self.streams.config
+        return self.streaming.inbound.config
 
     @reliable.setter
     def reliable(self, config: ReliableConfig) -> None:
-        self.streams.config = config
+        self.streaming.inbound.config = config
 
     @property
     def receive_budget(self) -> int:
         """Bytes every sender's reliable stream may hold together."""
-        return self.streams.budget
+        return self.streaming.inbound.budget
 
     # --- API calls -----------------------------------------------------------------------
 
@@ -157,7 +199,7 @@ class Session(ReliableFrames, FastReceive):
     def close(self, now: float) -> None:
         """Say goodbye; the session sends nothing after this."""
         if self._started and not self._closed:
-            self._send(FrameType.GOODBYE, "", self._position(), now)
+            self._send(FrameType.GOODBYE, "", self.streaming.position(), now)
         self._closed = True
 
     def serve(self, topic: str, now: float) -> None:
@@ -182,23 +224,21 @@ class Session(ReliableFrames, FastReceive):
             self._send(FrameType.DATA, topic, payload, now)
             return
         if not self._closed:
-            self._enqueue_reliable(topic, payload, now)
+            self.streaming.enqueue(topic, payload, now)
 
     def request(
         self, topic: str, payload: bytes, now: float, *, timeout: float, want: Want = "all"
     ) -> int:
         """Ask the group; a Gathered event follows when ``want`` is met or at the timeout."""
-        check_want(want)
-        self.framer.check_size(topic, payload, extra=REQUEST_ID.size)
-        request_id = int.from_bytes(self._random(8), "big")
-        expected = {p.node_id for p in self.peers.values() if p.serves(topic)}
-        self._gatherer.open(request_id, topic, now, timeout=timeout, want=want, expected=expected)
-        self._send(FrameType.REQUEST, topic, REQUEST_ID.pack(request_id) + payload, now)
-        return request_id
+        return self.requests.request(topic, payload, now, timeout=timeout, want=want)
 
     def max_reply(self, topic: str) -> int:
         """The largest reply payload for ``topic`` that fits one datagram."""
-        return self.framer.topic_info(topic)[1] - REQUEST_ID.size
+        return self.requests.max_reply(topic)
+
+    def reliable_stats(self) -> dict[str, Any]:
+        """Counters of the reliable stream we send and of those we receive."""
+        return self.streaming.stats()
 
     def max_unreliable(self, topic: str) -> int:
         """The largest unreliable message payload for ``topic`` (one datagram)."""
@@ -206,9 +246,7 @@ class Session(ReliableFrames, FastReceive):
 
     def reply(self, request: RequestReceived, payload: bytes, now: float) -> None:
         """Answer a request (unicast to the requester's address as seen)."""
-        self.framer.check_size(request.topic, payload, extra=REQUEST_ID.size)
-        body = REQUEST_ID.pack(request.request_id) + payload
-        self._send(FrameType.REPLY, request.topic, body, now, to=request.reply_to)
+        self.requests.reply(request, payload, now)
 
     # --- outputs -------------------------------------------------------------------------
 
@@ -220,8 +258,8 @@ class Session(ReliableFrames, FastReceive):
         itself, a whole run to each target, and nothing to the group with multicast off."""
         if now is not None and now > self._now:
             self._now = now
-        if self._stream is not None and not self._closed:
-            self._pull_stream(self._now)
+        if not self._closed:
+            self.streaming.pull(self._now)
         out = list(self._outgoing)
         self._outgoing.clear()
         return self.reach.expand(out) if copies and self.reach.active else out
@@ -230,6 +268,13 @@ class Session(ReliableFrames, FastReceive):
         """The next event, or None."""
         return self._events.popleft() if self._events else None
 
+    def take_events(self) -> deque[Event]:
+        """Every event pending, at once (a runtime's drain after a run); ``next_event`` is
+        the same one at a time."""
+        events = self._events.copy()
+        self._events.clear()
+        return events
+
     def next_timer(self) -> float | None:
         """When ``handle_timer`` must run next."""
         if self._closed:
@@ -237,8 +282,8 @@ class Session(ReliableFrames, FastReceive):
         soonest = self._next_heartbeat
         if self.peers and self._next_check < soonest:
             soonest = self._next_check
-        stream = None if self._stream is None else self._stream.next_timer(self._now)
-        for when in (self._gatherer.next_deadline(), stream, self.streams.next_timer()):
+        gathering = self.requests.gatherer.next_deadline()
+        for when in (gathering, self.streaming.next_timer(self._now)):
             if when is not None and when < soonest:  # no list, no min(): runs per datagram
                 soonest = when
         return soonest
@@ -251,12 +296,11 @@ class Session(ReliableFrames, FastReceive):
             return
         self._now = now
         if self._started and now >= self._next_heartbeat:
-            self._send(FrameType.HEARTBEAT, "", self._position(), now)
-            if self._stream is not None:
-                self._send_state(now)
+            self._send(FrameType.HEARTBEAT, "", self.streaming.position(), now)
+            self.streaming.heartbeat(now)
             self._next_heartbeat = now + self.heartbeat
-            self.reach.round(self.peers.values(), self._position(), now)
-        self._stream_timers(now)
+            self.reach.round(self.peers.values(), self.streaming.position(), now)
+        self.streaming.handle_timer(now)
         if now - self._last_timer > max(3 * self._check_every, self.failure_timeout / 2):
             # We did not run (stopped, suspended, starved): the silence was ours, not the
             # peers'. Give what waits in the socket time to arrive before judging anyone.
@@ -271,7 +315,7 @@ class Session(ReliableFrames, FastReceive):
                 self._forget(peer, said_goodbye=False)
                 self._events.append(Failed(peer))
             self.gate.expire(now)
-        self._events.extend(self._gatherer.expire(now))
+        self._events.extend(self.requests.gatherer.expire(now))
 
     def announce(self, now: float) -> None:
         """Send a hello to the group now (a new interface or address: peers learn the path)."""
@@ -306,6 +350,25 @@ class Session(ReliableFrames, FastReceive):
             data = opened
         self.receive_opened(data, source, now, iface, via_group)
 
+    def receive_run(
+        self,
+        buffer: bytes | bytearray | memoryview,
+        spans: Iterable[tuple[int, int]],
+        source: Address,
+        now: float,
+        iface: str | None = None,
+        via_group: bool = True,
+    ) -> None:
+        """Take the datagrams at ``spans`` (start, end) of ``buffer``, all from ``source``, as
+        ``receive_opened`` takes each (a sealed group's runtime opened them already), the
+        usual ones on the short path (session_fast.py). ``via_group``: they came in on the
+        group socket (False: a unicast one)."""
+        if self._closed:
+            return
+        self._now = now
+        self._arrival = iface
+        self._fast.receive_run(buffer, spans, source, now, iface, via_group, self._events)
+
     def refuse_datagram(self, reason: str) -> None:
         """A datagram the runtime could not open (``KeyRing.open_spans_into``'s reasons)."""
         self.counters["datagrams"] += 1
@@ -337,53 +400,23 @@ class Session(ReliableFrames, FastReceive):
         if frame.sender == self.node_id:
             self._from_own_id(frame, source, now)
             return
-        if self.keyring is not None and not self.gate.fresh(frame):
-            self._drop("stale")  # outside the clock skew: a replay of a captured frame
-            return
         unicast = bool(frame.flags & Flag.UNICAST)
         peer = self.peers.get(frame.sender)
-        if peer is not None and peer.incarnation != frame.incarnation:
-            if frame.timestamp_us and frame.timestamp_us < peer.last_stamp:
-                self._drop("stale-incarnation")  # an older run of a live peer: a replay
-                return
-        elif peer is None:
-            verdict = self.gate.admit(frame, unicast, len(self.peers))
-            if verdict == "departed" and self.multipath:
-                self.counters["duplicates"] += 1  # e.g. a goodbye's copy by another path
-                return
-            if verdict is not None:
-                self._drop(verdict)
-                return
-        window = None
-        if peer is not None and peer.incarnation == frame.incarnation:
-            window = peer.windows.get(unicast)
+        sealed = self.keyring is not None
+        window = self.gate.let_in(
+            frame, peer, len(self.peers), sealed, self.multipath, source, iface, via_group, now
+        )
         if window is None:
-            window = ReplayWindow()
-        verdict = window.check_and_mark(frame.seq, self.keyring is None)
-        if peer is not None and via_group and not unicast and verdict in (None, "replay"):
-            peer.heard_multicast = now  # before the replay check: a copy may have come first
-        if verdict is not None:
-            if peer is not None and peer.watched and verdict in ("replay", "too-old"):
-                self.counters["duplicates"] += 1  # a unicast copy and its multicast original
-                return
-            if self.multipath and verdict == "replay" and peer is not None:
-                # Another interface's copy: one delivery, one more path (no interface: apart).
-                self.counters["duplicates"] += 1
-                if not iface:
-                    self.counters["duplicates-interface-unknown"] += 1
-                elif iface not in peer.paths and len(peer.paths) < MAX_PATHS:
-                    peer.paths[iface] = source
-                return
-            self._drop(verdict)
             return
         self.counters["frames"] += 1
         peer = self._touch(frame, source, now, unicast)
         if peer is None:
             return
         peer.windows.setdefault(unicast, window)
-        _HANDLERS[frame.type](self, frame, peer, source, now)
+        self._handlers[frame.type](frame, peer, source, now)
         if frame.flags & Flag.WANT_COPIES and unicast and frame.sender in self.peers:
-            said = self.reach.wants_copies(peer, source, frame.payload, self._position(), now)
+            position = self.streaming.position()
+            said = self.reach.wants_copies(peer, source, frame.payload, position, now)
             if said is not None:  # heard you, or prove it first
                 self._send(FrameType.HEARTBEAT, "", said, now, to=source)
         elif source in self.reach.contacted:
@@ -416,7 +449,7 @@ class Session(ReliableFrames, FastReceive):
     def _send_hello(self, now: float, *, flags: int, to: Address | None) -> None:
         # Where our reliable stream stands: a member that hears this before our next data
         # starts there (and repairs a lost first fragment); a late joiner starts cleanly.
-        stream_next = 1 if self._stream is None else self._stream.next_seq
+        stream_next = self.streaming.next_seq
         meta = json.dumps({**self.meta, STREAM_KEY: stream_next}, separators=(",", ":")).encode()
         if len(meta) > MAX_META_BYTES:
             raise MessageTooLarge(f"metadata is {len(meta)} bytes; the limit is {MAX_META_BYTES}")
@@ -486,13 +519,14 @@ class Session(ReliableFrames, FastReceive):
             peer.received += 1
         return peer
 
-    def _forget(self, peer: PeerInfo, *, said_goodbye: bool, stream_next: int = 0,
-                stamp: int = 0) -> None:  # fmt: skip
+    def _forget(
+        self, peer: PeerInfo, *, said_goodbye: bool, stream_next: int = 0, stamp: int = 0
+    ) -> None:
         """Drop a peer in O(1); a tombstone refuses its replays and what preceded its goodbye."""
         self.peers.pop(peer.node_id, None)
         # Where its stream will resume if it comes back: where we were, or where its hello
         # said the stream stood (it may publish while we cannot hear it).
-        position = self._close_stream(peer, said_goodbye, stream_next)
+        position = self.streaming.close_peer(peer, said_goodbye, stream_next, self._now)
         self.gate.bury(peer, position, self._now, stamp)
 
     def _on_hello(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
@@ -525,6 +559,14 @@ class Session(ReliableFrames, FastReceive):
             if direct:  # and whom else it may contact, so one seed leads to all
                 self.reach.send_peers(self.peers.values(), source, now)
 
+    def _on_heartbeat(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
+        payload, new = self.reach.challenged(peer, frame.payload, frame.flags)
+        if new and self.reach.asks(peer, now):
+            # A cookie it gave us: prove we hear it at once, not a heartbeat later.
+            ask = self.reach.ask(peer, self.streaming.position())
+            self._send(FrameType.HEARTBEAT, "", ask, now, flags=Flag.WANT_COPIES, to=source)
+        self.streaming.on_position(frame, peer, payload, now)
+
     def _on_peers(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
         if not peer.hello_seen:
             self._drop("peers-from-non-member")
@@ -551,49 +593,3 @@ class Session(ReliableFrames, FastReceive):
                 iface=self._arrival,
             )
         )
-
-    def _on_request(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
-        if len(frame.payload) < REQUEST_ID.size:
-            self._drop("bad-request")
-            return
-        if not any(topic_matches(p, frame.topic) for p in self.meta.get("serves", [])):
-            self.counters["requests-not-served"] += 1
-            return
-        (request_id,) = REQUEST_ID.unpack_from(frame.payload)
-        if not self.gate.first_request(frame.sender, request_id, now):
-            self._drop("request-replay")  # served once already: a replay is never run again
-            return
-        self._events.append(
-            RequestReceived(
-                request_id, frame.sender, frame.topic, frame.payload[REQUEST_ID.size :], source
-            )
-        )
-
-    def _on_reply(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
-        if len(frame.payload) < REQUEST_ID.size:
-            self._drop("bad-reply")
-            return
-        (request_id,) = REQUEST_ID.unpack_from(frame.payload)
-        payload = frame.payload[REQUEST_ID.size :]
-        answered = self._gatherer.reply(request_id, frame.sender, payload, now)
-        if answered is None:
-            self.counters["late-replies"] += 1
-            return
-        peer.rtt, outcome = answered
-        if outcome is not None:
-            self._events.append(outcome)
-
-
-_HANDLERS: dict[FrameType, Callable[[Session, Frame, PeerInfo, Address, float], None]] = {
-    FrameType.HELLO: Session._on_hello,
-    FrameType.HEARTBEAT: Session._on_heartbeat,
-    FrameType.GOODBYE: Session._on_goodbye,
-    FrameType.DATA: Session._on_data,
-    FrameType.REQUEST: Session._on_request,
-    FrameType.REPLY: Session._on_reply,
-    FrameType.RDATA: Session._on_rdata,
-    FrameType.NACK: Session._on_nack,
-    FrameType.RSTATE: Session._on_rstate,
-    FrameType.ACK: Session._on_ack,
-    FrameType.PEERS: Session._on_peers,
-}

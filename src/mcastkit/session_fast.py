@@ -5,18 +5,19 @@ member whose incarnation we know) is taken without a copy of the datagram: a mes
 before. Anything else takes the full path (``Session.receive_opened``), which decides
 exactly as before: the short path only ever takes frames the full one would take.
 
-``Session`` (session.py) inherits it; this class only uses what the session has.
+``Session`` (session.py) owns one ``FastReceive``; what it may use of the session is its
+``SessionPort`` and the full path.
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 
 from .events import Event, Message
-from .gate import MembershipGate
 from .peers import MAX_PATHS, Address, PeerInfo
-from .security import KeyRing, ReplayWindow
+from .security import ReplayWindow
+from .session_port import SessionPort
 from .wire import HEADER, MAGIC, MAX_DATAGRAM, VERSION, Flag, Frame, FrameType
 
 _DATA = int(FrameType.DATA)
@@ -27,39 +28,27 @@ _WINDOW_MASK = (1 << ReplayWindow.SIZE) - 1
 _HEAD = HEADER.size
 _unpack_header = HEADER.unpack_from
 
+FullPath = Callable[[bytes, Address, float, "str | None", bool], None]
+Handler = Callable[[Frame, PeerInfo, Address, float], None]
+
 
 class FastReceive:
-    """Runs of received datagrams (a base of ``Session``)."""
+    """Runs of received datagrams (owned by ``Session``)."""
 
-    # Provided by Session.
-    gate: MembershipGate
-    keyring: KeyRing | None
-    node_id: int
-    peers: dict[int, PeerInfo]
-    counters: Counter[str]
-    _events: deque[Event]
-    _closed: bool
-    _now: float
-    _arrival: str | None
-
-    def receive_opened(
+    def __init__(
         self,
-        data: bytes,
-        source: Address,
-        now: float,
-        iface: str | None = None,
-        via_group: bool = True,
+        port: SessionPort,
+        *,
+        full_path: FullPath,
+        reliable: Handler,
+        fresh: Callable[[], tuple[int, int]],
+        own_id: Callable[[], int],
     ) -> None:
-        raise NotImplementedError
-
-    def _on_rdata(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
-        raise NotImplementedError
-
-    def take_events(self) -> deque[Event]:
-        """Every event pending, at once (a runtime's drain after a run); ``next_event`` is
-        the same one at a time."""
-        events, self._events = self._events, deque()
-        return events
+        self._port = port  # the short path updates, in the peer table, a member it takes
+        self._full_path = full_path  # every datagram it does not take (``receive_opened``)
+        self._reliable = reliable  # an in-order reliable fragment (the RDATA handler)
+        self._fresh = fresh  # the stamps a frame may carry (sealed groups)
+        self._own_id = own_id
 
     def receive_run(
         self,
@@ -67,22 +56,17 @@ class FastReceive:
         spans: Iterable[tuple[int, int]],
         source: Address,
         now: float,
-        iface: str | None = None,
-        via_group: bool = True,
+        iface: str | None,
+        via_group: bool,
+        events: deque[Event],
     ) -> None:
         """Take the datagrams at ``spans`` (start, end) of ``buffer``, all from ``source``, as
-        ``receive_opened`` takes each (a sealed group's runtime opened them already).
-        ``via_group``: they came in on the group socket (False: a unicast one)."""
-        if self._closed:
-            return
-        self._now = now
-        self._arrival = iface
-        peers = self.peers
-        events = self._events
-        full_path = self.receive_opened
-        own_id = self.node_id
-        stamps = self.gate.fresh_range() if self.keyring is not None else (-1 << 64, 1 << 64)
-        oldest, newest = stamps
+        the full path takes each; messages go to ``events``."""
+        peers = self._port.peers
+        full_path = self._full_path
+        reliable = self._reliable
+        own_id = self._own_id()
+        oldest, newest = self._fresh()
         taken = 0
         named: PeerInfo | None = None
         name = ""
@@ -132,7 +116,7 @@ class FastReceive:
                             frame = Frame(
                                 _RDATA_TYPE, flags, sender, incarnation, seq, stamp, topic, payload
                             )
-                            self._on_rdata(frame, peer, source, now)
+                            reliable(frame, peer, source, now)
                             continue
                         if peer is not named:  # a run is mostly one sender's
                             named, name = peer, peer.name
@@ -143,6 +127,6 @@ class FastReceive:
             named = None  # the full path may change a member (its name, its incarnation)
             full_path(bytes(buffer[begin:end]), source, now, iface, via_group)
         if taken:
-            counters = self.counters
+            counters = self._port.counters
             counters["datagrams"] += taken
             counters["frames"] += taken

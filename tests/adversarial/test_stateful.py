@@ -144,10 +144,10 @@ class SessionMachine(RuleBasedStateMachine):
 
     @invariant()
     def budget_holds(self) -> None:
-        streams = self.session.streams.receivers.values()
+        streams = self.session.streaming.inbound.receivers.values()
         total = sum(stream.memory for stream in streams)
-        assert self.session.streams.memory == total
-        slack = len(self.session.streams.receivers) * GAP_COST + 1500 + FRAGMENT_COST
+        assert self.session.streaming.inbound.memory == total
+        slack = len(self.session.streaming.inbound.receivers) * GAP_COST + 1500 + FRAGMENT_COST
         assert total <= self.BUDGET + slack
         assert len(self.session.peers) <= 8
 

@@ -168,14 +168,14 @@ def test_the_short_path_is_taken_and_delivers_in_order() -> None:
     run = [data for data, source in frames if source == 0]
     buffer, spans = _laid_end_to_end(run)
     full_calls = 0
-    full_path = receiver.receive_opened
+    full_path = receiver._fast._full_path  # the session's receive_opened
 
     def counting(*args: Any) -> None:
         nonlocal full_calls
         full_calls += 1
         full_path(*args)
 
-    receiver.receive_opened = counting  # type: ignore[method-assign]
+    receiver._fast._full_path = counting
     receiver.receive_run(buffer, spans, SOURCES[0], 1.0, None)
     messages = [e for e in receiver.take_events() if isinstance(e, Message)]
     payloads = [b"direct"] + [bytes([0, n]) * (n + 1) for n in range(6)] + [b"late"]

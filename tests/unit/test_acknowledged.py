@@ -19,7 +19,7 @@ def _delivered(net: FakeNet, session: Session) -> list[bytes]:
 
 def _settle(net: FakeNet, sender: Session, limit: float = 10.0) -> None:
     end = net.now + limit
-    while not sender.reliable_settled() and net.now < end:
+    while not sender.streaming.settled() and net.now < end:
         net.run(STEP, step=STEP)
 
 
@@ -32,16 +32,16 @@ def test_acknowledged_only_once_each_receiver_has_everything_under_loss() -> Non
         sender.publish("t", payload, net.now, reliable=True)
     _settle(net, sender)
     members = [r.node_id for r in receivers]
-    sender.confirm_reliable(True)
+    sender.streaming.confirm(True)
     for _ in range(20_000):
-        waiting = sender.reliable_unacknowledged(members)
+        waiting = sender.streaming.unacknowledged(members)
         for receiver in receivers:
             if receiver.node_id not in waiting:  # acknowledged: it must really have it all
                 assert _delivered(net, receiver) == payloads
         if not waiting:
             break
         net.run(STEP, step=STEP)
-    assert sender.reliable_unacknowledged(members) == []
+    assert sender.streaming.unacknowledged(members) == []
     assert net.now < 10
 
 
@@ -52,14 +52,14 @@ def test_a_deaf_receiver_is_waited_for_until_it_fails_and_then_reported() -> Non
     sender.publish("t", b"x" * 5000, net.now, reliable=True)
     _settle(net, sender)
     members = [hearing.node_id, deaf.node_id]
-    sender.confirm_reliable(True)
+    sender.streaming.confirm(True)
     net.run(1.0, step=STEP)
-    assert sender.reliable_unacknowledged(members) == [deaf.node_id]
+    assert sender.streaming.unacknowledged(members) == [deaf.node_id]
     net.muted.add(net.address_of(deaf))  # then it goes silent: failed, no longer waited for
     net.run(5.0, step=0.01)
     assert deaf.node_id not in sender.peers
-    assert sender.reliable_awaited(members) == []  # no longer waited for
-    assert sender.reliable_unacknowledged(members) == [deaf.node_id]  # and said so
+    assert sender.streaming.awaited(members) == []  # no longer waited for
+    assert sender.streaming.unacknowledged(members) == [deaf.node_id]  # and said so
 
 
 def test_a_receiver_that_says_goodbye_is_neither_awaited_nor_reported() -> None:
@@ -69,13 +69,13 @@ def test_a_receiver_that_says_goodbye_is_neither_awaited_nor_reported() -> None:
     sender.publish("t", b"x" * 5000, net.now, reliable=True)
     _settle(net, sender)
     members = [staying.node_id, leaving.node_id]
-    sender.confirm_reliable(True)
+    sender.streaming.confirm(True)
     net.run(0.5, step=STEP)
-    assert sender.reliable_awaited(members) == [leaving.node_id]
+    assert sender.streaming.awaited(members) == [leaving.node_id]
     leaving.close(net.now)
     net.flush()
-    assert sender.reliable_awaited(members) == []
-    assert sender.reliable_unacknowledged(members) == []
+    assert sender.streaming.awaited(members) == []
+    assert sender.streaming.unacknowledged(members) == []
 
 
 def test_confirming_probes_are_paced_and_stop_when_told() -> None:
@@ -86,11 +86,11 @@ def test_confirming_probes_are_paced_and_stop_when_told() -> None:
     _settle(net, sender)
     net.run(3.0, step=STEP)  # the tail probes (5 ms doubling to 1 s) are over
     before = sender.counters["sent:rstate"]
-    sender.confirm_reliable(True)
+    sender.streaming.confirm(True)
     net.run(1.0, step=STEP)
     asked = sender.counters["sent:rstate"] - before
     assert 10 <= asked <= 22  # one every 50 ms (a LAN's round trip is shorter), + heartbeat's
-    sender.confirm_reliable(False)
+    sender.streaming.confirm(False)
     before = sender.counters["sent:rstate"]
     net.run(1.0, step=STEP)
     assert sender.counters["sent:rstate"] <= before + 1  # the heartbeat's only
@@ -105,9 +105,9 @@ def test_a_member_that_came_after_the_stream_acknowledges_without_history() -> N
     late = net.add("late")
     late.start(net.now)
     net.run(0.2, step=STEP)
-    sender.confirm_reliable(True)
+    sender.streaming.confirm(True)
     net.run(0.5, step=STEP)
-    assert sender.reliable_unacknowledged([early.node_id, late.node_id]) == []
+    assert sender.streaming.unacknowledged([early.node_id, late.node_id]) == []
     assert _delivered(net, late) == []  # nothing was asked for or replayed
     assert late.counters["sent:nack"] == 0
 
@@ -118,10 +118,10 @@ def test_an_ack_for_seqs_never_sent_does_not_count() -> None:
     net.deaf.add(net.address_of(receiver))
     sender.publish("t", b"z" * 4000, net.now, reliable=True)
     _settle(net, sender)
-    stream = sender._stream
+    stream = sender.streaming.stream
     assert stream is not None
     stream.on_ack(receiver.node_id, stream.next_seq + 100, net.now)  # a forged future ack
-    assert sender.reliable_unacknowledged([receiver.node_id]) == [receiver.node_id]
+    assert sender.streaming.unacknowledged([receiver.node_id]) == [receiver.node_id]
 
 
 def test_a_frame_overtaken_by_the_goodbye_does_not_bring_the_member_back() -> None:
@@ -141,7 +141,7 @@ def test_a_frame_overtaken_by_the_goodbye_does_not_bring_the_member_back() -> No
     _settle(net, sender)
     members = [staying.node_id, leaving.node_id]
     net.drop_if = hold_back
-    sender.confirm_reliable(True)
+    sender.streaming.confirm(True)
     net.run(0.3, step=STEP)
     leaving.close(net.now)
     net.flush()
@@ -149,5 +149,5 @@ def test_a_frame_overtaken_by_the_goodbye_does_not_bring_the_member_back() -> No
     for data in held:  # sent before the goodbye, they arrive after it
         sender.receive_datagram(data, leaving_address, net.now)
     assert held and leaving.node_id in sender.peers  # a phantom member again (session)
-    assert sender.reliable_awaited(members) == []  # but not waited for
-    assert sender.reliable_unacknowledged(members) == []  # nor reported
+    assert sender.streaming.awaited(members) == []  # but not waited for
+    assert sender.streaming.unacknowledged(members) == []  # nor reported

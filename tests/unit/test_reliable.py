@@ -433,7 +433,7 @@ def test_a_message_larger_than_the_window_is_held_whole_while_it_is_sent() -> No
     net.drop_if = lambda data, to: to == lagging_address and _kind(data) == FrameType.RDATA
     sender.publish("t", big, net.now, reliable=True)
     net.run(0.05, step=STEP)  # every fragment went out once; the lagging one heard none
-    assert sender.reliable_settled()
+    assert sender.streaming.settled()
     window = sender.reliable_stats()["sender"]["window_bytes"]
     assert 200_000 <= window <= 200_000 + 200 * 40  # the whole message, headers included
     net.drop_if = None
