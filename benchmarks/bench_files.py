@@ -235,7 +235,7 @@ def run_mcast_sealed(sender, receivers, source: Path, work: Path) -> tuple[float
     """mcast with every datagram sealed by a group key (both sides hold it)."""
     key = source.parent / "group.key"
     if not key.exists():
-        from mcastkit.security import write_key_file
+        from mcastkit.keyfiles import write_key_file
 
         write_key_file(key)
     return run_mcast(sender, receivers, source, work, "--key-file", str(key))

@@ -54,7 +54,7 @@ def frames_of(payload: bytes) -> tuple[Session, Session, list[bytes]]:
     sender.publish("big", payload, 0.1, reliable=True)
     frames: list[bytes] = []
     now = 0.1
-    while not sender.reliable_settled() or frames == []:
+    while not sender.streaming.settled() or frames == []:
         out = sender.datagrams_to_send(now)
         frames.extend(data for data, _ in out)
         if not out:

@@ -30,16 +30,11 @@ if TYPE_CHECKING:
         Updated,
     )
     from .framing import MessageTooLarge
+    from .keyfiles import load_key_file, write_key_file
     from .peers import PeerInfo
     from .relaying import RelayOptions, run_relay
     from .reliable import ReliableConfig, SlowReceiver, Unrecoverable
-    from .security import (
-        GroupKey,
-        SecurityError,
-        key_from_passphrase,
-        load_key_file,
-        write_key_file,
-    )
+    from .security import GroupKey, SecurityError, key_from_passphrase
     from .session import Session
     from .sync import SyncNode, connect
     from .transport import (
@@ -98,7 +93,7 @@ _HOMES = {
     "groups_sharing_mac": "addr",
     "key_from_passphrase": "security",
     "list_interfaces": "transport",
-    "load_key_file": "security",
+    "load_key_file": "keyfiles",
     "mac_for_group": "addr",
     "open_receiver": "transport",
     "open_sender": "transport",
@@ -107,7 +102,7 @@ _HOMES = {
     "resolve_interface": "transport",
     "resolve_interfaces": "transport",
     "run_relay": "relaying",
-    "write_key_file": "security",
+    "write_key_file": "keyfiles",
 }
 
 __all__ = [

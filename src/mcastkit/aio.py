@@ -42,6 +42,7 @@ from .session import Session
 from .subscription import Subscription
 from .transport import GroupSocket, IfaceChoice, interface_name, is_multi
 from .transport.batch import BatchReceiver
+from .transport.platform import default_cipher
 from .transport.unicast import resolve_seeds
 from .version import __version__
 
@@ -206,7 +207,7 @@ class Node:
     def _keyring(self) -> KeyRing | None:
         if self.key is not None:
             self._opened = memoryview(bytearray(32 << 16))  # a batch: 32 slots of 64 KiB
-            return KeyRing([self.key], os.urandom)
+            return KeyRing([self.key], os.urandom, cipher=default_cipher())
         warn_open_group(self.spec)
         return None
 

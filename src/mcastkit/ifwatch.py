@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .events import AddressChanged, InterfaceDown, InterfaceEvent, InterfaceUp
-from .transport.interfaces import ALL, Interface, eligible_for_all
+from .netif import ALL, Interface, eligible_for_all
 
 __all__ = ["POLL_INTERFACES", "SETTLE", "InterfaceTracker"]
 

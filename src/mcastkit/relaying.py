@@ -18,6 +18,7 @@ from .security import GroupKey, KeyRing
 from .transport import GroupSocket, IfaceChoice, open_receiver, open_sender
 from .transport.batch import BatchReceiver, BatchSender
 from .transport.driver import STOP, Driver
+from .transport.platform import default_cipher
 from .transport.sockets import new_socket
 from .transport.unicast import bind_unicast, resolve_peers
 
@@ -109,7 +110,9 @@ def run_relay(
         group.close()
         raise
     own = {(host, port) for host, port in seeds if port == options.port and _is_ours(host)}
-    keyring = None if options.key is None else KeyRing([options.key], os.urandom)
+    keyring = (
+        None if options.key is None else KeyRing([options.key], os.urandom, cipher=default_cipher())
+    )
     core = RelayCore(
         relay_id=int.from_bytes(os.urandom(8), "big") or 1,
         seeds=tuple(s for s in seeds if s not in own),

@@ -10,6 +10,7 @@ receiver opens both.
 Nonces: 8 random bytes drawn when the key ring is made, then a 32-bit counter; after 2**32
 frames a new random prefix. Two rings of one key collide only if their random prefixes do
 (64 bits), so keep a key for fewer than 2**32 rings or senders: rotate long before that.
+Key files are read and written by ``keyfiles.py``; this module touches no file.
 
 Keys come from a passphrase through scrypt (RFC 7914; n=2**15, r=8, p=1) with a salt bound to
 the group address and port, so every member of one group derives the same key while no
@@ -20,15 +21,10 @@ on it without configuration and a node can hold several keys while they rotate.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import logging
-import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
@@ -45,15 +41,15 @@ __all__ = [
     "KeyRing",
     "ReplayWindow",
     "SecurityError",
-    "default_cipher",
     "key_from_passphrase",
-    "load_key_file",
     "warn_open_group",
-    "write_key_file",
 ]
 
 _SEALED = (DatagramKind.SEALED,)
 CIPHERS = {"chacha20-poly1305": SEALED_TYPE, "aes-256-gcm": SEALED_GCM_TYPE}
+# What a ring seals with when not told; runtimes pass the host's best
+# (``transport.platform.default_cipher``: ChaCha20-Poly1305 without AES instructions).
+DEFAULT_CIPHER = "aes-256-gcm"
 _AEADS: dict[int, type[ChaCha20Poly1305] | type[AESGCM]] = {
     SEALED_TYPE: ChaCha20Poly1305,
     SEALED_GCM_TYPE: AESGCM,
@@ -120,85 +116,6 @@ def _group_salt(group: object) -> bytes:
     return f"{host}:{spec.port}".encode()
 
 
-def check_private(path: str | Path, what: str) -> None:
-    """Refuse a secret file that users other than its owner can read or write."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise SecurityError(f"cannot read {what} {path}: {exc.strerror}") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SecurityError(
-            f"{what} {path} is readable by other users (mode {stat.S_IMODE(mode):04o}); "
-            f"fix: chmod 600 {path}"
-        )
-
-
-def read_passphrase_file(path: str | Path) -> str:
-    """A passphrase from the first line of a private file."""
-    check_private(path, "passphrase file")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SecurityError(f"cannot read passphrase file {path}: {exc}") from None
-    lines = text.splitlines()
-    passphrase = lines[0] if lines else ""
-    if not passphrase:
-        raise SecurityError(f"passphrase file {path} is empty")
-    return passphrase
-
-
-def write_key_file(path: str | Path, key: GroupKey | None = None) -> GroupKey:
-    """Write a new (or the given) key to ``path`` readable by its owner only."""
-    key = key or GroupKey(os.urandom(KEY_SIZE))
-    target = Path(path)
-    body = json.dumps(
-        {
-            "mcastkit-key": 1,
-            "key_id": f"{key.key_id:08x}",
-            "key": base64.b64encode(key.secret).decode(),
-        }
-    )
-    write_new_key_file(target, body, 0o600)
-    return key
-
-
-def write_new_key_file(path: Path, text: str, mode: int) -> None:
-    """Create ``path`` with ``text`` (and a newline), never replacing a file that exists."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        raise SecurityError(f"{path} exists; refusing to overwrite a key") from None
-    except OSError as exc:
-        raise SecurityError(f"cannot create {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text + "\n")
-
-
-def load_key_file(path: str | Path) -> GroupKey:
-    """Read a key file written by ``mcast keygen`` (refused when others can read it)."""
-    check_private(path, "key file")
-    try:
-        data = json.loads(Path(path).read_text())
-        secret = base64.b64decode(data["key"], validate=True)
-    except OSError as exc:
-        raise SecurityError(f"cannot read key file {path}: {exc.strerror}") from exc
-    except (ValueError, KeyError, TypeError):
-        raise SecurityError(f"{path} is not an mcastkit key file (see `mcast keygen`)") from None
-    return GroupKey(secret)
-
-
-def default_cipher() -> str:
-    """AES-256-GCM where the CPU has AES instructions, else ChaCha20-Poly1305."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith(("flags", "Features")):
-                    return "aes-256-gcm" if "aes" in line.split() else "chacha20-poly1305"
-    except OSError:
-        pass
-    return "chacha20-poly1305"
-
-
 class KeyRing:
     """The keys a node accepts; the first one (or ``use``) seals outgoing frames.
 
@@ -214,7 +131,7 @@ class KeyRing:
     ) -> None:
         if not keys:
             raise SecurityError("a key ring needs at least one key")
-        cipher = cipher or default_cipher()
+        cipher = cipher or DEFAULT_CIPHER
         if cipher not in CIPHERS:
             raise SecurityError(f"unknown cipher {cipher!r}; choose from {', '.join(CIPHERS)}")
         self.cipher = cipher

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from netlab import Lab, joined_on_the_wire, wait_for_line
 
-from mcastkit.transfer.trust import write_signing_key
+from mcastkit.keyfiles import write_signing_key
 
 GROUP = "239.255.75.75:7575"
 

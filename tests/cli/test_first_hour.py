@@ -17,7 +17,8 @@ from conftest import ISOLATED
 from netlab import wait_for_line
 
 from mcastkit import Node
-from mcastkit.security import KeyRing, load_key_file
+from mcastkit.keyfiles import load_key_file
+from mcastkit.security import KeyRing
 from mcastkit.wire import Frame, FrameType, encode_frame
 
 MCAST = [sys.executable, "-m", "mcastkit"]

@@ -16,8 +16,7 @@ from pathlib import Path
 
 from netlab import Host, Lab, nft_drop, require_tool, wait_for_line
 
-from mcastkit.security import write_key_file
-from mcastkit.transfer.trust import write_signing_key
+from mcastkit.keyfiles import write_key_file, write_signing_key
 
 GROUP = "239.255.77.83:5083"
 CANARY = b"mcastkit plaintext canary: if you read this in a capture, sealing failed\n"

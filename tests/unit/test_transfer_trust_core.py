@@ -12,19 +12,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mcastkit.events import ReceiveState, SendPhase
+from mcastkit.keyfiles import load_public_key, load_signing_key, write_signing_key
 from mcastkit.security import CIPHERS, GroupKey, KeyRing, SecurityError
 from mcastkit.transfer.engine import ReceiveSession, SendSession
 from mcastkit.transfer.protocol import BLOCK_SIZE, FileInfo, decode_untrusted, encode_announce
 from mcastkit.transfer.sealing import OVERHEAD, Guard
 from mcastkit.transfer.storage import MemoryStorage
-from mcastkit.transfer.trust import (
-    AnnounceCheck,
-    AnnounceSigner,
-    load_public_key,
-    load_signing_key,
-    public_text,
-    write_signing_key,
-)
+from mcastkit.transfer.trust import AnnounceCheck, AnnounceSigner, public_text
 
 SENDER = ("10.0.0.1", 4000)
 RECEIVER = ("10.0.0.2", 5000)

@@ -13,6 +13,7 @@ from ..addr import format_endpoint, parse_group
 from ..diag.dump import PcapWriter, describe_untrusted
 from ..security import KeyRing
 from ..transport import open_receiver
+from ..transport.platform import default_cipher
 from . import argtypes
 from .output import (
     UsageError,
@@ -106,7 +107,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
         raise UsageError("give the GROUP:PORT to dump (or --wireshark-plugin)")
     spec = parse_group(args.group)
     key = group_key(args, args.group)
-    keyring = None if key is None else KeyRing([key], os.urandom)
+    keyring = None if key is None else KeyRing([key], os.urandom, cipher=default_cipher())
     receiver = open_receiver(spec, iface=args.iface, sources=args.source)
     receiver.grow_rcvbuf(args.rcvbuf)  # what the kernel grants; its drops are reported
     kernel_drops = 0

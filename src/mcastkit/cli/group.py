@@ -20,7 +20,7 @@ from ..events import (
     PeerEvent,
     Updated,
 )
-from ..security import write_key_file
+from ..keyfiles import write_key_file
 from ..transport.interfaces import router_hint
 from . import argtypes, signals
 from .node_options import member, node_options
@@ -61,7 +61,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Write a key file."""
     if args.sign:
-        from ..transfer.trust import fingerprint, public_text, write_signing_key
+        from ..keyfiles import write_signing_key
+        from ..transfer.trust import fingerprint, public_text
 
         public = write_signing_key(args.path)
         text = public_text(public)

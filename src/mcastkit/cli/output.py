@@ -118,12 +118,8 @@ def add_key_options(parser: argparse.ArgumentParser) -> None:
 def group_key(args: argparse.Namespace, group: object) -> GroupKey | None:
     """The group key the options (or $MCAST_PASSPHRASE) name, or None for an open group."""
     # Here, not at the top: only commands with key options load the crypto library.
-    from ..security import (
-        SecurityError,
-        key_from_passphrase,
-        load_key_file,
-        read_passphrase_file,
-    )
+    from ..keyfiles import load_key_file, read_passphrase_file
+    from ..security import SecurityError, key_from_passphrase
 
     if getattr(args, "key_file", None):
         return load_key_file(args.key_file)

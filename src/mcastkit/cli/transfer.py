@@ -229,7 +229,7 @@ def cmd_send_file(args: argparse.Namespace) -> int:
     key = group_key(args, spec)
     sign_key = None
     if args.sign_key:
-        from ..transfer.trust import load_signing_key
+        from ..keyfiles import load_signing_key
 
         sign_key = load_signing_key(args.sign_key)
 
@@ -351,7 +351,7 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
     key = group_key(args, spec)
     trust = None
     if args.trust:
-        from ..transfer.trust import load_public_key
+        from ..keyfiles import load_public_key
 
         trust = [load_public_key(text) for text in args.trust]
 

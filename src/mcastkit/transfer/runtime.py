@@ -22,6 +22,7 @@ from ..transport.ancillary import queue_load
 from ..transport.batch import BatchReceiver, BatchSender
 from ..transport.driver import STOP, Driver
 from ..transport.interfaces import resolve_interface, router_hint
+from ..transport.platform import default_cipher
 from ..transport.unicast import bind_unicast, open_unicast
 from ..units import Rate
 from .engine import DEFAULT_MAX_SIZE, Address, ReceiveSession, SendSession
@@ -84,7 +85,7 @@ def _guard(key: GroupKey | None) -> Guard:
         return Guard(None)
     from ..security import KeyRing
 
-    return Guard(KeyRing([key], os.urandom))
+    return Guard(KeyRing([key], os.urandom, cipher=default_cipher()))
 
 
 def _transmitter(

@@ -21,22 +21,19 @@ import binascii
 import hashlib
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..security import SecurityError, check_private, write_new_key_file
+from ..security import SecurityError
 from .protocol import ANNOUNCE, head
 
 __all__ = [
     "AnnounceCheck",
     "AnnounceSigner",
     "fingerprint",
-    "load_public_key",
-    "load_signing_key",
+    "public_key_from_text",
     "public_text",
-    "write_signing_key",
 ]
 
 CONTEXT = b"mcastkit announce v1\x00"
@@ -57,64 +54,17 @@ def public_text(public: Ed25519PublicKey) -> str:
     return PUBLIC_PREFIX + base64.b64encode(public.public_bytes_raw()).decode()
 
 
-def write_signing_key(path: str | Path) -> Ed25519PublicKey:
-    """A new Ed25519 key: private in ``path`` (0600, never overwritten), public in
-    ``path.pub``. Returns the public key."""
-    private = Ed25519PrivateKey.generate()
-    public = private.public_key()
-    target = Path(path)
-    body = json.dumps(
-        {
-            "mcastkit-signing-key": 1,
-            "public": public_text(public),
-            "key": base64.b64encode(private.private_bytes_raw()).decode(),
-        }
-    )
-    public_file = Path(f"{target}.pub")
-    if public_file.exists():  # check both before writing either
-        raise SecurityError(f"{public_file} exists; refusing to overwrite a key")
-    write_new_key_file(target, body, 0o600)
-    write_new_key_file(public_file, public_text(public), 0o644)
-    return public
-
-
-def load_signing_key(path: str | Path) -> Ed25519PrivateKey:
-    """The private key in a file written by ``mcast keygen --sign`` (refused when others
-    can read it)."""
-    check_private(path, "signing key")
-    try:
-        data = json.loads(Path(path).read_text())
-        raw = base64.b64decode(data["key"], validate=True)
-        return Ed25519PrivateKey.from_private_bytes(raw)
-    except OSError as exc:
-        raise SecurityError(f"cannot read signing key {path}: {exc.strerror}") from exc
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise SecurityError(
-            f"{path} is not an mcastkit signing key (make one with `mcast keygen --sign FILE`)"
-        ) from None
-
-
-def load_public_key(text: str) -> Ed25519PublicKey:
-    """A trusted key: ``ed25519:BASE64`` as printed by ``mcast keygen --sign``, or a file
-    holding it (the ``.pub`` file)."""
-    value = text.strip()
-    if not value.startswith(PUBLIC_PREFIX):
-        try:
-            value = Path(value).read_text().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not text"
-            raise SecurityError(
-                f"{text!r} is neither a public key (ed25519:...) nor a readable file: {reason}"
-            ) from None
+def public_key_from_text(value: str, given: str) -> Ed25519PublicKey:
+    """The key in ``ed25519:BASE64`` text (``given``: what the user wrote, for the error)."""
     if not value.startswith(PUBLIC_PREFIX):
         raise SecurityError(
-            f"{text!r} holds no public key (ed25519:..., from `mcast keygen --sign`)"
+            f"{given!r} holds no public key (ed25519:..., from `mcast keygen --sign`)"
         )
     try:
         raw = base64.b64decode(value[len(PUBLIC_PREFIX) :], validate=True)
         return Ed25519PublicKey.from_public_bytes(raw)
     except (ValueError, binascii.Error):
-        raise SecurityError(f"{text!r} is not a valid Ed25519 public key") from None
+        raise SecurityError(f"{given!r} is not a valid Ed25519 public key") from None
 
 
 class AnnounceSigner:

@@ -12,24 +12,14 @@ import functools
 import socket
 import struct
 import time
-from dataclasses import dataclass
 
 from ...transport.driver import STOP, Driver
+from .model import Heard
 
 __all__ = ["Heard", "listen", "parse_igmp", "parse_mld", "parse_pim"]
 
 PIM_PROTO = 103
 ALL_PIM_ROUTERS = {4: "224.0.0.13", 6: "ff02::d"}
-
-
-@dataclass(frozen=True)
-class Heard:
-    """A querier or a router on the link."""
-
-    kind: str  # "querier" or "router"
-    source: str
-    protocol: str  # "IGMPv3", "MLDv2", "PIM"...
-    interval: float | None = None  # the querier's query interval, when it says
 
 
 def _qqic(code: int) -> float:

@@ -7,12 +7,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...addr import GroupSpec
-from ...transport import (
-    Interface,
-)
-from .link import Heard
+from ...netif import Interface
 
 SEVERITIES = ("ok", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A querier or a router on the link."""
+
+    kind: str  # "querier" or "router"
+    source: str
+    protocol: str  # "IGMPv3", "MLDv2", "PIM"...
+    interval: float | None = None  # the querier's query interval, when it says
 
 
 @dataclass(frozen=True)
