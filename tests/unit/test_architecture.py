@@ -239,9 +239,10 @@ def _io_in_cores(root: Path = SRC) -> list[str]:
             if name in IO_MODULES:
                 found.append(f"{module}:{line} imports {name}")
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-                if node.func.id in IO_CALLS:
-                    found.append(f"{module}:{node.lineno} calls {node.func.id}()")
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+                continue
+            if node.func.id in IO_CALLS:
+                found.append(f"{module}:{node.lineno} calls {node.func.id}()")
     return found
 
 
