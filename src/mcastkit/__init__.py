@@ -27,13 +27,15 @@ if TYPE_CHECKING:
         Left,
         Message,
         RequestReceived,
+        SlowReceiver,
+        Unrecoverable,
         Updated,
     )
     from .framing import MessageTooLarge
     from .keyfiles import load_key_file, write_key_file
     from .peers import PeerInfo
     from .relaying import RelayOptions, run_relay
-    from .reliable import ReliableConfig, SlowReceiver, Unrecoverable
+    from .reliable import ReliableConfig
     from .security import GroupKey, SecurityError, key_from_passphrase
     from .session import Session
     from .sync import SyncNode, connect
@@ -81,11 +83,11 @@ _HOMES = {
     "RequestReceived": "events",
     "SecurityError": "security",
     "Session": "session",
-    "SlowReceiver": "reliable",
+    "SlowReceiver": "events",
     "SocketSetupError": "errors",
     "Subscription": "aio",
     "SyncNode": "sync",
-    "Unrecoverable": "reliable",
+    "Unrecoverable": "events",
     "Updated": "events",
     "classify": "addr",
     "connect": "sync",

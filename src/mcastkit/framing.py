@@ -11,6 +11,7 @@ from .security import KeyRing
 from .wire import HEADER, MAGIC, MAX_TOPIC, VERSION, Flag, FrameType, max_payload
 
 TOPIC_CACHE = 1024
+_UNICAST = int(Flag.UNICAST)  # per frame: an int, not an IntFlag's Python-level '|'
 
 
 class MessageTooLarge(MulticastError, ValueError):
@@ -65,7 +66,7 @@ class Framer:
     ) -> bytes:
         """One frame, sealed when the group has a key."""
         if unicast:
-            flags |= Flag.UNICAST
+            flags |= _UNICAST
             self._unicast_seq = (self._unicast_seq + 1) & 0xFFFFFFFF
             seq = self._unicast_seq
         else:

@@ -32,6 +32,9 @@ from .session_port import SessionPort
 from .wire import Flag, Frame, FrameType
 
 POSITION = struct.Struct("!Q")  # HEARTBEAT / GOODBYE payload: our stream's next seq
+# Per fragment: plain ints, not IntFlags (whose '|' runs in Python).
+_ACK_WANTED = int(Flag.ACK_WANTED)
+_REPAIR = int(Flag.REPAIR)
 
 
 class ReliableFrames:
@@ -198,9 +201,9 @@ class ReliableFrames:
         if stream is None:
             return
         send = self._port.send
-        flags = Flag.ACK_WANTED if stream.wants_acks else 0
+        flags = _ACK_WANTED if stream.wants_acks else 0
         for topic, payload, repair in stream.pull(now):
-            send(FrameType.RDATA, topic, payload, now, flags=flags | (Flag.REPAIR if repair else 0))
+            send(FrameType.RDATA, topic, payload, now, flags=flags | (_REPAIR if repair else 0))
         for slow in stream.take_slow_events():
             self._port.emit(slow)
 

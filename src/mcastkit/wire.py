@@ -7,7 +7,7 @@ so the receive path can count and drop.
 from __future__ import annotations
 
 import struct
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 from typing import NamedTuple
 
 from .magics import FRAME_MAGIC, SEALED_TYPES
@@ -55,8 +55,8 @@ class FrameType(IntEnum):
     PEERS = 11  # members' unicast addresses (gossip to members met by unicast: reach.py)
 
 
-class Flag:
-    """Bits of the flags byte."""
+class Flag(IntFlag):
+    """Bits of the flags byte (hot paths test and set them as plain ints: ``int(Flag.X)``)."""
 
     UNICAST = 0x01  # sent to one peer: its seq is from the sender's unicast counter
     HELLO_ANSWER = 0x02  # a HELLO answering another's HELLO: do not answer it again

@@ -16,7 +16,7 @@ import sys
 import time
 
 from mcastkit import Failed, Left, Node, ReliableConfig, Unrecoverable
-from mcastkit.reliable import UNKNOWN_END
+from mcastkit.events import UNKNOWN_END
 
 GROUP = "239.255.71.71:7171"
 

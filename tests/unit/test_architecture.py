@@ -340,6 +340,29 @@ def test_no_class_is_a_mixin_with_stubs_of_its_host() -> None:
         assert "Provided by" not in text, f"{path.relative_to(SRC)}: a mixin's stubs"
 
 
+def test_events_are_imported_from_events_only() -> None:
+    # One home for every event type: a re-export elsewhere is a second name to keep in step.
+    events = ast.parse((SRC / "events.py").read_text())
+    names = next(
+        {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+        for node in events.body
+        if isinstance(node, ast.Assign)
+        and getattr(node.targets[0], "id", "") == "__all__"
+        and isinstance(node.value, (ast.List, ast.Tuple))
+    )
+    assert {"Message", "Unrecoverable", "PhaseChanged"} <= names
+    elsewhere = []
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module != "events":
+                if node.module and node.module.endswith(".events"):
+                    continue
+                hits = {alias.name for alias in node.names} & names
+                if hits and not (node.module or "").startswith(("cryptography", "typing")):
+                    elsewhere.append(f"{module}: {sorted(hits)} from {node.module}")
+    assert not elsewhere, elsewhere
+
+
 def test_every_frame_kind_has_a_handler() -> None:
     # A kind without one would be a KeyError on the receive path: hostile input must not
     # raise. The table is built per session, of bound handlers.

@@ -10,12 +10,31 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mcastkit.diag.bench import make_payload
-from mcastkit.diag.dump import PcapWriter, _checksum, describe_untrusted
+from mcastkit.diag.dump import PcapWriter, _checksum, describe_untrusted, flag_names
 from mcastkit.diag.ping import PingSession
 from mcastkit.security import GroupKey, KeyRing
 from mcastkit.wire import Flag, Frame, FrameType, encode_frame
 
 FRAME = Frame(FrameType.DATA, Flag.UNICAST, 0xAB, 3, 9, 0, "news/x", b"hello")
+
+
+def test_dump_names_every_flag_bit_a_frame_carries() -> None:
+    # Totality: each bit the protocol defines has its name (REPAIR and ACK_WANTED were never
+    # shown once), and a bit it does not define is shown, not hidden.
+    for bit in Flag:
+        frame = Frame(FrameType.RDATA, int(bit), 0xAB, 3, 9, 0, "t", b"x")
+        named = describe_untrusted(encode_frame(frame))["flags"]
+        assert named == [str(bit.name).lower().replace("_", "-")]
+    assert "repair" in flag_names(0xFF) and "ack-wanted" in flag_names(0xFF)
+
+
+@given(st.integers(0, 255))
+def test_flag_names_account_for_every_bit(flags: int) -> None:
+    names = flag_names(flags)
+    assert len(names) == bin(flags).count("1")
+    unknown = [int(n, 16) for n in names if n.startswith("0x")]
+    named = sum(int(bit) for bit in Flag if str(bit.name).lower().replace("_", "-") in names)
+    assert named + sum(unknown) == flags
 
 
 def test_plain_sealed_and_opened_frames() -> None:

@@ -23,14 +23,13 @@ from .ping import PATH_NAMES, PingKind, decode_untrusted
 
 __all__ = ["PcapWriter", "describe_untrusted"]
 
-_FLAG_NAMES = {
-    Flag.UNICAST: "unicast",
-    Flag.HELLO_ANSWER: "hello-answer",
-    Flag.HELLO_WANTED: "hello-wanted",
-    Flag.REPAIR: "repair",
-    Flag.ACK_WANTED: "ack-wanted",
-    Flag.WANT_COPIES: "want-copies",
-}
+
+def flag_names(flags: int) -> list[str]:
+    """Every bit of a frame's flags byte by name ("repair", "ack-wanted"); a bit no
+    version of the protocol defines shows as its value ("0x80")."""
+    names = [str(bit.name).lower().replace("_", "-") for bit in Flag if flags & bit]
+    unknown = flags & ~sum(Flag) & 0xFF
+    return names + [f"0x{1 << n:02x}" for n in range(8) if unknown >> n & 1]
 
 
 def describe_untrusted(data: bytes, keyring: KeyRing | None = None) -> dict[str, Any]:
@@ -102,7 +101,7 @@ def _describe_frame(data: bytes) -> dict[str, Any]:
     return {
         "kind": "mcastkit",
         "type": frame.type.name,
-        "flags": [name for bit, name in _FLAG_NAMES.items() if frame.flags & bit],
+        "flags": flag_names(frame.flags),
         "sender": f"{frame.sender:016x}",
         "incarnation": frame.incarnation,
         "seq": frame.seq,

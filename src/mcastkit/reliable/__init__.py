@@ -15,7 +15,6 @@ rate). Time and randomness come in as arguments.
 
 from __future__ import annotations
 
-from ..events import UNKNOWN_END, SlowReceiver, Unrecoverable
 from .codec import (
     ACK,
     ACK_ECHO,
@@ -48,14 +47,11 @@ __all__ = [
     "RDATA_HEAD",
     "RSTATE",
     "RSTATE_TIMED",
-    "UNKNOWN_END",
     "NackRateControl",
     "ReliableConfig",
     "SlowPolicy",
-    "SlowReceiver",
     "StreamReceiver",
     "StreamSender",
-    "Unrecoverable",
     "decode_nack",
     "encode_nack",
     "ranges_of",

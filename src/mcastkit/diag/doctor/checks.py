@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ...addr import classify
 from .firewall import Probe, evaluate_iptables, evaluate_nft, probes_for
-from .model import SEVERITIES, Finding, SystemView
+from .model import SEVERITIES, Finding, Severity, SystemView
 
 # Interfaces that containers and VPNs make, by name (docker0, br-1a2b..., cni0, flannel.1).
 CONTAINER_BRIDGES = ("docker", "br-", "cni", "flannel", "cali", "weave", "podman", "virbr")
@@ -21,7 +21,7 @@ def _check_interfaces(view: SystemView) -> list[Finding]:
         names = ", ".join(i.name for i in view.interfaces)
         return [
             Finding(
-                "error",
+                Severity.ERROR,
                 "interface",
                 f"no interface {view.iface_given!r} here",
                 "joins and sends on it fail",
@@ -33,7 +33,7 @@ def _check_interfaces(view: SystemView) -> list[Finding]:
     if chosen.up is False:
         found.append(
             Finding(
-                "error",
+                Severity.ERROR,
                 "interface",
                 f"{chosen.name} is down",
                 "nothing is sent or received on a down interface",
@@ -43,7 +43,7 @@ def _check_interfaces(view: SystemView) -> list[Finding]:
     if chosen.multicast is False and not chosen.loopback:
         found.append(
             Finding(
-                "error",
+                Severity.ERROR,
                 "interface",
                 f"{chosen.name} has no MULTICAST flag",
                 "the driver says the link cannot carry multicast (or it was turned off). "
@@ -56,7 +56,7 @@ def _check_interfaces(view: SystemView) -> list[Finding]:
         lan = _a_lan_interface(view)
         found.append(
             Finding(
-                "warning",
+                Severity.WARNING,
                 "interface",
                 "multicast would go out of loopback only",
                 "the route for the group points at lo: other hosts hear nothing"
@@ -69,7 +69,7 @@ def _check_interfaces(view: SystemView) -> list[Finding]:
     if not family_ok:
         found.append(
             Finding(
-                "error",
+                Severity.ERROR,
                 "interface",
                 f"{chosen.name} has no IPv{view.group.family} address",
                 "a sender needs a source address of the group's family",
@@ -80,7 +80,7 @@ def _check_interfaces(view: SystemView) -> list[Finding]:
     if not found:
         found.append(
             Finding(
-                "ok",
+                Severity.OK,
                 "interface",
                 f"{chosen.name} is up and multicast-capable (index {chosen.index})",
             )
@@ -93,7 +93,7 @@ def _check_interfaces(view: SystemView) -> list[Finding]:
     if others:
         found.append(
             Finding(
-                "info",
+                Severity.INFO,
                 "interface",
                 f"other interfaces without MULTICAST: {', '.join(others)}",
                 "mcastkit will not use them (see `mcast ifaces`)",
@@ -138,7 +138,7 @@ def _check_route(view: SystemView) -> list[Finding]:
     family = view.group.family
     prefix = "224.0.0.0/4" if family == 4 else "ff00::/8"
     if view.route is None:
-        severity = "warning" if view.iface_given else "error"
+        severity = Severity.WARNING if view.iface_given else Severity.ERROR
         device = view.chosen.name if view.chosen else None
         every = _route_command(view, "add", prefix, device or "IFACE")
         return [
@@ -158,7 +158,7 @@ def _check_route(view: SystemView) -> list[Finding]:
     if view.iface_given and view.chosen is not None and view.route.name != view.chosen.name:
         return [
             Finding(
-                "warning",
+                Severity.WARNING,
                 "route",
                 f"the kernel routes {view.group.group} out of {view.route.name}, "
                 f"not {view.chosen.name}",
@@ -167,7 +167,7 @@ def _check_route(view: SystemView) -> list[Finding]:
                 (_route_command(view, "replace", _host_prefix(view), view.chosen.name),),
             )
         ]
-    return [Finding("ok", "route", f"{view.group.group} is routed out of {view.route.name}")]
+    return [Finding(Severity.OK, "route", f"{view.group.group} is routed out of {view.route.name}")]
 
 
 def _sysctl_int(view: SystemView, key: str) -> int | None:
@@ -201,7 +201,7 @@ def _check_rp_filter(view: SystemView) -> list[Finding]:
         if device is None and effective in (1, 2):
             found.append(
                 Finding(
-                    "error",
+                    Severity.ERROR,
                     "rp_filter",
                     f"no route back to source {source}: {mode} reverse-path filtering on "
                     f"{name} drops its multicast",
@@ -213,7 +213,7 @@ def _check_rp_filter(view: SystemView) -> list[Finding]:
         elif device is not None and device != name and effective == 1:
             found.append(
                 Finding(
-                    "error",
+                    Severity.ERROR,
                     "rp_filter",
                     f"source {source} is routed out of {device}, not {name}: strict "
                     "reverse-path filtering drops its multicast",
@@ -226,7 +226,7 @@ def _check_rp_filter(view: SystemView) -> list[Finding]:
     if effective == 1 and not view.source_routes:
         return [
             Finding(
-                "warning",
+                Severity.WARNING,
                 "rp_filter",
                 f"strict reverse-path filtering on {name}",
                 "multicast from a source this host would not route back to via "
@@ -235,7 +235,7 @@ def _check_rp_filter(view: SystemView) -> list[Finding]:
                 setting(2),
             )
         ]
-    return [Finding("ok", "rp_filter", f"reverse-path filtering is {mode} on {name}")]
+    return [Finding(Severity.OK, "rp_filter", f"reverse-path filtering is {mode} on {name}")]
 
 
 _FIREWALL_WHY = {
@@ -281,11 +281,13 @@ def _check_firewall(view: SystemView) -> list[Finding]:
             blocks += evaluate_iptables(saved, probe, tool=tool)
         for block in blocks:
             role = _probe_role(probe)
-            severity = "error" if role in ("udp-in", "udp-out", "igmp-out") else "warning"
+            severity = (
+                Severity.ERROR if role in ("udp-in", "udp-out", "igmp-out") else Severity.WARNING
+            )
             by = block.rule or "its policy"
             found.append(
                 Finding(
-                    severity if block.certain else "warning",
+                    severity if block.certain else Severity.WARNING,
                     "firewall",
                     f"{block.where} {'drops' if block.certain else 'may drop'} {probe.label}: {by}",
                     _FIREWALL_WHY[role],
@@ -293,7 +295,9 @@ def _check_firewall(view: SystemView) -> list[Finding]:
                 )
             )
     if not found:
-        found.append(Finding("ok", "firewall", "the firewall lets the group's traffic through"))
+        found.append(
+            Finding(Severity.OK, "firewall", "the firewall lets the group's traffic through")
+        )
     return found
 
 
@@ -353,7 +357,7 @@ def _forced_version(view: SystemView, family: int, name: str, *, asked: bool) ->
     protocol = forced.protocol
     return [
         Finding(
-            "error" if reasons else "info",
+            Severity.ERROR if reasons else Severity.INFO,
             "igmp",
             f"{protocol} is forced to version {forced.version} on {name}"
             + (f" while {' and '.join(reasons)}" if reasons else ""),
@@ -370,7 +374,7 @@ def _check_limits_and_memberships(view: SystemView) -> list[Finding]:
     if limit is not None:
         found.append(
             Finding(
-                "info",
+                Severity.INFO,
                 "limits",
                 f"a socket may join {limit} IPv4 groups (igmp_max_memberships)",
                 "joining more fails with 'No buffer space available'",
@@ -379,7 +383,7 @@ def _check_limits_and_memberships(view: SystemView) -> list[Finding]:
         )
     found.append(
         Finding(
-            "info",
+            Severity.INFO,
             "multicast_all",
             "sockets bound to the wildcard get every group joined on their port "
             "(IP_MULTICAST_ALL=1 is the Linux default)",
@@ -391,13 +395,17 @@ def _check_limits_and_memberships(view: SystemView) -> list[Finding]:
         if mine:
             found.append(
                 Finding(
-                    "info", "memberships", f"groups joined on {view.chosen.name}: {', '.join(mine)}"
+                    Severity.INFO,
+                    "memberships",
+                    f"groups joined on {view.chosen.name}: {', '.join(mine)}",
                 )
             )
     if view.ssm_joins:
         where = sorted({name for _family, name in view.ssm_joins})
         found.append(
-            Finding("info", "memberships", f"source-specific joins live on {', '.join(where)}")
+            Finding(
+                Severity.INFO, "memberships", f"source-specific joins live on {', '.join(where)}"
+            )
         )
     return found
 
@@ -407,7 +415,7 @@ def _check_ttl(view: SystemView) -> list[Finding]:
     if not info.routable and view.ttl > 1:
         return [
             Finding(
-                "info",
+                Severity.INFO,
                 "ttl",
                 f"{view.group.group} is {info.scope}: routers never "
                 f"forward it, whatever the TTL ({view.ttl})",
@@ -416,7 +424,7 @@ def _check_ttl(view: SystemView) -> list[Finding]:
     if info.routable and view.ttl <= 1:
         return [
             Finding(
-                "info",
+                Severity.INFO,
                 "ttl",
                 f"TTL {view.ttl} keeps {view.group.group} on this subnet",
                 "a routed group needs TTL = routers to cross + 1",
@@ -432,20 +440,24 @@ def _check_link(view: SystemView) -> list[Finding]:
     heard = view.heard
     name = view.chosen.name if view.chosen else "?"
     if isinstance(heard, str):
-        found.append(Finding("info", "link", f"did not listen for queriers: {heard}"))
+        found.append(Finding(Severity.INFO, "link", f"did not listen for queriers: {heard}"))
         heard = []
     queriers = [h for h in heard if h.kind == "querier"]
     routers = [h for h in heard if h.kind == "router"]
     for querier in queriers:
         every = f", every {querier.interval:g} s" if querier.interval else ""
         found.append(
-            Finding("ok", "link", f"querier {querier.source} on {name} ({querier.protocol}{every})")
+            Finding(
+                Severity.OK,
+                "link",
+                f"querier {querier.source} on {name} ({querier.protocol}{every})",
+            )
         )
     quiet_snoopers = [b for b, snooping, querier in view.bridges if snooping and not querier]
     if view.listened and not queriers and not isinstance(view.heard, str):
         found.append(
             Finding(
-                "warning" if quiet_snoopers else "info",
+                Severity.WARNING if quiet_snoopers else Severity.INFO,
                 "link",
                 f"no IGMP/MLD querier heard on {name} in {view.listened:g} s",
                 "behind a switch with IGMP snooping, joins age out after about 260 s without "
@@ -460,7 +472,7 @@ def _check_link(view: SystemView) -> list[Finding]:
     for bridge in quiet_snoopers:
         found.append(
             Finding(
-                "warning",
+                Severity.WARNING,
                 "link",
                 f"bridge {bridge} snoops IGMP/MLD but has no querier",
                 "its ports forward a group only while members answer queries: without "
@@ -472,7 +484,7 @@ def _check_link(view: SystemView) -> list[Finding]:
         hops = "TTL 1 (the default)"
         found.append(
             Finding(
-                "info",
+                Severity.INFO,
                 "link",
                 f"multicast router {router.source} on {name} ({router.protocol} hellos)",
                 f"groups sent with {hops} stay on this link; to reach members behind it, "
@@ -499,7 +511,7 @@ def _check_environment(view: SystemView) -> list[Finding]:
     if view.container:
         found.append(
             Finding(
-                "info",
+                Severity.INFO,
                 "environment",
                 f"running in a container ({view.container})",
                 "a container's bridge network (Docker, Kubernetes CNI) does not carry "
@@ -514,7 +526,7 @@ def _check_environment(view: SystemView) -> list[Finding]:
     if bridges:
         found.append(
             Finding(
-                "info",
+                Severity.INFO,
                 "environment",
                 f"container or VM bridges here: {', '.join(bridges)}",
                 "containers behind them reach the LAN through NAT, which forwards no "
@@ -531,7 +543,7 @@ def _check_environment(view: SystemView) -> list[Finding]:
     if tunnels:
         found.append(
             Finding(
-                "info",
+                Severity.INFO,
                 "environment",
                 f"tunnels here: {', '.join(f'{n} ({view.kinds[n]})' for n in tunnels)}",
                 "WireGuard and most VPN tunnels carry no multicast (WireGuard routes by "
@@ -557,7 +569,7 @@ def _check_environment(view: SystemView) -> list[Finding]:
         )
         found.append(
             Finding(
-                "info",
+                Severity.INFO,
                 "environment",
                 f"running under virtualisation: {view.virtualization}",
                 why,

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from ...addr import GroupSpec
 from ...netif import Interface
 
-SEVERITIES = ("ok", "info", "warning", "error")
+
+class Severity(str, Enum):
+    """How bad a finding is, in rising order (a str: JSON and comparisons with text keep
+    working)."""
+
+    OK = "ok"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+SEVERITIES = tuple(Severity)  # in rising order
 
 
 @dataclass(frozen=True)
@@ -31,7 +46,7 @@ class Finding:
     network), ``hint`` says what to do instead.
     """
 
-    severity: str
+    severity: Severity
     check: str
     what: str
     why: str = ""

@@ -10,14 +10,14 @@ from ...transport import (
     open_receiver,
     open_sender,
 )
-from .model import Finding, SystemView
+from .model import Finding, Severity, SystemView
 
 
 def self_test(view: SystemView, *, count: int = 3, timeout: float = 1.0) -> Finding:
     """Send to the group on the chosen interface and receive the looped-back copies."""
     if view.chosen is None:
         return Finding(
-            "error",
+            Severity.ERROR,
             "self-test",
             "self-test skipped: no interface to test",
             "the interface findings say why",
@@ -40,14 +40,14 @@ def self_test(view: SystemView, *, count: int = 3, timeout: float = 1.0) -> Find
                     got += 1
     except (MulticastError, OSError) as exc:
         return Finding(
-            "error",
+            Severity.ERROR,
             "self-test",
             f"could not send and receive on {where}: {exc}",
             "the socket layer refused; see the other findings",
         )
     if got == 0:
         return Finding(
-            "error",
+            Severity.ERROR,
             "self-test",
             f"sent {count} datagrams to {view.group} on {where} (TTL 0, loopback on) "
             "and received none",
@@ -55,5 +55,7 @@ def self_test(view: SystemView, *, count: int = 3, timeout: float = 1.0) -> Find
             hint="see the firewall findings",
         )
     return Finding(
-        "ok", "self-test", f"sent {count} datagrams to {view.group} on {where} and received {got}"
+        Severity.OK,
+        "self-test",
+        f"sent {count} datagrams to {view.group} on {where} and received {got}",
     )
