@@ -34,7 +34,7 @@ from .events import (
 from .gate import DEFAULT_MAX_PEERS, DEFAULT_MAX_SKEW
 from .gather import GatherResult, Request, Want
 from .node_paths import NodeWays, Path, Paths, kernel_drops, open_ways
-from .peers import PeerInfo, topic_matches
+from .peers import PeerInfo, random_id, topic_matches
 from .reach import ADDRESSES_KEY
 from .reliable import ReliableConfig
 from .security import GroupKey, KeyRing, key_from_passphrase, warn_open_group
@@ -176,9 +176,9 @@ class Node:
         self._session_args["seeds"] = tuple(s for s in self._seeds if s not in own)
         # Where we hear unicast: a peer that hears us from elsewhere knows a relay is between.
         self._session_args["meta"][ADDRESSES_KEY] = [format_endpoint(*a) for a in own[:8]]
-        random_id = int.from_bytes(os.urandom(8), "big") or 1  # 0 is reserved
+        node_id = random_id(os.urandom)
         self.session = Session(
-            node_id=random_id,
+            node_id=node_id,
             incarnation=int.from_bytes(os.urandom(4), "big"),
             now=loop.time(),
             random_bytes=os.urandom,

@@ -32,6 +32,7 @@ from .transport import (
     resolve_interfaces,
 )
 from .transport.batch import BatchReceiver, BatchSender, Destination
+from .transport.handles import local_address
 from .transport.netlink import LinkWatch, follow
 from .transport.unicast import bind_unicast, open_unicast
 
@@ -74,7 +75,7 @@ class Path:
     def address(self) -> Address:
         """Where this path hears unicast: its interface's address where the kernel bound the
         wildcard (at the first send), and the port."""
-        host, port = self.socket.sock.getsockname()[:2]
+        host, port = local_address(self.socket)
         if host in ("0.0.0.0", "::"):
             v4, v6 = self.interface.ipv4_address, self.interface.ipv6
             ip = v4 if self.socket.spec.family == 4 else (v6[0].ip if v6 else None)
@@ -122,13 +123,12 @@ class Paths:
             )
         else:
             sock = open_unicast(self.spec, interface)
-        bind_unicast(sock.sock, self.spec.family, interface, port)
-        sock.sock.setblocking(False)
+        bind_unicast(sock, self.spec.family, interface, port)
         path = Path(
             interface,
             sock,
-            BatchSender(sock.sock),  # same-size runs leave in one GSO call
-            BatchReceiver(sock.sock, slots=8, watch_load=False),
+            BatchSender(sock),  # same-size runs leave in one GSO call
+            BatchReceiver(sock, slots=8, watch_load=False),
         )
         self.close(interface.name)
         self.by_name[interface.name] = path
@@ -263,7 +263,7 @@ class NodeWays:
             return  # multicast off: the paths are fixed
         # Datagrams arrive in recvmmsg or GRO batches; on several interfaces each batch is
         # also one arrival interface.
-        reader = BatchReceiver(group.sock, slots=32, watch_load=False, arrival=several)
+        reader = BatchReceiver(group, slots=32, watch_load=False, arrival=several)
         label = None if several else group.interface.name
         self._loop.add_reader(group.fileno(), self._on_readable, reader, label, True)
         self._watch = LinkWatch()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -10,9 +11,16 @@ from .addr import format_endpoint
 if TYPE_CHECKING:  # the crypto library loads only where a group is sealed
     from .security import ReplayWindow
 
-__all__ = ["MAX_PATHS", "Address", "PeerInfo", "topic_matches"]
+__all__ = ["MAX_PATHS", "Address", "PeerInfo", "random_id", "topic_matches"]
 
-Address = tuple[str, int]
+Address = tuple[str, int]  # a host and a port: the one alias of it
+
+
+def random_id(random_bytes: Callable[[int], bytes]) -> int:
+    """A random 64-bit id of a node, a relay or a transfer (0 is reserved: never drawn)."""
+    return int.from_bytes(random_bytes(8), "big") or 1
+
+
 MAX_PATHS = 16  # interfaces remembered per peer: a bound against a flood of forged names
 
 

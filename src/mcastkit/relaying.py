@@ -12,12 +12,13 @@ from typing import Any
 
 from .addr import GroupSpec
 from .errors import SocketSetupError
-from .peers import Address
+from .peers import Address, random_id
 from .relay import Emit, RelayCore
 from .security import GroupKey, KeyRing
 from .transport import GroupSocket, IfaceChoice, open_receiver, open_sender
 from .transport.batch import BatchReceiver, BatchSender
 from .transport.driver import STOP, Driver
+from .transport.handles import local_address, nonblocking, set_receive_buffer
 from .transport.platform import default_cipher
 from .transport.sockets import new_socket
 from .transport.unicast import bind_unicast, resolve_peers
@@ -46,7 +47,7 @@ class RelayOptions:
 
 @dataclass
 class _Proxy:
-    sock: GroupSocket
+    socket: GroupSocket
     sender: BatchSender
     reader: BatchReceiver
 
@@ -89,8 +90,8 @@ def _open_link(options: RelayOptions) -> socket.socket:
             f"binding relay port {options.port} ({exc.strerror}): another relay on this host? "
             "give --port"
         ) from None
-    sock.setblocking(False)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    nonblocking(sock)
+    set_receive_buffer(sock, 4 << 20)
     return sock
 
 
@@ -114,7 +115,7 @@ def run_relay(
         None if options.key is None else KeyRing([options.key], os.urandom, cipher=default_cipher())
     )
     core = RelayCore(
-        relay_id=int.from_bytes(os.urandom(8), "big") or 1,
+        relay_id=random_id(os.urandom),
         seeds=tuple(s for s in seeds if s not in own),
         now=time.monotonic(),
         keyring=keyring,
@@ -146,17 +147,14 @@ def run_relay(
         except OSError:
             core.counters["proxy-errors"] += 1
             return None
-        sock.sock.setblocking(False)
-        bind_unicast(sock.sock, spec.family, interface, 0)  # any port of the site address
-        if sock.sock.getsockname()[1] == 0:  # the interface has no address to stand on
+        bind_unicast(sock, spec.family, interface, 0)  # any port of the site address
+        if local_address(sock)[1] == 0:  # the interface has no address to stand on
             sock.close()
             core.counters["proxy-errors"] += 1
             return None
-        proxy = _Proxy(
-            sock, BatchSender(sock.sock), BatchReceiver(sock.sock, slots=8, watch_load=False)
-        )
+        proxy = _Proxy(sock, BatchSender(sock), BatchReceiver(sock, slots=8, watch_load=False))
         relay.proxies[key] = proxy
-        core.own_sources.add(tuple(sock.sock.getsockname()[:2]))
+        core.own_sources.add(local_address(sock))
 
         def from_member(
             buffer: memoryview, spans: list[tuple[int, int]], source: Any, _: Any
@@ -189,9 +187,9 @@ def run_relay(
         for key in core.idle_proxies(now):
             proxy = relay.proxies.pop(key, None)
             if proxy is not None:
-                core.own_sources.discard(tuple(proxy.sock.sock.getsockname()[:2]))
-                driver.forget(proxy.sock.sock)
-                proxy.sock.close()
+                core.own_sources.discard(local_address(proxy.socket))
+                driver.forget(proxy.socket)
+                proxy.socket.close()
         if next_stats is not None and on_stats is not None and now >= next_stats:
             next_stats = now + (options.stats_every or 1.0)
             on_stats(relay.stats())
@@ -203,15 +201,13 @@ def run_relay(
         return max(wait, 0.0)
 
     try:
-        driver.read_runs(
-            BatchReceiver(group.sock, slots=32, watch_load=False), from_group, READ_BATCH
-        )
+        driver.read_runs(BatchReceiver(group, slots=32, watch_load=False), from_group, READ_BATCH)
         driver.read_runs(BatchReceiver(link, slots=32, watch_load=False), from_relay, READ_BATCH)
         driver.run(turn)
     finally:
         driver.close()
         for proxy in relay.proxies.values():
-            proxy.sock.close()
+            proxy.socket.close()
         link.close()
         group.close()
     return relay

@@ -16,7 +16,7 @@ from .events import Event, Failed, IdRenewed, Joined, Left, Message, RequestRece
 from .framing import Framer, MessageTooLarge
 from .gate import DEFAULT_MAX_PEERS, DEFAULT_MAX_SKEW, MembershipGate
 from .gather import Requests, Want
-from .peers import MAX_PATHS, Address, PeerInfo
+from .peers import MAX_PATHS, Address, PeerInfo, random_id
 from .reach import Reach
 from .reliable import ReliableConfig
 from .reliable.inbound import InboundStreams
@@ -477,7 +477,7 @@ class Session:
         self.counters["id-conflicts"] += 1
         if self.incarnation < frame.incarnation:
             old = self.node_id
-            self.node_id = int.from_bytes(self._random(8), "big") or 1  # 0 is reserved
+            self.node_id = random_id(self._random)
             self._events.append(IdRenewed(old, self.node_id))
             self._send_hello(now, flags=0, to=None)
 

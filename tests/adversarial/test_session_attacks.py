@@ -17,14 +17,20 @@ import craft
 import pytest
 from fakenet import FakeNet
 
-from mcastkit.events import Failed, Joined, Left, Message, RequestReceived
+from mcastkit.events import (
+    UNKNOWN_END,
+    Failed,
+    Joined,
+    Left,
+    Message,
+    RequestReceived,
+    Unrecoverable,
+)
 from mcastkit.gate import ANSWER_BURST, ANSWER_RATE, MAX_TOMBSTONES
 from mcastkit.reliable import (
     GAP_COST,
-    UNKNOWN_END,
     ReliableConfig,
     StreamReceiver,
-    Unrecoverable,
 )
 from mcastkit.reliable.sender import StreamSender
 from mcastkit.security import GroupKey

@@ -33,6 +33,7 @@ TRANSPORT = {
     "transport.batch",
     "transport.capture",
     "transport.driver",
+    "transport.handles",
     "transport.interfaces",
     "transport.joinreq",
     "transport.mmsg",
@@ -338,6 +339,22 @@ def test_no_class_is_a_mixin_with_stubs_of_its_host() -> None:
     for path in SRC.rglob("*.py"):
         text = path.read_text()
         assert "Provided by" not in text, f"{path.relative_to(SRC)}: a mixin's stubs"
+
+
+def test_the_transport_is_closed() -> None:
+    # Sockets are the transport's: above it nothing reaches for a GroupSocket's ``.sock`` or
+    # sets an option itself, and one builder packs an ip_mreqn.
+    reached = []
+    for module, path in _modules().items():
+        text = path.read_text()
+        if module in TRANSPORT:
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Attribute) and node.attr in ("sock", "setsockopt"):
+                reached.append(f"{module}:{node.lineno} .{node.attr}")
+    assert not reached, reached
+    packers = [m for m, path in _modules().items() if "4s4si" in path.read_text()]
+    assert packers == ["transport.joinreq"]
 
 
 def test_events_are_imported_from_events_only() -> None:

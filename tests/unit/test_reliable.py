@@ -7,15 +7,12 @@ import random
 import pytest
 from fakenet import FakeNet
 
-from mcastkit.events import Message
+from mcastkit.events import UNKNOWN_END, Message, SlowReceiver, Unrecoverable
 from mcastkit.reliable import (
     RDATA_HEAD,
-    UNKNOWN_END,
     ReliableConfig,
-    SlowReceiver,
     StreamReceiver,
     StreamSender,
-    Unrecoverable,
     decode_nack,
     encode_nack,
     ranges_of,

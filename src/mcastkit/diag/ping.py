@@ -23,10 +23,10 @@ from typing import Any
 
 from ..addr import format_endpoint
 from ..magics import PING_MAGIC
+from ..peers import Address
 
 __all__ = ["PathStats", "PeerPaths", "PingSession", "decode_untrusted"]
 
-Address = tuple[str, int]
 MAGIC = PING_MAGIC
 
 

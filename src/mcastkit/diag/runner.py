@@ -15,6 +15,7 @@ from typing import Any
 from ..addr import GroupSpec
 from ..errors import MulticastError
 from ..pacing import TokenBucket
+from ..peers import Address, random_id
 from ..transport import (
     GroupSocket,
     IfaceChoice,
@@ -27,11 +28,12 @@ from ..transport import (
 from ..transport.batch import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, BatchReceiver, BatchSender
 from ..transport.capture import open_capture
 from ..transport.driver import STOP, Driver
+from ..transport.handles import bind_any, connected_send, nonblocking
 from ..transport.interfaces import resolve_interface
 from .bench import HEAD as BENCH_HEAD
 from .bench import IPERF_CLOSE, IPERF_HEAD, MIN_SIZE, BenchStats, Rate, make_payload
 from .bench import MAGIC as BENCH_MAGIC
-from .ping import Address, PingSession
+from .ping import PingSession
 from .top import TopView
 
 __all__ = ["run_bench_recv", "run_bench_send", "run_ping", "run_top"]
@@ -62,10 +64,10 @@ def _ping_socket(
     ping reads."""
     sender = open_sender(spec, iface=interface.index, ttl=ttl, source=source, loopback=loopback)
     if source is None:
-        sender.sock.bind(("::", port, 0, 0))
-    set_unicast_ttl(sender.sock, spec.family, ttl)
-    enable_packet_info(sender.sock, spec.family)
-    sender.sock.setblocking(False)
+        bind_any(sender, 6, port)
+    set_unicast_ttl(sender, spec.family, ttl)
+    enable_packet_info(sender, spec.family)
+    nonblocking(sender)
     return sender
 
 
@@ -130,7 +132,7 @@ def run_ping(
     heard_on: dict[str, GroupSocket] = {}  # peer host -> the socket of its interface
     now = time.monotonic_ns()
     session = PingSession(
-        int.from_bytes(os.urandom(8), "big") or 1,
+        random_id(os.urandom),
         now_ns=now,
         interval_ns=int(interval * 1e9),
         ttl=ttl,
@@ -185,7 +187,7 @@ def run_ping(
     try:
         with Driver() as driver:
             for sock in (group_socket, *unicasts, *link_locals):
-                driver.on_readable(sock.sock, functools.partial(drain, sock))
+                driver.on_readable(sock, functools.partial(drain, sock))
             driver.run(turn)
     finally:
         group_socket.close()
@@ -230,7 +232,7 @@ def run_bench_send(
     )
     sender = open_sender(spec, iface=iface, ttl=ttl, sndbuf=4 << 20)
     pps = None if rate is None else rate.packets_per_second(size)
-    batch = BatchSender(sender.sock, gso=gso)
+    batch = BatchSender(sender, gso=gso)
     per_call = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size)) if batch.gso else 1
     buffer = bytearray(make_payload(0, 0, size) * per_call)
     view = memoryview(buffer)
@@ -240,8 +242,7 @@ def run_bench_send(
     pack_into = head.pack_into
     # A connected socket skips the address conversion sendto() does per call (iperf2 connects
     # too), which is most of Python's own cost per datagram here.
-    sender.sock.connect(sender.destination)
-    send = sender.sock.send
+    send = connected_send(sender, sender.destination)
     destination = sender.destination
     sent = 0
     errors: Counter[str] = Counter()  # by errno name: a full queue is not a firewall
@@ -337,7 +338,7 @@ def run_bench_recv(
     stats = BenchStats()
     # Datagrams come in batches (recvmmsg, or coalesced by GRO) and are measured in place:
     # one system call and one clock reading per batch, not per datagram.
-    batch = BatchReceiver(receiver.sock)
+    batch = BatchReceiver(receiver)
     on_datagram = stats.on_datagram
 
     def measure(
@@ -440,7 +441,7 @@ def run_top(
 
     try:
         with Driver() as driver:
-            driver.on_readable(capture.sock, drain)
+            driver.on_readable(capture, drain)
             driver.run(turn)
     finally:
         capture.close()

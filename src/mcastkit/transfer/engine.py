@@ -8,7 +8,8 @@ disk and in memory), so the engines never touch a file and their tests run on me
 
 from __future__ import annotations
 
-from .protocol import Address, Out, safe_name, safe_path
+from ..peers import Address
+from .protocol import Out, safe_name, safe_path
 from .receiving import DEFAULT_MAX_SIZE, SENDER_SILENCE, ReceiveSession, Sink, Storage
 from .sending import BlockSource, ReceiverState, SendSession
 

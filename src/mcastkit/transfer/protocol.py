@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from ..magics import TRANSFER_MAGIC
+from ..peers import Address
 
 __all__ = [
     "ANNOUNCE",
@@ -78,7 +79,6 @@ PROGRESS_BODY = struct.Struct("!QII")  # receiver id, blocks received, kernel dr
 # ... then, optionally, one byte: how full the receiver's socket buffer is, in percent. It
 # rises before anything is dropped: the sender slows down before it costs a repair.
 Buffer = bytes | bytearray | memoryview  # what a block may arrive as (no copy)
-Address = tuple[str, int]
 Out = list[tuple[bytes, Address | None]]  # datagrams to send; None: to the group
 DATA_HEAD = struct.Struct("!HI")  # file index, block index
 DATA_HEADER = struct.Struct(HEAD.format + DATA_HEAD.format[1:])  # HEAD + DATA_HEAD in one

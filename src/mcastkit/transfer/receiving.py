@@ -14,6 +14,7 @@ from ..events import (
     TransferEvent,
     TransferFinished,
 )
+from ..peers import Address
 from .protocol import (
     ABORT,
     ANNOUNCE,
@@ -35,7 +36,6 @@ from .protocol import (
     REGISTER,
     RESUMING,
     STATUS_REQ,
-    Address,
     Announce,
     FileInfo,
     Out,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import resource
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,17 +14,18 @@ from ..addr import GroupSpec
 from ..errors import AddressError
 from ..events import ReceiveState, SendPhase, TransferEvent, TransferRefused
 from ..pacing import TokenBucket
+from ..peers import Address, random_id
 from ..reach import CopyTargets
 from ..refusals import why_refused
 from ..transport import Packet, open_receiver, open_sender
-from ..transport.ancillary import queue_load
 from ..transport.batch import BatchReceiver, BatchSender
 from ..transport.driver import STOP, Driver
+from ..transport.handles import set_receive_buffer
 from ..transport.interfaces import resolve_interface, router_hint
 from ..transport.platform import default_cipher
 from ..transport.unicast import bind_unicast, open_unicast
 from ..units import Rate
-from .engine import DEFAULT_MAX_SIZE, Address, ReceiveSession, SendSession
+from .engine import DEFAULT_MAX_SIZE, ReceiveSession, SendSession
 from .partial import PARTIALS_MAX_BYTES
 from .protocol import (
     BLOCK_SIZE,
@@ -179,13 +179,12 @@ def send_files(
         sender = open_sender(spec, iface=iface, ttl=ttl, sndbuf=4 << 20)
     else:
         sender = open_unicast(spec, resolve_interface(iface, spec.family, require_multicast=False))
-    sender.sock.setblocking(False)
     # At the group's port, where it is free: receivers beyond multicast name it to ask.
-    bind_unicast(sender.sock, spec.family, sender.interface, spec.port)
+    bind_unicast(sender, spec.family, sender.interface, spec.port)
     now = time.monotonic()
     copies = CopyTargets(peers)
     session = SendSession(
-        int.from_bytes(os.urandom(8), "big") or 1,
+        random_id(os.urandom),
         files,
         source,
         now=now,
@@ -214,8 +213,8 @@ def send_files(
     bucket = TokenBucket(pps, most, now)
     next_sample, sent_at_sample = now + SAMPLE_EVERY, 0
     last_progress = 0.0
-    batch = BatchSender(sender.sock, gso=gso)
-    replies = BatchReceiver(sender.sock, gro=False, multi=False)
+    batch = BatchSender(sender, gso=gso)
+    replies = BatchReceiver(sender, gro=False, multi=False)
     group = sender.destination
     targets = copies.current(now)
     transmit = _transmitter(batch, group, guard, lambda: targets, multicast)
@@ -386,14 +385,13 @@ def receive_files(
     else:
         interface = resolve_interface(iface, spec.family, require_multicast=False)
         unicast = open_unicast(spec, interface)
-        unicast.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    unicast.sock.setblocking(False)
-    bind_unicast(unicast.sock, spec.family, interface, spec.port)
-    data_sock = group_socket.sock if group_socket is not None else unicast.sock
+        set_receive_buffer(unicast, rcvbuf)
+    bind_unicast(unicast, spec.family, interface, spec.port)
+    data_socket = group_socket if group_socket is not None else unicast
     next_ask = 0.0
     now = time.monotonic()
     session = ReceiveSession(
-        int.from_bytes(os.urandom(8), "big") or 1,
+        random_id(os.urandom),
         name or f"{os.uname().nodename}-{os.getpid()}",
         # The receiver decides what is replaced: its --overwrite, or its --sync. Partials
         # resume only under the same protection they were written under.
@@ -415,11 +413,12 @@ def receive_files(
     last_progress = 0.0
     refusal_said = False  # the first refused datagram is said at once, once
 
-    batch = BatchSender(unicast.sock, gso=False)
+    batch = BatchSender(unicast, gso=False)
     # Only the data socket's drops and fill say whether the sender is too fast.
-    incoming = {data_sock: BatchReceiver(data_sock, gro=gro)}
+    data_reader = BatchReceiver(data_socket, gro=gro)
+    readers = [data_reader]
     if group_socket is not None:
-        incoming[unicast.sock] = BatchReceiver(unicast.sock, gro=False, slots=8, watch_load=False)
+        readers.append(BatchReceiver(unicast, gro=False, slots=8, watch_load=False))
 
     def transmit(out: list[tuple[bytes, Address | None]]) -> None:
         for data, destination in out:
@@ -431,7 +430,7 @@ def receive_files(
     ) -> None:
         if drops is not None:  # the adaptive sender's signals
             session.kernel_drops = drops
-        session.queue_fill = incoming[data_sock].fill
+        session.queue_fill = data_reader.fill
         buffer, spans = guard.open_runs(buffer, spans)
         transmit(session.receive_many(buffer, spans, source, time.monotonic()))
 
@@ -470,7 +469,7 @@ def receive_files(
 
     try:
         with Driver() as driver:
-            for receiver in incoming.values():
+            for receiver in readers:
                 driver.read_runs(receiver, handle)
             driver.run(turn)
     finally:
@@ -480,7 +479,7 @@ def receive_files(
                 session.suspend()
             else:
                 session.sink.discard()
-        load = queue_load(data_sock)  # also the drops after the last datagram read
+        load = data_socket.load()  # also the drops after the last datagram read
         if load is not None:
             session.kernel_drops = load.drops
         if group_socket is not None:
@@ -490,7 +489,7 @@ def receive_files(
     summary = session.summary()
     summary["seconds"] = round(time.monotonic() - started, 3)
     summary["directory"] = str(directory)
-    summary["io"] = {"gro": incoming[data_sock].gro, **incoming[data_sock].counters}
+    summary["io"] = {"gro": data_reader.gro, **data_reader.counters}
     summary["peak_rss_mb"] = peak_rss_mb()
     summary["sealed"] = guard.ring is not None
     summary["dropped"] = guard.dropped

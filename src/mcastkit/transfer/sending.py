@@ -17,6 +17,7 @@ from ..events import (
     SendPhase,
     TransferEvent,
 )
+from ..peers import Address
 from .protocol import (
     ABORT,
     COMPLETE,
@@ -36,7 +37,6 @@ from .protocol import (
     RESUMING,
     STATUS,
     STATUS_REQ,
-    Address,
     Buffer,
     FileInfo,
     Out,

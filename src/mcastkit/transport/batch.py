@@ -34,6 +34,7 @@ from .ancillary import (
     parse_ancillary,
     queue_load,
 )
+from .handles import Buffer, SocketLike, os_socket
 from .interfaces import scoped, zoned
 from .joinreq import LINUX
 from .mmsg import MultiReceive
@@ -55,7 +56,6 @@ _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: the enum's & costs a microsec
 _GSO_REFUSALS = {errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EPROTO}
 
 Destination = tuple[str, int] | tuple[str, int, int, int]
-Buffer = bytes | bytearray | memoryview
 # handle(buffer, [(start, end), ...], (source, port), kernel drops or None); the buffer is
 # reused by the next receive
 RunHandler = Callable[[memoryview, list[tuple[int, int]], tuple[str, int], "int | None"], None]
@@ -119,8 +119,8 @@ class BatchSender:
     refused).
     """
 
-    def __init__(self, sock: socket.socket, *, gso: bool = True) -> None:
-        self.sock = sock
+    def __init__(self, sock: SocketLike, *, gso: bool = True) -> None:
+        sock = self.sock = os_socket(sock)
         self.gso = gso and gso_supported(sock)
         self._gso_limit = 1 << 16  # segments this large or larger go one by one (EMSGSIZE)
         self.counters: Counter[str] = Counter()
@@ -292,7 +292,7 @@ class BatchReceiver:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: SocketLike,
         *,
         gro: bool = True,
         multi: bool = True,
@@ -300,7 +300,7 @@ class BatchReceiver:
         watch_load: bool = True,
         arrival: bool = False,
     ) -> None:
-        self.sock = sock
+        sock = self.sock = os_socket(sock)
         self.watch_load = watch_load
         self.arrival = arrival
         self.arrival_index: int | None = None

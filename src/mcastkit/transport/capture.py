@@ -1,18 +1,22 @@
-"""A passive capture of one interface (Linux AF_PACKET, cooked): every IP packet on the link,
-the interface put in all-multicast mode so groups this host never joined are seen too.
-Nothing is sent, no group is joined: a snooping switch shows us only what it forwards."""
+"""Passive listening on one interface. ``open_capture``: a capture (Linux AF_PACKET, cooked)
+of every IP packet on the link, the interface put in all-multicast mode so groups this host
+never joined are seen too; nothing is sent, no group is joined, so a snooping switch shows us
+only what it forwards. ``open_link_listeners``: raw sockets that hear IGMP/MLD queries and
+PIM hellos (the all-PIM-routers group joined), for the doctor."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import socket
 import struct
 
 from ..errors import SocketSetupError
 from .interfaces import Interface
+from .joinreq import ip_mreqn
 
-__all__ = ["Capture", "open_capture"]
+__all__ = ["Capture", "open_capture", "open_link_listeners"]
 
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
@@ -95,3 +99,42 @@ def open_capture(interface: Interface) -> Capture:
             ) from None
         raise SocketSetupError(f"capturing on {interface.name} failed: {exc.strerror}") from None
     return Capture(sock, interface)
+
+
+PIM_PROTO = 103
+ALL_PIM_ROUTERS = {4: "224.0.0.13", 6: "ff02::d"}
+
+
+def open_link_listeners(family: int, iface: str, index: int) -> list[tuple[socket.socket, str]]:
+    """Raw sockets bound to ``iface`` that receive its IGMP ("igmp") or MLD ("mld") messages
+    and PIM hellos ("pim"). Raises PermissionError without root (CAP_NET_RAW), OSError for
+    another reason; nothing is left open then."""
+    sockets: list[tuple[socket.socket, str]] = []
+    try:
+        if family == 4:
+            sockets.append(
+                (socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP), "igmp")
+            )
+            pim = socket.socket(socket.AF_INET, socket.SOCK_RAW, PIM_PROTO)
+            sockets.append((pim, "pim"))
+            group = ipaddress.IPv4Address(ALL_PIM_ROUTERS[4])
+            with contextlib.suppress(OSError):  # no PIM routers heard, the rest still is
+                pim.setsockopt(
+                    socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, ip_mreqn(group, None, index)
+                )
+        else:
+            sockets.append(
+                (socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6), "mld")
+            )
+            pim6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, PIM_PROTO)
+            sockets.append((pim6, "pim"))
+            request = ipaddress.IPv6Address(ALL_PIM_ROUTERS[6]).packed + struct.pack("@I", index)
+            with contextlib.suppress(OSError):
+                pim6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, request)
+        for sock, _ in sockets:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+    except OSError:
+        for sock, _ in sockets:
+            sock.close()
+        raise
+    return sockets

@@ -12,12 +12,12 @@ room, errors are counted).
 from __future__ import annotations
 
 import selectors
-import socket
 import time
 from collections.abc import Callable
 
 from .ancillary import Packet
 from .batch import BatchReceiver, RunHandler
+from .handles import SocketLike, os_socket
 
 __all__ = ["STOP", "Driver"]
 
@@ -32,13 +32,13 @@ class Driver:
         self._selector = selectors.DefaultSelector()
         self.turns = 0
 
-    def on_readable(self, sock: socket.socket, callback: Callable[[], object]) -> None:
+    def on_readable(self, sock: SocketLike, callback: Callable[[], object]) -> None:
         """Call ``callback`` whenever ``sock`` has something to read."""
-        self._selector.register(sock, selectors.EVENT_READ, callback)
+        self._selector.register(os_socket(sock), selectors.EVENT_READ, callback)
 
-    def forget(self, sock: socket.socket) -> None:
+    def forget(self, sock: SocketLike) -> None:
         """Stop watching ``sock`` (before it is closed)."""
-        self._selector.unregister(sock)
+        self._selector.unregister(os_socket(sock))
 
     def read_runs(self, receiver: BatchReceiver, handle: RunHandler, limit: int = 256) -> None:
         """Drain ``receiver`` in batches (GRO runs, ``recvmmsg``) into ``handle``."""

@@ -50,5 +50,14 @@ def _group_req(ifindex: int, group: IPAddress) -> bytes:
     return struct.pack("=I", ifindex) + b"\0" * _GSR_PAD + _sockaddr(group)
 
 
+def ip_mreqn(group: IPAddress | None, local: IPAddress | None, ifindex: int) -> bytes:
+    """struct ip_mreqn (Linux): a group (none: for IP_MULTICAST_IF), the local address and
+    the interface index. The one builder of it."""
+    none = b"\0" * 4
+    return struct.pack(
+        "=4s4si", group.packed if group else none, local.packed if local else none, ifindex
+    )
+
+
 def _group_source_req(ifindex: int, group: IPAddress, source: IPAddress) -> bytes:
     return _group_req(ifindex, group) + _sockaddr(source)

@@ -22,7 +22,6 @@ import errno
 import functools
 import select
 import socket
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -50,6 +49,7 @@ from .ancillary import (
     parse_ancillary,
     queue_load,
 )
+from .handles import SocketLike, os_socket, set_unicast_ttl, setup_error
 from .interfaces import IfaceChoice, Interface, choose_interfaces, is_multi, scoped
 from .joinreq import (
     BSD_LIKE,
@@ -62,6 +62,7 @@ from .joinreq import (
     WINDOWS,
     _group_req,
     _group_source_req,
+    ip_mreqn,
 )
 
 __all__ = [
@@ -77,16 +78,6 @@ __all__ = [
 
 def _level(family: int) -> int:
     return socket.IPPROTO_IP if family == 4 else socket.IPPROTO_IPV6
-
-
-def _setup_error(action: str, exc: OSError, *, hint: str = "") -> SocketSetupError:
-    detail = exc.strerror or str(exc)
-    text = f"{action} failed: {detail}"
-    if hint:
-        text += f"; {hint}"
-    error = SocketSetupError(text)
-    error.errno = exc.errno
-    return error
 
 
 def _join_hint(exc: OSError, family: int, interface: Interface) -> str:
@@ -225,7 +216,7 @@ class GroupSocket:
                 req = _group_req(interface.index, self.spec.group)
                 self.sock.setsockopt(_level(family), MCAST_LEAVE_GROUP, req)
         except OSError as exc:
-            raise _setup_error(f"leaving {self.spec.group} on {interface.name}", exc) from exc
+            raise setup_error(f"leaving {self.spec.group} on {interface.name}", exc) from exc
 
     def join_interface(self, interface: Interface) -> bool:
         """Join the group on one more interface (one that came up); False when it already
@@ -280,17 +271,6 @@ def _as_spec(group: GroupSpec | str, allow_broadcast: bool) -> GroupSpec:
     return parse_group(group, allow_broadcast=allow_broadcast)
 
 
-def set_unicast_ttl(sock: socket.socket, family: int, ttl: int) -> None:
-    """TTL / hop limit of unicast datagrams sent on ``sock``."""
-    try:
-        if family == 4:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
-        else:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
-    except OSError as exc:
-        raise _setup_error(f"setting unicast TTL {ttl}", exc) from exc
-
-
 def _spec_and_interface(
     group: GroupSpec | str, iface: IfaceChoice, broadcast: bool
 ) -> tuple[GroupSpec, Interface, str | None]:
@@ -338,9 +318,7 @@ def configure_sending(
             if LINUX:
                 # struct ip_mreqn: the index picks the interface; the address fixes the source
                 # (on lo the kernel would otherwise pick 0.0.0.0, 127/8 being host-scoped).
-                local = interface.ipv4_address
-                local_bytes = local.packed if local else b"\0" * 4
-                value = struct.pack("=4s4si", b"\0" * 4, local_bytes, interface.index)
+                value = ip_mreqn(None, interface.ipv4_address, interface.index)
             else:
                 address = interface.ipv4_address
                 if address is None:
@@ -356,7 +334,7 @@ def configure_sending(
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ttl)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, int(loopback))
     except OSError as exc:
-        raise _setup_error(f"setting the sending interface {interface.name}", exc) from exc
+        raise setup_error(f"setting the sending interface {interface.name}", exc) from exc
 
 
 def _bind_receiver(
@@ -397,16 +375,17 @@ def _bind_error(spec: GroupSpec, exc: OSError) -> SocketSetupError:
         )
     elif exc.errno == errno.EACCES:
         hint = f"ports below 1024 need root; pick a port such as {spec.port + 5000}"
-    return _setup_error(f"binding UDP port {spec.port}", exc, hint=hint)
+    return setup_error(f"binding UDP port {spec.port}", exc, hint=hint)
 
 
-def enable_packet_info(sock: socket.socket, family: int) -> None:
+def enable_packet_info(handle: SocketLike, family: int) -> None:
     """Ask for destination, interface, TTL and the kernel's drop count with each datagram.
 
     Linux only (a no-op elsewhere).
     """
     if not LINUX:
         return
+    sock = os_socket(handle)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
     with contextlib.suppress(OSError):
@@ -505,7 +484,7 @@ def _join_on(target: GroupSocket, interface: Interface) -> None:
             target.sock.setsockopt(level, MCAST_BLOCK_SOURCE, req)
     except OSError as exc:
         hint = _join_hint(exc, family, interface)
-        raise _setup_error(f"joining {where}", exc, hint=hint) from exc
+        raise setup_error(f"joining {where}", exc, hint=hint) from exc
 
 
 def _bind_broadcast(sock: socket.socket, spec: GroupSpec, interface: Interface) -> None:
@@ -597,4 +576,4 @@ def _bind_source(sock: socket.socket, source: str, family: int, interface: Inter
         hint = "it must be an address of this host (see `mcast ifaces`)"
         if exc.errno == errno.EADDRINUSE:
             hint = "that source port is in use"
-        raise _setup_error(f"binding source {source}", exc, hint=hint) from exc
+        raise setup_error(f"binding source {source}", exc, hint=hint) from exc

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from ..addr import GroupSpec, parse_port, split_host_port
 from ..errors import AddressError
 from ..peers import Address
+from .handles import SocketLike, os_socket
 from .interfaces import Interface, interface_name
 from .sockets import GroupSocket, new_socket
 
@@ -67,10 +68,13 @@ def open_unicast(group: GroupSpec, interface: Interface) -> GroupSocket:
     return GroupSocket(new_socket(group.family), group, interface)
 
 
-def bind_unicast(sock: socket.socket, family: int, interface: Interface, port: int) -> bool:
-    """Bind ``sock`` to ``interface``'s address and ``port`` (0: any port there).
-    Exclusive (no SO_REUSEADDR while binding), so of several nodes on one host the first gets
-    the port and the others any free one. False when it did not get ``port``."""
+def bind_unicast(handle: SocketLike, family: int, interface: Interface, port: int) -> bool:
+    """Bind ``handle`` to ``interface``'s address and ``port`` (0: any port there), made
+    non-blocking (a loop drives it). Exclusive (no SO_REUSEADDR while binding), so of several
+    nodes on one host the first gets the port and the others any free one. False when it did
+    not get ``port``."""
+    sock = os_socket(handle)
+    sock.setblocking(False)
     where: tuple[str, int] | tuple[str, int, int, int] | None = None
     if family == 4:
         if interface.ipv4_address is not None:

@@ -7,19 +7,15 @@ on crafted bytes. Nothing is sent.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import socket
-import struct
 import time
 
+from ...transport.capture import open_link_listeners
 from ...transport.driver import STOP, Driver
 from .model import Heard
 
 __all__ = ["Heard", "listen", "parse_igmp", "parse_mld", "parse_pim"]
-
-PIM_PROTO = 103
-ALL_PIM_ROUTERS = {4: "224.0.0.13", 6: "ff02::d"}
 
 
 def _qqic(code: int) -> float:
@@ -61,41 +57,11 @@ def parse_pim(payload: bytes, source: str) -> Heard | None:
 def listen(family: int, iface: str, index: int, seconds: float) -> list[Heard] | str:
     """Queriers and routers heard on ``iface`` within ``seconds`` (one of each source), or
     why nothing could be heard (no raw sockets without root)."""
-    sockets: list[tuple[socket.socket, str]] = []
     try:
-        if family == 4:
-            igmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
-            sockets.append((igmp, "igmp"))
-            pim = socket.socket(socket.AF_INET, socket.SOCK_RAW, PIM_PROTO)
-            request = socket.inet_aton(ALL_PIM_ROUTERS[4]) + struct.pack("@i", index)
-            with contextlib.suppress(OSError):  # ip_mreqn: group, any address, index
-                pim.setsockopt(
-                    socket.IPPROTO_IP,
-                    socket.IP_ADD_MEMBERSHIP,
-                    request[:4] + socket.inet_aton("0.0.0.0") + request[4:],
-                )
-            sockets.append((pim, "pim"))
-        else:
-            mld = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-            sockets.append((mld, "mld"))
-            pim6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, PIM_PROTO)
-            with contextlib.suppress(OSError):
-                pim6.setsockopt(
-                    socket.IPPROTO_IPV6,
-                    socket.IPV6_JOIN_GROUP,
-                    socket.inet_pton(socket.AF_INET6, ALL_PIM_ROUTERS[6])
-                    + struct.pack("@I", index),
-                )
-            sockets.append((pim6, "pim"))
-        for sock, _ in sockets:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+        sockets = open_link_listeners(family, iface, index)
     except PermissionError:
-        for sock, _ in sockets:
-            sock.close()
         return "listening for queriers and routers needs root (raw sockets)"
     except OSError as exc:
-        for sock, _ in sockets:
-            sock.close()
         return f"cannot listen on {iface}: {exc.strerror}"
     heard: dict[tuple[str, str], Heard] = {}
     deadline = time.monotonic() + seconds
