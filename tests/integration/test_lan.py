@@ -6,7 +6,16 @@ import json
 import textwrap
 import time
 
+import pytest
 from netlab import PYTHON, Host, Lab, require_tool, wait_for_line
+
+from mcastkit.transport.platform import CAPS
+
+# What the POSIX path (MCASTKIT_WITHOUT, macOS, BSD, Windows) does not tell.
+NEEDS_PKTINFO = pytest.mark.skipif(
+    not CAPS.pktinfo, reason="reads each datagram's TTL (IP_PKTINFO)"
+)
+NEEDS_IFFLAGS = pytest.mark.skipif(not CAPS.ifflags, reason="reads interface flags (SIOCGIFFLAGS)")
 
 GROUP = "239.255.42.1"
 PORT = "5400"
@@ -123,6 +132,9 @@ def test_socket_joined_to_a_gets_nothing_sent_to_b_on_the_same_port(lab: Lab) ->
     assert naive.communicate(timeout=20)[0].strip() == "GOT for-b"
 
 
+@pytest.mark.skipif(
+    not CAPS.pktinfo, reason="reads the TTL and destination of each datagram (IP_PKTINFO)"
+)
 def test_ttl_zero_stays_on_the_sending_host(lab: Lab) -> None:
     h1, h2 = lab.lan(2)
     local = _listen(h1, f"{GROUP}:{PORT}", "--timeout", "3")
@@ -175,6 +187,9 @@ def test_exclude_mode_blocks_one_sender(lab: Lab) -> None:
     assert {d["source"] for d in datagrams} == {h1.ipv4}
 
 
+@pytest.mark.skipif(
+    not CAPS.pktinfo, reason="reads the TTL and destination of each datagram (IP_PKTINFO)"
+)
 def test_ipv6_link_scoped_group_between_hosts(lab: Lab) -> None:
     h1, h2 = lab.lan(2)
     group = f"[ff12::4242]:{PORT}%eth0"
@@ -211,6 +226,9 @@ def test_ipv6_site_scoped_group_from_global_address(lab: Lab) -> None:
     assert [d["source"] for d in datagrams] == [h1.ipv6, h1.ipv6]
 
 
+@pytest.mark.skipif(
+    not CAPS.pktinfo, reason="reads the TTL and destination of each datagram (IP_PKTINFO)"
+)
 def test_broadcast_reaches_every_host_on_the_segment(lab: Lab) -> None:
     h1, h2, h3 = lab.lan(3)
     receivers = [
@@ -300,6 +318,7 @@ def test_mcast_listen_counts_iperf2_multicast_datagrams(lab: Lab) -> None:
     assert list(summary["sources"]) and all(s.startswith(h1.ipv4) for s in summary["sources"])
 
 
+@NEEDS_IFFLAGS
 def test_interface_without_multicast_flag_is_a_clear_error(lab: Lab) -> None:
     (h1,) = lab.lan(1)
     h1.run("ip", "link", "set", "eth0", "multicast", "off", check=True)
@@ -309,6 +328,7 @@ def test_interface_without_multicast_flag_is_a_clear_error(lab: Lab) -> None:
     assert "ip link set eth0 multicast on" in result.stderr
 
 
+@NEEDS_IFFLAGS
 def test_interface_that_is_down_is_a_clear_error(lab: Lab) -> None:
     (h1,) = lab.lan(1)
     h1.run("ip", "link", "set", "eth0", "down", check=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
 from .interfaces import interface_name, zoned
+from .platform import CAPS
 
 __all__ = ["CMSG_BUFSIZE", "Packet", "QueueLoad", "parse_ancillary", "queue_load"]
 
@@ -50,6 +51,8 @@ def queue_load(sock: socket.socket) -> QueueLoad | None:
 
     Unlike SO_RXQ_OVFL, which rides on the next datagram, this also counts the drops after
     the last datagram that arrived: a summary that reads it misses none."""
+    if not CAPS.meminfo:
+        return None
     try:
         info = _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))
     except (OSError, struct.error):

@@ -36,8 +36,8 @@ from .ancillary import (
 )
 from .handles import Buffer, SocketLike, os_socket
 from .interfaces import scoped, zoned
-from .joinreq import LINUX
 from .mmsg import MultiReceive
+from .platform import CAPS
 
 SOL_UDP = 17
 UDP_SEGMENT = 103  # linux/udp.h: the segment size of a GSO send
@@ -63,7 +63,7 @@ RunHandler = Callable[[memoryview, list[tuple[int, int]], tuple[str, int], "int 
 
 def gso_supported(sock: socket.socket) -> bool:
     """True when the kernel knows ``UDP_SEGMENT`` on this socket (a send may still refuse)."""
-    if not LINUX:
+    if not CAPS.gso:
         return False
     try:
         sock.getsockopt(SOL_UDP, UDP_SEGMENT)
@@ -74,7 +74,7 @@ def gso_supported(sock: socket.socket) -> bool:
 
 def enable_gro(sock: socket.socket) -> bool:
     """Ask for coalesced receives; False when the kernel does not offer ``UDP_GRO``."""
-    if not LINUX:
+    if not CAPS.gro:
         return False
     try:
         sock.setsockopt(SOL_UDP, UDP_GRO, 1)

@@ -14,7 +14,6 @@ import functools
 import ipaddress
 import socket
 import struct
-import sys
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from typing import Any
 
@@ -23,6 +22,7 @@ import ifaddr
 from ..addr import GroupSpec, classify
 from ..errors import InterfaceError
 from ..netif import ALL, IfaceChoice, Interface, eligible_for_all
+from .platform import CAPS
 
 __all__ = [
     "ALL",
@@ -55,7 +55,7 @@ _IFF_MULTICAST = 0x1000
 
 
 def _linux_flags_mtu(name: str) -> tuple[int | None, int | None]:
-    if not sys.platform.startswith("linux"):
+    if not CAPS.ifflags:
         return None, None
     import fcntl
 

@@ -16,7 +16,7 @@ import socket
 import struct
 
 from .interfaces import zoned
-from .joinreq import LINUX
+from .platform import CAPS
 
 _MSG_DONTWAIT = 0x40
 _CMSG_HEAD = struct.Struct("@Nii")  # cmsg_len, cmsg_level, cmsg_type (64-bit Linux layout)
@@ -46,7 +46,7 @@ class _Mmsghdr(ctypes.Structure):
 
 
 def _load() -> ctypes._FuncPointer | None:
-    if not LINUX:
+    if not CAPS.recvmmsg:
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

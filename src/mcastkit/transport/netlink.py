@@ -12,7 +12,7 @@ import socket
 
 from ..events import InterfaceDown, InterfaceEvent, InterfaceUp
 from .interfaces import Interface, device_exists
-from .joinreq import LINUX
+from .platform import CAPS
 from .sockets import GroupSocket
 
 __all__ = ["LinkWatch", "follow"]
@@ -28,7 +28,7 @@ class LinkWatch:
 
     def __init__(self) -> None:
         self.sock: socket.socket | None = None
-        if not LINUX:
+        if not CAPS.netlink:
             return
         try:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)

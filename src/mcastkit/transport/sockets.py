@@ -64,6 +64,7 @@ from .joinreq import (
     _group_source_req,
     ip_mreqn,
 )
+from .platform import CAPS
 
 __all__ = [
     "GroupSocket",
@@ -173,7 +174,7 @@ class GroupSocket:
             return None
 
     def _recv(self, bufsize: int) -> Packet:
-        if not LINUX:
+        if not CAPS.pktinfo:
             data, address = self.sock.recvfrom(bufsize)
             return Packet(data, str(address[0]), int(address[1]))
         data, ancillary, _flags, address = self.sock.recvmsg(bufsize, CMSG_BUFSIZE)
@@ -298,7 +299,7 @@ def new_socket(family: int) -> socket.socket:
 
 def _set_rcvbuf(sock: socket.socket, size: int) -> int:
     """Ask for ``size`` bytes of receive buffer; return what the kernel granted."""
-    if LINUX:
+    if CAPS.rcvbuf_force:
         with contextlib.suppress(OSError):  # root may exceed net.core.rmem_max
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
             granted: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
@@ -315,7 +316,7 @@ def configure_sending(
         raise AddressError(f"TTL {ttl} is out of range; expected 0-255")
     try:
         if family == 4:
-            if LINUX:
+            if CAPS.mreqn:
                 # struct ip_mreqn: the index picks the interface; the address fixes the source
                 # (on lo the kernel would otherwise pick 0.0.0.0, 127/8 being host-scoped).
                 value = ip_mreqn(None, interface.ipv4_address, interface.index)
@@ -383,7 +384,7 @@ def enable_packet_info(handle: SocketLike, family: int) -> None:
 
     Linux only (a no-op elsewhere).
     """
-    if not LINUX:
+    if not CAPS.pktinfo:
         return
     sock = os_socket(handle)
     with contextlib.suppress(OSError):
@@ -446,7 +447,7 @@ def open_receiver(
         if spec.broadcast:
             _bind_broadcast(sock, spec, interface)
         else:
-            if LINUX:
+            if CAPS.multicast_all:
                 option = IP_MULTICAST_ALL if family == 4 else IPV6_MULTICAST_ALL
                 with contextlib.suppress(OSError):  # IPV6_MULTICAST_ALL needs Linux 4.20+
                     sock.setsockopt(_level(family), option, 0)
