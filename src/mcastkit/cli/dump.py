@@ -12,7 +12,8 @@ from typing import Any, BinaryIO
 from ..addr import format_endpoint, parse_group
 from ..diag.dump import PcapWriter, describe_untrusted
 from ..security import KeyRing
-from ..transport import open_receiver
+from ..transport import Packet, open_receiver
+from ..transport.driver import STOP, Driver
 from ..transport.platform import default_cipher
 from . import argtypes
 from .output import (
@@ -130,55 +131,61 @@ def cmd_dump(args: argparse.Namespace) -> int:
         + (f" to {args.pcap}" if args.pcap else "")
         + "; Ctrl-C to stop"
     )
+
+    def take(packet: Packet) -> bool:
+        nonlocal total, pcap_error
+        wall = time.time()
+        total += 1
+        decoded = describe_untrusted(packet.data, keyring)
+        sender = format_endpoint(packet.source, packet.source_port)
+        per_source[sender]["datagrams"] += 1
+        per_source[sender]["bytes"] += len(packet.data)
+        per_source[sender][decoded.get("type", decoded["kind"])] += 1
+        destination = packet.destination or str(spec.group)
+        record = {
+            "time": round(wall, 6),
+            "source": packet.source,
+            "source_port": packet.source_port,
+            "destination": destination,
+            "iface": packet.iface,
+            "ttl": packet.ttl,
+            "size": len(packet.data),
+            "decoded": decoded,
+        }
+        if args.json:
+            emit_json(record)
+        else:
+            say(_line(record, packet.data))
+        if writer is not None and pcap_error is None:
+            try:
+                writer.write(
+                    packet.data,
+                    source=packet.source,
+                    source_port=packet.source_port,
+                    destination=destination,
+                    destination_port=spec.port,
+                    ttl=packet.ttl,
+                    wall_time=wall,
+                )
+            except OSError as exc:
+                # A full disk: stop writing, keep showing, say so at the end.
+                pcap_error = (
+                    f"writing {args.pcap} failed after {total - 1} datagram(s): {exc.strerror}"
+                )
+        return args.count is not None and total >= args.count
+
+    def turn(now: float) -> float | None:
+        if interrupted() or (args.count is not None and total >= args.count):
+            return STOP
+        elapsed = now - start
+        if args.timeout is not None and elapsed >= args.timeout:
+            return STOP
+        return 0.25 if args.timeout is None else min(0.25, args.timeout - elapsed)
+
     try:
-        with receiver:
-            while not interrupted() and (args.count is None or total < args.count):
-                elapsed = time.monotonic() - start
-                if args.timeout is not None and elapsed >= args.timeout:
-                    break
-                wait = 0.25 if args.timeout is None else min(0.25, args.timeout - elapsed)
-                packet = receiver.recv(timeout=max(0.0, wait))
-                if packet is None:
-                    continue
-                wall = time.time()
-                total += 1
-                decoded = describe_untrusted(packet.data, keyring)
-                sender = format_endpoint(packet.source, packet.source_port)
-                per_source[sender]["datagrams"] += 1
-                per_source[sender]["bytes"] += len(packet.data)
-                per_source[sender][decoded.get("type", decoded["kind"])] += 1
-                destination = packet.destination or str(spec.group)
-                record = {
-                    "time": round(wall, 6),
-                    "source": packet.source,
-                    "source_port": packet.source_port,
-                    "destination": destination,
-                    "iface": packet.iface,
-                    "ttl": packet.ttl,
-                    "size": len(packet.data),
-                    "decoded": decoded,
-                }
-                if args.json:
-                    emit_json(record)
-                else:
-                    say(_line(record, packet.data))
-                if writer is not None and pcap_error is None:
-                    try:
-                        writer.write(
-                            packet.data,
-                            source=packet.source,
-                            source_port=packet.source_port,
-                            destination=destination,
-                            destination_port=spec.port,
-                            ttl=packet.ttl,
-                            wall_time=wall,
-                        )
-                    except OSError as exc:
-                        # A full disk: stop writing, keep showing, say so at the end.
-                        pcap_error = (
-                            f"writing {args.pcap} failed after {total - 1} "
-                            f"datagram(s): {exc.strerror}"
-                        )
+        with receiver, Driver() as driver:
+            driver.read_each(receiver, take)
+            driver.run(turn)
             load = receiver.load()  # also the drops after the last datagram read
             kernel_drops = load.drops if load is not None else 0
     finally:

@@ -17,12 +17,14 @@ from ..events import InterfaceEvent
 from ..ifwatch import POLL_INTERFACES, SETTLE, InterfaceTracker
 from ..transport import (
     GroupSocket,
+    Packet,
     is_multi,
     list_interfaces,
     open_receiver,
     open_sender,
     open_senders,
 )
+from ..transport.driver import STOP, Driver
 from ..transport.interfaces import router_hint
 from ..transport.netlink import LinkWatch, follow
 from . import argtypes
@@ -245,28 +247,16 @@ def _listen_loop(
     follower: _Follower | None,
     per_source: dict[str, _SourceCount],
 ) -> None:
-    """Receive, count and show datagrams until --count or --timeout (Ctrl-C raises)."""
+    """Receive, count and show datagrams until --count or --timeout (Ctrl-C raises), on the
+    one driver: datagrams as they come, the interfaces and the silence hint every 0.5 s."""
+    start = time.monotonic()
+    last_activity = start
     total = 0
-    start = last_activity = time.monotonic()
     hinted = warned_drops = False
     several = is_multi(args.iface)
-    while args.count is None or total < args.count:
-        now = time.monotonic()
-        if args.timeout is not None and now - start >= args.timeout:
-            break
-        wait = 0.5 if args.timeout is None else min(0.5, args.timeout - (now - start))
-        if follower is not None:
-            for event in follower.poll():
-                _show_interface_event(args, event)
-        packet = receiver.recv(timeout=wait)
-        if packet is None:
-            if not hinted and time.monotonic() - last_activity > SILENCE_HINT_AFTER:
-                hinted = True
-                note(
-                    f"nothing received for {SILENCE_HINT_AFTER:.0f}s. "
-                    + _silence_hint(spec, receiver)
-                )
-            continue
+
+    def take(packet: Packet) -> bool:
+        nonlocal total, warned_drops, last_activity
         if packet.drops and not warned_drops:  # the counter rides on the next datagram
             warned_drops = True
             note(drop_warning(packet.drops, receiver.rcvbuf, "so far, more may follow"))
@@ -279,11 +269,9 @@ def _listen_loop(
         counter.bytes += len(packet.data)
         counter.first = counter.first or wall
         counter.last = wall
-        if args.quiet:
-            continue
-        if args.json:
+        if args.json and not args.quiet:
             emit_json(_packet_record(packet, wall))
-        else:
+        elif not args.quiet:
             stamp = time.strftime("%H:%M:%S", time.localtime(wall))
             ttl = f" ttl={packet.ttl}" if packet.ttl is not None else ""
             via = f" via {packet.iface}" if several and packet.iface else ""
@@ -291,6 +279,27 @@ def _listen_loop(
                 f"{stamp}.{int(wall * 1000) % 1000:03d}  {key:<22} "
                 f"{len(packet.data):>5} B{ttl}{via}  {preview(packet.data)}"
             )
+        return args.count is not None and total >= args.count
+
+    def turn(now: float) -> float | None:
+        nonlocal hinted
+        if args.count is not None and total >= args.count:
+            return STOP
+        if args.timeout is not None and now - start >= args.timeout:
+            return STOP
+        if follower is not None:
+            for event in follower.poll():
+                _show_interface_event(args, event)
+        if not hinted and now - last_activity > SILENCE_HINT_AFTER:
+            hinted = True
+            note(
+                f"nothing received for {SILENCE_HINT_AFTER:.0f}s. " + _silence_hint(spec, receiver)
+            )
+        return 0.5 if args.timeout is None else min(0.5, args.timeout - (now - start))
+
+    with Driver() as driver:
+        driver.read_each(receiver, take)
+        driver.run(turn)
 
 
 def _ssm_warning(spec: GroupSpec, sources: list[str]) -> list[str]:

@@ -12,8 +12,10 @@ room, errors are counted).
 from __future__ import annotations
 
 import selectors
+import socket
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from .ancillary import Packet
 from .batch import BatchReceiver, RunHandler
@@ -23,6 +25,13 @@ __all__ = ["STOP", "Driver"]
 
 STOP = None  # what ``turn`` returns when the work is done
 MAX_WAIT = 0.25  # a turn runs at least this often, so stop flags and deadlines are seen
+
+
+class ReadsPackets(Protocol):
+    @property
+    def sock(self) -> socket.socket: ...
+
+    def recv_nowait(self) -> Packet | None: ...
 
 
 class Driver:
@@ -54,6 +63,23 @@ class Driver:
                 handle(packet)
 
         self.on_readable(receiver.sock, drain)
+
+    def read_each(
+        self, sock: ReadsPackets, handle: Callable[[Packet], object], limit: int = 256
+    ) -> None:
+        """Drain ``sock`` (a ``GroupSocket``) into ``handle`` one datagram at a time, with
+        what the kernel tells of each (destination, interface, TTL, drops): for commands
+        that show every datagram. ``handle`` returning True ends the drain (a count met).
+        The socket is made non-blocking."""
+        os_socket(sock).setblocking(False)
+
+        def drain() -> None:
+            for _ in range(limit):
+                packet = sock.recv_nowait()
+                if packet is None or handle(packet) is True:
+                    return
+
+        self.on_readable(sock, drain)
 
     def run(self, turn: Callable[[float], float | None]) -> None:
         """Until ``turn(now)`` returns ``STOP``: run it, then wait for readable sockets at

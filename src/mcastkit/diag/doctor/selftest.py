@@ -6,10 +6,8 @@ import os
 import time
 
 from ...errors import MulticastError
-from ...transport import (
-    open_receiver,
-    open_sender,
-)
+from ...transport import Packet, open_receiver, open_sender
+from ...transport.driver import STOP, Driver
 from .model import Finding, Severity, SystemView
 
 
@@ -34,10 +32,18 @@ def self_test(view: SystemView, *, count: int = 3, timeout: float = 1.0) -> Find
                 sender.send(b"mcast-doctor " + token)
             got = 0
             deadline = time.monotonic() + timeout
-            while got < count and time.monotonic() < deadline:
-                packet = receiver.recv(timeout=max(0.0, deadline - time.monotonic()))
-                if packet is not None and packet.data.endswith(token):
-                    got += 1
+
+            def take(packet: Packet) -> bool:
+                nonlocal got
+                got += packet.data.endswith(token)
+                return got >= count
+
+            def turn(now: float) -> float | None:
+                return STOP if got >= count or now >= deadline else deadline - now
+
+            with Driver() as driver:
+                driver.read_each(receiver, take)
+                driver.run(turn)
     except (MulticastError, OSError) as exc:
         return Finding(
             Severity.ERROR,
