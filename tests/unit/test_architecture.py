@@ -74,6 +74,7 @@ CORES = {
     "diag.bench",
     "diag.dump",
     "diag.top",
+    "diag.seqs",
     "diag.doctor.model",
     "diag.doctor.checks",
     "diag.doctor.firewall",

@@ -10,12 +10,12 @@ Anything else is counted (packets, bytes) without loss or jitter figures.
 from __future__ import annotations
 
 import struct
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..magics import BENCH_MAGIC
 from ..units import Rate, parse_rate
+from .seqs import DUPLICATE, LATE, SeqTracker
 
 __all__ = ["BenchStats", "Rate", "make_payload", "parse_rate"]
 
@@ -50,21 +50,14 @@ class BenchStats:
     interval_ns: int = 1_000_000_000
     packets: int = 0
     total_bytes: int = 0
-    duplicates: int = 0
-    reordered: int = 0
     lost: int = 0
     untracked: int = 0  # datagrams with no sequence number we understand
     iperf: bool = False
     first_ns: int = 0
     last_ns: int = 0
-    highest: int = -1
-    first_seq: int = -1
-    jitter_ns: float = 0.0
     kernel_drops: int = 0
     _drop_base: int | None = None
-    _last_transit: int | None = None
-    _seen: set[int] = field(default_factory=set)
-    _order: deque[int] = field(default_factory=deque)
+    seqs: SeqTracker = field(default_factory=lambda: SeqTracker(DUP_WINDOW))
     _current: _Interval = field(default_factory=_Interval)
     _interval_start: int = 0
     intervals: list[dict[str, Any]] = field(default_factory=list)
@@ -101,31 +94,16 @@ class BenchStats:
         if seq is None:
             self.untracked += 1
             return
-        if seq in self._seen:
-            self.duplicates += 1
+        arrival = self.seqs.take(seq, transit)
+        if arrival == DUPLICATE:
             self._current.duplicates += 1
-            return
-        self._seen.add(seq)
-        self._order.append(seq)
-        if len(self._order) > DUP_WINDOW:
-            self._seen.discard(self._order.popleft())
-        if self.first_seq < 0:
-            self.first_seq = seq
-        if seq > self.highest:
-            if self.highest >= 0 and seq > self.highest + 1:
-                gap = seq - self.highest - 1
-                self.lost += gap
-                self._current.lost += gap
-            self.highest = seq
-        else:
-            # A late one: it was counted lost when the gap opened.
-            self.reordered += 1
+        elif arrival == LATE:  # it was counted lost when the gap opened
             self._current.reordered += 1
             self.lost -= 1
             self._current.lost -= 1
-        if self._last_transit is not None:
-            self.jitter_ns += (abs(transit - self._last_transit) - self.jitter_ns) / 16
-        self._last_transit = transit
+        else:
+            self.lost += arrival
+            self._current.lost += arrival
 
     def _roll(self, now_ns: int) -> None:
         while now_ns - self._interval_start >= self.interval_ns:
@@ -145,7 +123,7 @@ class BenchStats:
                 "loss": round(c.lost / expected, 6) if expected > 0 else 0.0,
                 "duplicates": c.duplicates,
                 "reordered": c.reordered,
-                "jitter_ms": round(self.jitter_ns / 1e6, 4),
+                "jitter_ms": round(self.seqs.jitter_ns / 1e6, 4),
                 "kernel_drops": self.kernel_drops,
             }
         )
@@ -164,7 +142,7 @@ class BenchStats:
     def summary(self) -> dict[str, Any]:
         """Totals."""
         seconds = (self.last_ns - self.first_ns) / 1e9 if self.packets > 1 else 0.0
-        tracked = self.packets - self.untracked - self.duplicates
+        tracked = self.packets - self.untracked - self.seqs.duplicates
         expected = tracked + max(0, self.lost)
         return {
             "packets": self.packets,
@@ -174,9 +152,9 @@ class BenchStats:
             "mbps": round(self.total_bytes * 8 / seconds / 1e6, 3) if seconds else None,
             "lost": max(0, self.lost),
             "loss": round(max(0, self.lost) / expected, 6) if expected else None,
-            "duplicates": self.duplicates,
-            "reordered": self.reordered,
-            "jitter_ms": round(self.jitter_ns / 1e6, 4),
+            "duplicates": self.seqs.duplicates,
+            "reordered": self.seqs.reordered,
+            "jitter_ms": round(self.seqs.jitter_ns / 1e6, 4),
             "kernel_drops": self.kernel_drops,
             "sender": "iperf2" if self.iperf else ("mcastkit" if tracked else "unknown"),
         }

@@ -24,6 +24,7 @@ from typing import Any
 from ..addr import format_endpoint
 from ..magics import PING_MAGIC
 from ..peers import Address
+from .seqs import DUPLICATE, SeqTracker
 
 __all__ = ["PathStats", "PeerPaths", "PingSession", "decode_untrusted"]
 
@@ -109,45 +110,22 @@ class PathStats:
     sent: int = 0
     answered: int = 0
     rtts_ms: deque[float] = field(default_factory=lambda: deque(maxlen=RTT_SAMPLES))
-    received: int = 0
-    duplicates: int = 0
-    reordered: int = 0
-    first_seq: int = 0
-    highest_seq: int = 0
+    seqs: SeqTracker = field(default_factory=lambda: SeqTracker(WINDOW))
     last_arrival_ns: int = 0
     longest_gap_ns: int = 0
-    jitter_ns: float = 0.0
-    last_transit_ns: int | None = None
     ttl_seen: int | None = None
     ttl_sent: int | None = None
-    _seen: set[int] = field(default_factory=set)
-    _seen_order: deque[int] = field(default_factory=deque)
     _pending: dict[int, int] = field(default_factory=dict)  # our seq -> send time
 
     def on_probe(
         self, seq: int, sent_ns: int, now_ns: int, ttl_seen: int | None, ttl_sent: int
     ) -> None:
         """Account for one probe from the peer."""
-        if seq in self._seen:
-            self.duplicates += 1
+        if self.seqs.take(seq, now_ns - sent_ns) == DUPLICATE:
             return
-        self._seen.add(seq)
-        self._seen_order.append(seq)
-        if len(self._seen_order) > WINDOW:
-            self._seen.discard(self._seen_order.popleft())
-        if self.received == 0:
-            self.first_seq = seq
-        elif seq < self.highest_seq:
-            self.reordered += 1
         if self.last_arrival_ns:
             self.longest_gap_ns = max(self.longest_gap_ns, now_ns - self.last_arrival_ns)
         self.last_arrival_ns = now_ns
-        self.highest_seq = max(self.highest_seq, seq)
-        self.received += 1
-        transit = now_ns - sent_ns  # the clocks differ by a constant: differences cancel it
-        if self.last_transit_ns is not None:
-            self.jitter_ns += (abs(transit - self.last_transit_ns) - self.jitter_ns) / 16
-        self.last_transit_ns = transit
         self.ttl_seen = ttl_seen
         self.ttl_sent = ttl_sent
 
@@ -173,19 +151,20 @@ class PathStats:
         rtts = sorted(self.rtts_ms)
         mean = sum(rtts) / len(rtts) if rtts else math.nan
         stddev = math.sqrt(sum((r - mean) ** 2 for r in rtts) / len(rtts)) if rtts else math.nan
-        expected_total = self.highest_seq
-        expected_since_first = self.highest_seq - self.first_seq + 1 if self.received else 0
+        seqs = self.seqs
+        expected_total = max(seqs.highest, 0)
+        expected_since_first = seqs.highest - seqs.first + 1 if seqs.received else 0
         return {
             "sent": self.sent,
             "answered": self.answered,
             "answer_loss": _ratio(settled - self.answered, settled),
-            "received": self.received,
-            "loss": _ratio(expected_total - self.received, expected_total),
-            "loss_since_first": _ratio(expected_since_first - self.received, expected_since_first),
-            "duplicates": self.duplicates,
-            "reordered": self.reordered,
+            "received": seqs.received,
+            "loss": _ratio(expected_total - seqs.received, expected_total),
+            "loss_since_first": _ratio(expected_since_first - seqs.received, expected_since_first),
+            "duplicates": seqs.duplicates,
+            "reordered": seqs.reordered,
             "longest_gap_ms": round(self.longest_gap_ns / 1e6, 3),
-            "jitter_ms": round(self.jitter_ns / 1e6, 4),
+            "jitter_ms": round(seqs.jitter_ns / 1e6, 4),
             "rtt_ms": {
                 "min": _round(rtts[0] if rtts else math.nan),
                 "avg": _round(mean),
