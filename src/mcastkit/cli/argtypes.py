@@ -201,6 +201,48 @@ def peer() -> OptionType:
     return OptionType("peer", convert, ("", ":5000", "host:0", "host:99999", "[::1", "h:x"))
 
 
+def add_json(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--json``: what the command prints for a script (``help_text`` says its shape)."""
+    parser.add_argument("--json", action="store_true", help=help_text)
+
+
+def add_group(
+    parser: argparse.ArgumentParser,
+    *,
+    default: str | None = None,
+    optional: bool = False,
+    help_text: str | None = None,
+) -> None:
+    """The ``GROUP:PORT`` positional (optional when it has a ``default`` or ``optional``)."""
+    if default is not None or optional:
+        parser.add_argument(
+            "group", nargs="?", default=default, metavar="GROUP:PORT", help=help_text
+        )
+    else:
+        parser.add_argument("group", metavar="GROUP:PORT", help=help_text)
+
+
+_IFACE_HELP = "interface name, index or address (default: route)"
+
+
+def add_iface(
+    parser: argparse.ArgumentParser, *, several: bool = True, help_text: str | None = None
+) -> None:
+    """``--iface``: one interface (name, index or address), or with ``several`` also ``all``
+    or ``eth0,eth1``; checked where parsed."""
+    if help_text is None:
+        help_text = _IFACE_HELP + ("; all, or eth0,eth1: join on each" if several else "")
+    parser.add_argument("--iface", type=interfaces(several=several), help=help_text)
+
+
+def add_ttl(
+    parser: argparse.ArgumentParser, *, default: int = 1, help_text: str | None = None
+) -> None:
+    """``--ttl``: the TTL / hop limit, 0-255."""
+    text = help_text or f"TTL / hop limit (default {default})"
+    parser.add_argument("--ttl", type=TTL, default=default, help=text)
+
+
 def add_peer_option(parser: argparse.ArgumentParser, dest: str, help_text: str) -> None:
     """``--peer HOST[:PORT]``, repeatable, collected in ``dest``."""
     parser.add_argument(

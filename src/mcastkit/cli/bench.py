@@ -42,7 +42,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     sides.required = True
 
     send = sides.add_parser("send", help="send at a rate for a duration")
-    send.add_argument("group", nargs="?", default=DEFAULT_BENCH_GROUP, metavar="GROUP:PORT")
+    argtypes.add_group(send, default=DEFAULT_BENCH_GROUP)
     send.add_argument(
         "--rate",
         type=argtypes.rate(allow_auto=False),
@@ -58,12 +58,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     send.add_argument(
         "--duration", type=argtypes.seconds(), default=10.0, help="seconds (default 10)"
     )
-    send.add_argument(
-        "--iface",
-        type=argtypes.interfaces(several=False),
-        help="interface name, index or address (default: route)",
-    )
-    send.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1)")
+    argtypes.add_iface(send, several=False)
+    argtypes.add_ttl(send)
     send.add_argument(
         "--iperf2",
         action="store_true",
@@ -76,7 +72,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="send in UDP GSO batches (up to 64 datagrams per system call) where the kernel "
         "can; the summary says whether it did",
     )
-    send.add_argument("--json", action="store_true", help="NDJSON per second, then a summary")
+    argtypes.add_json(send, "NDJSON per second, then a summary")
     send.set_defaults(handler=cmd_send)
 
     recv = sides.add_parser(
@@ -85,12 +81,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="Measure received pps/bps, loss, duplicates, reordering and jitter per "
         "second and in total. Exit 1 when nothing arrived.",
     )
-    recv.add_argument("group", nargs="?", default=DEFAULT_BENCH_GROUP, metavar="GROUP:PORT")
-    recv.add_argument(
-        "--iface",
-        type=argtypes.interfaces(),
-        help="interface name, index or address (default: route); all, or eth0,eth1: join on each",
-    )
+    argtypes.add_group(recv, default=DEFAULT_BENCH_GROUP)
+    argtypes.add_iface(recv)
     recv.add_argument("--source", action="append", default=[], help="SSM source (repeatable)")
     recv.add_argument("--duration", type=argtypes.seconds(), help="stop after this many seconds")
     recv.add_argument(
@@ -108,7 +100,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=8 << 20,
         help="receive buffer bytes (default 8 MiB)",
     )
-    recv.add_argument("--json", action="store_true", help="NDJSON per second, then a summary")
+    argtypes.add_json(recv, "NDJSON per second, then a summary")
     recv.set_defaults(handler=cmd_recv)
 
 

@@ -26,18 +26,16 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
             "interface: start it on two hosts of a LAN to see them greet each other."
         ),
     )
-    demo.add_argument("group", nargs="?", default=DEFAULT_GROUP, metavar="GROUP:PORT")
+    argtypes.add_group(demo, default=DEFAULT_GROUP)
     demo.add_argument(
         "--nodes",
         type=argtypes.integer(1, 64, "nodes"),
         help="run N nodes in this process (default iface: lo)",
     )
-    demo.add_argument(
-        "--iface",
-        type=argtypes.interfaces(),
-        help="interface name, index or address; all, or eth0,eth1: join on each",
+    argtypes.add_iface(
+        demo, help_text="interface name, index or address; all, or eth0,eth1: join on each"
     )
-    demo.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1)")
+    argtypes.add_ttl(demo)
     demo.add_argument("--name", help="a name for this node (default node-1 ...)")
     demo.add_argument(
         "--duration",
@@ -51,7 +49,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     add_key_options(demo)
     reach_options(demo)
-    demo.add_argument("--json", action="store_true", help="NDJSON events, then a JSON summary")
+    argtypes.add_json(demo, "NDJSON events, then a JSON summary")
     demo.set_defaults(handler=cmd_demo)
 
 

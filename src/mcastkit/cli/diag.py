@@ -29,11 +29,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
             "unicast works, when a path loses more than --max-loss, or when no peer answers."
         ),
     )
-    ping.add_argument("group", nargs="?", default=DEFAULT_PING_GROUP, metavar="GROUP:PORT")
-    ping.add_argument(
-        "--iface",
-        type=argtypes.interfaces(),
-        help="interface name, index or address (default: route); all, or eth0,eth1: probe "
+    argtypes.add_group(ping, default=DEFAULT_PING_GROUP)
+    argtypes.add_iface(
+        ping,
+        help_text="interface name, index or address (default: route); all, or eth0,eth1: probe "
         "out of each (a host on two of our links shows as two peers, one per path)",
     )
     ping.add_argument(
@@ -43,7 +42,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--count", type=argtypes.count("rounds"), help="stop after this many probe rounds"
     )
     ping.add_argument("--duration", type=argtypes.seconds(), help="stop after this many seconds")
-    ping.add_argument("--ttl", type=argtypes.TTL, default=64, help="TTL / hop limit of probes (64)")
+    argtypes.add_ttl(ping, default=64, help_text="TTL / hop limit of probes (64)")
     ping.add_argument(
         "--peer",
         action="append",
@@ -70,7 +69,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="PERCENT",
         help="exit 1 when a path loses more than this (counted from its first packet)",
     )
-    ping.add_argument("--json", action="store_true", help="a JSON summary at the end")
+    argtypes.add_json(ping, "a JSON summary at the end")
     ping.add_argument(
         "--ndjson",
         action="store_true",
@@ -101,7 +100,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     top.add_argument("--count", type=argtypes.count("views"), help="stop after this many views")
     top.add_argument("--duration", type=argtypes.seconds(), help="stop after this many seconds")
-    top.add_argument("--json", action="store_true", help="NDJSON: one snapshot per interval")
+    argtypes.add_json(top, "NDJSON: one snapshot per interval")
     top.set_defaults(handler=cmd_top)
 
 

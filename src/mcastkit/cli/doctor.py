@@ -32,13 +32,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--json: argument lists); after it, the finding is gone. Exit 0 ok, 1 warnings, 2 "
         "errors.",
     )
-    doctor.add_argument("group", nargs="?", default=DEFAULT_DOCTOR_GROUP, metavar="GROUP:PORT")
-    doctor.add_argument(
-        "--iface",
-        type=argtypes.interfaces(several=False),
-        help="interface to check (default: the route's)",
-    )
-    doctor.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL your application uses")
+    argtypes.add_group(doctor, default=DEFAULT_DOCTOR_GROUP)
+    argtypes.add_iface(doctor, several=False, help_text="interface to check (default: the route's)")
+    argtypes.add_ttl(doctor, default=1, help_text="TTL your application uses")
     doctor.add_argument(
         "--source",
         action="append",
@@ -54,7 +50,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="seconds to listen for IGMP/MLD queriers and PIM routers on the link (default "
         "2; 130 hears a whole default query interval; 0 skips it)",
     )
-    doctor.add_argument("--json", action="store_true", help="JSON report")
+    argtypes.add_json(doctor, "JSON report")
     doctor.set_defaults(handler=cmd_doctor)
 
 

@@ -38,12 +38,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="Join GROUP:PORT and show each datagram with its mcastkit frame fields "
         "(type, sender, seq, topic, encrypted or not). --pcap writes a capture tshark reads.",
     )
-    dump.add_argument("group", nargs="?", metavar="GROUP:PORT")
-    dump.add_argument(
-        "--iface",
-        type=argtypes.interfaces(),
-        help="interface name, index or address (default: route); all, or eth0,eth1: join on each",
-    )
+    argtypes.add_group(dump, optional=True)
+    argtypes.add_iface(dump)
     dump.add_argument("--source", action="append", default=[], help="SSM source (repeatable)")
     dump.add_argument(
         "--count", type=argtypes.count("datagrams"), help="stop after this many datagrams"
@@ -62,7 +58,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         action="store_true",
         help="say where mcastkit's Wireshark dissector is and how to install it (no capture)",
     )
-    dump.add_argument("--json", action="store_true", help="NDJSON: one object per datagram")
+    argtypes.add_json(dump, "NDJSON: one object per datagram")
     dump.set_defaults(handler=cmd_dump)
 
 

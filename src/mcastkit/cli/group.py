@@ -40,7 +40,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     peers.add_argument(
         "--wait", type=argtypes.seconds(), default=2.0, help="seconds to discover (--once)"
     )
-    peers.add_argument("--json", action="store_true", help="JSON output")
+    argtypes.add_json(peers, "JSON output")
     peers.set_defaults(handler=cmd_peers)
 
     keygen = commands.add_parser(
@@ -54,7 +54,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="an Ed25519 signing key for send-file --sign-key instead; its public half goes "
         "to PATH.pub and to stdout, for recv-file --trust",
     )
-    keygen.add_argument("--json", action="store_true", help="key id (and public key) as JSON")
+    argtypes.add_json(keygen, "key id (and public key) as JSON")
     keygen.set_defaults(handler=cmd_keygen)
 
 

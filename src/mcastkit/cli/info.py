@@ -6,6 +6,7 @@ import argparse
 
 from ..addr import classify, groups_sharing_mac, parse_group
 from ..transport import eligible_for_all, list_interfaces
+from . import argtypes
 from .output import emit_json, say
 
 
@@ -17,13 +18,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="Explain multicast group addresses (IPv4 or IPv6, with or without :PORT).",
     )
     addr.add_argument("groups", nargs="+", metavar="GROUP", help="e.g. 239.1.2.3 or ff15::1")
-    addr.add_argument("--json", action="store_true", help="one JSON object per group")
+    argtypes.add_json(addr, "one JSON object per group")
     addr.set_defaults(handler=cmd_addr)
 
     ifaces = commands.add_parser(
         "ifaces", help="list interfaces with addresses and multicast flags"
     )
-    ifaces.add_argument("--json", action="store_true", help="a JSON array")
+    argtypes.add_json(ifaces, "a JSON array")
     ifaces.set_defaults(handler=cmd_ifaces)
 
 

@@ -24,14 +24,13 @@ def node_options(parser: argparse.ArgumentParser) -> None:
         metavar="GROUP:PORT",
         help=f"group to join (default {DEFAULT_GROUP})",
     )
-    parser.add_argument(
-        "--iface",
-        type=argtypes.interfaces(),
-        help="interface name, index or address (default: route); all, or eth0,eth1: be a "
+    argtypes.add_iface(
+        parser,
+        help_text="interface name, index or address (default: route); all, or eth0,eth1: be a "
         "member on each (all follows interfaces that come and go)",
     )
     parser.add_argument("--name", help="this node's name (default host-pid)")
-    parser.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1)")
+    argtypes.add_ttl(parser)
     parser.add_argument(
         "--rcvbuf",
         type=argtypes.size(1024),

@@ -75,7 +75,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="with --reliable: wait this long at most for every peer to acknowledge the whole "
         "stream; exit 3 naming those that did not (default 30, 0: do not wait)",
     )
-    publish.add_argument("--json", action="store_true", help="JSON summary")
+    argtypes.add_json(publish, "JSON summary")
     reliable_options(publish)
     publish.set_defaults(handler=cmd_publish)
 
@@ -94,7 +94,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     subscribe.add_argument(
         "--timeout", type=argtypes.seconds(), help="exit after this many seconds"
     )
-    subscribe.add_argument("--json", action="store_true", help="NDJSON output")
+    argtypes.add_json(subscribe, "NDJSON output")
     reliable_options(subscribe)
     subscribe.set_defaults(handler=cmd_subscribe)
 

@@ -27,7 +27,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
             "other whom they know)."
         ),
     )
-    relay.add_argument("group", nargs="?", default=DEFAULT_GROUP, metavar="GROUP:PORT")
+    argtypes.add_group(relay, default=DEFAULT_GROUP)
     argtypes.add_peer_option(
         relay, "peers", f"another site's relay (repeatable; PORT defaults to {DEFAULT_RELAY_PORT})"
     )
@@ -38,10 +38,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help=f"UDP port this relay hears the others on (default {DEFAULT_RELAY_PORT})",
     )
     relay.add_argument("--listen", default="", help="address to hear the relays on (default all)")
-    relay.add_argument(
-        "--iface", type=argtypes.interfaces(several=False), help="this site's interface"
-    )
-    relay.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL on this site (default 1)")
+    argtypes.add_iface(relay, several=False, help_text="this site's interface")
+    argtypes.add_ttl(relay, default=1, help_text="TTL on this site (default 1)")
     relay.add_argument(
         "--rate",
         type=argtypes.rate(allow_auto=False),
@@ -54,7 +52,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--stats", type=argtypes.seconds(), metavar="SECONDS", help="print counters this often"
     )
     add_key_options(relay)
-    relay.add_argument("--json", action="store_true", help="NDJSON counters, then a summary")
+    argtypes.add_json(relay, "NDJSON counters, then a summary")
     relay.set_defaults(handler=cmd_relay)
 
 

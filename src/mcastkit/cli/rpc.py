@@ -32,7 +32,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=1.5,
         help="seconds to discover serving peers first",
     )
-    request.add_argument("--json", action="store_true", help="JSON output")
+    argtypes.add_json(request, "JSON output")
     request.set_defaults(handler=cmd_request)
 
     serve = commands.add_parser("serve", help="answer requests on a topic")

@@ -41,17 +41,14 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="send datagrams to a group",
         description="Send TEXT (or stdin lines with '-' or no TEXT) to GROUP:PORT.",
     )
-    send.add_argument("group", metavar="GROUP:PORT", help="e.g. 239.255.0.1:5000 or [ff15::1]:5000")
+    argtypes.add_group(send, help_text="e.g. 239.255.0.1:5000 or [ff15::1]:5000")
     send.add_argument("text", nargs="?", help="payload; '-' or absent: one datagram per stdin line")
-    send.add_argument(
-        "--iface",
-        type=argtypes.interfaces(),
-        help="interface name, index or address (default: kernel's route); all, or eth0,eth1: "
+    argtypes.add_iface(
+        send,
+        help_text="interface name, index or address (default: kernel's route); all, or eth0,eth1: "
         "send on each",
     )
-    send.add_argument(
-        "--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1: this subnet)"
-    )
+    argtypes.add_ttl(send, default=1, help_text="TTL / hop limit (default 1: this subnet)")
     send.add_argument(
         "--count", type=argtypes.count("datagrams"), default=1, help="send TEXT this many times"
     )
@@ -64,7 +61,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     send.add_argument("--source", help="bind this local ADDRESS[:PORT] (for SSM receivers)")
     send.add_argument("--no-loop", action="store_true", help="do not loop back to this host")
     send.add_argument("--broadcast", action="store_true", help="allow an IPv4 broadcast address")
-    send.add_argument("--json", action="store_true", help="print a JSON summary")
+    argtypes.add_json(send, "print a JSON summary")
     send.set_defaults(handler=cmd_send)
 
     listen = commands.add_parser(
@@ -75,11 +72,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
             "arrived, 1 when nothing did before --timeout, 3 when fewer than --count did."
         ),
     )
-    listen.add_argument("group", metavar="GROUP:PORT")
-    listen.add_argument(
-        "--iface",
-        type=argtypes.interfaces(),
-        help="interface name, index or address (default: kernel's route); all, or eth0,eth1: "
+    argtypes.add_group(listen)
+    argtypes.add_iface(
+        listen,
+        help_text="interface name, index or address (default: kernel's route); all, or eth0,eth1: "
         "join on each (all follows interfaces that come and go)",
     )
     listen.add_argument(
@@ -100,7 +96,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "net.core.rmem_max)",
     )
     listen.add_argument("--quiet", action="store_true", help="only the summary")
-    listen.add_argument("--json", action="store_true", help="NDJSON: one object per datagram")
+    argtypes.add_json(listen, "NDJSON: one object per datagram")
     listen.set_defaults(handler=cmd_listen)
 
 

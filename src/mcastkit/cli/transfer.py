@@ -54,12 +54,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="files, and directories (sent as trees under their own names; links are not followed)",
     )
     send.add_argument("--group", default=DEFAULT_FILE_GROUP, metavar="GROUP:PORT")
-    send.add_argument(
-        "--iface",
-        type=argtypes.interfaces(several=False),
-        help="interface name, index or address (default: route)",
-    )
-    send.add_argument("--ttl", type=argtypes.TTL, default=1, help="TTL / hop limit (default 1)")
+    argtypes.add_iface(send, several=False)
+    argtypes.add_ttl(send)
     send.add_argument(
         "--rate",
         type=argtypes.rate(allow_auto=True),
@@ -120,7 +116,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         action="store_false",
         help="send only the unicast copies (to --peer receivers and those that ask)",
     )
-    send.add_argument("--json", action="store_true", help="a JSON summary")
+    argtypes.add_json(send, "a JSON summary")
     send.set_defaults(handler=cmd_send_file)
 
     recv = commands.add_parser(
@@ -131,11 +127,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     recv.add_argument("--group", default=DEFAULT_FILE_GROUP, metavar="GROUP:PORT")
     recv.add_argument("--dir", type=Path, default=Path("."), help="target directory")
-    recv.add_argument(
-        "--iface",
-        type=argtypes.interfaces(),
-        help="interface name, index or address (default: route); all, or eth0,eth1: join on each",
-    )
+    argtypes.add_iface(recv)
     recv.add_argument("--name", help="this receiver's name (default host-pid)")
     recv.add_argument(
         "--wait", type=argtypes.seconds(), help="give up if no transfer starts in this time"
@@ -215,7 +207,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         action="store_false",
         help="join nothing: hear only the copies --peer senders send (a tunnel, a cloud)",
     )
-    recv.add_argument("--json", action="store_true", help="a JSON summary")
+    argtypes.add_json(recv, "a JSON summary")
     recv.set_defaults(handler=cmd_recv_file)
 
 
