@@ -18,7 +18,9 @@ from typing import Any
 from .addr import GroupSpec, format_endpoint
 from .aio import Node
 from .events import Message
+from .peers import PeerInfo
 from .security import GroupKey
+from .subscription import until_members
 from .transport import IfaceChoice
 
 __all__ = ["DemoEvent", "DemoPeer", "DemoResult", "run_demo"]
@@ -245,14 +247,14 @@ async def _name_of(member: Node, message: Message, wait: float = 0.5) -> str:
     """The sender's name. A message can overtake its sender's hello (a node that joined
     later hears the group before the answers to its own hello): then wait a little for the
     hello, which the session asked for, instead of showing "?"."""
-    deadline = time.monotonic() + wait
-    while True:
-        peer = member.peers.get(message.sender)
-        if peer is not None and peer.hello_seen:
-            return peer.name
-        if time.monotonic() >= deadline:
-            return message.sender_name
-        await asyncio.sleep(0.01)
+
+    def heard(peers: dict[int, PeerInfo]) -> bool:
+        peer = peers.get(message.sender)
+        return peer is not None and peer.hello_seen
+
+    if await until_members(member, heard, wait):
+        return member.peers[message.sender].name
+    return message.sender_name
 
 
 async def _announce_until(

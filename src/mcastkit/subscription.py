@@ -1,16 +1,18 @@
-"""A Node's subscriptions: messages on a topic pattern, queued for the application."""
+"""A Node's subscriptions: messages on a topic pattern, queued for the application; and
+``until_members``, a wait on the membership as it changes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
-from .events import Message
-from .peers import topic_matches
+from .events import Event, Message, PeerEvent
+from .peers import PeerInfo, topic_matches
 
-__all__ = ["QUEUE_LIMIT", "Subscription"]
+__all__ = ["QUEUE_LIMIT", "Subscription", "until_members"]
 
 QUEUE_LIMIT = 10000
 
@@ -95,3 +97,44 @@ class Subscription:
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+class _Members(Protocol):
+    @property
+    def peers(self) -> dict[int, PeerInfo]: ...
+
+    def events(self, *kinds: type[Event]) -> AsyncIterator[Event]: ...
+
+
+async def until_members(
+    node: _Members,
+    ready: Callable[[dict[int, PeerInfo]], bool],
+    timeout: float,
+    *,
+    recheck: float = 0.25,
+) -> bool:
+    """Wait until ``ready(node.peers)``: looked at again at each membership event (a join,
+    a hello saying what a peer serves) and every ``recheck`` seconds for what no event
+    tells (a peer's copies starting to flow). False when ``timeout`` passes first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    changed = asyncio.Event()
+
+    async def watch() -> None:
+        async for _ in node.events(PeerEvent):
+            changed.set()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        while not ready(node.peers):
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(left, recheck))
+        return True
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher

@@ -418,3 +418,35 @@ def test_a_burst_of_publishes_leaves_in_batches_and_arrives_whole_in_order(seale
             assert message is not None and message.payload == b"alone"
 
     asyncio.run(scenario())
+
+
+def test_a_wait_on_the_membership_ends_at_the_join_not_at_a_poll() -> None:
+    from mcastkit.subscription import until_members
+
+    async def scenario() -> None:
+        async with Node("239.255.90.7:5907", iface=LO, name="waiter", heartbeat=0.5) as waiter:
+            loop = asyncio.get_running_loop()
+            # Nobody serves "nothing": the wait ends at its timeout, and says so.
+            start = loop.time()
+            served = await until_members(
+                waiter, lambda p: any(x.serves("nothing") for x in p.values()), 0.3
+            )
+            assert served is False and 0.3 <= loop.time() - start < 1.0
+            later = Node("239.255.90.7:5907", iface=LO, name="late", heartbeat=0.5)
+            joined_at: list[float] = []
+
+            def seen(peers: dict[int, mcastkit.PeerInfo]) -> bool:
+                if any(p.name == "late" for p in peers.values()):
+                    joined_at.append(loop.time())
+                    return True
+                return False
+
+            # A recheck far longer than the test: only the join event can end this wait.
+            waiting = asyncio.ensure_future(until_members(waiter, seen, 5.0, recheck=60.0))
+            await asyncio.sleep(0.05)
+            started = loop.time()
+            async with later:
+                assert await waiting is True
+            assert joined_at[0] - started < 1.0
+
+    asyncio.run(scenario())

@@ -17,6 +17,7 @@ from ..events import (
     SlowReceiver,
     Unrecoverable,
 )
+from ..subscription import until_members
 from . import argtypes, signals
 from .node_options import member, node_options, reliable_options
 from .output import UsageError, drop_warning, emit_json, note, preview, say, stdin_lines
@@ -108,12 +109,14 @@ async def _run_publish(args: argparse.Namespace) -> int:
     if args.file is not None and not args.reliable:
         raise UsageError("--file needs --reliable (a file is one large message)")
     async with member(args) as node:
-        deadline = time.monotonic() + args.wait
-        # A peer beyond our multicast counts once its copies flow (it proved its address).
-        while time.monotonic() < deadline and not (
-            args.peers and sum(p.reached for p in node.peers.values()) >= args.peers
-        ):
-            await asyncio.sleep(0.02)
+        if args.peers:
+            # A peer beyond our multicast counts once its copies flow (it proved its address).
+            enough = args.peers
+            await until_members(
+                node, lambda peers: sum(p.reached for p in peers.values()) >= enough, args.wait
+            )
+        else:
+            await asyncio.sleep(args.wait)  # no count to wait for: the whole --wait
         if args.file is not None:
             try:
                 with open(args.file, "rb") as handle:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 
 from ..aio import Request
+from ..subscription import until_members
 from . import argtypes, signals
 from .node_options import member, node_options
 from .output import UsageError, emit_json, note, say
@@ -53,11 +53,10 @@ async def _run_request(args: argparse.Namespace) -> int:
     want = args.want
     async with member(args) as node:
         # Peers announce what they serve in their hello; give them time to be heard.
-        deadline = time.monotonic() + args.wait
-        while time.monotonic() < deadline and not any(
-            p.serves(args.topic) for p in node.peers.values()
-        ):
-            await asyncio.sleep(0.05)
+        topic = args.topic
+        await until_members(
+            node, lambda peers: any(p.serves(topic) for p in peers.values()), args.wait
+        )
         result = await node.request(args.topic, args.message, timeout=args.timeout, want=want)
     if args.json:
         emit_json(result.to_dict())
