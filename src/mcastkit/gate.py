@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 from .pacing import TokenBucket
 from .peers import MAX_PATHS, Address, PeerInfo
@@ -28,6 +29,24 @@ GOODBYE_REACH_US = 1_000_000  # a goodbye refuses frames stamped up to 1 s past 
 # must not turn every member into a reflector. Bucket: 200 at once, 100 a second.
 ANSWER_BURST = 200.0
 ANSWER_RATE = 100.0
+
+
+class Refusal(str, Enum):
+    """Why the gate keeps a frame out; its value names the drop counter (``dropped:<value>``)."""
+
+    STALE = "stale"  # a sealed frame outside the clock skew: a replay of a captured one
+    STALE_INCARNATION = "stale-incarnation"  # an older run of a live peer
+    DEPARTED = "departed"  # a peer that left or failed (a replay, or another path's copy)
+    GOODBYE_FROM_UNKNOWN = "goodbye-from-unknown"
+    PEER_TABLE_FULL = "peer-table-full"
+    REPLAY = "replay"  # seen already (the replay window)
+    TOO_OLD = "too-old"  # behind the replay window
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 @dataclass
@@ -89,7 +108,7 @@ class MembershipGate:
             return (-1 << 64, 1 << 64)
         return (max(ours - self.max_skew_us, self._started_us), ours + self.max_skew_us)
 
-    def admit(self, frame: Frame, unicast: bool, peer_count: int) -> str | None:
+    def admit(self, frame: Frame, unicast: bool, peer_count: int) -> Refusal | None:
         """Why a frame from a sender we do not know is refused, or None to accept it."""
         tomb = self.tombstones.get((frame.sender, frame.incarnation))
         if tomb is not None and (
@@ -98,11 +117,11 @@ class MembershipGate:
             # not a member coming back.
             or (tomb.left_at and frame.timestamp_us <= tomb.left_at)
         ):
-            return "departed"  # a replay (or another path's copy) of a peer that left or failed
+            return Refusal.DEPARTED  # a replay (or another path's copy) of one that left or failed
         if frame.type == FrameType.GOODBYE:
-            return "goodbye-from-unknown"
+            return Refusal.GOODBYE_FROM_UNKNOWN
         if peer_count >= self.max_peers:
-            return "peer-table-full"
+            return Refusal.PEER_TABLE_FULL
         return None
 
     def let_in(
@@ -122,16 +141,16 @@ class MembershipGate:
         ``multipath``: a frame seen again is a copy by another path, not a replay;
         ``via_group``: it came in on the group socket."""
         if sealed and not self.fresh(frame):
-            self._drop("stale")  # outside the clock skew: a replay of a captured frame
+            self._drop(Refusal.STALE)  # outside the clock skew: a replay of a captured frame
             return None
         unicast = bool(frame.flags & Flag.UNICAST)
         if peer is not None and peer.incarnation != frame.incarnation:
             if frame.timestamp_us and frame.timestamp_us < peer.last_stamp:
-                self._drop("stale-incarnation")  # an older run of a live peer: a replay
+                self._drop(Refusal.STALE_INCARNATION)  # an older run of a live peer: a replay
                 return None
         elif peer is None:
             verdict = self.admit(frame, unicast, peer_count)
-            if verdict == "departed" and multipath:
+            if verdict == Refusal.DEPARTED and multipath:
                 self._counters["duplicates"] += 1  # e.g. a goodbye's copy by another path
                 return None
             if verdict is not None:
@@ -142,15 +161,16 @@ class MembershipGate:
             window = peer.windows.get(unicast)
         if window is None:
             window = ReplayWindow()
-        verdict = window.check_and_mark(frame.seq, not sealed)
-        if peer is not None and via_group and not unicast and verdict in (None, "replay"):
+        checked = window.check_and_mark(frame.seq, not sealed)
+        verdict = None if checked is None else Refusal(checked)
+        if peer is not None and via_group and not unicast and verdict in (None, Refusal.REPLAY):
             peer.heard_multicast = now  # before the replay check: a copy may have come first
         if verdict is None:
             return window
-        if peer is not None and peer.watched and verdict in ("replay", "too-old"):
+        if peer is not None and peer.watched and verdict in (Refusal.REPLAY, Refusal.TOO_OLD):
             self._counters["duplicates"] += 1  # a unicast copy and its multicast original
             return None
-        if multipath and verdict == "replay" and peer is not None:
+        if multipath and verdict == Refusal.REPLAY and peer is not None:
             # Another interface's copy: one delivery, one more path (no interface: apart).
             self._counters["duplicates"] += 1
             if not iface:
