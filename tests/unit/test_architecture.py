@@ -25,6 +25,7 @@ FOUNDATIONS = {
     "peers",
     "pacing",
     "refusals",
+    "core",
     "netif",
 }
 TRANSPORT = {
@@ -379,6 +380,27 @@ def test_events_are_imported_from_events_only() -> None:
                 if hits and not (node.module or "").startswith(("cryptography", "typing")):
                     elsewhere.append(f"{module}: {sorted(hits)} from {node.module}")
     assert not elsewhere, elsewhere
+
+
+def test_the_cores_offer_the_one_contract() -> None:
+    # core.Core: what a runtime calls, with time in float seconds (Driver.host drives any).
+    import inspect
+
+    from mcastkit.core import Core
+    from mcastkit.diag.ping import PingSession
+    from mcastkit.session import Session
+
+    calls = {
+        "receive_datagram": (b"", ("10.0.0.1", 1), 0.0),
+        "handle_timer": (0.0,),
+        "datagrams_to_send": (0.0,),
+        "next_event": (),
+        "next_timer": (),
+    }
+    assert set(calls) == {name for name in vars(Core) if not name.startswith("_")}
+    for core in (Session, PingSession):
+        for name, args in calls.items():
+            inspect.signature(getattr(core, name)).bind(None, *args)  # raises if not callable so
 
 
 def test_every_frame_kind_has_a_handler() -> None:

@@ -200,3 +200,25 @@ def test_forged_answers_cannot_keep_a_ping_probing_victims_or_fill_its_table() -
     ping.receive(newcomer[0], ("10.0.0.2", 5080), 64, 40_000 * MS)
     assert any(key[0] == 2 for key in ping.peers)  # the table made room for a live one
     assert ping.counters["peers-evicted"] == 1
+
+
+def test_the_core_contract_in_seconds_ends_with_its_count() -> None:
+    # What the driver calls (core.Core): timer, datagrams out, datagrams in, next timer.
+    a = PingSession(1, now_ns=0, interval_ns=100 * MS, ttl=64, count=2)
+    b = PingSession(2, now_ns=0, interval_ns=100 * MS, ttl=64)
+    assert a.next_timer() == 0.0 and a.next_event() is None
+    a.handle_timer(0.0)
+    ((probe, to_group),) = a.datagrams_to_send(0.0)
+    assert to_group is None and a.datagrams_to_send(0.0) == []  # taken once
+    b.receive_datagram(probe, ADDR[1], 0.002, 62)
+    ((answer, _),) = b.datagrams_to_send(0.002)
+    a.receive_datagram(answer, ADDR[2], 0.004, 62)
+    for step in range(1, 40):  # 2 rounds of each path, then silence
+        if (when := a.next_timer()) is not None and when <= step * 0.05:
+            a.handle_timer(step * 0.05)
+        a.datagrams_to_send(step * 0.05)
+    assert a.probed_all and a.next_timer() is None
+    assert (a.rounds, a.unicast_rounds) == (2, 2)
+    # b was heard through its answer, and probed by unicast from then on.
+    (peer,) = a.summary(4 * 100 * MS)["peers"]
+    assert peer["id"] == f"{2:016x}" and peer["unicast"]["sent"] >= 1

@@ -22,6 +22,7 @@ from enum import IntEnum
 from typing import Any
 
 from ..addr import format_endpoint
+from ..events import Event
 from ..magics import PING_MAGIC
 from ..peers import Address
 from .seqs import DUPLICATE, SeqTracker
@@ -223,8 +224,10 @@ class PingSession:
         answer_timeout_ns: int = 1_000_000_000,
         pinned: list[Address] | None = None,
         max_peers: int = MAX_PEERS,
+        count: int | None = None,
     ) -> None:
         self.max_peers = max_peers
+        self.count = count  # rounds of probes to send on each path (None: no end)
         self.node_id = node_id
         self.interval_ns = interval_ns
         self.ttl = ttl
@@ -241,10 +244,43 @@ class PingSession:
         self._seq: dict[tuple[int, int], int] = {
             (kind, path): 0 for kind in (PROBE, ANSWER) for path in PATH_NAMES
         }
+        self._out: list[tuple[bytes, Address | None]] = []  # for ``datagrams_to_send``
 
     def next_due_ns(self) -> int:
         """When ``tick`` must run next."""
         return min(self._next_multicast_ns, self._next_unicast_ns)
+
+    # --- the core contract (core.Core): seconds of the runtime's monotonic clock ---------
+
+    def receive_datagram(
+        self, data: bytes, source: Address, now: float, ttl: int | None = None
+    ) -> None:
+        """Take one datagram (``ttl``: as it arrived, where the kernel says)."""
+        self._out.extend(self.receive(data, source, ttl, int(now * 1e9)))
+
+    def handle_timer(self, now: float) -> None:
+        """The probes due by ``now``."""
+        now_ns = int(now * 1e9)
+        if now_ns >= self.next_due_ns():
+            self._out.extend(self.tick(now_ns))
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address | None]]:
+        """Probes and answers to send; None as destination: the group."""
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> Event | None:
+        """Ping reports through ``summary``: no events."""
+        return None
+
+    def next_timer(self) -> float | None:
+        """When the next probes are due (None: every round of ``count`` went out)."""
+        return None if self.probed_all else self.next_due_ns() / 1e9
+
+    @property
+    def probed_all(self) -> bool:
+        """Every one of ``count`` rounds went out on both paths."""
+        return self.count is not None and min(self.rounds, self.unicast_rounds) >= self.count
 
     def _head(self, kind: int, path: int, now_ns: int) -> bytes:
         self._seq[kind, path] += 1
@@ -272,7 +308,8 @@ class PingSession:
         path's RTT includes the other's processing.
         """
         out: list[tuple[bytes, Address | None]] = []
-        if now_ns >= self._next_multicast_ns:
+        limit = self.count
+        if now_ns >= self._next_multicast_ns and (limit is None or self.rounds < limit):
             self._next_multicast_ns = self._advance(
                 self._next_multicast_ns, now_ns, self.interval_ns
             )
@@ -280,7 +317,7 @@ class PingSession:
             seq = self._seq[PROBE, MULTICAST]
             for peer in self.peers.values():
                 peer.multicast.on_sent(seq, now_ns)
-        if now_ns >= self._next_unicast_ns:
+        if now_ns >= self._next_unicast_ns and (limit is None or self.unicast_rounds < limit):
             self._next_unicast_ns = self._advance(self._next_unicast_ns, now_ns, self.interval_ns)
             self._expire(now_ns)
             # One seq per round for every peer, so each peer sees a gap-free sequence.

@@ -130,17 +130,18 @@ def run_ping(
         raise
     by_index = {u.interface.index: u for u in unicasts}
     heard_on: dict[str, GroupSocket] = {}  # peer host -> the socket of its interface
-    now = time.monotonic_ns()
+    start = time.monotonic()
     session = PingSession(
         random_id(os.urandom),
-        now_ns=now,
+        now_ns=int(start * 1e9),
         interval_ns=int(interval * 1e9),
         ttl=ttl,
         pinned=peers,
+        count=count,
     )
-    end = None if duration is None else now + int(duration * 1e9)
-    last_round_ns: int | None = None
-    last_update = now
+    end = None if duration is None else start + duration
+    last_round: float | None = None
+    last_update = start
 
     def send(datagrams: list[tuple[bytes, Address | None]]) -> None:
         for data, destination in datagrams:
@@ -153,47 +154,36 @@ def run_ping(
 
     def drain(sock: GroupSocket) -> None:
         while (packet := sock.recv_nowait()) is not None:
-            arrived = time.monotonic_ns()
             way = sock if sock is not group_socket else by_index.get(packet.ifindex or 0)
             if way is not None and len(heard_on) < MAX_PEERS_HEARD:
                 heard_on[packet.source] = way
-            send(
-                session.receive(
-                    packet.data, (packet.source, packet.source_port), packet.ttl, arrived
-                )
-            )
+            source = (packet.source, packet.source_port)
+            session.receive_datagram(packet.data, source, time.monotonic(), packet.ttl)
 
-    def turn(_: float) -> float | None:
-        nonlocal last_round_ns, last_update
-        now = time.monotonic_ns()
+    def turn(now: float) -> float | None:
+        nonlocal last_round, last_update
         if (end is not None and now >= end) or (stop is not None and stop()):
             return STOP
-        finished = count is not None and min(session.rounds, session.unicast_rounds) >= count
-        if finished:
+        if session.probed_all:
             # Every probe is out: wait one more interval for the answers, then stop.
-            last_round_ns = last_round_ns or now
-            if now >= last_round_ns + session.interval_ns:
+            last_round = last_round or now
+            if now >= last_round + interval:
                 return STOP
-        elif now >= session.next_due_ns():
-            send(session.tick(now))
-        if on_update is not None and now - last_update >= 500_000_000:
+        if on_update is not None and now - last_update >= 0.5:
             last_update = now
-            on_update(session, now)
-        wait_ns = session.next_due_ns() - now
-        if end is not None:
-            wait_ns = min(wait_ns, end - now)
-        return wait_ns / 1e9
+            on_update(session, int(now * 1e9))
+        return interval if end is None else end - now
 
     try:
         with Driver() as driver:
             for sock in (group_socket, *unicasts, *link_locals):
                 driver.on_readable(sock, functools.partial(drain, sock))
-            driver.run(turn)
+            driver.host(session, send, turn)
     finally:
         group_socket.close()
         for opened in (*unicasts, *link_locals):
             opened.close()
-    summary = session.summary(time.monotonic_ns(), final=True)
+    summary = session.summary(int(time.monotonic() * 1e9), final=True)
     summary.update(
         {
             "group": str(spec),

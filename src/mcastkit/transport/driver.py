@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from ..core import Core, Outgoing
+from ..events import Event
 from .ancillary import Packet
 from .batch import BatchReceiver, RunHandler
 from .handles import SocketLike, os_socket
@@ -80,6 +82,37 @@ class Driver:
                     return
 
         self.on_readable(sock, drain)
+
+    def host(
+        self,
+        core: Core,
+        send: Callable[[Outgoing], object],
+        turn: Callable[[float], float | None],
+        on_event: Callable[[Event], object] | None = None,
+    ) -> None:
+        """Drive ``core`` (core.Core) until ``turn(now)`` returns STOP. Each turn runs the
+        core's timer when due, then ``send``s what it has (answers to what was just read go
+        out at once), hands its events to ``on_event``, and waits for input at most until
+        the core's next timer or the seconds ``turn`` returned. The runtime's readers feed
+        ``core.receive_datagram``."""
+
+        def step(now: float) -> float | None:
+            when = core.next_timer()
+            if when is not None and now >= when:
+                core.handle_timer(now)
+            out = core.datagrams_to_send(now)
+            if out:
+                send(out)
+            while (event := core.next_event()) is not None:
+                if on_event is not None:
+                    on_event(event)
+            wait = turn(now)
+            if wait is STOP:
+                return STOP
+            when = core.next_timer()
+            return wait if when is None else min(wait, max(0.0, when - now))
+
+        self.run(step)
 
     def run(self, turn: Callable[[float], float | None]) -> None:
         """Until ``turn(now)`` returns ``STOP``: run it, then wait for readable sockets at
