@@ -111,6 +111,11 @@ class Session:
         config = reliable or ReliableConfig()
         # Every sender's stream; their memory together within the budget (2x one stream's).
         inbound = InboundStreams(config, random_bytes, receive_budget or 2 * config.receiver_memory)
+        self._own_parts(inbound, random_bytes)
+
+    def _own_parts(self, inbound: InboundStreams, random_bytes: Callable[[int], bytes]) -> None:
+        """The parts this session owns, each given the one port back to it, and the table
+        that hands every frame kind to its handler."""
         port = SessionPort(
             send=self._send,
             drop=self._drop,
@@ -130,7 +135,7 @@ class Session:
             port,
             full_path=self.receive_opened,
             reliable=self.streaming.on_rdata,
-            fresh=self.gate.fresh_range if keyring is not None else lambda: _ANY_STAMP,
+            fresh=self.gate.fresh_range if self.keyring is not None else lambda: _ANY_STAMP,
             own_id=lambda: self.node_id,
         )
         self.requests = Requests(
@@ -181,11 +186,6 @@ class Session:
     @reliable.setter
     def reliable(self, config: ReliableConfig) -> None:
         self.streaming.inbound.config = config
-
-    @property
-    def receive_budget(self) -> int:
-        """Bytes every sender's reliable stream may hold together."""
-        return self.streaming.inbound.budget
 
     # --- API calls -----------------------------------------------------------------------
 
@@ -239,10 +239,6 @@ class Session:
     def reliable_stats(self) -> dict[str, Any]:
         """Counters of the reliable stream we send and of those we receive."""
         return self.streaming.stats()
-
-    def max_unreliable(self, topic: str) -> int:
-        """The largest unreliable message payload for ``topic`` (one datagram)."""
-        return self.framer.topic_info(topic)[1]
 
     def reply(self, request: RequestReceived, payload: bytes, now: float) -> None:
         """Answer a request (unicast to the requester's address as seen)."""
