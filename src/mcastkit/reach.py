@@ -27,22 +27,8 @@ from typing import Protocol
 
 from .addr import format_endpoint
 from .peers import Address, PeerInfo
+from .session_port import SendFrame
 from .wire import Flag, FrameType
-
-
-class SendFrame(Protocol):
-    """The session's frame sender (its ``_send``)."""
-
-    def __call__(
-        self,
-        kind: FrameType,
-        topic: str,
-        payload: bytes,
-        now: float,
-        *,
-        flags: int = 0,
-        to: Address | None = None,
-    ) -> None: ...
 
 
 class SendHello(Protocol):
