@@ -112,10 +112,13 @@ async def until_members(
     timeout: float,
     *,
     recheck: float = 0.25,
+    settle: float = 0.0,
 ) -> bool:
     """Wait until ``ready(node.peers)``: looked at again at each membership event (a join,
     a hello saying what a peer serves) and every ``recheck`` seconds for what no event
-    tells (a peer's copies starting to flow). False when ``timeout`` passes first."""
+    tells (a peer's copies starting to flow). With ``settle``, once ready, wait on until the
+    membership has been quiet that long (members a seed's gossip names are still arriving).
+    False when ``timeout`` passes before it is ready."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     changed = asyncio.Event()
@@ -126,14 +129,17 @@ async def until_members(
 
     watcher = asyncio.ensure_future(watch())
     try:
-        while not ready(node.peers):
+        while True:
+            done = ready(node.peers)
             left = deadline - loop.time()
-            if left <= 0:
-                return False
+            if left <= 0 or (done and settle <= 0):
+                return done
             changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(changed.wait(), min(left, recheck))
-        return True
+            try:
+                await asyncio.wait_for(changed.wait(), min(left, settle if done else recheck))
+            except asyncio.TimeoutError:
+                if done:
+                    return True  # quiet for ``settle``
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):

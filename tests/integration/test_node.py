@@ -450,3 +450,28 @@ def test_a_wait_on_the_membership_ends_at_the_join_not_at_a_poll() -> None:
             assert joined_at[0] - started < 1.0
 
     asyncio.run(scenario())
+
+
+def test_a_settling_wait_goes_on_while_members_keep_arriving() -> None:
+    from mcastkit.subscription import until_members
+
+    async def scenario() -> None:
+        async with Node("239.255.90.8:5908", iface=LO, name="asker", heartbeat=0.5) as asker:
+            first = Node("239.255.90.8:5908", iface=LO, name="first", heartbeat=0.5)
+            second = Node("239.255.90.8:5908", iface=LO, name="second", heartbeat=0.5)
+
+            async def arrive() -> None:
+                await first.start()
+                await asyncio.sleep(0.2)  # within the settle time below: waited for
+                await second.start()
+
+            arriving = asyncio.ensure_future(arrive())
+            try:
+                assert await until_members(asker, lambda peers: bool(peers), 10.0, settle=1.0)
+                assert {p.name for p in asker.peers.values()} == {"first", "second"}
+            finally:
+                await arriving
+                await first.stop()
+                await second.stop()
+
+    asyncio.run(scenario())

@@ -233,9 +233,10 @@ def test_auto_rate_backs_off_for_a_slow_receiver(tmp_path: Path) -> None:
     assert any(b < a for a, b in itertools.pairwise(history)), history  # it backed off
     assert min(history) > 500, history  # and never sank to the floor
     cuts = summary["rate_cuts"]
-    # The receiver's reports measured how fast it takes blocks, and no single cut went
-    # below half of what was really sent.
-    assert any(cut["receiver_pps"] for cut in cuts), cuts
+    # The receiver's reports measured how fast it takes blocks (a cut before its second
+    # report, the first one alone, falls back to a ratio), and no single cut went below
+    # half of what was really sent.
+    assert any(cut["receiver_pps"] for cut in cuts) or len(cuts) == 1, cuts
     for cut in cuts:
         assert cut["to_pps"] >= min(cut["from_pps"], cut["sent_pps"]) * 0.5 - 1, cut
     data = (tmp_path / "out" / "payload.bin").read_bytes()

@@ -14,6 +14,9 @@ from .output import UsageError, emit_json, note, say
 COMMAND_TIMEOUT = 30.0  # seconds a serve --command may take per request
 
 
+SETTLE_SERVERS = 0.3  # seconds without a new member before a request goes out
+
+
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the commands of this module."""
     request = commands.add_parser("request", help="ask the group and gather replies")
@@ -52,10 +55,14 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 async def _run_request(args: argparse.Namespace) -> int:
     want = args.want
     async with member(args) as node:
-        # Peers announce what they serve in their hello; give them time to be heard.
+        # Peers announce what they serve in their hello: wait for the first, then while
+        # more are heard (a seed's gossip names the rest), within --wait.
         topic = args.topic
         await until_members(
-            node, lambda peers: any(p.serves(topic) for p in peers.values()), args.wait
+            node,
+            lambda peers: any(p.serves(topic) for p in peers.values()),
+            args.wait,
+            settle=SETTLE_SERVERS,
         )
         result = await node.request(args.topic, args.message, timeout=args.timeout, want=want)
     if args.json:
