@@ -13,7 +13,7 @@ from mcastkit.transport.platform import CAPS
 
 # What the POSIX path (MCASTKIT_WITHOUT, macOS, BSD, Windows) does not tell.
 NEEDS_PKTINFO = pytest.mark.skipif(
-    not CAPS.pktinfo, reason="reads each datagram's TTL (IP_PKTINFO)"
+    not CAPS.pktinfo, reason="reads each datagram's TTL and destination (IP_PKTINFO)"
 )
 NEEDS_IFFLAGS = pytest.mark.skipif(not CAPS.ifflags, reason="reads interface flags (SIOCGIFFLAGS)")
 
@@ -132,9 +132,7 @@ def test_socket_joined_to_a_gets_nothing_sent_to_b_on_the_same_port(lab: Lab) ->
     assert naive.communicate(timeout=20)[0].strip() == "GOT for-b"
 
 
-@pytest.mark.skipif(
-    not CAPS.pktinfo, reason="reads the TTL and destination of each datagram (IP_PKTINFO)"
-)
+@NEEDS_PKTINFO
 def test_ttl_zero_stays_on_the_sending_host(lab: Lab) -> None:
     h1, h2 = lab.lan(2)
     local = _listen(h1, f"{GROUP}:{PORT}", "--timeout", "3")
@@ -187,9 +185,7 @@ def test_exclude_mode_blocks_one_sender(lab: Lab) -> None:
     assert {d["source"] for d in datagrams} == {h1.ipv4}
 
 
-@pytest.mark.skipif(
-    not CAPS.pktinfo, reason="reads the TTL and destination of each datagram (IP_PKTINFO)"
-)
+@NEEDS_PKTINFO
 def test_ipv6_link_scoped_group_between_hosts(lab: Lab) -> None:
     h1, h2 = lab.lan(2)
     group = f"[ff12::4242]:{PORT}%eth0"
@@ -226,9 +222,7 @@ def test_ipv6_site_scoped_group_from_global_address(lab: Lab) -> None:
     assert [d["source"] for d in datagrams] == [h1.ipv6, h1.ipv6]
 
 
-@pytest.mark.skipif(
-    not CAPS.pktinfo, reason="reads the TTL and destination of each datagram (IP_PKTINFO)"
-)
+@NEEDS_PKTINFO
 def test_broadcast_reaches_every_host_on_the_segment(lab: Lab) -> None:
     h1, h2, h3 = lab.lan(3)
     receivers = [
