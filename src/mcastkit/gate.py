@@ -12,7 +12,7 @@ from enum import Enum
 from .pacing import TokenBucket
 from .peers import MAX_PATHS, Address, PeerInfo
 from .security import ReplayWindow
-from .wire import Flag, Frame, FrameType
+from .wire import Frame, FrameType
 
 DEFAULT_MAX_PEERS = 4096
 HOST_SHARE = 16  # a source host holds at most 1/16 of the peer table (256 of 4,096)
@@ -69,6 +69,8 @@ class MembershipGate:
         *,
         now: float,
         counters: Counter[str],
+        drop: Callable[[str], None],
+        sealed: bool,
         wall_clock_us: Callable[[], int],
         max_peers: int = DEFAULT_MAX_PEERS,
         max_skew: float = DEFAULT_MAX_SKEW,
@@ -84,6 +86,8 @@ class MembershipGate:
         self.max_skew_us = int(max_skew * 1e6)
         self.tombstones: OrderedDict[tuple[int, int], Tombstone] = OrderedDict()
         self._counters = counters
+        self._drop = drop  # the session's count of a datagram dropped, by reason
+        self.sealed = sealed  # frames are stamped and opened: freshness is checked
         self._wall_us = wall_clock_us
         self._started_us = 0
         self._seen_requests: OrderedDict[tuple[int, int], float] = OrderedDict()
@@ -127,9 +131,9 @@ class MembershipGate:
     def let_in(
         self,
         frame: Frame,
+        unicast: bool,
         peer: PeerInfo | None,
         peer_count: int,
-        sealed: bool,
         multipath: bool,
         source: Address,
         iface: str | None,
@@ -140,10 +144,9 @@ class MembershipGate:
         that took it (the peer keeps it), or None when it is dropped or a duplicate (counted).
         ``multipath``: a frame seen again is a copy by another path, not a replay;
         ``via_group``: it came in on the group socket."""
-        if sealed and not self.fresh(frame):
+        if self.sealed and not self.fresh(frame):
             self._drop(Refusal.STALE)  # outside the clock skew: a replay of a captured frame
             return None
-        unicast = bool(frame.flags & Flag.UNICAST)
         if peer is not None and peer.incarnation != frame.incarnation:
             if frame.timestamp_us and frame.timestamp_us < peer.last_stamp:
                 self._drop(Refusal.STALE_INCARNATION)  # an older run of a live peer: a replay
@@ -161,7 +164,7 @@ class MembershipGate:
             window = peer.windows.get(unicast)
         if window is None:
             window = ReplayWindow()
-        checked = window.check_and_mark(frame.seq, not sealed)
+        checked = window.check_and_mark(frame.seq, not self.sealed)
         verdict = None if checked is None else Refusal(checked)
         if peer is not None and via_group and not unicast and verdict in (None, Refusal.REPLAY):
             peer.heard_multicast = now  # before the replay check: a copy may have come first
@@ -180,10 +183,6 @@ class MembershipGate:
             return None
         self._drop(verdict)
         return None
-
-    def _drop(self, reason: str) -> None:
-        self._counters["dropped"] += 1
-        self._counters[f"dropped:{reason}"] += 1
 
     def seat(self, peer: PeerInfo) -> int | None:
         """A new peer takes a seat from its source host: the id to make room for it (that

@@ -70,6 +70,8 @@ class Session:
         self.gate = MembershipGate(
             now=now,
             counters=self.counters,
+            drop=self._drop,
+            sealed=keyring is not None,
             wall_clock_us=wall_us,
             max_peers=max_peers,
             max_skew=max_skew,
@@ -142,7 +144,7 @@ class Session:
             port,
             check_size=self.framer.check_size,
             random_bytes=random_bytes,
-            serves=lambda: list(self.meta.get("serves", [])),
+            serves=lambda: self.meta.get("serves", []),
             first_request=self.gate.first_request,
         )
         streams = self.streaming
@@ -398,9 +400,8 @@ class Session:
             return
         unicast = bool(frame.flags & Flag.UNICAST)
         peer = self.peers.get(frame.sender)
-        sealed = self.keyring is not None
         window = self.gate.let_in(
-            frame, peer, len(self.peers), sealed, self.multipath, source, iface, via_group, now
+            frame, unicast, peer, len(self.peers), self.multipath, source, iface, via_group, now
         )
         if window is None:
             return
