@@ -2,13 +2,14 @@
 datagrams in, a timer, datagrams and events out. Time is float seconds of one monotonic
 clock the runtime owns and passes in; a core never reads a clock or touches a socket.
 
-``Session`` (a group member) and ``PingSession`` (``mcast ping``) offer it; the asyncio Node
-and the blocking ``Driver.host`` drive it.
+``Session`` (a group member), ``PingSession`` (``mcast ping``) and the file transfer's
+``SendSession`` and ``ReceiveSession`` offer it; the asyncio Node and the blocking
+``Driver.host`` drive it.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from .events import Event
 from .peers import Address
@@ -16,9 +17,10 @@ from .peers import Address
 __all__ = ["Core", "Outgoing"]
 
 Outgoing = list[tuple[bytes, "Address | None"]]  # datagrams to send; None: to the group
+E = TypeVar("E", bound=Event, covariant=True)  # the events a core gives
 
 
-class Core(Protocol):
+class Core(Protocol[E]):
     def receive_datagram(self, data: bytes, source: Address, now: float) -> None:
         """Take one datagram (hostile input is counted and dropped, never raised)."""
 
@@ -28,7 +30,7 @@ class Core(Protocol):
     def datagrams_to_send(self, now: float) -> Outgoing:
         """Everything to send now, and forget it."""
 
-    def next_event(self) -> Event | None:
+    def next_event(self) -> E | None:
         """The next event for the application, or None."""
 
     def next_timer(self) -> float | None:

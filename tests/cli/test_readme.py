@@ -10,12 +10,12 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def _run_example(marker: str, timeout: float = 60) -> str:
+def _run_example(marker: str, timeout: float = 60, cwd: Path | None = None) -> str:
     """Run the README's first python block containing ``marker``; return its output."""
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     example = next(b for b in blocks if marker in b)
     result = subprocess.run(
-        [sys.executable, "-c", example], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", example], capture_output=True, text=True, timeout=timeout, cwd=cwd
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -85,3 +85,32 @@ def test_readme_no_multicast_shell_example_runs() -> None:
     finally:
         receiver.kill()
     assert receiver.returncode == 0 and "hello" in out
+
+
+def test_readme_send_files_example_reaches_a_library_receiver(tmp_path: Path) -> None:
+    # The README's send_files block, as written, to a receive_files of the library.
+    import hashlib
+    import os
+    import threading
+
+    from mcastkit import parse_group
+    from mcastkit.transfer import ReceiveOptions, receive_files
+
+    image = os.urandom(3 << 20)
+    (tmp_path / "image.iso").write_bytes(image)
+    into = tmp_path / "into"
+    received: dict[str, object] = {}
+
+    def receive() -> None:
+        options = ReceiveOptions(iface="lo", wait=20, parents=True)
+        received.update(receive_files(parse_group("239.255.77.83:5083"), into, options))
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    output = _run_example("send_files(", timeout=60, cwd=tmp_path)
+    receiver.join(30)
+    assert "registered:" in output and "complete" in output, output
+    assert received["state"] == "complete", received
+    assert hashlib.sha256((into / "image.iso").read_bytes()).digest() == (
+        hashlib.sha256(image).digest()
+    )

@@ -67,6 +67,7 @@ CORES = {
     "transfer.engine",
     "transfer.sending",
     "transfer.receiving",
+    "transfer.sinks",
     "transfer.protocol",
     "transfer.rate",
     "transfer.sealing",
@@ -89,6 +90,8 @@ RUNTIMES = {
     "relaying",
     "transfer",
     "transfer.runtime",
+    "transfer.sender_host",
+    "transfer.receiver_host",
     "transfer.storage",
     "transfer.partial",
     "transfer.sources",
@@ -389,6 +392,7 @@ def test_the_cores_offer_the_one_contract() -> None:
     from mcastkit.core import Core
     from mcastkit.diag.ping import PingSession
     from mcastkit.session import Session
+    from mcastkit.transfer.engine import ReceiveSession, SendSession
 
     calls = {
         "receive_datagram": (b"", ("10.0.0.1", 1), 0.0),
@@ -398,7 +402,7 @@ def test_the_cores_offer_the_one_contract() -> None:
         "next_timer": (),
     }
     assert set(calls) == {name for name in vars(Core) if not name.startswith("_")}
-    for core in (Session, PingSession):
+    for core in (Session, PingSession, SendSession, ReceiveSession):
         for name, args in calls.items():
             inspect.signature(getattr(core, name)).bind(None, *args)  # raises if not callable so
 

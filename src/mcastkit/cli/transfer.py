@@ -15,7 +15,7 @@ from ..events import (
     TransferEvent,
     TransferRefused,
 )
-from ..transfer import receive_files, send_files
+from ..transfer import ReceiveOptions, SendOptions, receive_files, send_files
 from ..transfer.engine import DEFAULT_MAX_SIZE, ReceiveSession, SendSession
 from ..transfer.partial import PARTIALS_MAX_BYTES
 from ..transport.interfaces import router_hint
@@ -258,23 +258,25 @@ def cmd_send_file(args: argparse.Namespace) -> int:
         summary = send_files(
             spec,
             args.paths,
-            iface=args.iface,
-            ttl=args.ttl,
-            rate=rate,
-            expected=expected,
-            names=names,
-            register_wait=args.wait,
-            receiver_timeout=args.receiver_timeout,
-            deadline=args.deadline,
+            SendOptions(
+                iface=args.iface,
+                ttl=args.ttl,
+                rate=rate,
+                adaptive=adaptive,
+                expected=expected,
+                names=None if names is None else frozenset(names),
+                register_wait=args.wait,
+                receiver_timeout=args.receiver_timeout,
+                deadline=args.deadline,
+                gso=not args.no_gso,
+                key=key,
+                sign_key=sign_key,
+                sync=args.sync,
+                peers=resolve_peers(args.peers, spec.family, spec.port),
+                multicast=args.multicast,
+            ),
             on_progress=progress,
             on_event=news,
-            adaptive=adaptive,
-            gso=not args.no_gso,
-            key=key,
-            sign_key=sign_key,
-            sync=args.sync,
-            peers=resolve_peers(args.peers, spec.family, spec.port),
-            multicast=args.multicast,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -375,26 +377,28 @@ def cmd_recv_file(args: argparse.Namespace) -> int:
         summary: dict[str, Any] = receive_files(
             spec,
             args.dir,
-            iface=args.iface,
-            name=args.name,
-            wait=args.wait,
+            ReceiveOptions(
+                iface=args.iface,
+                name=args.name,
+                wait=args.wait,
+                rcvbuf=args.rcvbuf,
+                gro=not args.no_gro,
+                max_size=args.max_size,
+                max_partials=args.max_partials,
+                overwrite=args.overwrite,
+                parents=args.parents,
+                key=key,
+                trust=None if trust is None else tuple(trust),
+                max_skew=args.max_skew,
+                resume=not args.no_resume,
+                sync=args.sync,
+                preserve=args.preserve,
+                peers=resolve_peers(args.peers, spec.family, spec.port),
+                multicast=args.multicast,
+            ),
             on_progress=progress,
             on_event=news,
             stop=interrupted,
-            rcvbuf=args.rcvbuf,
-            gro=not args.no_gro,
-            max_size=args.max_size,
-            max_partials=args.max_partials,
-            overwrite=args.overwrite,
-            parents=args.parents,
-            key=key,
-            trust=trust,
-            max_skew=args.max_skew,
-            resume=not args.no_resume,
-            sync=args.sync,
-            preserve=args.preserve,
-            peers=resolve_peers(args.peers, spec.family, spec.port),
-            multicast=args.multicast,
         )
     finally:
         interrupted.restore()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from ..peers import Address
 from .protocol import Out, safe_name, safe_path
-from .receiving import DEFAULT_MAX_SIZE, SENDER_SILENCE, ReceiveSession, Sink, Storage
+from .receiving import DEFAULT_MAX_SIZE, SENDER_SILENCE, ReceiveSession
 from .sending import BlockSource, ReceiverState, SendSession
+from .sinks import Sink, Storage
 
 __all__ = [
     "DEFAULT_MAX_SIZE",

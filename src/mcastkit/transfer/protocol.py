@@ -37,6 +37,7 @@ __all__ = [
     "REG_ACK",
     "STATUS",
     "STATUS_REQ",
+    "AnnounceParts",
     "FileInfo",
     "decode_untrusted",
 ]
@@ -273,6 +274,47 @@ def decode_announce(body: bytes) -> Announce | None:
     if any(f.is_dir and f.size for f in files):
         return None
     return Announce(files, block_size, part, parts, first, total, sync)
+
+
+GATHERED_SESSIONS = 2  # sessions whose announce parts a receiver holds at once
+
+
+class AnnounceParts:
+    """The parts of long file lists as they come in, until one list is whole. Parts are
+    held as they came (bytes, decoded again at the end), for two sessions at most: an
+    outsider's parts cost at most 2 x 4,096 datagrams, and cannot keep ours out for longer
+    than it takes to send them again."""
+
+    def __init__(self) -> None:
+        # session -> part -> ((parts, total, block size), body)
+        self._held: dict[int, dict[int, tuple[tuple[int, int, int], bytes]]] = {}
+
+    def __len__(self) -> int:
+        """Sessions whose parts are held."""
+        return len(self._held)
+
+    def gather(self, session: int, announce: Announce, body: bytes) -> list[FileInfo] | None:
+        """Take one part; the whole list once every part is in, else None."""
+        parts = self._held.get(session)
+        if parts is None:
+            if len(self._held) >= GATHERED_SESSIONS:
+                del self._held[next(iter(self._held))]
+            parts = self._held[session] = {}
+        known = next(iter(parts.values()), None)
+        shape = (announce.parts, announce.total, announce.block_size)
+        if known is not None and known[0] != shape:
+            return None  # parts that do not agree: keep the first seen
+        parts[announce.part] = (shape, body)
+        if len(parts) < announce.parts:
+            return None
+        del self._held[session]
+        files: list[FileInfo] = []
+        for number in range(announce.parts):
+            decoded = decode_announce(parts[number][1])
+            if decoded is None or decoded.first != len(files):
+                return None
+            files.extend(decoded.files)
+        return files if len(files) == announce.total else None
 
 
 def _decode_entry(entry: dict[str, object]) -> FileInfo:

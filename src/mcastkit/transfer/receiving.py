@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from ..events import (
     ReceiveState,
@@ -36,7 +36,7 @@ from .protocol import (
     REGISTER,
     RESUMING,
     STATUS_REQ,
-    Announce,
+    AnnounceParts,
     FileInfo,
     Out,
     TransferKind,
@@ -48,6 +48,7 @@ from .protocol import (
     head,
     missing_ranges,
 )
+from .sinks import Sink, Storage
 from .states import RECEIVE_TRANSITIONS, advance
 
 COPY_COOKIE = 8  # reach.COOKIE: the transfer core does not import the membership one
@@ -58,60 +59,8 @@ MIN_BITMAP_LIMIT = 1 << 24  # blocks (a byte each) accepted at least; more as --
 MAX_RUN = 1024  # blocks per write call (IOV_MAX)
 DENSE_RANGES = 4 * MAX_RANGES  # more missing ranges than this go as bitmaps (MISSING_MAP)
 STATUS_CHUNKS = 32  # STATUS datagrams per request: up to 3,200 missing ranges per round
-GATHERED_SESSIONS = 2  # sessions whose announce parts are held at once
 CHECKPOINT_EVERY = 0.5  # seconds between records of the blocks on disk (for resume)
 MAX_REFETCHES = 3  # a file whose sha256 does not match is received again, this often at most
-
-
-class Sink(Protocol):
-    """Where a receiver's blocks go (transfer/storage.py: files; or memory)."""
-
-    def write_run(self, file_index: int, offset: int, blocks: list[memoryview]) -> None:
-        """Consecutive blocks from ``offset`` in one call."""
-        ...
-
-    mismatched: list[int]  # after a failed finish: the files whose sha256 did not match
-
-    def finish(self) -> str | None:
-        """Verify every file and make it final; the reason when one fails."""
-        ...
-
-    def rewind(self, indices: list[int]) -> None:
-        """These files are received again from their first block."""
-        ...
-
-    def discard(self) -> None:
-        """Forget everything written (nothing wrong is left behind)."""
-        ...
-
-    def resumable(self) -> dict[int, tuple[str, int, bytearray | None]]:
-        """Partials of earlier transfers this sink took over: file index -> (the sha256
-        they were of, their block size, a byte per block: 1 = on disk). With ``sync``, a
-        file already in place: (its sha256, 0, None)."""
-        ...
-
-    def up_to_date(self, file_index: int) -> None:
-        """The file in place is the one announced: keep it, write nothing for it."""
-        ...
-
-    def checkpoint(self, bitmaps: list[bytearray], block_size: int) -> None:
-        """Record the blocks on disk, for a later transfer to resume from."""
-        ...
-
-    def keep(self) -> None:
-        """Stop, keeping what a later transfer can resume from."""
-        ...
-
-
-class Storage(Protocol):
-    """Opens a sink for an announced file list; raises OSError or ValueError to refuse it
-    (no space, a name it will not write, a file it will not replace)."""
-
-    def open(self, files: list[FileInfo], *, sync: bool = False) -> Sink:
-        """``sync``: files already in place with the same content may be kept as they are
-        (offered through ``Sink.resumable``); others of the same name are replaced only
-        where the receiver allowed it (its overwrite), never because a sender asked."""
-        ...
 
 
 class ReceiveSession:
@@ -170,9 +119,54 @@ class ReceiveSession:
         self._report_due = False  # tell the sender what we hold before its first pass
         self._checkpointed = (0, -1.0)  # blocks received, when
         # Long lists being gathered: session -> part -> ((parts, total, block size), body).
-        self._parts: dict[int, dict[int, tuple[tuple[int, int, int], bytes]]] = {}
+        self._parts = AnnounceParts()
         self.sync = sync  # skip files already here with the same sha256
         self.up_to_date: list[str] = []
+        self._out: Out = []  # for ``datagrams_to_send``
+        self._stirred = False  # input since ``tick`` last ran: it looks at once
+
+    # --- the core contract (core.Core) ---------------------------------------------------
+
+    def receive_datagram(self, data: bytes, source: Address, now: float) -> None:
+        """One datagram: answers are queued, ``tick`` looks at what changed."""
+        self._out.extend(self.receive(data, source, now))
+        self._stirred = True
+
+    def receive_batch(
+        self, buffer: memoryview, spans: list[tuple[int, int]], source: Address, now: float
+    ) -> None:
+        """``receive_many`` (a batch in place), its answers queued."""
+        self._out.extend(self.receive_many(buffer, spans, source, now))
+        self._stirred = True
+
+    def handle_timer(self, now: float) -> None:
+        """Verification, registration, reports, checkpoints and silence due by ``now``."""
+        self._stirred = False
+        self._out.extend(self.tick(now))
+
+    def datagrams_to_send(self, now: float) -> Out:
+        """What to send now: a receiver only ever answers its sender."""
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> TransferEvent | None:
+        return self._events.pop(0) if self._events else None
+
+    def next_timer(self) -> float | None:
+        """When ``tick`` has something to do (0: at once); None: only input wakes it."""
+        if self._stirred or self._verify_due:
+            return 0.0
+        if self.state != ReceiveState.RECEIVING:
+            return None
+        if self._report_due and self.registered:
+            return 0.0
+        due = [
+            self.last_heard + SENDER_SILENCE + 1e-6,  # ``tick`` gives up after longer
+            self._checkpointed[1] + CHECKPOINT_EVERY,
+        ]
+        if not self.registered:
+            due.append(self._next_register)
+        return min(due)
 
     def receive(self, data: bytes, source: Address, now: float) -> Out:
         """One datagram from the group or the sender (never raises on malformed input)."""
@@ -370,7 +364,7 @@ class ReceiveSession:
         if decoded is None:
             return []
         if decoded.parts > 1:
-            gathered = self._gather(session, decoded, body)
+            gathered = self._parts.gather(session, decoded, body)
             if gathered is None:
                 return []  # more parts to come
             decoded.files = gathered
@@ -450,32 +444,6 @@ class ReceiveSession:
             self._verify_due = True
             return self._status(self._last_pass)
         return []
-
-    def _gather(self, session: int, announce: Announce, body: bytes) -> list[FileInfo] | None:
-        """Collect the parts of a long file list; the whole list once every part is in.
-        Parts are held as they came (bytes, decoded again at the end), for two sessions at
-        most: an outsider's parts cost at most 2 x 4,096 datagrams, and cannot keep ours
-        out for longer than it takes to send them again."""
-        parts = self._parts.get(session)
-        if parts is None:
-            if len(self._parts) >= GATHERED_SESSIONS:
-                del self._parts[next(iter(self._parts))]
-            parts = self._parts[session] = {}
-        known = next(iter(parts.values()), None)
-        shape = (announce.parts, announce.total, announce.block_size)
-        if known is not None and known[0] != shape:
-            return None  # parts that do not agree: keep the first seen
-        parts[announce.part] = (shape, body)
-        if len(parts) < announce.parts:
-            return None
-        del self._parts[session]
-        files: list[FileInfo] = []
-        for number in range(announce.parts):
-            decoded = decode_announce(parts[number][1])
-            if decoded is None or decoded.first != len(files):
-                return None
-            files.extend(decoded.files)
-        return files if len(files) == announce.total else None
 
     def _learn_digests(self, body: bytes) -> None:
         """A later announce of our transfer: take the digests we were still waiting for."""

@@ -142,6 +142,63 @@ class SendSession:
         self._status_since = 0.0
         self._queue: deque[list[int]] = deque()  # [file, next block, blocks left]
         self.total_blocks = sum(f.blocks(block_size) for f in files)
+        self._out: Out = []  # for ``datagrams_to_send``
+        self._stirred = True  # input since ``tick`` last ran: it looks at once
+
+    # --- the core contract (core.Core) ---------------------------------------------------
+
+    def receive_datagram(self, data: bytes, source: Address, now: float) -> None:
+        """A receiver's datagram: answers are queued, ``tick`` looks at what changed."""
+        self._out.extend(self.receive(data, source, now))
+        self._stirred = True
+
+    def handle_timer(self, now: float) -> None:
+        """Announces, phase changes, status rounds and timeouts due by ``now``."""
+        self._stirred = False
+        self._out.extend(self.tick(now))
+
+    def datagrams_to_send(self, now: float) -> Out:
+        """What to send now (None as destination: the group); data blocks come from
+        ``next_block_parts`` at the runtime's rate."""
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> TransferEvent | None:
+        return self._events.pop(0) if self._events else None
+
+    def next_timer(self) -> float | None:
+        """When ``tick`` has something to do: the next announce, the deadline, the end of
+        registration, the next status request or a receiver's timeout (0: at once, after
+        input or a phase change). None: done."""
+        if self.phase == SendPhase.DONE:
+            return None
+        if self._stirred:
+            return 0.0
+        due = [self._next_announce]
+        if self.deadline is not None:
+            due.append(self.deadline)
+        if self.phase == SendPhase.REGISTER:
+            due.append(self._registered_by())
+        elif self.phase == SendPhase.STATUS:
+            active = self._active()
+            if active:  # the next request, and a receiver silent for longer than its timeout
+                due.append(self._next_status)
+                due.extend(r.last_heard + self.receiver_timeout + 1e-6 for r in active)
+            else:  # the wait for an expected receiver still on its way
+                due.append(self._late_until)
+        return min(due)
+
+    def _registered_by(self) -> float:
+        """When registration may end: its wait (at once with every expected receiver in),
+        held for resuming receivers (until the digests are out, then RESUME_HOLD)."""
+        enough = self.expected is not None and len(self.receivers) >= self.expected
+        ends = 0.0 if enough else self.register_until
+        if any(r.resuming and r.lacks is None for r in self._active()):
+            if any(f.digest_pending for f in self.files):
+                return float("inf")  # ``set_digests`` brings it forward
+            if self._digests_out:
+                ends = max(ends, self._digests_out + RESUME_HOLD)
+        return ends
 
     # --- inputs --------------------------------------------------------------------------
 
@@ -256,6 +313,7 @@ class SendSession:
         ]
         self._next_announce = 0.0
         self._announce_cache = None
+        self._stirred = True
 
     def announces(self) -> list[bytes]:
         """The announce (its parts, for a long list) as it goes out now: stamped and signed
@@ -279,6 +337,10 @@ class SendSession:
         own address while there are few: a request on the group waits in the receiver's
         queue behind the data, which would delay the answer by the very backlog it reports."""
         return self._to_each(head(PROGRESS_REQ, self.session))
+
+    def ask_progress(self) -> None:
+        """``progress_request``, queued for ``datagrams_to_send``."""
+        self._out.extend(self.progress_request())
 
     def _to_each(self, request: bytes) -> Out:
         """A request to every active receiver: on its own address while there are few (it

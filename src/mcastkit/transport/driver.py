@@ -15,7 +15,7 @@ import selectors
 import socket
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ..core import Core, Outgoing
 from ..events import Event
@@ -26,6 +26,7 @@ from .handles import SocketLike, os_socket
 __all__ = ["STOP", "Driver"]
 
 STOP = None  # what ``turn`` returns when the work is done
+E = TypeVar("E", bound=Event)
 MAX_WAIT = 0.25  # a turn runs at least this often, so stop flags and deadlines are seen
 
 
@@ -85,10 +86,10 @@ class Driver:
 
     def host(
         self,
-        core: Core,
+        core: Core[E],
         send: Callable[[Outgoing], object],
         turn: Callable[[float], float | None],
-        on_event: Callable[[Event], object] | None = None,
+        on_event: Callable[[E], object] | None = None,
     ) -> None:
         """Drive ``core`` (core.Core) until ``turn(now)`` returns STOP. Each turn runs the
         core's timer when due, then ``send``s what it has (answers to what was just read go
