@@ -9,7 +9,7 @@ from typing import Any
 
 from ..addr import parse_group
 from ..diag.ping import PingSession, verdict
-from ..diag.runner import run_ping, run_top
+from ..diag.runner import PingOptions, run_ping, run_top
 from ..transport.unicast import resolve_peers
 from . import argtypes
 from .output import console, emit_json, note
@@ -200,16 +200,18 @@ def cmd_ping(args: argparse.Namespace) -> int:
     try:
         summary = run_ping(
             spec,
-            iface=args.iface,
-            interval=args.interval,
-            duration=args.duration,
-            count=args.count,
-            ttl=args.ttl,
-            peers=pinned,
-            unicast_port=args.unicast_port,
+            PingOptions(
+                iface=args.iface,
+                interval=args.interval,
+                duration=args.duration,
+                count=args.count,
+                ttl=args.ttl,
+                peers=tuple(pinned or ()),
+                unicast_port=args.unicast_port,
+                loopback=args.loop,
+            ),
             on_update=on_update,
             stop=interrupted,
-            loopback=args.loop,
         )
     finally:
         if live is not None:

@@ -9,6 +9,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
@@ -36,7 +37,7 @@ from .bench import MAGIC as BENCH_MAGIC
 from .ping import PingSession
 from .top import TopView
 
-__all__ = ["run_bench_recv", "run_bench_send", "run_ping", "run_top"]
+__all__ = ["PingOptions", "run_bench_recv", "run_bench_send", "run_ping", "run_top"]
 
 MAX_PEERS_HEARD = 1024  # peer hosts whose interface ping remembers (it answers by it)
 
@@ -89,76 +90,107 @@ def _link_local_socket(
         return None  # the probes still leave from the global address; only this is lost
 
 
-def run_ping(
-    spec: GroupSpec,
-    *,
-    iface: IfaceChoice = None,
-    interval: float = 1.0,
-    duration: float | None = None,
-    count: int | None = None,
-    ttl: int = 64,
-    peers: list[Address] | None = None,
-    unicast_port: int | None = None,
-    on_update: Callable[[PingSession, int], None] | None = None,
-    stop: Callable[[], bool] | None = None,
-    loopback: bool = False,
-) -> dict[str, Any]:
-    """Ping the group until ``count`` rounds, ``duration`` seconds, or ``stop()``.
+@dataclass(frozen=True)
+class PingOptions:
+    """How ``run_ping`` pings: the options of ``mcast ping``.
 
-    ``loopback`` off (the default) keeps our own probes and answers from being copied back to
-    us: each copy would wake the loop just as a peer's answer is due and inflate the RTT. On
-    ``lo`` itself, pings on one host still meet (the datagram really goes out and back in).
+    Probes go every ``interval`` seconds on each path (multicast, and unicast to the peers
+    found and those ``peers`` pinned), ``count`` rounds or for ``duration`` seconds (None:
+    until stopped). Answers come to ``unicast_port`` (the group's by default). ``loopback``
+    off (the default) keeps our own probes and answers from being copied back to us: each
+    copy would wake the loop just as a peer's answer is due and inflate the RTT. On ``lo``
+    itself, pings on one host still meet (the datagram really goes out and back in).
     """
-    group_socket = open_receiver(spec, iface=iface, ttl=ttl, blocking=False, loopback=loopback)
-    # One unicast socket per interface: probes leave by each, a peer is answered by the one
-    # it was heard on (a host on two of our links is two paths, each with its own figures).
-    unicasts: list[GroupSocket] = []
-    try:
-        port = spec.port if unicast_port is None else unicast_port
-        for interface in group_socket.interfaces:
-            unicasts.append(_unicast_socket(spec, interface, ttl, port, loopback))
-        # Only heard on (and answered from): probes go out of the sockets above.
-        link_locals = [
-            opened
-            for interface in group_socket.interfaces
-            if (opened := _link_local_socket(spec, interface, ttl, port, loopback)) is not None
-        ]
-    except BaseException:
-        for opened in unicasts:
-            opened.close()
-        group_socket.close()
-        raise
-    by_index = {u.interface.index: u for u in unicasts}
-    heard_on: dict[str, GroupSocket] = {}  # peer host -> the socket of its interface
-    start = time.monotonic()
-    session = PingSession(
-        random_id(os.urandom),
-        now_ns=int(start * 1e9),
-        interval_ns=int(interval * 1e9),
-        ttl=ttl,
-        pinned=peers,
-        count=count,
-    )
-    end = None if duration is None else start + duration
-    last_round: float | None = None
-    last_update = start
 
-    def send(datagrams: list[tuple[bytes, Address | None]]) -> None:
+    iface: IfaceChoice = None
+    interval: float = 1.0
+    duration: float | None = None
+    count: int | None = None
+    ttl: int = 64
+    peers: tuple[Address, ...] = ()
+    unicast_port: int | None = None
+    loopback: bool = False
+
+
+class _PingWays:
+    """Ping's sockets: the group's, one unicast socket per interface (probes leave by each,
+    a peer is answered by the one it was heard on: a host on two of our links is two paths,
+    each with its own figures), and the link-local ones only heard on (and answered from)."""
+
+    def __init__(self, spec: GroupSpec, options: PingOptions, counters: Counter[str]) -> None:
+        ttl, loopback = options.ttl, options.loopback
+        self.counters = counters  # the session's: send errors are counted beside its own
+        self.group = open_receiver(
+            spec, iface=options.iface, ttl=ttl, blocking=False, loopback=loopback
+        )
+        self.unicasts: list[GroupSocket] = []
+        self.link_locals: list[GroupSocket] = []
+        try:
+            port = spec.port if options.unicast_port is None else options.unicast_port
+            for interface in self.group.interfaces:
+                self.unicasts.append(_unicast_socket(spec, interface, ttl, port, loopback))
+            for interface in self.group.interfaces:
+                opened = _link_local_socket(spec, interface, ttl, port, loopback)
+                if opened is not None:
+                    self.link_locals.append(opened)
+        except BaseException:
+            self.close()
+            raise
+        self.by_index = {u.interface.index: u for u in self.unicasts}
+        self.heard_on: dict[str, GroupSocket] = {}  # peer host -> the socket of its interface
+
+    def send(self, datagrams: list[tuple[bytes, Address | None]]) -> None:
         for data, destination in datagrams:
-            ways = unicasts if destination is None else [heard_on.get(destination[0], unicasts[0])]
+            if destination is None:
+                ways = self.unicasts
+            else:
+                ways = [self.heard_on.get(destination[0], self.unicasts[0])]
             for way in ways:
                 try:
                     way.send(data, destination)
                 except OSError:
-                    session.counters["send-errors"] += 1
+                    self.counters["send-errors"] += 1
 
-    def drain(sock: GroupSocket) -> None:
+    def drain(self, sock: GroupSocket, session: PingSession) -> None:
         while (packet := sock.recv_nowait()) is not None:
-            way = sock if sock is not group_socket else by_index.get(packet.ifindex or 0)
-            if way is not None and len(heard_on) < MAX_PEERS_HEARD:
-                heard_on[packet.source] = way
+            way = sock if sock is not self.group else self.by_index.get(packet.ifindex or 0)
+            if way is not None and len(self.heard_on) < MAX_PEERS_HEARD:
+                self.heard_on[packet.source] = way
             source = (packet.source, packet.source_port)
             session.receive_datagram(packet.data, source, time.monotonic(), packet.ttl)
+
+    @property
+    def all(self) -> list[GroupSocket]:
+        return [self.group, *self.unicasts, *self.link_locals]
+
+    def close(self) -> None:
+        for opened in self.all:
+            opened.close()
+
+
+def run_ping(
+    spec: GroupSpec,
+    options: PingOptions = PingOptions(),
+    *,
+    on_update: Callable[[PingSession, int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Ping the group until ``count`` rounds, ``duration`` seconds, or ``stop()``;
+    ``on_update`` gets the session every 0.5 s."""
+    start = time.monotonic()
+    session = PingSession(
+        random_id(os.urandom),
+        now_ns=int(start * 1e9),
+        interval_ns=int(options.interval * 1e9),
+        ttl=options.ttl,
+        pinned=list(options.peers),
+        count=options.count,
+    )
+    ways = _PingWays(spec, options, session.counters)
+    interval = options.interval
+    end = None if options.duration is None else start + options.duration
+    last_round: float | None = None
+    last_update = start
 
     def turn(now: float) -> float | None:
         nonlocal last_round, last_update
@@ -176,22 +208,18 @@ def run_ping(
 
     try:
         with Driver() as driver:
-            for sock in (group_socket, *unicasts, *link_locals):
-                driver.on_readable(sock, functools.partial(drain, sock))
-            driver.host(session, send, turn)
+            for sock in ways.all:
+                driver.on_readable(sock, functools.partial(ways.drain, sock, session))
+            driver.host(session, ways.send, turn)
     finally:
-        group_socket.close()
-        for opened in (*unicasts, *link_locals):
-            opened.close()
+        ways.close()
     summary = session.summary(int(time.monotonic() * 1e9), final=True)
     summary.update(
-        {
-            "group": str(spec),
-            "interface": group_socket.interface.name,
-            "interfaces": [i.name for i in group_socket.interfaces],
-            "ttl": ttl,
-            "rounds": session.rounds,
-        }
+        group=str(spec),
+        interface=ways.group.interface.name,
+        interfaces=[i.name for i in ways.group.interfaces],
+        ttl=options.ttl,
+        rounds=session.rounds,
     )
     return summary
 

@@ -147,108 +147,135 @@ def receive_files(
     ``on_event`` gets the engine's ``TransferEvent``s (and a ``TransferRefused`` saying why
     nothing was taken, once), ``on_progress`` the session every 0.25 s; ``stop()`` True
     ends the wait (an interrupt: a transfer under way keeps what it can resume from)."""
-    guard = guard_for(options.key)
-    check = None
-    if options.key is not None or options.trust is not None:
-        from .trust import AnnounceCheck
-
-        trust = None if options.trust is None else list(options.trust)
-        check = AnnounceCheck(trust, max_skew=options.max_skew, wall_clock=time.time)
     if options.parents:
         directory.mkdir(parents=True, exist_ok=True)
     elif not directory.is_dir():
         raise FileNotFoundError(
             errno.ENOENT, "no such directory (create it, or give --parents)", str(directory)
         )
-    ways = _Ways(spec, options, guard)
-    started = time.monotonic()
-    session = ReceiveSession(
-        random_id(os.urandom),
-        options.name or f"{os.uname().nodename}-{os.getpid()}",
-        # The receiver decides what is replaced: its --overwrite, or its --sync. Partials
-        # resume only under the same protection they were written under.
-        DirectoryStorage(
-            directory,
-            overwrite=options.overwrite or options.sync,
-            resume=options.resume,
-            preserve=options.preserve,
-            trust=("sealed" if options.key is not None else "open")
-            + ("/signed" if options.trust else ""),
-            max_partials=options.max_partials,
-        ),
-        now=started,
-        max_size=options.max_size,
-        check_announce=check,
-        sync=options.sync,
-    )
-    finished_at: float | None = None
-    last_progress = next_ask = 0.0
-    refusal_said = False  # the first refused datagram is said at once, once
+    host = _ReceiveHost(spec, directory, options, on_progress, on_event, stop)
+    try:
+        with Driver() as driver:
+            for reader in host.ways.readers:
+                driver.read_runs(reader, host.handle)
+            driver.host(host.session, host.ways.transmit, host.turn, on_event)
+    finally:
+        host.close()
+    while (event := host.session.next_event()) is not None and on_event is not None:
+        on_event(event)
+    return host.outcome(directory)
+
+
+class _ReceiveHost:
+    """One transfer taken: the engine, its sockets, and when to stop waiting."""
+
+    def __init__(
+        self,
+        spec: GroupSpec,
+        directory: Path,
+        options: ReceiveOptions,
+        on_progress: Callable[[ReceiveSession], None] | None,
+        on_event: Callable[[TransferEvent], None] | None,
+        stop: Callable[[], bool] | None,
+    ) -> None:
+        self.spec, self.options = spec, options
+        self.on_progress, self.on_event, self.stop = on_progress, on_event, stop
+        self.guard = guard_for(options.key)
+        check = None
+        if options.key is not None or options.trust is not None:
+            from .trust import AnnounceCheck
+
+            trust = None if options.trust is None else list(options.trust)
+            check = AnnounceCheck(trust, max_skew=options.max_skew, wall_clock=time.time)
+        self.ways = _Ways(spec, options, self.guard)
+        self.started = time.monotonic()
+        self.session = ReceiveSession(
+            random_id(os.urandom),
+            options.name or f"{os.uname().nodename}-{os.getpid()}",
+            # The receiver decides what is replaced: its --overwrite, or its --sync.
+            # Partials resume only under the same protection they were written under.
+            DirectoryStorage(
+                directory,
+                overwrite=options.overwrite or options.sync,
+                resume=options.resume,
+                preserve=options.preserve,
+                trust=("sealed" if options.key is not None else "open")
+                + ("/signed" if options.trust else ""),
+                max_partials=options.max_partials,
+            ),
+            now=self.started,
+            max_size=options.max_size,
+            check_announce=check,
+            sync=options.sync,
+        )
+        self._finished_at: float | None = None
+        self._last_progress = self._next_ask = 0.0
+        self._refusal_said = False  # the first refused datagram is said at once, once
 
     def handle(
-        buffer: memoryview, spans: list[tuple[int, int]], source: Address, drops: int | None
+        self, buffer: memoryview, spans: list[tuple[int, int]], source: Address, drops: int | None
     ) -> None:
+        """A batch of datagrams from one source, opened when sealed, taken in place."""
+        session = self.session
         if drops is not None:  # the adaptive sender's signals
             session.kernel_drops = drops
-        session.queue_fill = ways.data_reader.fill
-        buffer, spans = guard.open_runs(buffer, spans)
+        session.queue_fill = self.ways.data_reader.fill
+        buffer, spans = self.guard.open_runs(buffer, spans)
         session.receive_batch(buffer, spans, source, time.monotonic())
 
-    def turn(now: float) -> float | None:
-        nonlocal finished_at, last_progress, next_ask, refusal_said
+    def turn(self, now: float) -> float | None:
+        """Asks for copies, why nothing comes, the waits' ends; STOP when done."""
+        session, options = self.session, self.options
         state = session.state
-        if session.finished or (stop is not None and stop()):
+        if session.finished or (self.stop is not None and self.stop()):
             return STOP
-        if options.peers and now >= next_ask and state != ReceiveState.COMPLETE:
-            next_ask = now + 1.0  # until done: a sender's copies stop 5 s after the last ask
-            ways.transmit(
+        if options.peers and now >= self._next_ask and state != ReceiveState.COMPLETE:
+            self._next_ask = now + 1.0  # until done: copies stop 5 s after the last ask
+            self.ways.transmit(
                 [(WANT_COPIES_DATAGRAM + session.cookies.get(p, b""), p) for p in options.peers]
             )
         if state == ReceiveState.WAITING:
-            why = _why_nothing(guard, session)
-            if why is not None and on_event is not None and not refusal_said:
-                refusal_said = True
-                on_event(TransferRefused(0, why))
-            if options.wait is not None and now - started > options.wait:
-                session.reason = _nothing_announced(spec, options.wait, why, ways)
+            why = _why_nothing(self.guard, session)
+            if why is not None and self.on_event is not None and not self._refusal_said:
+                self._refusal_said = True
+                self.on_event(TransferRefused(0, why))
+            if options.wait is not None and now - self.started > options.wait:
+                session.reason = _nothing_announced(self.spec, options.wait, why, self.ways)
                 return STOP
         if state in (ReceiveState.COMPLETE, ReceiveState.FAILED):
-            finished_at = finished_at or now
-            if now - finished_at > ACK_WAIT:
+            self._finished_at = self._finished_at or now
+            if now - self._finished_at > ACK_WAIT:
                 return STOP  # the result stands; the sender just did not acknowledge it
-        if on_progress is not None and now - last_progress >= 0.25:
-            last_progress = now
-            on_progress(session)
+        if self.on_progress is not None and now - self._last_progress >= 0.25:
+            self._last_progress = now
+            self.on_progress(session)
         return 0.05
 
-    try:
-        with Driver() as driver:
-            for reader in ways.readers:
-                driver.read_runs(reader, handle)
-            driver.host(session, ways.transmit, turn, on_event)
-    finally:
+    def close(self) -> None:
+        """Interrupted: keep what a later transfer can resume from, or leave nothing."""
+        session = self.session
         if session.sink is not None and session.state == ReceiveState.RECEIVING:
-            # Interrupted: keep what a later transfer can resume from, or leave nothing.
-            if options.resume:
+            if self.options.resume:
                 session.suspend()
             else:
                 session.sink.discard()
-        load = ways.data.load()  # also the drops after the last datagram read
+        load = self.ways.data.load()  # also the drops after the last datagram read
         if load is not None:
             session.kernel_drops = load.drops
-        ways.close()
-    while (event := session.next_event()) is not None and on_event is not None:
-        on_event(event)
-    summary = session.summary()
-    summary.update(
-        seconds=round(time.monotonic() - started, 3),
-        directory=str(directory),
-        io={"gro": ways.data_reader.gro, **ways.data_reader.counters},
-        peak_rss_mb=peak_rss_mb(),
-        sealed=guard.ring is not None,
-        dropped=guard.dropped,
-    )
-    return summary
+        self.ways.close()
+
+    def outcome(self, directory: Path) -> dict[str, Any]:
+        """The summary ``receive_files`` returns (``mcast recv-file --json``)."""
+        summary = self.session.summary()
+        summary.update(
+            seconds=round(time.monotonic() - self.started, 3),
+            directory=str(directory),
+            io={"gro": self.ways.data_reader.gro, **self.ways.data_reader.counters},
+            peak_rss_mb=peak_rss_mb(),
+            sealed=self.guard.ring is not None,
+            dropped=self.guard.dropped,
+        )
+        return summary
 
 
 def _nothing_announced(spec: GroupSpec, wait: float, why: str | None, ways: _Ways) -> str:

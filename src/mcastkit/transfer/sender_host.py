@@ -185,113 +185,147 @@ def send_files(
     """Distribute ``paths`` (a directory goes as a tree under its own name) to the receivers
     on the group, as ``options`` say; return the outcome. ``on_event`` gets the engine's
     ``TransferEvent``s, ``on_progress`` the session every 0.25 s."""
-    guard = guard_for(options.key)
-    # A datagram fills a 1,500-byte frame: IPv6's header is 20 bytes longer than IPv4's.
-    block_size = BLOCK_SIZE - guard.overhead - (IPV6_EXTRA if spec.family == 6 else 0)
-    signer = None
-    if options.sign_key is not None:
-        from .trust import AnnounceSigner
-
-        signer = AnnounceSigner(options.sign_key)
-    files, sources, skipped = list_files(paths)
-    source = FileSource(sources)
-    ways = _Ways(spec, options, guard)
-    now = time.monotonic()
-    session = SendSession(
-        random_id(os.urandom),
-        files,
-        source,
-        now=now,
-        block_size=block_size,
-        expected=options.expected,
-        names=None if options.names is None else set(options.names),
-        register_wait=options.register_wait,
-        receiver_timeout=options.receiver_timeout,
-        deadline=options.deadline,
-        wall_clock=time.time,
-        sign=None if signer is None else signer.sign,
-        sync=options.sync,
-    )
-    if options.adaptive:
-        pacer = Pacer(None, AdaptiveRate(AUTO_START_BPS / BLOCK_BITS), now)
-    else:
-        rate = options.rate
-        pacer = Pacer(None if rate is None else rate.packets_per_second(BLOCK_BITS // 8), None, now)
-    hasher: FileHasher | None = FileHasher(sources)
-    unreadable: OSError | None = None
-    last_progress = 0.0
-
-    def handle(packet: Packet) -> None:
-        opened = guard.open(packet.data, packet.source)
-        if opened is not None:
-            source, now = (packet.source, packet.source_port), time.monotonic()
-            if not ways.asked_for_copies(bytes(opened), source, now):
-                session.receive_datagram(bytes(opened), source, now)
-
-    def turn(now: float) -> float | None:
-        nonlocal hasher, unreadable, last_progress
-        if session.phase == SendPhase.DONE:
-            return STOP
-        ways.refresh(now)
-        if hasher is not None and not hasher.is_alive():
-            if hasher.digests is not None:
-                session.set_digests(hasher.digests)
-            else:
-                unreadable = hasher.error
-                ways.transmit(session.abort("the sender could not read its files"))
-            hasher = None
-        wait = 0.02
-        if session.phase == SendPhase.DATA:
-            if pacer.sample_due(now, session):
-                ways.transmit(session.progress_request())
-            budget = pacer.take(now)
-            if budget:
-                ways.send_blocks(session.next_block_parts(budget))
-                wait = 0.0
-            else:
-                wait = pacer.wait()
-        if on_progress is not None and now - last_progress >= 0.25:
-            last_progress = now
-            on_progress(session)
-        return wait
-
+    host = _SendHost(spec, paths, options, on_progress)
     try:
         with Driver() as driver:
-            driver.read_packets(ways.replies, handle)
-            driver.host(session, ways.transmit, turn, on_event)
+            driver.read_packets(host.ways.replies, host.handle)
+            driver.host(host.session, host.ways.transmit, host.turn, on_event)
     finally:
-        source.close()
-        ways.socket.close()
-    while (event := session.next_event()) is not None and on_event is not None:
+        host.close()
+    while (event := host.session.next_event()) is not None and on_event is not None:
         on_event(event)
-    if unreadable is not None:
-        raise unreadable
-    summary = session.summary(time.monotonic())
-    summary.update(
-        files=[
-            {"name": f.name, "size": f.size, "sha256": f.sha256}
-            for f in session.files
-            if not f.is_dir
-        ],
-        directories=[f.name for f in session.files if f.is_dir],
-        skipped=skipped,
-        bytes=sum(f.size for f in files),
-        group=str(spec),
-        interface=ways.socket.interface.name,
-        peak_rss_mb=peak_rss_mb(),
-        io={"gso": ways.batch.gso, **ways.batch.counters},
-        sealed=None if guard.ring is None else guard.ring.cipher,
-        signed_by=None if signer is None else signer.fingerprint.hex(),
-        dropped=guard.dropped,
-        # Hosts whose datagrams did not open: who tried to take part without the key.
-        refused=[
-            {"host": host, "dropped": counts} for host, counts in sorted(guard.dropped_from.items())
-        ],
-    )
-    if pacer.controller is not None:
-        summary["rate_pps_history"] = pacer.controller.history
-        summary["rate_cuts"] = list(pacer.controller.cuts)
-        summary["final_mbps"] = round(pacer.controller.pps * BLOCK_BITS / 1e6, 1)
-    if options.expected is not None:
-        summary["expected"] = options.expected
-    return summary
+    if host.unreadable is not None:
+        raise host.unreadable
+    return host.outcome()
+
+
+class _SendHost:
+    """One transfer: the engine, its files, its sockets and its pace."""
+
+    def __init__(
+        self,
+        spec: GroupSpec,
+        paths: list[Path],
+        options: SendOptions,
+        on_progress: Callable[[SendSession], None] | None,
+    ) -> None:
+        self.spec, self.options, self.on_progress = spec, options, on_progress
+        self.guard = guard = guard_for(options.key)
+        # A datagram fills a 1,500-byte frame: IPv6's header is 20 bytes longer than IPv4's.
+        block_size = BLOCK_SIZE - guard.overhead - (IPV6_EXTRA if spec.family == 6 else 0)
+        self.signer = None
+        if options.sign_key is not None:
+            from .trust import AnnounceSigner
+
+            self.signer = AnnounceSigner(options.sign_key)
+        self.files, sources, self.skipped = list_files(paths)
+        self.source = FileSource(sources)
+        try:
+            self.ways = _Ways(spec, options, guard)
+        except BaseException:
+            self.source.close()
+            raise
+        now = time.monotonic()
+        self.session = SendSession(
+            random_id(os.urandom),
+            self.files,
+            self.source,
+            now=now,
+            block_size=block_size,
+            expected=options.expected,
+            names=None if options.names is None else set(options.names),
+            register_wait=options.register_wait,
+            receiver_timeout=options.receiver_timeout,
+            deadline=options.deadline,
+            wall_clock=time.time,
+            sign=None if self.signer is None else self.signer.sign,
+            sync=options.sync,
+        )
+        if options.adaptive:
+            self.pacer = Pacer(None, AdaptiveRate(AUTO_START_BPS / BLOCK_BITS), now)
+        else:
+            rate = options.rate
+            pps = None if rate is None else rate.packets_per_second(BLOCK_BITS // 8)
+            self.pacer = Pacer(pps, None, now)
+        self.hasher: FileHasher | None = FileHasher(sources)
+        self.unreadable: OSError | None = None
+        self._last_progress = 0.0
+
+    def handle(self, packet: Packet) -> None:
+        """A receiver's datagram (or an ask for copies), opened when sealed."""
+        opened = self.guard.open(packet.data, packet.source)
+        if opened is not None:
+            source, now = (packet.source, packet.source_port), time.monotonic()
+            if not self.ways.asked_for_copies(bytes(opened), source, now):
+                self.session.receive_datagram(bytes(opened), source, now)
+
+    def turn(self, now: float) -> float | None:
+        """The digests once hashed, then data blocks at the pace; STOP when done."""
+        session = self.session
+        if session.phase == SendPhase.DONE:
+            return STOP
+        self.ways.refresh(now)
+        if self.hasher is not None and not self.hasher.is_alive():
+            if self.hasher.digests is not None:
+                session.set_digests(self.hasher.digests)
+            else:
+                self.unreadable = self.hasher.error
+                self.ways.transmit(session.abort("the sender could not read its files"))
+            self.hasher = None
+        wait = 0.02
+        if session.phase == SendPhase.DATA:
+            if self.pacer.sample_due(now, session):
+                self.ways.transmit(session.progress_request())
+            budget = self.pacer.take(now)
+            if budget:
+                self.ways.send_blocks(session.next_block_parts(budget))
+                wait = 0.0
+            else:
+                wait = self.pacer.wait()
+        if self.on_progress is not None and now - self._last_progress >= 0.25:
+            self._last_progress = now
+            self.on_progress(session)
+        return wait
+
+    def close(self) -> None:
+        self.source.close()
+        self.ways.socket.close()
+
+    def outcome(self) -> dict[str, Any]:
+        """The summary ``send_files`` returns (``mcast send-file --json``)."""
+        session, guard, ways, controller = (
+            self.session,
+            self.guard,
+            self.ways,
+            self.pacer.controller,
+        )
+        summary = session.summary(time.monotonic())
+        summary.update(
+            files=[
+                {"name": f.name, "size": f.size, "sha256": f.sha256}
+                for f in session.files
+                if not f.is_dir
+            ],
+            directories=[f.name for f in session.files if f.is_dir],
+            skipped=self.skipped,
+            bytes=sum(f.size for f in self.files),
+            group=str(self.spec),
+            interface=ways.socket.interface.name,
+            peak_rss_mb=peak_rss_mb(),
+            io={"gso": ways.batch.gso, **ways.batch.counters},
+            sealed=None if guard.ring is None else guard.ring.cipher,
+            signed_by=None if self.signer is None else self.signer.fingerprint.hex(),
+            dropped=guard.dropped,
+            # Hosts whose datagrams did not open: who tried to take part without the key.
+            refused=[
+                {"host": host, "dropped": counts}
+                for host, counts in sorted(guard.dropped_from.items())
+            ],
+        )
+        if controller is not None:
+            summary["rate_pps_history"] = controller.history
+            summary["rate_cuts"] = list(controller.cuts)
+            summary["final_mbps"] = round(controller.pps * BLOCK_BITS / 1e6, 1)
+        if self.options.expected is not None:
+            summary["expected"] = self.options.expected
+        return summary
