@@ -35,6 +35,8 @@ MAX_META_BYTES = 1024
 STREAM_KEY = "_rs"  # in a hello: the sender's next reliable seq (not part of the metadata)
 _SENT_KEY = {kind: f"sent:{kind.name.lower()}" for kind in FrameType}
 _ANY_STAMP = (-1 << 64, 1 << 64)  # an open group's frames carry no trusted stamp
+# Per frame: plain ints, not an IntFlag's Python-level '&'.
+_UNICAST, _WANT_COPIES = int(Flag.UNICAST), int(Flag.WANT_COPIES)
 Handler = Callable[[Frame, PeerInfo, Address, float], None]
 
 
@@ -398,7 +400,7 @@ class Session:
         if frame.sender == self.node_id:
             self._from_own_id(frame, source, now)
             return
-        unicast = bool(frame.flags & Flag.UNICAST)
+        unicast = bool(frame.flags & _UNICAST)
         peer = self.peers.get(frame.sender)
         window = self.gate.let_in(
             frame, unicast, peer, len(self.peers), self.multipath, source, iface, via_group, now
@@ -411,7 +413,7 @@ class Session:
             return
         peer.windows.setdefault(unicast, window)
         self._handlers[frame.type](frame, peer, source, now)
-        if frame.flags & Flag.WANT_COPIES and unicast and frame.sender in self.peers:
+        if frame.flags & _WANT_COPIES and unicast and frame.sender in self.peers:
             position = self.streaming.position()
             said = self.reach.wants_copies(peer, source, frame.payload, position, now)
             if said is not None:  # heard you, or prove it first

@@ -220,7 +220,7 @@ class ReliableFrames:
     def _receiver(self, frame: Frame, peer: PeerInfo) -> StreamReceiver:
         start = peer.resume_from or peer.stream_start
         stream = self.inbound.open(frame.sender, frame.incarnation, start)
-        if frame.flags & Flag.ACK_WANTED:
+        if frame.flags & _ACK_WANTED:
             stream.acks_wanted = True
         return stream
 
@@ -276,7 +276,7 @@ class ReliableFrames:
             _, _, stamp, grtt_us = RSTATE_TIMED.unpack(frame.payload)
             if stream.on_probe(grtt_us, now):
                 echo = stamp
-        if frame.flags & Flag.ACK_WANTED or echo is not None:
+        if frame.flags & _ACK_WANTED or echo is not None:
             through = stream.ack_now()
             if through is not None or echo is not None:
                 self._send_ack(stream, through or 0, now, echo)

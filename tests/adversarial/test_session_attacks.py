@@ -560,10 +560,8 @@ def test_a_forged_goodbye_with_a_huge_position_discards_nothing_either() -> None
     assert [lost.last_seq for lost in net.of(receiver, Unrecoverable)] == [UNKNOWN_END]
 
 
-def test_a_nack_repeating_a_whole_window_run_64_times_costs_one_run() -> None:
-    # Before (issue 22, class 3): each of the 64 runs was walked seq by seq, so NACKs of 64
-    # whole-window runs stalled the sender (100 of them, 1 ms apart: 5.9 s here; 16.9 s in
-    # the issue's run). Overlapping runs are now joined before the walk (0.15 s).
+def _sent_window() -> tuple[StreamSender, float]:
+    """A sender whose window holds 200 sent messages of 100 fragments."""
     sender = StreamSender(ReliableConfig(), 0.0)
     for _ in range(200):
         sender.enqueue("t", b"x" * 140_000, 1400)
@@ -571,9 +569,26 @@ def test_a_nack_repeating_a_whole_window_run_64_times_costs_one_run() -> None:
     while not sender.idle and now < 100:
         now += 0.001
         sender.pull(now)
-    runs = [(sender.oldest, sender.next_seq - sender.oldest)] * 64
-    started = time.perf_counter()
+    return sender, now
+
+
+def _nack_cost(runs_per_nack: int) -> float:
+    """CPU seconds of 100 NACKs, 1 ms apart, each of ``runs_per_nack`` whole-window runs."""
+    sender, now = _sent_window()
+    runs = [(sender.oldest, sender.next_seq - sender.oldest)] * runs_per_nack
+    started = time.process_time()
     for k in range(100):
         sender.on_nack(runs, now + k * 0.001)
         sender.pull(now + k * 0.001)
-    assert time.perf_counter() - started < 1.5
+    return time.process_time() - started
+
+
+def test_a_nack_repeating_a_whole_window_run_64_times_costs_one_run() -> None:
+    # Before (issue 22, class 3): each of the 64 runs was walked seq by seq, so NACKs of 64
+    # whole-window runs stalled the sender (100 of them, 1 ms apart: 5.9 s here; 16.9 s in
+    # the issue's run). Overlapping runs are now joined before the walk (0.15 s). Measured
+    # against the same NACKs of one run, in CPU time: a loaded host (a clean-clone CI run
+    # beside a busy process) stretched the wall-clock figure past a fixed bound.
+    once = _nack_cost(1)
+    repeated = _nack_cost(64)
+    assert repeated < 8 * once + 0.05, (repeated, once)  # walked once each: about equal
