@@ -140,7 +140,7 @@ class Session:
             full_path=self.receive_opened,
             reliable=self.streaming.on_rdata,
             fresh=self.gate.fresh_range if self.keyring is not None else lambda: _ANY_STAMP,
-            own_id=lambda: self.node_id,
+            own=lambda: (self.node_id, self.incarnation, self.deliver_own),
         )
         self.requests = Requests(
             port,

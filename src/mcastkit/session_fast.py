@@ -42,13 +42,13 @@ class FastReceive:
         full_path: FullPath,
         reliable: Handler,
         fresh: Callable[[], tuple[int, int]],
-        own_id: Callable[[], int],
+        own: Callable[[], tuple[int, int, bool]],
     ) -> None:
         self._port = port  # the short path updates, in the peer table, a member it takes
         self._full_path = full_path  # every datagram it does not take (``receive_opened``)
         self._reliable = reliable  # an in-order reliable fragment (the RDATA handler)
         self._fresh = fresh  # the stamps a frame may carry (sealed groups)
-        self._own_id = own_id
+        self._own = own  # our id, our incarnation, and whether our own frames are delivered
 
     def receive_run(
         self,
@@ -65,7 +65,8 @@ class FastReceive:
         peers = self._port.peers
         full_path = self._full_path
         reliable = self._reliable
-        own_id = self._own_id()
+        own_id, own_incarnation, deliver_own = self._own()
+        skipped_own = 0
         oldest, newest = self._fresh()
         taken = 0
         named: PeerInfo | None = None
@@ -75,6 +76,9 @@ class FastReceive:
                 magic, version, kind, flags, topic_len, _, sender, incarnation, seq, stamp = (
                     _unpack_header(buffer, begin)
                 )
+                if sender == own_id and incarnation == own_incarnation and not deliver_own:
+                    skipped_own += 1  # our own datagram looped back, as the full path skips it
+                    continue
                 peer = peers.get(sender)
                 window = None if peer is None else peer.windows.get(False)
                 topic_end = begin + _HEAD + topic_len
@@ -126,6 +130,10 @@ class FastReceive:
                         continue
             named = None  # the full path may change a member (its name, its incarnation)
             full_path(bytes(buffer[begin:end]), source, now, iface, via_group)
+        if skipped_own:
+            counters = self._port.counters
+            counters["datagrams"] += skipped_own
+            counters["own"] += skipped_own
         if taken:
             counters = self._port.counters
             counters["datagrams"] += taken

@@ -4,9 +4,9 @@ Two receivers with the same id, randomness and clocks take the same datagrams: o
 at a time through ``receive_datagram`` (the full path), the other in runs through
 ``receive_run``, as the Node does (sealed runs opened first with ``open_spans_into``). Real
 frames from three senders (hellos, messages on two topics, reliable fragments, unicast,
-heartbeats, goodbyes, a restart) arrive duplicated, reordered, truncated, bit-flipped and in
-runs of any length; the events, counters, peer table and what each receiver sends must be
-identical.
+heartbeats, goodbyes, a restart) and the receivers' own, looped back, arrive duplicated,
+reordered, truncated, bit-flipped and in runs of any length; the events, counters, peer
+table and what each receiver sends must be identical.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from mcastkit.wire import FrameType
 
 KEY = GroupKey(bytes(range(32)))
 WALL_US = 1_800_000_000_000_000
-SOURCES = [("10.0.0.1", 5000), ("10.0.0.2", 5000), ("10.0.0.3", 5000)]
+SOURCES = [("10.0.0.1", 5000), ("10.0.0.2", 5000), ("10.0.0.3", 5000), ("10.0.0.4", 5000)]
+OWN = 3  # the source of the receivers' own datagrams, looped back
 IFACES = ["eth0", None, "eth1"]  # the arrival interface of run n is IFACES[n % 3]
 
 
@@ -74,6 +75,13 @@ def _frames(sealed: bool) -> list[tuple[bytes, int]]:
     senders[2].close(7.0)  # a goodbye
     for index in (1, 2):
         out.extend((data, index) for data, _ in senders[index].datagrams_to_send(7.0))
+    # The receivers' own datagrams looped back (they share seed 1), and an earlier run's.
+    for earlier in (False, True):
+        own = _session(1, "r", sealed, clock)
+        own.incarnation -= earlier
+        own.publish("news", b"mine", 7.0)
+        own.publish("bulk", bytes(range(256)) * 12, 7.0, reliable=True)
+        out.extend((data, OWN) for data, _ in own.datagrams_to_send(7.0))
     return out
 
 
