@@ -118,7 +118,7 @@ class ReceiveSession:
         self.kept = 0  # blocks kept on disk for a later transfer to resume from
         self._report_due = False  # tell the sender what we hold before its first pass
         self._checkpointed = (0, -1.0)  # blocks received, when
-        # Long lists being gathered: session -> part -> ((parts, total, block size), body).
+        # Announce parts of long file lists, until one list is whole.
         self._parts = AnnounceParts()
         self.sync = sync  # skip files already here with the same sha256
         self.up_to_date: list[str] = []

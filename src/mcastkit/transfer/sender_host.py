@@ -226,7 +226,23 @@ class _SendHost:
             self.source.close()
             raise
         now = time.monotonic()
-        self.session = SendSession(
+        try:
+            self.session = self._engine(options, block_size, now)
+        except BaseException:  # a file list too long to announce: nothing left open
+            self.close()
+            raise
+        if options.adaptive:
+            self.pacer = Pacer(None, AdaptiveRate(AUTO_START_BPS / BLOCK_BITS), now)
+        else:
+            rate = options.rate
+            pps = None if rate is None else rate.packets_per_second(BLOCK_BITS // 8)
+            self.pacer = Pacer(pps, None, now)
+        self.hasher: FileHasher | None = FileHasher(sources)
+        self.unreadable: OSError | None = None
+        self._last_progress = 0.0
+
+    def _engine(self, options: SendOptions, block_size: int, now: float) -> SendSession:
+        return SendSession(
             random_id(os.urandom),
             self.files,
             self.source,
@@ -241,15 +257,6 @@ class _SendHost:
             sign=None if self.signer is None else self.signer.sign,
             sync=options.sync,
         )
-        if options.adaptive:
-            self.pacer = Pacer(None, AdaptiveRate(AUTO_START_BPS / BLOCK_BITS), now)
-        else:
-            rate = options.rate
-            pps = None if rate is None else rate.packets_per_second(BLOCK_BITS // 8)
-            self.pacer = Pacer(pps, None, now)
-        self.hasher: FileHasher | None = FileHasher(sources)
-        self.unreadable: OSError | None = None
-        self._last_progress = 0.0
 
     def handle(self, packet: Packet) -> None:
         """A receiver's datagram (or an ask for copies), opened when sealed."""
