@@ -235,11 +235,14 @@ class _ReceiveHost:
                 [(WANT_COPIES_DATAGRAM + session.cookies.get(p, b""), p) for p in options.peers]
             )
         if state == ReceiveState.WAITING:
-            why = _why_nothing(self.guard, session)
+            timed_out = options.wait is not None and now - self.started > options.wait
+            why = None
+            if not self._refusal_said or timed_out:  # looked at until said, and at the end
+                why = _why_nothing(self.guard, session)
             if why is not None and self.on_event is not None and not self._refusal_said:
                 self._refusal_said = True
                 self.on_event(TransferRefused(0, why))
-            if options.wait is not None and now - self.started > options.wait:
+            if timed_out and options.wait is not None:
                 session.reason = _nothing_announced(self.spec, options.wait, why, self.ways)
                 return STOP
         if state in (ReceiveState.COMPLETE, ReceiveState.FAILED):

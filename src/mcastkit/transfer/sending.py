@@ -338,10 +338,6 @@ class SendSession:
         queue behind the data, which would delay the answer by the very backlog it reports."""
         return self._to_each(head(PROGRESS_REQ, self.session))
 
-    def ask_progress(self) -> None:
-        """``progress_request``, queued for ``datagrams_to_send``."""
-        self._out.extend(self.progress_request())
-
     def _to_each(self, request: bytes) -> Out:
         """A request to every active receiver: on its own address while there are few (it
         is not lost with the data, nor queued behind it), on the group beyond that."""
