@@ -210,23 +210,6 @@ def test_an_event_loop_send_stops_at_a_full_buffer_and_loses_nothing(lab, gso: s
         "400ms",
         check=True,
     )
-    # The receiver's address known in advance: datagrams queued behind an ARP lookup can be
-    # overtaken by later ones as it resolves (a clean-clone CI run got all 3,000 out of
-    # order), and the order asserted below is the sender's, not the neighbour table's.
-    mac = receiver.run("cat", "/sys/class/net/eth0/address", check=True).stdout.strip()
-    sender.run(
-        "ip",
-        "neigh",
-        "replace",
-        receiver.ipv4,
-        "lladdr",
-        mac,
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-        check=True,
-    )
     listening = receiver.start(sys.executable, "-c", RECEIVE_3000)
     assert listening.stdout is not None and "ready" in listening.stdout.readline()
     done = sender.run(sys.executable, "-c", SEND_3000_NOWAIT, gso, receiver.ipv4, timeout=60)
