@@ -206,12 +206,7 @@ class BatchSender:
                     buffers = [piece for pieces in datagrams[start:end] for piece in pieces]
                     sent += self._send_gso(buffers, size, destination, end - start)
                 else:
-                    for index in range(start, end):
-                        try:
-                            sent += self._send_one(datagrams[index], destination)
-                        except _Full as full:
-                            full.done = index - start
-                            raise
+                    sent += self._send_each(datagrams[start:end], destination)
             except _Full as full:
                 full.done += start
                 raise
@@ -238,23 +233,31 @@ class BatchSender:
                 if exc.errno in _GSO_REFUSALS:
                     self.gso = False
                     self.counters["gso-refused"] += 1
-                    return sum(
-                        self._send_one((data,), destination) for data in _split(buffers, size)
-                    )
+                    return self._send_each([(data,) for data in _split(buffers, size)], destination)
                 if exc.errno == errno.EMSGSIZE:
                     # Segments larger than the path MTU (1,472-byte datagrams over IPv6):
                     # GSO cannot fragment them, the one-datagram path can. This size and
                     # larger go that way from now on.
                     self._gso_limit = min(self._gso_limit, size)
                     self.counters["gso-oversize"] += 1
-                    return sum(
-                        self._send_one((data,), destination) for data in _split(buffers, size)
-                    )
+                    return self._send_each([(data,) for data in _split(buffers, size)], destination)
                 self.counters[f"dropped:{errno.errorcode.get(exc.errno or 0, '?')}"] += count
                 return 0
             self.counters["gso-calls"] += 1
             self.counters["datagrams"] += count
             return count
+
+    def _send_each(self, datagrams: Sequence[Sequence[Buffer]], destination: Destination) -> int:
+        """One by one; a full buffer (non-waiting) says how many went before it, so the
+        caller does not send those again."""
+        sent = 0
+        for index, pieces in enumerate(datagrams):
+            try:
+                sent += self._send_one(pieces, destination)
+            except _Full as full:
+                full.done = index
+                raise
+        return sent
 
     def _send_one(self, pieces: Sequence[Buffer], destination: Destination) -> int:
         while True:
