@@ -138,7 +138,7 @@ class Session:
         self._fast = FastReceive(
             port,
             full_path=self.receive_opened,
-            reliable=self.streaming.on_rdata,
+            reliable=self.streaming.on_rdata_run,
             fresh=self.gate.fresh_range if self.keyring is not None else lambda: _ANY_STAMP,
             own=lambda: (self.node_id, self.incarnation, self.deliver_own),
         )

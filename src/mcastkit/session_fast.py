@@ -18,7 +18,7 @@ from .events import Event, Message
 from .peers import MAX_PATHS, Address, PeerInfo
 from .security import ReplayWindow
 from .session_port import SessionPort
-from .wire import HEADER, MAGIC, MAX_DATAGRAM, VERSION, Flag, Frame, FrameType
+from .wire import HEADER, MAGIC, MAX_DATAGRAM, VERSION, Flag, FrameType
 
 _DATA = int(FrameType.DATA)
 _RDATA = int(FrameType.RDATA)
@@ -29,7 +29,8 @@ _HEAD = HEADER.size
 _unpack_header = HEADER.unpack_from
 
 FullPath = Callable[[bytes, Address, float, "str | None", bool], None]
-Handler = Callable[[Frame, PeerInfo, Address, float], None]
+# In-order reliable fragments of one member: (flags, topic, RDATA payload) each.
+ReliableRun = Callable[[PeerInfo, list[tuple[int, str, bytes]], float], None]
 
 
 class FastReceive:
@@ -40,13 +41,13 @@ class FastReceive:
         port: SessionPort,
         *,
         full_path: FullPath,
-        reliable: Handler,
+        reliable: ReliableRun,
         fresh: Callable[[], tuple[int, int]],
         own: Callable[[], tuple[int, int, bool]],
     ) -> None:
         self._port = port  # the short path updates, in the peer table, a member it takes
         self._full_path = full_path  # every datagram it does not take (``receive_opened``)
-        self._reliable = reliable  # an in-order reliable fragment (the RDATA handler)
+        self._reliable = reliable  # in-order reliable fragments, a member's run at a time
         self._fresh = fresh  # the stamps a frame may carry (sealed groups)
         self._own = own  # our id, our incarnation, and whether our own frames are delivered
 
@@ -71,6 +72,8 @@ class FastReceive:
         taken = 0
         named: PeerInfo | None = None
         name = ""
+        run: list[tuple[int, str, bytes]] = []  # reliable fragments of run_peer, not yet taken
+        run_peer: PeerInfo | None = None
         for begin, end in spans:
             if _HEAD <= end - begin <= MAX_DATAGRAM:
                 magic, version, kind, flags, topic_len, _, sender, incarnation, seq, stamp = (
@@ -116,12 +119,17 @@ class FastReceive:
                         if stamp > peer.last_stamp:
                             peer.last_stamp = stamp
                         payload = bytes(buffer[topic_end:end])
-                        if kind == _RDATA:  # a reliable fragment: to the stream, as before
-                            frame = Frame(
-                                _RDATA_TYPE, flags, sender, incarnation, seq, stamp, topic, payload
-                            )
-                            reliable(frame, peer, source, now)
+                        if kind == _RDATA:  # a reliable fragment: to its stream, in runs
+                            if peer is not run_peer:
+                                if run and run_peer is not None:
+                                    reliable(run_peer, run, now)
+                                    run = []
+                                run_peer = peer
+                            run.append((flags, topic, payload))
                             continue
+                        if run and run_peer is not None:  # taken first, as one by one
+                            reliable(run_peer, run, now)
+                            run = []
                         if peer is not named:  # a run is mostly one sender's
                             named, name = peer, peer.name
                         events.append(
@@ -129,7 +137,12 @@ class FastReceive:
                         )
                         continue
             named = None  # the full path may change a member (its name, its incarnation)
+            if run and run_peer is not None:
+                reliable(run_peer, run, now)
+                run = []
             full_path(bytes(buffer[begin:end]), source, now, iface, via_group)
+        if run and run_peer is not None:
+            reliable(run_peer, run, now)
         if skipped_own:
             counters = self._port.counters
             counters["datagrams"] += skipped_own

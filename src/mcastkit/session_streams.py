@@ -226,6 +226,13 @@ class ReliableFrames:
 
     def _collect(self, stream: StreamReceiver, now: float) -> None:
         """Move a receiver stream's messages and losses to our events; acknowledge if due."""
+        self._emit(stream)
+        through = stream.ack_due(now)
+        if through is not None:
+            self._send_ack(stream, through, now)
+
+    def _emit(self, stream: StreamReceiver) -> None:
+        """Move a receiver stream's messages, then its losses, to our events."""
         if stream.delivered:
             peer = self._port.peers.get(stream.sender)
             name = peer.name if peer else "?"
@@ -241,9 +248,6 @@ class ReliableFrames:
                 self._port.emit(event)
             self._port.counters["reliable-unrecoverable"] += len(stream.events)
             stream.events.clear()
-        through = stream.ack_due(now)
-        if through is not None:
-            self._send_ack(stream, through, now)
 
     def _send_ack(
         self, stream: StreamReceiver, through: int, now: float, echo: int | None = None
@@ -262,6 +266,33 @@ class ReliableFrames:
             self._port.drop("bad-rdata")
             return
         self._collect(stream, now)
+
+    def on_rdata_run(self, peer: PeerInfo, run: list[tuple[int, str, bytes]], now: float) -> None:
+        """The short path's in-order fragments of one member, (flags, topic, RDATA payload):
+        as ``on_rdata`` on each in turn, with what the stream holds counted once for the run
+        (the other streams, and so the room left to this one, do not change meanwhile)."""
+        stream = self.inbound.open(
+            peer.node_id, peer.incarnation, peer.resume_from or peer.stream_start
+        )
+        self.inbound.fed(stream, self._take_run, stream, run, now)
+        self._emit(stream)
+
+    def _take_run(
+        self, stream: StreamReceiver, run: list[tuple[int, str, bytes]], now: float, room: int
+    ) -> None:
+        on_data = stream.on_data
+        for flags, topic, payload in run:
+            if flags & _ACK_WANTED:
+                stream.acks_wanted = True
+            if not on_data(payload, topic, now, room):
+                self._port.drop("bad-rdata")
+                continue
+            if stream.events:  # a loss goes after the messages delivered before it
+                self._emit(stream)
+            if stream.acks_wanted:
+                through = stream.ack_due(now)
+                if through is not None:
+                    self._send_ack(stream, through, now)
 
     def on_rstate(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
         size = len(frame.payload)

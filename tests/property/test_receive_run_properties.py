@@ -14,10 +14,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcastkit.events import Message
+from mcastkit.reliable.config import ReliableConfig
 from mcastkit.security import GroupKey, KeyRing
 from mcastkit.session import Session
 from mcastkit.wire import FrameType
@@ -29,7 +31,18 @@ OWN = 3  # the source of the receivers' own datagrams, looped back
 IFACES = ["eth0", None, "eth1"]  # the arrival interface of run n is IFACES[n % 3]
 
 
-def _session(seed: int, name: str, sealed: bool, clock: list[int] | None = None) -> Session:
+# Receivers acknowledge every second fragment (to a sender that asks) and refuse a reliable
+# message over 3,000 bytes: ACKs and losses then fall in the middle of runs.
+RECEIVING = ReliableConfig(ack_every=2, max_message=3000)
+
+
+def _session(
+    seed: int,
+    name: str,
+    sealed: bool,
+    clock: list[int] | None = None,
+    reliable: ReliableConfig | None = None,
+) -> Session:
     rng = random.Random(seed)
     wall = clock or [WALL_US]
     session = Session(
@@ -40,6 +53,7 @@ def _session(seed: int, name: str, sealed: bool, clock: list[int] | None = None)
         random_bytes=rng.randbytes,
         keyring=KeyRing([KEY], random.Random(seed + 1).randbytes) if sealed else None,
         wall_clock_us=lambda: wall[0],  # set, not ticking: the paths read it unequally often
+        reliable=reliable,
     )
     session.start(0.0)
     session.datagrams_to_send(0.0)
@@ -50,7 +64,17 @@ def _frames(sealed: bool) -> list[tuple[bytes, int]]:
     """Datagrams from three senders, each with the index of its source address."""
     out: list[tuple[bytes, int]] = []
     clock = [WALL_US]
-    senders = [_session(10 + n, f"s{n}", sealed, clock if n == 0 else None) for n in range(3)]
+    # Sender 1 holds its window for slow receivers, so it asks for ACKs.
+    senders = [
+        _session(
+            10 + n,
+            f"s{n}",
+            sealed,
+            clock if n == 0 else None,
+            ReliableConfig(slow_receiver="wait") if n == 1 else None,
+        )
+        for n in range(3)
+    ]
     for index, sender in enumerate(senders):
         sender.announce(0.0)
         if index == 0:
@@ -62,9 +86,10 @@ def _frames(sealed: bool) -> list[tuple[bytes, int]]:
             sender.publish("news" if n % 3 else "other/é", bytes([index, n]) * (n + 1), 0.0)
             if index == 0 and n == 2:
                 sender.update_meta(0.0, name="renamed")  # a new name in the middle of a run
-        if index < 2:  # reliable messages: one fragment, and five
+        if index < 2:  # reliable messages: one fragment, five (too large for some), one
             sender.publish("bulk", bytes([index]) * 100, 0.0, reliable=True)
             sender.publish("bulk", bytes(range(256)) * 25, 0.0, reliable=True)
+            sender.publish("bulk", b"after", 0.0, reliable=True)
         if index == 0:
             clock[0] += 60_000_000  # its clock jumps past the allowed skew: stale if sealed
             sender.publish("news", b"late", 0.0)
@@ -163,7 +188,8 @@ def _one_by_one(session: Session, runs: list[list[tuple[bytes, int]]]) -> None:
 def test_runs_and_single_datagrams_end_the_same(data: st.DataObject) -> None:
     sealed = data.draw(st.booleans())
     runs = data.draw(_arrivals(sealed))
-    single, batched = _session(1, "r", sealed), _session(1, "r", sealed)
+    single = _session(1, "r", sealed, reliable=RECEIVING)
+    batched = _session(1, "r", sealed, reliable=RECEIVING)
     _one_by_one(single, runs)
     _by_runs(batched, runs, sealed)
     assert _state(batched) == _state(single)
@@ -191,10 +217,10 @@ def test_the_short_path_is_taken_and_delivers_in_order() -> None:
     assert [m.topic for m in messages][:3] == ["news", "other/é", "news"]
     assert [m.sender_name for m in messages if not m.reliable] == ["s0"] * 4 + ["renamed"] * 4
     reliable = [m.payload for m in messages if m.reliable]
-    assert reliable == [bytes([0]) * 100, bytes(range(256)) * 25]
+    assert reliable == [bytes([0]) * 100, bytes(range(256)) * 25, b"after"]
     # Hellos, the unicast hellos and message, the heartbeat and stream states take the full
-    # path; the 7 group messages and the 6 reliable fragments do not.
-    assert full_calls == len(run) - 7 - 6
+    # path; the 7 group messages and the 7 reliable fragments do not.
+    assert full_calls == len(run) - 7 - 7
     assert receiver.counters["frames"] == len(run)
 
 
@@ -210,3 +236,21 @@ def test_a_fragment_marked_unicast_is_judged_on_its_own_channel() -> None:
     _one_by_one(single, [run])
     _by_runs(batched, [run], False)
     assert _state(batched) == _state(single)
+
+
+@pytest.mark.parametrize("sealed", [False, True])
+def test_whole_streams_in_one_run_end_as_one_by_one(sealed: bool) -> None:
+    """Each sender's frames in order, one run each: a refused (too large) reliable message
+    and the one after it, and ACKs due every second fragment, all fall inside a run; the
+    loss must come before the next message, and each ACK when it falls due."""
+    frames = FRAMES[sealed]
+    runs = [[(d, s) for d, s in frames if s == source] for source in range(3)]
+    single = _session(1, "r", sealed, reliable=RECEIVING)
+    batched = _session(1, "r", sealed, reliable=RECEIVING)
+    _one_by_one(single, runs)
+    _by_runs(batched, runs, sealed)
+    state = _state(single)
+    assert state == _state(batched)
+    events = [e for e in state[0] if "too-large" in e or "b'after'" in e]
+    assert any("too-large" in a and "b'after'" in b for a, b in zip(events, events[1:]))
+    assert state[1]["sent:ack"] >= 2
