@@ -1,4 +1,5 @@
-"""Microseconds a receiving Session spends per reliable fragment, with no socket and no clock.
+"""Microseconds a receiving Session spends per reliable fragment, with no socket and no clock
+(``--side send``: the sending Session, from publish to the datagrams it hands over).
 
 One session publishes a large reliable message; its frames are captured, then fed to a
 second session as fast as Python can, in runs of ``--batch`` datagrams from one source
@@ -9,6 +10,7 @@ top. ``--profile`` prints where
 the time goes (cProfile; it slows everything by about 2x).
 
     python benchmarks/bench_stream_receive.py [--size-mib 32] [--repeat 3] [--batch 32] [--profile]
+    python benchmarks/bench_stream_receive.py --side send [--size-mib 32] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ def _session(rng: random.Random, name: str, config: ReliableConfig) -> Session:
     )
 
 
-def frames_of(payload: bytes) -> tuple[Session, Session, list[bytes]]:
+def frames_of(
+    payload: bytes, timing: list[float] | None = None
+) -> tuple[Session, Session, list[bytes]]:
     """A sender and a receiver that know each other, and the sender's frames for
-    ``payload`` published once, reliably, at no rate limit."""
+    ``payload`` published once, reliably, at no rate limit (``timing``: the seconds that
+    took are appended)."""
     rng = random.Random(1)
     config = ReliableConfig(max_message=max(len(payload), 1 << 20), adaptive_rate=False)
     sender, receiver = _session(rng, "tx", config), _session(rng, "rx", config)
@@ -51,6 +56,7 @@ def frames_of(payload: bytes) -> tuple[Session, Session, list[bytes]]:
         receiver.receive_datagram(data, SOURCE, 0.0)
     for data, _ in receiver.datagrams_to_send(0.0):
         sender.receive_datagram(data, ("10.0.0.2", 5000), 0.0)
+    started = time.perf_counter()
     sender.publish("big", payload, 0.1, reliable=True)
     frames: list[bytes] = []
     now = 0.1
@@ -60,7 +66,21 @@ def frames_of(payload: bytes) -> tuple[Session, Session, list[bytes]]:
         if not out:
             now += 0.001
             sender.handle_timer(now)
+    if timing is not None:
+        timing.append(time.perf_counter() - started)
     return sender, receiver, frames
+
+
+def run_send(size: int, profile: bool) -> float:
+    payload = os.urandom(size)
+    timing: list[float] = []
+    if profile:
+        profiler = cProfile.Profile()
+        _, _, frames = profiler.runcall(frames_of, payload, timing)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+    else:
+        _, _, frames = frames_of(payload, timing)
+    return timing[0] / len(frames) * 1e6
 
 
 def run(size: int, profile: bool, batch: int) -> float:
@@ -108,14 +128,27 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--side", choices=["receive", "send"], default="receive")
     parser.add_argument(
         "--batch", type=int, default=32, help="datagrams per run (1: one at a time, the full path)"
     )
     args = parser.parse_args()
-    if args.profile:
-        run(args.size_mib << 20, True, args.batch)
+    size = args.size_mib << 20
+    if args.side == "send":
+        if args.profile:
+            run_send(size, True)
+            return
+        each = [run_send(size, False) for _ in range(args.repeat)]
+        print(
+            f"{args.size_mib} MiB reliable message, sent: "
+            f"{statistics.median(each):.2f} µs a fragment "
+            f"(median of {args.repeat}: {', '.join(f'{x:.2f}' for x in each)})"
+        )
         return
-    each = [run(args.size_mib << 20, False, args.batch) for _ in range(args.repeat)]
+    if args.profile:
+        run(size, True, args.batch)
+        return
+    each = [run(size, False, args.batch) for _ in range(args.repeat)]
     print(
         f"{args.size_mib} MiB reliable message, runs of {args.batch}: "
         f"{statistics.median(each):.2f} µs a fragment "

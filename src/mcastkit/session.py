@@ -122,6 +122,7 @@ class Session:
         that hands every frame kind to its handler."""
         port = SessionPort(
             send=self._send,
+            send_run=self._send_run,
             drop=self._drop,
             emit=self._events.append,
             room=lambda topic: self.framer.topic_info(topic)[1],
@@ -444,6 +445,11 @@ class Session:
         data = self.framer.frame(kind, topic, payload, flags=flags, unicast=to is not None)
         self._outgoing.append((data, to))
         self.counters[_SENT_KEY[kind]] += 1
+
+    def _send_run(self, kind: FrameType, items: list[tuple[str, bytes, int]], now: float) -> None:
+        if not self._closed:
+            self._outgoing.extend((data, None) for data in self.framer.frame_run(kind, items))
+            self.counters[_SENT_KEY[kind]] += len(items)
 
     def _send_hello(self, now: float, *, flags: int, to: Address | None) -> None:
         # Where our reliable stream stands: a member that hears this before our next data

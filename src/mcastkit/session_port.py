@@ -27,12 +27,17 @@ class SendFrame(Protocol):
     ) -> None: ...
 
 
+# Frame and queue group datagrams, (topic, payload, flags) each, in order.
+SendRun = Callable[[FrameType, list[tuple[str, bytes, int]], float], None]
+
+
 @dataclass(frozen=True)
 class SessionPort:
     """All a session's part may do back: send a frame, count a drop, emit an event, read
     the peer table, ask how much one frame holds. Anything more is passed to it by name."""
 
     send: SendFrame
+    send_run: SendRun
     drop: Callable[[str], None]  # count a datagram dropped, by reason
     emit: Callable[[Event], None]  # an event for the application
     room: Callable[[str], int]  # payload bytes one frame on a topic holds

@@ -200,10 +200,16 @@ class ReliableFrames:
         stream = self.stream
         if stream is None:
             return
-        send = self._port.send
         flags = _ACK_WANTED if stream.wants_acks else 0
-        for topic, payload, repair in stream.pull(now):
-            send(FrameType.RDATA, topic, payload, now, flags=flags | (_REPAIR if repair else 0))
+        repair_flags = flags | _REPAIR
+        self._port.send_run(
+            FrameType.RDATA,
+            [
+                (topic, payload, repair_flags if repair else flags)
+                for topic, payload, repair in stream.pull(now)
+            ],
+            now,
+        )
         for slow in stream.take_slow_events():
             self._port.emit(slow)
 

@@ -12,6 +12,7 @@ table and what each receiver sends must be identical.
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -252,5 +253,5 @@ def test_whole_streams_in_one_run_end_as_one_by_one(sealed: bool) -> None:
     state = _state(single)
     assert state == _state(batched)
     events = [e for e in state[0] if "too-large" in e or "b'after'" in e]
-    assert any("too-large" in a and "b'after'" in b for a, b in zip(events, events[1:]))
+    assert any("too-large" in a and "b'after'" in b for a, b in pairwise(events))
     assert state[1]["sent:ack"] >= 2

@@ -269,29 +269,7 @@ class StreamSender:
                 return out
             self._repairs.popleft()
             self._repair_set.discard(seq)
-        while self._queue and len(out) < SEND_BATCH:
-            head = self._queue[0]
-            if head.offset == 0:
-                self._message_start = self.next_seq
-            if not self._make_room(now):
-                break
-            size = min(head.chunk, len(head.payload) - head.offset)
-            if not self._spend(size + RDATA_HEAD.size):
-                break
-            payload = (
-                RDATA_HEAD.pack(self.next_seq, len(head.payload), head.offset)
-                + head.payload[head.offset : head.offset + size]
-            )
-            head.offset += size
-            self.queued_bytes -= size
-            if head.offset >= len(head.payload):
-                self._queue.popleft()
-            self.window.append((head.topic, payload))
-            self.window_bytes += len(payload)
-            self.next_seq += 1
-            self._sent_new += 1
-            self._sent_bytes += len(payload)
-            out.append((head.topic, payload, False))
+        self._pull_new(out, now)
         if not self._queue:
             self._app_limited = True
         if self._deferred and len(out) < SEND_BATCH and self._rate_spare:
@@ -304,6 +282,44 @@ class StreamSender:
             self._repaired_at = {s: t for s, t in self._repaired_at.items() if s >= oldest}
             self._asked = {s for s in self._asked if s >= oldest}
         return out
+
+    def _pull_new(self, out: list[tuple[str, bytes, bool]], now: float) -> None:
+        """New fragments from the queue while the window and the rate allow (per fragment:
+        what is looked up once goes in locals)."""
+        queue, window, spend, per_byte = (
+            self._queue,
+            self.window,
+            self._bucket.spend,
+            self._per_byte,
+        )
+        pack, head_size, window_limit = RDATA_HEAD.pack, RDATA_HEAD.size, self.config.window_bytes
+        seq = self.next_seq
+        sent = sent_bytes = 0
+        while queue and len(out) < SEND_BATCH:
+            head = queue[0]
+            offset, length = head.offset, len(head.payload)
+            if offset == 0:
+                self._message_start = seq
+            # (the window slides only when full: most fragments skip the call)
+            if self.window_bytes >= window_limit and not self._make_room(now):
+                break
+            size = min(head.chunk, length - offset)
+            if not spend(size + head_size if per_byte else 1):
+                break
+            payload = pack(seq, length, offset) + head.payload[offset : offset + size]
+            head.offset = offset + size
+            if offset + size >= length:
+                queue.popleft()
+            window.append((head.topic, payload))
+            self.window_bytes += len(payload)
+            seq += 1
+            self.next_seq = seq  # (read by _make_room through oldest)
+            sent += 1
+            sent_bytes += len(payload)
+            out.append((head.topic, payload, False))
+        self.queued_bytes -= sent_bytes - sent * head_size
+        self._sent_new += sent
+        self._sent_bytes += sent_bytes
 
     def _pull_deferred(self, out: list[tuple[str, bytes, bool]], now: float) -> None:
         """Deferred repairs, while the rate is spare (no new data waits to go out)."""
