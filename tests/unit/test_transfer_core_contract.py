@@ -10,6 +10,7 @@ import os
 import random
 
 import pytest
+from blobs import Blobs
 
 from mcastkit.events import ReceiveState, SendPhase, TransferFinished
 from mcastkit.transfer.engine import SENDER_SILENCE, ReceiveSession, SendSession
@@ -19,14 +20,6 @@ from mcastkit.transfer.storage import MemoryStorage
 SENDER = ("10.0.0.1", 4000)
 
 
-class MemorySource:
-    def __init__(self, blobs: list[bytes]) -> None:
-        self.blobs = blobs
-
-    def read(self, file_index: int, offset: int, size: int) -> bytes:
-        return self.blobs[file_index][offset : offset + size]
-
-
 def _sender(blobs: list[bytes], *, expected: int | None = None) -> SendSession:
     files = [
         FileInfo(f"f{i}.bin", len(b), hashlib.sha256(b).hexdigest()) for i, b in enumerate(blobs)
@@ -34,7 +27,7 @@ def _sender(blobs: list[bytes], *, expected: int | None = None) -> SendSession:
     return SendSession(
         7,
         files,
-        MemorySource(blobs),
+        Blobs(blobs),
         now=0.0,
         block_size=100,
         expected=expected,

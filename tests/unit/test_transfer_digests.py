@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 
+from blobs import Blobs
+
 from mcastkit.events import ReceiveState, SendPhase
 from mcastkit.transfer.engine import ReceiveSession, SendSession
 from mcastkit.transfer.protocol import PENDING_DIGEST, FileInfo, encode_announce
@@ -12,14 +14,6 @@ from mcastkit.transfer.storage import MemoryStorage
 
 RECEIVER_ADDRESS = ("10.0.0.2", 5000)
 SENDER_ADDRESS = ("10.0.0.1", 4000)
-
-
-class Blobs:
-    def __init__(self, blobs: list[bytes]) -> None:
-        self.blobs = blobs
-
-    def read(self, file_index: int, offset: int, size: int) -> bytes:
-        return self.blobs[file_index][offset : offset + size]
 
 
 def _pending_pair(blobs: list[bytes]) -> tuple[SendSession, ReceiveSession, MemoryStorage]:

@@ -8,18 +8,11 @@ import random
 from pathlib import Path
 
 import pytest
+from blobs import Blobs
 
 from mcastkit.transfer.engine import ReceiveSession, SendSession, safe_path
 from mcastkit.transfer.protocol import FileInfo, decode_untrusted
 from mcastkit.transfer.storage import DirectoryStorage, MemoryStorage
-
-
-class MemorySource:
-    def __init__(self, blobs: list[bytes]) -> None:
-        self.blobs = blobs
-
-    def read(self, file_index: int, offset: int, size: int) -> bytes:
-        return self.blobs[file_index][offset : offset + size]
 
 
 def _run(
@@ -41,7 +34,7 @@ def _run(
     sender = SendSession(
         7,
         files,
-        MemorySource(blobs),
+        Blobs(blobs),
         now=now,
         block_size=block_size,
         expected=expected,
@@ -122,7 +115,7 @@ def test_corrupted_announce_hash_never_leaves_a_final_file(tmp_path: Path) -> No
     blob = os.urandom(5000)
     files = [FileInfo("f0.bin", len(blob), "1" * 64)]  # the wrong hash ("0" * 64: pending)
     sender = SendSession(
-        7, files, MemorySource([blob]), now=0.0, block_size=100, expected=1, register_wait=0.1
+        7, files, Blobs([blob]), now=0.0, block_size=100, expected=1, register_wait=0.1
     )
     now = 0.0
     for _ in range(5000):
@@ -173,7 +166,7 @@ def test_receiver_gives_up_on_a_silent_sender_and_leaves_nothing(tmp_path: Path)
     (receiver,) = _receivers(tmp_path, 1)
     blob = os.urandom(1000)
     files = [FileInfo("f0.bin", len(blob), hashlib.sha256(blob).hexdigest())]
-    sender = SendSession(7, files, MemorySource([blob]), now=0.0, block_size=100)
+    sender = SendSession(7, files, Blobs([blob]), now=0.0, block_size=100)
     announce = sender.tick(0.0)[0][0]
     receiver.receive(announce, ("10.0.0.1", 1), 0.0)
     assert receiver.state == "receiving"
@@ -188,7 +181,7 @@ def test_one_status_round_reports_thousands_of_gaps(tmp_path: Path) -> None:
     (receiver,) = _receivers(tmp_path, 1)
     blob = os.urandom(200_000)  # 2000 blocks
     files = [FileInfo("f0.bin", len(blob), hashlib.sha256(blob).hexdigest())]
-    sender = SendSession(7, files, MemorySource([blob]), now=0.0, block_size=100, expected=1)
+    sender = SendSession(7, files, Blobs([blob]), now=0.0, block_size=100, expected=1)
     now, delivered = 0.0, 0
     while sender.phase != "done" and now < 60:
         now += 0.001

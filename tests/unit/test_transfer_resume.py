@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from blobs import Blobs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,14 +26,6 @@ from mcastkit.transfer.storage import DirectoryStorage
 SENDER = ("10.0.0.1", 4000)
 RECEIVER = ("10.0.0.2", 5000)
 BLOCK = 100
-
-
-class Blobs:
-    def __init__(self, blobs: list[bytes]) -> None:
-        self.blobs = blobs
-
-    def read(self, file_index: int, offset: int, size: int) -> bytes:
-        return self.blobs[file_index][offset : offset + size]
 
 
 def _info(name: str, blob: bytes, *, pending: bool = False) -> FileInfo:

@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from blobs import Blobs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mcastkit.events import ReceiveState, SendPhase
@@ -23,14 +24,6 @@ from mcastkit.transfer.trust import AnnounceCheck, AnnounceSigner, public_text
 SENDER = ("10.0.0.1", 4000)
 RECEIVER = ("10.0.0.2", 5000)
 NOW = 1_800_000_000.0
-
-
-class Blobs:
-    def __init__(self, blobs: list[bytes]) -> None:
-        self.blobs = blobs
-
-    def read(self, file_index: int, offset: int, size: int) -> bytes:
-        return self.blobs[file_index][offset : offset + size]
 
 
 def _files(blob: bytes) -> list[FileInfo]:
