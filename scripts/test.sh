@@ -58,4 +58,7 @@ fi
 
 export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 python3 -m pip install -q -e '.[test]'
-exec python3 -m pytest "$@"
+# The tests mostly wait (on namespaces, links, timers): one worker per core (pytest-xdist),
+# each moving itself into its own private namespace (tests/conftest.py), halves the time.
+# MCASTKIT_TEST_WORKERS=0: one process, as before.
+exec python3 -m pytest -n "${MCASTKIT_TEST_WORKERS:-auto}" "$@"
