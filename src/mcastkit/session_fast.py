@@ -22,7 +22,6 @@ from .wire import HEADER, MAGIC, MAX_DATAGRAM, VERSION, Flag, FrameType
 
 _DATA = int(FrameType.DATA)
 _RDATA = int(FrameType.RDATA)
-_RDATA_TYPE = FrameType.RDATA
 _UNICAST = int(Flag.UNICAST)
 _WINDOW_MASK = (1 << ReplayWindow.SIZE) - 1
 _HEAD = HEADER.size

@@ -232,8 +232,8 @@ def test_an_event_loop_send_stops_at_a_full_buffer_and_loses_nothing(lab, mode: 
         pytest.skip("no GSO here (the kernel, or MCASTKIT_WITHOUT)")
     if mode == "oversize" and sent["counters"]["gso-oversize"] == 0:
         pytest.skip("no GSO here (the kernel, or MCASTKIT_WITHOUT)")
-    # UDP keeps no order across a veth pair (each CPU's backlog is drained on its own), so
-    # the promise is each datagram exactly once.
+    # UDP promises no order (a veth pair hands a datagram to the backlog of the CPU that
+    # sends it, so two CPUs sending may reorder): the promise is each datagram exactly once.
     assert len(seen) == 3000 and sorted(seen) == list(range(3000)), (
         f"{len(seen)} received, {len(set(seen))} distinct"
     )
