@@ -228,9 +228,9 @@ def test_an_event_loop_send_stops_at_a_full_buffer_and_loses_nothing(lab, mode: 
     seen = json.loads(listening.communicate(timeout=30)[0])
     assert sent["stops"] > 0  # the buffer did fill
     assert not any(key.startswith("dropped:") for key in sent["counters"]), sent
-    if mode == "refused" and sent["counters"]["gso-refused"] == 0:
+    if mode == "refused" and not sent["counters"].get("gso-refused"):
         pytest.skip("no GSO here (the kernel, or MCASTKIT_WITHOUT)")
-    if mode == "oversize" and sent["counters"]["gso-oversize"] == 0:
+    if mode == "oversize" and not sent["counters"].get("gso-oversize"):
         pytest.skip("no GSO here (the kernel, or MCASTKIT_WITHOUT)")
     # UDP promises no order (a veth pair hands a datagram to the backlog of the CPU that
     # sends it, so two CPUs sending may reorder): the promise is each datagram exactly once.
