@@ -267,16 +267,15 @@ class ReliableFrames:
             self._port.send(FrameType.ACK, "", payload, now, to=peer.address)
 
     def on_rdata(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
-        stream = self._receiver(frame, peer)
-        if not self.inbound.fed(stream, stream.on_data, frame.payload, frame.topic, now):
-            self._port.drop("bad-rdata")
-            return
-        self._collect(stream, now)
+        """One reliable fragment from the full path (``peer`` is its sender, at its
+        incarnation): a run of one."""
+        self.on_rdata_run(peer, [(frame.flags, frame.topic, frame.payload)], now)
 
     def on_rdata_run(self, peer: PeerInfo, run: list[tuple[int, str, bytes]], now: float) -> None:
-        """The short path's in-order fragments of one member, (flags, topic, RDATA payload):
-        as ``on_rdata`` on each in turn, with what the stream holds counted once for the run
-        (the other streams, and so the room left to this one, do not change meanwhile)."""
+        """Reliable fragments of one member, (flags, topic, RDATA payload), in the order they
+        came (the short path's runs): each taken in turn, with what the stream holds counted
+        once for the run (the other streams, and so the room left to this one, do not change
+        meanwhile)."""
         stream = self.inbound.open(
             peer.node_id, peer.incarnation, peer.resume_from or peer.stream_start
         )
