@@ -73,6 +73,12 @@ class FastReceive:
         name = ""
         run: list[tuple[int, str, bytes]] = []  # reliable fragments of run_peer, not yet taken
         run_peer: PeerInfo | None = None
+
+        def flush() -> None:  # the run goes to its stream before anything after it is taken
+            if run_peer is not None:
+                reliable(run_peer, run, now)
+            run.clear()
+
         for begin, end in spans:
             if _HEAD <= end - begin <= MAX_DATAGRAM:
                 magic, version, kind, flags, topic_len, _, sender, incarnation, seq, stamp = (
@@ -120,15 +126,13 @@ class FastReceive:
                         payload = bytes(buffer[topic_end:end])
                         if kind == _RDATA:  # a reliable fragment: to its stream, in runs
                             if peer is not run_peer:
-                                if run and run_peer is not None:
-                                    reliable(run_peer, run, now)
-                                    run = []
+                                if run:
+                                    flush()
                                 run_peer = peer
                             run.append((flags, topic, payload))
                             continue
-                        if run and run_peer is not None:  # taken first, as one by one
-                            reliable(run_peer, run, now)
-                            run = []
+                        if run:
+                            flush()
                         if peer is not named:  # a run is mostly one sender's
                             named, name = peer, peer.name
                         events.append(
@@ -136,12 +140,11 @@ class FastReceive:
                         )
                         continue
             named = None  # the full path may change a member (its name, its incarnation)
-            if run and run_peer is not None:
-                reliable(run_peer, run, now)
-                run = []
+            if run:
+                flush()
             full_path(bytes(buffer[begin:end]), source, now, iface, via_group)
-        if run and run_peer is not None:
-            reliable(run_peer, run, now)
+        if run:
+            flush()
         if skipped_own:
             counters = self._port.counters
             counters["datagrams"] += skipped_own

@@ -233,6 +233,9 @@ class ReliableFrames:
     def _collect(self, stream: StreamReceiver, now: float) -> None:
         """Move a receiver stream's messages and losses to our events; acknowledge if due."""
         self._emit(stream)
+        self._ack_if_due(stream, now)
+
+    def _ack_if_due(self, stream: StreamReceiver, now: float) -> None:
         through = stream.ack_due(now)
         if through is not None:
             self._send_ack(stream, through, now)
@@ -295,9 +298,7 @@ class ReliableFrames:
             if stream.events:  # a loss goes after the messages delivered before it
                 self._emit(stream)
             if stream.acks_wanted:
-                through = stream.ack_due(now)
-                if through is not None:
-                    self._send_ack(stream, through, now)
+                self._ack_if_due(stream, now)
 
     def on_rstate(self, frame: Frame, peer: PeerInfo, source: Address, now: float) -> None:
         size = len(frame.payload)

@@ -233,16 +233,17 @@ class BatchSender:
                 if exc.errno in _GSO_REFUSALS:
                     self.gso = False
                     self.counters["gso-refused"] += 1
-                    return self._send_each([(data,) for data in _split(buffers, size)], destination)
-                if exc.errno == errno.EMSGSIZE:
+                elif exc.errno == errno.EMSGSIZE:
                     # Segments larger than the path MTU (1,472-byte datagrams over IPv6):
                     # GSO cannot fragment them, the one-datagram path can. This size and
                     # larger go that way from now on.
                     self._gso_limit = min(self._gso_limit, size)
                     self.counters["gso-oversize"] += 1
-                    return self._send_each([(data,) for data in _split(buffers, size)], destination)
-                self.counters[f"dropped:{errno.errorcode.get(exc.errno or 0, '?')}"] += count
-                return 0
+                else:
+                    self.counters[f"dropped:{errno.errorcode.get(exc.errno or 0, '?')}"] += count
+                    return 0
+                # This call's datagrams go one by one.
+                return self._send_each([(data,) for data in _split(buffers, size)], destination)
             self.counters["gso-calls"] += 1
             self.counters["datagrams"] += count
             return count
