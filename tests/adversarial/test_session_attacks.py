@@ -201,6 +201,38 @@ def test_a_budget_across_senders_bounds_the_whole_node() -> None:
     assert all(r["memory"] <= 100_000 + 1400 for r in receivers)
 
 
+def test_the_budget_across_senders_holds_for_runs_on_the_short_path() -> None:
+    # The short path hands a member's in-order fragments to its stream a run at a time, and
+    # counts the room the other streams leave once a run. Fifty fake senders each start a
+    # message far over their limit, their fragments in runs of 32 taking turns: the same
+    # bounds as one datagram at a time must hold.
+    config = ReliableConfig(receiver_memory=100_000)
+    victim = _victim(reliable=config, receive_budget=300_000)
+    senders = range(1, 51)
+
+    def fragment(sender: int, index: int) -> bytes:
+        return craft.rdata(sender, index + 1, 10**7, index * 1000, b"z" * 1000, frame_seq=index + 1)
+
+    for sender in senders:  # first contact, on the full path: each becomes a member
+        victim.receive_datagram(fragment(sender, 0), ATTACKER, 0.0)
+    full_path, full_calls = victim._fast._full_path, []
+    victim._fast._full_path = lambda *args: (full_calls.append(args), full_path(*args))
+    for start in range(1, 200, 32):
+        for sender in senders:
+            run = [fragment(sender, index) for index in range(start, min(start + 32, 200))]
+            spans, at = [], 0
+            for data in run:
+                spans.append((at, at + len(data)))
+                at += len(data)
+            victim.receive_run(memoryview(b"".join(run)), spans, ATTACKER, 0.0, None)
+    assert not full_calls  # every run was the short path's
+    receivers = victim.reliable_stats()["receivers"].values()
+    assert len(receivers) == 50
+    assert sum(r["memory"] for r in receivers) <= 300_000 + 1400 + 50 * GAP_COST
+    assert all(r["memory"] <= 100_000 + 1400 for r in receivers)
+    assert victim.counters["frames"] == 50 * 200
+
+
 def test_a_hundred_thousand_fake_ids_neither_freeze_nor_fill_the_node() -> None:
     # Before: 100,000 ids froze the loop for 93 s (O(n^2) forgetting), and GOODBYEs from
     # unknown ids left replay windows behind for ever.
