@@ -3,7 +3,9 @@
 One publisher and one subscriber, separate processes, on loopback inside a private network
 namespace (as root the script re-executes itself under ``unshare --net``; multicast is routed
 on ``lo`` there, for LCM). Each system runs as its documentation says:
-- ``node``, ``node-sealed``: ``Node.publish`` / ``subscribe`` (sealed: a group key);
+- ``node``, ``node-sealed``: ``Node.publish`` / ``subscribe`` (sealed: a group key), the
+  subscriber awaiting ``get``; ``node-handler``: the same with ``subscribe(topic, handler)``,
+  the handler called in the receive path (as LCM calls its handler);
 - ``lcm``: ``lcm.LCM("udpm://...?ttl=0&recv_buf_size=...")``, its C core with the Python
   binding, the same 4 MiB receive buffer a Node asks for (``pip install lcm``);
 - ``zmq``: pyzmq PUB/SUB over TCP on 127.0.0.1, default high-water marks (``pip install pyzmq``).
@@ -17,8 +19,8 @@ Two measurements per system and payload size (64 B, 1 KiB):
   publisher is paced the same way, a blocking sleep until each message is due.
 
     python benchmarks/bench_pubsub.py [--count 200000] [--rate 10000] [--seconds 2]
-        [--warmup 0.25] [--repeat 3] [--systems node,node-sealed,lcm,zmq] [--modes flood,paced]
-        [--json]
+        [--warmup 0.25] [--repeat 3] [--systems node,node-handler,node-sealed,lcm,zmq]
+        [--modes flood,paced] [--json]
 
 Systems take turns in every round; medians of the runs are reported, with Node / LCM.
 """
@@ -48,7 +50,7 @@ KEY = bytes(range(32))
 STAMP = struct.Struct("<qI")  # send time (ns, CLOCK_MONOTONIC), sequence number
 IDLE_END = 1.0  # the subscriber stops after this long without a message
 SETTLE = 0.5  # after the subscriber is ready: joins, hellos, TCP connects
-NEEDS = {"node": None, "node-sealed": None, "lcm": "lcm", "zmq": "zmq"}
+NEEDS = {"node": None, "node-handler": None, "node-sealed": None, "lcm": "lcm", "zmq": "zmq"}
 
 
 class Tally:
@@ -89,6 +91,15 @@ async def _sub_node(system: str, tally: Tally, ready: Callable[[], None]) -> Non
 
     key = GroupKey(KEY) if system == "node-sealed" else None
     async with Node(SPEC, iface="lo", name="sub", key=key, heartbeat=5) as node:
+        if system == "node-handler":  # called in the receive path, as LCM calls its handler
+            node.subscribe("bench", lambda message: tally.take(message.payload))
+            ready()
+            started = time.monotonic_ns()
+            while (time.monotonic_ns() - (tally.last or started)) / 1e9 < (
+                IDLE_END if tally.count else 30
+            ):
+                await asyncio.sleep(0.05)
+            return
         inbox = node.subscribe("bench")
         ready()
         while (message := await inbox.get(IDLE_END if tally.count else 30)) is not None:
@@ -274,7 +285,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell; medians reported")
     parser.add_argument("--sizes", default="64,1024")
     parser.add_argument("--modes", default="flood,paced", help="flood, paced or both")
-    parser.add_argument("--systems", default="node,node-sealed,lcm,zmq")
+    parser.add_argument("--systems", default="node,node-handler,node-sealed,lcm,zmq")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--system", help=argparse.SUPPRESS)

@@ -39,7 +39,7 @@ from .reach import ADDRESSES_KEY
 from .reliable import ReliableConfig
 from .security import GroupKey, KeyRing, key_from_passphrase, warn_open_group
 from .session import Session
-from .subscription import Subscription
+from .subscription import MessageHandler, Subscription
 from .transport import GroupSocket, IfaceChoice, interface_name, is_multi
 from .transport.batch import BatchReceiver
 from .transport.platform import default_cipher
@@ -291,9 +291,10 @@ class Node:
         return {**self._live().counters, "kernel-drops": self.kernel_drops()}
 
     async def publish(self, topic: str, payload: bytes | str, *, reliable: bool = False) -> None:
-        """Send a message on ``topic`` to the group. It leaves at the end of this turn of
-        the event loop, with whatever else was published in it (runs of equal size in one
-        GSO call); a loop that never yields sends every 64 publishes.
+        """Send a message on ``topic`` to the group. The first message of a turn of the
+        event loop leaves at once; what else is published in that turn leaves at its end,
+        together (runs of equal size in one GSO call); a loop that never yields sends every
+        64 publishes.
 
         ``reliable=True``: any size up to ``ReliableConfig.max_message``; receivers get it
         whole, in order per sender, repaired on loss, or an ``Unrecoverable`` event. Waits
@@ -304,12 +305,17 @@ class Node:
             while session.streaming.backlog > BACKLOG_LIMIT and self.session is session:
                 await self._wait_drained()
         session.publish(topic, _as_bytes(payload), self._now(), reliable=reliable)
+        if self._pump_soon is None:
+            # The first message of a loop turn leaves now: nothing is queued for it to wait
+            # for, and a turn of the loop costs it tens of microseconds. What follows in
+            # the same turn waits for its end, to go out together.
+            assert self._loop is not None
+            self._pump_soon = self._loop.call_soon(self._pump_deferred)
+            self._pump()
+            return
         self._unpumped += 1
         if self._unpumped >= PUBLISH_BATCH:
             self._pump()
-        elif self._pump_soon is None:
-            assert self._loop is not None
-            self._pump_soon = self._loop.call_soon(self._pump_deferred)
 
     async def flush(self, timeout: float | None = None, *, acknowledged: bool = False) -> bool:
         """Wait until every reliable message went out once and no repair in its share is due.
@@ -364,9 +370,15 @@ class Node:
         """Send ``value`` as JSON."""
         await self.publish(topic, json.dumps(value, separators=(",", ":")).encode())
 
-    def subscribe(self, pattern: str = "*") -> Subscription:
-        """Messages on ``pattern`` (exact topic, or prefix ending in ``*``; ``*`` is all)."""
-        subscription = Subscription(self._subscriptions, pattern)
+    def subscribe(self, pattern: str = "*", handler: MessageHandler | None = None) -> Subscription:
+        """Messages on ``pattern`` (exact topic, or prefix ending in ``*``; ``*`` is all),
+        queued for ``get`` / ``async for``.
+
+        ``handler``: a plain function called with each message as the node takes it from
+        the socket, on the event loop, instead of queuing it: the lowest latency (no turn
+        of the loop between the two), but its time is the node's, so keep it short. A
+        handler that raises is logged once and counted (``handler_errors``)."""
+        subscription = Subscription(self._subscriptions, pattern, handler)
         self._subscriptions.add(subscription)
         return subscription
 
@@ -538,7 +550,8 @@ class Node:
         if type(event) is Message:
             overflowed = False
             topic = event.topic
-            for subscription in self._subscriptions:  # offering never adds nor removes one
+            # A copy: a handler may subscribe, or close its own subscription, as it runs.
+            for subscription in tuple(self._subscriptions):
                 if subscription.matches(topic) and not subscription._offer(event):
                     overflowed = True
             if overflowed and event.reliable:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
@@ -12,17 +14,35 @@ from typing import Protocol
 from .events import Event, Message, PeerEvent
 from .peers import PeerInfo, topic_matches
 
-__all__ = ["QUEUE_LIMIT", "Subscription", "until_members"]
+__all__ = ["QUEUE_LIMIT", "MessageHandler", "Subscription", "until_members"]
+
+log = logging.getLogger("mcastkit")
 
 QUEUE_LIMIT = 10000
 
 
-class Subscription:
-    """Messages whose topic matches ``pattern`` (exact, or a prefix ending in ``*``)."""
+MessageHandler = Callable[[Message], object]
 
-    def __init__(self, registry: set[Subscription], pattern: str) -> None:
+
+class Subscription:
+    """Messages whose topic matches ``pattern`` (exact, or a prefix ending in ``*``).
+
+    With a ``handler``, each message is handed to it as it is taken from the socket, in the
+    receive path, instead of being queued for ``get``: no turn of the event loop between
+    the two (tens of microseconds less latency), and the handler's time is the node's."""
+
+    def __init__(
+        self, registry: set[Subscription], pattern: str, handler: MessageHandler | None = None
+    ) -> None:
+        if handler is not None and (not callable(handler) or inspect.iscoroutinefunction(handler)):
+            raise TypeError(
+                "a message handler is a plain function, called in the receive path; for "
+                "async work, iterate the subscription (async for message in subscription)"
+            )
         self.pattern = pattern
         self.dropped = 0
+        self.handler = handler
+        self.handler_errors = 0  # messages whose handler raised (logged once, then counted)
         self._registry = registry  # the node's live subscriptions: closing leaves it
         # A deque and the waiting getters' futures: an asyncio.Queue costs a microsecond more
         # per message, and messages arrive in runs of hundreds.
@@ -34,6 +54,20 @@ class Subscription:
         return topic_matches(self.pattern, topic)
 
     def _offer(self, message: Message | None) -> bool:
+        handler = self.handler
+        if handler is not None and message is not None:
+            try:
+                handler(message)
+            except Exception as exc:  # the application's bug must not stop the node
+                self.handler_errors += 1
+                if self.handler_errors == 1:
+                    log.warning(
+                        "the message handler of %r raised %r; later failures are only "
+                        "counted (subscription.handler_errors)",
+                        self.pattern,
+                        exc,
+                    )
+            return True
         if len(self._messages) >= QUEUE_LIMIT and message is not None:
             self.dropped += 1  # a slow consumer never stalls the node (and is told: _dispatch)
             return False
@@ -52,6 +86,8 @@ class Subscription:
 
     async def get(self, timeout: float | None = None) -> Message | None:
         """The next message; None at the timeout or when the node stopped."""
+        if self.handler is not None:
+            raise RuntimeError("this subscription hands its messages to its handler")
         messages = self._messages
         if messages:
             return messages.popleft()  # no future, no timer when one is already queued
@@ -75,7 +111,7 @@ class Subscription:
             finally:
                 if timer is not None:
                     timer.cancel()
-                with contextlib.suppress(ValueError):
+                if waiter in self._waiters:  # not when a message woke it: _wake_one took it
                     self._waiters.remove(waiter)
         return messages.popleft()
 

@@ -107,6 +107,25 @@ class SyncNode:
         request = self._node.request(topic, payload, timeout=timeout, want=want)
         return self._call(request, timeout=self._beyond(timeout))
 
+    def subscribe(self, pattern: str, handler: Callable[[Message], object]) -> Callable[[], None]:
+        """Call ``handler`` with each message on ``pattern`` as it arrives, on the node's
+        thread (``Node.subscribe`` with a handler: no hop per message; keep it short).
+        Returns the function that stops it."""
+        subscription = self._call(self._subscribe_handler(pattern, handler))
+
+        def unsubscribe() -> None:
+            self._call(self._close_subscription(subscription))
+
+        return unsubscribe
+
+    async def _subscribe_handler(
+        self, pattern: str, handler: Callable[[Message], object]
+    ) -> Subscription:
+        return self._node.subscribe(pattern, handler)
+
+    async def _close_subscription(self, subscription: Subscription) -> None:
+        subscription.close()
+
     def serve(self, topic: str, handler: Callable[[Request], bytes | str]) -> None:
         """Answer requests on ``topic``; ``handler`` runs on the node's thread."""
         self._call(self._serve(topic, handler))

@@ -62,6 +62,11 @@ def test_readme_burst_example_runs() -> None:
     assert "5000 of 5000" in output
 
 
+def test_readme_handler_example_runs() -> None:
+    output = _run_example("async def handled(")
+    assert "[('price/eur', '1.08'), ('price/gbp', '1.27')]" in output
+
+
 def test_readme_unicast_only_example_runs() -> None:
     output = _run_example("multicast=False")
     assert "over unicast [('late', 'unicast')]" in output

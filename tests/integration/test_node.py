@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -418,6 +422,146 @@ def test_a_burst_of_publishes_leaves_in_batches_and_arrives_whole_in_order(seale
             assert message is not None and message.payload == b"alone"
 
     asyncio.run(scenario())
+
+
+def test_the_first_publish_of_a_loop_turn_leaves_at_once_the_rest_at_its_end() -> None:
+    """Latency: a lone message does not wait for the loop to turn; throughput: what follows
+    it in the same turn is held and leaves together at the turn's end."""
+    group, port = "239.255.90.9", 5909
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((group, port))
+    membership = socket.inet_aton(group) + socket.inet_aton("127.0.0.1")
+    listener.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+    listener.setblocking(False)
+
+    def queued() -> list[bytes]:
+        """What the listener holds now, without waiting (loopback delivers within the send)."""
+        out = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                out.append(listener.recv(65536))
+        return out
+
+    def carrying(datagrams: list[bytes], marker: bytes) -> int:
+        return sum(marker in d for d in datagrams)
+
+    async def scenario() -> None:
+        async with Node(f"{group}:{port}", iface=LO, name="tx", heartbeat=5) as sender:
+            await asyncio.sleep(0.1)
+            queued()  # the hello
+            for turn in range(3):  # and again in later turns: each has its own first
+                await sender.publish("t", b"first-%d" % turn)
+                assert carrying(queued(), b"first-%d" % turn) == 1
+                for n in range(5):
+                    await sender.publish("t", b"held-%d-%d" % (turn, n))
+                assert carrying(queued(), b"held-%d" % turn) == 0, "sent before the turn ended"
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                assert carrying(queued(), b"held-%d" % turn) == 5
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        listener.close()
+
+
+def test_a_handler_gets_each_message_in_the_receive_path_and_survives_its_own_bugs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Subscribing with a handler: every message on the pattern, in order, called by the node
+    before the loop turns; one that raises is logged once and counted, the rest still come;
+    a handler may close its own subscription as it runs; ``get`` on it is refused."""
+
+    async def scenario() -> None:
+        group = "239.255.90.10:5910"
+        async with (
+            Node(group, iface=LO, name="rx") as receiver,
+            Node(group, iface=LO, name="tx") as sender,
+        ):
+            seen: list[bytes] = []
+            in_task: list[bool] = []
+
+            def handler(message: mcastkit.Message) -> None:
+                in_task.append(asyncio.current_task() is not None)
+                seen.append(message.payload)
+                if message.payload.endswith(b"7"):
+                    raise ValueError("the application's bug")
+
+            subscription = receiver.subscribe("t/*", handler)
+            queued = receiver.subscribe("t/*")  # a queue beside it gets the same messages
+            closing: list[bytes] = []
+
+            def once(message: mcastkit.Message) -> None:
+                closing.append(message.payload)
+                closer.close()
+
+            closer = receiver.subscribe("t/*", once)
+            deadline = time.monotonic() + 5
+            while sender.node_id not in receiver.peers and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            payloads = [b"m%03d" % n for n in range(200)]
+            with caplog.at_level(logging.WARNING, logger="mcastkit"):
+                for payload in payloads:
+                    await sender.publish("t/a", payload)
+                    if payload.endswith(b"9"):
+                        await asyncio.sleep(0)  # some alone, some in runs
+                await sender.publish("other", b"not on the pattern")
+                got = [await queued.get(5) for _ in payloads]
+            assert [m.payload if m else None for m in got] == payloads
+            assert seen == payloads
+            assert not any(in_task), "a handler runs in the receive path, not in a task"
+            assert subscription.handler_errors == 20
+            warnings = [r for r in caplog.records if "message handler" in r.getMessage()]
+            assert len(warnings) == 1 and "t/*" in warnings[0].getMessage()
+            assert closing == [b"m000"]
+            with pytest.raises(RuntimeError, match="handler"):
+                await subscription.get(0.1)
+
+    asyncio.run(scenario())
+
+
+def test_a_coroutine_is_refused_as_a_message_handler() -> None:
+    async def scenario() -> None:
+        async with Node("239.255.90.11:5911", iface=LO, name="n") as node:
+
+            async def handler(message: mcastkit.Message) -> None: ...
+
+            with pytest.raises(TypeError, match="async for"):
+                node.subscribe("*", handler)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="plain function"):
+                node.subscribe("*", "not callable")  # type: ignore[arg-type]
+
+    asyncio.run(scenario())
+
+
+def test_blocking_api_handler_runs_until_unsubscribed() -> None:
+    group = "239.255.90.12:5912"
+    with (
+        mcastkit.connect(group, iface=LO, name="rx", heartbeat=0.2, subscribe=None) as receiver,
+        mcastkit.connect(group, iface=LO, name="tx", heartbeat=0.2, subscribe=None) as sender,
+    ):
+        seen: list[str] = []
+        threads: set[str] = set()
+        arrived = threading.Event()
+
+        def handler(message: mcastkit.Message) -> None:
+            seen.append(message.text())
+            threads.add(threading.current_thread().name)
+            if len(seen) == 3:
+                arrived.set()
+
+        unsubscribe = receiver.subscribe("news", handler)
+        time.sleep(0.6)
+        for text in ("a", "b", "c"):
+            sender.publish("news", text)
+        assert arrived.wait(3)
+        assert seen == ["a", "b", "c"]
+        assert threads == {"mcastkit"}  # the node's thread, not the caller's
+        unsubscribe()
+        sender.publish("news", "after")
+        time.sleep(0.3)
+        assert seen == ["a", "b", "c"]
 
 
 def test_a_wait_on_the_membership_ends_at_the_join_not_at_a_poll() -> None:
