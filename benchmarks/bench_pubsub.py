@@ -8,7 +8,9 @@ on ``lo`` there, for LCM). Each system runs as its documentation says:
   the handler called in the receive path (as LCM calls its handler);
 - ``lcm``: ``lcm.LCM("udpm://...?ttl=0&recv_buf_size=...")``, its C core with the Python
   binding, the same 4 MiB receive buffer a Node asks for (``pip install lcm``);
-- ``zmq``: pyzmq PUB/SUB over TCP on 127.0.0.1, default high-water marks (``pip install pyzmq``).
+- ``zmq``: pyzmq PUB/SUB over TCP on 127.0.0.1, default high-water marks (``pip install pyzmq``);
+- ``raw``: no messaging layer, the floor: ``socket.sendto`` to a group and a blocking
+  ``recv`` loop, both in Python (what the interpreter and the kernel cost alone).
 
 Two measurements per system and payload size (64 B, 1 KiB):
 - **flood**: ``--count`` messages as fast as the publisher can; messages/s sent, the share
@@ -19,7 +21,7 @@ Two measurements per system and payload size (64 B, 1 KiB):
   publisher is paced the same way, a blocking sleep until each message is due.
 
     python benchmarks/bench_pubsub.py [--count 200000] [--rate 10000] [--seconds 2]
-        [--warmup 0.25] [--repeat 3] [--systems node,node-handler,node-sealed,lcm,zmq]
+        [--warmup 0.25] [--repeat 3] [--systems node,node-handler,node-sealed,lcm,zmq,raw]
         [--modes flood,paced] [--json]
 
 Systems take turns in every round; medians of the runs are reported, with Node / LCM.
@@ -39,6 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from _isolation import isolate
 
@@ -50,7 +53,15 @@ KEY = bytes(range(32))
 STAMP = struct.Struct("<qI")  # send time (ns, CLOCK_MONOTONIC), sequence number
 IDLE_END = 1.0  # the subscriber stops after this long without a message
 SETTLE = 0.5  # after the subscriber is ready: joins, hellos, TCP connects
-NEEDS = {"node": None, "node-handler": None, "node-sealed": None, "lcm": "lcm", "zmq": "zmq"}
+NEEDS = {
+    "node": None,
+    "node-handler": None,
+    "node-sealed": None,
+    "lcm": "lcm",
+    "zmq": "zmq",
+    "raw": None,
+}
+RAW_GROUP = ("239.255.92.3", 5922)
 
 
 class Tally:
@@ -79,6 +90,7 @@ class Tally:
         if self.latencies:
             ranked = sorted(self.latencies)
             out["p50_us"] = ranked[len(ranked) // 2] / 1000
+            out["p90_us"] = ranked[int(len(ranked) * 0.9)] / 1000
             out["p99_us"] = ranked[min(len(ranked) - 1, int(len(ranked) * 0.99))] / 1000
         return out
 
@@ -128,6 +140,35 @@ def _sub_zmq(tally: Tally, ready: Callable[[], None]) -> None:
         tally.take(sub.recv())
     sub.close(linger=0)
     context.term()
+
+
+def _raw_socket() -> Any:
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+    return sock
+
+
+def _sub_raw(tally: Tally, ready: Callable[[], None]) -> None:
+    import socket
+
+    sock = _raw_socket()
+    sock.bind(RAW_GROUP)
+    membership = socket.inet_aton(RAW_GROUP[0]) + socket.inet_aton("127.0.0.1")
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+    ready()
+    sock.settimeout(30)
+    try:
+        while True:
+            tally.take(sock.recv(65536))
+            sock.settimeout(IDLE_END)
+    except TimeoutError:
+        pass
+    finally:
+        sock.close()
 
 
 # Publishers: send() for one message, then pace or flood.
@@ -216,6 +257,8 @@ def _subscribe(system: str, paced: bool, ready_file: str, warmup: int) -> dict[s
         asyncio.run(_sub_node(system, tally, ready))
     elif system == "lcm":
         _sub_lcm(tally, ready)
+    elif system == "raw":
+        _sub_raw(tally, ready)
     else:
         _sub_zmq(tally, ready)
     return tally.result()
@@ -226,6 +269,12 @@ def _publish(system: str, size: int, count: int, rate: float | None) -> float:
         return asyncio.run(_pub_node(system, size, count, rate))
     if system == "lcm":
         return _pub_lcm(size, count, rate)
+    if system == "raw":
+        sock = _raw_socket()
+        try:
+            return _pub_blocking(lambda data: sock.sendto(data, RAW_GROUP), size, count, rate)
+        finally:
+            sock.close()
     return _pub_zmq(size, count, rate)
 
 
@@ -259,7 +308,7 @@ def run_cell(
         "delivered": received / count,
         "received_per_s": received / seconds if seconds else 0.0,
     }
-    for key in ("p50_us", "p99_us"):
+    for key in ("p50_us", "p90_us", "p99_us"):
         if key in got:
             cell[key] = got[key]
     return cell
@@ -285,7 +334,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell; medians reported")
     parser.add_argument("--sizes", default="64,1024")
     parser.add_argument("--modes", default="flood,paced", help="flood, paced or both")
-    parser.add_argument("--systems", default="node,node-handler,node-sealed,lcm,zmq")
+    parser.add_argument("--systems", default="node,node-handler,node-sealed,lcm,zmq,raw")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--system", help=argparse.SUPPRESS)
@@ -339,6 +388,7 @@ def main() -> int:
                     "delivered_min": min(float(c["delivered"]) for c in cells),  # type: ignore[arg-type]
                     "received_per_s": _median(cells, "received_per_s"),
                     "p50_us": _median(cells, "p50_us"),
+                    "p90_us": _median(cells, "p90_us"),
                     "p99_us": _median(cells, "p99_us"),
                     "runs": cells,
                 }
@@ -347,7 +397,8 @@ def main() -> int:
                     print(json.dumps(row), flush=True)
                     continue
                 latency = (
-                    f"  p50 {row['p50_us']:7.1f} µs  p99 {row['p99_us']:8.1f} µs"
+                    f"  p50 {row['p50_us']:7.1f} µs  p90 {row['p90_us']:7.1f} µs  "
+                    f"p99 {row['p99_us']:8.1f} µs"
                     if row["p50_us"] is not None
                     else ""
                 )
