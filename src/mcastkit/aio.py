@@ -32,14 +32,14 @@ from .events import (
     Updated,
 )
 from .gate import DEFAULT_MAX_PEERS, DEFAULT_MAX_SKEW
-from .gather import GatherResult, Request, Want
+from .gather import GatherResult, Request, Want, fitted_reply
 from .node_paths import NodeWays, Path, Paths, kernel_drops, open_ways
 from .peers import PeerInfo, random_id, topic_matches
 from .reach import ADDRESSES_KEY
 from .reliable import ReliableConfig
 from .security import GroupKey, KeyRing, key_from_passphrase, warn_open_group
 from .session import Session
-from .subscription import MessageHandler, Subscription
+from .subscription import MessageHandler, Subscription, deliver
 from .transport import GroupSocket, IfaceChoice, interface_name, is_multi
 from .transport.batch import BatchReceiver
 from .transport.platform import default_cipher
@@ -548,13 +548,7 @@ class Node:
 
     def _dispatch(self, event: Event) -> None:
         if type(event) is Message:
-            overflowed = False
-            topic = event.topic
-            # A copy: a handler may subscribe, or close its own subscription, as it runs.
-            for subscription in tuple(self._subscriptions):
-                if subscription.matches(topic) and not subscription._offer(event):
-                    overflowed = True
-            if overflowed and event.reliable:
+            if not deliver(self._subscriptions, event) and event.reliable:
                 # Delivered by the stream but not taken by a subscriber that fell 10,000
                 # messages behind: that is loss too, and loss is never silent.
                 lost = Unrecoverable(event.sender, event.seq, event.seq, "subscriber-overflow")
@@ -594,12 +588,8 @@ class Node:
                 return
             limit = self.session.max_reply(event.topic)
             if len(answer) > limit:
-                # The requester must not be left with "no reply": it learns why instead.
                 log.warning("reply of %d bytes to %r is over %d", len(answer), event.topic, limit)
-                answer = (
-                    f"error: the reply is {len(answer)} bytes; one reply datagram holds {limit}"
-                ).encode()[:limit]
-            self.session.reply(event, answer, self._now())
+            self.session.reply(event, fitted_reply(answer, limit), self._now())
             self._pump()
 
         self.run_task(run())

@@ -50,6 +50,15 @@ class Pending:
         )
 
 
+def fitted_reply(answer: bytes, limit: int) -> bytes:
+    """``answer``, or when it is over ``limit`` (one reply datagram) an error saying so: the
+    requester is never left with "no reply" for a reply too long to send."""
+    if len(answer) <= limit:
+        return answer
+    error = f"error: the reply is {len(answer)} bytes; one reply datagram holds {limit}"
+    return error.encode()[:limit]
+
+
 def check_want(want: Want) -> None:
     """Raise ValueError unless ``want`` is 'all', 'first' or a count >= 1."""
     if not (want in ("all", "first") or (isinstance(want, int) and want >= 1)):

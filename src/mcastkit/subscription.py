@@ -14,7 +14,7 @@ from typing import Protocol
 from .events import Event, Message, PeerEvent
 from .peers import PeerInfo, topic_matches
 
-__all__ = ["QUEUE_LIMIT", "MessageHandler", "Subscription", "until_members"]
+__all__ = ["QUEUE_LIMIT", "MessageHandler", "Subscription", "deliver", "until_members"]
 
 log = logging.getLogger("mcastkit")
 
@@ -128,6 +128,17 @@ class Subscription:
             if message is None:
                 return
             yield message
+
+
+def deliver(subscriptions: set[Subscription], message: Message) -> bool:
+    """Offer ``message`` to every subscription on its topic; False when one that queues
+    dropped it, having fallen ``QUEUE_LIMIT`` messages behind."""
+    taken = True
+    # A copy: a handler may subscribe, or close its own subscription, as it runs.
+    for subscription in tuple(subscriptions):
+        if subscription.matches(message.topic) and not subscription._offer(message):
+            taken = False
+    return taken
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:

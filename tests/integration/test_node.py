@@ -564,6 +564,29 @@ def test_blocking_api_handler_runs_until_unsubscribed() -> None:
         assert seen == ["a", "b", "c"]
 
 
+def test_a_reply_too_long_for_one_datagram_comes_back_as_an_error_saying_so() -> None:
+    async def scenario() -> None:
+        group = "239.255.90.13:5913"
+        async with (
+            Node(group, iface=LO, name="srv") as server,
+            Node(group, iface=LO, name="cli") as client,
+        ):
+            server.serve("big", lambda request: b"x" * 100_000)
+            server.serve("small", lambda request: b"fits")
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not any(
+                p.serves("big") and p.serves("small") for p in client.peers.values()
+            ):
+                await asyncio.sleep(0.05)
+            big = await client.request("big", timeout=1.0)
+            small = await client.request("small", timeout=1.0)
+            assert list(small.replies.values()) == [b"fits"]
+            (answer,) = big.replies.values()
+            assert answer.startswith(b"error: the reply is 100000 bytes; one reply datagram")
+
+    asyncio.run(scenario())
+
+
 def test_a_wait_on_the_membership_ends_at_the_join_not_at_a_poll() -> None:
     from mcastkit.subscription import until_members
 
