@@ -326,6 +326,17 @@ def _route_multicast_on_lo() -> None:
         subprocess.run(["ip", "route", "replace", "224.0.0.0/4", "dev", "lo"], check=True)
 
 
+def enter_private_namespace() -> bool:
+    """Go on in a private network namespace (re-executed there), multicast routed on lo;
+    False, said on stderr, when not root."""
+    isolate()
+    if os.geteuid() != 0:
+        print("needs root: it runs in a private network namespace", file=sys.stderr)
+        return False
+    _route_multicast_on_lo()
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200_000, help="messages per flood")
@@ -352,11 +363,8 @@ def main() -> int:
     if args.role == "sub":
         print(json.dumps(_subscribe(args.system, args.paced, args.ready, int(args.warmup))))
         return 0
-    isolate()
-    if os.geteuid() != 0:
-        print("needs root: it runs in a private network namespace", file=sys.stderr)
+    if not enter_private_namespace():
         return 2
-    _route_multicast_on_lo()
     systems = []
     for system in args.systems.split(","):
         module = NEEDS.get(system, "?")
