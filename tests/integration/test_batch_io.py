@@ -98,6 +98,28 @@ def test_gso_batches_arrive_as_the_same_datagrams(family: int, gro: bool, multi:
     raw_receiver.close()
 
 
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_a_slot_that_took_a_lone_datagram_still_takes_a_coalesced_one(family: int) -> None:
+    """The kernel shrinks a slot's control length to what one receive used (none for a lone
+    datagram); the next receive into it must find the full length again, or a GRO buffer
+    there loses its segment size and arrives as one datagram."""
+    sender, raw_receiver, address = _pair(family)
+    batch = BatchSender(sender)
+    receiver = BatchReceiver(raw_receiver, gro=True, multi=True)
+    if not (batch.gso and receiver.gro and receiver._multi is not None):
+        pytest.skip("needs UDP GSO, GRO and recvmmsg")
+    for round_ in range(4):
+        lone = [round_.to_bytes(4, "big") + b"lone"]
+        assert batch.send(lone, address) == 1
+        assert _collect(receiver, 1) == lone
+        run = _datagrams(8, 200, short_last=False)
+        assert batch.send(run, address) == 8
+        assert _collect(receiver, 8) == run
+    assert receiver.counters["coalesced"] >= 4
+    sender.close()
+    raw_receiver.close()
+
+
 def test_a_kernel_that_refuses_gso_costs_nothing_but_speed() -> None:
     sender, raw_receiver, address = _pair(socket.AF_INET)
     if not gso_supported(sender):

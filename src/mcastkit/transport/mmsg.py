@@ -105,14 +105,15 @@ class MultiReceive:
             header.msg_iov = ctypes.pointer(self._iovecs[index])
             header.msg_iovlen = 1
             header.msg_control = controls + index * CONTROL_SIZE
-        self._reset(slots)
-
-    def _reset(self, count: int) -> None:
-        # namelen and controllen are value-result: the kernel shrinks them per message.
-        for index in range(count):
-            header = self._headers[index].msg_hdr
             header.msg_namelen = NAME_SIZE
             header.msg_controllen = CONTROL_SIZE
+        # namelen and controllen are value-result: the kernel shrinks them per message. The
+        # headers as set here are copied back over the used slots after each receive: one
+        # copy, where setting the fields through ctypes took 0.3 µs a slot.
+        self._header_bytes = memoryview(self._headers).cast("B")
+        self._pristine = memoryview(bytes(self._header_bytes))
+        self._slot_bytes = ctypes.sizeof(_Mmsghdr)
+        self._last = 0
 
     def results(self, count: int) -> list[tuple[int, int, int, int]]:
         """(name length, control length, flags, datagram length) of the first ``count`` slots,
@@ -176,4 +177,5 @@ class MultiReceive:
 
     def finish(self) -> None:
         """Ready the slots used by the last ``receive`` for the next one."""
-        self._reset(self._last)
+        end = self._last * self._slot_bytes
+        self._header_bytes[:end] = self._pristine[:end]
