@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
@@ -19,8 +20,14 @@ from .peers import PeerInfo
 __all__ = ["SyncNode", "connect"]
 
 T = TypeVar("T")
+log = logging.getLogger("mcastkit")
 CALL_TIMEOUT = 30.0  # the longest a quick call (start, peers, serve) may take on the loop
 MARGIN = 5.0  # beyond a caller's own timeout, for the hop onto the loop and back
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("a publish from a handler failed: %r", task.exception())
 
 
 class SyncNode:
@@ -46,6 +53,12 @@ class SyncNode:
     def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = CALL_TIMEOUT) -> T:
         """Run on the node's loop; never wait longer than ``timeout`` (None only where the
         caller itself asked to wait without limit)."""
+        if threading.current_thread() is self._thread:
+            coroutine.close()
+            raise RuntimeError(
+                "a blocking call from the node's own thread (a handler) would wait for "
+                "itself: only publish() works there"
+            )
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         try:
             return future.result(timeout)
@@ -77,7 +90,13 @@ class SyncNode:
         return self._node.peers
 
     def publish(self, topic: str, payload: bytes | str, *, reliable: bool = False) -> None:
-        """Send a message on ``topic`` (``reliable``: see ``Node.publish``)."""
+        """Send a message on ``topic`` (``reliable``: see ``Node.publish``). From a handler,
+        on the node's thread, it queues the message and returns at once; a failure there is
+        logged, not raised."""
+        if threading.current_thread() is self._thread:
+            task = self._loop.create_task(self._node.publish(topic, payload, reliable=reliable))
+            task.add_done_callback(_log_failure)
+            return
         # A reliable publish may wait for back-pressure: as long as the data takes to drain.
         self._call(self._node.publish(topic, payload, reliable=reliable), timeout=None)
 

@@ -587,6 +587,35 @@ def test_a_reply_too_long_for_one_datagram_comes_back_as_an_error_saying_so() ->
     asyncio.run(scenario())
 
 
+def test_blocking_api_handler_may_publish_and_is_refused_a_call_that_would_wait_for_itself() -> (
+    None
+):
+    """The seed's echo on the blocking facade: a handler answers on the node's own thread.
+    A blocking call there would wait for the thread it runs on: refused at once, not hung."""
+    group = "239.255.90.14:5914"
+    with (
+        mcastkit.connect(group, iface=LO, name="echo", heartbeat=0.2, subscribe=None) as echo,
+        mcastkit.connect(group, iface=LO, name="asker", heartbeat=0.2, subscribe="re") as asker,
+    ):
+        refused: list[str] = []
+
+        def answer(message: mcastkit.Message) -> None:
+            echo.publish("re", b"re: " + message.payload)
+            started = time.monotonic()
+            try:
+                echo.peers()
+            except RuntimeError as exc:
+                refused.append(f"{time.monotonic() - started:.3f} {exc}")
+
+        echo.subscribe("ask", answer)
+        time.sleep(0.6)
+        asker.publish("ask", "ping")
+        reply = asker.recv(timeout=3)
+        assert reply is not None and reply.payload == b"re: ping"
+        assert len(refused) == 1 and "only publish() works there" in refused[0]
+        assert float(refused[0].split()[0]) < 1.0
+
+
 def test_a_wait_on_the_membership_ends_at_the_join_not_at_a_poll() -> None:
     from mcastkit.subscription import until_members
 
