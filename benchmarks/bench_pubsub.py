@@ -35,13 +35,13 @@ import importlib.util
 import json
 import logging
 import os
+import socket
 import statistics
 import struct
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from _isolation import isolate
 
@@ -88,10 +88,7 @@ class Tally:
         seconds = (self.last - self.first) / 1e9
         out: dict[str, object] = {"received": self.count, "seconds": seconds}
         if self.latencies:
-            ranked = sorted(self.latencies)
-            out["p50_us"] = ranked[len(ranked) // 2] / 1000
-            out["p90_us"] = ranked[int(len(ranked) * 0.9)] / 1000
-            out["p99_us"] = ranked[min(len(ranked) - 1, int(len(ranked) * 0.99))] / 1000
+            out.update(percentiles(self.latencies))
         return out
 
 
@@ -142,9 +139,7 @@ def _sub_zmq(tally: Tally, ready: Callable[[], None]) -> None:
     context.term()
 
 
-def _raw_socket() -> Any:
-    import socket
-
+def _raw_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -152,13 +147,25 @@ def _raw_socket() -> Any:
     return sock
 
 
-def _sub_raw(tally: Tally, ready: Callable[[], None]) -> None:
-    import socket
-
+def joined_socket(group: tuple[str, int]) -> socket.socket:
+    """A plain socket bound to ``group`` and joined to it on lo: a subscriber with no
+    messaging layer."""
     sock = _raw_socket()
-    sock.bind(RAW_GROUP)
-    membership = socket.inet_aton(RAW_GROUP[0]) + socket.inet_aton("127.0.0.1")
+    sock.bind(group)
+    membership = socket.inet_aton(group[0]) + socket.inet_aton("127.0.0.1")
     sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+    return sock
+
+
+def percentiles(nanoseconds: list[int]) -> dict[str, float]:
+    """p50, p90 and p99 in µs."""
+    ranked = sorted(nanoseconds)
+    last = len(ranked) - 1
+    return {f"p{q}_us": ranked[min(last, len(ranked) * q // 100)] / 1000 for q in (50, 90, 99)}
+
+
+def _sub_raw(tally: Tally, ready: Callable[[], None]) -> None:
+    sock = joined_socket(RAW_GROUP)
     ready()
     sock.settimeout(30)
     try:

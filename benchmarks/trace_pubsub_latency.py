@@ -25,32 +25,31 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
 from typing import Any
 
-from bench_pubsub import GROUP, PORT, SETTLE, SPEC, STAMP, _paced, enter_private_namespace
+from bench_pubsub import (
+    GROUP,
+    PORT,
+    SETTLE,
+    SPEC,
+    STAMP,
+    _paced,
+    enter_private_namespace,
+    joined_socket,
+    percentiles,
+)
 
 SIZE = 64
-
-
-def _percentiles(values: list[int]) -> dict[str, float]:
-    ranked = sorted(values)
-    at = lambda q: ranked[min(len(ranked) - 1, int(len(ranked) * q))] / 1000  # noqa: E731
-    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99)}
 
 
 def _subscriber(kind: str, ready: str, warmup: int) -> list[tuple[int, int, int, int]]:
     """(seq, stamp, wakeup, in the application) for each message, in ns."""
     rows: list[tuple[int, int, int, int]] = []
     if kind == "raw":
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((GROUP, PORT))
-        membership = socket.inet_aton(GROUP) + socket.inet_aton("127.0.0.1")
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+        sock = joined_socket((GROUP, PORT))
         open(ready, "w").close()
         sock.settimeout(30)
         try:
@@ -156,7 +155,7 @@ def trace(kind: str, rate: float, seconds: float) -> dict[str, Any]:
     return {
         "subscriber": kind,
         "messages": len(rows),
-        **{name: _percentiles(values) for name, values in segments.items() if values},
+        **{name: percentiles(values) for name, values in segments.items() if values},
     }
 
 
@@ -188,7 +187,10 @@ def main() -> int:
         print(f"{kind}: {result['messages']} messages (µs)")
         for name, p in result.items():
             if isinstance(p, dict):
-                print(f"  {name:36} p50 {p['p50']:7.1f}  p90 {p['p90']:7.1f}  p99 {p['p99']:7.1f}")
+                print(
+                    f"  {name:36} p50 {p['p50_us']:7.1f}  p90 {p['p90_us']:7.1f}  "
+                    f"p99 {p['p99_us']:7.1f}"
+                )
     return 0
 
 
