@@ -13,6 +13,7 @@ import os
 import re
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -320,6 +321,17 @@ sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
                 socket.inet_aton("{group}") + socket.inet_aton("0.0.0.0"))
 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
 """
+
+
+def loopback_listener(group: str, port: int) -> socket.socket:
+    """A plain socket that joined ``group`` on lo and listens on ``port``: what any host on
+    the path sees, with no mcastkit in between."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((group, port))
+    membership = socket.inet_aton(group) + socket.inet_aton("127.0.0.1")
+    listener.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+    return listener
 
 
 def require_tool(name: str) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 import craft
 import pytest
 from conftest import ISOLATED
+from netlab import loopback_listener
 
 VICTIM = Path(__file__).with_name("victim.py")
 ADDRESS_SPACE = 1 << 30  # 1 GiB: an attack that really grew memory would die here
@@ -133,11 +134,7 @@ def test_forged_nacks_from_a_stranger_draw_no_repair() -> None:
 
 def test_captured_sealed_frames_replayed_bring_nothing_back() -> None:
     group = "239.255.66.67:6667"
-    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("239.255.66.67", 6667))
-    membership = socket.inet_aton("239.255.66.67") + socket.inet_aton("127.0.0.1")
-    listener.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+    listener = loopback_listener("239.255.66.67", 6667)
     listener.settimeout(0.2)
     server = Victim("--seconds", "6", "--passphrase", "pw", "--name", "server", group=group)
     member = Victim(

@@ -8,14 +8,13 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
-from netlab import Lab, wait_for_line
+from netlab import Lab, loopback_listener, wait_for_line
 
 import mcastkit
 from mcastkit import Failed, GroupKey, Joined, Left, Node
@@ -428,11 +427,7 @@ def test_the_first_publish_of_a_loop_turn_leaves_at_once_the_rest_at_its_end() -
     """Latency: a lone message does not wait for the loop to turn; throughput: what follows
     it in the same turn is held and leaves together at the turn's end."""
     group, port = "239.255.90.9", 5909
-    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((group, port))
-    membership = socket.inet_aton(group) + socket.inet_aton("127.0.0.1")
-    listener.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+    listener = loopback_listener(group, port)
     listener.setblocking(False)
 
     def queued() -> list[bytes]:
