@@ -57,7 +57,11 @@ class Subscription:
         handler = self.handler
         if handler is not None and message is not None:
             try:
-                handler(message)
+                result = handler(message)
+                if result is not None and inspect.isawaitable(result):
+                    if inspect.iscoroutine(result):
+                        result.close()  # never awaited: no warning later, no work done
+                    raise TypeError("it returned an awaitable, which nothing awaits")
             except Exception as exc:  # the application's bug must not stop the node
                 self.handler_errors += 1
                 if self.handler_errors == 1:

@@ -518,7 +518,7 @@ def test_a_handler_gets_each_message_in_the_receive_path_and_survives_its_own_bu
 
 def test_a_coroutine_is_refused_as_a_message_handler() -> None:
     async def scenario() -> None:
-        async with Node("239.255.90.11:5911", iface=LO, name="n") as node:
+        async with Node("239.255.90.11:5911", iface=LO, name="n", deliver_own=True) as node:
 
             async def handler(message: mcastkit.Message) -> None: ...
 
@@ -526,6 +526,14 @@ def test_a_coroutine_is_refused_as_a_message_handler() -> None:
                 node.subscribe("*", handler)  # type: ignore[arg-type]
             with pytest.raises(TypeError, match="plain function"):
                 node.subscribe("*", "not callable")  # type: ignore[arg-type]
+            # A plain function that returns a coroutine: caught per message, not awaited.
+            sneaky = node.subscribe("t", lambda message: handler(message))
+            await node.publish("t", b"x")
+            await node.publish("t", b"y")
+            deadline = time.monotonic() + 2
+            while sneaky.handler_errors < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert sneaky.handler_errors == 2
 
     asyncio.run(scenario())
 
