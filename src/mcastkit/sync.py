@@ -16,6 +16,7 @@ from .aio import DEFAULT_GROUP, GatherResult, Node, Request, Subscription
 from .events import Message
 from .gather import Want
 from .peers import PeerInfo
+from .subscription import MessageHandler
 
 __all__ = ["SyncNode", "connect"]
 
@@ -47,8 +48,8 @@ class SyncNode:
         if subscribe is not None:
             self._inbox = self._call(self._subscribe(subscribe))
 
-    async def _subscribe(self, pattern: str) -> Subscription:
-        return self._node.subscribe(pattern)
+    async def _subscribe(self, pattern: str, handler: MessageHandler | None = None) -> Subscription:
+        return self._node.subscribe(pattern, handler)
 
     def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = CALL_TIMEOUT) -> T:
         """Run on the node's loop; never wait longer than ``timeout`` (None only where the
@@ -126,21 +127,16 @@ class SyncNode:
         request = self._node.request(topic, payload, timeout=timeout, want=want)
         return self._call(request, timeout=self._beyond(timeout))
 
-    def subscribe(self, pattern: str, handler: Callable[[Message], object]) -> Callable[[], None]:
+    def subscribe(self, pattern: str, handler: MessageHandler) -> Callable[[], None]:
         """Call ``handler`` with each message on ``pattern`` as it arrives, on the node's
         thread (``Node.subscribe`` with a handler: no hop per message; keep it short).
         Returns the function that stops it."""
-        subscription = self._call(self._subscribe_handler(pattern, handler))
+        subscription = self._call(self._subscribe(pattern, handler))
 
         def unsubscribe() -> None:
             self._call(self._close_subscription(subscription))
 
         return unsubscribe
-
-    async def _subscribe_handler(
-        self, pattern: str, handler: Callable[[Message], object]
-    ) -> Subscription:
-        return self._node.subscribe(pattern, handler)
 
     async def _close_subscription(self, subscription: Subscription) -> None:
         subscription.close()
